@@ -1,0 +1,66 @@
+"""Typed errors of engine. Every error a user can see derives from EngineError.
+
+An ambiguous outcome is never reported as a definite failure: `Timeout` means "unknown, may
+or may not have taken effect"; `Rejected` means "definitely did not take effect".
+"""
+
+from __future__ import annotations
+
+
+class EngineError(Exception):
+    """Base class of every error raised by engine."""
+
+
+class ConfigError(EngineError, ValueError):
+    """A configuration value is invalid or inconsistent (raised at construction time)."""
+
+
+class DecodeError(EngineError, ValueError):
+    """A datagram or record is malformed, forged, truncated, oversized or replayed.
+
+    Raised by the codec for anything it cannot accept; the transport drops and counts it.
+    """
+
+
+class InvariantViolation(EngineError, AssertionError):
+    """A protocol invariant does not hold: a bug in engine, never caused by remote input."""
+
+
+class StorageError(EngineError):
+    """The write-ahead log or hard state on disk is unreadable (names the file and offset)."""
+
+
+class NotLeader(EngineError):
+    """This node is not the leader; `leader_id` / `leader_address` hint at who is (or None)."""
+
+    def __init__(
+        self, message: str = "not the leader", *, leader_id: int | None = None,
+        leader_address: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.leader_id = leader_id
+        self.leader_address = leader_address
+
+
+class Rejected(EngineError):
+    """The request definitely did not take effect (e.g. dropped before being appended)."""
+
+
+class Overloaded(Rejected):
+    """Back-pressure: a named limit (pending proposals, uncommitted bytes, ...) is full."""
+
+
+class EntryTooLarge(Rejected, ValueError):
+    """A proposal is larger than max_entry_bytes."""
+
+
+class Timeout(EngineError, TimeoutError):
+    """No answer in time: the outcome is unknown (the command may or may not have been applied)."""
+
+
+class Stopped(EngineError):
+    """The node or client was stopped while the request was pending (outcome unknown if sent)."""
+
+
+class LogIndexError(EngineError, IndexError):
+    """An index outside the range held by the in-memory log (compacted or not yet appended)."""

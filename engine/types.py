@@ -1,0 +1,137 @@
+"""Ids, limits, configuration and the Ready/HardState records shared by cores and drivers.
+
+Every queue, window and batch has its named limit in `Limits` (DESIGN.md §5 "Bounded
+everything"). Exceeding one is back-pressure (engine.Overloaded) or a DecodeError, never
+unbounded growth.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, NewType
+
+from engine.errors import ConfigError
+
+NodeId = NewType("NodeId", int)
+Term = NewType("Term", int)
+Index = NewType("Index", int)
+
+U64_MAX = (1 << 64) - 1
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Named bounds; one place for all of them."""
+
+    # Wire: 65,000 bytes fits a loopback datagram (MTU 65,536). On a real Ethernet network
+    # set 1,400 (1,500 MTU minus IP/UDP headers) so no datagram is IP-fragmented.
+    max_datagram_bytes: int = 65_000
+    max_messages_per_frame: int = 4_096
+    max_entries_per_message: int = 65_536
+    max_context_bytes: int = 64 * 1024 * 1024
+    # A proposal larger than this is refused at propose time (EntryTooLarge).
+    max_entry_bytes: int = 16 * 1024 * 1024
+    # Raft replication window per follower (pipelining): appends in flight and their bytes.
+    max_inflight_messages: int = 256
+    max_inflight_bytes: int = 32 * 1024 * 1024
+    # One append carries at most this many payload bytes.
+    max_append_bytes: int = 256 * 1024
+    # Back-pressure on the leader: proposals waiting and log bytes not yet committed.
+    max_pending_proposals: int = 65_536
+    max_uncommitted_bytes: int = 256 * 1024 * 1024
+    # Committed entries handed to the state machine per Ready.
+    max_apply_batch: int = 16_384
+    # Reassembly of chunked frames: concurrent partial frames per sender, total bytes.
+    max_reassembly_frames: int = 64
+    max_reassembly_bytes: int = 128 * 1024 * 1024
+    # Client sessions kept by a state machine for exactly-once (Raft thesis §6.3).
+    max_client_sessions: int = 100_000
+    # Replay window per sender (frames older than this many counters are refused).
+    replay_window_frames: int = 1_024
+
+    def __post_init__(self) -> None:
+        for name in self.__dataclass_fields__:
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise ConfigError(f"Limits.{name} must be a positive int, got {value!r}")
+        if not 512 <= self.max_datagram_bytes <= 65_507:
+            raise ConfigError(
+                f"Limits.max_datagram_bytes must be in [512, 65507], got {self.max_datagram_bytes}"
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class HardState:
+    """What Raft must persist before answering (Raft Figure 2: currentTerm, votedFor; plus
+    commit so a restarted node need not wait to learn it). For Paxos, term = promised ballot."""
+
+    term: int = 0
+    vote: int = 0
+    commit: int = 0
+
+
+@dataclass(slots=True)
+class ReadState:
+    """A linearizable read may be served once applied >= index (Raft §6.4)."""
+
+    index: int
+    context: bytes
+
+
+@dataclass(slots=True)
+class Ready:
+    """Output of a protocol core since the last `advance()` (etcd's Ready).
+
+    The driver must, in order:
+      1. persist `entries` (an entry whose index is <= the stored last index replaces that
+         suffix) and `hard_state` if not None; fsync once for both (group commit);
+      `messages` may be sent before or during step 1 (leader's parallel write, Raft §10.2.1);
+      2. then send `messages_after_persist` (votes, append acks: they promise durable state);
+      3. apply `committed_entries` in order, serve `read_states` once applied >= index;
+      4. call `core.advance(ready)`.
+    """
+
+    hard_state: HardState | None = None
+    entries: list[Any] = field(default_factory=list)
+    messages: list[Any] = field(default_factory=list)
+    messages_after_persist: list[Any] = field(default_factory=list)
+    committed_entries: list[Any] = field(default_factory=list)
+    read_states: list[ReadState] = field(default_factory=list)
+    # Proposals that definitely did not make it into the log, e.g. dropped at a step-down:
+    # (first_index, last_index, term) ranges whose futures fail with engine.Rejected.
+    dropped: list[tuple[int, int, int]] = field(default_factory=list)
+
+    def is_empty(self) -> bool:
+        return not (
+            self.hard_state is not None or self.entries or self.messages
+            or self.messages_after_persist or self.committed_entries or self.read_states
+            or self.dropped
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class TimingConfig:
+    """Protocol time in ticks; the driver ticks every tick_ms milliseconds."""
+
+    tick_ms: int = 10
+    heartbeat_interval_ticks: int = 5          # 50 ms
+    election_timeout_ticks: int = 30           # randomized in [T, 2T): 300-600 ms
+
+    def __post_init__(self) -> None:
+        if self.tick_ms <= 0:
+            raise ConfigError(f"tick_ms must be positive, got {self.tick_ms}")
+        if self.heartbeat_interval_ticks <= 0:
+            raise ConfigError("heartbeat_interval_ticks must be positive")
+        if self.election_timeout_ticks <= self.heartbeat_interval_ticks:
+            raise ConfigError(
+                "election_timeout_ticks must exceed heartbeat_interval_ticks "
+                f"({self.election_timeout_ticks} <= {self.heartbeat_interval_ticks})"
+            )
+
+
+def parse_address(address: str) -> tuple[str, int]:
+    """'host:port' -> (host, port); raises ConfigError with the offending text."""
+    host, sep, port_text = address.rpartition(":")
+    if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ConfigError(f"bad address {address!r}: expected host:port")
+    return host.strip("[]"), int(port_text)
