@@ -1,0 +1,1 @@
+"""In-memory Raft log (pure-Python twin). To be written."""
