@@ -1,4 +1,16 @@
-"""engine: a consensus engine for Python (Raft, Multi-Paxos, 2PC over UDP, Cython core)."""
+"""engine: a consensus engine for Python (Raft, Multi-Paxos, 2PC over UDP, Cython core).
+
+    import engine
+    node = engine.Node(engine.NodeConfig(...), state_machine=engine.KVStore())
+
+The runtime classes (Node, LocalCluster, Client, KVStore) are imported on first use so that
+`import engine` stays cheap for code that only needs the sans-IO cores or the errors.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from engine._core import IMPLEMENTATION
 from engine.errors import (
@@ -11,15 +23,42 @@ from engine.errors import (
     NotLeader,
     Overloaded,
     Rejected,
-    StorageError,
+    StateMachineError,
     Stopped,
+    StorageError,
     Timeout,
 )
+from engine.types import Limits, NodeConfig, TimingConfig
+
+if TYPE_CHECKING:
+    from engine.aio.client import Client
+    from engine.aio.local_cluster import LocalCluster
+    from engine.aio.node import Node
+    from engine.kv import KVStore
 
 __version__ = "0.1.0"
 
+_LAZY = {
+    "Node": "engine.aio.node",
+    "LocalCluster": "engine.aio.local_cluster",
+    "Client": "engine.aio.client",
+    "KVStore": "engine.kv",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'engine' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
 __all__ = [
-    "IMPLEMENTATION", "__version__",
+    "IMPLEMENTATION", "__version__", "Node", "NodeConfig", "LocalCluster", "Client", "KVStore",
+    "Limits", "TimingConfig",
     "ConfigError", "DecodeError", "EngineError", "EntryTooLarge", "InvariantViolation",
-    "LogIndexError", "NotLeader", "Overloaded", "Rejected", "StorageError", "Stopped", "Timeout",
+    "LogIndexError", "NotLeader", "Overloaded", "Rejected", "StateMachineError", "StorageError",
+    "Stopped", "Timeout",
 ]

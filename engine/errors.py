@@ -64,3 +64,7 @@ class Stopped(EngineError):
 
 class LogIndexError(EngineError, IndexError):
     """An index outside the range held by the in-memory log (compacted or not yet appended)."""
+
+
+class StateMachineError(EngineError):
+    """The state machine raised while applying this command (the message says what)."""

@@ -135,3 +135,54 @@ def parse_address(address: str) -> tuple[str, int]:
     if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
         raise ConfigError(f"bad address {address!r}: expected host:port")
     return host.strip("[]"), int(port_text)
+
+
+PROTOCOLS = ("raft", "paxos")
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """Configuration of one engine.Node (DESIGN.md §3).
+
+    members maps every voter's id to its "host:port". data_dir=None keeps everything in
+    memory (nothing survives a process restart). fsync=False with a data_dir writes the WAL
+    without fsync: fast, and NOT durable (benchmarks only).
+    """
+
+    node_id: int
+    members: dict[int, str]
+    protocol: str = "raft"
+    data_dir: str | None = None
+    cluster_key: bytes = b""
+    cluster_id: int = 0
+    timing: TimingConfig = field(default_factory=TimingConfig)
+    limits: Limits = field(default_factory=Limits)
+    fsync: bool = True
+    pre_vote: bool = True
+    check_quorum: bool = True
+    check_invariants: bool = False
+    # A proposal or read not answered within this many seconds fails with engine.Timeout.
+    request_timeout_s: float = 10.0
+    # Seeds the randomized election timeout; None derives one from node_id and the boot time.
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.node_id, int) or not 0 < self.node_id <= U64_MAX:
+            raise ConfigError(f"node_id must be a positive int, got {self.node_id!r}")
+        if not self.members:
+            raise ConfigError("members must name at least one node")
+        for member_id, address in self.members.items():
+            if not isinstance(member_id, int) or member_id <= 0:
+                raise ConfigError(f"member ids must be positive ints, got {member_id!r}")
+            parse_address(address)
+        if self.node_id not in self.members:
+            raise ConfigError(f"node_id {self.node_id} is not in members {sorted(self.members)}")
+        if self.protocol not in PROTOCOLS:
+            raise ConfigError(f"protocol must be one of {PROTOCOLS}, got {self.protocol!r}")
+        if not isinstance(self.cluster_key, bytes) or not 16 <= len(self.cluster_key) <= 64:
+            raise ConfigError("cluster_key must be 16 to 64 bytes (e.g. secrets.token_bytes(32))")
+        if self.request_timeout_s <= 0:
+            raise ConfigError("request_timeout_s must be positive")
+
+    def address_of(self, node_id: int) -> tuple[str, int]:
+        return parse_address(self.members[node_id])

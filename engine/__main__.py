@@ -1,0 +1,206 @@
+"""Command line: `python -m engine serve|status|bench|kv|keygen ...` (`--help` on each).
+
+Bad arguments and bad files get a one-line error and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import secrets
+import sys
+from pathlib import Path
+from typing import Any
+
+from engine.errors import ConfigError, EngineError
+from engine.types import NodeConfig, parse_address
+
+
+def parse_members(text: str) -> dict[int, str]:
+    """'1=127.0.0.1:7001,2=127.0.0.1:7002' -> {1: '127.0.0.1:7001', 2: ...}."""
+    members: dict[int, str] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        node_text, sep, address = item.partition("=")
+        if not sep or not node_text.strip().isdigit():
+            raise ConfigError(f"bad member {item!r}: expected ID=HOST:PORT")
+        parse_address(address)
+        node_id = int(node_text)
+        if node_id in members:
+            raise ConfigError(f"member {node_id} named twice")
+        members[node_id] = address.strip()
+    if not members:
+        raise ConfigError("--members names no node")
+    return members
+
+
+def read_cluster_key(path: str) -> bytes:
+    """A key file holds the key as hex (what `keygen` writes) or as 16-64 raw bytes."""
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read cluster key file {path}: {exc.strerror}") from None
+    text = raw.strip()
+    try:
+        key = bytes.fromhex(text.decode("ascii"))
+    except (UnicodeDecodeError, ValueError):
+        key = raw
+    if not 16 <= len(key) <= 64:
+        raise ConfigError(f"cluster key in {path} must be 16-64 bytes, got {len(key)}")
+    return key
+
+
+def _node_config(args: argparse.Namespace) -> NodeConfig:
+    return NodeConfig(
+        node_id=args.node_id,
+        members=parse_members(args.members),
+        protocol=args.protocol,
+        data_dir=args.data_dir,
+        cluster_key=read_cluster_key(args.cluster_key_file),
+        fsync=not args.no_fsync,
+    )
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from engine.aio.loop import new_event_loop
+    from engine.aio.server import serve
+
+    config = _node_config(args)
+    loop = new_event_loop()
+    try:
+        loop.run_until_complete(serve(config, campaign=args.campaign))
+    finally:
+        loop.close()
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from engine.aio.client import Client
+
+    members = parse_members(args.members)
+    key = read_cluster_key(args.cluster_key_file)
+
+    async def run() -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        async with Client(list(members.values()), cluster_key=key) as client:
+            for node_id, address in members.items():
+                try:
+                    out[str(node_id)] = await client.status(address)
+                except EngineError as exc:
+                    out[str(node_id)] = {"error": str(exc), "address": address}
+        return out
+
+    print(json.dumps(asyncio.run(run()), indent=2, sort_keys=True))
+    return 0
+
+
+def cmd_kv(args: argparse.Namespace) -> int:
+    from engine.aio.client import Client
+
+    members = parse_members(args.members)
+    key = read_cluster_key(args.cluster_key_file)
+
+    async def run() -> Any:
+        async with Client(list(members.values()), cluster_key=key, timeout=args.timeout) as c:
+            if args.op == "put":
+                await c.put(args.key.encode(), args.value.encode())
+                return "ok"
+            if args.op == "get":
+                value = await c.get(args.key.encode())
+                return None if value is None else value.decode(errors="replace")
+            if args.op == "delete":
+                return await c.delete(args.key.encode())
+            expected = None if args.expected == "-" else args.expected.encode()
+            return await c.cas(args.key.encode(), expected, args.value.encode())
+
+    print(json.dumps(asyncio.run(run())))
+    return 0
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    path = Path(args.path)
+    if path.exists() and not args.force:
+        raise ConfigError(f"{path} exists (use --force to overwrite)")
+    path.write_text(secrets.token_bytes(32).hex() + "\n")
+    path.chmod(0o600)
+    print(f"wrote a 32-byte cluster key to {path}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from engine.benchmark import run_bench
+
+    return run_bench(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m engine", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def cluster_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--members", required=True, help="1=HOST:PORT,2=HOST:PORT,...")
+        p.add_argument("--cluster-key-file", required=True, help="file written by keygen")
+
+    serve = sub.add_parser("serve", help="run one node of the KV service until SIGTERM")
+    serve.add_argument("--node-id", type=int, required=True)
+    cluster_args(serve)
+    serve.add_argument("--data-dir", default=None, help="durable WAL here (omit: in memory)")
+    serve.add_argument("--protocol", default="raft", choices=["raft", "paxos"])
+    serve.add_argument("--no-fsync", action="store_true", help="WAL without fsync (NOT durable)")
+    serve.add_argument("--campaign", action="store_true", help="start an election at once")
+    serve.set_defaults(func=cmd_serve)
+
+    status = sub.add_parser("status", help="print each node's status as JSON")
+    cluster_args(status)
+    status.set_defaults(func=cmd_status)
+
+    kv = sub.add_parser("kv", help="put/get/delete/cas against a running cluster")
+    cluster_args(kv)
+    kv.add_argument("--timeout", type=float, default=10.0)
+    kv_ops = kv.add_subparsers(dest="op", required=True)
+    put = kv_ops.add_parser("put")
+    put.add_argument("key")
+    put.add_argument("value")
+    get = kv_ops.add_parser("get")
+    get.add_argument("key")
+    delete = kv_ops.add_parser("delete")
+    delete.add_argument("key")
+    cas = kv_ops.add_parser("cas")
+    cas.add_argument("key")
+    cas.add_argument("expected", help="expected value, or - for absent")
+    cas.add_argument("value")
+    kv.set_defaults(func=cmd_kv)
+
+    keygen = sub.add_parser("keygen", help="write a new random cluster key file")
+    keygen.add_argument("path")
+    keygen.add_argument("--force", action="store_true")
+    keygen.set_defaults(func=cmd_keygen)
+
+    from engine.benchmark import add_bench_arguments
+
+    bench = sub.add_parser("bench", help="throughput and latency of a local cluster")
+    add_bench_arguments(bench)
+    bench.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
+    try:
+        return int(args.func(args))
+    except (EngineError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,223 @@
+"""engine.Client: an async KV client over UDP for a running cluster (another process).
+
+    async with engine.Client(["127.0.0.1:7001", "127.0.0.1:7002"], cluster_key=key) as c:
+        await c.put(b"k", b"v"); await c.get(b"k"); await c.cas(b"k", b"v", b"w")
+
+It finds the leader (following NOT_LEADER hints), retries a request with the SAME client id
+and sequence number (so the state machine applies it once, Raft thesis §6.3), and raises
+engine.Timeout when the outcome is unknown — never a false "failed".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from typing import Any
+
+from engine import errors
+from engine._core import codec
+from engine.messages import ClientOp, ClientStatus, Message, MessageType
+from engine.types import Limits, parse_address
+
+
+class _ClientProtocol(asyncio.DatagramProtocol):
+    def __init__(self, client: Client) -> None:
+        self.client = client
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self.client._on_datagram(data, addr)
+
+    def error_received(self, exc: Exception) -> None:  # ICMP port unreachable etc.
+        self.client.counters["socket_errors"] += 1
+
+
+class Client:
+    def __init__(
+        self, addresses: list[str], *, cluster_key: bytes, cluster_id: int = 0,
+        timeout: float = 10.0, attempt_timeout: float = 0.5, client_id: int | None = None,
+        limits: Limits | None = None,
+    ) -> None:
+        if not addresses:
+            raise errors.ConfigError("Client needs at least one node address")
+        self.addresses = [parse_address(a) for a in addresses]
+        self.timeout = timeout
+        self.attempt_timeout = attempt_timeout
+        self.client_id = client_id if client_id is not None else random.getrandbits(63) | 1
+        self._codec = codec.FrameCodec(
+            cluster_key, cluster_id, (limits or Limits()).max_datagram_bytes
+        )
+        self._epoch = time.time_ns()
+        self._counter = 0
+        self._seq = 0
+        self._leader: tuple[str, int] | None = None
+        self._next_address = 0
+        self._waiting: dict[int, asyncio.Future[Message]] = {}
+        self._transport: asyncio.DatagramTransport | None = None
+        self.counters = {"requests": 0, "retries": 0, "redirects": 0, "dropped": 0,
+                         "socket_errors": 0}
+
+    async def __aenter__(self) -> Client:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.close()
+
+    async def open(self) -> None:
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_datagram_endpoint(
+            lambda: _ClientProtocol(self), local_addr=("0.0.0.0", 0)
+        )
+        self._transport = transport  # type: ignore[assignment]
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
+        for future in self._waiting.values():
+            if not future.done():
+                future.set_exception(errors.Stopped("client closed"))
+        self._waiting.clear()
+
+    # ------------------------------------------------------------------ KV API
+
+    async def put(self, key: bytes, value: bytes) -> None:
+        from engine.kv import commands
+
+        seq = self._next_seq()
+        self._check(await self._request(ClientOp.WRITE, seq, lambda: commands.encode_put(
+            key, value, client_id=self.client_id, seq=seq)))
+
+    async def get(self, key: bytes) -> bytes | None:
+        """Linearizable read (ReadIndex on the cluster): the value, or None if absent."""
+        from engine.kv import commands
+
+        result = self._check(await self._request(
+            ClientOp.READ, self._next_seq(), lambda: commands.encode_get_query(key)))
+        return result.value
+
+    async def delete(self, key: bytes) -> bool:
+        """True if the key existed."""
+        from engine.kv import commands
+
+        seq = self._next_seq()
+        result = self._check(await self._request(
+            ClientOp.WRITE, seq,
+            lambda: commands.encode_delete(key, client_id=self.client_id, seq=seq)))
+        return bool(result.existed)
+
+    async def cas(self, key: bytes, expected: bytes | None, new: bytes) -> bool:
+        """Set key to `new` if its value is `expected` (None: absent). True if it did."""
+        from engine.kv import commands
+
+        seq = self._next_seq()
+        result = await self._request(ClientOp.WRITE, seq, lambda: commands.encode_cas(
+            key, expected, new, client_id=self.client_id, seq=seq))
+        return bool(result.ok)
+
+    async def status(self, address: str | None = None) -> dict[str, Any]:
+        """Status of one node (JSON from the node)."""
+        target = parse_address(address) if address else self.addresses[0]
+        response = await self._exchange(target, ClientOp.STATUS, self._next_seq(), b"",
+                                        self.attempt_timeout * 4)
+        if response is None:
+            raise errors.Timeout(f"no status from {target[0]}:{target[1]}")
+        return dict(json.loads(response.context))
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    @staticmethod
+    def _check(result: Any) -> Any:
+        if not result.ok and getattr(result, "error", None):
+            raise errors.Rejected(str(result.error))
+        return result
+
+    async def _request(self, op: int, seq: int, build: Any) -> Any:
+        from engine.kv import commands
+
+        payload = build()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout
+        self.counters["requests"] += 1
+        attempt = 0
+        while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise errors.Timeout(
+                    f"no definite answer within {self.timeout} s (the request may have applied)"
+                )
+            target = self._leader or self.addresses[self._next_address % len(self.addresses)]
+            wait = min(remaining, self.attempt_timeout * (1 + min(attempt, 4)))
+            response = await self._exchange(target, op, seq, payload, wait)
+            attempt += 1
+            if response is None or response.status == ClientStatus.UNKNOWN:
+                # Lost, slow, or the node could not tell: retry (same seq: applied once).
+                self.counters["retries"] += 1
+                self._leader = None
+                self._next_address += 1
+                if response is not None:
+                    await asyncio.sleep(0.02)
+                continue
+            status = response.status
+            if status == ClientStatus.OK:
+                self._leader = target
+                return commands.decode_result(response.context)
+            if status == ClientStatus.NOT_LEADER:
+                self.counters["redirects"] += 1
+                hint = response.context.decode(errors="replace")
+                self._leader = None
+                if hint:
+                    try:
+                        self._leader = parse_address(hint)
+                    except errors.ConfigError:
+                        self._leader = None
+                if self._leader is None:
+                    self._next_address += 1
+                    await asyncio.sleep(0.05)  # an election is probably running
+                continue
+            if status == ClientStatus.REJECTED:
+                raise errors.Rejected(response.context.decode(errors="replace"))
+            if status == ClientStatus.ERROR:
+                raise errors.StateMachineError(response.context.decode(errors="replace"))
+            raise errors.EngineError(f"unknown response status {status}")
+
+    async def _exchange(self, target: tuple[str, int], op: int, seq: int, payload: bytes,
+                        wait: float) -> Message | None:
+        if self._transport is None:
+            raise errors.Stopped("client is not open (use `async with Client(...)`)")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Message] = loop.create_future()
+        self._waiting[seq] = future
+        self._counter += 1
+        frame = self._codec.encode(self.client_id, self._epoch, self._counter, [Message(
+            MessageType.CLIENT_REQUEST, src=self.client_id, seq=seq, status=int(op),
+            context=payload,
+        )])
+        try:
+            self._transport.sendto(frame, target)
+            return await asyncio.wait_for(future, wait)
+        except TimeoutError:
+            return None
+        finally:
+            if self._waiting.get(seq) is future:
+                del self._waiting[seq]
+
+    def _on_datagram(self, data: bytes, addr: Any) -> None:
+        try:
+            frame = self._codec.decode(data)
+        except errors.DecodeError:
+            self.counters["dropped"] += 1
+            return
+        for message in frame.messages:
+            if message.type != MessageType.CLIENT_RESPONSE or message.dst != self.client_id:
+                self.counters["dropped"] += 1
+                continue
+            future = self._waiting.get(message.seq)
+            if future is not None and not future.done():
+                future.set_result(message)

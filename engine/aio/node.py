@@ -1,0 +1,711 @@
+"""engine.Node: the asyncio driver around a sans-IO protocol core (DESIGN.md §1).
+
+Theory of operation
+-------------------
+One loop turn ("a turn") is the unit of batching. Everything that arrives during a turn —
+datagrams, proposals, reads, ticks — is queued, and `_run_turn` (scheduled once per turn with
+call_soon) hands it to the core in bulk: every queued message is stepped, all queued
+proposals go to the core in ONE `propose(batch)` call, all queued reads share ONE ReadIndex
+round. Then the core's Ready is processed (etcd's Ready/Advance contract, engine.types.Ready):
+
+  1. `ready.messages` go out at once (the leader replicates while it writes its own log,
+     Raft thesis §10.2.1);
+  2. `ready.entries` + `ready.hard_state` are written with ONE fsync (group commit) on the
+     storage thread; while that write is in flight the core is not touched — new inputs just
+     queue up and form the next, bigger batch;
+  3. after the fsync: `ready.messages_after_persist` (votes, append acks: promises about
+     durable state, DESIGN.md §5), then committed entries are applied, proposal futures are
+     resolved, ReadIndex reads whose index is applied are answered, and `core.advance()`.
+
+A proposal's future is resolved when the entry at its (index, term) is applied. If the entry
+applied at that index has another term, a new leader overwrote it: it can never commit, so
+the caller gets engine.Rejected (a definite no). A proposal whose fate is not known within
+request_timeout_s fails with engine.Timeout (it may still commit later).
+
+Proposals on a follower are forwarded to the leader (as a CLIENT_REQUEST) and the answer is
+relayed; with no known leader they wait (up to the timeout) for one to appear. A forwarded
+proposal whose answer is lost fails with Timeout, never with a false "failed", and is never
+re-sent (raw commands carry no session, so a resend could apply twice).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import random
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Protocol
+
+from engine import errors
+from engine.messages import ClientOp, ClientStatus, EntryKind, Message, MessageType
+from engine.types import NodeConfig, Ready
+
+logger = logging.getLogger("engine.node")
+
+# How often expired requests are swept (ticks); a request may outlive its timeout by this.
+_SWEEP_EVERY_TICKS = 10
+# A ReadIndex round not answered within this many ticks is retried with a new context.
+_READ_RETRY_TICKS = 20
+
+
+class StateMachine(Protocol):
+    def apply(self, index: int, command: bytes) -> bytes: ...
+    def query(self, query: bytes) -> bytes: ...
+    def snapshot(self) -> bytes: ...
+    def restore(self, data: bytes) -> None: ...
+
+
+class _PendingRead:
+    __slots__ = ("query", "future", "deadline")
+
+    def __init__(self, query: bytes, future: asyncio.Future[bytes], deadline: float) -> None:
+        self.query = query
+        self.future = future
+        self.deadline = deadline
+
+
+def _make_core(config: NodeConfig, recovered: Any) -> Any:
+    if config.protocol == "raft":
+        from engine.raft.core import RaftConfig, RaftCore
+
+        seed = config.seed if config.seed is not None else (config.node_id ^ time.time_ns())
+        raft_config = RaftConfig(
+            node_id=config.node_id,
+            voters=tuple(sorted(config.members)),
+            timing=config.timing,
+            limits=config.limits,
+            pre_vote=config.pre_vote,
+            check_quorum=config.check_quorum,
+            check_invariants=config.check_invariants,
+            seed=seed,
+        )
+        return RaftCore(raft_config, hard_state=recovered.hard_state, entries=recovered.entries)
+    raise errors.ConfigError(f"protocol {config.protocol!r} is not available yet")
+
+
+def _open_storage(config: NodeConfig) -> Any:
+    if config.data_dir is None:
+        from engine.aio.memory_storage import MemoryStorage
+
+        return MemoryStorage()
+    from engine.aio.wal import WriteAheadLog
+
+    os.makedirs(config.data_dir, exist_ok=True)
+    return WriteAheadLog(config.data_dir, fsync=config.fsync)
+
+
+class Node:
+    """One member of a replicated state machine (see the module docstring)."""
+
+    def __init__(
+        self, config: NodeConfig, state_machine: StateMachine | None = None, *,
+        storage: Any = None,
+    ) -> None:
+        if state_machine is None:
+            from engine.kv import KVStore
+
+            state_machine = KVStore()
+        self.config = config
+        self.state_machine = state_machine
+        self._storage = storage
+        self._core: Any = None
+        self._transport: Any = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._running = False
+        self._tick_handle: asyncio.TimerHandle | None = None
+        self._ticks = 0
+        self._pending_ticks = 0  # ticks that arrived while a write was in flight
+        self._next_tick_at = 0.0
+        self._turn_scheduled = False
+        self._persisting = False
+        self._storage_executor: ThreadPoolExecutor | None = None
+        self._inbox: list[Message] = []
+        # Proposals queued this turn: (command, future, deadline).
+        self._proposal_queue: list[tuple[bytes, asyncio.Future[bytes], float]] = []
+        # Proposals in the log: index -> (term, future, deadline).
+        self._proposals: dict[int, tuple[int, asyncio.Future[bytes], float]] = {}
+        # Proposals waiting for a leader to forward to.
+        self._waiting_for_leader: deque[tuple[bytes, asyncio.Future[bytes], float]] = deque()
+        # Proposals forwarded to the leader: seq -> (command, future, deadline).
+        self._forwarded: dict[int, tuple[bytes, asyncio.Future[bytes], float]] = {}
+        self._forward_seq = 0
+        self._forward_client_id = random.getrandbits(63) | 1
+        # Reads: queued this turn; in a ReadIndex round (context -> (reads, tick sent));
+        # waiting for apply to reach their index (index, reads).
+        self._read_queue: list[_PendingRead] = []
+        self._read_rounds: dict[bytes, tuple[list[_PendingRead], int]] = {}
+        self._reads_waiting_apply: list[tuple[int, list[_PendingRead]]] = []
+        self._read_seq = 0
+        self._applied = 0
+        self._fatal: BaseException | None = None
+        self.counters: dict[str, int] = {
+            "proposals": 0, "proposal_batches": 0, "applied": 0, "readies": 0, "saves": 0,
+            "reads": 0, "read_rounds": 0, "forwarded": 0, "client_requests": 0,
+        }
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Recover from storage, bind the UDP socket and start ticking."""
+        from engine.aio.udp import UdpTransport
+
+        if self._running:
+            raise errors.EngineError("node already started")
+        self._loop = asyncio.get_running_loop()
+        if self._storage is None:
+            self._storage = _open_storage(self.config)
+        recovered = await self._loop.run_in_executor(None, self._storage.open)
+        self._core = _make_core(self.config, recovered)
+        self._applied = 0
+        peers = {
+            member_id: self.config.address_of(member_id)
+            for member_id in self.config.members if member_id != self.config.node_id
+        }
+        self._transport = UdpTransport(
+            self.config.node_id,
+            self.config.address_of(self.config.node_id),
+            peers,
+            self.config.cluster_key,
+            cluster_id=self.config.cluster_id,
+            limits=self.config.limits,
+            on_messages=self._on_messages,
+        )
+        await self._transport.start()
+        if self.config.data_dir is not None:
+            self._storage_executor = ThreadPoolExecutor(1, thread_name_prefix="engine-wal")
+        self._running = True
+        self._next_tick_at = self._loop.time()
+        self._schedule_tick()
+        self._schedule_turn()
+
+    async def stop(self) -> None:
+        """Graceful stop: stop ticking, fail pending requests with Stopped, close sockets."""
+        if not self._running:
+            return
+        self._running = False
+        if self._tick_handle is not None:
+            self._tick_handle.cancel()
+        # Let an in-flight fsync finish so what it acknowledged is really on disk.
+        while self._persisting and self._fatal is None:
+            await asyncio.sleep(0.001)
+        self._fail_everything(errors.Stopped("node stopped"))
+        self._transport.close()
+        if self._storage_executor is not None:
+            self._storage_executor.shutdown(wait=True)
+        self._storage.close()
+
+    def crash(self) -> None:
+        """Stop at once as a crash would (tests): no waiting, unsynced writes are lost."""
+        self._running = False
+        if self._tick_handle is not None:
+            self._tick_handle.cancel()
+        self._fail_everything(errors.Stopped("node crashed"))
+        if self._transport is not None:
+            self._transport.close()
+        if self._storage_executor is not None:
+            self._storage_executor.shutdown(wait=False)
+
+    @property
+    def running(self) -> bool:
+        return self._running
+
+    @property
+    def node_id(self) -> int:
+        return self.config.node_id
+
+    @property
+    def transport(self) -> Any:
+        return self._transport
+
+    @property
+    def core(self) -> Any:
+        return self._core
+
+    # ------------------------------------------------------------------ public API
+
+    async def propose(self, command: bytes, *, timeout: float | None = None) -> bytes:
+        """Replicate `command`; return the state machine's result once it is applied here.
+
+        Raises EntryTooLarge / Overloaded / Rejected (definitely not applied), Timeout
+        (unknown), Stopped, StateMachineError.
+        """
+        self._check_running()
+        if len(command) > self.config.limits.max_entry_bytes:
+            raise errors.EntryTooLarge(
+                f"command of {len(command)} bytes exceeds max_entry_bytes="
+                f"{self.config.limits.max_entry_bytes}"
+            )
+        limit = self.config.limits.max_pending_proposals
+        if len(self._proposals) + len(self._proposal_queue) >= limit:
+            raise errors.Overloaded(f"{limit} proposals pending (Limits.max_pending_proposals)")
+        assert self._loop is not None
+        future: asyncio.Future[bytes] = self._loop.create_future()
+        deadline = self._loop.time() + (timeout or self.config.request_timeout_s)
+        self._proposal_queue.append((bytes(command), future, deadline))
+        self._schedule_turn()
+        return await future
+
+    async def read(self, query: bytes, *, timeout: float | None = None) -> bytes:
+        """Linearizable read (ReadIndex, Raft §6.4): no log write."""
+        self._check_running()
+        assert self._loop is not None
+        future: asyncio.Future[bytes] = self._loop.create_future()
+        deadline = self._loop.time() + (timeout or self.config.request_timeout_s)
+        self._read_queue.append(_PendingRead(bytes(query), future, deadline))
+        self._schedule_turn()
+        return await future
+
+    def campaign(self) -> None:
+        """Start an election now (benchmarks, demos); the core decides the rest."""
+        self._check_running()
+        self._core.campaign()
+        self._schedule_turn()
+
+    def status(self) -> dict[str, Any]:
+        status: dict[str, Any] = {
+            "node_id": self.config.node_id,
+            "protocol": self.config.protocol,
+            "address": self.config.members[self.config.node_id],
+            "running": self._running,
+            "applied_index": self._applied,
+            "pending_proposals": len(self._proposals) + len(self._proposal_queue),
+            "durable": self.config.data_dir is not None and self.config.fsync,
+        }
+        if self._core is not None:
+            core_status = dict(self._core.status())
+            core_status.pop("applied_index", None)
+            status.update(core_status)
+        status["counters"] = dict(self.counters)
+        if self._transport is not None:
+            status["transport"] = self._transport.stats()
+        return status
+
+    # ------------------------------------------------------------------ internals: scheduling
+
+    def _check_running(self) -> None:
+        if self._fatal is not None:
+            raise errors.Stopped(f"node stopped after a fatal error: {self._fatal!r}")
+        if not self._running:
+            raise errors.Stopped("node is not running")
+
+    def _schedule_turn(self) -> None:
+        if not self._turn_scheduled and self._loop is not None:
+            self._turn_scheduled = True
+            self._loop.call_soon(self._run_turn)
+
+    def _schedule_tick(self) -> None:
+        assert self._loop is not None
+        tick_s = self.config.timing.tick_ms / 1000.0
+        self._next_tick_at += tick_s
+        now = self._loop.time()
+        if self._next_tick_at < now - 10 * tick_s:  # the loop stalled: do not burst-tick
+            self._next_tick_at = now + tick_s
+        self._tick_handle = self._loop.call_at(self._next_tick_at, self._on_tick)
+
+    def _on_tick(self) -> None:
+        if not self._running:
+            return
+        self._ticks += 1
+        if not self._persisting:
+            self._core.tick()
+        else:
+            self._pending_ticks += 1
+        if self._ticks % _SWEEP_EVERY_TICKS == 0:
+            self._expire_requests()
+        self._retry_reads()
+        self._schedule_tick()
+        self._schedule_turn()
+
+    def _on_messages(self, messages: list[Message], address: Any) -> None:
+        for message in messages:
+            kind = message.type
+            if kind == MessageType.CLIENT_REQUEST:
+                self._on_client_request(message, address)
+            elif kind == MessageType.CLIENT_RESPONSE:
+                self._on_forward_response(message)
+            elif kind == MessageType.ADMIN:
+                self._on_admin(message, address)
+            else:
+                self._inbox.append(message)
+        self._schedule_turn()
+
+    # ------------------------------------------------------------------ the turn
+
+    def _run_turn(self) -> None:
+        self._turn_scheduled = False
+        if not self._running or self._persisting:
+            return  # inputs stay queued; the turn after the fsync takes them
+        core = self._core
+        try:
+            for _ in range(self._pending_ticks):
+                core.tick()
+            self._pending_ticks = 0
+            if self._inbox:
+                inbox, self._inbox = self._inbox, []
+                for message in inbox:
+                    core.step(message)
+            if self._proposal_queue:
+                self._submit_proposals()
+            if self._waiting_for_leader:
+                self._forward_waiting()
+            if self._read_queue:
+                self._start_read_round()
+            if core.has_ready():
+                self._handle_ready(core.ready())
+        except errors.InvariantViolation as exc:
+            self._die(exc)
+            raise
+
+    def _submit_proposals(self) -> None:
+        queue, self._proposal_queue = self._proposal_queue, []
+        live = [(c, f, d) for (c, f, d) in queue if not f.done()]
+        if not live:
+            return
+        try:
+            first, last, term = self._core.propose([command for command, _, _ in live])
+        except errors.NotLeader as exc:
+            self._waiting_for_leader.extend(live)
+            if exc.leader_id is None:
+                return
+            self._forward_waiting()
+            return
+        except errors.Rejected as exc:  # Overloaded / EntryTooLarge: definite no
+            for _, future, _ in live:
+                future.set_exception(type(exc)(str(exc)))
+            return
+        self.counters["proposals"] += len(live)
+        self.counters["proposal_batches"] += 1
+        if last - first + 1 != len(live):
+            raise errors.InvariantViolation(
+                f"core appended {last - first + 1} entries for {len(live)} proposals"
+            )
+        proposals = self._proposals
+        for offset, (_, future, deadline) in enumerate(live):
+            proposals[first + offset] = (term, future, deadline)
+
+    def _handle_ready(self, ready: Ready) -> None:
+        self.counters["readies"] += 1
+        if ready.messages:
+            self._transport.send(ready.messages)
+        if ready.entries or ready.hard_state is not None:
+            self.counters["saves"] += 1
+            if self._storage_executor is None:
+                self._storage.save(ready.entries, ready.hard_state)
+            else:
+                assert self._loop is not None
+                self._persisting = True
+                done = self._loop.run_in_executor(
+                    self._storage_executor, self._storage.save, ready.entries, ready.hard_state
+                )
+                done.add_done_callback(lambda f: self._on_persisted(ready, f))
+                return
+        self._after_persist(ready)
+
+    def _on_persisted(self, ready: Ready, done: asyncio.Future[None]) -> None:
+        self._persisting = False
+        if done.cancelled() or done.exception() is not None:
+            # Nothing that depends on this write may be acknowledged (DESIGN.md §5): stop.
+            self._die(done.exception() or errors.StorageError("WAL write cancelled"))
+            return
+        if not self._running:
+            return
+        self._after_persist(ready)
+        self._schedule_turn()
+
+    def _after_persist(self, ready: Ready) -> None:
+        if ready.messages_after_persist:
+            self._transport.send(ready.messages_after_persist)
+        if ready.committed_entries:
+            self._apply(ready.committed_entries)
+        for read_state in ready.read_states:
+            self._on_read_state(read_state.index, read_state.context)
+        for first, last, _term in ready.dropped:
+            for index in range(first, last + 1):
+                pending = self._proposals.pop(index, None)
+                if pending is not None and not pending[1].done():
+                    pending[1].set_exception(errors.Rejected("proposal dropped before commit"))
+        self._core.advance(ready)
+        if self._reads_waiting_apply:
+            self._serve_applied_reads()
+
+    def _apply(self, entries: list[Any]) -> None:
+        state_machine = self.state_machine
+        proposals = self._proposals
+        normal = EntryKind.NORMAL
+        for entry in entries:
+            index = entry.index
+            result: Any = b""
+            if entry.kind == normal:
+                try:
+                    result = state_machine.apply(index, entry.data)
+                except Exception as exc:  # the user's state machine: report, keep going
+                    logger.exception("state machine raised at index %d", index)
+                    result = errors.StateMachineError(f"apply at index {index} raised {exc!r}")
+            self._applied = index
+            pending = proposals.pop(index, None) if proposals else None
+            if pending is None:
+                continue
+            term, future, _ = pending
+            if future.done():
+                continue
+            if term != entry.term:
+                future.set_exception(errors.Rejected(
+                    f"entry {index} was replaced by a new leader (term {entry.term})"
+                ))
+            elif isinstance(result, Exception):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
+        self.counters["applied"] += len(entries)
+
+    # ------------------------------------------------------------------ reads (Raft §6.4)
+
+    def _start_read_round(self) -> None:
+        reads, self._read_queue = self._read_queue, []
+        reads = [r for r in reads if not r.future.done()]
+        if not reads:
+            return
+        self._read_seq += 1
+        context = self._read_seq.to_bytes(8, "little") + self.config.node_id.to_bytes(8, "little")
+        try:
+            self._core.read_index(context)
+        except errors.NotLeader:
+            # No leader known yet: keep them queued; _retry_reads re-tries every tick.
+            self._read_queue.extend(reads)
+            return
+        self.counters["read_rounds"] += 1
+        self._read_rounds[context] = (reads, self._ticks)
+
+    def _retry_reads(self) -> None:
+        if not self._read_rounds:
+            return
+        stale = [c for c, (_, sent) in self._read_rounds.items()
+                 if self._ticks - sent >= _READ_RETRY_TICKS]
+        for context in stale:
+            reads, _ = self._read_rounds.pop(context)
+            self._read_queue.extend(r for r in reads if not r.future.done())
+
+    def _on_read_state(self, index: int, context: bytes) -> None:
+        round_ = self._read_rounds.pop(context, None)
+        if round_ is None:
+            return
+        reads = round_[0]
+        if index == 0:  # the leader refused (e.g. no entry committed in its term yet): retry
+            self._read_queue.extend(r for r in reads if not r.future.done())
+            return
+        if index <= self._applied:
+            self._answer_reads(reads)
+        else:
+            self._reads_waiting_apply.append((index, reads))
+
+    def _serve_applied_reads(self) -> None:
+        ready, waiting = [], []
+        for index, reads in self._reads_waiting_apply:
+            (ready if index <= self._applied else waiting).append((index, reads))
+        self._reads_waiting_apply = waiting
+        for _, reads in ready:
+            self._answer_reads(reads)
+
+    def _answer_reads(self, reads: list[_PendingRead]) -> None:
+        for read in reads:
+            if read.future.done():
+                continue
+            try:
+                read.future.set_result(self.state_machine.query(read.query))
+            except Exception as exc:
+                read.future.set_exception(errors.StateMachineError(f"query raised {exc!r}"))
+            self.counters["reads"] += 1
+
+    # ------------------------------------------------------------------ forwarding
+
+    def _forward_waiting(self) -> None:
+        leader_id = self._core.leader_id
+        if not leader_id:
+            return
+        if leader_id == self.config.node_id:
+            # We became leader meanwhile: propose them here.
+            self._proposal_queue.extend(self._waiting_for_leader)
+            self._waiting_for_leader.clear()
+            self._submit_proposals()
+            return
+        messages = []
+        while self._waiting_for_leader:
+            command, future, deadline = self._waiting_for_leader.popleft()
+            if future.done():
+                continue
+            self._forward_seq += 1
+            self._forwarded[self._forward_seq] = (command, future, deadline)
+            messages.append(Message(
+                MessageType.CLIENT_REQUEST, src=self._forward_client_id, dst=leader_id,
+                seq=self._forward_seq, status=ClientOp.WRITE, context=command,
+            ))
+        if messages:
+            self.counters["forwarded"] += len(messages)
+            self._transport.send(messages)
+
+    def _on_forward_response(self, message: Message) -> None:
+        if message.dst != self._forward_client_id:
+            return
+        pending = self._forwarded.pop(message.seq, None)
+        if pending is None:
+            return
+        command, future, deadline = pending
+        if future.done():
+            return
+        status = message.status
+        if status == ClientStatus.OK:
+            future.set_result(message.context)
+        elif status == ClientStatus.NOT_LEADER:
+            # Definitely not applied there: forward again once a leader is known.
+            self._waiting_for_leader.append((command, future, deadline))
+            self._schedule_turn()
+        elif status == ClientStatus.REJECTED:
+            future.set_exception(errors.Rejected(message.context.decode(errors="replace")))
+        elif status == ClientStatus.ERROR:
+            future.set_exception(errors.StateMachineError(message.context.decode(errors="replace")))
+        else:
+            future.set_exception(errors.Timeout("the leader could not tell the outcome"))
+
+    # ------------------------------------------------------------------ serving clients
+
+    def _on_client_request(self, message: Message, address: Any) -> None:
+        self.counters["client_requests"] += 1
+        op = message.status
+        if op == ClientOp.STATUS:
+            self._reply(message, address, ClientStatus.OK,
+                        json.dumps(self.status(), default=str).encode())
+            return
+        if not self._running:
+            return
+        if op == ClientOp.WRITE:
+            leader_id = self._core.leader_id
+            if leader_id != self.config.node_id:
+                self._reply_not_leader(message, address, leader_id)
+                return
+            task = self._serve(message, address, self.propose(message.context))
+        elif op == ClientOp.READ:
+            if not self._core.leader_id:
+                self._reply_not_leader(message, address, None)
+                return
+            task = self._serve(message, address, self.read(message.context))
+        else:
+            self._reply(message, address, ClientStatus.REJECTED, b"unknown client op")
+            return
+        assert self._loop is not None
+        self._loop.create_task(task)
+
+    async def _serve(self, message: Message, address: Any, work: Any) -> None:
+        try:
+            result = await work
+        except errors.NotLeader as exc:
+            self._reply_not_leader(message, address, exc.leader_id)
+        except errors.Rejected as exc:
+            self._reply(message, address, ClientStatus.REJECTED, str(exc).encode())
+        except errors.StateMachineError as exc:
+            self._reply(message, address, ClientStatus.ERROR, str(exc).encode())
+        except (errors.Timeout, errors.Stopped):
+            self._reply(message, address, ClientStatus.UNKNOWN, b"outcome unknown")
+        else:
+            self._reply(message, address, ClientStatus.OK, result)
+
+    def _reply_not_leader(self, request: Message, address: Any, leader_id: int | None) -> None:
+        """NOT_LEADER carries the leader's id (reject_hint) and address (context)."""
+        hint = self.config.members.get(leader_id or 0, "")
+        self._reply(request, address, ClientStatus.NOT_LEADER, hint.encode(), leader_id or 0)
+
+    def _reply(self, request: Message, address: Any, status: int, context: bytes,
+               leader_hint: int = 0) -> None:
+        if self._transport is None:
+            return
+        response = Message(
+            MessageType.CLIENT_RESPONSE, src=self.config.node_id, dst=request.src,
+            seq=request.seq, status=int(status), context=context, reject_hint=leader_hint,
+        )
+        if request.src in self.config.members and request.src != self.config.node_id:
+            self._transport.send([response])
+        else:
+            self._transport.send_to_address(address, [response])
+
+    def _on_admin(self, message: Message, address: Any) -> None:
+        # Admin operations (fault filter for tests) are added with the fault-injection harness.
+        self._reply(message, address, ClientStatus.REJECTED, b"admin op not supported")
+
+    # ------------------------------------------------------------------ timeouts and errors
+
+    def _expire_requests(self) -> None:
+        assert self._loop is not None
+        now = self._loop.time()
+        timeout = errors.Timeout
+        for index in [i for i, (_, f, d) in self._proposals.items() if d <= now or f.done()]:
+            _, future, _ = self._proposals.pop(index)
+            if not future.done():
+                future.set_exception(timeout(f"proposal at index {index} not applied in time"))
+        for seq in [s for s, (_, f, d) in self._forwarded.items() if d <= now or f.done()]:
+            _, future, _ = self._forwarded.pop(seq)
+            if not future.done():
+                future.set_exception(timeout("no answer from the leader in time"))
+        if self._waiting_for_leader:
+            keep: deque[tuple[bytes, asyncio.Future[bytes], float]] = deque()
+            for item in self._waiting_for_leader:
+                if item[2] <= now and not item[1].done():
+                    # Never sent anywhere: a definite no, not an unknown.
+                    item[1].set_exception(errors.NotLeader("no leader known in time"))
+                elif not item[1].done():
+                    keep.append(item)
+            self._waiting_for_leader = keep
+        self._expire_reads(now)
+
+    def _expire_reads(self, now: float) -> None:
+        def expire(reads: list[_PendingRead]) -> list[_PendingRead]:
+            alive = []
+            for read in reads:
+                if read.future.done():
+                    continue
+                if read.deadline <= now:
+                    read.future.set_exception(errors.Timeout("read not served in time"))
+                else:
+                    alive.append(read)
+            return alive
+
+        self._read_queue = expire(self._read_queue)
+        for context, (reads, sent) in list(self._read_rounds.items()):
+            alive = expire(reads)
+            if alive:
+                self._read_rounds[context] = (alive, sent)
+            else:
+                del self._read_rounds[context]
+        self._reads_waiting_apply = [
+            (index, alive) for index, reads in self._reads_waiting_apply
+            if (alive := expire(reads))
+        ]
+
+    def _fail_everything(self, error: errors.EngineError) -> None:
+        futures: list[asyncio.Future[Any]] = []
+        futures += [f for _, f, _ in self._proposal_queue]
+        futures += [f for _, f, _ in self._proposals.values()]
+        futures += [f for _, f, _ in self._waiting_for_leader]
+        futures += [f for _, f, _ in self._forwarded.values()]
+        futures += [r.future for r in self._read_queue]
+        for reads, _ in self._read_rounds.values():
+            futures += [r.future for r in reads]
+        for _, reads in self._reads_waiting_apply:
+            futures += [r.future for r in reads]
+        for future in futures:
+            if not future.done():
+                future.set_exception(type(error)(str(error)))
+        self._proposal_queue.clear()
+        self._proposals.clear()
+        self._waiting_for_leader.clear()
+        self._forwarded.clear()
+        self._read_queue.clear()
+        self._read_rounds.clear()
+        self._reads_waiting_apply.clear()
+
+    def _die(self, exc: BaseException) -> None:
+        logger.critical("node %d stopping after a fatal error: %r", self.config.node_id, exc)
+        self._fatal = exc
+        self.crash()
