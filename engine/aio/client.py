@@ -3,9 +3,15 @@
     async with engine.Client(["127.0.0.1:7001", "127.0.0.1:7002"], cluster_key=key) as c:
         await c.put(b"k", b"v"); await c.get(b"k"); await c.cas(b"k", b"v", b"w")
 
-It finds the leader (following NOT_LEADER hints), retries a request with the SAME client id
+It finds the leader (following NOT_LEADER hints), retries a request with the SAME session id
 and sequence number (so the state machine applies it once, Raft thesis §6.3), and raises
 engine.Timeout when the outcome is unknown — never a false "failed".
+
+Sessions: the KV state machine allows one outstanding command per session (client id), and a
+new session starts at seq 1. A Client may run many writes concurrently, so it keeps a pool of
+sessions: each write borrows an idle session, uses its next seq (every retry reuses it), and
+returns it when the write is answered. Responses are matched by a per-client request number
+(Message.seq), separate from the session seq inside the command.
 """
 
 from __future__ import annotations
@@ -50,7 +56,9 @@ class Client:
         )
         self._epoch = time.time_ns()
         self._counter = 0
-        self._seq = 0
+        self._request_number = 0
+        # Idle sessions: [session id, next seq]. A timed-out write keeps its seq consumed.
+        self._idle_sessions: list[list[int]] = []
         self._leader: tuple[str, int] | None = None
         self._next_address = 0
         self._waiting: dict[int, asyncio.Future[Message]] = {}
@@ -86,51 +94,59 @@ class Client:
     async def put(self, key: bytes, value: bytes) -> None:
         from engine.kv import commands
 
-        seq = self._next_seq()
-        self._check(await self._request(ClientOp.WRITE, seq, lambda: commands.encode_put(
-            key, value, client_id=self.client_id, seq=seq)))
+        self._check(await self._write(
+            lambda session, seq: commands.encode_put(key, value, client_id=session, seq=seq)))
 
     async def get(self, key: bytes) -> bytes | None:
         """Linearizable read (ReadIndex on the cluster): the value, or None if absent."""
         from engine.kv import commands
 
-        result = self._check(await self._request(
-            ClientOp.READ, self._next_seq(), lambda: commands.encode_get_query(key)))
+        result = self._check(await self._request(ClientOp.READ, commands.encode_get_query(key)))
         return result.value
 
     async def delete(self, key: bytes) -> bool:
         """True if the key existed."""
         from engine.kv import commands
 
-        seq = self._next_seq()
-        result = self._check(await self._request(
-            ClientOp.WRITE, seq,
-            lambda: commands.encode_delete(key, client_id=self.client_id, seq=seq)))
+        result = self._check(await self._write(
+            lambda session, seq: commands.encode_delete(key, client_id=session, seq=seq)))
         return bool(result.existed)
 
     async def cas(self, key: bytes, expected: bytes | None, new: bytes) -> bool:
         """Set key to `new` if its value is `expected` (None: absent). True if it did."""
         from engine.kv import commands
 
-        seq = self._next_seq()
-        result = await self._request(ClientOp.WRITE, seq, lambda: commands.encode_cas(
-            key, expected, new, client_id=self.client_id, seq=seq))
+        result = await self._write(lambda session, seq: commands.encode_cas(
+            key, expected, new, client_id=session, seq=seq))
+        if not result.ok and result.status != commands.Status.CAS_MISMATCH:
+            raise errors.Rejected(str(result.error))
         return bool(result.ok)
 
     async def status(self, address: str | None = None) -> dict[str, Any]:
         """Status of one node (JSON from the node)."""
         target = parse_address(address) if address else self.addresses[0]
-        response = await self._exchange(target, ClientOp.STATUS, self._next_seq(), b"",
-                                        self.attempt_timeout * 4)
+        response = await self._exchange(target, ClientOp.STATUS, self._next_request_number(),
+                                        b"", self.attempt_timeout * 4)
         if response is None:
             raise errors.Timeout(f"no status from {target[0]}:{target[1]}")
         return dict(json.loads(response.context))
 
     # ------------------------------------------------------------------ plumbing
 
-    def _next_seq(self) -> int:
-        self._seq += 1
-        return self._seq
+    def _next_request_number(self) -> int:
+        self._request_number += 1
+        return self._request_number
+
+    async def _write(self, build: Any) -> Any:
+        """One write in a borrowed session (see the module docstring)."""
+        session = self._idle_sessions.pop() if self._idle_sessions else [
+            random.getrandbits(63) | 1, 1]
+        session_id, seq = session
+        session[1] = seq + 1  # consumed whatever happens: a retry of this write reuses seq
+        try:
+            return await self._request(ClientOp.WRITE, build(session_id, seq))
+        finally:
+            self._idle_sessions.append(session)
 
     @staticmethod
     def _check(result: Any) -> Any:
@@ -138,10 +154,10 @@ class Client:
             raise errors.Rejected(str(result.error))
         return result
 
-    async def _request(self, op: int, seq: int, build: Any) -> Any:
+    async def _request(self, op: int, payload: bytes) -> Any:
         from engine.kv import commands
 
-        payload = build()
+        seq = self._next_request_number()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeout
         self.counters["requests"] += 1

@@ -1,0 +1,19 @@
+"""The replicated key-value state machine and its command encoding (engine.kv.commands)."""
+
+from engine.kv.commands import (
+    KVResult,
+    Op,
+    Status,
+    decode_result,
+    encode_cas,
+    encode_delete,
+    encode_get,
+    encode_put,
+    encode_query,
+)
+from engine.kv.store import KVStore
+
+__all__ = [
+    "KVStore", "KVResult", "Op", "Status", "decode_result",
+    "encode_put", "encode_get", "encode_delete", "encode_cas", "encode_query",
+]

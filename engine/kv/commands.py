@@ -1,0 +1,288 @@
+"""Binary encoding of KV commands, queries and results (the KVStore's wire vocabulary).
+
+Every encoding is versioned, little-endian, fixed-width integers with explicit lengths, and
+is decoded with exact length checks: trailing bytes, short buffers, unknown versions, ops or
+flag bits are all a DecodeError. KVStore turns a command that fails to decode into a MALFORMED
+result (the same on every replica) instead of raising.
+
+Command (goes through the log):
+    u8 version (=1) | u8 op | u8 flags | [u64 client_id | u64 seq]   if flags & SESSION
+    | u32 key_len | key
+    | PUT: u32 value_len | value
+    | CAS: [u32 expected_len | expected]   if flags & EXPECTED  (absent: key must not exist)
+    |      u32 new_len | new
+Query (ReadIndex read, never changes state): the GET command layout without a session.
+Result:
+    u8 version (=1) | u8 status | u8 flags
+    | [u32 len | value] if flags & VALUE | [u32 len | previous] if flags & PREVIOUS
+    | [u32 len | utf-8 message] if flags & MESSAGE
+
+Sessions (Raft thesis §6.3): a command may carry (client_id, seq). A client keeps at most one
+command outstanding per client id, starts at seq 1 and uses a higher seq for each new command;
+a retry re-sends the same seq and gets the cached result. See KVStore for the exact rules.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from enum import IntEnum
+
+from engine.errors import DecodeError
+
+VERSION = 1
+
+U64_MAX = (1 << 64) - 1
+U32_MAX = (1 << 32) - 1
+
+
+class Op(IntEnum):
+    PUT = 1
+    GET = 2
+    DELETE = 3
+    CAS = 4
+
+
+class Status(IntEnum):
+    OK = 0
+    CAS_MISMATCH = 1      # value = the current value (None if absent); nothing changed
+    STALE_REQUEST = 2     # seq below the session's last applied seq; nothing changed
+    SESSION_EXPIRED = 3   # unknown client id with seq > 1 (evicted); nothing changed
+    MALFORMED = 4         # the command or query could not be decoded; nothing changed
+
+
+# Command flags.
+FLAG_SESSION = 0x01
+FLAG_EXPECTED = 0x02
+_COMMAND_FLAGS = FLAG_SESSION | FLAG_EXPECTED
+
+# Result flags.
+FLAG_VALUE = 0x01
+FLAG_PREVIOUS = 0x02
+FLAG_MESSAGE = 0x04
+_RESULT_FLAGS = FLAG_VALUE | FLAG_PREVIOUS | FLAG_MESSAGE
+
+_HEAD = struct.Struct("<BBB")
+_SESSION = struct.Struct("<QQ")
+_U32 = struct.Struct("<I")
+
+_KNOWN_OPS = frozenset(int(op) for op in Op)
+_KNOWN_STATUSES = frozenset(int(status) for status in Status)
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """A decoded command. `expected` is only meaningful for CAS (None: key must be absent)."""
+
+    op: int
+    key: bytes
+    value: bytes | None = None
+    expected: bytes | None = None
+    client_id: int | None = None
+    seq: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class KVResult:
+    """A decoded result. `ok` is True when the command took effect as asked (for GET: ran)."""
+
+    status: Status
+    value: bytes | None = None
+    previous: bytes | None = None
+    message: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status == Status.OK
+
+    @property
+    def existed(self) -> bool:
+        """PUT / DELETE / CAS: whether the key had a value before (previous is not None)."""
+        return self.previous is not None
+
+    @property
+    def error(self) -> str:
+        """Why the command did not take effect ("" when ok or a plain CAS mismatch)."""
+        return "" if self.ok else self.message
+
+
+# ---------------------------------------------------------------------------- encoding
+
+
+def _session_bytes(client_id: int | None, seq: int | None) -> tuple[int, bytes]:
+    if client_id is None and seq is None:
+        return 0, b""
+    if client_id is None or seq is None:
+        raise ValueError("client_id and seq go together (both or neither)")
+    if not 0 <= client_id <= U64_MAX:
+        raise ValueError(f"client_id must fit in u64, got {client_id}")
+    # seq 0 is reserved: a session's first command is seq 1 (see KVStore session rules).
+    if not 1 <= seq <= U64_MAX:
+        raise ValueError(f"seq must be in [1, 2**64), got {seq}")
+    return FLAG_SESSION, _SESSION.pack(client_id, seq)
+
+
+def _blob(data: bytes) -> bytes:
+    if len(data) > U32_MAX:
+        raise ValueError(f"key or value of {len(data)} bytes exceeds u32")
+    return _U32.pack(len(data)) + data
+
+
+def _command(op: Op, key: bytes, tail: bytes, flags: int,
+             client_id: int | None, seq: int | None) -> bytes:
+    session_flag, session = _session_bytes(client_id, seq)
+    return b"".join((
+        _HEAD.pack(VERSION, op, flags | session_flag), session, _blob(key), tail,
+    ))
+
+
+def encode_put(key: bytes, value: bytes, *, client_id: int | None = None,
+               seq: int | None = None) -> bytes:
+    """Set key to value; the result carries the previous value (or None)."""
+    return _command(Op.PUT, key, _blob(value), 0, client_id, seq)
+
+
+def encode_get(key: bytes, *, client_id: int | None = None, seq: int | None = None) -> bytes:
+    """Read key through the log (for tests and strict ordering); use encode_query normally."""
+    return _command(Op.GET, key, b"", 0, client_id, seq)
+
+
+def encode_delete(key: bytes, *, client_id: int | None = None,
+                  seq: int | None = None) -> bytes:
+    """Delete key; the result carries the previous value (None: nothing was deleted)."""
+    return _command(Op.DELETE, key, b"", 0, client_id, seq)
+
+
+def encode_cas(key: bytes, expected: bytes | None, new: bytes, *,
+               client_id: int | None = None, seq: int | None = None) -> bytes:
+    """Set key to new iff its value is expected (None: iff the key is absent)."""
+    if expected is None:
+        return _command(Op.CAS, key, _blob(new), 0, client_id, seq)
+    return _command(Op.CAS, key, _blob(expected) + _blob(new), FLAG_EXPECTED, client_id, seq)
+
+
+def encode_query(key: bytes) -> bytes:
+    """A linearizable read of key (served with ReadIndex by KVStore.query)."""
+    return _command(Op.GET, key, b"", 0, None, None)
+
+
+# The name engine.aio.client uses.
+encode_get_query = encode_query
+
+
+def encode_result(status: Status, value: bytes | None = None, previous: bytes | None = None,
+                  message: str = "") -> bytes:
+    flags = 0
+    parts = [b""]
+    if value is not None:
+        flags |= FLAG_VALUE
+        parts.append(_blob(value))
+    if previous is not None:
+        flags |= FLAG_PREVIOUS
+        parts.append(_blob(previous))
+    if message:
+        flags |= FLAG_MESSAGE
+        parts.append(_blob(message.encode("utf-8", "replace")))
+    parts[0] = _HEAD.pack(VERSION, status, flags)
+    return b"".join(parts)
+
+
+# ---------------------------------------------------------------------------- decoding
+
+
+def _read_blob(data: bytes, offset: int, what: str) -> tuple[bytes, int]:
+    if offset + 4 > len(data):
+        raise DecodeError(f"truncated {what} length at offset {offset}")
+    (length,) = _U32.unpack_from(data, offset)
+    start = offset + 4
+    end = start + length
+    if end > len(data):
+        raise DecodeError(f"{what} of {length} bytes at offset {start} overruns "
+                          f"{len(data)}-byte buffer")
+    return data[start:end], end
+
+
+def _read_head(data: bytes, what: str) -> tuple[int, int]:
+    if len(data) < _HEAD.size:
+        raise DecodeError(f"{what} of {len(data)} bytes is shorter than its header")
+    version, code, flags = _HEAD.unpack_from(data, 0)
+    if version != VERSION:
+        raise DecodeError(f"unsupported {what} version {version}")
+    return code, flags
+
+
+def decode_command(data: bytes) -> Command:
+    """Parse a command; raises DecodeError on anything malformed."""
+    if not isinstance(data, bytes):
+        raise DecodeError(f"command must be bytes, got {type(data).__name__}")
+    op, flags = _read_head(data, "command")
+    if op not in _KNOWN_OPS:
+        raise DecodeError(f"unknown command op {op}")
+    if flags & ~_COMMAND_FLAGS:
+        raise DecodeError(f"unknown command flags {flags:#x}")
+    if flags & FLAG_EXPECTED and op != Op.CAS:
+        raise DecodeError("expected-value flag on a non-CAS command")
+    offset = _HEAD.size
+    client_id: int | None = None
+    seq = 0
+    if flags & FLAG_SESSION:
+        if offset + _SESSION.size > len(data):
+            raise DecodeError("truncated session")
+        client_id, seq = _SESSION.unpack_from(data, offset)
+        if seq == 0:
+            raise DecodeError("session seq 0 is reserved")
+        offset += _SESSION.size
+    key, offset = _read_blob(data, offset, "key")
+    value: bytes | None = None
+    expected: bytes | None = None
+    if op == Op.PUT:
+        value, offset = _read_blob(data, offset, "value")
+    elif op == Op.CAS:
+        if flags & FLAG_EXPECTED:
+            expected, offset = _read_blob(data, offset, "expected value")
+        value, offset = _read_blob(data, offset, "new value")
+    if offset != len(data):
+        raise DecodeError(f"{len(data) - offset} trailing bytes after command")
+    return Command(op, key, value, expected, client_id, seq)
+
+
+def decode_query(data: bytes) -> bytes:
+    """Parse a query; returns the key. Raises DecodeError on anything but a session-less GET."""
+    command = decode_command(data)
+    if command.op != Op.GET or command.client_id is not None:
+        raise DecodeError("a query must be a GET without a session")
+    return command.key
+
+
+def decode_result(data: bytes) -> KVResult:
+    """Parse a result produced by KVStore.apply or .query; raises DecodeError if malformed."""
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise DecodeError(f"result must be bytes, got {type(data).__name__}")
+    data = bytes(data)
+    status, flags = _read_head(data, "result")
+    if status not in _KNOWN_STATUSES:
+        raise DecodeError(f"unknown result status {status}")
+    if flags & ~_RESULT_FLAGS:
+        raise DecodeError(f"unknown result flags {flags:#x}")
+    offset = _HEAD.size
+    value: bytes | None = None
+    previous: bytes | None = None
+    message = ""
+    if flags & FLAG_VALUE:
+        value, offset = _read_blob(data, offset, "value")
+    if flags & FLAG_PREVIOUS:
+        previous, offset = _read_blob(data, offset, "previous value")
+    if flags & FLAG_MESSAGE:
+        raw, offset = _read_blob(data, offset, "message")
+        message = raw.decode("utf-8", "replace")
+    if offset != len(data):
+        raise DecodeError(f"{len(data) - offset} trailing bytes after result")
+    return KVResult(Status(status), value, previous, message)
+
+
+__all__ = [
+    "VERSION", "Op", "Status", "Command", "KVResult",
+    "encode_put", "encode_get", "encode_delete", "encode_cas", "encode_query", "encode_get_query",
+    "encode_result",
+    "decode_command", "decode_query", "decode_result",
+]

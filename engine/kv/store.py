@@ -1,0 +1,270 @@
+"""KVStore: the deterministic replicated key-value state machine (DESIGN.md §3).
+
+Every replica applies the same commands in the same log order and must end in the same state
+with the same results, so nothing here reads a clock, draws randomness or iterates a hash order
+into its output: snapshots are sorted, session eviction is ordered by log index.
+
+Exactly-once (Raft thesis §6.3). A command may carry a session (client_id, seq). The store
+keeps, per client id, the last applied seq, its encoded result and the log index of its last
+use. For a command with a session:
+  * seq == last seq      -> the cached result, nothing re-applied (a retry);
+  * seq <  last seq      -> STALE_REQUEST, nothing applied (a delayed duplicate);
+  * seq >  last seq      -> applied, result cached;
+  * unknown client id    -> applied if seq == 1 (a new session); SESSION_EXPIRED otherwise,
+                            because the client may have been evicted after its earlier
+                            commands applied, and re-applying a retry would break exactly-once.
+Sessions are bounded by Limits.max_client_sessions; past it the session least recently used
+(by log index, identical on every replica) is evicted. Replicas must share that limit.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import OrderedDict
+from collections.abc import Iterable
+
+from engine.errors import DecodeError, InvariantViolation
+from engine.kv.commands import (
+    Command,
+    Op,
+    Status,
+    decode_command,
+    decode_query,
+    encode_result,
+)
+from engine.types import Limits
+
+_SNAPSHOT_MAGIC = b"EKV1"
+_SNAPSHOT_HEAD = struct.Struct("<4sQQQ")   # magic, applied_index, n_keys, n_sessions
+_U32 = struct.Struct("<I")
+_SESSION_ROW = struct.Struct("<QQQ")      # client_id, last_seq, last_index
+
+_STALE = encode_result(Status.STALE_REQUEST, message="stale request: seq below last applied")
+_EXPIRED = encode_result(
+    Status.SESSION_EXPIRED, message="unknown session: expired or never started at seq 1"
+)
+
+
+class _Session:
+    __slots__ = ("seq", "result", "index")
+
+    def __init__(self, seq: int, result: bytes, index: int) -> None:
+        self.seq = seq
+        self.result = result
+        self.index = index
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, _Session):
+            return NotImplemented
+        return (self.seq, self.result, self.index) == (other.seq, other.result, other.index)
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+class KVStore:
+    """A replicated map of bytes to bytes with compare-and-swap and client sessions."""
+
+    def __init__(self, limits: Limits | None = None) -> None:
+        self._max_sessions = (limits or Limits()).max_client_sessions
+        self._data: dict[bytes, bytes] = {}
+        # client_id -> _Session, ordered from least to most recently used (by log index).
+        self._sessions: OrderedDict[int, _Session] = OrderedDict()
+        self._applied_index = 0
+
+    # ------------------------------------------------------------------ state machine API
+
+    @property
+    def applied_index(self) -> int:
+        return self._applied_index
+
+    def apply(self, index: int, command: bytes) -> bytes:
+        """Apply one committed command at log index `index`; returns the encoded result.
+
+        Never raises on command content (a malformed command is a MALFORMED result, the same on
+        every replica); raises InvariantViolation if indexes do not increase (a driver bug).
+        """
+        if index <= self._applied_index:
+            raise InvariantViolation(
+                f"apply at index {index} after index {self._applied_index} was applied"
+            )
+        self._applied_index = index
+        try:
+            cmd = decode_command(command)
+        except DecodeError as exc:
+            return encode_result(Status.MALFORMED, message=f"malformed command: {exc}")
+        if cmd.client_id is None:
+            return self._execute(cmd)
+        return self._apply_in_session(index, cmd, cmd.client_id)
+
+    def apply_batch(self, items: Iterable[tuple[int, bytes]]) -> list[bytes]:
+        """Apply (index, command) pairs in order; same results as apply() one by one."""
+        apply = self.apply
+        return [apply(index, command) for index, command in items]
+
+    def query(self, query: bytes) -> bytes:
+        """A read served after ReadIndex (Raft §6.4); never changes state."""
+        try:
+            key = decode_query(query)
+        except DecodeError as exc:
+            return encode_result(Status.MALFORMED, message=f"malformed query: {exc}")
+        return encode_result(Status.OK, value=self._data.get(key))
+
+    # ------------------------------------------------------------------ snapshots
+
+    def snapshot(self) -> bytes:
+        """The whole state, encoded deterministically (keys and client ids sorted)."""
+        parts = [_SNAPSHOT_HEAD.pack(
+            _SNAPSHOT_MAGIC, self._applied_index, len(self._data), len(self._sessions)
+        )]
+        pack_u32 = _U32.pack
+        for key, value in sorted(self._data.items()):
+            parts += (pack_u32(len(key)), key, pack_u32(len(value)), value)
+        for client_id in sorted(self._sessions):
+            session = self._sessions[client_id]
+            parts += (
+                _SESSION_ROW.pack(client_id, session.seq, session.index),
+                pack_u32(len(session.result)), session.result,
+            )
+        return b"".join(parts)
+
+    def restore(self, data: bytes) -> None:
+        """Replace the whole state with a snapshot; raises DecodeError (state unchanged) if
+        the snapshot is malformed."""
+        applied, items, sessions = _decode_snapshot(bytes(data))
+        self._data = dict(items)
+        # Rebuild the LRU order from the log indexes (client id breaks ties; never equal in
+        # practice since one command has one index) so eviction continues identically.
+        ordered = sorted(sessions, key=lambda row: (row[1].index, row[0]))
+        self._sessions = OrderedDict(ordered)
+        self._applied_index = applied
+
+    # ------------------------------------------------------------------ inspection
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __bool__(self) -> bool:
+        # An empty store is still a state machine: `sm or KVStore()` must not replace it.
+        return True
+
+    def get(self, key: bytes) -> bytes | None:
+        """Local (not linearizable) read, for tests and tools."""
+        return self._data.get(key)
+
+    def items(self) -> list[tuple[bytes, bytes]]:
+        return sorted(self._data.items())
+
+    @property
+    def session_count(self) -> int:
+        return len(self._sessions)
+
+    def session_ids(self) -> list[int]:
+        """Client ids from least to most recently used."""
+        return list(self._sessions)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, KVStore):
+            return NotImplemented
+        return (
+            self._applied_index == other._applied_index and self._data == other._data
+            and list(self._sessions.items()) == list(other._sessions.items())
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return (f"KVStore(keys={len(self._data)}, sessions={len(self._sessions)}, "
+                f"applied_index={self._applied_index})")
+
+    # ------------------------------------------------------------------ internals
+
+    def _apply_in_session(self, index: int, cmd: Command, client_id: int) -> bytes:
+        sessions = self._sessions
+        session = sessions.get(client_id)
+        if session is None:
+            if cmd.seq != 1:
+                # Raft thesis §6.3: an expired session must not silently re-apply a retry.
+                return _EXPIRED
+        elif cmd.seq == session.seq:
+            # A retry of the command already applied: answer from the cache (§6.3).
+            session.index = index
+            sessions.move_to_end(client_id)
+            return session.result
+        elif cmd.seq < session.seq:
+            return _STALE
+        result = self._execute(cmd)
+        if session is None:
+            sessions[client_id] = _Session(cmd.seq, result, index)
+            while len(sessions) > self._max_sessions:
+                sessions.popitem(last=False)   # least recently used by log index
+        else:
+            session.seq = cmd.seq
+            session.result = result
+            session.index = index
+            sessions.move_to_end(client_id)
+        return result
+
+    def _execute(self, cmd: Command) -> bytes:
+        data = self._data
+        op = cmd.op
+        if op == Op.PUT:
+            value = cmd.value
+            if value is None:  # decode_command always sets it for PUT
+                raise InvariantViolation("PUT without a value")
+            previous = data.get(cmd.key)
+            data[cmd.key] = value
+            return encode_result(Status.OK, previous=previous)
+        if op == Op.GET:
+            return encode_result(Status.OK, value=data.get(cmd.key))
+        if op == Op.DELETE:
+            return encode_result(Status.OK, previous=data.pop(cmd.key, None))
+        if op == Op.CAS:
+            current = data.get(cmd.key)
+            if current != cmd.expected or cmd.value is None:
+                return encode_result(Status.CAS_MISMATCH, value=current)
+            data[cmd.key] = cmd.value
+            return encode_result(Status.OK, previous=current)
+        raise InvariantViolation(f"op {op} passed decoding but has no handler")
+
+
+def _decode_snapshot(
+    data: bytes,
+) -> tuple[int, list[tuple[bytes, bytes]], list[tuple[int, _Session]]]:
+    if len(data) < _SNAPSHOT_HEAD.size:
+        raise DecodeError(f"KV snapshot of {len(data)} bytes is shorter than its header")
+    magic, applied, n_keys, n_sessions = _SNAPSHOT_HEAD.unpack_from(data, 0)
+    if magic != _SNAPSHOT_MAGIC:
+        raise DecodeError(f"KV snapshot has bad magic {magic!r}")
+    offset = _SNAPSHOT_HEAD.size
+
+    def blob(what: str) -> bytes:
+        nonlocal offset
+        if offset + 4 > len(data):
+            raise DecodeError(f"KV snapshot truncated in {what} length at offset {offset}")
+        (length,) = _U32.unpack_from(data, offset)
+        end = offset + 4 + length
+        if end > len(data):
+            raise DecodeError(f"KV snapshot truncated in {what} at offset {offset}")
+        out = data[offset + 4:end]
+        offset = end
+        return out
+
+    # Every row takes at least 8 bytes (key) or 28 bytes (session): reject absurd counts
+    # before looping so a corrupt count cannot make us spin.
+    if n_keys * 8 + n_sessions * 28 > len(data) - offset:
+        raise DecodeError("KV snapshot counts exceed its size")
+    items = [(blob("key"), blob("value")) for _ in range(n_keys)]
+    sessions: list[tuple[int, _Session]] = []
+    for _ in range(n_sessions):
+        if offset + _SESSION_ROW.size > len(data):
+            raise DecodeError(f"KV snapshot truncated in session at offset {offset}")
+        client_id, seq, index = _SESSION_ROW.unpack_from(data, offset)
+        offset += _SESSION_ROW.size
+        sessions.append((client_id, _Session(seq, blob("session result"), index)))
+    if offset != len(data):
+        raise DecodeError(f"{len(data) - offset} trailing bytes after KV snapshot")
+    if len({key for key, _ in items}) != len(items):
+        raise DecodeError("KV snapshot repeats a key")
+    if len({client_id for client_id, _ in sessions}) != len(sessions):
+        raise DecodeError("KV snapshot repeats a client id")
+    return applied, items, sessions
