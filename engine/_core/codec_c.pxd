@@ -26,4 +26,5 @@ cdef class Message:
     cdef public bytes context
 
 
+# Build an Entry without Python argument parsing (data must be bytes, not None).
 cdef Entry make_entry(uint64_t term, uint64_t index, bytes data, int kind)

@@ -1,9 +1,66 @@
 # cython: freethreading_compatible = False
-"""Wire format of engine, compiled twin of codec_py.py (same names, errors and bytes)."""
+"""Wire format of engine, compiled twin of codec_py.py (same names, errors and bytes).
 
-from libc.stdint cimport uint64_t
+The frame format is specified in codec_py's module docstring; this module follows it byte for
+byte. Encode computes the exact frame size first, then writes into one preallocated bytes
+object through a pointer with explicit little-endian stores (never a host-endian struct
+memcpy). Decode checks header and tag, then reads through a pointer, checking every length
+against the bytes left before reading it, and builds Message/Entry via __new__ with direct
+attribute stores. Python is called once per frame (the MAC), once per message/entry object
+and once per bytes payload, never per field.
+"""
+
+cimport cython
+from cpython.buffer cimport PyBUF_READ
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.mem cimport PyMem_Free, PyMem_Malloc
+from cpython.memoryview cimport PyMemoryView_FromMemory
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
+from libc.string cimport memcpy, memset
+
+import hashlib
+from collections import OrderedDict
+from hmac import compare_digest as _compare_digest
 
 from engine._core import codec_py as _py
+from engine.errors import ConfigError, DecodeError
+
+# Public constants: the same objects as the spec module's.
+WIRE_VERSION = _py.WIRE_VERSION
+FRAME_MESSAGES = _py.FRAME_MESSAGES
+FRAME_FRAGMENT = _py.FRAME_FRAGMENT
+HEADER_BYTES = _py.HEADER_BYTES
+TAG_BYTES = _py.TAG_BYTES
+MESSAGE_COUNT_BYTES = _py.MESSAGE_COUNT_BYTES
+FRAGMENT_HEADER_BYTES = _py.FRAGMENT_HEADER_BYTES
+FRAME_OVERHEAD = _py.FRAME_OVERHEAD
+FRAGMENT_OVERHEAD = _py.FRAGMENT_OVERHEAD
+MESSAGE_FIXED_BYTES = _py.MESSAGE_FIXED_BYTES
+ENTRY_FIXED_BYTES = _py.ENTRY_FIXED_BYTES
+U64_FIELDS = _py.U64_FIELDS
+FLAG_REJECT = _py.FLAG_REJECT
+
+cdef enum:
+    C_VERSION = 1
+    C_KIND_MESSAGES = 1
+    C_KIND_FRAGMENT = 2
+    C_HEADER = 34
+    C_TAG = 16
+    C_COUNT = 4
+    C_FRAGMENT_HEAD = 20
+    C_MESSAGE_FIXED = 12
+    C_ENTRY_FIXED = 21
+    C_FIELDS = 10
+    C_FLAG_REJECT = 1
+    C_PRESENCE_MASK = 0x3FF
+
+# The spec's constants must match the C ones, or the two implementations would diverge.
+if (
+    WIRE_VERSION != C_VERSION or HEADER_BYTES != C_HEADER or TAG_BYTES != C_TAG
+    or FRAGMENT_HEADER_BYTES != C_FRAGMENT_HEAD or MESSAGE_FIXED_BYTES != C_MESSAGE_FIXED
+    or ENTRY_FIXED_BYTES != C_ENTRY_FIXED or len(U64_FIELDS) != C_FIELDS
+):
+    raise ImportError("engine._core.codec_c is out of date with codec_py; rebuild it")
 
 _FIELD_NAMES = (
     "type", "src", "dst", "term", "log_term", "index", "commit", "reject",
@@ -11,6 +68,41 @@ _FIELD_NAMES = (
 )
 
 
+# ---------------------------------------------------------------- little-endian loads/stores
+
+cdef inline uint16_t load_u16(const uint8_t* p) noexcept nogil:
+    return <uint16_t>(p[0] | (<uint16_t>p[1] << 8))
+
+
+cdef inline uint32_t load_u32(const uint8_t* p) noexcept nogil:
+    return (<uint32_t>p[0] | (<uint32_t>p[1] << 8) | (<uint32_t>p[2] << 16)
+            | (<uint32_t>p[3] << 24))
+
+
+cdef inline uint64_t load_u64(const uint8_t* p) noexcept nogil:
+    return (<uint64_t>load_u32(p)) | ((<uint64_t>load_u32(p + 4)) << 32)
+
+
+cdef inline void store_u16(uint8_t* p, uint16_t v) noexcept nogil:
+    p[0] = <uint8_t>v
+    p[1] = <uint8_t>(v >> 8)
+
+
+cdef inline void store_u32(uint8_t* p, uint32_t v) noexcept nogil:
+    p[0] = <uint8_t>v
+    p[1] = <uint8_t>(v >> 8)
+    p[2] = <uint8_t>(v >> 16)
+    p[3] = <uint8_t>(v >> 24)
+
+
+cdef inline void store_u64(uint8_t* p, uint64_t v) noexcept nogil:
+    store_u32(p, <uint32_t>v)
+    store_u32(p + 4, <uint32_t>(v >> 32))
+
+
+# ---------------------------------------------------------------- records
+
+@cython.freelist(1024)
 cdef class Entry:
     """One log entry / accepted slot (see codec_py.Entry)."""
 
@@ -44,6 +136,7 @@ cdef Entry make_entry(uint64_t term, uint64_t index, bytes data, int kind):
     return entry
 
 
+@cython.freelist(256)
 cdef class Message:
     """One protocol message (see codec_py.Message and engine.messages)."""
 
@@ -69,6 +162,18 @@ cdef class Message:
         self.context = context
 
     def __eq__(self, other):
+        cdef Message that
+        if type(other) is Message:
+            that = <Message>other
+            return (
+                self.type == that.type and self.src == that.src and self.dst == that.dst
+                and self.term == that.term and self.log_term == that.log_term
+                and self.index == that.index and self.commit == that.commit
+                and self.reject == that.reject and self.reject_hint == that.reject_hint
+                and self.reject_term == that.reject_term and self.seq == that.seq
+                and self.status == that.status and self.context == that.context
+                and self.entries == that.entries
+            )
         if not isinstance(other, _py._MESSAGE_TYPES):
             return NotImplemented
         for name in _FIELD_NAMES:
@@ -90,3 +195,639 @@ cdef class Message:
 # Cross-implementation equality (see codec_py._ENTRY_TYPES).
 _py._ENTRY_TYPES = (_py.Entry, Entry)
 _py._MESSAGE_TYPES = (_py.Message, Message)
+
+
+cdef class Frame:
+    """A decoded frame (see codec_py.Frame)."""
+
+    cdef public int kind
+    cdef public uint64_t sender_id
+    cdef public uint64_t epoch
+    cdef public uint64_t counter
+    cdef public list messages
+    cdef public uint64_t fragment_id
+    cdef public uint32_t part
+    cdef public uint32_t parts
+    cdef public bytes chunk
+
+    def __init__(
+        self, int kind, uint64_t sender_id, uint64_t epoch, uint64_t counter,
+        list messages=None, uint64_t fragment_id=0, uint32_t part=0, uint32_t parts=0,
+        bytes chunk=b"",
+    ):
+        self.kind = kind
+        self.sender_id = sender_id
+        self.epoch = epoch
+        self.counter = counter
+        self.messages = [] if messages is None else messages
+        self.fragment_id = fragment_id
+        self.part = part
+        self.parts = parts
+        self.chunk = chunk
+
+    def __repr__(self):
+        if self.kind == C_KIND_FRAGMENT:
+            body = (
+                f"fragment_id={self.fragment_id}, part={self.part}, parts={self.parts}, "
+                f"chunk=<{len(self.chunk)} bytes>"
+            )
+        else:
+            body = f"messages=<{len(self.messages)}>"
+        return (
+            f"Frame(kind={self.kind}, sender_id={self.sender_id}, epoch={self.epoch}, "
+            f"counter={self.counter}, {body})"
+        )
+
+
+cdef inline bint is_plain_message(object obj):
+    """True if obj is a codec_c.Message whose entries are all codec_c.Entry (the fast path)."""
+    cdef Message message
+    if type(obj) is not Message:
+        return False
+    message = <Message>obj
+    if message.entries is None:
+        return True  # rejected with TypeError where the size is computed
+    for entry in message.entries:
+        if type(entry) is not Entry:
+            return False
+    return True
+
+
+cdef Message as_plain_message(object obj):
+    """A codec_c copy of a foreign message (codec_py objects, or codec_c with foreign entries).
+    Construction raises OverflowError / TypeError for values no field can hold."""
+    entries = [
+        entry if type(entry) is Entry else Entry(entry.term, entry.index, entry.data, entry.kind)
+        for entry in obj.entries
+    ]
+    return Message(
+        obj.type, obj.src, obj.dst, obj.term, obj.log_term, obj.index, obj.commit, obj.reject,
+        obj.reject_hint, obj.reject_term, obj.seq, obj.status, entries, obj.context,
+    )
+
+
+cdef inline void load_fields(Message message, uint64_t* fields) noexcept:
+    # Order is U64_FIELDS (the presence-bitmap order of the spec).
+    fields[0] = message.src
+    fields[1] = message.dst
+    fields[2] = message.term
+    fields[3] = message.log_term
+    fields[4] = message.index
+    fields[5] = message.commit
+    fields[6] = message.reject_hint
+    fields[7] = message.reject_term
+    fields[8] = message.seq
+    fields[9] = message.status
+
+
+cdef inline void store_fields(Message message, const uint64_t* fields) noexcept:
+    message.src = fields[0]
+    message.dst = fields[1]
+    message.term = fields[2]
+    message.log_term = fields[3]
+    message.index = fields[4]
+    message.commit = fields[5]
+    message.reject_hint = fields[6]
+    message.reject_term = fields[7]
+    message.seq = fields[8]
+    message.status = fields[9]
+
+
+cdef inline Py_ssize_t present_bytes(Message message) noexcept:
+    cdef uint64_t fields[C_FIELDS]
+    cdef Py_ssize_t size = 0
+    cdef int bit
+    load_fields(message, fields)
+    for bit in range(C_FIELDS):
+        if fields[bit]:
+            size += 8
+    return size
+
+
+cdef Py_ssize_t plain_encoded_size(Message message) except -1:
+    cdef Py_ssize_t size = C_MESSAGE_FIXED + present_bytes(message) + len(message.context)
+    cdef Entry entry
+    for item in message.entries:
+        entry = <Entry>item
+        size += C_ENTRY_FIXED + len(entry.data)
+    return size
+
+
+def encoded_size(message):
+    """Exact number of bytes `message` adds to a messages frame (for packing datagrams)."""
+    if is_plain_message(message) and (<Message>message).entries is not None:
+        return plain_encoded_size(<Message>message)
+    return _py.encoded_size(message)
+
+
+cdef object truncated(Py_ssize_t need, Py_ssize_t offset, Py_ssize_t end):
+    return DecodeError(
+        f"truncated frame: need {need} bytes at offset {offset}, {end - offset} left"
+    )
+
+
+# ---------------------------------------------------------------- codec
+
+cdef class FrameCodec:
+    """Encodes and decodes authenticated frames for one cluster (see codec_py.FrameCodec)."""
+
+    cdef readonly uint64_t cluster_id
+    cdef readonly Py_ssize_t max_datagram_bytes
+    cdef readonly Py_ssize_t max_frame_bytes
+    cdef readonly Py_ssize_t max_chunk_bytes
+    cdef readonly Py_ssize_t max_messages_per_frame
+    cdef readonly Py_ssize_t max_entries_per_message
+    cdef readonly Py_ssize_t max_context_bytes
+    # Readable/replaceable from Python only so bench_codec.py can time the codec without the
+    # MAC (a null hasher); the key itself is never exposed.
+    cdef public object _mac
+    cdef uint8_t _type_known[256]
+    cdef uint8_t _kind_known[256]
+
+    def __init__(
+        self, cluster_key, cluster_id=0, max_datagram_bytes=65_000, *, limits=None,
+        max_frame_bytes=None,
+    ):
+        # Same validation, same errors: the spec twin's constructor checks the arguments.
+        spec = _py.FrameCodec(
+            cluster_key, cluster_id, max_datagram_bytes, limits=limits,
+            max_frame_bytes=max_frame_bytes,
+        )
+        from engine.messages import KNOWN_ENTRY_KINDS, KNOWN_MESSAGE_TYPES
+
+        self.cluster_id = spec.cluster_id
+        self.max_datagram_bytes = spec.max_datagram_bytes
+        self.max_frame_bytes = spec.max_frame_bytes
+        self.max_chunk_bytes = spec.max_chunk_bytes
+        self.max_messages_per_frame = spec.max_messages_per_frame
+        self.max_entries_per_message = spec.max_entries_per_message
+        self.max_context_bytes = spec.max_context_bytes
+        self._mac = hashlib.blake2b(key=bytes(cluster_key), digest_size=C_TAG)
+        memset(self._type_known, 0, sizeof(self._type_known))
+        memset(self._kind_known, 0, sizeof(self._kind_known))
+        for code in KNOWN_MESSAGE_TYPES:
+            if 0 <= code <= 255:
+                self._type_known[code] = 1
+        for code in KNOWN_ENTRY_KINDS:
+            if 0 <= code <= 255:
+                self._kind_known[code] = 1
+
+    # ------------------------------------------------------------ encode
+
+    def encode(self, uint64_t sender_id, uint64_t epoch, uint64_t counter, messages):
+        """One authenticated messages frame carrying `messages` in order."""
+        cdef list items = messages if type(messages) is list else list(messages)
+        cdef Py_ssize_t count = len(items)
+        cdef Py_ssize_t i, size, offset
+        cdef bytes out
+        cdef uint8_t* p
+        if count > self.max_messages_per_frame:
+            raise ValueError(
+                f"{count} messages exceed max_messages_per_frame={self.max_messages_per_frame}"
+            )
+        # Pass 1: validate and size (the spec's validation order), coercing foreign objects.
+        size = C_HEADER + C_COUNT + C_TAG
+        for i in range(count):
+            item = items[i]
+            if not is_plain_message(item):
+                if items is messages:
+                    items = list(items)
+                item = as_plain_message(item)
+                items[i] = item
+            size += self._checked_size(<Message>item)
+        if size > self.max_frame_bytes:
+            raise ValueError(
+                f"frame of {size} bytes exceeds max_frame_bytes={self.max_frame_bytes}"
+            )
+        # Pass 2: write into one bytes object of the exact size; nothing can fail from here.
+        out = PyBytes_FromStringAndSize(NULL, size)
+        p = <uint8_t*>PyBytes_AS_STRING(out)
+        self._write_header(p, C_KIND_MESSAGES, sender_id, epoch, counter)
+        store_u32(p + C_HEADER, <uint32_t>count)
+        offset = C_HEADER + C_COUNT
+        for i in range(count):
+            offset = write_message(p, offset, <Message>items[i])
+        self._seal(out, p, size)
+        return out
+
+    def encode_fragment(
+        self, uint64_t sender_id, uint64_t epoch, uint64_t counter, uint64_t fragment_id,
+        uint32_t part, uint32_t parts, chunk,
+    ):
+        """One authenticated fragment datagram carrying `chunk`, part `part` of `parts`."""
+        cdef bytes chunk_bytes
+        cdef Py_ssize_t length, size
+        cdef bytes out
+        cdef uint8_t* p
+        if not part < parts:
+            raise ValueError(f"fragment part {part} not below parts {parts}")
+        chunk_bytes = _py._as_bytes(chunk)
+        length = PyBytes_GET_SIZE(chunk_bytes)
+        if not 1 <= length <= self.max_chunk_bytes:
+            raise ValueError(
+                f"fragment chunk of {length} bytes outside "
+                f"[1, max_chunk_bytes={self.max_chunk_bytes}]"
+            )
+        size = C_HEADER + C_FRAGMENT_HEAD + length + C_TAG
+        out = PyBytes_FromStringAndSize(NULL, size)
+        p = <uint8_t*>PyBytes_AS_STRING(out)
+        self._write_header(p, C_KIND_FRAGMENT, sender_id, epoch, counter)
+        store_u64(p + C_HEADER, fragment_id)
+        store_u32(p + C_HEADER + 8, part)
+        store_u32(p + C_HEADER + 12, parts)
+        store_u32(p + C_HEADER + 16, <uint32_t>length)
+        memcpy(p + C_HEADER + C_FRAGMENT_HEAD, PyBytes_AS_STRING(chunk_bytes), length)
+        self._seal(out, p, size)
+        return out
+
+    cdef Py_ssize_t _checked_size(self, Message message) except -1:
+        """The message's encoded size; raises what codec_py._pack_message raises, in order."""
+        cdef Py_ssize_t size, entry_count
+        cdef Entry entry
+        if message.type < 0 or message.type > 255 or not self._type_known[message.type]:
+            raise ValueError(f"unknown message type {message.type!r}")
+        if message.entries is None:
+            raise TypeError("Message.entries must be a list")
+        entry_count = len(message.entries)
+        if entry_count > self.max_entries_per_message:
+            raise ValueError(
+                f"{entry_count} entries exceed "
+                f"max_entries_per_message={self.max_entries_per_message}"
+            )
+        if message.context is None:
+            raise TypeError("Message.context must be bytes")
+        if PyBytes_GET_SIZE(message.context) > self.max_context_bytes:
+            raise ValueError(
+                f"context of {PyBytes_GET_SIZE(message.context)} bytes exceeds "
+                f"max_context_bytes={self.max_context_bytes}"
+            )
+        size = C_MESSAGE_FIXED + present_bytes(message) + PyBytes_GET_SIZE(message.context)
+        for item in message.entries:
+            entry = <Entry>item
+            if entry.kind < 0 or entry.kind > 255 or not self._kind_known[entry.kind]:
+                raise ValueError(f"unknown entry kind {entry.kind!r}")
+            if entry.data is None:
+                raise TypeError("Entry.data must be bytes")
+            size += C_ENTRY_FIXED + PyBytes_GET_SIZE(entry.data)
+        return size
+
+    cdef void _write_header(
+        self, uint8_t* p, uint8_t kind, uint64_t sender_id, uint64_t epoch, uint64_t counter
+    ) noexcept:
+        p[0] = C_VERSION
+        p[1] = kind
+        store_u64(p + 2, self.cluster_id)
+        store_u64(p + 10, sender_id)
+        store_u64(p + 18, epoch)
+        store_u64(p + 26, counter)
+
+    cdef int _seal(self, bytes out, uint8_t* p, Py_ssize_t size) except -1:
+        """Write the tag over bytes [0, size - 16) into the last 16 bytes of `out` (which
+        nobody else references yet, so filling it in place is safe)."""
+        cdef bytes tag
+        mac = self._mac.copy()
+        mac.update(PyMemoryView_FromMemory(<char*>p, size - C_TAG, PyBUF_READ))
+        tag = mac.digest()
+        memcpy(p + size - C_TAG, PyBytes_AS_STRING(tag), C_TAG)
+        return 0
+
+    # ------------------------------------------------------------ decode
+
+    def decode(self, datagram):
+        """Authenticate and parse one frame; DecodeError for anything not acceptable."""
+        cdef bytes data
+        cdef const uint8_t* p
+        cdef Py_ssize_t size, end
+        cdef uint8_t kind
+        cdef uint64_t cluster_id
+        cdef Frame frame
+        if isinstance(datagram, bytes):
+            data = <bytes>datagram
+        else:
+            data = _py._as_bytes(datagram)  # bytearray / memoryview: one copy; else TypeError
+        p = <const uint8_t*>PyBytes_AS_STRING(data)
+        size = PyBytes_GET_SIZE(data)
+        # Cheap header checks, then the tag, before anything in the body is read.
+        if size > self.max_frame_bytes:
+            raise DecodeError(
+                f"frame of {size} bytes exceeds max_frame_bytes={self.max_frame_bytes}"
+            )
+        if size < C_HEADER + C_TAG:
+            raise DecodeError(
+                f"truncated frame: {size} bytes, need at least {C_HEADER + C_TAG}"
+            )
+        if p[0] != C_VERSION:
+            raise DecodeError(f"unsupported wire version {p[0]} (expected {C_VERSION})")
+        kind = p[1]
+        if kind != C_KIND_MESSAGES and kind != C_KIND_FRAGMENT:
+            raise DecodeError(f"unknown frame kind {kind}")
+        if kind == C_KIND_FRAGMENT and size > self.max_datagram_bytes:
+            raise DecodeError(
+                f"fragment datagram of {size} bytes exceeds "
+                f"max_datagram_bytes={self.max_datagram_bytes}"
+            )
+        cluster_id = load_u64(p + 2)
+        if cluster_id != self.cluster_id:
+            raise DecodeError(f"wrong cluster id {cluster_id} (expected {self.cluster_id})")
+        mac = self._mac.copy()
+        mac.update(PyMemoryView_FromMemory(<char*>p, size - C_TAG, PyBUF_READ))
+        if not _compare_digest(
+            mac.digest(), PyBytes_FromStringAndSize(<char*>p + size - C_TAG, C_TAG)
+        ):
+            raise DecodeError("authentication failed (bad tag or wrong cluster key)")
+
+        frame = Frame.__new__(Frame)
+        frame.kind = kind
+        frame.sender_id = load_u64(p + 10)
+        frame.epoch = load_u64(p + 18)
+        frame.counter = load_u64(p + 26)
+        frame.fragment_id = 0
+        frame.part = 0
+        frame.parts = 0
+        end = size - C_TAG
+        if kind == C_KIND_FRAGMENT:
+            frame.messages = []
+            self._decode_fragment(frame, data, p, end)
+        else:
+            frame.chunk = b""
+            frame.messages = self._decode_messages(p, end)
+        return frame
+
+    cdef int _decode_fragment(
+        self, Frame frame, bytes data, const uint8_t* p, Py_ssize_t end
+    ) except -1:
+        cdef Py_ssize_t offset = C_HEADER
+        cdef uint32_t part, parts, chunk_length
+        if end - offset < C_FRAGMENT_HEAD:
+            raise truncated(C_FRAGMENT_HEAD, offset, end)
+        frame.fragment_id = load_u64(p + offset)
+        part = load_u32(p + offset + 8)
+        parts = load_u32(p + offset + 12)
+        chunk_length = load_u32(p + offset + 16)
+        offset += C_FRAGMENT_HEAD
+        if not part < parts:
+            raise DecodeError(f"fragment part {part} not below parts {parts}")
+        if chunk_length == 0:
+            raise DecodeError("empty fragment chunk")
+        if chunk_length != end - offset:
+            raise DecodeError(
+                f"fragment chunk of {chunk_length} bytes does not match the "
+                f"{end - offset} bytes left"
+            )
+        frame.part = part
+        frame.parts = parts
+        frame.chunk = PyBytes_FromStringAndSize(<const char*>p + offset, chunk_length)
+        return 0
+
+    cdef list _decode_messages(self, const uint8_t* p, Py_ssize_t end):
+        cdef Py_ssize_t offset = C_HEADER
+        cdef uint32_t count, number
+        cdef list messages = []
+        if end - offset < C_COUNT:
+            raise truncated(C_COUNT, offset, end)
+        count = load_u32(p + offset)
+        offset += C_COUNT
+        if count > self.max_messages_per_frame:
+            raise DecodeError(
+                f"{count} messages exceed max_messages_per_frame={self.max_messages_per_frame}"
+            )
+        for number in range(count):
+            offset = self._decode_message(p, offset, end, number, messages)
+        if offset != end:
+            raise DecodeError(f"{end - offset} trailing bytes after the last message")
+        return messages
+
+    cdef Py_ssize_t _decode_message(
+        self, const uint8_t* p, Py_ssize_t offset, Py_ssize_t end, uint32_t number,
+        list messages,
+    ) except -1:
+        """Parse one message at `offset`, append it, return the offset after it."""
+        cdef uint8_t type_code, flags, kind
+        cdef uint16_t presence
+        cdef uint64_t fields[C_FIELDS]
+        cdef Py_ssize_t need
+        cdef uint32_t entry_count, context_length, data_length, entry_number
+        cdef uint64_t term, index
+        cdef int bit
+        cdef Message message
+        cdef list entries
+        if end - offset < 4:
+            raise truncated(4, offset, end)
+        type_code = p[offset]
+        flags = p[offset + 1]
+        presence = load_u16(p + offset + 2)
+        offset += 4
+        if not self._type_known[type_code]:
+            raise DecodeError(f"message {number}: unknown type {type_code}")
+        if flags & ~C_FLAG_REJECT:
+            raise DecodeError(f"message {number}: unknown flag bits 0x{flags:02x}")
+        if presence & ~C_PRESENCE_MASK:
+            raise DecodeError(f"message {number}: unknown field bits 0x{presence:04x}")
+        need = 0
+        for bit in range(C_FIELDS):
+            if presence >> bit & 1:
+                need += 8
+        if end - offset < need:
+            raise truncated(need, offset, end)
+        for bit in range(C_FIELDS):
+            if presence >> bit & 1:
+                fields[bit] = load_u64(p + offset)
+                offset += 8
+                if fields[bit] == 0:
+                    raise DecodeError(
+                        f"message {number}: field {U64_FIELDS[bit]} is present but zero "
+                        f"(non-canonical)"
+                    )
+            else:
+                fields[bit] = 0
+        if end - offset < 8:
+            raise truncated(8, offset, end)
+        entry_count = load_u32(p + offset)
+        context_length = load_u32(p + offset + 4)
+        offset += 8
+        if entry_count > self.max_entries_per_message:
+            raise DecodeError(
+                f"message {number}: {entry_count} entries exceed "
+                f"max_entries_per_message={self.max_entries_per_message}"
+            )
+        if context_length > self.max_context_bytes:
+            raise DecodeError(
+                f"message {number}: context of {context_length} bytes exceeds "
+                f"max_context_bytes={self.max_context_bytes}"
+            )
+        if end - offset < context_length:
+            raise truncated(context_length, offset, end)
+        message = Message.__new__(Message)
+        message.type = type_code
+        message.reject = flags & C_FLAG_REJECT
+        store_fields(message, fields)
+        message.context = PyBytes_FromStringAndSize(<const char*>p + offset, context_length)
+        offset += context_length
+        entries = []
+        message.entries = entries
+        for entry_number in range(entry_count):
+            if end - offset < C_ENTRY_FIXED:
+                raise truncated(C_ENTRY_FIXED, offset, end)
+            term = load_u64(p + offset)
+            index = load_u64(p + offset + 8)
+            kind = p[offset + 16]
+            data_length = load_u32(p + offset + 17)
+            offset += C_ENTRY_FIXED
+            if not self._kind_known[kind]:
+                raise DecodeError(f"message {number} entry {entry_number}: unknown kind {kind}")
+            if end - offset < data_length:
+                raise truncated(data_length, offset, end)
+            entries.append(make_entry(
+                term, index,
+                PyBytes_FromStringAndSize(<const char*>p + offset, data_length), kind,
+            ))
+            offset += data_length
+        messages.append(message)
+        return offset
+
+
+cdef Py_ssize_t write_message(uint8_t* p, Py_ssize_t offset, Message message) noexcept:
+    """Write a validated message at `offset`; return the offset after it."""
+    cdef uint64_t fields[C_FIELDS]
+    cdef uint16_t presence = 0
+    cdef int bit
+    cdef Py_ssize_t length
+    cdef Entry entry
+    cdef uint8_t* head = p + offset
+    load_fields(message, fields)
+    head[0] = <uint8_t>message.type
+    head[1] = C_FLAG_REJECT if message.reject else 0
+    offset += 4
+    for bit in range(C_FIELDS):
+        if fields[bit]:
+            presence |= <uint16_t>(1 << bit)
+            store_u64(p + offset, fields[bit])
+            offset += 8
+    store_u16(head + 2, presence)
+    length = PyBytes_GET_SIZE(message.context)
+    store_u32(p + offset, <uint32_t>len(message.entries))
+    store_u32(p + offset + 4, <uint32_t>length)
+    offset += 8
+    memcpy(p + offset, PyBytes_AS_STRING(message.context), length)
+    offset += length
+    for item in message.entries:
+        entry = <Entry>item
+        length = PyBytes_GET_SIZE(entry.data)
+        store_u64(p + offset, entry.term)
+        store_u64(p + offset + 8, entry.index)
+        p[offset + 16] = <uint8_t>entry.kind
+        store_u32(p + offset + 17, <uint32_t>length)
+        offset += C_ENTRY_FIXED
+        memcpy(p + offset, PyBytes_AS_STRING(entry.data), length)
+        offset += length
+    return offset
+
+
+# ---------------------------------------------------------------- replay window
+
+@cython.final
+cdef class _SenderWindow:
+    """One sender's window: a ring of `bit_count` bits indexed by counter % bit_count; the
+    bits of counters in (highest - bit_count, highest] are valid (RFC 6479)."""
+
+    cdef uint64_t epoch
+    cdef uint64_t highest
+    cdef uint64_t* bits
+    cdef Py_ssize_t word_count
+    cdef uint64_t bit_count
+
+    def __dealloc__(self):
+        PyMem_Free(self.bits)
+
+    cdef inline bint test(self, uint64_t counter) noexcept:
+        cdef uint64_t slot = counter % self.bit_count
+        return (self.bits[slot >> 6] >> (slot & 63)) & 1
+
+    cdef inline void mark(self, uint64_t counter) noexcept:
+        cdef uint64_t slot = counter % self.bit_count
+        self.bits[slot >> 6] |= (<uint64_t>1) << (slot & 63)
+
+    cdef inline void clear(self, uint64_t counter) noexcept:
+        cdef uint64_t slot = counter % self.bit_count
+        self.bits[slot >> 6] &= ~((<uint64_t>1) << (slot & 63))
+
+    cdef void reset(self, uint64_t epoch, uint64_t counter) noexcept:
+        memset(self.bits, 0, self.word_count * sizeof(uint64_t))
+        self.epoch = epoch
+        self.highest = counter
+        self.mark(counter)
+
+    cdef void advance(self, uint64_t counter) noexcept:
+        """Slide the window forward to `counter` (> highest): forget the counters it passes."""
+        cdef uint64_t passed
+        if counter - self.highest >= self.bit_count:
+            memset(self.bits, 0, self.word_count * sizeof(uint64_t))
+        else:
+            passed = self.highest + 1
+            while passed != counter:
+                self.clear(passed)
+                passed += 1
+            self.clear(counter)
+        self.highest = counter
+        self.mark(counter)
+
+
+cdef class ReplayWindow:
+    """Anti-replay filter over authenticated frames (see codec_py.ReplayWindow)."""
+
+    cdef readonly Py_ssize_t size
+    cdef readonly Py_ssize_t max_senders
+    cdef object _senders          # OrderedDict: sender_id -> _SenderWindow, by recency
+    cdef Py_ssize_t _word_count
+
+    def __init__(self, size=1024, max_senders=4096):
+        if not isinstance(size, int) or not 1 <= size <= 1 << 20:
+            raise ConfigError(f"ReplayWindow size must be in [1, 2**20], got {size!r}")
+        if not isinstance(max_senders, int) or max_senders < 1:
+            raise ConfigError(f"ReplayWindow max_senders must be >= 1, got {max_senders!r}")
+        self.size = size
+        self.max_senders = max_senders
+        self._senders = OrderedDict()
+        self._word_count = (size + 63) // 64
+
+    def __len__(self):
+        return len(self._senders)
+
+    cdef _SenderWindow _new_sender(self):
+        cdef _SenderWindow window
+        if len(self._senders) >= self.max_senders:
+            # Forget the least recently accepted sender and reuse its memory.
+            return <_SenderWindow>self._senders.popitem(last=False)[1]
+        window = _SenderWindow.__new__(_SenderWindow)
+        window.bits = <uint64_t*>PyMem_Malloc(self._word_count * sizeof(uint64_t))
+        if window.bits == NULL:
+            raise MemoryError()
+        window.word_count = self._word_count
+        window.bit_count = <uint64_t>self._word_count * 64
+        return window
+
+    def accept(self, uint64_t sender_id, uint64_t epoch, uint64_t counter):
+        """True if this (sender, epoch, counter) is fresh; records it as seen."""
+        cdef _SenderWindow window
+        cdef uint64_t behind
+        key = sender_id
+        found = self._senders.get(key)
+        if found is None:
+            window = self._new_sender()
+            window.reset(epoch, counter)
+            self._senders[key] = window
+            return True
+        window = <_SenderWindow>found
+        if epoch < window.epoch:
+            return False  # a frame from before the sender's restart
+        if epoch > window.epoch:
+            window.reset(epoch, counter)  # the sender restarted: a fresh window
+        elif counter > window.highest:
+            window.advance(counter)
+        else:
+            behind = window.highest - counter
+            if behind >= <uint64_t>self.size or window.test(counter):
+                return False  # too old to judge, or already accepted
+            window.mark(counter)
+        self._senders.move_to_end(key)
+        return True

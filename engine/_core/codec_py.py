@@ -1,13 +1,117 @@
 """Wire format of engine: the readable pure-Python spec of codec_c.pyx.
 
-Message/Entry: the records of engine.messages (one shape for all protocols, like etcd's
-raftpb.Message). The frame format and encode/decode are specified below (see module
-docstring sections added with the codec).
+Both implementations produce byte-identical frames and refuse the same inputs with the same
+error (class and text). This docstring is the specification; codec_c.pyx follows it.
+
+Frame (every integer little-endian, fixed width; DESIGN.md §5 "Wire")
+--------------------------------------------------------------------
+  offset size  field
+  0      1     version          WIRE_VERSION (1); any other value is refused
+  1      1     kind             FRAME_MESSAGES (1) | FRAME_FRAGMENT (2)
+  2      8     cluster_id       must equal the receiver's cluster id
+  10     8     sender_id        node or client id of the sender
+  18     8     epoch            sender's boot epoch (strictly larger after every restart)
+  26     8     counter          per-(sender, epoch) frame counter, for the ReplayWindow
+  34     ...   body             depends on kind, below
+  n-16   16    tag              keyed BLAKE2b-128 over bytes [0, n-16)
+
+  The tag is hashlib.blake2b(key=cluster_key, digest_size=16) over every byte before it, so
+  version, kind, cluster id, sender, epoch and counter are all authenticated. The receiver
+  checks size, version, kind and cluster id (cheap header reads), then compares the tag in
+  constant time (hmac.compare_digest) BEFORE it parses any byte of the body.
+
+  Messages body (kind 1):
+    u32 message count  (<= Limits.max_messages_per_frame)
+    message * count
+    the body must end exactly at the tag: trailing bytes are refused.
+
+  Fragment body (kind 2): one chunk of an encoded messages frame too large for one datagram.
+  The transport splits the frame into `parts` chunks, sends each as a fragment frame, joins the
+  chunks of parts 0..parts-1 in order and decodes the result with FrameCodec.decode().
+    u64 fragment_id    identifies the frame being carried (unique per sender and epoch)
+    u32 part           0 <= part < parts
+    u32 parts          >= 1
+    u32 chunk length   >= 1, and exactly the bytes left before the tag
+    chunk bytes
+  A fragment frame is a datagram, so it is refused above max_datagram_bytes; a messages
+  frame (possibly reassembled) is refused above max_frame_bytes.
+
+Message
+-------
+    u8  type           engine.messages.MessageType; unknown codes are refused
+    u8  flags          bit 0 = reject; other bits must be 0
+    u16 presence       bit i set <=> field U64_FIELDS[i] is non-zero; bits 10..15 must be 0
+    u64 * popcount(presence)   the present fields, in U64_FIELDS order; a present field must
+                               be non-zero (one canonical encoding per message)
+    u32 entry count    <= Limits.max_entries_per_message
+    u32 context length <= Limits.max_context_bytes
+    context bytes
+    entry * entry count:
+        u64 term, u64 index, u8 kind (engine.messages.EntryKind), u32 data length, data bytes
+
+  Entry data is not capped by Limits.max_entry_bytes here: that is a proposal-time limit of
+  the leader, and a follower must accept any entry its leader accepted. Its size is bounded
+  by the frame size.
+
+Errors
+------
+  decode() raises engine.errors.DecodeError, and nothing else, for any datagram it refuses;
+  it validates every length against the bytes left before reading them. encode() raises
+  ValueError for a local programming error (unknown type or kind, a limit exceeded),
+  OverflowError for an integer outside its field and TypeError for a wrong Python type.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import operator
+import struct
+from collections import OrderedDict
+from collections.abc import Sequence
 from typing import Any
+
+from engine.errors import ConfigError, DecodeError
+from engine.types import U64_MAX, Limits
+
+WIRE_VERSION = 1
+FRAME_MESSAGES = 1
+FRAME_FRAGMENT = 2
+
+HEADER_BYTES = 34           # version, kind, cluster_id, sender_id, epoch, counter
+TAG_BYTES = 16              # keyed BLAKE2b-128
+MESSAGE_COUNT_BYTES = 4
+FRAGMENT_HEADER_BYTES = 20  # fragment_id, part, parts, chunk length
+FRAME_OVERHEAD = HEADER_BYTES + MESSAGE_COUNT_BYTES + TAG_BYTES          # 54
+FRAGMENT_OVERHEAD = HEADER_BYTES + FRAGMENT_HEADER_BYTES + TAG_BYTES     # 70
+MESSAGE_FIXED_BYTES = 12    # type, flags, presence, entry count, context length
+ENTRY_FIXED_BYTES = 21      # term, index, kind, data length
+
+MIN_KEY_BYTES = 16
+MAX_KEY_BYTES = 64          # BLAKE2b's maximum key size
+MIN_DATAGRAM_BYTES = 512    # same range as Limits.max_datagram_bytes
+MAX_DATAGRAM_BYTES = 65_507  # largest UDP payload over IPv4
+
+# The u64 fields of a Message in presence-bitmap order (bit i <-> U64_FIELDS[i]).
+U64_FIELDS = (
+    "src", "dst", "term", "log_term", "index", "commit", "reject_hint", "reject_term",
+    "seq", "status",
+)
+FLAG_REJECT = 0x01
+_PRESENCE_MASK = (1 << len(U64_FIELDS)) - 1
+
+_HEADER = struct.Struct("<BBQQQQ")
+_U32 = struct.Struct("<I")
+_MESSAGE_HEAD = struct.Struct("<BBH")
+_MESSAGE_COUNTS = struct.Struct("<II")
+_ENTRY_HEAD = struct.Struct("<QQBI")
+_FRAGMENT_HEAD = struct.Struct("<QIII")
+_U64S = tuple(struct.Struct(f"<{count}Q") for count in range(len(U64_FIELDS) + 1))
+# Names of the present fields for each presence bitmap, so decode does one lookup.
+_PRESENT_NAMES = tuple(
+    tuple(name for bit, name in enumerate(U64_FIELDS) if presence >> bit & 1)
+    for presence in range(1 << len(U64_FIELDS))
+)
 
 
 class Entry:
@@ -25,9 +129,10 @@ class Entry:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, _ENTRY_TYPES):
             return NotImplemented
+        that: Any = other  # codec_py.Entry or codec_c.Entry
         return (
-            self.term == other.term and self.index == other.index
-            and self.kind == other.kind and self.data == other.data
+            self.term == that.term and self.index == that.index
+            and self.kind == that.kind and self.data == that.data
         )
 
     __hash__ = None  # type: ignore[assignment]
@@ -85,3 +190,451 @@ class Message:
 # differential tests can compare decoded objects directly. codec_c registers its classes here.
 _ENTRY_TYPES: tuple[type, ...] = (Entry,)
 _MESSAGE_TYPES: tuple[type, ...] = (Message,)
+
+
+class Frame:
+    """A decoded frame. A messages frame has `messages` (fragment fields 0 / b""); a fragment
+    frame has fragment_id, part, parts and chunk (`messages` empty)."""
+
+    __slots__ = (
+        "kind", "sender_id", "epoch", "counter", "messages", "fragment_id", "part", "parts",
+        "chunk",
+    )
+
+    def __init__(
+        self, kind: int, sender_id: int, epoch: int, counter: int,
+        messages: list[Any] | None = None, fragment_id: int = 0, part: int = 0, parts: int = 0,
+        chunk: bytes = b"",
+    ) -> None:
+        self.kind = kind
+        self.sender_id = sender_id
+        self.epoch = epoch
+        self.counter = counter
+        self.messages = [] if messages is None else messages
+        self.fragment_id = fragment_id
+        self.part = part
+        self.parts = parts
+        self.chunk = chunk
+
+    def __repr__(self) -> str:
+        if self.kind == FRAME_FRAGMENT:
+            body = (
+                f"fragment_id={self.fragment_id}, part={self.part}, parts={self.parts}, "
+                f"chunk=<{len(self.chunk)} bytes>"
+            )
+        else:
+            body = f"messages=<{len(self.messages)}>"
+        return (
+            f"Frame(kind={self.kind}, sender_id={self.sender_id}, epoch={self.epoch}, "
+            f"counter={self.counter}, {body})"
+        )
+
+
+def encoded_size(message: Any) -> int:
+    """Exact number of bytes `message` adds to a messages frame (for packing datagrams)."""
+    size = MESSAGE_FIXED_BYTES + len(message.context)
+    for name in U64_FIELDS:
+        if getattr(message, name):
+            size += 8
+    for entry in message.entries:
+        size += ENTRY_FIXED_BYTES + len(entry.data)
+    return size
+
+
+def _u64(value: Any, name: str) -> int:
+    """`value` as an int in [0, 2**64): TypeError / OverflowError like a Cython uint64_t."""
+    number = operator.index(value)
+    if not 0 <= number <= U64_MAX:
+        raise OverflowError(f"{name}={number} does not fit in an unsigned 64-bit field")
+    return number
+
+
+def _u32(value: Any, name: str) -> int:
+    number = operator.index(value)
+    if not 0 <= number <= 0xFFFF_FFFF:
+        raise OverflowError(f"{name}={number} does not fit in an unsigned 32-bit field")
+    return number
+
+
+def _check_key(cluster_key: Any) -> bytes:
+    if not isinstance(cluster_key, bytes | bytearray):
+        raise ConfigError(f"cluster_key must be bytes, got {type(cluster_key).__name__}")
+    if not MIN_KEY_BYTES <= len(cluster_key) <= MAX_KEY_BYTES:
+        raise ConfigError(
+            f"cluster_key must be {MIN_KEY_BYTES}..{MAX_KEY_BYTES} bytes, got {len(cluster_key)}"
+        )
+    return bytes(cluster_key)
+
+
+def _as_bytes(datagram: Any) -> bytes:
+    if isinstance(datagram, bytes):
+        return datagram
+    if isinstance(datagram, bytearray | memoryview):
+        return bytes(datagram)
+    raise TypeError(
+        f"datagram must be bytes, bytearray or memoryview, got {type(datagram).__name__}"
+    )
+
+
+def _truncated(need: int, offset: int, end: int) -> DecodeError:
+    return DecodeError(
+        f"truncated frame: need {need} bytes at offset {offset}, {end - offset} left"
+    )
+
+
+class FrameCodec:
+    """Encodes and decodes authenticated frames for one cluster (see the module docstring).
+
+    `max_datagram_bytes` bounds a fragment datagram (and `max_chunk_bytes` follows from it);
+    `max_frame_bytes` bounds a messages frame, which may be a reassembled one larger than a
+    datagram (default: Limits.max_reassembly_bytes).
+    """
+
+    __slots__ = (
+        "cluster_id", "max_datagram_bytes", "max_frame_bytes", "max_chunk_bytes",
+        "max_messages_per_frame", "max_entries_per_message", "max_context_bytes",
+        "_mac", "_known_types", "_known_kinds",
+    )
+
+    def __init__(
+        self, cluster_key: bytes, cluster_id: int = 0, max_datagram_bytes: int = 65_000,
+        *, limits: Limits | None = None, max_frame_bytes: int | None = None,
+    ) -> None:
+        # Imported here, not at module import: engine.messages imports this module at its
+        # bottom, so a module-level import would be circular.
+        from engine.messages import KNOWN_ENTRY_KINDS, KNOWN_MESSAGE_TYPES
+
+        limits = Limits() if limits is None else limits
+        key = _check_key(cluster_key)
+        if not isinstance(cluster_id, int) or not 0 <= cluster_id <= U64_MAX:
+            raise ConfigError(f"cluster_id must be an int in [0, 2**64), got {cluster_id!r}")
+        if (
+            not isinstance(max_datagram_bytes, int)
+            or not MIN_DATAGRAM_BYTES <= max_datagram_bytes <= MAX_DATAGRAM_BYTES
+        ):
+            raise ConfigError(
+                f"max_datagram_bytes must be in [{MIN_DATAGRAM_BYTES}, {MAX_DATAGRAM_BYTES}], "
+                f"got {max_datagram_bytes!r}"
+            )
+        if max_frame_bytes is None:
+            max_frame_bytes = max(limits.max_reassembly_bytes, max_datagram_bytes)
+        if not isinstance(max_frame_bytes, int) or not (
+            max_datagram_bytes <= max_frame_bytes <= 0xFFFF_FFFF
+        ):
+            raise ConfigError(
+                f"max_frame_bytes must be in [max_datagram_bytes, 2**32), got {max_frame_bytes!r}"
+            )
+        self.cluster_id = cluster_id
+        self.max_datagram_bytes = max_datagram_bytes
+        self.max_frame_bytes = max_frame_bytes
+        self.max_chunk_bytes = max_datagram_bytes - FRAGMENT_OVERHEAD
+        self.max_messages_per_frame = limits.max_messages_per_frame
+        self.max_entries_per_message = limits.max_entries_per_message
+        self.max_context_bytes = limits.max_context_bytes
+        # Keyed once; every frame hashes with a .copy() of this state.
+        self._mac = hashlib.blake2b(key=key, digest_size=TAG_BYTES)
+        self._known_types = KNOWN_MESSAGE_TYPES
+        self._known_kinds = KNOWN_ENTRY_KINDS
+
+    # ---------------------------------------------------------------- encode
+
+    def encode(self, sender_id: int, epoch: int, counter: int, messages: Sequence[Any]) -> bytes:
+        """One authenticated messages frame carrying `messages` in order."""
+        header = self._header(FRAME_MESSAGES, sender_id, epoch, counter)
+        if len(messages) > self.max_messages_per_frame:
+            raise ValueError(
+                f"{len(messages)} messages exceed "
+                f"max_messages_per_frame={self.max_messages_per_frame}"
+            )
+        out = bytearray(header)
+        out += _U32.pack(len(messages))
+        for message in messages:
+            self._pack_message(message, out)
+        size = len(out) + TAG_BYTES
+        if size > self.max_frame_bytes:
+            raise ValueError(
+                f"frame of {size} bytes exceeds max_frame_bytes={self.max_frame_bytes}"
+            )
+        return self._sealed(out)
+
+    def encode_fragment(
+        self, sender_id: int, epoch: int, counter: int, fragment_id: int, part: int,
+        parts: int, chunk: bytes | bytearray | memoryview,
+    ) -> bytes:
+        """One authenticated fragment datagram carrying `chunk`, part `part` of `parts`."""
+        header = self._header(FRAME_FRAGMENT, sender_id, epoch, counter)
+        fragment_id = _u64(fragment_id, "fragment_id")
+        part = _u32(part, "part")
+        parts = _u32(parts, "parts")
+        if not part < parts:
+            raise ValueError(f"fragment part {part} not below parts {parts}")
+        chunk_bytes = _as_bytes(chunk)
+        if not 1 <= len(chunk_bytes) <= self.max_chunk_bytes:
+            raise ValueError(
+                f"fragment chunk of {len(chunk_bytes)} bytes outside "
+                f"[1, max_chunk_bytes={self.max_chunk_bytes}]"
+            )
+        out = bytearray(header)
+        out += _FRAGMENT_HEAD.pack(fragment_id, part, parts, len(chunk_bytes))
+        out += chunk_bytes
+        return self._sealed(out)
+
+    def _header(self, kind: int, sender_id: int, epoch: int, counter: int) -> bytes:
+        return _HEADER.pack(
+            WIRE_VERSION, kind, self.cluster_id, _u64(sender_id, "sender_id"),
+            _u64(epoch, "epoch"), _u64(counter, "counter"),
+        )
+
+    def _sealed(self, out: bytearray) -> bytes:
+        mac = self._mac.copy()
+        mac.update(out)
+        out += mac.digest()
+        return bytes(out)
+
+    def _pack_message(self, message: Any, out: bytearray) -> None:
+        # Validation order is part of the spec: codec_c raises the same error first.
+        if message.type not in self._known_types:
+            raise ValueError(f"unknown message type {message.type!r}")
+        presence = 0
+        values = []
+        for bit, name in enumerate(U64_FIELDS):
+            value = getattr(message, name)
+            if value:
+                values.append(_u64(value, name))
+                presence |= 1 << bit
+        entries = message.entries
+        if len(entries) > self.max_entries_per_message:
+            raise ValueError(
+                f"{len(entries)} entries exceed "
+                f"max_entries_per_message={self.max_entries_per_message}"
+            )
+        context = message.context
+        if not isinstance(context, bytes):
+            raise TypeError("Message.context must be bytes")
+        if len(context) > self.max_context_bytes:
+            raise ValueError(
+                f"context of {len(context)} bytes exceeds "
+                f"max_context_bytes={self.max_context_bytes}"
+            )
+        flags = FLAG_REJECT if message.reject else 0
+        out += _MESSAGE_HEAD.pack(message.type, flags, presence)
+        out += _U64S[len(values)].pack(*values)
+        out += _MESSAGE_COUNTS.pack(len(entries), len(context))
+        out += context
+        for entry in entries:
+            if entry.kind not in self._known_kinds:
+                raise ValueError(f"unknown entry kind {entry.kind!r}")
+            data = entry.data
+            if not isinstance(data, bytes):
+                raise TypeError("Entry.data must be bytes")
+            out += _ENTRY_HEAD.pack(
+                _u64(entry.term, "term"), _u64(entry.index, "index"), entry.kind, len(data)
+            )
+            out += data
+
+    # ---------------------------------------------------------------- decode
+
+    def decode(self, datagram: bytes | bytearray | memoryview) -> Frame:
+        """Authenticate and parse one frame; DecodeError for anything not acceptable."""
+        data = _as_bytes(datagram)
+        kind, sender_id, epoch, counter = self._check_header(data)
+        end = len(data) - TAG_BYTES
+        if kind == FRAME_FRAGMENT:
+            return self._decode_fragment(data, end, sender_id, epoch, counter)
+        return Frame(kind, sender_id, epoch, counter, self._decode_messages(data, end))
+
+    def _check_header(self, data: bytes) -> tuple[int, int, int, int]:
+        """Cheap header checks, then the tag, before anything in the body is read."""
+        size = len(data)
+        if size > self.max_frame_bytes:
+            raise DecodeError(
+                f"frame of {size} bytes exceeds max_frame_bytes={self.max_frame_bytes}"
+            )
+        if size < HEADER_BYTES + TAG_BYTES:
+            raise DecodeError(
+                f"truncated frame: {size} bytes, need at least {HEADER_BYTES + TAG_BYTES}"
+            )
+        version, kind, cluster_id, sender_id, epoch, counter = _HEADER.unpack_from(data, 0)
+        if version != WIRE_VERSION:
+            raise DecodeError(f"unsupported wire version {version} (expected {WIRE_VERSION})")
+        if kind != FRAME_MESSAGES and kind != FRAME_FRAGMENT:
+            raise DecodeError(f"unknown frame kind {kind}")
+        if kind == FRAME_FRAGMENT and size > self.max_datagram_bytes:
+            raise DecodeError(
+                f"fragment datagram of {size} bytes exceeds "
+                f"max_datagram_bytes={self.max_datagram_bytes}"
+            )
+        if cluster_id != self.cluster_id:
+            raise DecodeError(f"wrong cluster id {cluster_id} (expected {self.cluster_id})")
+        mac = self._mac.copy()
+        mac.update(memoryview(data)[: size - TAG_BYTES])
+        if not hmac.compare_digest(mac.digest(), data[size - TAG_BYTES :]):
+            raise DecodeError("authentication failed (bad tag or wrong cluster key)")
+        return kind, sender_id, epoch, counter
+
+    def _decode_fragment(
+        self, data: bytes, end: int, sender_id: int, epoch: int, counter: int
+    ) -> Frame:
+        offset = HEADER_BYTES
+        if end - offset < FRAGMENT_HEADER_BYTES:
+            raise _truncated(FRAGMENT_HEADER_BYTES, offset, end)
+        fragment_id, part, parts, chunk_length = _FRAGMENT_HEAD.unpack_from(data, offset)
+        offset += FRAGMENT_HEADER_BYTES
+        if not part < parts:
+            raise DecodeError(f"fragment part {part} not below parts {parts}")
+        if chunk_length == 0:
+            raise DecodeError("empty fragment chunk")
+        if chunk_length != end - offset:
+            raise DecodeError(
+                f"fragment chunk of {chunk_length} bytes does not match the "
+                f"{end - offset} bytes left"
+            )
+        return Frame(
+            FRAME_FRAGMENT, sender_id, epoch, counter, None, fragment_id, part, parts,
+            data[offset:end],
+        )
+
+    def _decode_messages(self, data: bytes, end: int) -> list[Any]:
+        offset = HEADER_BYTES
+        if end - offset < MESSAGE_COUNT_BYTES:
+            raise _truncated(MESSAGE_COUNT_BYTES, offset, end)
+        (count,) = _U32.unpack_from(data, offset)
+        offset += MESSAGE_COUNT_BYTES
+        if count > self.max_messages_per_frame:
+            raise DecodeError(
+                f"{count} messages exceed max_messages_per_frame={self.max_messages_per_frame}"
+            )
+        messages = []
+        for number in range(count):
+            message, offset = self._decode_message(data, offset, end, number)
+            messages.append(message)
+        if offset != end:
+            raise DecodeError(f"{end - offset} trailing bytes after the last message")
+        return messages
+
+    def _decode_message(self, data: bytes, offset: int, end: int, number: int) -> tuple[Any, int]:
+        if end - offset < 4:
+            raise _truncated(4, offset, end)
+        type_code, flags, presence = _MESSAGE_HEAD.unpack_from(data, offset)
+        offset += 4
+        if type_code not in self._known_types:
+            raise DecodeError(f"message {number}: unknown type {type_code}")
+        if flags & ~FLAG_REJECT:
+            raise DecodeError(f"message {number}: unknown flag bits 0x{flags:02x}")
+        if presence & ~_PRESENCE_MASK:
+            raise DecodeError(f"message {number}: unknown field bits 0x{presence:04x}")
+        names = _PRESENT_NAMES[presence]
+        need = 8 * len(names)
+        if end - offset < need:
+            raise _truncated(need, offset, end)
+        values = _U64S[len(names)].unpack_from(data, offset)
+        offset += need
+        message = Message(type_code, reject=bool(flags & FLAG_REJECT))
+        for name, value in zip(names, values, strict=True):
+            if not value:
+                raise DecodeError(
+                    f"message {number}: field {name} is present but zero (non-canonical)"
+                )
+            setattr(message, name, value)
+        if end - offset < 8:
+            raise _truncated(8, offset, end)
+        entry_count, context_length = _MESSAGE_COUNTS.unpack_from(data, offset)
+        offset += 8
+        if entry_count > self.max_entries_per_message:
+            raise DecodeError(
+                f"message {number}: {entry_count} entries exceed "
+                f"max_entries_per_message={self.max_entries_per_message}"
+            )
+        if context_length > self.max_context_bytes:
+            raise DecodeError(
+                f"message {number}: context of {context_length} bytes exceeds "
+                f"max_context_bytes={self.max_context_bytes}"
+            )
+        if end - offset < context_length:
+            raise _truncated(context_length, offset, end)
+        message.context = data[offset : offset + context_length]
+        offset += context_length
+        entries = message.entries
+        for entry_number in range(entry_count):
+            if end - offset < ENTRY_FIXED_BYTES:
+                raise _truncated(ENTRY_FIXED_BYTES, offset, end)
+            term, index, kind, data_length = _ENTRY_HEAD.unpack_from(data, offset)
+            offset += ENTRY_FIXED_BYTES
+            if kind not in self._known_kinds:
+                raise DecodeError(f"message {number} entry {entry_number}: unknown kind {kind}")
+            if end - offset < data_length:
+                raise _truncated(data_length, offset, end)
+            entries.append(Entry(term, index, data[offset : offset + data_length], kind))
+            offset += data_length
+        return message, offset
+
+
+class ReplayWindow:
+    """Anti-replay filter over authenticated frames (DESIGN.md §5 "Wire"; the sliding window of
+    RFC 4303 §3.4.3 / RFC 6479, keyed by the sender's boot epoch).
+
+    Per sender it keeps the newest epoch, the highest counter accepted in it and which of the
+    `size` counters at or below that one were already accepted. `accept` is True exactly once
+    per (sender, epoch, counter) inside the window:
+      - a newer epoch (the sender restarted) resets the sender's window;
+      - an older epoch, a counter `size` or more behind the highest, or a counter already seen
+        is refused.
+    Memory is bounded: at most `max_senders` senders are tracked; the least recently accepted
+    one is forgotten first. A forgotten sender's next frame starts a fresh window, so an old
+    frame of a sender idle long enough to be evicted can be accepted once more; the protocols
+    above tolerate duplicate delivery (UDP duplicates anyway), the window only makes replay
+    expensive.
+    """
+
+    __slots__ = ("size", "max_senders", "_senders", "_mask")
+
+    def __init__(self, size: int = 1024, max_senders: int = 4096) -> None:
+        if not isinstance(size, int) or not 1 <= size <= 1 << 20:
+            raise ConfigError(f"ReplayWindow size must be in [1, 2**20], got {size!r}")
+        if not isinstance(max_senders, int) or max_senders < 1:
+            raise ConfigError(f"ReplayWindow max_senders must be >= 1, got {max_senders!r}")
+        self.size = size
+        self.max_senders = max_senders
+        # sender_id -> [epoch, highest counter, seen bits]; bit k of seen <=> highest - k was
+        # accepted. Dict order is recency order (least recently accepted first).
+        self._senders: OrderedDict[int, list[int]] = OrderedDict()
+        self._mask = (1 << size) - 1
+
+    def __len__(self) -> int:
+        return len(self._senders)
+
+    def accept(self, sender_id: int, epoch: int, counter: int) -> bool:
+        """True if this (sender, epoch, counter) is fresh; records it as seen."""
+        _u64(sender_id, "sender_id")
+        _u64(epoch, "epoch")
+        _u64(counter, "counter")
+        senders = self._senders
+        state = senders.get(sender_id)
+        if state is None:
+            if len(senders) >= self.max_senders:
+                senders.popitem(last=False)  # forget the least recently accepted sender
+            senders[sender_id] = [epoch, counter, 1]
+            return True
+        current_epoch, highest, seen = state
+        if epoch < current_epoch:
+            return False  # a frame from before the sender's restart
+        if epoch > current_epoch:
+            state[:] = [epoch, counter, 1]  # the sender restarted: a fresh window
+        elif counter > highest:
+            shift = counter - highest
+            state[1] = counter
+            state[2] = (seen << shift | 1) & self._mask if shift < self.size else 1
+        else:
+            behind = highest - counter
+            if behind >= self.size or seen >> behind & 1:
+                return False  # too old to judge, or already accepted
+            state[2] = seen | 1 << behind
+        senders.move_to_end(sender_id)
+        return True
+
+
+__all__ = [
+    "Entry", "Message", "Frame", "FrameCodec", "ReplayWindow", "encoded_size",
+    "WIRE_VERSION", "FRAME_MESSAGES", "FRAME_FRAGMENT", "FRAME_OVERHEAD", "FRAGMENT_OVERHEAD",
+    "HEADER_BYTES", "TAG_BYTES", "MESSAGE_FIXED_BYTES", "ENTRY_FIXED_BYTES", "U64_FIELDS",
+]
