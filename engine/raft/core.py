@@ -1,0 +1,911 @@
+"""RaftCore: the sans-IO Raft state machine (etcd-io/raft's raft.go + rawnode.go, in Python).
+
+Theory of operation
+-------------------
+Rule 1: every state transition of a Raft node lives in this file. progress.py, log.py and
+quorum.py are bookkeeping with no protocol decisions.
+Rule 2: no I/O, no clock, no global randomness. Time is `tick()`; the only randomness is the
+election timeout, drawn from a random.Random seeded with (config.seed, node_id).
+
+Inputs: `step(message)` (network), `tick()` (timer), `propose(commands)`, `read_index(ctx)`.
+Output: a `Ready` (engine.types.Ready) collected by `ready()` and acknowledged by
+`advance(ready)` once the driver has done what it asks:
+  - `entries` / `hard_state` to persist (one fsync);
+  - `messages` may go out at once: the leader replicates in parallel with its own fsync
+    (thesis §10.2.1), so its new entries are in `messages` of the same Ready;
+  - `messages_after_persist` promise durable state (append acks, vote grants, vote requests
+    carrying our own vote) and go out only after that fsync (thesis §3.8);
+  - `committed_entries` to apply; `read_states` to serve once applied >= index.
+The leader's own match index is its *persisted* index, which moves only in advance().
+
+step() follows etcd's shape: (1) the term (Raft §5.1: a higher term makes us a follower, a
+lower term is answered or ignored), (2) role-independent messages (votes), (3) the role's
+handler `_step_<role>`, which calls `_on_<message>` handlers. A message that cannot be used
+is ignored and counted in `ignored[reason]`; step() never raises on remote input.
+
+Read states: `ReadState(index, context)` with index > 0 is a confirmed read index (§6.4).
+ReadState(0, context) means the request was refused (leadership lost, no leader known,
+overload) so the driver can fail it fast; a valid read index is always >= 1 because a leader
+serves reads only after committing the no-op of its term.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from enum import StrEnum
+from typing import Any
+
+from engine.errors import ConfigError, EntryTooLarge, InvariantViolation, NotLeader, Overloaded
+from engine.messages import Entry, EntryKind, Message, MessageType
+from engine.raft import quorum
+from engine.raft.config import RaftConfig
+from engine.raft.log import RaftLog
+from engine.raft.progress import Progress, ProgressState
+from engine.types import HardState, ReadState, Ready
+
+_NONE = 0  # "no node": no leader known / no vote cast
+_EMPTY_HARD_STATE = HardState()
+
+_MT = MessageType
+_RAFT_TYPES = frozenset(
+    {
+        _MT.VOTE,
+        _MT.VOTE_RESPONSE,
+        _MT.PRE_VOTE,
+        _MT.PRE_VOTE_RESPONSE,
+        _MT.APPEND,
+        _MT.APPEND_RESPONSE,
+        _MT.HEARTBEAT,
+        _MT.HEARTBEAT_RESPONSE,
+        _MT.READ_INDEX,
+        _MT.READ_INDEX_RESPONSE,
+    }
+)
+# Messages that promise durable state: sent only after the Ready's fsync (thesis §3.8).
+_AFTER_PERSIST = frozenset(
+    {_MT.APPEND_RESPONSE, _MT.VOTE_RESPONSE, _MT.PRE_VOTE_RESPONSE, _MT.VOTE}
+)
+_TRANSFER_CONTEXT = b"transfer"
+
+
+class Role(StrEnum):
+    FOLLOWER = "follower"
+    PRE_CANDIDATE = "pre_candidate"
+    CANDIDATE = "candidate"
+    LEADER = "leader"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class _PendingRead:
+    """A ReadIndex request waiting for its heartbeat round (thesis §6.4 step 3)."""
+
+    __slots__ = ("round", "index", "requester", "context")
+
+    def __init__(self, round_: int, index: int, requester: int, context: bytes) -> None:
+        self.round = round_
+        self.index = index
+        self.requester = requester
+        self.context = context
+
+
+class RaftCore:
+    """One Raft node, restartable from its persisted HardState and log entries."""
+
+    def __init__(
+        self,
+        config: RaftConfig,
+        hard_state: HardState = _EMPTY_HARD_STATE,
+        entries: list[Any] | None = None,
+        applied: int = 0,
+    ) -> None:
+        self.config = config
+        self.node_id = config.node_id
+        self.voters: tuple[int, ...] = tuple(sorted(config.voters))
+        self.peers: tuple[int, ...] = tuple(v for v in self.voters if v != self.node_id)
+        self._timing = config.timing
+        self._limits = config.limits
+        self._rng = random.Random(f"raft:{config.seed}:{config.node_id}")
+
+        self.log = RaftLog(list(entries or []))
+        if hard_state.commit > self.log.last_index:
+            raise ConfigError(
+                f"persisted commit {hard_state.commit} beyond last log index {self.log.last_index}"
+            )
+        if not 0 <= applied <= hard_state.commit:
+            raise ConfigError(f"applied {applied} outside [0, commit {hard_state.commit}]")
+        if hard_state.term < self.log.last_term:
+            raise ConfigError(
+                f"persisted term {hard_state.term} below last log term {self.log.last_term}"
+            )
+
+        self.term = hard_state.term
+        self.vote = hard_state.vote
+        self.commit_index = hard_state.commit
+        self.applied_index = applied
+        # Committed entries handed to the driver but not yet acknowledged by advance().
+        # Invariant: applied_index <= _applying <= commit_index.
+        self._applying = applied
+        self.leader_id = _NONE
+        self.role = Role.FOLLOWER
+        self._hard_state_emitted = HardState(self.term, self.vote, self.commit_index)
+
+        self._messages: list[Any] = []
+        self._messages_after_persist: list[Any] = []
+        self._read_states: list[ReadState] = []
+
+        self._election_elapsed = 0
+        self._heartbeat_elapsed = 0
+        self._randomized_election_timeout = 0
+        self._ticks = 0
+        self._votes = quorum.Tally(self.voters)
+        self._progress: dict[int, Progress] = {}
+        # Leader: index of its term's no-op and the payload bytes not yet committed.
+        self._term_start_index = 0
+        self._uncommitted_bytes = 0
+        # ReadIndex (thesis §6.4): rounds are numbered for the life of the core, so a
+        # heartbeat response confirming round r confirms every request of round <= r.
+        self._read_round = 0
+        self._read_heartbeat_due = False
+        self._pending_reads: deque[_PendingRead] = deque()
+        self._reads_awaiting_commit: list[tuple[int, bytes]] = []
+
+        self.ignored: dict[str, int] = {}
+        self._max_term_checked = self.term
+        self._commit_checked = self.commit_index
+        self._reset_randomized_election_timeout()
+        self._maybe_check_invariants()
+
+    # ------------------------------------------------------------------ public surface
+
+    def tick(self) -> None:
+        """Advances logical time by one tick (election timer or heartbeat timer)."""
+        self._ticks += 1
+        if self.role == Role.LEADER:
+            self._tick_heartbeat()
+        else:
+            self._tick_election()
+        self._maybe_check_invariants()
+
+    def step(self, message: Any) -> None:
+        """Advances the state machine with one message from the network."""
+        reason = self._ignore_message(message)
+        if reason is None:
+            self._step(message)
+        else:
+            self._count_ignored(reason)
+        self._maybe_check_invariants()
+
+    def propose(self, commands: list[bytes]) -> tuple[int, int, int]:
+        """Appends a batch of commands on the leader; returns (first_index, last_index, term)."""
+        if self.role != Role.LEADER:
+            raise NotLeader(leader_id=self.leader_id or None)
+        if not commands:
+            raise ValueError("propose needs at least one command")
+        limits = self._limits
+        batch_bytes = 0
+        for command in commands:
+            if len(command) > limits.max_entry_bytes:
+                raise EntryTooLarge(
+                    f"entry of {len(command)} bytes > max_entry_bytes={limits.max_entry_bytes}"
+                )
+            batch_bytes += len(command)
+        # Entries of earlier terms are not this leader's proposals (etcd counts the same way).
+        pending = self.log.last_index - max(self.commit_index, self._term_start_index - 1)
+        if pending + len(commands) > limits.max_pending_proposals:
+            raise Overloaded(
+                f"{pending} entries pending; max_pending_proposals={limits.max_pending_proposals}"
+            )
+        # etcd MaxUncommittedEntriesSize: a batch is always admitted into an empty budget, so
+        # one large entry cannot be refused forever.
+        if (
+            self._uncommitted_bytes
+            and self._uncommitted_bytes + batch_bytes > limits.max_uncommitted_bytes
+        ):
+            raise Overloaded(
+                f"{self._uncommitted_bytes} uncommitted bytes; "
+                f"max_uncommitted_bytes={limits.max_uncommitted_bytes}"
+            )
+        first = self.log.last_index + 1
+        term = self.term
+        self.log.append([Entry(term, first + i, command) for i, command in enumerate(commands)])
+        self._uncommitted_bytes += batch_bytes
+        self._bcast_append()
+        self._maybe_check_invariants()
+        return first, self.log.last_index, term
+
+    def read_index(self, context: bytes) -> None:
+        """Starts a linearizable read (thesis §6.4); the answer arrives as a ReadState."""
+        if self.role == Role.LEADER:
+            if self._reads_pending_count() >= self._limits.max_pending_proposals:
+                raise Overloaded(
+                    f"max_pending_proposals={self._limits.max_pending_proposals} reads pending"
+                )
+            self._start_read(self.node_id, context)
+        elif self.leader_id == _NONE:
+            raise NotLeader("no leader known", leader_id=None)
+        else:
+            # §6.4: a follower asks the leader for the read index.
+            self._send(
+                Message(_MT.READ_INDEX, self.node_id, self.leader_id, self.term, context=context)
+            )
+        self._maybe_check_invariants()
+
+    def has_ready(self) -> bool:
+        return bool(
+            self._read_heartbeat_due
+            or self._messages
+            or self._messages_after_persist
+            or self._read_states
+            or self.log.unstable_index <= self.log.last_index
+            or self.commit_index > self._applying
+            or self._hard_state() != self._hard_state_emitted
+        )
+
+    def ready(self) -> Ready:
+        """Collects everything the driver must persist, send and apply (see module docstring)."""
+        if self._read_heartbeat_due:
+            self._bcast_heartbeat()
+        ready = Ready()
+        hard_state = self._hard_state()
+        if hard_state != self._hard_state_emitted:
+            ready.hard_state = hard_state
+            self._hard_state_emitted = hard_state
+        ready.entries = self.log.take_unstable()
+        ready.messages, self._messages = self._messages, []
+        ready.messages_after_persist, self._messages_after_persist = (
+            self._messages_after_persist,
+            [],
+        )
+        if self.commit_index > self._applying:
+            hi = min(self.commit_index, self._applying + self._limits.max_apply_batch)
+            ready.committed_entries = self.log.slice(self._applying + 1, hi + 1)
+            self._applying = hi
+        ready.read_states, self._read_states = self._read_states, []
+        return ready
+
+    def advance(self, ready: Ready) -> None:
+        """The driver persisted, sent and applied `ready`."""
+        if ready.entries:
+            last = ready.entries[-1]
+            self.log.persisted_to(last.index, last.term)
+        if ready.committed_entries:
+            self.applied_index = max(self.applied_index, ready.committed_entries[-1].index)
+        if self.role == Role.LEADER and self._maybe_commit():
+            # The leader's own fsync can complete a quorum (§10.2.1); tell the followers.
+            self._bcast_append()
+        self._maybe_check_invariants()
+
+    def status(self) -> dict[str, Any]:
+        status: dict[str, Any] = {
+            "node_id": self.node_id,
+            "role": str(self.role),
+            "term": self.term,
+            "vote": self.vote,
+            "leader_id": self.leader_id,
+            "commit_index": self.commit_index,
+            "applied_index": self.applied_index,
+            "last_index": self.log.last_index,
+            "last_term": self.log.last_term,
+            "persisted_index": self.log.persisted_index,
+            "log_truncations": self.log.truncations,
+            "ignored": dict(self.ignored),
+        }
+        if self.role == Role.LEADER:
+            status["progress"] = {
+                peer: {
+                    "match": pr.match,
+                    "next": pr.next,
+                    "state": pr.state.name.lower(),
+                    "inflight": len(pr.inflights),
+                }
+                for peer, pr in self._progress.items()
+            }
+            status["uncommitted_bytes"] = self._uncommitted_bytes
+            status["pending_reads"] = self._reads_pending_count()
+        return status
+
+    # ------------------------------------------------------------------ step: term first
+
+    def _ignore_message(self, m: Any) -> str | None:
+        """Why a message cannot be used at all (malformed or misrouted), or None."""
+        if m.type not in _RAFT_TYPES:
+            return "unsupported message type"
+        if m.src == self.node_id or m.src not in self.voters:
+            return "unknown sender"
+        if m.dst != self.node_id:
+            return "wrong destination"
+        if m.term <= 0:
+            return "zero term"
+        return None
+
+    def _step(self, m: Any) -> None:
+        # Raft §5.1: terms order everything.
+        if m.term > self.term:
+            if m.type in (_MT.VOTE, _MT.PRE_VOTE) and self._in_leader_lease(m):
+                # Thesis §4.2.3: a node that hears from a live leader disregards votes, so a
+                # partitioned node rejoining cannot depose a working leader.
+                self._count_ignored("vote while leader lease holds")
+                return
+            if m.type == _MT.PRE_VOTE:
+                pass  # A pre-vote never changes our term (thesis §9.6).
+            elif m.type == _MT.PRE_VOTE_RESPONSE and not m.reject:
+                pass  # Granted pre-votes carry the future term we asked for.
+            elif m.type in (_MT.APPEND, _MT.HEARTBEAT):
+                self._become_follower(m.term, m.src)
+            else:
+                self._become_follower(m.term, _NONE)
+        elif m.term < self.term:
+            self._on_stale_term(m)
+            return
+
+        if m.type in (_MT.VOTE, _MT.PRE_VOTE):
+            self._on_vote(m)
+        elif m.type == _MT.READ_INDEX_RESPONSE:
+            self._on_read_index_response(m)
+        elif self.role == Role.LEADER:
+            self._step_leader(m)
+        elif self.role == Role.FOLLOWER:
+            self._step_follower(m)
+        else:
+            self._step_candidate(m)
+
+    def _in_leader_lease(self, m: Any) -> bool:
+        if m.context == _TRANSFER_CONTEXT:
+            return False
+        return (
+            self.config.check_quorum
+            and self.leader_id != _NONE
+            and self._election_elapsed < self._timing.election_timeout_ticks
+        )
+
+    def _on_stale_term(self, m: Any) -> None:
+        if (self.config.check_quorum or self.config.pre_vote) and m.type in (
+            _MT.APPEND,
+            _MT.HEARTBEAT,
+        ):
+            # A deposed leader (e.g. back from a partition) learns our term and steps down;
+            # with check-quorum/pre-vote it could otherwise never hear it (etcd raft.go).
+            self._send(Message(_MT.APPEND_RESPONSE, self.node_id, m.src, self.term))
+        elif m.type == _MT.PRE_VOTE:
+            # Tell the pre-candidate our term so it can catch up (thesis §9.6).
+            self._send(Message(_MT.PRE_VOTE_RESPONSE, self.node_id, m.src, self.term, reject=True))
+        else:
+            self._count_ignored("stale term")
+
+    def _on_vote(self, m: Any) -> None:
+        """Raft §5.2 (one vote per term) and §5.4.1 (only for an up-to-date log)."""
+        can_vote = (
+            self.vote == m.src
+            or (self.vote == _NONE and self.leader_id == _NONE)
+            or (m.type == _MT.PRE_VOTE and m.term > self.term)
+        )
+        response_type = _MT.VOTE_RESPONSE if m.type == _MT.VOTE else _MT.PRE_VOTE_RESPONSE
+        if can_vote and self.log.is_up_to_date(m.log_term, m.index):
+            self._send(Message(response_type, self.node_id, m.src, m.term))
+            if m.type == _MT.VOTE:
+                self._election_elapsed = 0
+                self.vote = m.src
+        else:
+            self._send(Message(response_type, self.node_id, m.src, self.term, reject=True))
+
+    # ------------------------------------------------------------------ roles
+
+    def _step_follower(self, m: Any) -> None:
+        if m.type == _MT.APPEND:
+            self._election_elapsed = 0
+            self.leader_id = m.src
+            self._on_append(m)
+        elif m.type == _MT.HEARTBEAT:
+            self._election_elapsed = 0
+            self.leader_id = m.src
+            self._on_heartbeat(m)
+        elif m.type == _MT.READ_INDEX:
+            # Only the leader serves reads; one hop only, so refuse and let the asker retry.
+            self._reject_read(m.src, m.context)
+        else:
+            self._count_ignored(f"{_MT(m.type).name} as follower")
+
+    def _step_candidate(self, m: Any) -> None:
+        my_response = (
+            _MT.PRE_VOTE_RESPONSE if self.role == Role.PRE_CANDIDATE else _MT.VOTE_RESPONSE
+        )
+        if m.type == _MT.APPEND:
+            self._become_follower(m.term, m.src)  # Raft §5.2: a leader of our term exists.
+            self._on_append(m)
+        elif m.type == _MT.HEARTBEAT:
+            self._become_follower(m.term, m.src)
+            self._on_heartbeat(m)
+        elif m.type == my_response:
+            self._on_vote_response(m)
+        elif m.type == _MT.READ_INDEX:
+            self._reject_read(m.src, m.context)
+        else:
+            self._count_ignored(f"{_MT(m.type).name} as {self.role}")
+
+    def _step_leader(self, m: Any) -> None:
+        if m.type == _MT.APPEND_RESPONSE:
+            self._on_append_response(m)
+        elif m.type == _MT.HEARTBEAT_RESPONSE:
+            self._on_heartbeat_response(m)
+        elif m.type == _MT.READ_INDEX:
+            self._on_read_index(m)
+        else:
+            self._count_ignored(f"{_MT(m.type).name} as leader")
+
+    # ------------------------------------------------------------------ elections
+
+    def _tick_election(self) -> None:
+        self._election_elapsed += 1
+        if self._election_elapsed >= self._randomized_election_timeout:
+            self._election_elapsed = 0
+            self._campaign(pre_vote=self.config.pre_vote)
+
+    def _campaign(self, pre_vote: bool) -> None:
+        if pre_vote:
+            self._become_pre_candidate()
+            vote_type, vote_term = _MT.PRE_VOTE, self.term + 1
+        else:
+            self._become_candidate()
+            vote_type, vote_term = _MT.VOTE, self.term
+        self._votes.record(self.node_id, True)
+        if self._votes.result() == quorum.WON:  # a single-node cluster
+            if pre_vote:
+                self._campaign(pre_vote=False)
+            else:
+                self._become_leader()
+            return
+        last_index, last_term = self.log.last_index, self.log.last_term
+        for peer in self.peers:
+            self._send(
+                Message(
+                    vote_type, self.node_id, peer, vote_term, log_term=last_term, index=last_index
+                )
+            )
+
+    def _on_vote_response(self, m: Any) -> None:
+        if not self._votes.record(m.src, not m.reject):
+            self._count_ignored("duplicate vote")
+            return
+        result = self._votes.result()
+        if result == quorum.WON:
+            if self.role == Role.PRE_CANDIDATE:
+                self._campaign(pre_vote=False)
+            else:
+                self._become_leader()
+        elif result == quorum.LOST:
+            self._become_follower(self.term, _NONE)
+
+    def _reset(self, term: int) -> None:
+        if term != self.term:
+            self.term = term
+            self.vote = _NONE
+        self._fail_pending_reads()
+        self.leader_id = _NONE
+        self._election_elapsed = 0
+        self._heartbeat_elapsed = 0
+        self._reset_randomized_election_timeout()
+        self._votes = quorum.Tally(self.voters)
+        self._progress = {}
+        self._uncommitted_bytes = 0
+
+    def _become_follower(self, term: int, leader_id: int) -> None:
+        self._reset(term)
+        self.leader_id = leader_id
+        self.role = Role.FOLLOWER
+
+    def _become_pre_candidate(self) -> None:
+        # Thesis §9.6: no term change and no vote until a quorum says we could win.
+        self._fail_pending_reads()
+        self._votes = quorum.Tally(self.voters)
+        self.leader_id = _NONE
+        self.role = Role.PRE_CANDIDATE
+
+    def _become_candidate(self) -> None:
+        self._reset(self.term + 1)
+        self.vote = self.node_id
+        self.role = Role.CANDIDATE
+
+    def _become_leader(self) -> None:
+        self._reset(self.term)
+        self.leader_id = self.node_id
+        self.role = Role.LEADER
+        limits = self._limits
+        next_index = self.log.last_index + 1
+        for peer in self.peers:
+            pr = Progress(next_index, limits.max_inflight_messages, limits.max_inflight_bytes)
+            pr.recent_active = True
+            self._progress[peer] = pr
+        # Raft §5.4.2 / §8: commit an entry of our own term so earlier entries commit too and
+        # reads can be served.
+        self._term_start_index = next_index
+        self.log.append([Entry(self.term, next_index, b"", int(EntryKind.NOOP))])
+        self._bcast_append()
+
+    def _reset_randomized_election_timeout(self) -> None:
+        timeout = self._timing.election_timeout_ticks
+        self._randomized_election_timeout = timeout + self._rng.randrange(timeout)
+
+    # ------------------------------------------------------------------ follower: log
+
+    def _on_append(self, m: Any) -> None:
+        if m.index < self.commit_index:
+            # Everything up to our commit is known to match; answer so the leader moves on.
+            self._send(
+                Message(
+                    _MT.APPEND_RESPONSE, self.node_id, m.src, self.term, index=self.commit_index
+                )
+            )
+            return
+        reason = self._ignore_append(m)
+        if reason is not None:
+            self._count_ignored(reason)
+            return
+        if self.log.match_term(m.index, m.log_term):
+            entries = m.entries
+            last_new = m.index + len(entries)
+            conflict = self.log.find_conflict(entries)
+            if conflict:
+                if conflict <= self.commit_index:
+                    # A leader never overwrites committed entries (Raft §5.4): a safety bug
+                    # elsewhere or a forged peer; never apply it.
+                    if self.config.check_invariants:
+                        raise InvariantViolation(
+                            f"node {self.node_id}: append from {m.src} conflicts at {conflict} "
+                            f"<= commit {self.commit_index}"
+                        )
+                    self._count_ignored("append conflicts with committed entry")
+                    return
+                # Raft §5.3: delete the conflicting entry and all that follow it.
+                self.log.append(entries[conflict - m.index - 1 :])
+            self._commit_to(min(m.commit, last_new))
+            self._send(Message(_MT.APPEND_RESPONSE, self.node_id, m.src, self.term, index=last_new))
+            return
+        # Raft §5.3 with the fast-backtracking hint (etcd findConflictByTerm): the largest
+        # index whose term is <= the leader's previous term may match; skip whole terms.
+        hint_index, hint_term = self.log.find_conflict_by_term(
+            min(m.index, self.log.last_index), m.log_term
+        )
+        self._send(
+            Message(
+                _MT.APPEND_RESPONSE,
+                self.node_id,
+                m.src,
+                self.term,
+                index=m.index,
+                reject=True,
+                reject_hint=hint_index,
+                reject_term=hint_term,
+            )
+        )
+
+    def _ignore_append(self, m: Any) -> str | None:
+        """Remote input guard: entries must follow the previous entry, with sane terms."""
+        if m.index < 0 or m.log_term < 0 or m.log_term > m.term or m.commit < 0:
+            return "malformed append"
+        if len(m.entries) > self._limits.max_entries_per_message:
+            return "append too long"
+        expected_index, previous_term = m.index + 1, m.log_term
+        for entry in m.entries:
+            if entry.index != expected_index or not previous_term <= entry.term <= m.term:
+                return "malformed append entries"
+            expected_index += 1
+            previous_term = entry.term
+        return None
+
+    def _on_heartbeat(self, m: Any) -> None:
+        # The leader sends min(match, commit), so the entries it commits here match ours.
+        if m.commit > self.log.last_index:
+            self._count_ignored("heartbeat commit beyond log")
+        else:
+            self._commit_to(m.commit)
+        self._send(
+            Message(_MT.HEARTBEAT_RESPONSE, self.node_id, m.src, self.term, context=m.context)
+        )
+
+    def _commit_to(self, index: int) -> None:
+        if index > self.commit_index:
+            self.commit_index = index
+
+    # ------------------------------------------------------------------ leader: replication
+
+    def _tick_heartbeat(self) -> None:
+        self._heartbeat_elapsed += 1
+        self._election_elapsed += 1
+        if self._election_elapsed >= self._timing.election_timeout_ticks:
+            self._election_elapsed = 0
+            if self.config.check_quorum:
+                if not self._quorum_active():
+                    # Thesis §6.2: without a quorum for an election timeout we may be deposed
+                    # already; stop serving.
+                    self._become_follower(self.term, _NONE)
+                    return
+                for pr in self._progress.values():
+                    pr.recent_active = False
+        if self._heartbeat_elapsed >= self._timing.heartbeat_interval_ticks:
+            self._heartbeat_elapsed = 0
+            self._recover_stalled_windows()
+            self._bcast_heartbeat()
+
+    def _quorum_active(self) -> bool:
+        active = 1 + sum(1 for pr in self._progress.values() if pr.recent_active)
+        return active >= len(self.voters) // 2 + 1
+
+    def _recover_stalled_windows(self) -> None:
+        """A REPLICATE window whose appends were all lost would never be acked: fall back to
+        PROBE (resend from match + 1) when acks stopped for the stall period (UDP, not TCP)."""
+        stall_ticks = max(
+            2 * self._timing.heartbeat_interval_ticks, self._timing.election_timeout_ticks // 2
+        )
+        for pr in self._progress.values():
+            if (
+                pr.state == ProgressState.REPLICATE
+                and len(pr.inflights)
+                and self._ticks - pr.progress_tick >= stall_ticks
+            ):
+                pr.become_probe()
+
+    def _bcast_append(self) -> None:
+        for peer in self.peers:
+            self._maybe_send_append(peer, send_if_empty=True)
+
+    def _maybe_send_append(self, peer: int, send_if_empty: bool) -> bool:
+        """Sends the next batch of entries to peer unless its window is paused (etcd)."""
+        pr = self._progress[peer]
+        if pr.is_paused():
+            return False
+        log = self.log
+        prev_index = pr.next - 1
+        entries = log.slice(pr.next, log.last_index + 1, self._limits.max_append_bytes)
+        if len(entries) > self._limits.max_entries_per_message:
+            entries = entries[: self._limits.max_entries_per_message]
+        if not entries and not send_if_empty:
+            return False
+        self._send(
+            Message(
+                _MT.APPEND,
+                self.node_id,
+                peer,
+                self.term,
+                log_term=log.term(prev_index),
+                index=prev_index,
+                commit=self.commit_index,
+                entries=entries,
+            )
+        )
+        if entries:
+            size = sum(len(entry.data) for entry in entries)
+            pr.sent_entries(entries[-1].index, size, len(entries), self._ticks)
+        elif pr.state == ProgressState.PROBE:
+            pr.probe_sent = True
+        return True
+
+    def _bcast_heartbeat(self) -> None:
+        self._read_heartbeat_due = False
+        context = self._read_round.to_bytes(8, "little") if self._pending_reads else b""
+        for peer in self.peers:
+            pr = self._progress[peer]
+            # etcd: never tell a follower to commit past what it is known to hold.
+            self._send(
+                Message(
+                    _MT.HEARTBEAT,
+                    self.node_id,
+                    peer,
+                    self.term,
+                    commit=min(pr.match, self.commit_index),
+                    context=context,
+                )
+            )
+
+    def _on_append_response(self, m: Any) -> None:
+        pr = self._progress[m.src]
+        pr.recent_active = True
+        if m.index > self.log.last_index:
+            self._count_ignored("append response beyond log")
+            return
+        if m.reject:
+            self._on_append_reject(m, pr)
+            return
+        was_paused = pr.is_paused()
+        if not pr.maybe_update(m.index, self._ticks):
+            self._count_ignored("stale append response")
+            return
+        if pr.state == ProgressState.PROBE:
+            pr.become_replicate(self._ticks)
+        else:
+            pr.inflights.free_le(m.index)
+        if self._maybe_commit():
+            self._bcast_append()
+        elif was_paused:
+            self._maybe_send_append(m.src, send_if_empty=True)
+        # Fill the window (pipelining, thesis §10.2.2).
+        while self._maybe_send_append(m.src, send_if_empty=False):
+            pass
+
+    def _on_append_reject(self, m: Any, pr: Progress) -> None:
+        next_probe = m.reject_hint
+        if m.reject_term > 0:
+            # The leader skips every entry of a term newer than the follower's hint term.
+            next_probe, _ = self.log.find_conflict_by_term(m.reject_hint, m.reject_term)
+        if not pr.maybe_decrease_to(m.index, next_probe):
+            self._count_ignored("stale append reject")
+            return
+        if pr.state == ProgressState.REPLICATE:
+            pr.become_probe()
+        self._maybe_send_append(m.src, send_if_empty=True)
+
+    def _on_heartbeat_response(self, m: Any) -> None:
+        pr = self._progress[m.src]
+        pr.recent_active = True
+        pr.probe_sent = False  # etcd: a live follower may be probed again.
+        if pr.match < self.log.last_index or pr.state == ProgressState.PROBE:
+            self._maybe_send_append(m.src, send_if_empty=True)
+        if len(m.context) == 8 and self._pending_reads:
+            pr.read_ack = max(pr.read_ack, int.from_bytes(m.context, "little"))
+            self._advance_reads()
+
+    def _maybe_commit(self) -> bool:
+        """Raft §5.3/§5.4.2: commit the largest index on a quorum, only if of our term."""
+        matches = [self.log.persisted_index]
+        matches.extend(pr.match for pr in self._progress.values())
+        index = quorum.committed_index(matches)
+        if index <= self.commit_index or self.log.term(index) != self.term:
+            return False
+        previous = self.commit_index
+        self.commit_index = index
+        self._on_commit_advanced(previous)
+        return True
+
+    def _on_commit_advanced(self, previous: int) -> None:
+        lo = max(previous + 1, self._term_start_index)
+        if lo <= self.commit_index:
+            self._uncommitted_bytes -= sum(
+                len(entry.data) for entry in self.log.slice(lo, self.commit_index + 1)
+            )
+            self._uncommitted_bytes = max(self._uncommitted_bytes, 0)
+        if previous < self._term_start_index <= self.commit_index:
+            # §6.4 step 1: reads wait for the first commit of this leader's term.
+            waiting, self._reads_awaiting_commit = self._reads_awaiting_commit, []
+            for requester, context in waiting:
+                self._start_read(requester, context)
+
+    # ------------------------------------------------------------------ ReadIndex (§6.4)
+
+    def _reads_pending_count(self) -> int:
+        return len(self._pending_reads) + len(self._reads_awaiting_commit)
+
+    def _on_read_index(self, m: Any) -> None:
+        if self._reads_pending_count() >= self._limits.max_pending_proposals:
+            self._reject_read(m.src, m.context)
+            return
+        self._start_read(m.src, m.context)
+
+    def _start_read(self, requester: int, context: bytes) -> None:
+        if self.log.term(self.commit_index) != self.term:
+            self._reads_awaiting_commit.append((requester, context))
+            return
+        if not self.peers:
+            self._answer_read(requester, self.commit_index, context)
+            return
+        # §6.4 steps 2-3: record the commit index, then confirm leadership with a heartbeat
+        # round; one round (sent in the next ready()) serves every read started before it.
+        self._read_round += 1
+        self._pending_reads.append(
+            _PendingRead(self._read_round, self.commit_index, requester, context)
+        )
+        self._read_heartbeat_due = True
+
+    def _advance_reads(self) -> None:
+        acks = [self._read_round]
+        acks.extend(pr.read_ack for pr in self._progress.values())
+        confirmed = quorum.committed_index(acks)
+        pending = self._pending_reads
+        while pending and pending[0].round <= confirmed:
+            read = pending.popleft()
+            self._answer_read(read.requester, read.index, read.context)
+
+    def _answer_read(self, requester: int, index: int, context: bytes) -> None:
+        if requester == self.node_id:
+            self._read_states.append(ReadState(index, context))
+        else:
+            self._send(
+                Message(
+                    _MT.READ_INDEX_RESPONSE,
+                    self.node_id,
+                    requester,
+                    self.term,
+                    index=index,
+                    context=context,
+                )
+            )
+
+    def _reject_read(self, requester: int, context: bytes) -> None:
+        if requester == self.node_id:
+            self._read_states.append(ReadState(0, context))
+        else:
+            self._send(
+                Message(
+                    _MT.READ_INDEX_RESPONSE,
+                    self.node_id,
+                    requester,
+                    self.term,
+                    reject=True,
+                    context=context,
+                )
+            )
+
+    def _fail_pending_reads(self) -> None:
+        """Leadership is lost or changing: refuse every read not yet confirmed."""
+        for read in self._pending_reads:
+            self._reject_read(read.requester, read.context)
+        for requester, context in self._reads_awaiting_commit:
+            self._reject_read(requester, context)
+        self._pending_reads.clear()
+        self._reads_awaiting_commit = []
+        self._read_heartbeat_due = False
+
+    def _on_read_index_response(self, m: Any) -> None:
+        index = 0 if m.reject or m.index <= 0 else m.index
+        self._read_states.append(ReadState(index, m.context))
+
+    # ------------------------------------------------------------------ helpers
+
+    def _send(self, m: Any) -> None:
+        if m.type in _AFTER_PERSIST:
+            self._messages_after_persist.append(m)
+        else:
+            self._messages.append(m)
+
+    def _hard_state(self) -> HardState:
+        return HardState(self.term, self.vote, self.commit_index)
+
+    def _count_ignored(self, reason: str) -> None:
+        self.ignored[reason] = self.ignored.get(reason, 0) + 1
+
+    def _maybe_check_invariants(self) -> None:
+        if self.config.check_invariants:
+            self._check_invariants()
+
+    def _check_invariants(self) -> None:
+        """Local invariants; explicit raises so they survive python -O."""
+
+        def fail(what: str) -> None:
+            raise InvariantViolation(f"raft node {self.node_id} term {self.term}: {what}")
+
+        log = self.log
+        if self.term < self._max_term_checked:
+            fail(f"term went back from {self._max_term_checked}")
+        self._max_term_checked = self.term
+        if self.commit_index < self._commit_checked:
+            fail(f"commit went back from {self._commit_checked} to {self.commit_index}")
+        self._commit_checked = self.commit_index
+        if not self.applied_index <= self._applying <= self.commit_index <= log.last_index:
+            fail(
+                f"applied {self.applied_index} <= applying {self._applying} <= commit "
+                f"{self.commit_index} <= last {log.last_index} does not hold"
+            )
+        if not log.first_index - 1 <= log.persisted_index <= log.last_index:
+            fail(f"persisted index {log.persisted_index} outside the log")
+        if log.last_term > self.term:
+            fail(f"last log term {log.last_term} above current term")
+        if self.role == Role.LEADER:
+            if self.leader_id != self.node_id or self.vote != self.node_id:
+                fail(f"leader with leader_id {self.leader_id} vote {self.vote}")
+            if log.term(self._term_start_index) != self.term:
+                fail("leader's log lost the no-op of its term")
+            for peer, pr in self._progress.items():
+                if not pr.match < pr.next <= log.last_index + 1:
+                    fail(
+                        f"progress of {peer}: match {pr.match} next {pr.next} last {log.last_index}"
+                    )
+        else:
+            if self._progress or self._pending_reads or self._reads_awaiting_commit:
+                fail(f"{self.role} keeps leader state")
+            if self.leader_id == self.node_id:
+                fail(f"{self.role} names itself leader")
+            if self.role == Role.CANDIDATE and self.vote != self.node_id:
+                fail("candidate did not vote for itself")
+            if self.role != Role.FOLLOWER and self.leader_id != _NONE:
+                fail(f"{self.role} with a leader")

@@ -1,0 +1,223 @@
+"""RaftLog: the Raft log as the core sees it (etcd's raftLog), over a plain entry store.
+
+The entry store is the seam to `engine._core.log.EntryLog` (term/offset arrays + payload
+arena, compiled). Until that module is complete this file carries `_ListEntryStore`, a small
+list-backed store with the same surface; `make_entry_store` picks one. Everything Raft-specific
+(matching, conflicts, the up-to-date rule, the persisted/unstable watermarks) lives here, on top
+of that surface, so switching the store changes no behaviour.
+
+Invariants (checked by RaftCore._check_invariants):
+  first_index - 1 <= persisted_index <= last_index
+  unstable_index <= last_index + 1     (entries >= unstable_index not yet handed to a Ready)
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from engine._core import flag
+from engine._core import log as _core_log
+from engine.errors import LogIndexError
+from engine.types import U64_MAX
+
+_STORE_API = (
+    "first_index",
+    "last_index",
+    "last_term",
+    "term_at",
+    "append",
+    "entries",
+    "truncate_suffix",
+)
+# ENGINE_RAFT_LIST_LOG=1 forces the list fallback (for differential runs of the simulator).
+_USE_CORE_LOG = (
+    hasattr(_core_log, "EntryLog")
+    and not flag("ENGINE_RAFT_LIST_LOG")
+    and all(hasattr(_core_log.EntryLog, name) for name in _STORE_API)
+)
+
+
+class EntryStore(Protocol):
+    """The surface of engine._core.log.EntryLog that RaftLog uses (docs/interfaces.md)."""
+
+    @property
+    def first_index(self) -> int: ...
+    @property
+    def last_index(self) -> int: ...
+    @property
+    def last_term(self) -> int: ...
+    def term_at(self, index: int) -> int: ...
+    def append(self, entries: list[Any]) -> None: ...
+    def entries(self, lo: int, hi: int, max_bytes: int = U64_MAX) -> list[Any]: ...
+    def truncate_suffix(self, index: int) -> None: ...
+
+
+class _ListEntryStore:
+    """A list-backed entry store (the fallback twin of EntryLog; no compaction needed yet)."""
+
+    __slots__ = ("_first_index", "_prev_term", "_entries")
+
+    def __init__(self, first_index: int = 1, prev_term: int = 0) -> None:
+        self._first_index = first_index
+        self._prev_term = prev_term
+        self._entries: list[Any] = []
+
+    @property
+    def first_index(self) -> int:
+        return self._first_index
+
+    @property
+    def last_index(self) -> int:
+        return self._first_index + len(self._entries) - 1
+
+    @property
+    def last_term(self) -> int:
+        return self._entries[-1].term if self._entries else self._prev_term
+
+    def term_at(self, index: int) -> int:
+        offset = index - self._first_index
+        if offset == -1:
+            return self._prev_term
+        if not 0 <= offset < len(self._entries):
+            raise LogIndexError(
+                f"index {index} outside [{self._first_index - 1}, {self.last_index}]"
+            )
+        return int(self._entries[offset].term)
+
+    def append(self, entries: list[Any]) -> None:
+        if entries and entries[0].index != self.last_index + 1:
+            raise LogIndexError(f"append at {entries[0].index}, expected {self.last_index + 1}")
+        self._entries.extend(entries)
+
+    def entries(self, lo: int, hi: int, max_bytes: int = U64_MAX) -> list[Any]:
+        if lo < self._first_index or hi > self.last_index + 1 or lo > hi:
+            raise LogIndexError(
+                f"entries [{lo}, {hi}) outside [{self._first_index}, {self.last_index + 1})"
+            )
+        base = self._first_index
+        if max_bytes >= U64_MAX:
+            return self._entries[lo - base : hi - base]
+        out: list[Any] = []
+        size = 0
+        for offset in range(lo - base, hi - base):
+            entry = self._entries[offset]
+            size += len(entry.data)
+            if out and size > max_bytes:
+                break
+            out.append(entry)
+        return out
+
+    def truncate_suffix(self, index: int) -> None:
+        if index < self._first_index:
+            raise LogIndexError(f"truncate at {index} below first index {self._first_index}")
+        del self._entries[index - self._first_index :]
+
+
+def make_entry_store(first_index: int = 1, prev_term: int = 0) -> EntryStore:
+    """The entry store behind RaftLog: engine._core.log.EntryLog (compiled or its Python twin,
+    per ENGINE_NO_EXTENSIONS) when it is available, else the list fallback above."""
+    if _USE_CORE_LOG:
+        store: EntryStore = _core_log.EntryLog(first_index, prev_term)
+        return store
+    return _ListEntryStore(first_index, prev_term)
+
+
+class RaftLog:
+    """The log plus the watermarks the Ready/advance contract needs (etcd raftLog + unstable).
+
+    persisted_index: every entry <= it is on disk exactly as in this log (advance() moves it
+        forward, a truncation pulls it back).
+    unstable_index: the first entry not yet handed to the driver in a Ready.
+    """
+
+    __slots__ = ("store", "persisted_index", "unstable_index", "truncations")
+
+    def __init__(self, entries: list[Any]) -> None:
+        first_index = entries[0].index if entries else 1
+        self.store: EntryStore = make_entry_store(first_index, 0)
+        if entries:
+            self.store.append(list(entries))
+        # Entries given at construction come from disk.
+        self.persisted_index = self.store.last_index
+        self.unstable_index = self.store.last_index + 1
+        self.truncations = 0
+
+    @property
+    def last_index(self) -> int:
+        return self.store.last_index
+
+    @property
+    def last_term(self) -> int:
+        return self.store.last_term
+
+    @property
+    def first_index(self) -> int:
+        return self.store.first_index
+
+    def term(self, index: int) -> int:
+        """Term of the entry at index; 0 if the log does not hold it (as etcd)."""
+        if index < self.store.first_index - 1 or index > self.store.last_index:
+            return 0
+        return self.store.term_at(index)
+
+    def match_term(self, index: int, term: int) -> bool:
+        if index < self.store.first_index - 1 or index > self.store.last_index:
+            return False
+        return self.store.term_at(index) == term
+
+    def is_up_to_date(self, last_term: int, last_index: int) -> bool:
+        """Raft §5.4.1: a candidate's log is at least as up to date as ours."""
+        my_term = self.store.last_term
+        return last_term > my_term or (last_term == my_term and last_index >= self.store.last_index)
+
+    def find_conflict(self, entries: list[Any]) -> int:
+        """Index of the first entry that is missing or whose term differs (0 if none)."""
+        for entry in entries:
+            if not self.match_term(entry.index, entry.term):
+                return int(entry.index)
+        return 0
+
+    def find_conflict_by_term(self, index: int, term: int) -> tuple[int, int]:
+        """The largest index <= index whose term is <= term, and that term (etcd
+        findConflictByTerm): the fast backtracking hint of the thesis §5.3 optimisation."""
+        index = min(index, self.store.last_index)
+        floor = self.store.first_index - 1
+        while index > floor:
+            entry_term = self.store.term_at(index)
+            if entry_term <= term:
+                return index, entry_term
+            index -= 1
+        return floor, self.store.term_at(floor)
+
+    def slice(self, lo: int, hi: int, max_bytes: int = U64_MAX) -> list[Any]:
+        """Entries [lo, hi), at most max_bytes of payload but at least one if lo < hi."""
+        if lo >= hi:
+            return []
+        return self.store.entries(lo, hi, max_bytes)
+
+    def append(self, entries: list[Any]) -> None:
+        """Append after truncating any conflicting suffix (entries[0].index <= last_index + 1)."""
+        if not entries:
+            return
+        first = entries[0].index
+        if first <= self.store.last_index:
+            self.truncate_from(first)
+        self.store.append(entries)
+
+    def truncate_from(self, index: int) -> None:
+        self.store.truncate_suffix(index)
+        self.truncations += 1
+        self.persisted_index = min(self.persisted_index, index - 1)
+        self.unstable_index = min(self.unstable_index, index)
+
+    def take_unstable(self) -> list[Any]:
+        """Entries not yet handed to a Ready; marks them handed out."""
+        entries = self.slice(self.unstable_index, self.store.last_index + 1)
+        self.unstable_index = self.store.last_index + 1
+        return entries
+
+    def persisted_to(self, index: int, term: int) -> None:
+        """The driver synced a Ready whose last entry was (index, term). If our log still has
+        that entry, everything up to it is on disk as in memory (Log Matching, Raft §5.3)."""
+        if index > self.persisted_index and self.match_term(index, term):
+            self.persisted_index = index

@@ -1,0 +1,144 @@
+"""Per-follower replication progress (etcd tracker/progress.go + inflights.go).
+
+A leader keeps one Progress per peer. Two states (etcd design.md):
+
+  PROBE      the leader does not know where the follower's log matches; it sends one append
+             at a time (then pauses until an answer or a heartbeat response) and backtracks
+             on rejects with the follower's hint.
+  REPLICATE  the follower's log matches up to `match`; the leader streams appends
+             optimistically (next advances on send), bounded by the in-flight window
+             (Limits.max_inflight_messages / max_inflight_bytes): pipelining, thesis §10.2.2.
+
+UDP loses appends, so REPLICATE can stall with a full window of lost messages. The leader
+detects that (no ack progress for a stall period while entries are in flight) and falls back
+to PROBE, which re-sends from match + 1 (etcd reaches the same state via ReportUnreachable).
+
+Invariants: match < next; in REPLICATE every in-flight append ends in (match, next - 1].
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from enum import IntEnum
+
+
+class ProgressState(IntEnum):
+    PROBE = 0
+    REPLICATE = 1
+
+
+class Inflights:
+    """The bounded window of appends in flight to one follower: (last index, payload bytes)."""
+
+    __slots__ = ("_queue", "bytes", "max_count", "max_bytes")
+
+    def __init__(self, max_count: int, max_bytes: int) -> None:
+        self._queue: deque[tuple[int, int]] = deque()
+        self.bytes = 0
+        self.max_count = max_count
+        self.max_bytes = max_bytes
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    def full(self) -> bool:
+        return len(self._queue) >= self.max_count or self.bytes >= self.max_bytes
+
+    def add(self, last_index: int, size_bytes: int) -> None:
+        self._queue.append((last_index, size_bytes))
+        self.bytes += size_bytes
+
+    def free_le(self, index: int) -> None:
+        """Forget every append whose last index is <= index (acknowledged)."""
+        queue = self._queue
+        while queue and queue[0][0] <= index:
+            self.bytes -= queue.popleft()[1]
+
+    def reset(self) -> None:
+        self._queue.clear()
+        self.bytes = 0
+
+
+class Progress:
+    """What the leader knows about one peer's log (Raft Figure 2 matchIndex / nextIndex)."""
+
+    __slots__ = (
+        "match",
+        "next",
+        "state",
+        "probe_sent",
+        "recent_active",
+        "inflights",
+        "progress_tick",
+        "read_ack",
+    )
+
+    def __init__(self, next_index: int, max_inflight: int, max_inflight_bytes: int) -> None:
+        self.match = 0
+        self.next = next_index
+        self.state = ProgressState.PROBE
+        # PROBE only: an append is outstanding; wait for its answer or a heartbeat response.
+        self.probe_sent = False
+        # Check-quorum (thesis §6.2): heard from this peer during the current election timeout.
+        self.recent_active = False
+        self.inflights = Inflights(max_inflight, max_inflight_bytes)
+        # Leader tick at which this follower last made progress (or the window became busy);
+        # used to detect a REPLICATE window stalled by lost messages.
+        self.progress_tick = 0
+        # Highest read-index round (§6.4) this peer has acknowledged in a heartbeat response.
+        self.read_ack = 0
+
+    def is_paused(self) -> bool:
+        if self.state == ProgressState.PROBE:
+            return self.probe_sent
+        return self.inflights.full()
+
+    def become_probe(self) -> None:
+        self.state = ProgressState.PROBE
+        self.next = self.match + 1
+        self.probe_sent = False
+        self.inflights.reset()
+
+    def become_replicate(self, now_tick: int) -> None:
+        self.state = ProgressState.REPLICATE
+        self.next = self.match + 1
+        self.probe_sent = False
+        self.inflights.reset()
+        self.progress_tick = now_tick
+
+    def maybe_update(self, index: int, now_tick: int) -> bool:
+        """An append up to index was accepted; returns whether match advanced."""
+        updated = False
+        if index > self.match:
+            self.match = index
+            self.probe_sent = False
+            self.progress_tick = now_tick
+            updated = True
+        self.next = max(self.next, index + 1)
+        return updated
+
+    def maybe_decrease_to(self, rejected: int, match_hint: int) -> bool:
+        """The follower rejected an append whose previous index was `rejected`; match_hint is
+        the largest index that may match. Returns False for a stale reject (etcd MaybeDecrTo)."""
+        if self.state == ProgressState.REPLICATE:
+            if rejected <= self.match:
+                return False
+            # Replicate sent optimistically; restart from the last known match.
+            self.next = self.match + 1
+            return True
+        if self.next - 1 != rejected:
+            return False
+        self.next = max(min(rejected, match_hint + 1), self.match + 1)
+        self.probe_sent = False
+        return True
+
+    def sent_entries(self, last_index: int, size_bytes: int, count: int, now_tick: int) -> None:
+        """Bookkeeping after sending an append that carried `count` entries ending at last_index."""
+        if self.state == ProgressState.REPLICATE:
+            if count:
+                if not len(self.inflights):
+                    self.progress_tick = now_tick
+                self.next = last_index + 1
+                self.inflights.add(last_index, size_bytes)
+        else:
+            self.probe_sent = True

@@ -1,0 +1,689 @@
+"""Deterministic discrete-event simulation of a Raft cluster (FoundationDB / VOPR style).
+
+N RaftCore nodes run in one thread against a simulated network, disk and clock. One seed
+drives every choice (random.Random(seed)), events are ordered by (time, sequence), so a run
+is a pure function of its seed; `trace_hash` (SHA-256 of the event trace) proves it.
+
+The model
+  network  every message may be lost, duplicated and delayed (uniform in [min, max] ms, so
+           messages reorder); partitions cut links both ways or one way.
+  disk     a node's disk holds exactly what its Ready asked to persist, once the simulated
+           fsync completed. A crash loses the Ready being persisted and everything in memory;
+           restart builds a new RaftCore from the disk (the state machine replays from 1).
+  driver   the etcd loop: ready() -> send `messages` now -> fsync entries + hard state ->
+           send `messages_after_persist` -> apply committed entries -> advance(); one Ready at
+           a time per node, while the core keeps receiving messages and ticks.
+  clients  proposals go to whichever node is leader; reads (ReadIndex) to any node.
+
+ClusterChecker (engine/testing/invariants.py) checks the global invariants after every event.
+
+Scenario DSL:
+    sim = Simulation(n=3, seed=7)
+    leader = sim.wait_leader()
+    sim.partition({leader}, set(sim.node_ids) - {leader})
+    sim.run_for(2_000)
+    sim.heal(); sim.crash(2); sim.restart(2)
+    sim.run_until(lambda: sim.leader() is not None, max_time=5_000)
+
+Swarm: `run_swarm(seed)` draws the cluster size and fault rates from the seed, runs a faulty
+phase, then heals the network, restarts every node and requires a leader and a committed
+proposal on every node within a bounded simulated time. A failure raises SimulationFailure
+whose message contains ENGINE_SIM_SEED=<seed>.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import heapq
+import random
+import struct
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine.errors import EngineError, InvariantViolation, NotLeader, Overloaded
+from engine.raft.config import RaftConfig
+from engine.raft.core import RaftCore, Role
+from engine.testing.invariants import ClusterChecker
+from engine.types import HardState, Limits, Ready, TimingConfig
+
+_TICK, _DELIVER, _PERSIST, _CLIENT, _NEMESIS = range(5)
+_PACK = struct.Struct("<qBqqqqq").pack
+
+
+class SimulationFailure(AssertionError):
+    """An invariant or liveness requirement failed; the message names the seed."""
+
+
+@dataclass(frozen=True, slots=True)
+class FaultConfig:
+    """Fault rates of one run. Probabilities are per message / per nemesis step."""
+
+    loss: float = 0.0
+    duplicate: float = 0.0
+    delay_min_ms: int = 1
+    delay_max_ms: int = 3
+    fsync_min_ms: int = 0
+    fsync_max_ms: int = 1
+    nemesis_interval_ms: int = 100
+    partition: float = 0.0  # P(start a partition) per nemesis step
+    heal: float = 0.0  # P(heal partitions) per nemesis step
+    crash: float = 0.0  # P(crash a random up node) per nemesis step
+    restart: float = 0.0  # P(restart a random down node) per nemesis step
+    propose_interval_ms: int = 0  # 0: no background clients
+    read: float = 0.0  # P(a client step is a read instead of a write)
+
+    @classmethod
+    def swarm(cls, rng: random.Random) -> FaultConfig:
+        """Each seed draws its own fault rates (swarm testing; VOPR ranges)."""
+        delay_min = rng.randint(0, 20)
+        fsync_min = rng.randint(0, 5)
+        return cls(
+            loss=0.0 if rng.random() < 0.2 else rng.uniform(0.0, 0.3),
+            duplicate=0.0 if rng.random() < 0.3 else rng.uniform(0.0, 0.3),
+            delay_min_ms=delay_min,
+            delay_max_ms=delay_min + rng.randint(0, 60),
+            fsync_min_ms=fsync_min,
+            fsync_max_ms=fsync_min + rng.randint(0, 15),
+            nemesis_interval_ms=100,
+            partition=rng.uniform(0.0, 0.15),
+            heal=rng.uniform(0.05, 0.5),
+            crash=0.0 if rng.random() < 0.2 else rng.uniform(0.0, 0.1),
+            restart=rng.uniform(0.1, 0.6),
+            propose_interval_ms=rng.randint(5, 40),
+            read=rng.uniform(0.0, 0.3),
+        )
+
+
+@dataclass(slots=True)
+class SimNode:
+    node_id: int
+    core: RaftCore | None = None
+    incarnation: int = 0
+    # The simulated disk: what synced Readys persisted (index i at disk_entries[i - 1]).
+    disk_hard_state: HardState = field(default_factory=HardState)
+    disk_entries: list[Any] = field(default_factory=list)
+    # One Ready at a time is being persisted (the etcd driver loop).
+    persisting: Ready | None = None
+    last_commit: int = 0
+    last_term: int = 0
+    applied_index: int = 0
+    applied: list[bytes] = field(default_factory=list)  # commands applied (no no-ops)
+
+    @property
+    def up(self) -> bool:
+        return self.core is not None
+
+
+class Simulation:
+    """A seeded cluster of RaftCore nodes on a simulated network, disk and clock."""
+
+    def __init__(
+        self,
+        n: int = 3,
+        seed: int = 0,
+        *,
+        faults: FaultConfig | None = None,
+        timing: TimingConfig | None = None,
+        limits: Limits | None = None,
+        pre_vote: bool = True,
+        check_quorum: bool = True,
+        check_invariants: bool = True,
+    ) -> None:
+        self.seed = seed
+        self.rng = random.Random(seed)
+        self.faults = faults or FaultConfig()
+        self.timing = timing or TimingConfig(
+            tick_ms=10, heartbeat_interval_ticks=3, election_timeout_ticks=15
+        )
+        self.limits = limits or Limits()
+        self.pre_vote = pre_vote
+        self.check_quorum = check_quorum
+        self.check_invariants = check_invariants
+        self.node_ids: tuple[int, ...] = tuple(range(1, n + 1))
+        self.nodes: dict[int, SimNode] = {i: SimNode(i) for i in self.node_ids}
+        self.checker = ClusterChecker(self.node_ids)
+        self.now = 0
+        self._queue: list[tuple[int, int, int, int, Any]] = []
+        self._sequence = 0
+        self._blocked: set[tuple[int, int]] = set()
+        self._trace = hashlib.sha256()
+        self._client_sequence = 0
+        self._read_floors: dict[bytes, int] = {}
+        self.read_results: dict[bytes, int] = {}
+        self.events = 0
+        self.stats: dict[str, int] = dict.fromkeys(
+            (
+                "messages_sent",
+                "messages_lost",
+                "messages_duplicated",
+                "messages_blocked",
+                "leaders_elected",
+                "crashes",
+                "restarts",
+                "partitions",
+                "disk_truncations",
+                "proposals",
+                "proposals_refused",
+                "entries_committed",
+                "reads_served",
+                "reads_refused",
+            ),
+            0,
+        )
+        for node_id in self.node_ids:
+            self._start(self.nodes[node_id])
+        if self.faults.nemesis_interval_ms and (self.faults.partition or self.faults.crash):
+            self._schedule(self.faults.nemesis_interval_ms, _NEMESIS, 0, None)
+        if self.faults.propose_interval_ms:
+            self._schedule(self.faults.propose_interval_ms, _CLIENT, 0, None)
+
+    # ------------------------------------------------------------------ scenario DSL
+
+    def run_for(self, duration_ms: int) -> None:
+        self.run_until(lambda: False, max_time=duration_ms)
+
+    def run_until(self, predicate: Callable[[], bool], max_time: int = 10_000) -> bool:
+        """Runs events until predicate() holds (True) or max_time simulated ms pass (False)."""
+        deadline = self.now + max_time
+        while not predicate():
+            if not self._queue or self._queue[0][0] > deadline:
+                self.now = deadline
+                return predicate()
+            self.step_event()
+        return True
+
+    def partition(self, *groups: Iterable[int]) -> None:
+        """Only nodes in the same group can talk (nodes in no group are isolated)."""
+        sets = [set(group) for group in groups]
+        group_of = {node: i for i, group in enumerate(sets) for node in group}
+        self._blocked = {
+            (a, b)
+            for a in self.node_ids
+            for b in self.node_ids
+            if a != b and (a not in group_of or group_of.get(a) != group_of.get(b))
+        }
+        self.stats["partitions"] += 1
+
+    def cut(self, src: int, dst: int) -> None:
+        """One-way partition: messages from src to dst are dropped."""
+        self._blocked.add((src, dst))
+        self.stats["partitions"] += 1
+
+    def heal(self) -> None:
+        self._blocked = set()
+
+    def crash(self, node_id: int) -> None:
+        """Stops a node; everything not yet fsynced is lost."""
+        node = self.nodes[node_id]
+        if node.core is None:
+            return
+        node.core = None
+        node.persisting = None
+        node.incarnation += 1
+        self.stats["crashes"] += 1
+        self._trace_event(4, node_id, 0, 0, 0, 0)
+
+    def restart(self, node_id: int) -> None:
+        """Restarts a crashed node from its disk (a no-op for a running node)."""
+        node = self.nodes[node_id]
+        if node.core is not None:
+            return
+        self.checker.on_restart(node_id, node.disk_hard_state.commit, node.disk_entries)
+        self.checker.check_durable_majority([n.disk_entries for n in self.nodes.values()])
+        self.stats["restarts"] += 1
+        self._start(node)
+        self._trace_event(5, node_id, 0, 0, 0, 0)
+
+    def propose(
+        self, command: bytes | None = None, node_id: int | None = None
+    ) -> tuple[int, int, int]:
+        """Proposes one command on node_id (default: the leader); raises NotLeader etc."""
+        if node_id is None:
+            node_id = self.leader()
+            if node_id is None:
+                raise NotLeader("no leader in the simulation")
+        core = self._core(node_id)
+        if command is None:
+            command = self._next_command()
+        result = core.propose([command])
+        self.stats["proposals"] += 1
+        self._after_input(self.nodes[node_id])
+        return result
+
+    def read(self, node_id: int, context: bytes | None = None) -> bytes:
+        """Starts a ReadIndex read on node_id; its result lands in read_results[context]."""
+        if context is None:
+            self._client_sequence += 1
+            context = b"read-%d" % self._client_sequence
+        self._read_floors[context] = self.checker.committed_index
+        self._core(node_id).read_index(context)
+        self._after_input(self.nodes[node_id])
+        return context
+
+    def leader(self) -> int | None:
+        """The running leader of the highest term, if any."""
+        best: tuple[int, int] | None = None
+        for node in self.nodes.values():
+            core = node.core
+            if (
+                core is not None
+                and core.role == Role.LEADER
+                and (best is None or core.term > best[0])
+            ):
+                best = (core.term, node.node_id)
+        return None if best is None else best[1]
+
+    def wait_leader(self, max_time: int = 10_000) -> int:
+        if not self.run_until(lambda: self.leader() is not None, max_time):
+            raise self._failure(f"no leader within {max_time} ms")
+        leader = self.leader()
+        assert leader is not None
+        return leader
+
+    def core(self, node_id: int) -> RaftCore:
+        return self._core(node_id)
+
+    def is_committed(self, index: int, term: int) -> bool:
+        terms = self.checker.committed_terms
+        return index < len(terms) and terms[index] == term
+
+    def applied_everywhere(self, index: int, node_ids: Iterable[int] | None = None) -> bool:
+        ids = self.node_ids if node_ids is None else node_ids
+        return all(self.nodes[i].applied_index >= index for i in ids)
+
+    @property
+    def trace_hash(self) -> str:
+        return self._trace.hexdigest()
+
+    # ------------------------------------------------------------------ event loop
+
+    def step_event(self) -> None:
+        time, _, kind, node_id, payload = heapq.heappop(self._queue)
+        self.now = time
+        self.events += 1
+        try:
+            self._dispatch(kind, node_id, payload)
+        except (InvariantViolation, SimulationFailure):
+            raise
+        except EngineError as exc:  # a core raised on simulated input: a bug
+            raise InvariantViolation(f"{type(exc).__name__}: {exc}") from exc
+
+    def _dispatch(self, kind: int, node_id: int, payload: Any) -> None:
+        if kind == _DELIVER:
+            self._deliver(node_id, payload)
+        elif kind == _TICK:
+            node = self.nodes[node_id]
+            if node.core is not None and payload == node.incarnation:
+                self._trace_event(_TICK, node_id, 0, 0, 0, 0)
+                node.core.tick()
+                self._after_input(node)
+                self._schedule(self.timing.tick_ms, _TICK, node_id, node.incarnation)
+        elif kind == _PERSIST:
+            node = self.nodes[node_id]
+            if (
+                node.core is not None
+                and payload == node.incarnation
+                and node.persisting is not None
+            ):
+                ready, node.persisting = node.persisting, None
+                self._trace_event(_PERSIST, node_id, len(ready.entries), 0, 0, 0)
+                self._complete_ready(node, ready)
+                self._after_input(node)
+        elif kind == _CLIENT:
+            if self.faults.propose_interval_ms:  # background clients stop with the faults
+                self._client_step()
+                self._schedule(
+                    1 + self.rng.randrange(2 * self.faults.propose_interval_ms), _CLIENT, 0, None
+                )
+        elif self.faults.partition or self.faults.crash:
+            self._nemesis_step()
+            self._schedule(self.faults.nemesis_interval_ms, _NEMESIS, 0, None)
+
+    def _schedule(self, delay_ms: int, kind: int, node_id: int, payload: Any) -> None:
+        self._sequence += 1
+        heapq.heappush(self._queue, (self.now + delay_ms, self._sequence, kind, node_id, payload))
+
+    def _trace_event(self, kind: int, node_id: int, a: int, b: int, c: int, d: int) -> None:
+        self._trace.update(_PACK(self.now, kind, node_id, a, b, c, d))
+
+    # ------------------------------------------------------------------ nodes and driver
+
+    def _start(self, node: SimNode) -> None:
+        config = RaftConfig(
+            node.node_id,
+            self.node_ids,
+            self.timing,
+            self.limits,
+            pre_vote=self.pre_vote,
+            check_quorum=self.check_quorum,
+            check_invariants=self.check_invariants,
+            seed=self.rng.getrandbits(32),
+        )
+        node.core = RaftCore(config, node.disk_hard_state, list(node.disk_entries), applied=0)
+        node.persisting = None
+        node.last_commit = node.core.commit_index
+        # A term learned but never persisted is legitimately forgotten by a crash (nothing
+        # durable depended on it); the persisted term itself never goes back (checked on fsync).
+        node.last_term = node.core.term
+        node.applied_index = 0
+        node.applied = []
+        # Nodes' timers are not in phase.
+        self._schedule(
+            1 + self.rng.randrange(self.timing.tick_ms), _TICK, node.node_id, node.incarnation
+        )
+
+    def _core(self, node_id: int) -> RaftCore:
+        core = self.nodes[node_id].core
+        if core is None:
+            raise NotLeader(f"node {node_id} is down")
+        return core
+
+    def _after_input(self, node: SimNode) -> None:
+        """Drives the node's Ready loop, then checks the invariants touched by the input."""
+        core = node.core
+        while core is not None and node.persisting is None and core.has_ready():
+            ready = core.ready()
+            self._on_ready(node, core, ready)
+            for message in ready.messages:
+                self._send(message)
+            if ready.entries or ready.hard_state is not None:
+                node.persisting = ready
+                faults = self.faults
+                self._schedule(
+                    self.rng.randint(faults.fsync_min_ms, faults.fsync_max_ms),
+                    _PERSIST,
+                    node.node_id,
+                    node.incarnation,
+                )
+            else:
+                self._complete_ready(node, ready)
+        if core is not None:
+            self._observe(node, core)
+
+    def _on_ready(self, node: SimNode, core: RaftCore, ready: Ready) -> None:
+        if ready.entries:
+            first = ready.entries[0].index
+            self.checker.on_entries_written(node.node_id, ready.entries, core.log.term(first - 1))
+
+    def _complete_ready(self, node: SimNode, ready: Ready) -> None:
+        """The fsync finished: write the disk, send acks, apply, advance()."""
+        core = node.core
+        assert core is not None
+        if ready.entries:
+            self._write_disk(node, ready.entries)
+        if ready.hard_state is not None:
+            hard_state = ready.hard_state
+            self.checker.on_vote_persisted(node.node_id, hard_state.term, hard_state.vote)
+            if hard_state.term < node.disk_hard_state.term:
+                self.checker.fail(
+                    f"node {node.node_id} persisted term went back to {hard_state.term}"
+                )
+            if hard_state.commit > len(node.disk_entries):
+                self.checker.fail(
+                    f"node {node.node_id} persisted commit {hard_state.commit} beyond its disk"
+                )
+            node.disk_hard_state = hard_state
+        for message in ready.messages_after_persist:
+            self._send(message)
+        for entry in ready.committed_entries:
+            self.checker.on_apply(node.node_id, node.applied_index + 1, entry)
+            node.applied_index = entry.index
+            if entry.data:
+                node.applied.append(entry.data)
+        for read in ready.read_states:
+            if read.index:
+                floor = self._read_floors.get(read.context, 0)
+                self.checker.on_read(node.node_id, read.index, floor)
+                self.stats["reads_served"] += 1
+            else:
+                self.stats["reads_refused"] += 1
+            self.read_results[read.context] = read.index
+        core.advance(ready)
+
+    def _write_disk(self, node: SimNode, entries: list[Any]) -> None:
+        disk = node.disk_entries
+        first = entries[0].index
+        if first > len(disk) + 1:
+            self.checker.fail(
+                f"node {node.node_id} wrote index {first} after a gap at {len(disk) + 1}"
+            )
+        if first <= len(disk):
+            if disk[first - 1].term != entries[0].term:
+                self.stats["disk_truncations"] += 1
+            del disk[first - 1 :]
+        disk.extend(entries)
+
+    def _observe(self, node: SimNode, core: RaftCore) -> None:
+        node_id = node.node_id
+        if core.term < node.last_term:
+            self.checker.fail(
+                f"term of node {node_id} went back from {node.last_term} to {core.term}"
+            )
+        node.last_term = core.term
+        commit = core.commit_index
+        if commit != node.last_commit:
+            old = node.last_commit
+            entries = core.log.slice(old + 1, commit + 1) if commit > old else []
+            self.checker.on_commit(node_id, old, commit, entries)
+            node.last_commit = commit
+            self.stats["entries_committed"] = self.checker.committed_index
+        if core.role == Role.LEADER and self.checker.on_leader(node_id, core.term, core.log.term):
+            self.stats["leaders_elected"] += 1
+
+    # ------------------------------------------------------------------ network
+
+    def _send(self, message: Any) -> None:
+        src, dst = message.src, message.dst
+        stats = self.stats
+        stats["messages_sent"] += 1
+        if (src, dst) in self._blocked:
+            stats["messages_blocked"] += 1
+            return
+        rng, faults = self.rng, self.faults
+        if faults.loss and rng.random() < faults.loss:
+            stats["messages_lost"] += 1
+            return
+        copies = 1
+        if faults.duplicate and rng.random() < faults.duplicate:
+            copies = 2
+            stats["messages_duplicated"] += 1
+        for _ in range(copies):
+            self._schedule(
+                rng.randint(faults.delay_min_ms, faults.delay_max_ms), _DELIVER, dst, message
+            )
+
+    def _deliver(self, node_id: int, message: Any) -> None:
+        node = self.nodes[node_id]
+        if node.core is None or (message.src, node_id) in self._blocked:
+            return
+        self._trace_event(_DELIVER, node_id, message.type, message.src, message.term, message.index)
+        node.core.step(message)
+        self._after_input(node)
+
+    # ------------------------------------------------------------------ clients and nemesis
+
+    def _next_command(self) -> bytes:
+        self._client_sequence += 1
+        size = self.rng.randrange(0, 48)
+        return (b"cmd-%d:" % self._client_sequence) + b"x" * size
+
+    def _client_step(self) -> None:
+        up = [node for node in self.nodes.values() if node.core is not None]
+        if not up:
+            return
+        node = self.rng.choice(up)
+        core = node.core
+        assert core is not None
+        if self.rng.random() < self.faults.read:
+            try:
+                self.read(node.node_id)
+            except (NotLeader, Overloaded):
+                self.stats["reads_refused"] += 1
+            return
+        if core.role != Role.LEADER:
+            return
+        batch = [self._next_command() for _ in range(1 + self.rng.randrange(3))]
+        try:
+            core.propose(batch)
+            self.stats["proposals"] += len(batch)
+        except Overloaded:
+            self.stats["proposals_refused"] += len(batch)
+        self._after_input(node)
+
+    def _nemesis_step(self) -> None:
+        rng, faults = self.rng, self.faults
+        ids = self.node_ids
+        if self._blocked and rng.random() < faults.heal:
+            self.heal()
+        elif len(ids) > 1 and rng.random() < faults.partition:
+            mode = rng.randrange(4)
+            leader = self.leader()
+            if mode == 3 and leader is not None:  # isolate the leader: the classic
+                self.partition({leader}, set(ids) - {leader})
+            elif mode == 0:  # isolate one node
+                lone = rng.choice(ids)
+                self.partition({lone}, set(ids) - {lone})
+            elif mode == 1:  # a random split
+                shuffled = list(ids)
+                rng.shuffle(shuffled)
+                cut = rng.randint(1, len(ids) - 1)
+                self.partition(set(shuffled[:cut]), set(shuffled[cut:]))
+            else:  # one-way: a node cannot hear some peers, or cannot reach them
+                a, b = rng.sample(ids, 2)
+                self.cut(a, b)
+        up = [i for i in ids if self.nodes[i].core is not None]
+        down = [i for i in ids if self.nodes[i].core is None]
+        if up and rng.random() < faults.crash:
+            self.crash(rng.choice(up))
+        if down and rng.random() < faults.restart:
+            self.restart(rng.choice(down))
+
+    def _failure(self, what: str) -> SimulationFailure:
+        return SimulationFailure(f"{what} (reproduce with ENGINE_SIM_SEED={self.seed})")
+
+
+# ---------------------------------------------------------------------- swarm
+
+
+@dataclass(slots=True)
+class SwarmResult:
+    seed: int
+    n: int
+    events: int
+    trace_hash: str
+    stats: dict[str, int]  # the whole run
+    fault_stats: dict[str, int]  # the faulty phase only (coverage)
+    faults: FaultConfig
+    simulated_ms: int
+
+
+def swarm_config(seed: int) -> tuple[int, FaultConfig, TimingConfig, Limits, bool, bool]:
+    """The cluster size, faults, timing and limits a seed draws (swarm testing)."""
+    rng = random.Random(f"swarm:{seed}")
+    n = rng.choice((1, 2, 3, 3, 3, 3, 4, 5, 5))
+    faults = FaultConfig.swarm(rng)
+    heartbeat = rng.randint(2, 4)
+    timing = TimingConfig(
+        tick_ms=10,
+        heartbeat_interval_ticks=heartbeat,
+        election_timeout_ticks=rng.randint(max(10, 3 * heartbeat), 20),
+    )
+    limits = Limits(
+        max_inflight_messages=rng.randint(1, 16),
+        max_append_bytes=rng.choice((64, 256, 4096)),
+        max_pending_proposals=rng.randint(16, 256),
+        max_uncommitted_bytes=rng.choice((512, 4096, 1 << 20)),
+        max_apply_batch=rng.choice((4, 64, 16_384)),
+    )
+    # Most seeds run the production configuration; some turn pre-vote / check-quorum off.
+    pre_vote = rng.random() < 0.8
+    check_quorum = rng.random() < 0.8
+    return n, faults, timing, limits, pre_vote, check_quorum
+
+
+def run_swarm(
+    seed: int,
+    *,
+    fault_time_ms: int = 3_000,
+    max_events: int = 4_000,
+    liveness_time_ms: int = 10_000,
+    check_invariants: bool = True,
+) -> SwarmResult:
+    """One swarm run: faulty phase, then heal + restart all + liveness. Raises SimulationFailure."""
+    n, faults, timing, limits, pre_vote, check_quorum = swarm_config(seed)
+    sim = Simulation(
+        n,
+        seed,
+        faults=faults,
+        timing=timing,
+        limits=limits,
+        pre_vote=pre_vote,
+        check_quorum=check_quorum,
+        check_invariants=check_invariants,
+    )
+    try:
+        deadline = fault_time_ms
+        while sim._queue and sim._queue[0][0] <= deadline and sim.events < max_events:
+            sim.step_event()
+        fault_stats = dict(sim.stats)
+        _liveness_phase(sim, liveness_time_ms)
+    except SimulationFailure:
+        raise
+    except Exception as exc:
+        raise SimulationFailure(
+            f"seed {seed} (n={n}, {faults}) failed at t={sim.now} ms after {sim.events} events: "
+            f"{type(exc).__name__}: {exc} (reproduce with ENGINE_SIM_SEED={seed})"
+        ) from exc
+    return SwarmResult(
+        seed, n, sim.events, sim.trace_hash, dict(sim.stats), fault_stats, faults, sim.now
+    )
+
+
+def _liveness_phase(sim: Simulation, budget_ms: int) -> None:
+    """Heal everything, restart every node, and require progress in bounded time."""
+    sim.faults = FaultConfig(
+        delay_min_ms=sim.faults.delay_min_ms,
+        delay_max_ms=sim.faults.delay_max_ms,
+        fsync_min_ms=sim.faults.fsync_min_ms,
+        fsync_max_ms=sim.faults.fsync_max_ms,
+    )
+    sim.heal()
+    for node_id in sim.node_ids:
+        sim.crash(node_id)
+    for node_id in sim.node_ids:
+        sim.restart(node_id)
+    deadline = sim.now + budget_ms
+    marker = b"liveness-%d" % sim.seed
+    proposed: tuple[int, int, int] | None = None
+    while sim.now < deadline:
+        if proposed is not None and sim.is_committed(proposed[0], proposed[2]):
+            applied = functools.partial(sim.applied_everywhere, proposed[0])
+            if sim.run_until(applied, deadline - sim.now):
+                sim.checker.check_durable_majority([n.disk_entries for n in sim.nodes.values()])
+                return
+            break
+        leader = sim.leader()
+        if leader is not None and (proposed is None or sim.core(leader).term != proposed[2]):
+            try:
+                proposed = sim.propose(marker, leader)
+            except Overloaded:
+                pass  # back-pressure from the faulty phase; retry once it drains
+        sim.run_for(min(50, deadline - sim.now))
+    raise sim._failure(
+        f"liveness: no proposal committed and applied on all {len(sim.node_ids)} nodes within "
+        f"{budget_ms} ms of healing (leader={sim.leader()}, proposed={proposed}, "
+        f"status={[sim.core(i).status() for i in sim.node_ids]})"
+    )
+
+
+__all__ = [
+    "Simulation",
+    "SimulationFailure",
+    "FaultConfig",
+    "SimNode",
+    "SwarmResult",
+    "run_swarm",
+    "swarm_config",
+]
