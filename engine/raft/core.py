@@ -216,6 +216,13 @@ class RaftCore:
         self._maybe_check_invariants()
         return first, self.log.last_index, term
 
+    def campaign(self) -> None:
+        """Starts an election now (etcd's Campaign / MsgHup), with pre-vote if configured."""
+        if self.role != Role.LEADER:
+            self._election_elapsed = 0
+            self._campaign(pre_vote=self.config.pre_vote)
+        self._maybe_check_invariants()
+
     def read_index(self, context: bytes) -> None:
         """Starts a linearizable read (thesis §6.4); the answer arrives as a ReadState."""
         if self.role == Role.LEADER:
