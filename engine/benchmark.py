@@ -66,7 +66,7 @@ def run_bench(args: argparse.Namespace) -> int:
     loop = new_event_loop()
     try:
         result = loop.run_until_complete(_bench(args, workdir, processes))
-        result["conditions"]["event_loop"] = loop_name()
+        result["conditions"]["event_loop"] = loop_name(loop)
     finally:
         loop.close()
         _stop_processes(processes)

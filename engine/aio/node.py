@@ -34,7 +34,6 @@ import asyncio
 import json
 import logging
 import os
-import random
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -133,7 +132,6 @@ class Node:
         # Proposals forwarded to the leader: seq -> (command, future, deadline).
         self._forwarded: dict[int, tuple[bytes, asyncio.Future[bytes], float]] = {}
         self._forward_seq = 0
-        self._forward_client_id = random.getrandbits(63) | 1
         # Reads: queued this turn; in a ReadIndex round (context -> (reads, tick sent));
         # waiting for apply to reach their index (index, reads).
         self._read_queue: list[_PendingRead] = []
@@ -540,7 +538,7 @@ class Node:
             self._forward_seq += 1
             self._forwarded[self._forward_seq] = (command, future, deadline)
             messages.append(Message(
-                MessageType.CLIENT_REQUEST, src=self._forward_client_id, dst=leader_id,
+                MessageType.CLIENT_REQUEST, src=self.config.node_id, dst=leader_id,
                 seq=self._forward_seq, status=ClientOp.WRITE, context=command,
             ))
         if messages:
@@ -548,8 +546,6 @@ class Node:
             self._transport.send(messages)
 
     def _on_forward_response(self, message: Message) -> None:
-        if message.dst != self._forward_client_id:
-            return
         pending = self._forwarded.pop(message.seq, None)
         if pending is None:
             return
