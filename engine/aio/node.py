@@ -501,7 +501,8 @@ class Node:
             self._reads_waiting_apply.append((index, reads))
 
     def _serve_applied_reads(self) -> None:
-        ready, waiting = [], []
+        ready: list[tuple[int, list[_PendingRead]]] = []
+        waiting: list[tuple[int, list[_PendingRead]]] = []
         for index, reads in self._reads_waiting_apply:
             (ready if index <= self._applied else waiting).append((index, reads))
         self._reads_waiting_apply = waiting

@@ -1,0 +1,24 @@
+# The compiled twin has the same public surface as codec_py (DESIGN.md §6).
+from engine._core.codec_py import WIRE_VERSION as WIRE_VERSION
+from engine._core.codec_py import FRAME_MESSAGES as FRAME_MESSAGES
+from engine._core.codec_py import FRAME_FRAGMENT as FRAME_FRAGMENT
+from engine._core.codec_py import HEADER_BYTES as HEADER_BYTES
+from engine._core.codec_py import TAG_BYTES as TAG_BYTES
+from engine._core.codec_py import MESSAGE_COUNT_BYTES as MESSAGE_COUNT_BYTES
+from engine._core.codec_py import FRAGMENT_HEADER_BYTES as FRAGMENT_HEADER_BYTES
+from engine._core.codec_py import FRAME_OVERHEAD as FRAME_OVERHEAD
+from engine._core.codec_py import FRAGMENT_OVERHEAD as FRAGMENT_OVERHEAD
+from engine._core.codec_py import MESSAGE_FIXED_BYTES as MESSAGE_FIXED_BYTES
+from engine._core.codec_py import ENTRY_FIXED_BYTES as ENTRY_FIXED_BYTES
+from engine._core.codec_py import MIN_KEY_BYTES as MIN_KEY_BYTES
+from engine._core.codec_py import MAX_KEY_BYTES as MAX_KEY_BYTES
+from engine._core.codec_py import MIN_DATAGRAM_BYTES as MIN_DATAGRAM_BYTES
+from engine._core.codec_py import MAX_DATAGRAM_BYTES as MAX_DATAGRAM_BYTES
+from engine._core.codec_py import U64_FIELDS as U64_FIELDS
+from engine._core.codec_py import FLAG_REJECT as FLAG_REJECT
+from engine._core.codec_py import Entry as Entry
+from engine._core.codec_py import Message as Message
+from engine._core.codec_py import Frame as Frame
+from engine._core.codec_py import encoded_size as encoded_size
+from engine._core.codec_py import FrameCodec as FrameCodec
+from engine._core.codec_py import ReplayWindow as ReplayWindow
