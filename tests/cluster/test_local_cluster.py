@@ -110,3 +110,28 @@ async def test_oversized_proposal_is_refused_at_propose_time() -> None:
         leader = await cluster.wait_leader()
         with pytest.raises(engine.EntryTooLarge):
             await leader.propose(b"x" * 2048)
+
+
+async def test_entry_larger_than_a_datagram_is_chunked_and_replicated() -> None:
+    async with engine.LocalCluster(n=3) as cluster:
+        leader = await cluster.wait_leader()
+        big = bytes(range(256)) * 4096  # 1 MiB, about 16 datagrams
+        result = await leader.propose(commands.encode_put(b"big", big))
+        assert commands.decode_result(result).ok
+        await wait_applied(cluster, leader.status()["applied_index"])
+        for node in cluster.nodes.values():
+            assert value_of(node, b"big") == big
+        fragments = sum(n.transport.stats()["fragments_sent"] for n in cluster.nodes.values())
+        assert fragments >= 16
+
+
+async def test_stop_fails_pending_requests_with_stopped_not_a_false_failure() -> None:
+    async with engine.LocalCluster(n=3) as cluster:
+        leader = await cluster.wait_leader()
+        others = [i for i in cluster.nodes if i != leader.node_id]
+        await cluster.partition({leader.node_id}, set(others))
+        pending = asyncio.ensure_future(leader.propose(commands.encode_put(b"k", b"v")))
+        await asyncio.sleep(0.05)
+        await leader.stop()
+        with pytest.raises(engine.Stopped):
+            await pending
