@@ -178,6 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
     keygen.add_argument("--force", action="store_true")
     keygen.set_defaults(func=cmd_keygen)
 
+    sub.add_parser(  # dispatched in main() to engine.testing.linearizability.main
+        "check", help="check a Jepsen-style history (JSON lines) for linearizability")
+
     from engine.benchmark import add_bench_arguments
 
     bench = sub.add_parser("bench", help="throughput and latency of a local cluster")
@@ -187,6 +190,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["check"]:  # the checker has its own parser (engine.testing)
+        from engine.testing.linearizability import main as check_main
+
+        return check_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
