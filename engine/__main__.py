@@ -59,6 +59,7 @@ def _node_config(args: argparse.Namespace) -> NodeConfig:
         data_dir=args.data_dir,
         cluster_key=read_cluster_key(args.cluster_key_file),
         fsync=not args.no_fsync,
+        allow_fault_injection=args.allow_fault_injection,
     )
 
 
@@ -150,6 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--protocol", default="raft", choices=["raft", "paxos"])
     serve.add_argument("--no-fsync", action="store_true", help="WAL without fsync (NOT durable)")
     serve.add_argument("--campaign", action="store_true", help="start an election at once")
+    serve.add_argument("--allow-fault-injection", action="store_true",
+                       help="obey authenticated ADMIN fault-filter messages (tests only)")
     serve.set_defaults(func=cmd_serve)
 
     status = sub.add_parser("status", help="print each node's status as JSON")

@@ -106,6 +106,13 @@ class ClientStatus(IntEnum):
     UNKNOWN = 4         # outcome unknown (e.g. leadership lost while pending)
 
 
+class AdminOp(IntEnum):
+    """ADMIN ops; only honoured by nodes started with allow_fault_injection=True (tests)."""
+
+    SET_FAULTS = 1     # context = JSON {drop_to, drop_from, loss, duplicate, delay_ms, ...}
+    CLEAR_FAULTS = 2
+
+
 # Message and Entry come from the selected implementation (compiled or pure Python): both
 # have the same constructor, attributes and equality. Imported last because the codec
 # modules read KNOWN_MESSAGE_TYPES / KNOWN_ENTRY_KINDS from this module.
@@ -115,6 +122,6 @@ Message = _codec.Message
 Entry = _codec.Entry
 
 __all__ = [
-    "MessageType", "EntryKind", "ClientOp", "ClientStatus", "Message", "Entry",
+    "MessageType", "EntryKind", "ClientOp", "ClientStatus", "AdminOp", "Message", "Entry",
     "KNOWN_MESSAGE_TYPES", "KNOWN_ENTRY_KINDS",
 ]

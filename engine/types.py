@@ -165,6 +165,9 @@ class NodeConfig:
     request_timeout_s: float = 10.0
     # Seeds the randomized election timeout; None derives one from node_id and the boot time.
     seed: int | None = None
+    # Honour authenticated ADMIN messages that switch the transport's fault filter
+    # (partitions, loss, delay) — for fault-injection tests only; off in production.
+    allow_fault_injection: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.node_id, int) or not 0 < self.node_id <= U64_MAX:

@@ -27,6 +27,8 @@ from engine._core import codec
 from engine.messages import ClientOp, ClientStatus, Message, MessageType
 from engine.types import Limits, parse_address
 
+_RESPONSE_TYPES = (MessageType.CLIENT_RESPONSE, MessageType.ADMIN_RESPONSE)
+
 
 class _ClientProtocol(asyncio.DatagramProtocol):
     def __init__(self, client: Client) -> None:
@@ -203,8 +205,22 @@ class Client:
                 raise errors.StateMachineError(response.context.decode(errors="replace"))
             raise errors.EngineError(f"unknown response status {status}")
 
+    async def admin(self, address: str, op: int, spec: dict[str, Any] | None = None) -> None:
+        """Send an ADMIN op (engine.messages.AdminOp) to one node; raises Rejected if refused
+        (nodes obey only with allow_fault_injection), Timeout if there is no answer."""
+        target = parse_address(address)
+        payload = json.dumps(spec or {}).encode()
+        for _ in range(3):
+            response = await self._exchange(target, op, self._next_request_number(), payload,
+                                            self.attempt_timeout, MessageType.ADMIN)
+            if response is not None:
+                if response.status != ClientStatus.OK:
+                    raise errors.Rejected(response.context.decode(errors="replace"))
+                return
+        raise errors.Timeout(f"no answer to admin op {op} from {address}")
+
     async def _exchange(self, target: tuple[str, int], op: int, seq: int, payload: bytes,
-                        wait: float) -> Message | None:
+                        wait: float, kind: int = MessageType.CLIENT_REQUEST) -> Message | None:
         if self._transport is None:
             raise errors.Stopped("client is not open (use `async with Client(...)`)")
         loop = asyncio.get_running_loop()
@@ -212,8 +228,7 @@ class Client:
         self._waiting[seq] = future
         self._counter += 1
         frame = self._codec.encode(self.client_id, self._epoch, self._counter, [Message(
-            MessageType.CLIENT_REQUEST, src=self.client_id, seq=seq, status=int(op),
-            context=payload,
+            int(kind), src=self.client_id, seq=seq, status=int(op), context=payload,
         )])
         try:
             self._transport.sendto(frame, target)
@@ -231,7 +246,7 @@ class Client:
             self.counters["dropped"] += 1
             return
         for message in frame.messages:
-            if message.type != MessageType.CLIENT_RESPONSE or message.dst != self.client_id:
+            if message.type not in _RESPONSE_TYPES or message.dst != self.client_id:
                 self.counters["dropped"] += 1
                 continue
             future = self._waiting.get(message.seq)

@@ -135,3 +135,27 @@ async def test_stop_fails_pending_requests_with_stopped_not_a_false_failure() ->
         await leader.stop()
         with pytest.raises(engine.Stopped):
             await pending
+
+
+async def test_admin_fault_filter_needs_opt_in_and_partitions_a_node() -> None:
+    from engine.messages import AdminOp
+
+    async with engine.LocalCluster(n=3, allow_fault_injection=True) as cluster:
+        leader = await cluster.wait_leader()
+        address = cluster.members[leader.node_id]
+        others = [i for i in cluster.nodes if i != leader.node_id]
+        async with engine.Client(list(cluster.members.values()),
+                                 cluster_key=cluster.cluster_key) as client:
+            await client.admin(address, AdminOp.SET_FAULTS,
+                               {"drop_to": others, "drop_from": others})
+            new = await cluster.wait_leader(among=others)
+            await client.admin(address, AdminOp.CLEAR_FAULTS)
+            await new.propose(commands.encode_put(b"k", b"v"))
+            await wait_applied(cluster, new.status()["applied_index"])
+            with pytest.raises(engine.Rejected):
+                await client.admin(address, 99)
+    async with engine.LocalCluster(n=1) as single:
+        async with engine.Client(list(single.members.values()),
+                                 cluster_key=single.cluster_key) as client:
+            with pytest.raises(engine.Rejected, match="disabled"):
+                await client.admin(single.members[1], AdminOp.CLEAR_FAULTS)
