@@ -40,7 +40,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 from engine import errors
-from engine.messages import ClientOp, ClientStatus, EntryKind, Message, MessageType
+from engine.messages import AdminOp, ClientOp, ClientStatus, EntryKind, Message, MessageType
 from engine.types import NodeConfig, Ready
 
 logger = logging.getLogger("engine.node")
@@ -140,6 +140,9 @@ class Node:
         self._read_seq = 0
         self._applied = 0
         self._fatal: BaseException | None = None
+        # Latency profiler (engine.profiling), attached by `python -m engine bench --profile`.
+        # None costs one `is not None` test per proposal/batch at the marked hooks.
+        self._profiler: Any = None
         self.counters: dict[str, int] = {
             "proposals": 0, "proposal_batches": 0, "applied": 0, "readies": 0, "saves": 0,
             "reads": 0, "read_rounds": 0, "forwarded": 0, "client_requests": 0,
@@ -207,6 +210,11 @@ class Node:
         if self._storage_executor is not None:
             self._storage_executor.shutdown(wait=False)
 
+    def attach_profiler(self, profiler: Any) -> None:
+        """Report each proposal's stage timestamps to `profiler` (engine.profiling); None
+        detaches. Benchmarks only: it costs time per proposal while attached."""
+        self._profiler = profiler
+
     @property
     def running(self) -> bool:
         return self._running
@@ -244,6 +252,8 @@ class Node:
         future: asyncio.Future[bytes] = self._loop.create_future()
         deadline = self._loop.time() + (timeout or self.config.request_timeout_s)
         self._proposal_queue.append((bytes(command), future, deadline))
+        if self._profiler is not None:  # profiler hook: queued
+            self._profiler.enqueued(future)
         self._schedule_turn()
         return await future
 
@@ -329,6 +339,8 @@ class Node:
                 self._on_admin(message, address)
             else:
                 self._inbox.append(message)
+        if self._profiler is not None:  # profiler hook: acks received
+            self._profiler.received(messages)
         self._schedule_turn()
 
     # ------------------------------------------------------------------ the turn
@@ -384,15 +396,21 @@ class Node:
         proposals = self._proposals
         for offset, (_, future, deadline) in enumerate(live):
             proposals[first + offset] = (term, future, deadline)
+        if self._profiler is not None:  # profiler hook: handed to the core
+            self._profiler.submitted(first, live)
 
     def _handle_ready(self, ready: Ready) -> None:
         self.counters["readies"] += 1
+        if self._profiler is not None:  # profiler hook: sent, committed
+            self._profiler.ready(ready)
         if ready.messages:
             self._transport.send(ready.messages)
         if ready.entries or ready.hard_state is not None:
             self.counters["saves"] += 1
             if self._storage_executor is None:
                 self._storage.save(ready.entries, ready.hard_state)
+                if self._profiler is not None:  # profiler hook: appended locally
+                    self._profiler.persisted(ready)
             else:
                 assert self._loop is not None
                 self._persisting = True
@@ -411,6 +429,8 @@ class Node:
             return
         if not self._running:
             return
+        if self._profiler is not None:  # profiler hook: appended locally
+            self._profiler.persisted(ready)
         self._after_persist(ready)
         self._schedule_turn()
 
@@ -419,6 +439,8 @@ class Node:
             self._transport.send(ready.messages_after_persist)
         if ready.committed_entries:
             self._apply(ready.committed_entries)
+            if self._profiler is not None:  # profiler hook: applied
+                self._profiler.applied(ready)
         for read_state in ready.read_states:
             self._on_read_state(read_state.index, read_state.context)
         for first, last, _term in ready.dropped:
@@ -628,8 +650,40 @@ class Node:
             self._transport.send_to_address(address, [response])
 
     def _on_admin(self, message: Message, address: Any) -> None:
-        # Admin operations (fault filter for tests) are added with the fault-injection harness.
-        self._reply(message, address, ClientStatus.REJECTED, b"admin op not supported")
+        """Fault injection for tests (engine.testing): switch the transport's fault filter.
+
+        Frames are authenticated with the cluster key like all traffic; on top of that a node
+        obeys only when started with allow_fault_injection=True.
+        """
+        if not self.config.allow_fault_injection:
+            self._reply_admin(message, address, ClientStatus.REJECTED,
+                              b"fault injection is disabled on this node")
+            return
+        try:
+            if message.status == AdminOp.SET_FAULTS:
+                spec = json.loads(message.context or b"{}")
+                if not isinstance(spec, dict):
+                    raise ValueError("fault spec must be a JSON object")
+                self._transport.set_fault_filter(
+                    spec.get("drop_to"), spec.get("drop_from"),
+                    float(spec.get("loss", 0.0)), float(spec.get("duplicate", 0.0)),
+                    float(spec.get("delay_ms", 0.0)), jitter_ms=float(spec.get("jitter_ms", 0.0)),
+                    seed=int(spec.get("seed", 0)),
+                )
+            elif message.status == AdminOp.CLEAR_FAULTS:
+                self._transport.clear_fault_filter()
+            else:
+                raise ValueError(f"unknown admin op {message.status}")
+        except (ValueError, TypeError, errors.ConfigError) as exc:
+            self._reply_admin(message, address, ClientStatus.REJECTED, str(exc).encode())
+            return
+        self._reply_admin(message, address, ClientStatus.OK, b"")
+
+    def _reply_admin(self, request: Message, address: Any, status: int, context: bytes) -> None:
+        self._transport.send_to_address(address, [Message(
+            MessageType.ADMIN_RESPONSE, src=self.config.node_id, dst=request.src,
+            seq=request.seq, status=int(status), context=context,
+        )])
 
     # ------------------------------------------------------------------ timeouts and errors
 
