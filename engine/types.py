@@ -168,6 +168,10 @@ class NodeConfig:
     # Honour authenticated ADMIN messages that switch the transport's fault filter
     # (partitions, loss, delay) — for fault-injection tests only; off in production.
     allow_fault_injection: bool = False
+    # Paxos only: phase-1 / phase-2 quorum sizes (Flexible Paxos, |Q1| + |Q2| > n, checked by
+    # PaxosConfig); None means a majority.
+    phase1_quorum: int | None = None
+    phase2_quorum: int | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.node_id, int) or not 0 < self.node_id <= U64_MAX:
@@ -184,6 +188,15 @@ class NodeConfig:
             raise ConfigError(f"protocol must be one of {PROTOCOLS}, got {self.protocol!r}")
         if not isinstance(self.cluster_key, bytes) or not 16 <= len(self.cluster_key) <= 64:
             raise ConfigError("cluster_key must be 16 to 64 bytes (e.g. secrets.token_bytes(32))")
+        if self.protocol == "paxos":
+            # Validates at construction what the core will need: node ids fit a ballot
+            # (16 bits) and the Flexible Paxos quorum intersection |Q1| + |Q2| > n.
+            from engine.paxos.config import PaxosConfig
+
+            PaxosConfig(self.node_id, tuple(sorted(self.members)),
+                        phase1_quorum=self.phase1_quorum, phase2_quorum=self.phase2_quorum)
+        elif self.phase1_quorum is not None or self.phase2_quorum is not None:
+            raise ConfigError("phase1_quorum / phase2_quorum apply to protocol='paxos' only")
         if self.request_timeout_s <= 0:
             raise ConfigError("request_timeout_s must be positive")
 

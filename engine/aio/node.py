@@ -68,22 +68,28 @@ class _PendingRead:
 
 
 def _make_core(config: NodeConfig, recovered: Any) -> Any:
+    """The protocol core for config.protocol; the driver is the same for every protocol."""
+    seed = config.seed if config.seed is not None else (config.node_id ^ time.time_ns())
+    voters = tuple(sorted(config.members))
     if config.protocol == "raft":
         from engine.raft.core import RaftConfig, RaftCore
 
-        seed = config.seed if config.seed is not None else (config.node_id ^ time.time_ns())
         raft_config = RaftConfig(
-            node_id=config.node_id,
-            voters=tuple(sorted(config.members)),
-            timing=config.timing,
-            limits=config.limits,
-            pre_vote=config.pre_vote,
-            check_quorum=config.check_quorum,
-            check_invariants=config.check_invariants,
-            seed=seed,
+            node_id=config.node_id, voters=voters, timing=config.timing, limits=config.limits,
+            pre_vote=config.pre_vote, check_quorum=config.check_quorum,
+            check_invariants=config.check_invariants, seed=seed,
         )
         return RaftCore(raft_config, hard_state=recovered.hard_state, entries=recovered.entries)
-    raise errors.ConfigError(f"protocol {config.protocol!r} is not available yet")
+    if config.protocol == "paxos":
+        from engine.paxos import PaxosConfig, PaxosCore
+
+        paxos_config = PaxosConfig(
+            node_id=config.node_id, voters=voters, timing=config.timing, limits=config.limits,
+            check_invariants=config.check_invariants, seed=seed,
+            phase1_quorum=config.phase1_quorum, phase2_quorum=config.phase2_quorum,
+        )
+        return PaxosCore(paxos_config, hard_state=recovered.hard_state, entries=recovered.entries)
+    raise errors.ConfigError(f"unknown protocol {config.protocol!r}")
 
 
 def _open_storage(config: NodeConfig) -> Any:

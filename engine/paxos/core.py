@@ -1,0 +1,1063 @@
+"""PaxosCore: a sans-IO Multi-Paxos replica (acceptor + proposer + learner) with the RaftCore
+surface, so engine.Node drives either protocol (docs/interfaces.md "engine/raft").
+
+Theory of operation
+-------------------
+Every replica is an acceptor, a learner and (when it leads) the distinguished proposer of
+Paxos Made Simple §3. The log is a sequence of slots, each a single-decree Paxos instance.
+
+Ballots. `engine.paxos.ballot`: (round, node_id) packed in a u64, unique per proposer.
+HardState.term is the acceptor's *promised* ballot (HardState.vote is unused, 0);
+HardState.commit is the chosen-through slot: every slot <= commit is chosen and its value
+is held here. `term` (the attribute and status()["term"]) is the promised ballot.
+
+Leader election = phase 1 for every slot at once (PMMC "scout"; Paxos Made Simple §3). A
+replica that hears nothing from a leader for a randomized election timeout picks a ballot
+above everything it has seen and sends PREPARE(ballot, index = commit + 1). An acceptor
+promises if the ballot is not below its promise and answers PROMISE with *every* slot it
+holds from `index` on (entries: Entry.term = the ballot it accepted them in) and its
+chosen-through `commit` (those entries are known chosen). With a phase-1 quorum of promises
+the candidate is leader: for each slot above its commit it re-proposes the known-chosen value,
+else the value accepted in the highest ballot (Paxos Made Simple §2.2 P2c), and fills slots
+nobody reported with no-ops (PMMC; Paxos Made Live §3), all in its own ballot.
+
+Replication = phase 2. ACCEPT(ballot, entries = a contiguous batch of slots, commit) is
+pipelined: up to Limits.max_inflight_messages per acceptor, go-back-N when acks stall (UDP).
+An acceptor accepts if the ballot is not below its promise (and then promises it), persists,
+and answers ACCEPTED(ballot, seq = first slot, index = last slot) *after* the fsync. An ACCEPT
+with no entries is the leader's heartbeat (commit, read context); its ACCEPTED has index 0.
+The leader tracks per acceptor the highest slot acked contiguously at its ballot; a slot is
+chosen once a phase-2 quorum (the leader's own *persisted* copy included) holds it.
+
+Learning. A slot s <= the leader's commit is chosen with the leader's value, so a follower
+marks s chosen when it holds s accepted *in the leader's ballot* (one value per slot per
+ballot). Anything else below the leader's commit (a hole, or an older ballot's value) is
+fetched with CATCHUP_REQUEST(index = first slot, commit = last slot) from the leader, whose
+CATCHUP_RESPONSE(index, entries = chosen slots, commit) installs chosen values. Commit is
+piggybacked on ACCEPTs and heartbeats, and CHOSEN(ballot, commit) announces it at once.
+Chosen slots are handed to the driver strictly in slot order (Ready.committed_entries).
+
+Value identity (why an 8-byte prefix). The driver resolves a proposal made at
+(slot, ballot_at_propose) when the entry applied at that slot carries that `term`, and
+fails it as Rejected otherwise. A new leader re-proposing the SAME value under its own ballot
+must not turn that into a false Rejected, so a value carries the ballot it was FIRST
+proposed in: its identity. Paxos also needs, per slot, the ballot it was *accepted* in. Both
+are kept: on the wire and on disk Entry.term = accepted ballot and Entry.data = identity
+(8 bytes little-endian) + command; committed entries handed to the driver are
+Entry(term = identity, index = slot, data = command, kind). A no-op's identity is the ballot
+of the leader that filled the gap, which differs from every earlier proposal's ballot.
+
+Disk layout (what Ready.entries holds). Stored slots are contiguous from slot 1, because the
+WAL replaces the suffix from the first index of each save and refuses gaps. A slot with
+nothing accepted (a hole below a later accepted slot) is stored as Entry(0, slot, b"", NOOP):
+ballot 0 never exists, so it means "nothing accepted". When an acceptor changes slot s it
+re-saves s .. last (write amplification only for reordered or retransmitted ACCEPTs; a
+retransmitted slot already held in the same ballot is not re-saved).
+
+Reads: ReadIndex-style quorum read, not a lease. read_index() records the commit index, then
+one heartbeat round must be acknowledged by n - |Q1| + 1 acceptors (the leader included):
+that set meets every phase-1 quorum, so no higher ballot can have chosen anything before the
+read started, and the read is served once applied >= that index. A new leader serves reads
+only after it has chosen every slot it recovered in phase 1. Leases would save the round trip
+but need bounded clock drift; the core reads no clock, so quorum reads keep safety without
+timing assumptions (the same reason etcd's default is ReadIndex).
+
+Message field uses beyond engine/messages.py: ACCEPTED.seq = first slot of the acked batch;
+PROMISE.index echoes PREPARE.index and PROMISE.commit = the acceptor's chosen-through;
+PROMISE reject with reject_term = 0 means "too far behind, catch up first" (reject_hint =
+the acceptor's commit); PREPARE.context = b"force" bypasses leader stickiness (campaign());
+CATCHUP_RESPONSE.index = first slot of entries; READ_INDEX / READ_INDEX_RESPONSE (the Raft
+types) carry follower reads with term = ballot. Nothing is ever reported in Ready.dropped: a
+proposal of a deposed leader may still be chosen through re-proposal, so its fate is unknown
+until the slot is chosen (then identity decides).
+
+Not implemented yet: snapshots and log trimming below the applied slot, reconfiguration.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+from enum import StrEnum
+from typing import Any
+
+from engine.errors import ConfigError, EntryTooLarge, InvariantViolation, NotLeader, Overloaded
+from engine.messages import Entry, EntryKind, Message, MessageType
+from engine.paxos.ballot import NO_BALLOT, ballot_node, format_ballot, next_ballot
+from engine.paxos.config import PaxosConfig
+from engine.types import HardState, ReadState, Ready
+
+_MT = MessageType
+_NONE = 0
+_NOOP = int(EntryKind.NOOP)
+_NORMAL = int(EntryKind.NORMAL)
+IDENTITY_BYTES = 8
+_FORCE = b"force"
+_EMPTY_HARD_STATE = HardState()
+
+_PAXOS_TYPES = frozenset({
+    _MT.PREPARE, _MT.PROMISE, _MT.ACCEPT, _MT.ACCEPTED, _MT.CHOSEN,
+    _MT.CATCHUP_REQUEST, _MT.CATCHUP_RESPONSE, _MT.READ_INDEX, _MT.READ_INDEX_RESPONSE,
+})
+# Sent by the owner of the ballot in `term`: the sender must own it.
+_BALLOT_OWNER_TYPES = frozenset({_MT.PREPARE, _MT.ACCEPT, _MT.CHOSEN})
+# Replies that promise durable acceptor state: only after the Ready's fsync (Paxos Made
+# Simple §2.3: an acceptor must remember what it promised and accepted). PREPARE carries the
+# candidate's own promise, so it waits for that fsync too.
+_AFTER_PERSIST = frozenset({_MT.PROMISE, _MT.ACCEPTED, _MT.PREPARE})
+
+
+class Role(StrEnum):
+    FOLLOWER = "follower"
+    CANDIDATE = "candidate"
+    LEADER = "leader"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+def _hole(slot: int) -> Any:
+    return Entry(NO_BALLOT, slot, b"", _NOOP)
+
+
+class _Peer:
+    """The leader's view of one acceptor's phase-2 progress in the leader's ballot."""
+
+    __slots__ = ("match", "next", "inflight", "acked", "progress_tick", "recent_active",
+                 "read_ack")
+
+    def __init__(self, match: int, ticks: int) -> None:
+        self.match = match              # every slot in (phase-2 start, match] acked
+        self.next = match + 1           # next slot to send
+        self.inflight: deque[int] = deque()   # last slot of each unacked ACCEPT, in order
+        self.acked: dict[int, int] = {}       # out-of-order acked ranges first -> last
+        self.progress_tick = ticks
+        self.recent_active = True
+        self.read_ack = 0
+
+    def ack(self, lo: int, hi: int, max_ranges: int) -> bool:
+        """Records that slots lo..hi were accepted; True if match advanced."""
+        if hi <= self.match:
+            return False
+        if lo > self.match + 1:
+            if len(self.acked) < max_ranges:
+                self.acked[lo] = max(self.acked.get(lo, 0), hi)
+            return False
+        self.match = hi
+        merged = True
+        while merged and self.acked:
+            merged = False
+            for first in list(self.acked):
+                last = self.acked[first]
+                if first <= self.match + 1:
+                    del self.acked[first]
+                    if last > self.match:
+                        self.match = last
+                        merged = True
+        inflight = self.inflight
+        while inflight and inflight[0] <= self.match:
+            inflight.popleft()
+        if self.next <= self.match:
+            self.next = self.match + 1
+        return True
+
+    def go_back(self, ticks: int) -> None:
+        """Go-back-N after a stall: resend everything above match."""
+        self.next = self.match + 1
+        self.inflight.clear()
+        self.acked.clear()
+        self.progress_tick = ticks
+
+
+class _PendingRead:
+    __slots__ = ("round", "index", "requester", "context")
+
+    def __init__(self, round_: int, index: int, requester: int, context: bytes) -> None:
+        self.round = round_
+        self.index = index
+        self.requester = requester
+        self.context = context
+
+
+class PaxosCore:
+    """One Multi-Paxos replica, restartable from its persisted HardState and slots."""
+
+    def __init__(
+        self,
+        config: PaxosConfig,
+        hard_state: HardState = _EMPTY_HARD_STATE,
+        entries: list[Any] | None = None,
+        applied: int = 0,
+    ) -> None:
+        self.config = config
+        self.node_id = config.node_id
+        self.voters: tuple[int, ...] = tuple(sorted(config.voters))
+        self.peers: tuple[int, ...] = tuple(v for v in self.voters if v != self.node_id)
+        self._timing = config.timing
+        self._limits = config.limits
+        self._q1 = config.q1
+        self._q2 = config.q2
+        self._read_quorum = config.read_quorum
+        self._rng = random.Random(f"paxos:{config.seed}:{config.node_id}")
+
+        # Slot s lives at self._log[s - 1]; None = nothing accepted (a hole).
+        self._log: list[Any] = self._restore_log(list(entries or []), hard_state, applied)
+        self.promised = hard_state.term
+        self.commit_index = hard_state.commit
+        self.applied_index = applied
+        self._applying = applied  # handed to the driver; applied <= _applying <= commit
+        self._unstable_from = len(self._log) + 1
+        self._hard_state_emitted = HardState(self.promised, _NONE, self.commit_index)
+        # (last slot saved, ballot if saved as leader) per Ready handed out, for advance().
+        self._persist_marks: deque[tuple[int, int]] = deque()
+
+        self.role = Role.FOLLOWER
+        self.leader_id = _NONE
+        self.ballot = NO_BALLOT        # our own ballot while candidate or leader
+        self._max_seen = self.promised
+        self._messages: list[Any] = []
+        self._messages_after_persist: list[Any] = []
+        self._read_states: list[ReadState] = []
+
+        self._ticks = 0
+        self._election_elapsed = 0
+        self._heartbeat_elapsed = 0
+        self._randomized_election_timeout = 0
+        # Candidate: promises by acceptor -> (its commit, its entries from prepare index).
+        self._prepare_index = 0
+        self._promises: dict[int, tuple[int, list[Any]]] = {}
+        # Leader.
+        self._peers: dict[int, _Peer] = {}
+        self._self_match = 0
+        self._phase2_start = 0
+        self._recovered_end = 0
+        self._uncommitted_bytes = 0
+        self._read_round = 0
+        self._read_heartbeat_due = False
+        self._pending_reads: deque[_PendingRead] = deque()
+        self._reads_awaiting_recovery: list[tuple[int, bytes]] = []
+        # Learner catch-up: the highest chosen-through announced to us and the tick of the
+        # outstanding request (one at a time, retried).
+        self._known_commit = self.commit_index
+        self._catchup_sent_tick: int | None = None
+
+        self.ignored: dict[str, int] = {}
+        self.counters: dict[str, int] = {
+            "campaigns": 0, "leader_changes": 0, "reproposals": 0, "noop_fills": 0,
+            "catchup_requests": 0, "catchup_entries": 0, "go_back": 0, "promises": 0,
+        }
+        self._promised_checked = self.promised
+        self._commit_checked = self.commit_index
+        self._reset_election_timeout()
+        self._maybe_check_invariants()
+
+    @staticmethod
+    def _restore_log(entries: list[Any], hard_state: HardState, applied: int) -> list[Any]:
+        log: list[Any] = []
+        for position, entry in enumerate(entries):
+            if entry.index != position + 1:
+                raise ConfigError(
+                    f"paxos slots must be contiguous from 1: slot {entry.index} at {position}"
+                )
+            if entry.term == NO_BALLOT:
+                log.append(None)
+            elif len(entry.data) < IDENTITY_BYTES or (
+                    entry.index > hard_state.commit and entry.term > hard_state.term):
+                # (Chosen slots installed by catch-up keep their source's ballot.)
+                raise ConfigError(f"stored slot {entry.index} is malformed ({entry!r})")
+            else:
+                log.append(entry)
+        if hard_state.commit > len(log) or any(e is None for e in log[: hard_state.commit]):
+            raise ConfigError(f"persisted commit {hard_state.commit} covers unknown slots")
+        if not 0 <= applied <= hard_state.commit:
+            raise ConfigError(f"applied {applied} outside [0, commit {hard_state.commit}]")
+        return log
+
+    # ------------------------------------------------------------------ public surface
+
+    @property
+    def term(self) -> int:
+        """The promised ballot (RaftCore.term's counterpart)."""
+        return self.promised
+
+    @property
+    def last_index(self) -> int:
+        return len(self._log)
+
+    def tick(self) -> None:
+        """One logical tick: the leader's heartbeat timer, everyone else's election timer."""
+        self._ticks += 1
+        if self.role == Role.LEADER:
+            self._tick_leader()
+        else:
+            self._tick_election()
+        self._maybe_retry_catchup()
+        self._maybe_check_invariants()
+
+    def step(self, message: Any) -> None:
+        """One message from the network; never raises on remote input (drops and counts)."""
+        reason = self._ignore_message(message)
+        if reason is None:
+            self._step(message)
+        else:
+            self._count_ignored(reason)
+        self._maybe_check_invariants()
+
+    def campaign(self) -> None:
+        """Start phase 1 now with a ballot above any seen (benchmarks, tests, transfers)."""
+        self._campaign(force=True)
+        self._maybe_check_invariants()
+
+    def propose(self, commands: list[bytes]) -> tuple[int, int, int]:
+        """Assigns a batch of commands to the next slots; returns (first, last, ballot)."""
+        if self.role != Role.LEADER:
+            raise NotLeader(leader_id=self.leader_id or None)
+        if not commands:
+            raise ValueError("propose needs at least one command")
+        limits = self._limits
+        batch_bytes = 0
+        for command in commands:
+            if len(command) > limits.max_entry_bytes:
+                raise EntryTooLarge(
+                    f"entry of {len(command)} bytes > max_entry_bytes={limits.max_entry_bytes}"
+                )
+            batch_bytes += len(command)
+        pending = len(self._log) - self.commit_index
+        if pending + len(commands) > limits.max_pending_proposals:
+            raise Overloaded(
+                f"{pending} slots pending; max_pending_proposals={limits.max_pending_proposals}"
+            )
+        if (self._uncommitted_bytes
+                and self._uncommitted_bytes + batch_bytes > limits.max_uncommitted_bytes):
+            raise Overloaded(
+                f"{self._uncommitted_bytes} uncommitted bytes; "
+                f"max_uncommitted_bytes={limits.max_uncommitted_bytes}"
+            )
+        ballot = self.ballot
+        prefix = ballot.to_bytes(IDENTITY_BYTES, "little")
+        first = len(self._log) + 1
+        self._log.extend(
+            Entry(ballot, first + i, prefix + command) for i, command in enumerate(commands)
+        )
+        self._mark_unstable(first)
+        self._uncommitted_bytes += batch_bytes
+        for peer in self.peers:
+            self._send_accepts(peer)
+        self._maybe_check_invariants()
+        return first, len(self._log), ballot
+
+    def read_index(self, context: bytes) -> None:
+        """Starts a linearizable quorum read; the answer arrives as a ReadState."""
+        if self.role == Role.LEADER:
+            if self._reads_pending() >= self._limits.max_pending_proposals:
+                raise Overloaded(
+                    f"max_pending_proposals={self._limits.max_pending_proposals} reads pending"
+                )
+            self._start_read(self.node_id, context)
+        elif self.leader_id == _NONE:
+            raise NotLeader("no leader known", leader_id=None)
+        else:
+            self._send(Message(_MT.READ_INDEX, self.node_id, self.leader_id, self.promised,
+                               context=context))
+        self._maybe_check_invariants()
+
+    def has_ready(self) -> bool:
+        return bool(
+            self._read_heartbeat_due
+            or self._messages
+            or self._messages_after_persist
+            or self._read_states
+            or self._unstable_from <= len(self._log)
+            or self.commit_index > self._applying
+            or self._hard_state() != self._hard_state_emitted
+        )
+
+    def ready(self) -> Ready:
+        """Everything the driver must persist, send and apply (engine.types.Ready)."""
+        if self._read_heartbeat_due:
+            self._bcast_heartbeat()
+        ready = Ready()
+        hard_state = self._hard_state()
+        if hard_state != self._hard_state_emitted:
+            ready.hard_state = hard_state
+            self._hard_state_emitted = hard_state
+        log = self._log
+        if self._unstable_from <= len(log):
+            lo = self._unstable_from
+            ready.entries = [
+                e if e is not None else _hole(lo + i) for i, e in enumerate(log[lo - 1:])
+            ]
+            leading = self.ballot if self.role == Role.LEADER else NO_BALLOT
+            self._persist_marks.append((len(log), leading))
+            self._unstable_from = len(log) + 1
+        ready.messages, self._messages = self._messages, []
+        ready.messages_after_persist, self._messages_after_persist = (
+            self._messages_after_persist, [])
+        if self.commit_index > self._applying:
+            hi = min(self.commit_index, self._applying + self._limits.max_apply_batch)
+            ready.committed_entries = [
+                Entry(int.from_bytes(e.data[:IDENTITY_BYTES], "little"), e.index,
+                      e.data[IDENTITY_BYTES:], e.kind)
+                for e in log[self._applying:hi]
+            ]
+            self._applying = hi
+        ready.read_states, self._read_states = self._read_states, []
+        return ready
+
+    def advance(self, ready: Ready) -> None:
+        """The driver persisted, sent and applied `ready`."""
+        if ready.entries:
+            if not self._persist_marks:
+                raise InvariantViolation("advance() of a Ready this core did not hand out")
+            last, leading = self._persist_marks.popleft()
+            if self.role == Role.LEADER and leading == self.ballot:
+                # Our own acceptance counts only once durable (the leader is an acceptor;
+                # it writes in parallel with replicating, Raft thesis §10.2.1).
+                self._self_match = max(self._self_match, min(last, len(self._log)))
+        if ready.committed_entries:
+            self.applied_index = max(self.applied_index, ready.committed_entries[-1].index)
+        if self.role == Role.LEADER:
+            self._maybe_commit()
+        self._maybe_check_invariants()
+
+    def status(self) -> dict[str, Any]:
+        status: dict[str, Any] = {
+            "node_id": self.node_id,
+            "protocol": "paxos",
+            "role": str(self.role),
+            "term": self.promised,
+            "ballot": format_ballot(self.promised),
+            "leader_id": self.leader_id,
+            "commit_index": self.commit_index,
+            "applied_index": self.applied_index,
+            "last_index": len(self._log),
+            "phase1_quorum": self._q1,
+            "phase2_quorum": self._q2,
+            "counters": dict(self.counters),
+            "ignored": dict(self.ignored),
+        }
+        if self.role == Role.LEADER:
+            status["progress"] = {
+                peer: {"match": pr.match, "next": pr.next, "inflight": len(pr.inflight)}
+                for peer, pr in self._peers.items()
+            }
+            status["recovered_end"] = self._recovered_end
+            status["uncommitted_bytes"] = self._uncommitted_bytes
+            status["pending_reads"] = self._reads_pending()
+        return status
+
+    def slot(self, index: int) -> Any:
+        """The stored Entry of a slot (accepted ballot, identity-prefixed data) or None."""
+        if 1 <= index <= len(self._log):
+            return self._log[index - 1]
+        return None
+
+    # ------------------------------------------------------------------ step: ballot first
+
+    def _ignore_message(self, m: Any) -> str | None:
+        if m.type not in _PAXOS_TYPES:
+            return "unsupported message type"
+        if m.src == self.node_id or m.src not in self.voters:
+            return "unknown sender"
+        if m.dst != self.node_id:
+            return "wrong destination"
+        if m.type in _BALLOT_OWNER_TYPES and (m.term <= 0 or ballot_node(m.term) != m.src):
+            return "ballot not owned by sender"
+        if len(m.entries) > self._limits.max_entries_per_message:
+            return "too many entries"
+        return None
+
+    def _step(self, m: Any) -> None:
+        kind = m.type
+        if m.term > self._max_seen:
+            self._max_seen = m.term
+        if kind == _MT.ACCEPT:
+            self._on_accept(m)
+        elif kind == _MT.ACCEPTED:
+            self._on_accepted(m)
+        elif kind == _MT.CHOSEN:
+            self._on_chosen(m)
+        elif kind == _MT.PREPARE:
+            self._on_prepare(m)
+        elif kind == _MT.PROMISE:
+            self._on_promise(m)
+        elif kind == _MT.CATCHUP_REQUEST:
+            self._on_catchup_request(m)
+        elif kind == _MT.CATCHUP_RESPONSE:
+            self._on_catchup_response(m)
+        elif kind == _MT.READ_INDEX:
+            self._on_read_index(m)
+        else:
+            self._on_read_index_response(m)
+
+    def _on_higher_ballot(self, ballot: int) -> None:
+        """A ballot above ours exists: a candidate or leader of a lower ballot cannot win
+        any more (its phase 1 or 2 is refused by the acceptors that promised it)."""
+        if ballot > self._max_seen:
+            self._max_seen = ballot
+        if self.role != Role.FOLLOWER and ballot > self.ballot:
+            self._become_follower(_NONE)
+
+    # ------------------------------------------------------------------ phase 1
+
+    def _tick_election(self) -> None:
+        self._election_elapsed += 1
+        if self._election_elapsed >= self._randomized_election_timeout:
+            self._campaign(force=False)
+
+    def _campaign(self, force: bool) -> None:
+        self._become_follower(_NONE)
+        ballot = next_ballot(max(self.promised, self._max_seen), self.node_id)
+        self.role = Role.CANDIDATE
+        self.ballot = ballot
+        self.promised = ballot  # our own promise, persisted before PREPARE goes out
+        self._max_seen = ballot
+        self.counters["campaigns"] += 1
+        self._prepare_index = self.commit_index + 1
+        self._promises = {self.node_id: (self.commit_index, [])}  # own slots read at the end
+        if len(self._promises) >= self._q1:
+            self._become_leader()
+            return
+        context = _FORCE if force else b""
+        for peer in self.peers:
+            self._send(Message(_MT.PREPARE, self.node_id, peer, ballot,
+                               index=self._prepare_index, commit=self.commit_index,
+                               context=context))
+
+    def _on_prepare(self, m: Any) -> None:
+        """Paxos Made Simple §2.2 phase 1(b): promise ballots not below any promised."""
+        ballot = m.term
+        if ballot < self.promised:
+            self._send(Message(_MT.PROMISE, self.node_id, m.src, ballot, index=m.index,
+                               reject=True, reject_term=self.promised))
+            return
+        if ballot > self.promised and m.context != _FORCE and self._leader_is_live(m.src):
+            # Leader stickiness (Raft thesis §4.2.3 analogue): a replica that hears from a
+            # live leader does not let a partitioned replica's new ballot depose it.
+            self._count_ignored("prepare while the leader is live")
+            return
+        if ballot > self.promised:
+            self.promised = ballot
+            self._on_higher_ballot(ballot)
+            self.leader_id = _NONE
+            self._election_elapsed = 0
+        lo = max(m.index, 1)
+        held = [e for e in self._log[lo - 1:] if e is not None]
+        if len(held) > self._limits.max_entries_per_message:
+            # The promise could not be encoded: tell the candidate to catch up first.
+            self._send(Message(_MT.PROMISE, self.node_id, m.src, ballot, index=m.index,
+                               reject=True, reject_term=0, reject_hint=self.commit_index))
+            return
+        self.counters["promises"] += 1
+        self._send(Message(_MT.PROMISE, self.node_id, m.src, ballot, index=m.index,
+                           commit=self.commit_index, entries=held))
+
+    def _leader_is_live(self, candidate: int) -> bool:
+        if self.role == Role.LEADER:
+            return True
+        return (self.leader_id not in (_NONE, candidate)
+                and self._election_elapsed < self._timing.election_timeout_ticks)
+
+    def _on_promise(self, m: Any) -> None:
+        if self.role != Role.CANDIDATE or m.term != self.ballot:
+            if m.reject and m.reject_term > self.ballot:
+                self._on_higher_ballot(m.reject_term)
+            else:
+                self._count_ignored("stale promise")
+            return
+        if m.reject:
+            if m.reject_term > self.ballot:
+                self._on_higher_ballot(m.reject_term)
+            elif m.reject_term == 0 and m.reject_hint > self.commit_index:
+                self._request_catchup(m.src, m.reject_hint, force=True)
+            return
+        if m.src in self._promises:
+            self._count_ignored("duplicate promise")
+            return
+        for entry in m.entries:
+            if (entry.index < m.index or not 0 < entry.term <= m.term
+                    or len(entry.data) < IDENTITY_BYTES):
+                self._count_ignored("malformed promise")
+                return
+        self._promises[m.src] = (m.commit, list(m.entries))
+        if m.commit > self._known_commit:
+            self._known_commit = m.commit
+        if len(self._promises) >= self._q1:
+            self._become_leader()
+
+    def _become_leader(self) -> None:
+        """Phase 1 is complete: adopt, re-propose and fill (Paxos Made Simple §3, PMMC)."""
+        ballot = self.ballot
+        start = self.commit_index + 1
+        # slot -> (known chosen, accepted ballot, entry)
+        best: dict[int, tuple[bool, int, Any]] = {}
+        own = [e for e in self._log[start - 1:] if e is not None]
+        promises = list(self._promises.values())
+        promises.append((self.commit_index, own))
+        for promise_commit, entries in promises:
+            for entry in entries:
+                slot = entry.index
+                if slot < start:
+                    continue
+                chosen = slot <= promise_commit
+                current = best.get(slot)
+                if (current is None or (chosen and not current[0])
+                        or (not current[0] and not chosen and entry.term > current[1])):
+                    best[slot] = (chosen, entry.term, entry)
+        end = max(best, default=start - 1)
+        prefix = ballot.to_bytes(IDENTITY_BYTES, "little")
+        del self._log[start - 1:]
+        for slot in range(start, end + 1):
+            found = best.get(slot)
+            if found is None:
+                self._log.append(Entry(ballot, slot, prefix, _NOOP))
+                self.counters["noop_fills"] += 1
+            else:
+                entry = found[2]
+                self._log.append(Entry(ballot, slot, entry.data, entry.kind))
+                self.counters["reproposals"] += 1
+        self._mark_unstable(start)
+        self.role = Role.LEADER
+        self.leader_id = self.node_id
+        self.counters["leader_changes"] += 1
+        self._promises = {}
+        self._phase2_start = start
+        self._recovered_end = end
+        self._self_match = self.commit_index
+        self._uncommitted_bytes = 0
+        self._heartbeat_elapsed = 0
+        self._election_elapsed = 0
+        self._peers = {peer: _Peer(self.commit_index, self._ticks) for peer in self.peers}
+        for peer in self.peers:
+            if not self._send_accepts(peer):
+                self._send_heartbeat(peer, b"")
+
+    # ------------------------------------------------------------------ phase 2: acceptor
+
+    def _on_accept(self, m: Any) -> None:
+        """Paxos Made Simple §2.2 phase 2(b): accept unless promised a higher ballot."""
+        ballot = m.term
+        if ballot < self.promised:
+            self._send(Message(_MT.ACCEPTED, self.node_id, m.src, ballot, seq=0, index=0,
+                               reject=True, reject_term=self.promised, context=m.context))
+            return
+        entries = m.entries
+        if entries and not self._valid_batch(entries, ballot):
+            self._count_ignored("malformed accept")
+            return
+        if ballot > self.promised:
+            self.promised = ballot  # accepting a ballot implies promising it
+        self._follow(ballot, m.src)
+        if entries:
+            self._store_accepted(entries)
+            self._send(Message(_MT.ACCEPTED, self.node_id, m.src, ballot,
+                               seq=entries[0].index, index=entries[-1].index))
+        else:
+            self._send(Message(_MT.ACCEPTED, self.node_id, m.src, ballot, context=m.context))
+        self._learn_commit(m.commit, ballot, m.src, may_catch_up=not entries)
+
+    def _valid_batch(self, entries: Any, ballot: int) -> bool:
+        expected = entries[0].index
+        if expected < 1:
+            return False
+        for entry in entries:
+            if (entry.index != expected or entry.term != ballot
+                    or len(entry.data) < IDENTITY_BYTES):
+                return False
+            expected += 1
+        return True
+
+    def _follow(self, ballot: int, leader: int) -> None:
+        if self.role != Role.FOLLOWER and ballot > self.ballot:
+            self._become_follower(leader)
+        self.leader_id = leader
+        self._election_elapsed = 0
+
+    def _store_accepted(self, entries: Any) -> None:
+        log = self._log
+        lo = entries[0].index
+        commit = self.commit_index
+        if lo == len(log) + 1 and lo > commit:
+            log.extend(entries)  # the common case: the next batch, in order
+            self._mark_unstable(lo)
+            return
+        if lo > len(log) + 1:
+            first_hole = len(log) + 1
+            log.extend([None] * (lo - first_hole))
+            self._mark_unstable(first_hole)
+        for entry in entries:
+            slot = entry.index
+            if slot <= commit:
+                continue  # chosen already: the same value (P2c), keep it
+            if slot <= len(log):
+                held = log[slot - 1]
+                if held is not None and held.term == entry.term:
+                    continue  # one value per slot per ballot: a retransmission
+                log[slot - 1] = entry
+            else:
+                log.append(entry)
+            self._mark_unstable(slot)
+
+    def _learn_commit(self, leader_commit: int, ballot: int, leader: int,
+                      may_catch_up: bool) -> None:
+        """Slots held in the leader's ballot up to its chosen-through are chosen."""
+        if leader_commit > self._known_commit:
+            self._known_commit = leader_commit
+        log = self._log
+        limit = min(leader_commit, len(log))
+        commit = self.commit_index
+        while commit < limit:
+            entry = log[commit]
+            if entry is None or entry.term != ballot:
+                break
+            commit += 1
+        self.commit_index = commit
+        if may_catch_up and commit < leader_commit:
+            self._request_catchup(leader, leader_commit, force=False)
+
+    def _on_chosen(self, m: Any) -> None:
+        if m.term < self.promised:
+            self._count_ignored("stale chosen")
+            return
+        self._on_higher_ballot(m.term)
+        if self.role == Role.FOLLOWER:
+            self._follow(m.term, m.src)
+        self._learn_commit(m.commit, m.term, m.src, may_catch_up=True)
+
+    # ------------------------------------------------------------------ phase 2: leader
+
+    def _send_accepts(self, peer: int) -> bool:
+        """Fills the peer's window with ACCEPTs (pipelining); True if any was sent."""
+        pr = self._peers[peer]
+        log = self._log
+        last = len(log)
+        limits = self._limits
+        max_inflight = limits.max_inflight_messages
+        max_bytes = limits.max_append_bytes
+        max_count = limits.max_entries_per_message
+        sent = False
+        while pr.next <= last and len(pr.inflight) < max_inflight:
+            lo = pr.next
+            hi = lo
+            size = len(log[lo - 1].data)
+            while hi < last and hi - lo + 1 < max_count:
+                size += len(log[hi].data)
+                if size > max_bytes:
+                    break
+                hi += 1
+            self._messages.append(Message(_MT.ACCEPT, self.node_id, peer, self.ballot,
+                                          commit=self.commit_index, entries=log[lo - 1:hi]))
+            pr.inflight.append(hi)
+            pr.next = hi + 1
+            sent = True
+        return sent
+
+    def _on_accepted(self, m: Any) -> None:
+        if m.reject:
+            if m.reject_term > self.ballot:
+                was_leader = self.role == Role.LEADER
+                self._on_higher_ballot(m.reject_term)
+                if was_leader:
+                    # Preempted (PMMC): run phase 1 again above the ballot that beat us
+                    # rather than wait a whole election timeout with no leader.
+                    self._campaign(force=False)
+            else:
+                self._count_ignored("stale accept reject")
+            return
+        if self.role != Role.LEADER or m.term != self.ballot:
+            self._count_ignored("stale accepted")
+            return
+        pr = self._peers[m.src]
+        pr.recent_active = True
+        if m.index == 0:  # a heartbeat ack
+            if len(m.context) == 8 and self._pending_reads:
+                pr.read_ack = max(pr.read_ack, int.from_bytes(m.context, "little"))
+                self._advance_reads()
+            if pr.match < len(self._log) and not pr.inflight:
+                self._send_accepts(m.src)
+            return
+        lo, hi = m.seq, m.index
+        if not 1 <= lo <= hi <= len(self._log):
+            self._count_ignored("accepted range outside the log")
+            return
+        if pr.ack(lo, hi, self._limits.max_inflight_messages):
+            pr.progress_tick = self._ticks
+            self._maybe_commit()
+        self._send_accepts(m.src)
+
+    def _maybe_commit(self) -> bool:
+        """A slot is chosen once a phase-2 quorum accepted it in our ballot; every slot
+        above the phase-2 start carries our ballot, so the q2-th largest match is chosen."""
+        matches = [self._self_match]
+        matches.extend(pr.match for pr in self._peers.values())
+        matches.sort(reverse=True)
+        chosen = matches[self._q2 - 1]
+        if chosen <= self.commit_index:
+            return False
+        previous = self.commit_index
+        self.commit_index = chosen
+        self._known_commit = max(self._known_commit, chosen)
+        # Only our own proposals (above the recovered slots) count against the budget.
+        own_from = max(previous, self._recovered_end)
+        if own_from < chosen:
+            self._uncommitted_bytes = max(0, self._uncommitted_bytes - sum(
+                len(e.data) - IDENTITY_BYTES for e in self._log[own_from:chosen]))
+        if self._reads_awaiting_recovery and chosen >= self._recovered_end:
+            waiting, self._reads_awaiting_recovery = self._reads_awaiting_recovery, []
+            for requester, context in waiting:
+                self._start_read(requester, context)
+        for peer in self.peers:
+            if not self._send_accepts(peer):
+                self._messages.append(Message(_MT.CHOSEN, self.node_id, peer, self.ballot,
+                                              commit=chosen))
+        return True
+
+    def _tick_leader(self) -> None:
+        self._heartbeat_elapsed += 1
+        self._election_elapsed += 1
+        timing = self._timing
+        if self._election_elapsed >= timing.election_timeout_ticks:
+            self._election_elapsed = 0
+            active = 1 + sum(1 for pr in self._peers.values() if pr.recent_active)
+            if active < self._q2:
+                # Without a phase-2 quorum for an election timeout we cannot choose anything
+                # and may be deposed already: stop claiming leadership (check-quorum).
+                self._become_follower(_NONE)
+                return
+            for pr in self._peers.values():
+                pr.recent_active = False
+        if self._heartbeat_elapsed >= timing.heartbeat_interval_ticks:
+            self._heartbeat_elapsed = 0
+            self._recover_stalled()
+            self._bcast_heartbeat()
+
+    def _recover_stalled(self) -> None:
+        stall_ticks = 2 * self._timing.heartbeat_interval_ticks
+        for peer, pr in self._peers.items():
+            if pr.match < pr.next - 1 and self._ticks - pr.progress_tick >= stall_ticks:
+                pr.go_back(self._ticks)
+                self.counters["go_back"] += 1
+                self._send_accepts(peer)
+
+    def _bcast_heartbeat(self) -> None:
+        self._read_heartbeat_due = False
+        context = self._read_round.to_bytes(8, "little") if self._pending_reads else b""
+        for peer in self.peers:
+            self._send_heartbeat(peer, context)
+
+    def _send_heartbeat(self, peer: int, context: bytes) -> None:
+        self._messages.append(Message(_MT.ACCEPT, self.node_id, peer, self.ballot,
+                                      commit=self.commit_index, context=context))
+
+    # ------------------------------------------------------------------ catch-up (learners)
+
+    def _request_catchup(self, target: int, hi: int, force: bool) -> None:
+        sent = self._catchup_sent_tick
+        retry = 2 * self._timing.heartbeat_interval_ticks
+        if not force and sent is not None and self._ticks - sent < retry:
+            return
+        self._catchup_sent_tick = self._ticks
+        self.counters["catchup_requests"] += 1
+        self._messages.append(Message(_MT.CATCHUP_REQUEST, self.node_id, target,
+                                      self.promised, index=self.commit_index + 1, commit=hi))
+
+    def _maybe_retry_catchup(self) -> None:
+        if (self._catchup_sent_tick is not None and self.commit_index < self._known_commit
+                and self.leader_id not in (_NONE, self.node_id)):
+            self._request_catchup(self.leader_id, self._known_commit, force=False)
+
+    def _on_catchup_request(self, m: Any) -> None:
+        lo = m.index
+        hi = min(m.commit, self.commit_index)
+        entries: list[Any] = []
+        if 1 <= lo <= hi:
+            limits = self._limits
+            budget = limits.max_append_bytes
+            count = min(hi - lo + 1, limits.max_entries_per_message)
+            size = 0
+            for entry in self._log[lo - 1: lo - 1 + count]:
+                size += len(entry.data)
+                if entries and size > budget:
+                    break
+                entries.append(entry)
+        self._messages.append(Message(_MT.CATCHUP_RESPONSE, self.node_id, m.src, self.promised,
+                                      index=lo, commit=self.commit_index, entries=entries))
+
+    def _on_catchup_response(self, m: Any) -> None:
+        if self.role == Role.LEADER:
+            self._count_ignored("catch-up response as leader")
+            return
+        self._catchup_sent_tick = None
+        if m.commit > self._known_commit:
+            self._known_commit = m.commit
+        entries = m.entries
+        if not entries:
+            return
+        first = entries[0].index
+        if first < 1 or first > self.commit_index + 1 or entries[-1].index > m.commit:
+            self._count_ignored("catch-up response out of range")
+            return
+        for offset, entry in enumerate(entries):
+            if (entry.index != first + offset or entry.term <= 0
+                    or len(entry.data) < IDENTITY_BYTES):
+                self._count_ignored("malformed catch-up response")
+                return
+        log = self._log
+        installed = 0
+        for entry in entries:
+            slot = entry.index
+            if slot <= self.commit_index:
+                continue
+            if slot <= len(log):
+                log[slot - 1] = entry
+            else:
+                log.append(entry)
+            self._mark_unstable(slot)
+            self.commit_index = slot
+            installed += 1
+        self.counters["catchup_entries"] += installed
+        if self.commit_index < self._known_commit:
+            self._request_catchup(m.src, self._known_commit, force=True)
+
+    # ------------------------------------------------------------------ reads
+
+    def _reads_pending(self) -> int:
+        return len(self._pending_reads) + len(self._reads_awaiting_recovery)
+
+    def _on_read_index(self, m: Any) -> None:
+        if self.role != Role.LEADER or self._reads_pending() >= self._limits.max_pending_proposals:
+            self._reject_read(m.src, m.context)
+            return
+        self._start_read(m.src, m.context)
+
+    def _start_read(self, requester: int, context: bytes) -> None:
+        if self.commit_index < self._recovered_end:
+            # Slots chosen by earlier leaders may still be unknown to us: wait for recovery.
+            self._reads_awaiting_recovery.append((requester, context))
+            return
+        self._read_round += 1
+        self._pending_reads.append(
+            _PendingRead(self._read_round, self.commit_index, requester, context))
+        if self._read_quorum <= 1:
+            self._advance_reads()
+        else:
+            self._read_heartbeat_due = True
+
+    def _advance_reads(self) -> None:
+        acks = [self._read_round]
+        acks.extend(pr.read_ack for pr in self._peers.values())
+        acks.sort(reverse=True)
+        confirmed = acks[self._read_quorum - 1]
+        pending = self._pending_reads
+        while pending and pending[0].round <= confirmed:
+            read = pending.popleft()
+            self._answer_read(read.requester, read.index, read.context)
+
+    def _answer_read(self, requester: int, index: int, context: bytes) -> None:
+        if requester == self.node_id:
+            self._read_states.append(ReadState(index, context))
+        else:
+            self._messages.append(Message(_MT.READ_INDEX_RESPONSE, self.node_id, requester,
+                                          self.ballot, index=index, context=context))
+
+    def _reject_read(self, requester: int, context: bytes) -> None:
+        if requester == self.node_id:
+            self._read_states.append(ReadState(0, context))
+        else:
+            self._messages.append(Message(_MT.READ_INDEX_RESPONSE, self.node_id, requester,
+                                          self.promised, reject=True, context=context))
+
+    def _fail_pending_reads(self) -> None:
+        for read in self._pending_reads:
+            self._reject_read(read.requester, read.context)
+        for requester, context in self._reads_awaiting_recovery:
+            self._reject_read(requester, context)
+        self._pending_reads.clear()
+        self._reads_awaiting_recovery = []
+        self._read_heartbeat_due = False
+
+    def _on_read_index_response(self, m: Any) -> None:
+        index = 0 if m.reject or m.index <= 0 else m.index
+        self._read_states.append(ReadState(index, m.context))
+
+    # ------------------------------------------------------------------ roles and helpers
+
+    def _become_follower(self, leader_id: int) -> None:
+        self._fail_pending_reads()
+        self.role = Role.FOLLOWER
+        self.leader_id = leader_id
+        self.ballot = NO_BALLOT
+        self._promises = {}
+        self._peers = {}
+        self._recovered_end = 0
+        self._uncommitted_bytes = 0
+        self._election_elapsed = 0
+        self._reset_election_timeout()
+
+    def _reset_election_timeout(self) -> None:
+        timeout = self._timing.election_timeout_ticks
+        self._randomized_election_timeout = timeout + self._rng.randrange(timeout)
+
+    def _mark_unstable(self, slot: int) -> None:
+        if slot < self._unstable_from:
+            self._unstable_from = slot
+
+    def _send(self, m: Any) -> None:
+        if m.type in _AFTER_PERSIST:
+            self._messages_after_persist.append(m)
+        else:
+            self._messages.append(m)
+
+    def _hard_state(self) -> HardState:
+        return HardState(self.promised, _NONE, self.commit_index)
+
+    def _count_ignored(self, reason: str) -> None:
+        self.ignored[reason] = self.ignored.get(reason, 0) + 1
+
+    def _maybe_check_invariants(self) -> None:
+        if self.config.check_invariants:
+            self._check_invariants()
+
+    def _check_invariants(self) -> None:
+        """Local invariants; explicit raises so they survive python -O."""
+
+        def fail(what: str) -> None:
+            raise InvariantViolation(
+                f"paxos node {self.node_id} ballot {format_ballot(self.promised)}: {what}")
+
+        log = self._log
+        if self.promised < self._promised_checked:
+            fail(f"promised ballot went back from {format_ballot(self._promised_checked)}")
+        self._promised_checked = self.promised
+        if self.commit_index < self._commit_checked:
+            fail(f"commit went back from {self._commit_checked} to {self.commit_index}")
+        self._commit_checked = self.commit_index
+        if not self.applied_index <= self._applying <= self.commit_index <= len(log):
+            fail(f"applied {self.applied_index} <= applying {self._applying} <= commit "
+                 f"{self.commit_index} <= last {len(log)} does not hold")
+        for slot in range(self.commit_index, len(log)):
+            entry = log[slot]
+            if entry is not None and entry.term > self.promised:
+                fail(f"slot {slot + 1} accepted in ballot {entry.term} above the promise")
+        if self.role == Role.LEADER:
+            if self.ballot != self.promised or ballot_node(self.ballot) != self.node_id:
+                fail("leader does not hold the promise of its own ballot")
+            if self.leader_id != self.node_id:
+                fail(f"leader names {self.leader_id} as leader")
+            for slot in range(self._phase2_start, len(log) + 1):
+                entry = log[slot - 1]
+                if slot > self.commit_index and (entry is None or entry.term != self.ballot):
+                    fail(f"leader slot {slot} is not in its ballot")
+            for peer, pr in self._peers.items():
+                if not self._phase2_start - 1 <= pr.match < pr.next <= len(log) + 1:
+                    fail(f"progress of {peer}: match {pr.match} next {pr.next}")
+            if self._self_match > len(log):
+                fail(f"self match {self._self_match} beyond the log")
+        else:
+            if self._peers or self._pending_reads or self._reads_awaiting_recovery:
+                fail(f"{self.role} keeps leader state")
+            if self.leader_id == self.node_id:
+                fail(f"{self.role} names itself leader")
+            if self.role == Role.CANDIDATE and (
+                    self.ballot != self.promised or ballot_node(self.ballot) != self.node_id):
+                fail("candidate does not hold the promise of its own ballot")
