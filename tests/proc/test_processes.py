@@ -22,8 +22,9 @@ from engine.aio.local_cluster import free_udp_ports
 
 
 class ProcessCluster:
-    def __init__(self, tmp_path: Path, n: int = 3) -> None:
+    def __init__(self, tmp_path: Path, n: int = 3, protocol: str = "raft") -> None:
         self.tmp_path = tmp_path
+        self.protocol = protocol
         self.key = os.urandom(32)
         self.key_file = tmp_path / "cluster.key"
         self.key_file.write_text(self.key.hex())
@@ -37,7 +38,7 @@ class ProcessCluster:
         self.processes[node_id] = subprocess.Popen(
             [sys.executable, "-m", "engine", "-v", "serve", "--node-id", str(node_id),
              "--members", self.members_arg, "--cluster-key-file", str(self.key_file),
-             "--data-dir", str(self.tmp_path / f"n{node_id}")],
+             "--data-dir", str(self.tmp_path / f"n{node_id}"), "--protocol", self.protocol],
             stdin=subprocess.DEVNULL, stdout=log, stderr=log,
         )
 
@@ -85,9 +86,9 @@ class ProcessCluster:
         raise AssertionError("no leader\n" + self.logs())
 
 
-@pytest.fixture
-def process_cluster(tmp_path: Path):
-    cluster = ProcessCluster(tmp_path)
+@pytest.fixture(params=["raft", "paxos"])
+def process_cluster(tmp_path: Path, request: pytest.FixtureRequest):
+    cluster = ProcessCluster(tmp_path, protocol=request.param)
     try:
         yield cluster
     finally:
