@@ -77,20 +77,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from engine.aio.client import Client
+    from engine.aio.oneshot import exchange
+    from engine.messages import ClientOp, Message, MessageType
 
     members = parse_members(args.members)
     key = read_cluster_key(args.cluster_key_file)
 
+    async def one(address: str) -> dict[str, Any]:
+        request = Message(MessageType.CLIENT_REQUEST, seq=1, status=ClientOp.STATUS)
+        try:
+            answer = await exchange(address, request, key)
+        except EngineError as exc:
+            return {"error": str(exc), "address": address}
+        return dict(json.loads(answer.context))
+
     async def run() -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        async with Client(list(members.values()), cluster_key=key) as client:
-            for node_id, address in members.items():
-                try:
-                    out[str(node_id)] = await client.status(address)
-                except EngineError as exc:
-                    out[str(node_id)] = {"error": str(exc), "address": address}
-        return out
+        results = await asyncio.gather(*(one(address) for address in members.values()))
+        return {str(node_id): result for node_id, result in zip(members, results, strict=True)}
 
     print(json.dumps(asyncio.run(run()), indent=2, sort_keys=True))
     return 0
