@@ -1,9 +1,26 @@
 """`python -m engine bench`: throughput and latency of a local cluster on loopback UDP.
 
-Node 1 runs in this process and is made leader; the other nodes are `python -m engine serve`
-processes. Proposals are driven from the leader's process as a library user would
-(`await node.propose(cmd)`), with --concurrency of them outstanding at any time. The figures
-printed are measured, after --warmup seconds, over --duration seconds, with the conditions.
+Theory of operation
+-------------------
+A run starts a cluster, makes node 1 leader, drives writes for --warmup + --duration seconds
+and reports what was measured in the --duration window, with the conditions:
+
+* Nodes: node 1 always runs in this process (so the profiler can watch it and its CPU is this
+  process's); with --processes separate (default) the others are `python -m engine serve`
+  processes, with --processes one they are in this process too (LocalCluster).
+* Load: --clients library proposes from the leader's process as a library user would
+  (`await node.propose(cmd)`); --clients udp runs --client-processes load generators
+  (`python -m engine.benchmark --load-generator SPEC`, this module's __main__), each an
+  engine.Client over UDP with its share of the --concurrency outstanding writes.
+  --concurrency is always the total number of requests outstanding at any time.
+* Latency: every write in the window is timed (caller's view) and kept in an HdrHistogram
+  (microseconds, 3 significant digits); throughput counts writes completed in the window.
+* CPU: per process, from getrusage (this process) and /proc/<pid>/stat (children), as % of
+  one core over the window.
+* --profile attaches engine.profiling.LatencyProfiler to the leader (per-stage breakdown).
+* --sweep concurrency=1,4,16 runs one measurement per value on the same cluster and writes a
+  JSON table and PNG plots to --out.
+
 Benchmarks are never timed assertions in the test suite (DESIGN.md §7).
 """
 
@@ -11,6 +28,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import copy
 import json
 import os
 import platform
@@ -20,175 +39,524 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+from hdrh.histogram import HdrHistogram
 
 from engine.errors import ConfigError
+from engine.types import Limits
+
+# Latency histograms are in microseconds: 1 us .. 100 s, 3 significant digits.
+_HIST_HIGHEST_US = 100_000_000
+# Percentiles plotted as the latency CDF and kept in the JSON.
+CDF_PERCENTILES = (0, 1, 5, 10, 20, 30, 40, 50, 60, 70, 75, 80, 85, 90, 95, 97.5, 99, 99.5,
+                   99.9, 99.95, 99.99, 100)
+SWEEPABLE = ("concurrency", "payload")
+_KEY_SPACE = 4096
+# A UDP client request carries the command plus a session header in one datagram.
+_REQUEST_OVERHEAD_BYTES = 512
+
+
+# ---------------------------------------------------------------------------- arguments
 
 
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--protocol", default="raft", choices=["raft", "paxos"])
-    parser.add_argument("--nodes", type=int, default=3, help="cluster size (3, 5 or 7)")
+    parser.add_argument("--nodes", type=int, default=3, help="cluster size (1, 3, 5 or 7)")
+    parser.add_argument("--processes", default="separate", choices=["separate", "one"],
+                        help="nodes as separate processes (default) or all in this process")
     parser.add_argument("--duration", type=float, default=10.0, help="measured seconds")
     parser.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds first")
-    parser.add_argument("--payload", type=int, default=100, help="value bytes per proposal")
+    parser.add_argument("--payload", type=int, default=100, help="value bytes per write")
     parser.add_argument("--concurrency", type=int, default=1024,
-                        help="proposals outstanding at any time")
+                        help="writes outstanding at any time (in total)")
+    parser.add_argument("--clients", default="library", choices=["library", "udp"],
+                        help="library: proposals in the leader's process; udp: engine.Client "
+                             "load generators in separate processes")
+    parser.add_argument("--client-processes", type=int, default=None,
+                        help="load-generator processes with --clients udp (default 2)")
     durability = parser.add_mutually_exclusive_group()
     durability.add_argument("--fsync", action="store_true",
                             help="durable: WAL on disk, fsync before every acknowledgement")
     durability.add_argument("--no-fsync", dest="fsync", action="store_false",
                             help="in-memory nodes (default)")
+    parser.add_argument("--data-dir", default=None,
+                        help="with --fsync: put the nodes' WALs under this directory "
+                             "(default: a temporary directory, removed afterwards)")
+    parser.add_argument("--profile", action="store_true",
+                        help="split each write's latency on the leader into stages")
+    parser.add_argument("--sweep", metavar="PARAM=V1,V2,...", default=None,
+                        help="one measurement per value, e.g. concurrency=1,4,16,64,256,1024; "
+                             f"PARAM is one of {', '.join(SWEEPABLE)}")
+    parser.add_argument("--out", default="bench-out", metavar="DIR",
+                        help="with --sweep: directory for sweep.json and the PNG plots")
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
 
 
-def _check_arguments(args: argparse.Namespace) -> None:
+def parse_sweep(text: str) -> tuple[str, list[int]]:
+    name, sep, values_text = text.partition("=")
+    name = name.strip().replace("-", "_")
+    if not sep or name not in SWEEPABLE:
+        raise ConfigError(f"--sweep must look like concurrency=1,4,16 (PARAM one of "
+                          f"{', '.join(SWEEPABLE)}), got {text!r}")
+    try:
+        values = [int(v) for v in values_text.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"--sweep values must be integers, got {values_text!r}") from None
+    if not values:
+        raise ConfigError("--sweep names no value")
+    return name, values
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """Refuse settings that cannot run, with a message that says why."""
+    limits = Limits()
     if args.nodes not in (1, 3, 5, 7):
-        raise ConfigError(f"--nodes must be 1, 3, 5 or 7, got {args.nodes}")
-    if args.duration <= 0 or args.warmup < 0:
-        raise ConfigError("--duration must be positive and --warmup not negative")
-    if not 0 <= args.payload <= 1_000_000:
-        raise ConfigError(f"--payload must be 0..1000000 bytes, got {args.payload}")
-    if not 1 <= args.concurrency <= 65_536:
-        raise ConfigError(f"--concurrency must be 1..65536, got {args.concurrency}")
-    if args.protocol != "raft":
-        raise ConfigError(f"--protocol {args.protocol} is not available yet")
+        raise ConfigError(f"--nodes must be 1, 3, 5 or 7 (an even size tolerates no more "
+                          f"failures than the odd size below it), got {args.nodes}")
+    if args.duration <= 0:
+        raise ConfigError(f"--duration must be positive, got {args.duration}")
+    if args.warmup < 0:
+        raise ConfigError(f"--warmup must not be negative, got {args.warmup}")
+    if args.client_processes is not None and args.clients != "udp":
+        raise ConfigError("--client-processes applies only to --clients udp")
+    if args.clients == "udp" and args.client_processes is None:
+        args.client_processes = 2
+    if args.clients == "udp" and args.client_processes < 1:
+        raise ConfigError(f"--client-processes must be at least 1, got {args.client_processes}")
+    points = [args]
+    if args.sweep:
+        name, values = parse_sweep(args.sweep)
+        points = [_with(args, name, value) for value in values]
+    for point in points:
+        _check_point(point, limits)
+    if args.data_dir is not None and not args.fsync:
+        raise ConfigError("--data-dir needs --fsync (without it the nodes keep their log in "
+                          "memory)")
+    if args.protocol == "paxos":
+        _check_paxos_available()
+
+
+def _check_point(point: argparse.Namespace, limits: Limits) -> None:
+    if not 1 <= point.concurrency <= limits.max_pending_proposals:
+        raise ConfigError(f"--concurrency must be 1..{limits.max_pending_proposals} "
+                          f"(Limits.max_pending_proposals), got {point.concurrency}")
+    max_payload = limits.max_entry_bytes - _REQUEST_OVERHEAD_BYTES
+    if point.clients == "udp":
+        # engine.Client sends each request in one datagram.
+        max_payload = limits.max_datagram_bytes - _REQUEST_OVERHEAD_BYTES
+    if not 0 <= point.payload <= max_payload:
+        raise ConfigError(f"--payload must be 0..{max_payload} bytes with --clients "
+                          f"{point.clients}, got {point.payload}")
+    if point.clients == "udp" and point.client_processes > point.concurrency:
+        raise ConfigError(f"--client-processes {point.client_processes} exceeds --concurrency "
+                          f"{point.concurrency}: each load generator needs at least one "
+                          "outstanding write")
+
+
+def _check_paxos_available() -> None:
+    try:
+        from engine.paxos.core import PaxosCore  # noqa: F401
+    except ImportError as exc:
+        raise ConfigError(f"--protocol paxos: engine.paxos has no core yet ({exc}); "
+                          "use --protocol raft") from None
+
+
+def _with(args: argparse.Namespace, name: str, value: int) -> argparse.Namespace:
+    point = copy.copy(args)
+    setattr(point, name, value)
+    return point
+
+
+# ---------------------------------------------------------------------------- entry point
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    _check_arguments(args)
-    from engine.aio.loop import loop_name, new_event_loop
+    check_arguments(args)
+    # SIGTERM (and SIGINT, even if inherited as ignored) unwind through the finally blocks,
+    # so every node and load-generator process this run started is stopped by its PID.
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupt)
+        signal.signal(signal.SIGINT, _interrupt)
+    from engine.aio.loop import new_event_loop
 
-    workdir = tempfile.mkdtemp(prefix="engine-bench-")
-    processes: list[subprocess.Popen[bytes]] = []
+    started: list[subprocess.Popen[bytes]] = []
+    workdirs: list[str] = []
     loop = new_event_loop()
     try:
-        result = loop.run_until_complete(_bench(args, workdir, processes))
-        result["conditions"]["event_loop"] = loop_name(loop)
+        if args.sweep:
+            name, values = parse_sweep(args.sweep)
+            results = _run(loop, _run_points(
+                args, [_with(args, name, value) for value in values], started, workdirs))
+            for result in results:
+                print_result(result)
+            paths = write_sweep(results, name, args.out)
+            print(f"\nsweep over {name}: wrote {', '.join(paths)}")
+            output: Any = {"sweep": name, "points": results}
+        else:
+            output = _run(loop, _run_points(args, [args], started, workdirs))[0]
+            print_result(output)
     finally:
+        # Normally BenchCluster.close already did this; after an interrupt (Ctrl-C, SIGTERM)
+        # the coroutines never resume, so stop every process by PID and remove the dirs here.
+        stop_processes(started)
+        for workdir in workdirs:
+            shutil.rmtree(workdir, ignore_errors=True)
         loop.close()
-        _stop_processes(processes)
-        shutil.rmtree(workdir, ignore_errors=True)
-    _print_result(result)
     if args.json:
         with open(args.json, "w") as handle:
-            json.dump(result, handle, indent=2)
+            json.dump(output, handle, indent=2)
     return 0
 
 
-def _stop_processes(processes: list[subprocess.Popen[bytes]]) -> None:
+def _run(loop: asyncio.AbstractEventLoop, coroutine: Any) -> Any:
+    """run_until_complete, but an interrupt cancels the run and lets it clean up first."""
+    task = loop.create_task(coroutine)
+    try:
+        return loop.run_until_complete(task)
+    except KeyboardInterrupt:
+        task.cancel()
+        with contextlib.suppress(BaseException):
+            loop.run_until_complete(task)
+        raise
+
+
+async def _run_points(args: argparse.Namespace, points: list[argparse.Namespace],
+                      started: list[subprocess.Popen[bytes]], workdirs: list[str]
+                      ) -> list[dict[str, Any]]:
+    from engine.aio.loop import loop_name
+
+    async with BenchCluster(args, started, workdirs) as cluster:
+        results = []
+        for point in points:
+            result = await measure(cluster, point)
+            result["conditions"]["event_loop"] = loop_name(asyncio.get_running_loop())
+            results.append(result)
+        return results
+
+
+# ---------------------------------------------------------------------------- the cluster
+
+
+class BenchCluster:
+    """Node 1 (leader) in this process; the others as processes or in this process."""
+
+    def __init__(self, args: argparse.Namespace,
+                 started: list[subprocess.Popen[bytes]] | None = None,
+                 workdirs: list[str] | None = None) -> None:
+        self.args = args
+        # Shared with run_bench, which stops/removes them if the run is interrupted.
+        self.started = started if started is not None else []
+        self.workdirs = workdirs if workdirs is not None else []
+        self.workdir = ""
+        self.key = os.urandom(32)
+        self.key_file = ""
+        self.members: dict[int, str] = {}
+        self.processes: dict[int, subprocess.Popen[bytes]] = {}
+        self.nodes: list[Any] = []
+        self.leader: Any = None
+
+    async def __aenter__(self) -> BenchCluster:
+        try:
+            await self._start()
+        except BaseException:
+            await self.close()
+            raise
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    def _data_dir(self, node_id: int) -> str | None:
+        if not self.args.fsync:
+            return None
+        return os.path.join(self.workdir, f"n{node_id}")
+
+    async def _start(self) -> None:
+        from engine.aio.local_cluster import free_udp_ports
+        from engine.aio.node import Node
+        from engine.kv import KVStore
+        from engine.types import NodeConfig
+
+        args = self.args
+        base = args.data_dir if args.data_dir is not None else None
+        if base is not None:
+            os.makedirs(base, exist_ok=True)
+        self.workdir = tempfile.mkdtemp(prefix="engine-bench-", dir=base)
+        self.workdirs.append(self.workdir)
+        self.key_file = os.path.join(self.workdir, "cluster.key")
+        with open(self.key_file, "w") as handle:
+            handle.write(self.key.hex())
+        ports = free_udp_ports(args.nodes)
+        self.members = {i: f"127.0.0.1:{port}" for i, port in enumerate(ports, 1)}
+        in_process = list(self.members) if args.processes == "one" else [1]
+        for node_id in in_process:
+            config = NodeConfig(node_id=node_id, members=dict(self.members),
+                                protocol=args.protocol, cluster_key=self.key,
+                                data_dir=self._data_dir(node_id))
+            node = Node(config, KVStore())
+            try:
+                await node.start()
+            except ConfigError as exc:  # e.g. the driver has no core for this protocol yet
+                raise ConfigError(f"--protocol {args.protocol}: {exc}") from None
+            self.nodes.append(node)
+        self.leader = self.nodes[0]
+        members_arg = ",".join(f"{i}={a}" for i, a in self.members.items())
+        for node_id in self.members:
+            if node_id in in_process:
+                continue
+            command = [sys.executable, "-m", "engine", "serve", "--node-id", str(node_id),
+                       "--members", members_arg, "--cluster-key-file", self.key_file,
+                       "--protocol", args.protocol]
+            data_dir = self._data_dir(node_id)
+            if data_dir is not None:
+                command += ["--data-dir", data_dir]
+            self.processes[node_id] = subprocess.Popen(command, stdin=subprocess.DEVNULL)
+            self.started.append(self.processes[node_id])
+        await self._make_leader()
+
+    async def _make_leader(self) -> None:
+        """Campaign until node 1 leads a quorum (the other processes may still be starting)."""
+        from engine.kv import commands
+
+        node = self.leader
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 30
+        while loop.time() < deadline:
+            for node_id, process in self.processes.items():
+                if process.poll() is not None:
+                    raise ConfigError(f"node {node_id}'s process exited early with status "
+                                      f"{process.returncode}")
+            if node.core.role != "leader":
+                node.campaign()
+            await asyncio.sleep(0.3)
+            if node.core.role == "leader":
+                try:  # one committed write proves a quorum follows
+                    await node.propose(commands.encode_put(b"bench-ready", b"1"), timeout=2.0)
+                    return
+                except Exception:
+                    continue
+        raise ConfigError("node 1 did not become leader within 30 s")
+
+    def node_pids(self) -> dict[str, int]:
+        return {f"node {i}": p.pid for i, p in self.processes.items()}
+
+    async def close(self) -> None:
+        for node in self.nodes:
+            if node.running:
+                await node.stop()
+        stop_processes(list(self.processes.values()))
+        if self.workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def stop_processes(processes: list[subprocess.Popen[Any]], timeout: float = 5.0) -> None:
+    """SIGTERM each (by its PID), wait, SIGKILL what is still alive."""
     for process in processes:
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
     for process in processes:
         try:
-            process.wait(timeout=5)
+            process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
 
 
-async def _bench(args: argparse.Namespace, workdir: str,
-                 processes: list[subprocess.Popen[bytes]]) -> dict[str, Any]:
-    import engine
-    from engine.aio.local_cluster import free_udp_ports
-    from engine.aio.node import Node
-    from engine.kv import KVStore, commands
-    from engine.types import NodeConfig
+# ---------------------------------------------------------------------------- CPU
 
-    key = os.urandom(32)
-    key_file = os.path.join(workdir, "cluster.key")
-    with open(key_file, "w") as handle:
-        handle.write(key.hex())
-    ports = free_udp_ports(args.nodes)
-    members = {i: f"127.0.0.1:{port}" for i, port in enumerate(ports, 1)}
-    members_arg = ",".join(f"{i}={address}" for i, address in members.items())
-    for node_id in range(2, args.nodes + 1):
-        command = [sys.executable, "-m", "engine", "serve", "--node-id", str(node_id),
-                   "--members", members_arg, "--cluster-key-file", key_file]
-        if args.fsync:
-            command += ["--data-dir", os.path.join(workdir, f"n{node_id}")]
-        processes.append(subprocess.Popen(command, stdin=subprocess.DEVNULL))
-    config = NodeConfig(
-        node_id=1, members=members, cluster_key=key,
-        data_dir=os.path.join(workdir, "n1") if args.fsync else None,
-    )
-    node = Node(config, KVStore())
-    await node.start()
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def process_cpu_seconds(pid: int | None) -> float | None:
+    """user+system CPU seconds of a process (None: this one) or None if unreadable."""
+    if pid is None:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
     try:
-        await _make_leader(node, processes)
-        value = os.urandom(args.payload)
-        payloads = [commands.encode_put(b"key-%d" % i, value) for i in range(4096)]
-        latencies_ns, ops, measured_s, cpu = await _drive(node, payloads, args)
+        with open(f"/proc/{pid}/stat") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    # Fields after "(comm)": state is [0], utime [11], stime [12] (proc(5): 14 and 15).
+    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+
+
+class CpuMeter:
+    def __init__(self, pids: dict[str, int | None]) -> None:
+        self.pids = pids
+        self.before: dict[str, float | None] = {}
+        self.started = 0.0
+
+    def start(self) -> None:
+        self.started = time.perf_counter()
+        self.before = {name: process_cpu_seconds(pid) for name, pid in self.pids.items()}
+
+    def stop(self) -> dict[str, float | None]:
+        wall = time.perf_counter() - self.started
+        out: dict[str, float | None] = {}
+        for name, pid in self.pids.items():
+            after = process_cpu_seconds(pid)
+            before = self.before.get(name)
+            out[name] = (None if after is None or before is None or wall <= 0
+                         else round(100.0 * (after - before) / wall, 1))
+        return out
+
+
+# ---------------------------------------------------------------------------- latency
+
+
+def new_histogram() -> HdrHistogram:
+    return HdrHistogram(1, _HIST_HIGHEST_US, 3)
+
+
+def histogram_from_ns(latencies_ns: list[int]) -> HdrHistogram:
+    """Record many latencies at once: bucket to microseconds first (HdrHistogram's own
+    resolution at 3 digits is coarser above 1 ms), then one record per distinct value."""
+    histogram = new_histogram()
+    if latencies_ns:
+        micros = np.clip(np.asarray(latencies_ns, dtype=np.int64) // 1000, 1, _HIST_HIGHEST_US)
+        values, counts = np.unique(micros, return_counts=True)
+        for value, count in zip(values.tolist(), counts.tolist(), strict=True):
+            histogram.record_value(value, count)
+    return histogram
+
+
+def latency_summary(histogram: HdrHistogram) -> dict[str, float | None]:
+    count = histogram.get_total_count()
+    out: dict[str, float | None] = {}
+    for percentile in (50, 90, 99, 99.9):
+        out[f"p{percentile}"] = (histogram.get_value_at_percentile(percentile) / 1000
+                                 if count else None)
+    out["max"] = histogram.get_max_value() / 1000 if count else None
+    out["mean"] = histogram.get_mean_value() / 1000 if count else None
+    return out
+
+
+def latency_cdf(histogram: HdrHistogram) -> list[list[float]]:
+    if not histogram.get_total_count():
+        return []
+    return [[p, histogram.get_value_at_percentile(p) / 1000] for p in CDF_PERCENTILES]
+
+
+# ---------------------------------------------------------------------------- measuring
+
+
+async def measure(cluster: BenchCluster, args: argparse.Namespace) -> dict[str, Any]:
+    """One measurement: --warmup then --duration seconds of load at args' settings."""
+    import engine
+
+    profiler = None
+    if args.profile:
+        from engine.profiling import LatencyProfiler
+
+        profiler = LatencyProfiler(args.nodes)
+        cluster.leader.attach_profiler(profiler)
+    here = "node 1 (this process)" if args.processes == "separate" else \
+        f"nodes 1-{args.nodes} (this process)"
+    if args.clients == "library":
+        here = here.replace(" (this process)", " + library load (this process)")
+    pids: dict[str, int | None] = {here: None, **cluster.node_pids()}
+    try:
+        if args.clients == "library":
+            outcome = await _drive_library(cluster.leader, args, pids, profiler)
+        else:
+            outcome = await _drive_udp(cluster, args, pids, profiler)
     finally:
-        await node.stop()
-    lat_ms = np.asarray(latencies_ns, dtype=np.float64) / 1e6
-    percentiles = {
-        f"p{p}": float(np.percentile(lat_ms, p)) if len(lat_ms) else None
-        for p in (50, 90, 99, 99.9)
-    }
-    percentiles["max"] = float(lat_ms.max()) if len(lat_ms) else None
-    return {
-        "ops_per_s": ops / measured_s,
-        "mb_per_s": ops * args.payload / measured_s / 1e6,
+        if profiler is not None:
+            cluster.leader.attach_profiler(None)
+    histogram: HdrHistogram = outcome["histogram"]
+    ops = histogram.get_total_count()
+    cpu = outcome["cpu"]
+    result: dict[str, Any] = {
+        "ops_per_s": ops / args.duration,
+        "mb_per_s": ops * args.payload / args.duration / 1e6,
         "committed_ops": ops,
-        "latency_ms": percentiles,
-        "leader_cpu_percent": cpu,
+        "errors": outcome["errors"],
+        "latency_ms": latency_summary(histogram),
+        "latency_cdf": latency_cdf(histogram),
+        "leader_cpu_percent": next(iter(cpu.values())),
+        "cpu_percent": cpu,
         "conditions": {
             "protocol": args.protocol, "nodes": args.nodes, "payload_bytes": args.payload,
             "concurrency": args.concurrency, "fsync": bool(args.fsync),
-            "duration_s": round(measured_s, 3), "warmup_s": args.warmup,
-            "clients": "library (proposals in the leader's process)",
-            "processes": "node 1 in this process, others as `python -m engine serve`",
+            "duration_s": args.duration, "warmup_s": args.warmup,
+            "clients": ("library (proposals in the leader's process)"
+                        if args.clients == "library" else
+                        f"udp (engine.Client in {args.client_processes} load-generator "
+                        "processes)"),
+            "processes": ("node 1 in this process, others as `python -m engine serve`"
+                          if args.processes == "separate" else "all nodes in this process"),
+            "profiled": bool(args.profile),
             "implementation": engine.IMPLEMENTATION, "cpus": os.cpu_count(),
             "python": platform.python_version(), "machine": platform.machine(),
         },
     }
+    if "client_counters" in outcome:
+        result["client_counters"] = outcome["client_counters"]
+    if profiler is not None:
+        result["profile"] = profiler.summary()
+    return result
 
 
-async def _make_leader(node: Any, processes: list[subprocess.Popen[bytes]]) -> None:
-    """Campaign until node 1 leads a quorum (the other processes may still be starting)."""
+class _Window:
+    """The warmup/measure schedule on the loop clock, with the hooks run at its edges."""
+
+    def __init__(self, args: argparse.Namespace, start: float) -> None:
+        self.start = start
+        self.measure_from = start + args.warmup
+        self.stop_at = self.measure_from + args.duration
+
+
+async def _run_window(window: _Window, on_measure: Callable[[], None],
+                      on_stop: Callable[[], None], done: Callable[[], int]) -> None:
+    """Sleep through the schedule (with a progress bar on a terminal) calling the hooks."""
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + 30
-    while loop.time() < deadline:
-        for process in processes:
-            if process.poll() is not None:
-                raise ConfigError(f"a node process exited early with status {process.returncode}")
-        if node.core.role != "leader":
-            node.campaign()
-        await asyncio.sleep(0.3)
-        if node.core.role == "leader":
-            try:  # one committed write proves a quorum follows
-                from engine.kv import commands
-
-                await node.propose(commands.encode_put(b"bench-ready", b"1"), timeout=2.0)
-                return
-            except Exception:
-                continue
-    raise ConfigError("node 1 did not become leader within 30 s")
-
-
-async def _drive(node: Any, payloads: list[bytes], args: argparse.Namespace
-                 ) -> tuple[list[int], int, float, float]:
-    loop = asyncio.get_running_loop()
-    perf = time.perf_counter_ns
-    start = loop.time()
-    measure_from = start + args.warmup
-    stop_at = measure_from + args.duration
-    latencies: list[int] = []
-    counted = 0
-    errors = 0
-    count = len(payloads)
-
-    async def worker(offset: int) -> None:
-        nonlocal counted, errors
-        i = offset
+    with _Progress(window.stop_at - window.start) as progress:
+        measuring = False
         while True:
             now = loop.time()
-            if now >= stop_at:
+            if not measuring and now >= window.measure_from:
+                measuring = True
+                on_measure()
+            if now >= window.stop_at:
+                on_stop()
                 return
+            progress.update(now - window.start, "measuring" if measuring else "warmup", done())
+            next_edge = window.stop_at if measuring else window.measure_from
+            await asyncio.sleep(max(0.0, min(0.25, next_edge - now)))
+
+
+async def _drive_library(node: Any, args: argparse.Namespace, pids: dict[str, int | None],
+                         profiler: Any) -> dict[str, Any]:
+    from engine.kv import commands
+
+    value = os.urandom(args.payload)
+    payloads = [commands.encode_put(b"key-%d" % i, value) for i in range(_KEY_SPACE)]
+    loop = asyncio.get_running_loop()
+    perf = time.perf_counter_ns
+    window = _Window(args, loop.time())
+    measure_from, stop_at = window.measure_from, window.stop_at
+    latencies: list[int] = []
+    errors = 0
+    count = len(payloads)
+    concurrency = args.concurrency
+    meter = CpuMeter(pids)
+
+    async def worker(offset: int) -> None:
+        nonlocal errors
+        record = latencies.append
+        i = offset
+        while loop.time() < stop_at:
             t0 = perf()
             try:
                 await node.propose(payloads[i % count])
@@ -197,36 +565,197 @@ async def _drive(node: Any, payloads: list[bytes], args: argparse.Namespace
                 continue
             finished = loop.time()
             if measure_from <= finished < stop_at:
-                latencies.append(perf() - t0)
-                counted += 1
-            i += args.concurrency
+                record(perf() - t0)
+            i += concurrency
 
-    progress = asyncio.ensure_future(_progress(loop, start, measure_from, stop_at, lambda: counted))
-    cpu_before = resource.getrusage(resource.RUSAGE_SELF)
-    wall_before = time.perf_counter()
-    await asyncio.gather(*(worker(i) for i in range(args.concurrency)))
-    progress.cancel()
-    cpu_after = resource.getrusage(resource.RUSAGE_SELF)
-    wall = time.perf_counter() - wall_before
-    cpu_s = (cpu_after.ru_utime - cpu_before.ru_utime) + (cpu_after.ru_stime - cpu_before.ru_stime)
-    if errors:
-        print(f"note: {errors} proposals failed during the run", file=sys.stderr)
-    return latencies, counted, args.duration, 100.0 * cpu_s / wall
+    def on_measure() -> None:
+        meter.start()
+        if profiler is not None:
+            profiler.start()
 
+    cpu: dict[str, float | None] = {}
 
-async def _progress(loop: asyncio.AbstractEventLoop, start: float, measure_from: float,
-                    stop_at: float, done: Any) -> None:
-    if not sys.stderr.isatty():
-        return
-    while True:
-        now = loop.time()
-        phase = "warmup" if now < measure_from else "measuring"
-        print(f"\r{phase}: {now - start:5.1f}/{stop_at - start:.1f} s, {done()} ops",
-              end="", file=sys.stderr, flush=True)
-        await asyncio.sleep(0.5)
+    def on_stop() -> None:
+        cpu.update(meter.stop())
+        if profiler is not None:
+            profiler.stop()
+
+    workers = [asyncio.ensure_future(worker(i)) for i in range(concurrency)]
+    await _run_window(window, on_measure, on_stop, lambda: len(latencies))
+    await asyncio.gather(*workers)
+    return {"histogram": histogram_from_ns(latencies), "errors": errors, "cpu": cpu}
 
 
-def _print_result(result: dict[str, Any]) -> None:
+async def _drive_udp(cluster: BenchCluster, args: argparse.Namespace,
+                     pids: dict[str, int | None], profiler: Any) -> dict[str, Any]:
+    """Load generators in separate processes: start, wait until each has a leader, go."""
+    shares = [args.concurrency // args.client_processes] * args.client_processes
+    for i in range(args.concurrency % args.client_processes):
+        shares[i] += 1
+    generators: list[subprocess.Popen[bytes]] = []
+    loop = asyncio.get_running_loop()
+    try:
+        for number, share in enumerate(shares):
+            spec = {"addresses": [cluster.members[1]], "key_file": cluster.key_file,
+                    "concurrency": share, "payload": args.payload, "warmup": args.warmup,
+                    "duration": args.duration, "generator": number}
+            generators.append(subprocess.Popen(
+                [sys.executable, "-m", "engine.benchmark", "--load-generator", json.dumps(spec)],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE))
+            cluster.started.append(generators[-1])
+        for number, generator in enumerate(generators):
+            pids[f"load generator {number + 1}"] = generator.pid
+        for generator in generators:
+            assert generator.stdout is not None
+            line = await loop.run_in_executor(None, generator.stdout.readline)
+            if line.strip() != b"ready":
+                raise ConfigError(f"a load generator failed to start (said {line!r})")
+        start_wall = time.time() + 0.05
+        for generator in generators:
+            assert generator.stdin is not None
+            generator.stdin.write(f"go {start_wall!r}\n".encode())
+            generator.stdin.flush()
+        await asyncio.sleep(max(0.0, start_wall - time.time()))
+        window = _Window(args, loop.time())
+        meter = CpuMeter(pids)
+        cpu: dict[str, float | None] = {}
+        applied_at_start = cluster.leader.counters["applied"]
+
+        def on_measure() -> None:
+            meter.start()
+            if profiler is not None:
+                profiler.start()
+
+        def on_stop() -> None:
+            cpu.update(meter.stop())
+            if profiler is not None:
+                profiler.stop()
+
+        await _run_window(window, on_measure, on_stop,
+                          lambda: cluster.leader.counters["applied"] - applied_at_start)
+        histogram = new_histogram()
+        errors = 0
+        counters: dict[str, int] = {}
+        for generator in generators:
+            stdout, _ = await loop.run_in_executor(None, generator.communicate)
+            if generator.returncode != 0:
+                raise ConfigError(f"a load generator exited with status {generator.returncode}")
+            report = json.loads(stdout)
+            histogram.decode_and_add(report["histogram"])
+            errors += report["errors"]
+            for name, value in report["counters"].items():
+                counters[name] = counters.get(name, 0) + value
+        return {"histogram": histogram, "errors": errors, "cpu": cpu,
+                "client_counters": counters}
+    finally:
+        stop_processes(generators)
+
+
+class _Progress:
+    """A rich progress bar on a terminal (stderr), nothing otherwise."""
+
+    def __init__(self, total_s: float) -> None:
+        self.total_s = total_s
+        self._progress: Any = None
+        self._task: Any = None
+
+    def __enter__(self) -> _Progress:
+        if sys.stderr.isatty():
+            from rich.console import Console
+            from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self._progress = Progress(
+                TextColumn("{task.description}"), BarColumn(), TimeRemainingColumn(),
+                TextColumn("{task.fields[ops]:>10,} ops"),
+                console=Console(stderr=True), transient=True,
+            )
+            self._progress.start()
+            self._task = self._progress.add_task("warmup", total=self.total_s, ops=0)
+        return self
+
+    def update(self, elapsed_s: float, phase: str, ops: int) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, completed=elapsed_s, description=phase, ops=ops)
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+
+# ---------------------------------------------------------------------------- load generator
+
+
+async def _load_generator(spec: dict[str, Any]) -> dict[str, Any]:
+    """One load-generator process: engine.Client writes, `concurrency` outstanding."""
+    from engine.aio.client import Client
+
+    with open(spec["key_file"]) as handle:
+        key = bytes.fromhex(handle.read().strip())
+    loop = asyncio.get_running_loop()
+    value = os.urandom(spec["payload"])
+    prefix = b"g%d-" % spec["generator"]
+    keys = [prefix + b"%d" % i for i in range(_KEY_SPACE)]
+    latencies: list[int] = []
+    errors = 0
+    async with Client(spec["addresses"], cluster_key=key, timeout=60.0,
+                      attempt_timeout=2.0) as client:
+        await client.put(prefix + b"ready", b"1")  # finds the leader before the clock starts
+        print("ready", flush=True)
+        line = await loop.run_in_executor(None, sys.stdin.readline)
+        start_wall = float(line.split()[1])
+        await asyncio.sleep(max(0.0, start_wall - time.time()))
+        start = loop.time()
+        measure_from = start + spec["warmup"]
+        stop_at = measure_from + spec["duration"]
+        concurrency = spec["concurrency"]
+        perf = time.perf_counter_ns
+        cpu_before = process_cpu_seconds(None)
+
+        async def worker(offset: int) -> None:
+            nonlocal errors
+            record = latencies.append
+            i = offset
+            while loop.time() < stop_at:
+                t0 = perf()
+                try:
+                    await client.put(keys[i % _KEY_SPACE], value)
+                except Exception:
+                    errors += 1
+                    continue
+                finished = loop.time()
+                if measure_from <= finished < stop_at:
+                    record(perf() - t0)
+                i += concurrency
+
+        await asyncio.gather(*(worker(i) for i in range(concurrency)))
+        cpu_after = process_cpu_seconds(None)
+        counters = dict(client.counters)
+    histogram = histogram_from_ns(latencies)
+    return {"histogram": histogram.encode().decode("ascii"), "errors": errors,
+            "counters": counters,
+            "cpu_s": (cpu_after or 0.0) - (cpu_before or 0.0)}
+
+
+def _load_generator_main(spec_text: str) -> int:
+    from engine.aio.loop import new_event_loop
+
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    spec = json.loads(spec_text)
+    loop = new_event_loop()
+    try:
+        report = _run(loop, _load_generator(spec))
+    except KeyboardInterrupt:  # stopped by the bench: nothing to report
+        return 130
+    finally:
+        loop.close()
+    sys.stdout.write(json.dumps(report) + "\n")
+    return 0
+
+
+# ---------------------------------------------------------------------------- output
+
+
+def print_result(result: dict[str, Any]) -> None:
     c = result["conditions"]
     lat = result["latency_ms"]
 
@@ -237,9 +766,97 @@ def _print_result(result: dict[str, Any]) -> None:
     print(f"engine bench: {c['protocol']}, {c['nodes']} nodes on loopback UDP, "
           f"{c['payload_bytes']}-byte values, {c['concurrency']} outstanding, "
           f"fsync={'on' if c['fsync'] else 'off'}, {c['implementation']} core, "
-          f"{c['event_loop']} loop, {c['cpus']} CPUs")
+          f"{c.get('event_loop', '?')} loop, {c['cpus']} CPUs")
+    print(f"  clients:   {c['clients']}; {c['processes']}"
+          + ("; PROFILED (slower than unprofiled)" if c["profiled"] else ""))
     print(f"  committed: {result['ops_per_s']:,.0f} ops/s  ({result['mb_per_s']:.2f} MB/s of "
           f"values, {result['committed_ops']:,} ops in {c['duration_s']} s)")
     print(f"  latency:   p50 {ms(lat['p50'])}  p90 {ms(lat['p90'])}  p99 {ms(lat['p99'])}  "
           f"p99.9 {ms(lat['p99.9'])}  max {ms(lat['max'])}")
-    print(f"  leader process CPU: {result['leader_cpu_percent']:.0f}%")
+    cpu = ", ".join(f"{name} {'n/a' if value is None else f'{value:.0f}%'}"
+                    for name, value in result["cpu_percent"].items())
+    print(f"  CPU (% of one core): {cpu}")
+    if result["errors"]:
+        print(f"  errors: {result['errors']} writes failed during the run")
+    counters = result.get("client_counters")
+    if counters and counters.get("retries"):
+        print(f"  client retries: {counters['retries']}")
+    if "profile" in result:
+        from engine.profiling import format_summary
+
+        print(format_summary(result["profile"]))
+
+
+def write_sweep(results: list[dict[str, Any]], name: str, out_dir: str) -> list[str]:
+    """sweep.json plus throughput, latency-vs-throughput and CDF plots (PNG) in out_dir."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    os.makedirs(out_dir, exist_ok=True)
+    key = {"concurrency": "concurrency", "payload": "payload_bytes"}[name]
+    xs = [r["conditions"][key] for r in results]
+    throughput = [r["ops_per_s"] for r in results]
+    table = [{name: x, "ops_per_s": r["ops_per_s"], "mb_per_s": r["mb_per_s"],
+              **{f"{p}_ms": r["latency_ms"][p] for p in ("p50", "p90", "p99", "p99.9", "max")},
+              "cpu_percent": r["cpu_percent"]}
+             for x, r in zip(xs, results, strict=True)]
+    paths = [os.path.join(out_dir, "sweep.json")]
+    with open(paths[0], "w") as handle:
+        json.dump({"sweep": name, "table": table, "points": results}, handle, indent=2)
+    c = results[0]["conditions"]
+    title = (f"{c['protocol']}, {c['nodes']} nodes, fsync={'on' if c['fsync'] else 'off'}, "
+             f"{c['clients'].split(' ')[0]} clients")
+
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    axes.plot(xs, throughput, marker="o")
+    axes.set_xscale("log", base=2)
+    axes.set_xlabel(name)
+    axes.set_ylabel("committed ops/s")
+    axes.set_title(f"throughput vs {name} ({title})")
+    axes.grid(True, alpha=0.3)
+    paths.append(os.path.join(out_dir, f"throughput_vs_{name}.png"))
+    figure.savefig(paths[-1], dpi=100, bbox_inches="tight")
+    plt.close(figure)
+
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    for percentile in ("p50", "p90", "p99", "p99.9"):
+        axes.plot(throughput, [r["latency_ms"][percentile] for r in results], marker="o",
+                  label=percentile)
+    for x, t, r in zip(xs, throughput, results, strict=True):
+        axes.annotate(f"{name}={x}", (t, r["latency_ms"]["p50"] or 0), fontsize=7,
+                      textcoords="offset points", xytext=(3, -10))
+    axes.set_yscale("log")
+    axes.set_xlabel("committed ops/s")
+    axes.set_ylabel("latency (ms)")
+    axes.set_title(f"latency percentiles vs throughput ({title})")
+    axes.legend()
+    axes.grid(True, alpha=0.3)
+    paths.append(os.path.join(out_dir, "latency_vs_throughput.png"))
+    figure.savefig(paths[-1], dpi=100, bbox_inches="tight")
+    plt.close(figure)
+
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    for x, r in zip(xs, results, strict=True):
+        cdf = r["latency_cdf"]
+        if cdf:
+            axes.plot([v for _, v in cdf], [p / 100 for p, _ in cdf], label=f"{name}={x}")
+    axes.set_xscale("log")
+    axes.set_xlabel("latency (ms)")
+    axes.set_ylabel("fraction of writes")
+    axes.set_title(f"latency CDF ({title})")
+    axes.legend(fontsize=8)
+    axes.grid(True, alpha=0.3)
+    paths.append(os.path.join(out_dir, "latency_cdf.png"))
+    figure.savefig(paths[-1], dpi=100, bbox_inches="tight")
+    plt.close(figure)
+    return paths
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--load-generator":
+        sys.exit(_load_generator_main(sys.argv[2]))
+    print("usage: python -m engine.benchmark --load-generator SPEC_JSON "
+          "(internal; use `python -m engine bench`)", file=sys.stderr)
+    sys.exit(2)
