@@ -64,8 +64,12 @@ timing assumptions (the same reason etcd's default is ReadIndex).
 
 Message field uses beyond engine/messages.py: ACCEPTED.seq = first slot of the acked batch;
 PROMISE.index echoes PREPARE.index and PROMISE.commit = the acceptor's chosen-through;
-PROMISE reject with reject_term = 0 means "too far behind, catch up first" (reject_hint =
-the acceptor's commit); PREPARE.context = b"force" bypasses leader stickiness (campaign());
+a promise holding more than Limits.max_entries_per_message slots is split into PROMISE
+messages with seq = part number and status = number of parts (0 or 1: a single message),
+and counts once every part arrived (an acceptor's uncommitted window can exceed one message;
+refusing such a promise would leave no candidate able to win); PROMISE reject with
+reject_term = 0 means "too far behind, catch up first" (reject_hint = the acceptor's commit;
+understood, no longer sent); PREPARE.context = b"force" bypasses leader stickiness (campaign());
 CATCHUP_RESPONSE.index = first slot of entries; READ_INDEX / READ_INDEX_RESPONSE (the Raft
 types) carry follower reads with term = ballot. Nothing is ever reported in Ready.dropped: a
 proposal of a deposed leader may still be chosen through re-proposal, so its fate is unknown
@@ -79,7 +83,7 @@ from __future__ import annotations
 import random
 from collections import deque
 from enum import StrEnum
-from typing import Any
+from typing import Any, NoReturn
 
 from engine.errors import ConfigError, EntryTooLarge, InvariantViolation, NotLeader, Overloaded
 from engine.messages import Entry, EntryKind, Message, MessageType
@@ -93,6 +97,9 @@ _NOOP = int(EntryKind.NOOP)
 _NORMAL = int(EntryKind.NORMAL)
 IDENTITY_BYTES = 8
 _FORCE = b"force"
+# A promise split in more parts than this is malformed (bounds what a sender can make a
+# candidate buffer: parts x max_entries_per_message entries).
+_MAX_PROMISE_PARTS = 4_096
 _EMPTY_HARD_STATE = HardState()
 
 _PAXOS_TYPES = frozenset({
@@ -226,6 +233,9 @@ class PaxosCore:
         # Candidate: promises by acceptor -> (its commit, its entries from prepare index).
         self._prepare_index = 0
         self._promises: dict[int, tuple[int, list[Any]]] = {}
+        # Multi-message promises (PROMISE.seq / .status) being received: per sender, the
+        # number of parts and the parts so far (reset with every campaign).
+        self._promise_parts: dict[int, tuple[int, dict[int, list[Any]]]] = {}
         # Leader.
         self._peers: dict[int, _Peer] = {}
         self._self_match = 0
@@ -369,7 +379,8 @@ class PaxosCore:
             or self._read_states
             or self._unstable_from <= len(self._log)
             or self.commit_index > self._applying
-            or self._hard_state() != self._hard_state_emitted
+            or self.promised != self._hard_state_emitted.term
+            or self.commit_index != self._hard_state_emitted.commit
         )
 
     def ready(self) -> Ready:
@@ -515,6 +526,7 @@ class PaxosCore:
         self.counters["campaigns"] += 1
         self._prepare_index = self.commit_index + 1
         self._promises = {self.node_id: (self.commit_index, [])}  # own slots read at the end
+        self._promise_parts = {}
         if len(self._promises) >= self._q1:
             self._become_leader()
             return
@@ -543,14 +555,19 @@ class PaxosCore:
             self._election_elapsed = 0
         lo = max(m.index, 1)
         held = [e for e in self._log[lo - 1:] if e is not None]
-        if len(held) > self._limits.max_entries_per_message:
-            # The promise could not be encoded: tell the candidate to catch up first.
-            self._send(Message(_MT.PROMISE, self.node_id, m.src, ballot, index=m.index,
-                               reject=True, reject_term=0, reject_hint=self.commit_index))
-            return
         self.counters["promises"] += 1
-        self._send(Message(_MT.PROMISE, self.node_id, m.src, ballot, index=m.index,
-                           commit=self.commit_index, entries=held))
+        per_message = self._limits.max_entries_per_message
+        if len(held) <= per_message:
+            self._send(Message(_MT.PROMISE, self.node_id, m.src, ballot, index=m.index,
+                               commit=self.commit_index, entries=held))
+            return
+        # More accepted slots than one message may carry: send the promise in parts (see
+        # the module docstring); the candidate needs all of them (P2c needs every slot).
+        parts = -(-len(held) // per_message)
+        for part in range(parts):
+            self._send(Message(_MT.PROMISE, self.node_id, m.src, ballot, index=m.index,
+                               commit=self.commit_index, seq=part, status=parts,
+                               entries=held[part * per_message:(part + 1) * per_message]))
 
     def _leader_is_live(self, candidate: int) -> bool:
         if self.role == Role.LEADER:
@@ -579,11 +596,32 @@ class PaxosCore:
                     or len(entry.data) < IDENTITY_BYTES):
                 self._count_ignored("malformed promise")
                 return
-        self._promises[m.src] = (m.commit, list(m.entries))
+        entries = self._assemble_promise(m)
+        if entries is None:
+            return
+        self._promises[m.src] = (m.commit, entries)
         if m.commit > self._known_commit:
             self._known_commit = m.commit
         if len(self._promises) >= self._q1:
             self._become_leader()
+
+    def _assemble_promise(self, m: Any) -> list[Any] | None:
+        """The promised slots of m.src once every part of its promise arrived, else None."""
+        parts = m.status
+        if parts <= 1:
+            return list(m.entries)
+        if m.seq >= parts or parts > _MAX_PROMISE_PARTS:
+            self._count_ignored("malformed promise")
+            return None
+        expected, received = self._promise_parts.setdefault(m.src, (parts, {}))
+        if parts != expected:
+            self._count_ignored("malformed promise")
+            return None
+        received[m.seq] = list(m.entries)  # a duplicated part just replaces itself
+        if len(received) < parts:
+            return None
+        del self._promise_parts[m.src]
+        return [entry for part in range(parts) for entry in received[part]]
 
     def _become_leader(self) -> None:
         """Phase 1 is complete: adopt, re-propose and fill (Paxos Made Simple §3, PMMC)."""
@@ -621,6 +659,7 @@ class PaxosCore:
         self.leader_id = self.node_id
         self.counters["leader_changes"] += 1
         self._promises = {}
+        self._promise_parts = {}
         self._phase2_start = start
         self._recovered_end = end
         self._self_match = self.commit_index
@@ -988,6 +1027,7 @@ class PaxosCore:
         self.leader_id = leader_id
         self.ballot = NO_BALLOT
         self._promises = {}
+        self._promise_parts = {}
         self._peers = {}
         self._recovered_end = 0
         self._uncommitted_bytes = 0
@@ -1018,35 +1058,40 @@ class PaxosCore:
         if self.config.check_invariants:
             self._check_invariants()
 
+    def _fail(self, what: str) -> NoReturn:
+        raise InvariantViolation(
+            f"paxos node {self.node_id} ballot {format_ballot(self.promised)}: {what}")
+
     def _check_invariants(self) -> None:
-        """Local invariants; explicit raises so they survive python -O."""
-
-        def fail(what: str) -> None:
-            raise InvariantViolation(
-                f"paxos node {self.node_id} ballot {format_ballot(self.promised)}: {what}")
-
+        """Local invariants; explicit raises so they survive python -O. Runs after every
+        input in tests and simulation, so it reads each attribute once and scans only the
+        slots that can still change (those above the commit index)."""
+        fail = self._fail
         log = self._log
-        if self.promised < self._promised_checked:
+        promised, commit = self.promised, self.commit_index
+        if promised < self._promised_checked:
             fail(f"promised ballot went back from {format_ballot(self._promised_checked)}")
-        self._promised_checked = self.promised
-        if self.commit_index < self._commit_checked:
-            fail(f"commit went back from {self._commit_checked} to {self.commit_index}")
-        self._commit_checked = self.commit_index
-        if not self.applied_index <= self._applying <= self.commit_index <= len(log):
+        self._promised_checked = promised
+        if commit < self._commit_checked:
+            fail(f"commit went back from {self._commit_checked} to {commit}")
+        self._commit_checked = commit
+        if not self.applied_index <= self._applying <= commit <= len(log):
             fail(f"applied {self.applied_index} <= applying {self._applying} <= commit "
-                 f"{self.commit_index} <= last {len(log)} does not hold")
-        for slot in range(self.commit_index, len(log)):
-            entry = log[slot]
-            if entry is not None and entry.term > self.promised:
-                fail(f"slot {slot + 1} accepted in ballot {entry.term} above the promise")
+                 f"{commit} <= last {len(log)} does not hold")
+        for offset, entry in enumerate(log[commit:]):
+            if entry is not None and entry.term > promised:
+                fail(f"slot {commit + offset + 1} accepted in ballot {entry.term} above the "
+                     "promise")
         if self.role == Role.LEADER:
             if self.ballot != self.promised or ballot_node(self.ballot) != self.node_id:
                 fail("leader does not hold the promise of its own ballot")
             if self.leader_id != self.node_id:
                 fail(f"leader names {self.leader_id} as leader")
-            for slot in range(self._phase2_start, len(log) + 1):
+            # Only slots above the commit index can still change: scanning from there keeps
+            # the check O(uncommitted slots) rather than O(slots since the election).
+            for slot in range(max(self._phase2_start, self.commit_index + 1), len(log) + 1):
                 entry = log[slot - 1]
-                if slot > self.commit_index and (entry is None or entry.term != self.ballot):
+                if entry is None or entry.term != self.ballot:
                     fail(f"leader slot {slot} is not in its ballot")
             for peer, pr in self._peers.items():
                 if not self._phase2_start - 1 <= pr.match < pr.next <= len(log) + 1:

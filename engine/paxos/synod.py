@@ -26,6 +26,17 @@ PROMISE / ACCEPTED goes out in messages_after_persist, i.e. only after the fsync
 value is reported once in Ready.committed_entries = [Entry(ballot, 1, value)] and kept in
 `.chosen`.
 
+Reads (`learn()`) run the same ballots without a value of our own: phase 1 either reveals an
+accepted value, which the reader drives through phase 2 like any proposer (so it is chosen and
+learned), or shows that no acceptor of a phase-1 quorum accepted anything. Then nothing can
+have been chosen before that quorum promised (any Q2 that chose a value intersects the Q1, and
+an acceptor that promised us refuses lower ballots afterwards): the read reports "nothing
+chosen yet" as Ready.read_states = [ReadState(index=0, context=b"")].
+
+A proposer may stop at any time (Paxos Made Simple §2.2: "a proposer can abandon a proposal in
+the middle of the protocol at any time"): `abandon()` drops the client's value and goes idle,
+so a register whose caller gave up stops sending ballots. Acceptor state is untouched.
+
 Message fields: PREPARE term = ballot; PROMISE term = ballot, entries = accepted value,
 reject + reject_term = the higher promised ballot; ACCEPT term = ballot, entries = [value];
 ACCEPTED term = ballot, reject, reject_term; CHOSEN term = ballot, entries = [value].
@@ -40,7 +51,7 @@ from typing import Any
 from engine.errors import ConfigError, InvariantViolation
 from engine.messages import Entry, EntryKind, Message, MessageType
 from engine.paxos.ballot import MAX_NODE_ID, NO_BALLOT, ballot_node, next_ballot
-from engine.types import HardState, Ready
+from engine.types import HardState, ReadState, Ready
 
 _MT = MessageType
 _SYNOD_TYPES = frozenset({_MT.PREPARE, _MT.PROMISE, _MT.ACCEPT, _MT.ACCEPTED, _MT.CHOSEN})
@@ -131,6 +142,7 @@ class Synod:
         self._messages: list[Any] = []
         self._after_persist: list[Any] = []
         self._learned_unreported = False
+        self._nothing_chosen_unreported = False
         self.counters = {"ballots": 0, "preempted": 0, "timeouts": 0, "backoff_ticks": 0}
         self._promised_checked = self.promised
 
@@ -146,6 +158,22 @@ class Synod:
         if self.state == self.IDLE:
             self._start_ballot()
         self._maybe_check()
+
+    def learn(self) -> None:
+        """Read the register: `.chosen` once known, or a ReadState(0) if nothing is chosen."""
+        if self.chosen is not None:
+            self._learned_unreported = True
+            return
+        if self.state == self.IDLE:
+            self._start_ballot()
+        self._maybe_check()
+
+    def abandon(self) -> None:
+        """Stop proposing and reading (Paxos Made Simple §2.2); acceptor state is kept."""
+        self.value = None
+        if self.state != self.IDLE:
+            self.state = self.IDLE
+            self._promises, self._accepts = {}, set()
 
     def tick(self) -> None:
         if self.chosen is not None or self.state == self.IDLE:
@@ -189,7 +217,7 @@ class Synod:
 
     def has_ready(self) -> bool:
         return bool(self._dirty or self._messages or self._after_persist
-                    or self._learned_unreported)
+                    or self._learned_unreported or self._nothing_chosen_unreported)
 
     def ready(self) -> Ready:
         ready = Ready()
@@ -209,6 +237,9 @@ class Synod:
         if self._learned_unreported and self.chosen is not None:
             ready.committed_entries = [Entry(self.chosen_ballot, 1, self.chosen)]
             self._learned_unreported = False
+        if self._nothing_chosen_unreported:
+            ready.read_states = [ReadState(0, b"")]
+            self._nothing_chosen_unreported = False
         return ready
 
     def advance(self, ready: Ready) -> None:
@@ -260,8 +291,13 @@ class Synod:
         # Paxos Made Simple §2.2 P2c: the value of the highest-numbered accepted proposal
         # among the quorum, or any value (ours) if none was accepted.
         highest, value = max(self._promises.values(), key=lambda p: p[0])
-        assert self.value is not None
-        self._proposal = value if highest != NO_BALLOT else self.value
+        if highest == NO_BALLOT and self.value is None:
+            # A read (learn()): no acceptor of this Q1 accepted anything, so nothing was
+            # chosen before they promised (every Q2 intersects this Q1).
+            self.state = self.IDLE
+            self._nothing_chosen_unreported = True
+            return
+        self._proposal = value if highest != NO_BALLOT else (self.value or b"")
         self.state = self.ACCEPTING
         self._elapsed = 0
         if self.promised == self.ballot:

@@ -107,6 +107,44 @@ def test_a_replica_that_knows_the_value_answers_with_chosen() -> None:
     assert answer.type == MT.CHOSEN and answer.entries[0].data == b"done"
 
 
+def test_learn_reports_nothing_chosen_when_a_phase1_quorum_accepted_nothing() -> None:
+    reader = make(1)
+    reader.learn()
+    drain(reader)
+    reader.step(Message(MT.PROMISE, 2, 1, reader.ballot))
+    ready = drain(reader)
+    assert [(r.index, r.context) for r in ready.read_states] == [(0, b"")]
+    assert not [m for m in ready.messages if m.type == MT.ACCEPT]  # a read proposes nothing
+    assert reader.state == Synod.IDLE and reader.chosen is None
+
+
+def test_learn_completes_an_accepted_value_and_learns_it() -> None:
+    reader = make(1, hard_state=HardState(term=make_ballot(5, 2)))
+    reader.learn()
+    drain(reader)
+    earlier = make_ballot(2, 3)
+    reader.step(Message(MT.PROMISE, 2, 1, reader.ballot, entries=[Entry(earlier, 1, b"w")]))
+    ready = drain(reader)
+    assert not ready.read_states  # something may be chosen: finish phase 2 with it (P2c)
+    accepts = [m for m in ready.messages if m.type == MT.ACCEPT]
+    assert accepts and accepts[0].entries[0].data == b"w"
+    reader.step(Message(MT.ACCEPTED, 2, 1, reader.ballot))
+    assert [e.data for e in drain(reader).committed_entries] == [b"w"]
+
+
+def test_abandoned_proposer_sends_no_more_ballots_but_still_answers() -> None:
+    proposer = make(1)
+    proposer.propose(b"v")
+    drain(proposer)
+    proposer.abandon()
+    for _ in range(200):
+        proposer.tick()
+    assert not proposer.has_ready() and proposer.counters["ballots"] == 1
+    proposer.step(Message(MT.PREPARE, 2, 1, make_ballot(9, 2)))
+    (promise,) = drain(proposer).messages_after_persist
+    assert promise.type == MT.PROMISE and not promise.reject
+
+
 def everyone_learned(sim: SynodSim) -> bool:
     return len(sim.learned) == len(sim.node_ids)
 
