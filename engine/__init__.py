@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from engine.aio.client import Client
     from engine.aio.local_cluster import LocalCluster
     from engine.aio.node import Node
+    from engine.aio.register import WriteOnceRegister
     from engine.kv import KVStore
 
 __version__ = "0.1.0"
@@ -43,6 +44,7 @@ _LAZY = {
     "LocalCluster": "engine.aio.local_cluster",
     "Client": "engine.aio.client",
     "KVStore": "engine.kv",
+    "WriteOnceRegister": "engine.aio.register",
 }
 
 
@@ -57,7 +59,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "IMPLEMENTATION", "__version__", "Node", "NodeConfig", "LocalCluster", "Client", "KVStore",
-    "Limits", "TimingConfig",
+    "WriteOnceRegister", "Limits", "TimingConfig",
     "ConfigError", "DecodeError", "EngineError", "EntryTooLarge", "InvariantViolation",
     "LogIndexError", "NotLeader", "Overloaded", "Rejected", "StateMachineError", "StorageError",
     "Stopped", "Timeout",
