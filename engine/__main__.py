@@ -1,4 +1,5 @@
-"""Command line: `python -m engine serve|status|bench|kv|keygen ...` (`--help` on each).
+"""Command line: `python -m engine serve|status|kv|transfer|check|bench|keygen ...`
+(`--help` on each).
 
 Bad arguments and bad files get a one-line error and exit status 2, never a traceback.
 """
@@ -122,6 +123,23 @@ def cmd_kv(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_transfer(args: argparse.Namespace) -> int:
+    from engine.aio.client import Client
+
+    members = parse_members(args.members)
+    if args.to not in members:
+        raise ConfigError(f"--to {args.to} is not one of the members {sorted(members)}")
+    key = read_cluster_key(args.cluster_key_file)
+
+    async def run() -> None:
+        async with Client(list(members.values()), cluster_key=key) as client:
+            await client.transfer_leadership(args.to, timeout=args.timeout)
+
+    asyncio.run(run())
+    print(json.dumps({"leader": args.to}))
+    return 0
+
+
 def cmd_keygen(args: argparse.Namespace) -> int:
     path = Path(args.path)
     if path.exists() and not args.force:
@@ -178,6 +196,12 @@ def build_parser() -> argparse.ArgumentParser:
     cas.add_argument("expected", help="expected value, or - for absent")
     cas.add_argument("value")
     kv.set_defaults(func=cmd_kv)
+
+    transfer = sub.add_parser("transfer", help="hand leadership to another node (Raft)")
+    cluster_args(transfer)
+    transfer.add_argument("--to", type=int, required=True, help="the node id to lead")
+    transfer.add_argument("--timeout", type=float, default=10.0)
+    transfer.set_defaults(func=cmd_transfer)
 
     keygen = sub.add_parser("keygen", help="write a new random cluster key file")
     keygen.add_argument("path")

@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 from hdrh.histogram import HdrHistogram
 
-from engine.errors import ConfigError
+from engine.errors import ConfigError, EngineError
 from engine.types import Limits
 
 # Latency histograms are in microseconds: 1 us .. 100 s, 3 significant digits.
@@ -336,7 +336,7 @@ class BenchCluster:
                     raise ConfigError(f"node {node_id}'s process exited early with status "
                                       f"{process.returncode}")
             if node.core.role != "leader":
-                node.campaign()
+                await self._move_leadership_here(node)
             await asyncio.sleep(0.3)
             if node.core.role == "leader":
                 try:  # one committed write proves a quorum follows
@@ -345,6 +345,23 @@ class BenchCluster:
                 except Exception:
                     continue
         raise ConfigError("node 1 did not become leader within 30 s")
+
+    async def _move_leadership_here(self, node: Any) -> None:
+        """Campaign when no leader is known; otherwise ask the leader to transfer to node 1
+        (a campaign alone is ignored while followers hear from a live leader, §4.2.3)."""
+        leader_id = node.core.leader_id
+        if not leader_id or leader_id == node.node_id:
+            node.campaign()
+            return
+        if self.args.protocol != "raft":
+            node.campaign()  # a Paxos campaign is a forced phase 1
+            return
+        from engine.aio.client import Client
+
+        async with Client([node.config.members[leader_id]],
+                          cluster_key=node.config.cluster_key) as client:
+            with contextlib.suppress(EngineError):
+                await client.transfer_leadership(node.node_id, timeout=3.0)
 
     def node_pids(self) -> dict[str, int]:
         return {f"node {i}": p.pid for i, p in self.processes.items()}

@@ -107,10 +107,13 @@ class ClientStatus(IntEnum):
 
 
 class AdminOp(IntEnum):
-    """ADMIN ops; only honoured by nodes started with allow_fault_injection=True (tests)."""
+    """ADMIN ops (authenticated with the cluster key like all traffic)."""
 
-    SET_FAULTS = 1     # context = JSON {drop_to, drop_from, loss, duplicate, delay_ms, ...}
+    # Fault injection: honoured only by nodes started with allow_fault_injection=True.
+    SET_FAULTS = 1       # context = JSON {drop_to, drop_from, loss, duplicate, delay_ms, ...}
     CLEAR_FAULTS = 2
+    # Operator: the leader hands leadership to context = JSON {"to": node_id} (Raft §3.10).
+    TRANSFER_LEADER = 3
 
 
 # Message and Entry come from the selected implementation (compiled or pure Python): both

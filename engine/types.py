@@ -48,6 +48,11 @@ class Limits:
     max_client_sessions: int = 100_000
     # Replay window per sender (frames older than this many counters are refused).
     replay_window_frames: int = 1_024
+    # Raft snapshot transfer (chunked over UDP): bytes per SNAPSHOT message, chunks in flight
+    # per follower, and the largest snapshot a follower accepts (its reassembly buffer).
+    max_snapshot_chunk_bytes: int = 60 * 1024
+    max_snapshot_inflight_chunks: int = 64
+    max_snapshot_bytes: int = 4 * 1024 * 1024 * 1024
 
     def __post_init__(self) -> None:
         for name in self.__dataclass_fields__:
@@ -70,6 +75,22 @@ class HardState:
     commit: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """A state-machine snapshot covering the log through (index, term).
+
+    `data` is the state machine's own bytes (StateMachine.snapshot()). The checksummed
+    envelope used on disk and on the wire is engine.raft.snapshot.encode_snapshot /
+    decode_snapshot.
+    """
+
+    index: int
+    term: int
+    data: bytes = b""
+    # The verified envelope these came from, when at hand (saves re-encoding 100s of MB).
+    envelope: bytes = field(default=b"", repr=False, compare=False)
+
+
 @dataclass(slots=True)
 class ReadState:
     """A linearizable read may be served once applied >= index (Raft §6.4)."""
@@ -89,6 +110,11 @@ class Ready:
       2. then send `messages_after_persist` (votes, append acks: they promise durable state);
       3. apply `committed_entries` in order, serve `read_states` once applied >= index;
       4. call `core.advance(ready)`.
+
+    `snapshot` (Raft only, None otherwise) is a snapshot received from the leader: before
+    step 1 the driver persists it durably (snapshot file, then the WAL's compaction marker
+    at its (index, term)) and before step 3 it restores the state machine from it; every
+    entry in `committed_entries` then follows snapshot.index.
     """
 
     hard_state: HardState | None = None
@@ -100,10 +126,12 @@ class Ready:
     # Proposals that definitely did not make it into the log, e.g. dropped at a step-down:
     # (first_index, last_index, term) ranges whose futures fail with engine.Rejected.
     dropped: list[tuple[int, int, int]] = field(default_factory=list)
+    snapshot: Snapshot | None = None
 
     def is_empty(self) -> bool:
         return not (
-            self.hard_state is not None or self.entries or self.messages
+            self.hard_state is not None or self.snapshot is not None or self.entries
+            or self.messages
             or self.messages_after_persist or self.committed_entries or self.read_states
             or self.dropped
         )
@@ -172,6 +200,16 @@ class NodeConfig:
     # PaxosConfig); None means a majority.
     phase1_quorum: int | None = None
     phase2_quorum: int | None = None
+    # Raft snapshots: the driver snapshots the state machine once this many entries or
+    # payload bytes were applied since the last snapshot, then trims the log below it except
+    # the last snapshot_trailing_entries (so a follower slightly behind still gets entries).
+    snapshot_entries: int = 100_000
+    snapshot_bytes: int = 256 * 1024 * 1024
+    snapshot_trailing_entries: int = 5_000
+    # Lease reads (Raft thesis §6.4.1): the lease lasts election_timeout_ticks minus this
+    # clock-drift bound after the heartbeat round a quorum acknowledged; None: a fifth of the
+    # election timeout (at least 2 ticks).
+    lease_drift_ticks: int | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.node_id, int) or not 0 < self.node_id <= U64_MAX:
@@ -199,6 +237,10 @@ class NodeConfig:
             raise ConfigError("phase1_quorum / phase2_quorum apply to protocol='paxos' only")
         if self.request_timeout_s <= 0:
             raise ConfigError("request_timeout_s must be positive")
+        if self.snapshot_entries <= 0 or self.snapshot_bytes <= 0:
+            raise ConfigError("snapshot_entries and snapshot_bytes must be positive")
+        if self.snapshot_trailing_entries < 0:
+            raise ConfigError("snapshot_trailing_entries must be >= 0")
 
     def address_of(self, node_id: int) -> tuple[str, int]:
         return parse_address(self.members[node_id])

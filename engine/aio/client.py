@@ -205,19 +205,49 @@ class Client:
                 raise errors.StateMachineError(response.context.decode(errors="replace"))
             raise errors.EngineError(f"unknown response status {status}")
 
-    async def admin(self, address: str, op: int, spec: dict[str, Any] | None = None) -> None:
-        """Send an ADMIN op (engine.messages.AdminOp) to one node; raises Rejected if refused
-        (nodes obey only with allow_fault_injection), Timeout if there is no answer."""
+    async def admin(self, address: str, op: int, spec: dict[str, Any] | None = None, *,
+                    wait: float | None = None) -> None:
+        """Send an ADMIN op (engine.messages.AdminOp) to one node. Raises NotLeader (with the
+        leader's address) for a leader-only op sent elsewhere, Rejected if refused (fault ops
+        need allow_fault_injection), Timeout if there is no answer."""
         target = parse_address(address)
         payload = json.dumps(spec or {}).encode()
         for _ in range(3):
             response = await self._exchange(target, op, self._next_request_number(), payload,
-                                            self.attempt_timeout, MessageType.ADMIN)
-            if response is not None:
-                if response.status != ClientStatus.OK:
-                    raise errors.Rejected(response.context.decode(errors="replace"))
-                return
+                                             wait or self.attempt_timeout, MessageType.ADMIN)
+            if response is None:
+                continue
+            if response.status == ClientStatus.NOT_LEADER:
+                hint = response.context.decode(errors="replace")
+                raise errors.NotLeader(f"{address} is not the leader", leader_address=hint or None)
+            if response.status != ClientStatus.OK:
+                raise errors.Rejected(response.context.decode(errors="replace"))
+            return
         raise errors.Timeout(f"no answer to admin op {op} from {address}")
+
+    async def transfer_leadership(self, to: int, *, timeout: float = 10.0) -> None:
+        """Ask the current leader to hand leadership to node `to` (Raft thesis §3.10)."""
+        from engine.messages import AdminOp
+
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        candidates = [f"{host}:{port}" for host, port in self.addresses]
+        hint: str | None = None
+        attempt = 0
+        while loop.time() < deadline:
+            address = hint or candidates[attempt % len(candidates)]
+            attempt += 1
+            hint = None
+            try:
+                await self.admin(address, AdminOp.TRANSFER_LEADER, {"to": to},
+                                 wait=max(0.1, min(3.0, deadline - loop.time())))
+                return
+            except errors.NotLeader as exc:
+                hint = exc.leader_address  # ask the node it names next
+            except errors.Timeout:
+                pass
+            await asyncio.sleep(0.05)
+        raise errors.Timeout(f"leadership did not move to node {to} within {timeout} s")
 
     async def _exchange(self, target: tuple[str, int], op: int, seq: int, payload: bytes,
                         wait: float, kind: int = MessageType.CLIENT_REQUEST) -> Message | None:

@@ -22,6 +22,20 @@ applied at that index has another term, a new leader overwrote it: it can never 
 the caller gets engine.Rejected (a definite no). A proposal whose fate is not known within
 request_timeout_s fails with engine.Timeout (it may still commit later).
 
+Snapshots (Raft only; see engine.raft.core "Snapshots and compaction"). After applying, the
+driver snapshots the state machine once NodeConfig.snapshot_entries entries or snapshot_bytes
+payload bytes were applied since the last snapshot (`_maybe_snapshot`). A state machine that
+offers `snapshot_fork() -> Callable[[], bytes]` (freeze now, serialise later) is serialised on
+the snapshot thread while apply continues; otherwise `snapshot()` runs on the loop (the pause
+it costs is what snapshot_fork avoids). The snapshot thread writes the checksummed envelope
+durably (engine.aio.wal.write_snapshot_file; kept in memory for data_dir=None), then the WAL
+thread records compact(floor, term) with floor = index - snapshot_trailing_entries, and only
+then `core.compact(snapshot, compact_to=floor)` trims the in-memory log. A Ready carrying a
+snapshot from the leader (`_persist_snapshot_ready`) is handled before anything else in it:
+on the WAL thread the envelope is written, the WAL compacted at it and the state machine
+restored from it; then the rest of the Ready is handled as usual. At start the newest
+snapshot restores the state machine and the WAL replays the log after it.
+
 Proposals on a follower are forwarded to the leader (as a CLIENT_REQUEST) and the answer is
 relayed; with no known leader they wait (up to the timeout) for one to appear. A forwarded
 proposal whose answer is lost fails with Timeout, never with a false "failed", and is never
@@ -31,17 +45,19 @@ re-sent (raw commands carry no session, so a resend could apply twice).
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import logging
 import os
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 from engine import errors
 from engine.messages import AdminOp, ClientOp, ClientStatus, EntryKind, Message, MessageType
-from engine.types import NodeConfig, Ready
+from engine.types import NodeConfig, Ready, Snapshot
 
 logger = logging.getLogger("engine.node")
 
@@ -49,6 +65,7 @@ logger = logging.getLogger("engine.node")
 _SWEEP_EVERY_TICKS = 10
 # A ReadIndex round not answered within this many ticks is retried with a new context.
 _READ_RETRY_TICKS = 20
+READ_MODES = ("linearizable", "lease", "stale")
 
 
 class StateMachine(Protocol):
@@ -67,7 +84,7 @@ class _PendingRead:
         self.deadline = deadline
 
 
-def _make_core(config: NodeConfig, recovered: Any) -> Any:
+def _make_core(config: NodeConfig, recovered: Any, applied: int = 0) -> Any:
     """The protocol core for config.protocol; the driver is the same for every protocol."""
     seed = config.seed if config.seed is not None else (config.node_id ^ time.time_ns())
     voters = tuple(sorted(config.members))
@@ -78,8 +95,19 @@ def _make_core(config: NodeConfig, recovered: Any) -> Any:
             node_id=config.node_id, voters=voters, timing=config.timing, limits=config.limits,
             pre_vote=config.pre_vote, check_quorum=config.check_quorum,
             check_invariants=config.check_invariants, seed=seed,
+            lease_read=config.check_quorum, lease_drift_ticks=config.lease_drift_ticks,
         )
-        return RaftCore(raft_config, hard_state=recovered.hard_state, entries=recovered.entries)
+        snapshot = getattr(recovered, "snapshot", None)
+        floor = getattr(recovered, "snapshot_index", 0)
+        if floor and snapshot is None:
+            raise errors.StorageError(
+                f"the log is compacted through {floor} but no snapshot covers it"
+            )
+        return RaftCore(
+            raft_config, hard_state=recovered.hard_state, entries=recovered.entries,
+            applied=applied, snapshot=snapshot,
+            log_start=(floor, getattr(recovered, "snapshot_term", 0)),
+        )
     if config.protocol == "paxos":
         from engine.paxos import PaxosConfig, PaxosCore
 
@@ -90,6 +118,30 @@ def _make_core(config: NodeConfig, recovered: Any) -> Any:
         )
         return PaxosCore(paxos_config, hard_state=recovered.hard_state, entries=recovered.entries)
     raise errors.ConfigError(f"unknown protocol {config.protocol!r}")
+
+
+def _state_machine_fork(state_machine: Any) -> Callable[[], bytes] | None:
+    """Freeze the state now; return a function that serialises the frozen copy (to run on
+    another thread while apply continues). None if the state machine offers no way to.
+
+    A state machine offers `snapshot_fork()` itself. engine.kv.KVStore does not (yet), so it
+    gets a copy-on-write fork here: a shallow copy of its map (pointer copy: ~36 ms per 1M
+    keys, against ~570 ms for snapshot()) and copies of its (mutable) session records.
+    """
+    fork = getattr(state_machine, "snapshot_fork", None)
+    if fork is not None:
+        serialize: Callable[[], bytes] = fork()
+        return serialize
+    from engine.kv import KVStore
+
+    if type(state_machine) is not KVStore:
+        return None
+    frozen = copy.copy(state_machine)
+    frozen._data = state_machine._data.copy()
+    frozen._sessions = type(state_machine._sessions)(
+        (client_id, copy.copy(session)) for client_id, session in state_machine._sessions.items()
+    )
+    return frozen.snapshot
 
 
 def _open_storage(config: NodeConfig) -> Any:
@@ -153,6 +205,21 @@ class Node:
             "proposals": 0, "proposal_batches": 0, "applied": 0, "readies": 0, "saves": 0,
             "reads": 0, "read_rounds": 0, "forwarded": 0, "client_requests": 0,
         }
+        # Snapshots (Raft): what was applied since the last one; one snapshot at a time.
+        self._snapshot_policy = config.protocol == "raft"
+        self._since_snapshot_entries = 0
+        self._since_snapshot_bytes = 0
+        self._snapshotting = False
+        self._compaction_due: tuple[Snapshot, int] | None = None
+        self._snapshot_executor: ThreadPoolExecutor | None = None
+        self.snapshot_stats: dict[str, float] = {
+            "taken": 0, "installed": 0, "last_pause_ms": 0.0, "max_pause_ms": 0.0,
+            "last_write_s": 0.0, "last_bytes": 0,
+        }
+        # Lease reads: (core tick, loop time when the core had processed it), recent ones.
+        self._tick_clock: deque[tuple[int, float]] = deque(
+            maxlen=4 * config.timing.election_timeout_ticks
+        )
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -166,8 +233,8 @@ class Node:
         if self._storage is None:
             self._storage = _open_storage(self.config)
         recovered = await self._loop.run_in_executor(None, self._storage.open)
-        self._core = _make_core(self.config, recovered)
-        self._applied = 0
+        self._applied = await self._restore_from(recovered)
+        self._core = _make_core(self.config, recovered, self._applied)
         peers = {
             member_id: self.config.address_of(member_id)
             for member_id in self.config.members if member_id != self.config.node_id
@@ -203,6 +270,8 @@ class Node:
         self._transport.close()
         if self._storage_executor is not None:
             self._storage_executor.shutdown(wait=True)
+        if self._snapshot_executor is not None:
+            self._snapshot_executor.shutdown(wait=True)
         self._storage.close()
 
     def crash(self) -> None:
@@ -245,6 +314,96 @@ class Node:
         Raises EntryTooLarge / Overloaded / Rejected (definitely not applied), Timeout
         (unknown), Stopped, StateMachineError.
         """
+        return await self._enqueue_proposal(command, timeout)
+
+    async def read(self, query: bytes, *, mode: str = "linearizable",
+                   timeout: float | None = None) -> bytes:
+        """Query the state machine without writing to the log. `mode` picks the guarantee:
+
+        "linearizable" (default; ReadIndex, Raft thesis §6.4): the answer reflects every write
+            acknowledged before read() was called. The leader confirms it is still leader with
+            a heartbeat round to a quorum, then the read waits until this node has applied the
+            leader's commit index. On a follower the read index comes from the leader (one
+            round trip) and the follower answers from its own state once it applied that far.
+        "lease" (§6.4.1, Raft with check_quorum only): on the leader, answered from local state
+            with no round trip while its lease holds: a quorum acknowledged a heartbeat sent
+            less than (election_timeout_ticks - lease_drift_ticks) ticks ago, checked both in
+            ticks and on the loop's monotonic clock. Linearizable as long as clock rates
+            differ by less than that margin (and the process does not pause longer than it
+            between the check and the answer). Elsewhere, or without a valid lease, it is a
+            "linearizable" read.
+        "stale": answered at once from this node's state machine, which may lag the leader by
+            any amount (a partitioned node can return arbitrarily old data). Never blocks;
+            never goes back in time on one node, but is not ordered with other nodes.
+
+        Raises Timeout (no answer in time), Stopped, StateMachineError, ConfigError for an
+        unknown mode.
+        """
+        if mode == "linearizable":
+            return await self._enqueue_read(query, timeout)
+        self._check_running()
+        if mode == "stale":
+            self.counters["stale_reads"] = self.counters.get("stale_reads", 0) + 1
+            return self._query_now(bytes(query))
+        if mode != "lease":
+            raise errors.ConfigError(f"read mode must be one of {READ_MODES}, got {mode!r}")
+        lease_index = self._lease_read_index()
+        if lease_index is None:
+            return await self._enqueue_read(query, timeout)
+        if lease_index <= self._applied:
+            return self._query_now(bytes(query))
+        assert self._loop is not None
+        future: asyncio.Future[bytes] = self._loop.create_future()
+        deadline = self._loop.time() + (timeout or self.config.request_timeout_s)
+        self._reads_waiting_apply.append((lease_index, [_PendingRead(bytes(query), future,
+                                                                     deadline)]))
+        return await future
+
+    async def transfer_leadership(self, target: int, *, timeout: float | None = None) -> None:
+        """Hand leadership to `target` (Raft thesis §3.10); returns once `target` leads.
+
+        This node must be the leader. Meanwhile new proposals wait on this node (neither lost
+        nor failed: once the target leads they are forwarded to it; if the transfer is
+        abandoned they are proposed here). The target is caught up first, then told to
+        campaign at once (TIMEOUT_NOW). Raises NotLeader (not the leader), ConfigError (not a
+        member), Rejected (abandoned after an election timeout, or another node won) or
+        Timeout.
+        """
+        self._check_running()
+        core = self._core
+        if not hasattr(core, "transfer_leadership"):
+            raise errors.ConfigError("leadership transfer needs protocol='raft'")
+        core.transfer_leadership(target)
+        self._schedule_turn()
+        if target == self.config.node_id:
+            return
+        assert self._loop is not None
+        timing = self.config.timing
+        tick_s = timing.tick_ms / 1000.0
+        deadline = self._loop.time() + (timeout or 4 * timing.election_timeout_ticks * tick_s)
+        while True:
+            await asyncio.sleep(tick_s)
+            self._check_running()
+            if str(core.role) != "leader":
+                if core.leader_id == target:
+                    return
+                if core.leader_id:
+                    raise errors.Rejected(f"node {core.leader_id} became leader, not {target}")
+            elif not core.lead_transferee:
+                raise errors.Rejected(
+                    f"transfer to {target} abandoned after an election timeout; still leader"
+                )
+            if self._loop.time() > deadline:
+                raise errors.Timeout(f"leadership transfer to {target} not complete in time")
+
+    def take_snapshot(self) -> bool:
+        """Snapshot the state machine now (Raft); False if one is already being taken or
+        nothing new was applied. Normally the NodeConfig thresholds trigger it."""
+        self._check_running()
+        return self._start_snapshot()
+
+    def _enqueue_proposal(self, command: bytes, timeout: float | None) -> asyncio.Future[bytes]:
+        """Queue a proposal for this turn's batch; the future is its outcome (no task)."""
         self._check_running()
         if len(command) > self.config.limits.max_entry_bytes:
             raise errors.EntryTooLarge(
@@ -261,17 +420,17 @@ class Node:
         if self._profiler is not None:  # profiler hook: queued
             self._profiler.enqueued(future)
         self._schedule_turn()
-        return await future
+        return future
 
-    async def read(self, query: bytes, *, timeout: float | None = None) -> bytes:
-        """Linearizable read (ReadIndex, Raft §6.4): no log write."""
+    def _enqueue_read(self, query: bytes, timeout: float | None) -> asyncio.Future[bytes]:
+        """Queue a read for this turn's shared ReadIndex round; the future is its answer."""
         self._check_running()
         assert self._loop is not None
         future: asyncio.Future[bytes] = self._loop.create_future()
         deadline = self._loop.time() + (timeout or self.config.request_timeout_s)
         self._read_queue.append(_PendingRead(bytes(query), future, deadline))
         self._schedule_turn()
-        return await future
+        return future
 
     def campaign(self) -> None:
         """Start an election now (benchmarks, demos); the core decides the rest."""
@@ -326,6 +485,7 @@ class Node:
         self._ticks += 1
         if not self._persisting:
             self._core.tick()
+            self._note_core_tick()
         else:
             self._pending_ticks += 1
         if self._ticks % _SWEEP_EVERY_TICKS == 0:
@@ -359,6 +519,8 @@ class Node:
         try:
             for _ in range(self._pending_ticks):
                 core.tick()
+            if self._pending_ticks:
+                self._note_core_tick()
             self._pending_ticks = 0
             if self._inbox:
                 inbox, self._inbox = self._inbox, []
@@ -377,6 +539,10 @@ class Node:
             raise
 
     def _submit_proposals(self) -> None:
+        if getattr(self._core, "lead_transferee", 0):
+            # Leadership transfer (§3.10): proposals wait here (at most an election timeout)
+            # and then go to the new leader, or to us if the transfer is abandoned.
+            return
         queue, self._proposal_queue = self._proposal_queue, []
         live = [(c, f, d) for (c, f, d) in queue if not f.done()]
         if not live:
@@ -411,6 +577,25 @@ class Node:
             self._profiler.ready(ready)
         if ready.messages:
             self._transport.send(ready.messages)
+        if ready.snapshot is not None:
+            self._persist_snapshot_ready(ready)
+            return
+        # Committed entries are already durable on a quorum (a core counts its own copy only
+        # after its fsync), so they are applied — and their callers answered — while this
+        # Ready's own writes are in flight, as etcd applies in parallel with persisting.
+        if ready.committed_entries:
+            self._apply(ready.committed_entries)
+            if self._profiler is not None:  # profiler hook: applied
+                self._profiler.applied(ready)
+        for read_state in ready.read_states:
+            self._on_read_state(read_state.index, read_state.context)
+        for first, last, _term in ready.dropped:
+            for index in range(first, last + 1):
+                pending = self._proposals.pop(index, None)
+                if pending is not None and not pending[1].done():
+                    pending[1].set_exception(errors.Rejected("proposal dropped before commit"))
+        if self._reads_waiting_apply:
+            self._serve_applied_reads()
         if ready.entries or ready.hard_state is not None:
             self.counters["saves"] += 1
             if self._storage_executor is None:
@@ -441,22 +626,12 @@ class Node:
         self._schedule_turn()
 
     def _after_persist(self, ready: Ready) -> None:
+        """The Ready's entries and hard state are on disk: promises may go out."""
         if ready.messages_after_persist:
             self._transport.send(ready.messages_after_persist)
-        if ready.committed_entries:
-            self._apply(ready.committed_entries)
-            if self._profiler is not None:  # profiler hook: applied
-                self._profiler.applied(ready)
-        for read_state in ready.read_states:
-            self._on_read_state(read_state.index, read_state.context)
-        for first, last, _term in ready.dropped:
-            for index in range(first, last + 1):
-                pending = self._proposals.pop(index, None)
-                if pending is not None and not pending[1].done():
-                    pending[1].set_exception(errors.Rejected("proposal dropped before commit"))
         self._core.advance(ready)
-        if self._reads_waiting_apply:
-            self._serve_applied_reads()
+        if self._snapshot_policy:
+            self._maybe_snapshot(ready.committed_entries)
 
     def _apply(self, entries: list[Any]) -> None:
         state_machine = self.state_machine
@@ -487,6 +662,202 @@ class Node:
             else:
                 future.set_result(result)
         self.counters["applied"] += len(entries)
+
+    # ------------------------------------------------------------------ snapshots (Raft §7)
+
+    async def _restore_from(self, recovered: Any) -> int:
+        """Restore the state machine from the recovered snapshot; returns its index."""
+        snapshot = getattr(recovered, "snapshot", None)
+        if snapshot is None:
+            return 0
+        assert self._loop is not None
+        await self._loop.run_in_executor(None, self.state_machine.restore, snapshot.data)
+        return int(snapshot.index)
+
+    def _maybe_snapshot(self, entries: list[Any]) -> None:
+        if self._compaction_due is not None and self._core.applied_index >= (
+                self._compaction_due[0].index):
+            snapshot, floor = self._compaction_due
+            self._compaction_due = None
+            self._snapshot_done(snapshot, floor)
+        if not entries:
+            return
+        self._since_snapshot_entries += len(entries)
+        self._since_snapshot_bytes += sum(len(entry.data) for entry in entries)
+        config = self.config
+        if (
+            self._since_snapshot_entries >= config.snapshot_entries
+            or self._since_snapshot_bytes >= config.snapshot_bytes
+        ):
+            self._start_snapshot()
+
+    def _start_snapshot(self) -> bool:
+        core = self._core
+        index = self._applied
+        if (
+            self._snapshotting or not self._snapshot_policy or index <= core.snapshot_index
+            or index < core.log.first_index - 1
+        ):
+            return False
+        term = core.log.term(index)
+        started = time.perf_counter()
+        serialize = _state_machine_fork(self.state_machine)
+        data = self.state_machine.snapshot() if serialize is None else b""
+        pause_ms = (time.perf_counter() - started) * 1000.0
+        stats = self.snapshot_stats
+        stats["last_pause_ms"] = pause_ms
+        stats["max_pause_ms"] = max(stats["max_pause_ms"], pause_ms)
+        self._since_snapshot_entries = self._since_snapshot_bytes = 0
+        self._snapshotting = True
+        # Keep snapshot_trailing_entries below the snapshot for followers slightly behind;
+        # never compact past what this node's log has persisted.
+        floor = min(index - self.config.snapshot_trailing_entries, core.log.persisted_index)
+        floor = max(floor, core.log.first_index - 1)
+        floor_term = core.log.term(floor)
+        write = self._write_snapshot
+        if self._storage_executor is None:
+            snapshot = write(index, term, data, serialize)
+            self._storage.compact(floor, floor_term)
+            self._snapshot_done(snapshot, floor)
+            return True
+        assert self._loop is not None
+        if self._snapshot_executor is None:
+            self._snapshot_executor = ThreadPoolExecutor(1, thread_name_prefix="engine-snap")
+        written = self._loop.run_in_executor(
+            self._snapshot_executor, write, index, term, data, serialize
+        )
+        written.add_done_callback(lambda f: self._on_snapshot_written(f, floor, floor_term))
+        return True
+
+    def _write_snapshot(self, index: int, term: int, data: bytes,
+                        serialize: Callable[[], bytes] | None) -> Snapshot:
+        """On the snapshot thread: serialise (if forked), checksum, write durably."""
+        from engine.raft.snapshot import encode_snapshot
+
+        started = time.perf_counter()
+        if serialize is not None:
+            data = serialize()
+        envelope = encode_snapshot(Snapshot(index, term, data))
+        self._storage.save_snapshot(Snapshot(index, term, data), envelope)
+        self.snapshot_stats["last_write_s"] = time.perf_counter() - started
+        self.snapshot_stats["last_bytes"] = len(envelope)
+        # The core only needs the envelope (to send to followers), not a second copy.
+        return Snapshot(index, term, b"", envelope)
+
+    def _on_snapshot_written(self, written: asyncio.Future[Snapshot], floor: int,
+                             floor_term: int) -> None:
+        if written.cancelled() or written.exception() is not None:
+            self._die(written.exception() or errors.StorageError("snapshot write cancelled"))
+            return
+        if not self._running:
+            return
+        snapshot = written.result()
+        assert self._loop is not None and self._storage_executor is not None
+        # The WAL marker goes through the WAL's own thread, ordered with the saves.
+        compacted = self._loop.run_in_executor(
+            self._storage_executor, self._storage.compact, floor, floor_term
+        )
+
+        def on_compacted(done: asyncio.Future[None]) -> None:
+            if done.cancelled() or done.exception() is not None:
+                self._die(done.exception() or errors.StorageError("WAL compaction cancelled"))
+            elif self._running:
+                self._snapshot_done(snapshot, floor)
+
+        compacted.add_done_callback(on_compacted)
+
+    def _snapshot_done(self, snapshot: Snapshot, floor: int) -> None:
+        if self._core.applied_index < snapshot.index:
+            # The state machine applies before the core hears of it (advance() follows the
+            # fsync): compact once the core caught up, in _maybe_snapshot.
+            self._compaction_due = (snapshot, floor)
+            return
+        self._snapshotting = False
+        self.snapshot_stats["taken"] += 1
+        self._core.compact(snapshot, compact_to=floor)
+
+    def _persist_snapshot_ready(self, ready: Ready) -> None:
+        """A snapshot from the leader: write it, compact the WAL at it and restore the state
+        machine from it (all on the WAL thread), then handle the rest of the Ready."""
+        snapshot = ready.snapshot
+        assert snapshot is not None
+
+        def install() -> None:
+            from engine.raft.snapshot import encode_snapshot
+
+            envelope = snapshot.envelope or encode_snapshot(snapshot)
+            self._storage.save_snapshot(snapshot, envelope)
+            self._storage.compact(snapshot.index, snapshot.term)
+            self.state_machine.restore(snapshot.data)
+
+        def finish() -> None:
+            self._applied = snapshot.index
+            self.snapshot_stats["installed"] += 1
+            self._since_snapshot_entries = self._since_snapshot_bytes = 0
+            for index in [i for i in self._proposals if i <= snapshot.index]:
+                _, future, _ = self._proposals.pop(index)
+                if not future.done():
+                    future.set_exception(errors.Timeout(
+                        f"entry {index} was covered by a snapshot from the leader: outcome "
+                        "unknown here"))
+            ready.snapshot = None
+            ready.messages = []   # already sent
+            self._handle_ready(ready)
+
+        if self._storage_executor is None:
+            install()
+            finish()
+            return
+        assert self._loop is not None
+        self._persisting = True
+        done = self._loop.run_in_executor(self._storage_executor, install)
+
+        def on_done(future: asyncio.Future[None]) -> None:
+            self._persisting = False
+            if future.cancelled() or future.exception() is not None:
+                self._die(future.exception() or errors.StorageError("snapshot install failed"))
+                return
+            if self._running:
+                finish()
+                self._schedule_turn()
+
+        done.add_done_callback(on_done)
+
+    # ------------------------------------------------------------------ lease reads (§6.4.1)
+
+    def _note_core_tick(self) -> None:
+        ticks = getattr(self._core, "ticks", None)
+        if ticks is not None and self._loop is not None:
+            self._tick_clock.append((ticks, self._loop.time()))
+
+    def _lease_read_index(self) -> int | None:
+        """The leader's lease read index, if its lease holds in ticks AND in real time."""
+        lease = getattr(self._core, "lease_read_index", None)
+        result = lease() if lease is not None else None
+        if result is None or self._loop is None:
+            return None
+        index, sent_tick = result
+        # A lower bound of the real time the lease's heartbeat round was sent: when the core
+        # had processed a tick at or before the one it was sent at (ticks can lag real time).
+        sent_at = None
+        for tick, at in reversed(self._tick_clock):
+            if tick <= sent_tick:
+                sent_at = at
+                break
+        if sent_at is None:
+            return None
+        timing = self.config.timing
+        lease_ticks = timing.election_timeout_ticks - self._core.config.lease_drift_ticks_or_default
+        if self._loop.time() - sent_at >= lease_ticks * timing.tick_ms / 1000.0:
+            return None
+        self.counters["lease_reads"] = self.counters.get("lease_reads", 0) + 1
+        return int(index)
+
+    def _query_now(self, query: bytes) -> bytes:
+        try:
+            return self.state_machine.query(query)
+        except Exception as exc:
+            raise errors.StateMachineError(f"query raised {exc!r}") from exc
 
     # ------------------------------------------------------------------ reads (Raft §6.4)
 
@@ -606,36 +977,45 @@ class Node:
             return
         if not self._running:
             return
-        if op == ClientOp.WRITE:
-            leader_id = self._core.leader_id
-            if leader_id != self.config.node_id:
-                self._reply_not_leader(message, address, leader_id)
-                return
-            task = self._serve(message, address, self.propose(message.context))
-        elif op == ClientOp.READ:
-            if not self._core.leader_id:
-                self._reply_not_leader(message, address, None)
-                return
-            task = self._serve(message, address, self.read(message.context))
-        else:
-            self._reply(message, address, ClientStatus.REJECTED, b"unknown client op")
-            return
-        assert self._loop is not None
-        self._loop.create_task(task)
-
-    async def _serve(self, message: Message, address: Any, work: Any) -> None:
         try:
-            result = await work
-        except errors.NotLeader as exc:
-            self._reply_not_leader(message, address, exc.leader_id)
-        except errors.Rejected as exc:
-            self._reply(message, address, ClientStatus.REJECTED, str(exc).encode())
-        except errors.StateMachineError as exc:
-            self._reply(message, address, ClientStatus.ERROR, str(exc).encode())
-        except (errors.Timeout, errors.Stopped):
+            if op == ClientOp.WRITE:
+                leader_id = self._core.leader_id
+                if leader_id != self.config.node_id:
+                    self._reply_not_leader(message, address, leader_id)
+                    return
+                future = self._enqueue_proposal(message.context, None)
+            elif op == ClientOp.READ:
+                if not self._core.leader_id:
+                    self._reply_not_leader(message, address, None)
+                    return
+                future = self._enqueue_read(message.context, None)
+            else:
+                self._reply(message, address, ClientStatus.REJECTED, b"unknown client op")
+                return
+        except errors.EngineError as exc:
+            self._reply_error(message, address, exc)
+            return
+        # A callback, not a task per request: the answer goes out when the future settles.
+        future.add_done_callback(lambda done: self._reply_outcome(message, address, done))
+
+    def _reply_outcome(self, message: Message, address: Any, done: asyncio.Future[bytes]
+                       ) -> None:
+        if done.cancelled():
             self._reply(message, address, ClientStatus.UNKNOWN, b"outcome unknown")
+        elif (exc := done.exception()) is not None:
+            self._reply_error(message, address, exc)
         else:
-            self._reply(message, address, ClientStatus.OK, result)
+            self._reply(message, address, ClientStatus.OK, done.result())
+
+    def _reply_error(self, message: Message, address: Any, exc: BaseException) -> None:
+        if isinstance(exc, errors.NotLeader):
+            self._reply_not_leader(message, address, exc.leader_id)
+        elif isinstance(exc, errors.Rejected):
+            self._reply(message, address, ClientStatus.REJECTED, str(exc).encode())
+        elif isinstance(exc, errors.StateMachineError):
+            self._reply(message, address, ClientStatus.ERROR, str(exc).encode())
+        else:  # Timeout, Stopped, anything unexpected: the outcome is unknown
+            self._reply(message, address, ClientStatus.UNKNOWN, b"outcome unknown")
 
     def _reply_not_leader(self, request: Message, address: Any, leader_id: int | None) -> None:
         """NOT_LEADER carries the leader's id (reject_hint) and address (context)."""
@@ -661,6 +1041,9 @@ class Node:
         Frames are authenticated with the cluster key like all traffic; on top of that a node
         obeys only when started with allow_fault_injection=True.
         """
+        if message.status == AdminOp.TRANSFER_LEADER:
+            self._admin_transfer(message, address)
+            return
         if not self.config.allow_fault_injection:
             self._reply_admin(message, address, ClientStatus.REJECTED,
                               b"fault injection is disabled on this node")
@@ -684,6 +1067,30 @@ class Node:
             self._reply_admin(message, address, ClientStatus.REJECTED, str(exc).encode())
             return
         self._reply_admin(message, address, ClientStatus.OK, b"")
+
+    def _admin_transfer(self, message: Message, address: Any) -> None:
+        """Operator-requested leadership transfer; answered when it completes or fails."""
+        try:
+            target = int(json.loads(message.context or b"{}")["to"])
+        except (ValueError, TypeError, KeyError):
+            self._reply_admin(message, address, ClientStatus.REJECTED,
+                              b'transfer needs JSON {"to": node_id}')
+            return
+        if self._core.leader_id != self.config.node_id:
+            hint = self.config.members.get(self._core.leader_id or 0, "")
+            self._reply_admin(message, address, ClientStatus.NOT_LEADER, hint.encode())
+            return
+
+        async def transfer() -> None:
+            try:
+                await self.transfer_leadership(target)
+            except errors.EngineError as exc:
+                self._reply_admin(message, address, ClientStatus.REJECTED, str(exc).encode())
+            else:
+                self._reply_admin(message, address, ClientStatus.OK, b"")
+
+        assert self._loop is not None
+        self._loop.create_task(transfer())
 
     def _reply_admin(self, request: Message, address: Any, status: int, context: bytes) -> None:
         self._transport.send_to_address(address, [Message(

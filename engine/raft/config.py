@@ -26,6 +26,17 @@ class RaftConfig:
     check_quorum: bool = True
     check_invariants: bool = False
     seed: int = 0
+    # Lease reads (thesis §6.4.1, needs check_quorum): a restarted node also ignores votes
+    # for one election timeout, and the lease is shortened by lease_drift_ticks (None: a
+    # fifth of the election timeout, at least 2 ticks) to bound clock drift between nodes.
+    lease_read: bool = False
+    lease_drift_ticks: int | None = None
+
+    @property
+    def lease_drift_ticks_or_default(self) -> int:
+        if self.lease_drift_ticks is not None:
+            return self.lease_drift_ticks
+        return max(2, self.timing.election_timeout_ticks // 5)
 
     def __post_init__(self) -> None:
         if self.node_id <= 0:
@@ -34,3 +45,8 @@ class RaftConfig:
             raise ConfigError(f"voters must be distinct positive ids, got {self.voters}")
         if self.node_id not in self.voters:
             raise ConfigError(f"node_id {self.node_id} is not one of the voters {self.voters}")
+        drift = self.lease_drift_ticks_or_default
+        if not 0 <= drift < self.timing.election_timeout_ticks:
+            raise ConfigError(
+                f"lease_drift_ticks {drift} must be in [0, election_timeout_ticks)"
+            )

@@ -23,6 +23,33 @@ lower term is answered or ignored), (2) role-independent messages (votes), (3) t
 handler `_step_<role>`, which calls `_on_<message>` handlers. A message that cannot be used
 is ignored and counted in `ignored[reason]`; step() never raises on remote input.
 
+Snapshots and compaction (Raft §7, Figure 13). The driver snapshots the state machine at
+some applied index and, once the snapshot is durable, calls `compact(snapshot, compact_to)`:
+the core keeps the snapshot (its checksummed envelope, engine.raft.snapshot) to send to
+followers whose next entry was compacted away, and drops its log through compact_to (<= the
+snapshot's index, so trailing entries can stay for followers slightly behind). Such a follower
+gets the snapshot in chunks (SnapshotSender / SnapshotReceiver); once the envelope is complete
+and its checksum verified the follower installs it: the log restarts after (index, term)
+unless it already holds that entry, commit and applied jump to index, and the Ready carries
+`snapshot` for the driver to persist (before anything else in that Ready) and to restore the
+state machine from. The install is acknowledged (APPEND_RESPONSE) only after that persist.
+A restarted core gets the snapshot it recovered (`snapshot=`, with applied >= its index) and
+the (index, term) its stored log starts after (`log_start=`).
+
+Leadership transfer (thesis §3.10): `transfer_leadership(target)` makes the leader refuse
+proposals (TransferInProgress, retriable), catch the target up, then send TIMEOUT_NOW; the
+target campaigns at once, skipping pre-vote, with VOTE context b"transfer" so voters ignore
+their leader lease (§4.2.3). The transfer is abandoned after an election timeout.
+
+Lease reads (thesis §6.4.1, only with check_quorum): every heartbeat broadcast is a numbered
+round; followers echo its number. A quorum acknowledging round r sent at tick s means no other
+leader can be elected before s + election_timeout ticks of the followers' clocks, because they
+ignore votes that long after hearing from us (§4.2.3; with lease_read they also ignore them for
+an election timeout after a restart, which forgets who the leader was). `lease_read_index()`
+returns (commit index, s) while ticks - s < election_timeout - lease_drift_ticks; a
+TIMEOUT_NOW sent this term ends lease reads for the term (its votes bypass the followers'
+lease).
+
 Read states: `ReadState(index, context)` with index > 0 is a confirmed read index (§6.4).
 ReadState(0, context) means the request was refused (leadership lost, no leader known,
 overload) so the driver can fail it fast; a valid read index is always >= 1 because a leader
@@ -36,13 +63,26 @@ from collections import deque
 from enum import StrEnum
 from typing import Any
 
-from engine.errors import ConfigError, EntryTooLarge, InvariantViolation, NotLeader, Overloaded
+from engine.errors import (
+    ConfigError,
+    DecodeError,
+    EntryTooLarge,
+    InvariantViolation,
+    NotLeader,
+    Overloaded,
+)
 from engine.messages import Entry, EntryKind, Message, MessageType
 from engine.raft import quorum
 from engine.raft.config import RaftConfig
 from engine.raft.log import RaftLog
 from engine.raft.progress import Progress, ProgressState
-from engine.types import HardState, ReadState, Ready
+from engine.raft.snapshot import (
+    ENVELOPE_OVERHEAD,
+    SnapshotReceiver,
+    SnapshotSender,
+    encode_snapshot,
+)
+from engine.types import HardState, ReadState, Ready, Snapshot
 
 _NONE = 0  # "no node": no leader known / no vote cast
 _EMPTY_HARD_STATE = HardState()
@@ -60,6 +100,9 @@ _RAFT_TYPES = frozenset(
         _MT.HEARTBEAT_RESPONSE,
         _MT.READ_INDEX,
         _MT.READ_INDEX_RESPONSE,
+        _MT.SNAPSHOT,
+        _MT.SNAPSHOT_RESPONSE,
+        _MT.TIMEOUT_NOW,
     }
 )
 # Messages that promise durable state: sent only after the Ready's fsync (thesis §3.8).
@@ -67,6 +110,13 @@ _AFTER_PERSIST = frozenset(
     {_MT.APPEND_RESPONSE, _MT.VOTE_RESPONSE, _MT.PRE_VOTE_RESPONSE, _MT.VOTE}
 )
 _TRANSFER_CONTEXT = b"transfer"
+# SNAPSHOT_RESPONSE status: the follower refuses this snapshot for good (too large).
+_SNAPSHOT_REFUSED = 1
+
+
+class TransferInProgress(Overloaded):
+    """The leader is handing leadership over (thesis §3.10) and takes no proposals meanwhile:
+    a definite no; retry shortly (on the new leader, or here if the transfer is abandoned)."""
 
 
 class Role(StrEnum):
@@ -100,7 +150,13 @@ class RaftCore:
         hard_state: HardState = _EMPTY_HARD_STATE,
         entries: list[Any] | None = None,
         applied: int = 0,
+        *,
+        snapshot: Snapshot | None = None,
+        log_start: tuple[int, int] | None = None,
     ) -> None:
+        """hard_state and entries come from storage; snapshot is the newest durable snapshot
+        (the state machine was restored from it, so applied >= snapshot.index); log_start is
+        the (index, term) the stored entries follow (default: the snapshot's, else (0, 0))."""
         self.config = config
         self.node_id = config.node_id
         self.voters: tuple[int, ...] = tuple(sorted(config.voters))
@@ -109,12 +165,31 @@ class RaftCore:
         self._limits = config.limits
         self._rng = random.Random(f"raft:{config.seed}:{config.node_id}")
 
-        self.log = RaftLog(list(entries or []))
+        if log_start is None:
+            log_start = (snapshot.index, snapshot.term) if snapshot is not None else (0, 0)
+        if snapshot is not None and not log_start[0] <= snapshot.index:
+            raise ConfigError(f"log starts after {log_start[0]}, past snapshot {snapshot.index}")
+        self.log = RaftLog(list(entries or []), log_start[0] + 1, log_start[1])
+        # The newest durable snapshot (Snapshot with its envelope) and its index/term.
+        self._snapshot: Snapshot | None = None
+        self._snapshot_envelope = b""
+        self.snapshot_index = 0
+        self.snapshot_term = 0
+        if snapshot is not None:
+            self._set_snapshot(snapshot)
+            if self.log.last_index < snapshot.index:
+                # The log is entirely covered: it restarts after the snapshot.
+                self.log.restore(snapshot.index, snapshot.term)
+            if applied < snapshot.index:
+                raise ConfigError(f"applied {applied} below snapshot index {snapshot.index}")
+            hard_state = HardState(
+                hard_state.term, hard_state.vote, max(hard_state.commit, snapshot.index)
+            )
         if hard_state.commit > self.log.last_index:
             raise ConfigError(
                 f"persisted commit {hard_state.commit} beyond last log index {self.log.last_index}"
             )
-        if not 0 <= applied <= hard_state.commit:
+        if not self.log.first_index - 1 <= applied <= hard_state.commit:
             raise ConfigError(f"applied {applied} outside [0, commit {hard_state.commit}]")
         if hard_state.term < self.log.last_term:
             raise ConfigError(
@@ -145,12 +220,27 @@ class RaftCore:
         # Leader: index of its term's no-op and the payload bytes not yet committed.
         self._term_start_index = 0
         self._uncommitted_bytes = 0
-        # ReadIndex (thesis §6.4): rounds are numbered for the life of the core, so a
-        # heartbeat response confirming round r confirms every request of round <= r.
+        # ReadIndex (thesis §6.4): heartbeat rounds are numbered for the life of the core; a
+        # read started while round r was the last sent needs an ack of round >= r + 1.
         self._read_round = 0
         self._read_heartbeat_due = False
         self._pending_reads: deque[_PendingRead] = deque()
         self._reads_awaiting_commit: list[tuple[int, bytes]] = []
+        # Lease reads (§6.4.1): the tick each recent heartbeat round was sent.
+        self._round_ticks: deque[tuple[int, int]] = deque()
+        timing = self._timing
+        self._lease_ticks = timing.election_timeout_ticks - config.lease_drift_ticks_or_default
+        # Leadership transfer (§3.10): the target, ticks since it started, and the last term
+        # in which we sent TIMEOUT_NOW (no lease reads for the rest of that term).
+        self.lead_transferee = _NONE
+        self._transfer_elapsed = 0
+        self._timeout_now_term = 0
+        # Snapshot install: the partial envelope being received, the snapshot for the next
+        # Ready, and counters for tests and the simulator's coverage.
+        self._snapshot_receiver: SnapshotReceiver | None = None
+        self._pending_snapshot: Snapshot | None = None
+        self.snapshot_stats = {"sent": 0, "installed": 0, "chunks_sent": 0,
+                               "retransmits": 0, "corrupt": 0}
 
         self.ignored: dict[str, int] = {}
         self._max_term_checked = self.term
@@ -184,6 +274,10 @@ class RaftCore:
             raise NotLeader(leader_id=self.leader_id or None)
         if not commands:
             raise ValueError("propose needs at least one command")
+        if self.lead_transferee != _NONE:
+            raise TransferInProgress(
+                f"leadership transfer to {self.lead_transferee} in progress; retry shortly"
+            )
         limits = self._limits
         batch_bytes = 0
         for command in commands:
@@ -240,9 +334,79 @@ class RaftCore:
             )
         self._maybe_check_invariants()
 
+    @property
+    def ticks(self) -> int:
+        """Ticks since this core was created (its only notion of time)."""
+        return self._ticks
+
+    def lease_read_index(self) -> tuple[int, int] | None:
+        """Lease read (thesis §6.4.1): (read index, tick the lease's heartbeat round was sent)
+        if this leader's lease holds now, else None (use read_index). Serve the read once
+        applied >= read index. The core measures the lease in ticks; a driver whose ticks can
+        lag real time must also check real time since that tick (engine.aio.node does)."""
+        if (
+            self.role != Role.LEADER
+            or not self.config.check_quorum
+            or self.lead_transferee != _NONE
+            or self._timeout_now_term == self.term
+            or self.log.term(self.commit_index) != self.term  # §6.4 step 1: no-op committed
+        ):
+            return None
+        if not self.peers:
+            return self.commit_index, self._ticks
+        sent = self._lease_round_tick()
+        if sent is None or self._ticks - sent >= self._lease_ticks:
+            return None
+        return self.commit_index, sent
+
+    def transfer_leadership(self, target: int) -> None:
+        """Hands leadership to `target` (thesis §3.10); the outcome shows in role/leader_id.
+
+        Raises NotLeader on a non-leader and ConfigError for a target that is not a voter.
+        Transferring to ourselves is a no-op; a new target replaces a pending transfer.
+        """
+        if self.role != Role.LEADER:
+            raise NotLeader(leader_id=self.leader_id or None)
+        if target == self.node_id:
+            return
+        if target not in self._progress:
+            raise ConfigError(f"cannot transfer leadership to {target}: not a voter")
+        if self.lead_transferee == target:
+            return
+        self.lead_transferee = target
+        self._transfer_elapsed = 0
+        pr = self._progress[target]
+        if pr.match == self.log.last_index:
+            self._send_timeout_now(target)
+        else:
+            # §3.10 step 1: bring the target's log up to date first.
+            self._maybe_send_append(target, send_if_empty=True)
+        self._maybe_check_invariants()
+
+    def compact(self, snapshot: Snapshot, compact_to: int | None = None) -> None:
+        """The driver made `snapshot` durable (state machine applied through its index, WAL
+        compaction marker written). Keeps it for followers that need it and drops the log
+        through compact_to (default and maximum: the snapshot's index; it is also capped at
+        the persisted prefix, since unpersisted entries are still owed to the driver)."""
+        if snapshot.index > self.applied_index:
+            raise ConfigError(
+                f"snapshot at {snapshot.index} beyond applied index {self.applied_index}"
+            )
+        if snapshot.index > self.snapshot_index:
+            if self.log.term(snapshot.index) not in (0, snapshot.term):
+                raise ConfigError(
+                    f"snapshot ({snapshot.index}, {snapshot.term}) does not match the log"
+                )
+            self._set_snapshot(snapshot)
+        upto = snapshot.index if compact_to is None else min(compact_to, snapshot.index)
+        upto = min(upto, self.log.persisted_index, self.log.unstable_index - 1)
+        self.log.compact(upto)
+        self._maybe_check_invariants()
+
     def has_ready(self) -> bool:
         return bool(
-            self._read_heartbeat_due
+            self._pending_snapshot is not None
+            or self._read_heartbeat_due
             or self._messages
             or self._messages_after_persist
             or self._read_states
@@ -256,6 +420,8 @@ class RaftCore:
         if self._read_heartbeat_due:
             self._bcast_heartbeat()
         ready = Ready()
+        if self._pending_snapshot is not None:
+            ready.snapshot, self._pending_snapshot = self._pending_snapshot, None
         hard_state = self._hard_state()
         if hard_state != self._hard_state_emitted:
             ready.hard_state = hard_state
@@ -298,6 +464,10 @@ class RaftCore:
             "last_term": self.log.last_term,
             "persisted_index": self.log.persisted_index,
             "log_truncations": self.log.truncations,
+            "first_index": self.log.first_index,
+            "snapshot_index": self.snapshot_index,
+            "snapshot_term": self.snapshot_term,
+            "snapshots": dict(self.snapshot_stats),
             "ignored": dict(self.ignored),
         }
         if self.role == Role.LEADER:
@@ -312,6 +482,8 @@ class RaftCore:
             }
             status["uncommitted_bytes"] = self._uncommitted_bytes
             status["pending_reads"] = self._reads_pending_count()
+            status["lead_transferee"] = self.lead_transferee
+            status["lease"] = self.lease_read_index() is not None
         return status
 
     # ------------------------------------------------------------------ step: term first
@@ -340,7 +512,7 @@ class RaftCore:
                 pass  # A pre-vote never changes our term (thesis §9.6).
             elif m.type == _MT.PRE_VOTE_RESPONSE and not m.reject:
                 pass  # Granted pre-votes carry the future term we asked for.
-            elif m.type in (_MT.APPEND, _MT.HEARTBEAT):
+            elif m.type in (_MT.APPEND, _MT.HEARTBEAT, _MT.SNAPSHOT):
                 self._become_follower(m.term, m.src)
             else:
                 self._become_follower(m.term, _NONE)
@@ -362,16 +534,19 @@ class RaftCore:
     def _in_leader_lease(self, m: Any) -> bool:
         if m.context == _TRANSFER_CONTEXT:
             return False
-        return (
-            self.config.check_quorum
-            and self.leader_id != _NONE
-            and self._election_elapsed < self._timing.election_timeout_ticks
+        timeout = self._timing.election_timeout_ticks
+        # With lease reads a restarted node does not know whether it followed a leader whose
+        # lease still holds: it waits one election timeout before voting (§6.4.1).
+        heard_leader = self.leader_id != _NONE or (
+            self.config.lease_read and self._ticks < timeout
         )
+        return self.config.check_quorum and heard_leader and self._election_elapsed < timeout
 
     def _on_stale_term(self, m: Any) -> None:
         if (self.config.check_quorum or self.config.pre_vote) and m.type in (
             _MT.APPEND,
             _MT.HEARTBEAT,
+            _MT.SNAPSHOT,
         ):
             # A deposed leader (e.g. back from a partition) learns our term and steps down;
             # with check-quorum/pre-vote it could otherwise never hear it (etcd raft.go).
@@ -409,6 +584,12 @@ class RaftCore:
             self._election_elapsed = 0
             self.leader_id = m.src
             self._on_heartbeat(m)
+        elif m.type == _MT.SNAPSHOT:
+            self._election_elapsed = 0
+            self.leader_id = m.src
+            self._on_snapshot(m)
+        elif m.type == _MT.TIMEOUT_NOW:
+            self._on_timeout_now(m)
         elif m.type == _MT.READ_INDEX:
             # Only the leader serves reads; one hop only, so refuse and let the asker retry.
             self._reject_read(m.src, m.context)
@@ -425,6 +606,9 @@ class RaftCore:
         elif m.type == _MT.HEARTBEAT:
             self._become_follower(m.term, m.src)
             self._on_heartbeat(m)
+        elif m.type == _MT.SNAPSHOT:
+            self._become_follower(m.term, m.src)
+            self._on_snapshot(m)
         elif m.type == my_response:
             self._on_vote_response(m)
         elif m.type == _MT.READ_INDEX:
@@ -439,6 +623,8 @@ class RaftCore:
             self._on_heartbeat_response(m)
         elif m.type == _MT.READ_INDEX:
             self._on_read_index(m)
+        elif m.type == _MT.SNAPSHOT_RESPONSE:
+            self._on_snapshot_response(m)
         else:
             self._count_ignored(f"{_MT(m.type).name} as leader")
 
@@ -450,7 +636,7 @@ class RaftCore:
             self._election_elapsed = 0
             self._campaign(pre_vote=self.config.pre_vote)
 
-    def _campaign(self, pre_vote: bool) -> None:
+    def _campaign(self, pre_vote: bool, transfer: bool = False) -> None:
         if pre_vote:
             self._become_pre_candidate()
             vote_type, vote_term = _MT.PRE_VOTE, self.term + 1
@@ -465,10 +651,12 @@ class RaftCore:
                 self._become_leader()
             return
         last_index, last_term = self.log.last_index, self.log.last_term
+        context = _TRANSFER_CONTEXT if transfer else b""
         for peer in self.peers:
             self._send(
                 Message(
-                    vote_type, self.node_id, peer, vote_term, log_term=last_term, index=last_index
+                    vote_type, self.node_id, peer, vote_term, log_term=last_term,
+                    index=last_index, context=context,
                 )
             )
 
@@ -497,6 +685,9 @@ class RaftCore:
         self._votes = quorum.Tally(self.voters)
         self._progress = {}
         self._uncommitted_bytes = 0
+        self.lead_transferee = _NONE
+        self._transfer_elapsed = 0
+        self._round_ticks.clear()
 
     def _become_follower(self, term: int, leader_id: int) -> None:
         self._reset(term)
@@ -621,6 +812,13 @@ class RaftCore:
     def _tick_heartbeat(self) -> None:
         self._heartbeat_elapsed += 1
         self._election_elapsed += 1
+        if self.lead_transferee != _NONE:
+            self._transfer_elapsed += 1
+            if self._transfer_elapsed >= self._timing.election_timeout_ticks:
+                # §3.10: the target did not take over within an election timeout; resume.
+                self.lead_transferee = _NONE
+                self._count_ignored("leadership transfer abandoned")
+        self._retransmit_snapshots()
         if self._election_elapsed >= self._timing.election_timeout_ticks:
             self._election_elapsed = 0
             if self.config.check_quorum:
@@ -664,6 +862,9 @@ class RaftCore:
         if pr.is_paused():
             return False
         log = self.log
+        if pr.next < log.first_index:
+            # Raft §7: the entries this follower needs were compacted; send the snapshot.
+            return self._start_snapshot(peer, pr)
         prev_index = pr.next - 1
         entries = log.slice(pr.next, log.last_index + 1, self._limits.max_append_bytes)
         if len(entries) > self._limits.max_entries_per_message:
@@ -691,7 +892,10 @@ class RaftCore:
 
     def _bcast_heartbeat(self) -> None:
         self._read_heartbeat_due = False
-        context = self._read_round.to_bytes(8, "little") if self._pending_reads else b""
+        # Every broadcast is a numbered round (ReadIndex confirmation and lease, §6.4).
+        self._read_round += 1
+        self._record_round_tick()
+        context = self._read_round.to_bytes(8, "little")
         for peer in self.peers:
             pr = self._progress[peer]
             # etcd: never tell a follower to commit past what it is known to hold.
@@ -716,13 +920,21 @@ class RaftCore:
             self._on_append_reject(m, pr)
             return
         was_paused = pr.is_paused()
-        if not pr.maybe_update(m.index, self._ticks):
+        updated = pr.maybe_update(m.index, self._ticks)
+        if pr.state == ProgressState.SNAPSHOT and pr.match >= pr.snapshot.index:
+            # The follower installed the snapshot (or has its entries anyway): probe from
+            # there; if we compacted past it meanwhile, this starts a newer snapshot (etcd).
+            pr.become_probe()
+            was_paused = True
+        elif not updated:
             self._count_ignored("stale append response")
             return
         if pr.state == ProgressState.PROBE:
             pr.become_replicate(self._ticks)
-        else:
+        elif pr.state == ProgressState.REPLICATE:
             pr.inflights.free_le(m.index)
+        if m.src == self.lead_transferee and pr.match == self.log.last_index:
+            self._send_timeout_now(m.src)  # §3.10: the target is up to date
         if self._maybe_commit():
             self._bcast_append()
         elif was_paused:
@@ -732,6 +944,9 @@ class RaftCore:
             pass
 
     def _on_append_reject(self, m: Any, pr: Progress) -> None:
+        if pr.state == ProgressState.SNAPSHOT:
+            self._count_ignored("append reject during snapshot")
+            return
         next_probe = m.reject_hint
         if m.reject_term > 0:
             # The leader skips every entry of a term newer than the follower's hint term.
@@ -749,9 +964,12 @@ class RaftCore:
         pr.probe_sent = False  # etcd: a live follower may be probed again.
         if pr.match < self.log.last_index or pr.state == ProgressState.PROBE:
             self._maybe_send_append(m.src, send_if_empty=True)
-        if len(m.context) == 8 and self._pending_reads:
-            pr.read_ack = max(pr.read_ack, int.from_bytes(m.context, "little"))
-            self._advance_reads()
+        if len(m.context) == 8:
+            acked = int.from_bytes(m.context, "little")
+            if acked <= self._read_round:  # never trust a round we did not send
+                pr.read_ack = max(pr.read_ack, acked)
+            if self._pending_reads:
+                self._advance_reads()
 
     def _maybe_commit(self) -> bool:
         """Raft §5.3/§5.4.2: commit the largest index on a quorum, only if of our term."""
@@ -798,9 +1016,8 @@ class RaftCore:
             return
         # §6.4 steps 2-3: record the commit index, then confirm leadership with a heartbeat
         # round; one round (sent in the next ready()) serves every read started before it.
-        self._read_round += 1
         self._pending_reads.append(
-            _PendingRead(self._read_round, self.commit_index, requester, context)
+            _PendingRead(self._read_round + 1, self.commit_index, requester, context)
         )
         self._read_heartbeat_due = True
 
@@ -857,6 +1074,181 @@ class RaftCore:
         index = 0 if m.reject or m.index <= 0 else m.index
         self._read_states.append(ReadState(index, m.context))
 
+    # ------------------------------------------------------------------ lease (§6.4.1)
+
+    def _record_round_tick(self) -> None:
+        ticks = self._round_ticks
+        ticks.append((self._read_round, self._ticks))
+        # Rounds older than the lease are useless; keep at most one election timeout of them.
+        horizon = self._ticks - self._timing.election_timeout_ticks
+        while len(ticks) > 1 and ticks[0][1] < horizon:
+            ticks.popleft()
+
+    def _lease_round_tick(self) -> int | None:
+        """Send tick of the newest heartbeat round a quorum (us included) acknowledged."""
+        acks = [self._read_round]
+        acks.extend(pr.read_ack for pr in self._progress.values())
+        confirmed = quorum.committed_index(acks)
+        for round_, tick in reversed(self._round_ticks):
+            if round_ <= confirmed:
+                return tick if round_ == confirmed else None
+        return None
+
+    # ------------------------------------------------------------------ transfer (§3.10)
+
+    def _send_timeout_now(self, target: int) -> None:
+        # The votes TIMEOUT_NOW triggers bypass the followers' lease: no lease reads for the
+        # rest of this term, even if the transfer fails (a late TIMEOUT_NOW can still land).
+        self._timeout_now_term = self.term
+        self._send(Message(_MT.TIMEOUT_NOW, self.node_id, target, self.term))
+
+    def _on_timeout_now(self, m: Any) -> None:
+        if m.src != self.leader_id:
+            self._count_ignored("timeout_now from a non-leader")
+            return
+        # §3.10 step 2: campaign at once, no pre-vote, votes marked as a transfer.
+        self._campaign(pre_vote=False, transfer=True)
+
+    # ------------------------------------------------------------------ snapshots (§7)
+
+    def _set_snapshot(self, snapshot: Snapshot) -> None:
+        self._snapshot = snapshot
+        self._snapshot_envelope = b""
+        self.snapshot_index = snapshot.index
+        self.snapshot_term = snapshot.term
+
+    def _envelope(self) -> bytes:
+        snapshot = self._snapshot
+        if snapshot is None:
+            return b""
+        if not self._snapshot_envelope:
+            envelope = getattr(snapshot, "envelope", b"")
+            self._snapshot_envelope = envelope or encode_snapshot(snapshot)
+        return self._snapshot_envelope
+
+    def _start_snapshot(self, peer: int, pr: Progress) -> bool:
+        envelope = self._envelope()
+        if not envelope or self.snapshot_index < self.log.first_index - 1:
+            # Cannot happen for a log compacted by compact(); never send a stale snapshot.
+            self._count_ignored("no snapshot covering the compacted log")
+            return False
+        limits = self._limits
+        sender = SnapshotSender(
+            self.snapshot_index, self.snapshot_term, envelope,
+            limits.max_snapshot_chunk_bytes, limits.max_snapshot_inflight_chunks, self._ticks,
+        )
+        pr.become_snapshot(sender)
+        self.snapshot_stats["sent"] += 1
+        self._send_snapshot_chunks(peer, sender)
+        return True
+
+    def _send_snapshot_chunks(self, peer: int, sender: SnapshotSender) -> None:
+        for offset, chunk in sender.next_chunks():
+            self.snapshot_stats["chunks_sent"] += 1
+            self._send(
+                Message(
+                    _MT.SNAPSHOT, self.node_id, peer, self.term, log_term=sender.term,
+                    index=sender.index, seq=offset, status=sender.total, context=chunk,
+                )
+            )
+
+    def _retransmit_snapshots(self) -> None:
+        # Lost chunks or acks: go back to the acknowledged offset (UDP, not TCP).
+        # Longer than a round trip (fast go-back on a gap covers losses mid-window).
+        retransmit_ticks = max(
+            2 * self._timing.heartbeat_interval_ticks, self._timing.election_timeout_ticks // 2
+        )
+        for peer, pr in self._progress.items():
+            sender = pr.snapshot
+            if sender is not None and sender.maybe_retransmit(self._ticks, retransmit_ticks):
+                self.snapshot_stats["retransmits"] += 1
+                self._send_snapshot_chunks(peer, sender)
+
+    def _on_snapshot_response(self, m: Any) -> None:
+        pr = self._progress[m.src]
+        pr.recent_active = True
+        sender = pr.snapshot
+        if sender is None or m.index != sender.index:
+            self._count_ignored("stale snapshot response")
+            return
+        if m.status == _SNAPSHOT_REFUSED:
+            # The follower will never take this snapshot (Limits.max_snapshot_bytes): stop
+            # streaming; the next append attempt (heartbeat response) offers it again.
+            self._count_ignored("snapshot refused by follower")
+            pr.become_probe()
+            pr.probe_sent = True
+            return
+        if m.reject and m.seq < sender.acked:
+            # The follower lost its partial copy (restart, bad checksum): start over there.
+            sender.acked = sender.next_offset = m.seq
+        if not sender.on_ack(m.seq, m.reject, self._ticks):
+            self._count_ignored("bogus snapshot response")
+            return
+        self._send_snapshot_chunks(m.src, sender)
+
+    def _on_snapshot(self, m: Any) -> None:
+        """A chunk of the leader's snapshot (Raft Figure 13, chunked; see snapshot.py)."""
+        total, offset, chunk = m.status, m.seq, m.context
+        if (
+            m.index <= 0 or not 0 < m.log_term <= m.term or total < ENVELOPE_OVERHEAD
+            or not 0 <= offset < total or not chunk or offset + len(chunk) > total
+        ):
+            self._count_ignored("malformed snapshot chunk")
+            return
+        if m.index <= self.commit_index:
+            # Figure 13: nothing to install; tell the leader where we are.
+            self._snapshot_receiver = None
+            self._send(
+                Message(_MT.APPEND_RESPONSE, self.node_id, m.src, self.term,
+                        index=self.commit_index)
+            )
+            return
+        if self.log.match_term(m.index, m.log_term):
+            # Figure 13 step 6: our log holds the snapshot's last entry; keep what follows.
+            self._snapshot_receiver = None
+            self._commit_to(m.index)
+            self._send(Message(_MT.APPEND_RESPONSE, self.node_id, m.src, self.term, index=m.index))
+            return
+        receiver = self._snapshot_receiver
+        if receiver is None or not receiver.matches(m.index, m.log_term, total):
+            if total > self._limits.max_snapshot_bytes:
+                self._count_ignored("snapshot above max_snapshot_bytes")
+                self._send(Message(_MT.SNAPSHOT_RESPONSE, self.node_id, m.src, self.term,
+                                   index=m.index, reject=True, status=_SNAPSHOT_REFUSED))
+                return
+            receiver = self._snapshot_receiver = SnapshotReceiver(m.index, m.log_term, total)
+        in_order = receiver.add(offset, chunk)
+        if not receiver.complete:
+            self._send(Message(_MT.SNAPSHOT_RESPONSE, self.node_id, m.src, self.term,
+                               index=m.index, seq=receiver.received, reject=not in_order))
+            return
+        self._snapshot_receiver = None
+        try:
+            snapshot = receiver.finish()
+        except DecodeError:
+            # Never install a corrupt snapshot: ask for it again from the start.
+            self.snapshot_stats["corrupt"] += 1
+            self._count_ignored("snapshot checksum mismatch")
+            self._send(Message(_MT.SNAPSHOT_RESPONSE, self.node_id, m.src, self.term,
+                               index=m.index, seq=0, reject=True))
+            return
+        envelope = bytes(receiver.buffer)
+        self._install_snapshot(Snapshot(snapshot.index, snapshot.term, snapshot.data, envelope),
+                               envelope)
+        # Sent only after the Ready carrying the snapshot is persisted (_AFTER_PERSIST).
+        self._send(Message(_MT.APPEND_RESPONSE, self.node_id, m.src, self.term, index=m.index))
+
+    def _install_snapshot(self, snapshot: Snapshot, envelope: bytes) -> None:
+        """Figure 13 steps 7-8: discard the log, restore the state machine from the snapshot
+        (by the driver, via Ready.snapshot), and continue after its last entry."""
+        self.log.restore(snapshot.index, snapshot.term)
+        self.commit_index = snapshot.index
+        self.applied_index = self._applying = snapshot.index
+        self._set_snapshot(snapshot)
+        self._snapshot_envelope = envelope
+        self._pending_snapshot = snapshot
+        self.snapshot_stats["installed"] += 1
+
     # ------------------------------------------------------------------ helpers
 
     def _send(self, m: Any) -> None:
@@ -895,13 +1287,22 @@ class RaftCore:
             )
         if not log.first_index - 1 <= log.persisted_index <= log.last_index:
             fail(f"persisted index {log.persisted_index} outside the log")
+        if self.snapshot_index > self.commit_index:
+            fail(f"snapshot index {self.snapshot_index} above commit {self.commit_index}")
+        if log.first_index - 1 > self.applied_index:
+            fail(f"log compacted to {log.first_index - 1} beyond applied {self.applied_index}")
+        if self.lead_transferee != _NONE and self.role != Role.LEADER:
+            fail(f"{self.role} with a leadership transfer pending")
         if log.last_term > self.term:
             fail(f"last log term {log.last_term} above current term")
         if self.role == Role.LEADER:
             if self.leader_id != self.node_id or self.vote != self.node_id:
                 fail(f"leader with leader_id {self.leader_id} vote {self.vote}")
-            if log.term(self._term_start_index) != self.term:
-                fail("leader's log lost the no-op of its term")
+            if (
+                self._term_start_index >= log.first_index
+                and log.term(self._term_start_index) != self.term
+            ):
+                fail("leader's log lost the no-op of its term")  # (unless compacted, §7)
             for peer, pr in self._progress.items():
                 if not pr.match < pr.next <= log.last_index + 1:
                     fail(

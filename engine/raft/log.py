@@ -6,6 +6,12 @@ list-backed store with the same surface; `make_entry_store` picks one. Everythin
 (matching, conflicts, the up-to-date rule, the persisted/unstable watermarks) lives here, on top
 of that surface, so switching the store changes no behaviour.
 
+Compaction (Raft §7): the log may start after a snapshot; `first_index - 1` is then the
+last index the snapshot (or an older compaction) covers and `term(first_index - 1)` still
+answers the AppendEntries consistency check. `compact(index)` drops entries <= index;
+`restore(index, term)` replaces the whole log with an empty one that follows (index, term)
+(a follower installing a snapshot that its log does not match, Raft Figure 13 step 7).
+
 Invariants (checked by RaftCore._check_invariants):
   first_index - 1 <= persisted_index <= last_index
   unstable_index <= last_index + 1     (entries >= unstable_index not yet handed to a Ready)
@@ -28,6 +34,7 @@ _STORE_API = (
     "append",
     "entries",
     "truncate_suffix",
+    "compact_prefix",
 )
 # ENGINE_RAFT_LIST_LOG=1 forces the list fallback (for differential runs of the simulator).
 _USE_CORE_LOG = (
@@ -50,6 +57,7 @@ class EntryStore(Protocol):
     def append(self, entries: list[Any]) -> None: ...
     def entries(self, lo: int, hi: int, max_bytes: int = U64_MAX) -> list[Any]: ...
     def truncate_suffix(self, index: int) -> None: ...
+    def compact_prefix(self, index: int) -> None: ...
 
 
 class _ListEntryStore:
@@ -112,6 +120,16 @@ class _ListEntryStore:
             raise LogIndexError(f"truncate at {index} below first index {self._first_index}")
         del self._entries[index - self._first_index :]
 
+    def compact_prefix(self, index: int) -> None:
+        if not self._first_index <= index <= self.last_index + 1:
+            raise LogIndexError(
+                f"compact_prefix at {index} outside [{self._first_index}, {self.last_index + 1}]"
+            )
+        if index > self._first_index:
+            self._prev_term = self.term_at(index - 1)
+            del self._entries[: index - self._first_index]
+            self._first_index = index
+
 
 def make_entry_store(first_index: int = 1, prev_term: int = 0) -> EntryStore:
     """The entry store behind RaftLog: engine._core.log.EntryLog (compiled or its Python twin,
@@ -132,9 +150,20 @@ class RaftLog:
 
     __slots__ = ("store", "persisted_index", "unstable_index", "truncations")
 
-    def __init__(self, entries: list[Any]) -> None:
-        first_index = entries[0].index if entries else 1
-        self.store: EntryStore = make_entry_store(first_index, 0)
+    def __init__(
+        self, entries: list[Any], first_index: int | None = None, prev_term: int = 0
+    ) -> None:
+        """entries start at first_index (default: the first entry's index, else 1); prev_term
+        is the term of first_index - 1 (0 for an uncompacted log)."""
+        if entries:
+            if first_index is not None and entries[0].index != first_index:
+                raise LogIndexError(
+                    f"entries start at {entries[0].index}, expected first index {first_index}"
+                )
+            first_index = entries[0].index
+        elif first_index is None:
+            first_index = 1
+        self.store: EntryStore = make_entry_store(first_index, prev_term)
         if entries:
             self.store.append(list(entries))
         # Entries given at construction come from disk.
@@ -209,6 +238,20 @@ class RaftLog:
         self.truncations += 1
         self.persisted_index = min(self.persisted_index, index - 1)
         self.unstable_index = min(self.unstable_index, index)
+
+    def compact(self, index: int) -> None:
+        """Drops every entry <= index (covered by a snapshot); index <= persisted_index."""
+        if index >= self.store.first_index:
+            self.store.compact_prefix(index + 1)
+
+    def restore(self, index: int, term: int) -> None:
+        """Replaces the log with an empty one after (index, term): a snapshot was installed
+        that the log does not contain (Raft Figure 13 step 7). The snapshot is persisted in
+        the same Ready that reports it, hence persisted_index = index."""
+        self.store = make_entry_store(index + 1, term)
+        self.persisted_index = index
+        self.unstable_index = index + 1
+        self.truncations += 1
 
     def take_unstable(self) -> list[Any]:
         """Entries not yet handed to a Ready; marks them handed out."""

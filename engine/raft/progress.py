@@ -8,6 +8,9 @@ A leader keeps one Progress per peer. Two states (etcd design.md):
   REPLICATE  the follower's log matches up to `match`; the leader streams appends
              optimistically (next advances on send), bounded by the in-flight window
              (Limits.max_inflight_messages / max_inflight_bytes): pipelining, thesis §10.2.2.
+  SNAPSHOT   the entries the follower needs were compacted away (Raft §7): the leader
+             streams a snapshot in chunks (engine.raft.snapshot.SnapshotSender) and sends no
+             appends until the follower reports it installed (APPEND_RESPONSE >= its index).
 
 UDP loses appends, so REPLICATE can stall with a full window of lost messages. The leader
 detects that (no ack progress for a stall period while entries are in flight) and falls back
@@ -20,11 +23,13 @@ from __future__ import annotations
 
 from collections import deque
 from enum import IntEnum
+from typing import Any
 
 
 class ProgressState(IntEnum):
     PROBE = 0
     REPLICATE = 1
+    SNAPSHOT = 2
 
 
 class Inflights:
@@ -71,6 +76,7 @@ class Progress:
         "inflights",
         "progress_tick",
         "read_ack",
+        "snapshot",
     )
 
     def __init__(self, next_index: int, max_inflight: int, max_inflight_bytes: int) -> None:
@@ -85,26 +91,39 @@ class Progress:
         # Leader tick at which this follower last made progress (or the window became busy);
         # used to detect a REPLICATE window stalled by lost messages.
         self.progress_tick = 0
-        # Highest read-index round (§6.4) this peer has acknowledged in a heartbeat response.
+        # Highest heartbeat round (§6.4 ReadIndex, §6.4.1 lease) this peer has acknowledged.
         self.read_ack = 0
+        # SNAPSHOT only: the transfer in progress (engine.raft.snapshot.SnapshotSender).
+        self.snapshot: Any = None
 
     def is_paused(self) -> bool:
         if self.state == ProgressState.PROBE:
             return self.probe_sent
+        if self.state == ProgressState.SNAPSHOT:
+            return True
         return self.inflights.full()
 
     def become_probe(self) -> None:
+        self.snapshot = None
         self.state = ProgressState.PROBE
         self.next = self.match + 1
         self.probe_sent = False
         self.inflights.reset()
 
     def become_replicate(self, now_tick: int) -> None:
+        self.snapshot = None
         self.state = ProgressState.REPLICATE
         self.next = self.match + 1
         self.probe_sent = False
         self.inflights.reset()
         self.progress_tick = now_tick
+
+    def become_snapshot(self, sender: Any) -> None:
+        """Start streaming `sender`'s snapshot; appends pause until it is installed."""
+        self.state = ProgressState.SNAPSHOT
+        self.snapshot = sender
+        self.probe_sent = False
+        self.inflights.reset()
 
     def maybe_update(self, index: int, now_tick: int) -> bool:
         """An append up to index was accepted; returns whether match advanced."""

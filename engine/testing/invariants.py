@@ -16,14 +16,19 @@ thousands of simulated runs. The properties are those of Raft Figure 3 plus dura
                         is on a majority of disks.
   Commit monotonicity   a node's commit index never decreases, except across a restart where it
                         restarts from its persisted commit.
-  Linearizable reads    a read index is >= everything committed anywhere when the read began.
+  Linearizable reads    a read index is >= everything committed anywhere when the read began
+                        (ReadIndex and lease reads alike).
+  Snapshots             a snapshot is taken at or below the node's commit and installed only
+                        beyond its applied index; the state a node holds (after applying,
+                        snapshotting or restoring) equals the state rebuilt from the committed
+                        history through its applied index (check_state).
 
 A violation raises engine.errors.InvariantViolation naming the node and index.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from engine.errors import InvariantViolation
@@ -52,7 +57,7 @@ class ClusterChecker:
     def fail(what: str) -> None:
         raise InvariantViolation(what)
 
-    def on_leader(self, node_id: int, term: int, term_at: Any) -> bool:
+    def on_leader(self, node_id: int, term: int, term_at: Any, first_index: int = 1) -> bool:
         """A node is leader at term; returns True the first time (a new leader)."""
         known = self.leaders_by_term.get(term)
         if known is not None:
@@ -60,8 +65,9 @@ class ClusterChecker:
                 self.fail(f"election safety: nodes {known} and {node_id} both lead term {term}")
             return False
         self.leaders_by_term[term] = node_id
-        # Leader Completeness (Raft §5.4.1).
-        for index in range(1, len(self.committed_terms)):
+        # Leader Completeness (Raft §5.4.1); entries below first_index are in the leader's
+        # snapshot, whose state check_state verified against the committed history.
+        for index in range(max(1, first_index), len(self.committed_terms)):
             if term_at(index) != self.committed_terms[index]:
                 self.fail(
                     f"leader completeness: leader {node_id} of term {term} has term "
@@ -129,32 +135,56 @@ class ClusterChecker:
         if known != vote:
             self.fail(f"node {node_id} voted for {known} and {vote} in term {term}")
 
-    def on_restart(self, node_id: int, commit: int, disk_entries: Sequence[Any]) -> None:
-        """A node restarts from disk: its persisted commit prefix is committed history."""
-        if commit > len(disk_entries):
-            self.fail(
-                f"node {node_id} persisted commit {commit} beyond its {len(disk_entries)} entries"
-            )
+    def on_restart(
+        self, node_id: int, commit: int, disk_term: Callable[[int], int | None], last_index: int
+    ) -> None:
+        """A node restarts from disk: its persisted commit prefix is committed history.
+        disk_term(i) is the term on disk at i, None if a snapshot covers i, 0 if absent."""
         if commit > self.committed_index:
             self.fail(
                 f"node {node_id} persisted commit {commit} > committed {self.committed_index}"
             )
         terms = self.committed_terms
         for index in range(1, commit + 1):
-            if disk_entries[index - 1].term != terms[index]:
+            term = disk_term(index)
+            if term is None:
+                continue
+            if term == 0:
+                self.fail(f"node {node_id} persisted commit {commit} beyond its disk ({index})")
+            if term != terms[index]:
                 self.fail(f"durability: node {node_id} restarted with a different entry at {index}")
 
-    def check_durable_majority(self, disks: Sequence[Sequence[Any]]) -> None:
-        """Every committed entry is on a majority of disks (acks wait for fsync, §3.8)."""
+    def check_durable_majority(self, disks: Sequence[Callable[[int], int | None]]) -> None:
+        """Every committed entry is on a majority of disks, as an entry or inside a durable
+        snapshot (acks wait for fsync, §3.8). disks: each node's disk_term(index)."""
         terms = self.committed_terms
         for index in range(1, len(terms)):
-            holders = sum(
-                1 for disk in disks if len(disk) >= index and disk[index - 1].term == terms[index]
-            )
+            holders = 0
+            for disk_term in disks:
+                term = disk_term(index)
+                if term is None or term == terms[index]:
+                    holders += 1
             if holders < self.quorum:
                 self.fail(
                     f"durability: committed index {index} on {holders} disks, quorum {self.quorum}"
                 )
+
+    def check_state(self, node_id: int, index: int, applied: Sequence[bytes]) -> None:
+        """A node's state machine through `index` (its applied commands, no-ops excluded)
+        equals the state rebuilt from the committed history."""
+        if index > self.committed_index:
+            self.fail(f"node {node_id} holds state through {index} > committed "
+                      f"{self.committed_index}")
+        expected = [data for data in self.committed_data[1 : index + 1] if data]
+        if list(applied) != expected:
+            first_diff = next(
+                (i for i, (a, b) in enumerate(zip(applied, expected, strict=False)) if a != b),
+                min(len(applied), len(expected)),
+            )
+            self.fail(
+                f"state of node {node_id} through {index} differs from the committed history "
+                f"at command {first_diff} ({len(applied)} vs {len(expected)} commands)"
+            )
 
     def on_read(self, node_id: int, index: int, floor: int) -> None:
         if index < floor:

@@ -9,7 +9,14 @@ The model
            messages reorder); partitions cut links both ways or one way.
   disk     a node's disk holds exactly what its Ready asked to persist, once the simulated
            fsync completed. A crash loses the Ready being persisted and everything in memory;
-           restart builds a new RaftCore from the disk (the state machine replays from 1).
+           restart builds a new RaftCore from the disk: the state machine is restored from the
+           disk's snapshot (if any) and replays the log after it.
+  snapshots  with snapshot_entries > 0 a node snapshots its state machine (the list of
+           commands it applied) every snapshot_entries applied entries, durably at once, then
+           compacts its disk and core log to snapshot_trailing entries below it; followers that
+           fall behind the compacted log receive the snapshot in chunks over the faulty network.
+  transfers / lease reads  the nemesis asks the leader to hand over leadership
+           (faults.transfer); with lease_read, clients also read through the leader lease.
   driver   the etcd loop: ready() -> send `messages` now -> fsync entries + hard state ->
            send `messages_after_persist` -> apply committed entries -> advance(); one Ready at
            a time per node, while the core keeps receiving messages and ticks.
@@ -33,6 +40,7 @@ whose message contains ENGINE_SIM_SEED=<seed>.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import heapq
@@ -46,7 +54,7 @@ from engine.errors import EngineError, InvariantViolation, NotLeader, Overloaded
 from engine.raft.config import RaftConfig
 from engine.raft.core import RaftCore, Role
 from engine.testing.invariants import ClusterChecker
-from engine.types import HardState, Limits, Ready, TimingConfig
+from engine.types import HardState, Limits, Ready, Snapshot, TimingConfig
 
 _TICK, _DELIVER, _PERSIST, _CLIENT, _NEMESIS = range(5)
 _PACK = struct.Struct("<qBqqqqq").pack
@@ -73,6 +81,7 @@ class FaultConfig:
     restart: float = 0.0  # P(restart a random down node) per nemesis step
     propose_interval_ms: int = 0  # 0: no background clients
     read: float = 0.0  # P(a client step is a read instead of a write)
+    transfer: float = 0.0  # P(the leader is asked to transfer leadership) per nemesis step
 
     @classmethod
     def swarm(cls, rng: random.Random) -> FaultConfig:
@@ -110,10 +119,53 @@ class SimNode:
     last_term: int = 0
     applied_index: int = 0
     applied: list[bytes] = field(default_factory=list)  # commands applied (no no-ops)
+    # Durable snapshot and the (index, term) disk_entries follow (disk_entries[i] has index
+    # disk_log_start[0] + 1 + i).
+    disk_snapshot: Snapshot | None = None
+    disk_log_start: tuple[int, int] = (0, 0)
+    snapshot_index: int = 0  # index of the last snapshot taken or installed (in memory)
 
     @property
     def up(self) -> bool:
         return self.core is not None
+
+    @property
+    def disk_last_index(self) -> int:
+        return self.disk_log_start[0] + len(self.disk_entries)
+
+    def disk_term(self, index: int) -> int | None:
+        """Term of the entry at index on disk; None if a snapshot covers it; 0 if absent."""
+        start = self.disk_log_start[0]
+        if index <= start:
+            return None
+        if index > self.disk_last_index:
+            return 0
+        return int(self.disk_entries[index - start - 1].term)
+
+    def compact_disk(self, index: int, term: int) -> None:
+        """The WAL's compact(index, term): keep the entries after (index, term) if the disk
+        holds that entry, else drop them all (Raft Figure 13 steps 6-7)."""
+        if index <= self.disk_log_start[0]:
+            return
+        if self.disk_term(index) == term:
+            del self.disk_entries[: index - self.disk_log_start[0]]
+        else:
+            self.disk_entries = []
+        self.disk_log_start = (index, term)
+
+
+def encode_applied(commands: list[bytes]) -> bytes:
+    """The simulated state machine's snapshot: its applied commands, length-prefixed."""
+    return b"".join(struct.pack("<I", len(c)) + c for c in commands)
+
+
+def decode_applied(data: bytes) -> list[bytes]:
+    commands, offset = [], 0
+    while offset < len(data):
+        (length,) = struct.unpack_from("<I", data, offset)
+        commands.append(data[offset + 4 : offset + 4 + length])
+        offset += 4 + length
+    return commands
 
 
 class Simulation:
@@ -130,8 +182,14 @@ class Simulation:
         pre_vote: bool = True,
         check_quorum: bool = True,
         check_invariants: bool = True,
+        snapshot_entries: int = 0,
+        snapshot_trailing: int = 0,
+        lease_read: bool = False,
     ) -> None:
         self.seed = seed
+        self.snapshot_entries = snapshot_entries
+        self.snapshot_trailing = snapshot_trailing
+        self.lease_reads_enabled = lease_read and check_quorum
         self.rng = random.Random(seed)
         self.faults = faults or FaultConfig()
         self.timing = timing or TimingConfig(
@@ -169,12 +227,22 @@ class Simulation:
                 "entries_committed",
                 "reads_served",
                 "reads_refused",
+                "lease_reads",
+                "snapshots_taken",
+                "snapshots_installed",
+                "snapshot_chunks_sent",
+                "snapshot_retransmits",
+                "transfers_started",
+                "transfers_completed",
             ),
             0,
         )
+        # A transfer in progress: (old leader, target, term); completed when target leads.
+        self._transfers: list[tuple[int, int, int]] = []
+        self._snapshot_counters: dict[int, dict[str, int]] = {}
         for node_id in self.node_ids:
             self._start(self.nodes[node_id])
-        if self.faults.nemesis_interval_ms and (self.faults.partition or self.faults.crash):
+        if self.faults.nemesis_interval_ms and self._nemesis_active():
             self._schedule(self.faults.nemesis_interval_ms, _NEMESIS, 0, None)
         if self.faults.propose_interval_ms:
             self._schedule(self.faults.propose_interval_ms, _CLIENT, 0, None)
@@ -230,8 +298,10 @@ class Simulation:
         node = self.nodes[node_id]
         if node.core is not None:
             return
-        self.checker.on_restart(node_id, node.disk_hard_state.commit, node.disk_entries)
-        self.checker.check_durable_majority([n.disk_entries for n in self.nodes.values()])
+        self.checker.on_restart(
+            node_id, node.disk_hard_state.commit, node.disk_term, node.disk_last_index
+        )
+        self.checker.check_durable_majority([n.disk_term for n in self.nodes.values()])
         self.stats["restarts"] += 1
         self._start(node)
         self._trace_event(5, node_id, 0, 0, 0, 0)
@@ -261,6 +331,27 @@ class Simulation:
         self._core(node_id).read_index(context)
         self._after_input(self.nodes[node_id])
         return context
+
+    def lease_read(self, node_id: int) -> int | None:
+        """A lease read on node_id (thesis §6.4.1): its read index, checked against everything
+        committed anywhere now, or None when the node holds no lease."""
+        lease = self._core(node_id).lease_read_index()
+        if lease is None:
+            return None
+        self.checker.on_read(node_id, lease[0], self.checker.committed_index)
+        self.stats["lease_reads"] += 1
+        return lease[0]
+
+    def transfer_leadership(self, target: int, leader: int | None = None) -> None:
+        """Asks the leader (default: the current one) to hand leadership to target."""
+        leader = self.leader() if leader is None else leader
+        if leader is None:
+            raise NotLeader("no leader in the simulation")
+        core = self._core(leader)
+        core.transfer_leadership(target)
+        self._transfers.append((leader, target, core.term))
+        self.stats["transfers_started"] += 1
+        self._after_input(self.nodes[leader])
 
     def leader(self) -> int | None:
         """The running leader of the highest term, if any."""
@@ -337,9 +428,13 @@ class Simulation:
                 self._schedule(
                     1 + self.rng.randrange(2 * self.faults.propose_interval_ms), _CLIENT, 0, None
                 )
-        elif self.faults.partition or self.faults.crash:
+        elif self._nemesis_active():
             self._nemesis_step()
             self._schedule(self.faults.nemesis_interval_ms, _NEMESIS, 0, None)
+
+    def _nemesis_active(self) -> bool:
+        faults = self.faults
+        return bool(faults.partition or faults.crash or faults.transfer)
 
     def _schedule(self, delay_ms: int, kind: int, node_id: int, payload: Any) -> None:
         self._sequence += 1
@@ -360,15 +455,29 @@ class Simulation:
             check_quorum=self.check_quorum,
             check_invariants=self.check_invariants,
             seed=self.rng.getrandbits(32),
+            lease_read=self.lease_reads_enabled,
         )
-        node.core = RaftCore(config, node.disk_hard_state, list(node.disk_entries), applied=0)
+        snapshot = node.disk_snapshot
+        applied = 0
+        node.applied = []
+        if snapshot is not None:
+            # Restore the state machine from the snapshot, then replay the log after it.
+            if node.disk_last_index < snapshot.index:
+                node.compact_disk(snapshot.index, snapshot.term)
+            node.applied = decode_applied(snapshot.data)
+            applied = snapshot.index
+            self.checker.check_state(node.node_id, applied, node.applied)
+        node.core = RaftCore(
+            config, node.disk_hard_state, list(node.disk_entries), applied=applied,
+            snapshot=snapshot, log_start=node.disk_log_start,
+        )
+        node.snapshot_index = applied
         node.persisting = None
         node.last_commit = node.core.commit_index
         # A term learned but never persisted is legitimately forgotten by a crash (nothing
         # durable depended on it); the persisted term itself never goes back (checked on fsync).
         node.last_term = node.core.term
-        node.applied_index = 0
-        node.applied = []
+        node.applied_index = applied
         # Nodes' timers are not in phase.
         self._schedule(
             1 + self.rng.randrange(self.timing.tick_ms), _TICK, node.node_id, node.incarnation
@@ -411,6 +520,8 @@ class Simulation:
         """The fsync finished: write the disk, send acks, apply, advance()."""
         core = node.core
         assert core is not None
+        if ready.snapshot is not None:
+            self._install_snapshot(node, ready.snapshot)
         if ready.entries:
             self._write_disk(node, ready.entries)
         if ready.hard_state is not None:
@@ -420,7 +531,7 @@ class Simulation:
                 self.checker.fail(
                     f"node {node.node_id} persisted term went back to {hard_state.term}"
                 )
-            if hard_state.commit > len(node.disk_entries):
+            if hard_state.commit > max(node.disk_last_index, node.snapshot_index):
                 self.checker.fail(
                     f"node {node.node_id} persisted commit {hard_state.commit} beyond its disk"
                 )
@@ -441,18 +552,64 @@ class Simulation:
                 self.stats["reads_refused"] += 1
             self.read_results[read.context] = read.index
         core.advance(ready)
+        self._maybe_snapshot(node, core)
+
+    def _install_snapshot(self, node: SimNode, snapshot: Snapshot) -> None:
+        """Ready.snapshot: persist it (snapshot, then the WAL marker) and restore from it."""
+        if snapshot.index <= node.applied_index:
+            self.checker.fail(
+                f"node {node.node_id} installs snapshot {snapshot.index} at or below applied "
+                f"{node.applied_index}"
+            )
+        node.disk_snapshot = snapshot
+        node.compact_disk(snapshot.index, snapshot.term)
+        node.applied = decode_applied(snapshot.data)
+        node.applied_index = node.snapshot_index = snapshot.index
+        self.checker.check_state(node.node_id, snapshot.index, node.applied)
+        self.stats["snapshots_installed"] += 1
+
+    def _maybe_snapshot(self, node: SimNode, core: RaftCore) -> None:
+        """The driver's snapshot policy: every snapshot_entries applied entries, durable at
+        once (file + fsync + rename), then the disk and the core log are compacted."""
+        if not self.snapshot_entries or node.persisting is not None:
+            return
+        index = core.applied_index
+        if index - node.snapshot_index < self.snapshot_entries or index != node.applied_index:
+            return
+        term = core.log.term(index)
+        snapshot = Snapshot(index, term, encode_applied(node.applied))
+        self.checker.check_state(node.node_id, index, node.applied)
+        if index > core.commit_index:
+            self.checker.fail(f"node {node.node_id} snapshot {index} above its commit")
+        node.disk_snapshot = snapshot
+        node.snapshot_index = index
+        floor = min(index - self.snapshot_trailing, core.log.persisted_index)
+        if floor > node.disk_log_start[0]:
+            floor_term = core.log.term(floor)
+            if node.disk_term(floor) == floor_term:
+                node.compact_disk(floor, floor_term)
+        core.compact(snapshot, compact_to=node.disk_log_start[0])
+        self.stats["snapshots_taken"] += 1
 
     def _write_disk(self, node: SimNode, entries: list[Any]) -> None:
-        disk = node.disk_entries
+        start = node.disk_log_start[0]
         first = entries[0].index
-        if first > len(disk) + 1:
+        if first > node.disk_last_index + 1:
             self.checker.fail(
-                f"node {node.node_id} wrote index {first} after a gap at {len(disk) + 1}"
+                f"node {node.node_id} wrote index {first} after a gap at "
+                f"{node.disk_last_index + 1}"
             )
-        if first <= len(disk):
-            if disk[first - 1].term != entries[0].term:
+        if first <= start:
+            # Entries at or below the disk's compaction floor are covered by its snapshot.
+            entries = entries[start + 1 - first :]
+            if not entries:
+                return
+            first = entries[0].index
+        disk = node.disk_entries
+        if first <= node.disk_last_index:
+            if disk[first - start - 1].term != entries[0].term:
                 self.stats["disk_truncations"] += 1
-            del disk[first - 1 :]
+            del disk[first - start - 1 :]
         disk.extend(entries)
 
     def _observe(self, node: SimNode, core: RaftCore) -> None:
@@ -465,12 +622,33 @@ class Simulation:
         commit = core.commit_index
         if commit != node.last_commit:
             old = node.last_commit
-            entries = core.log.slice(old + 1, commit + 1) if commit > old else []
+            # A snapshot install jumps commit over entries the log no longer holds; they are
+            # committed history already (checked by check_state at the install).
+            lo = max(old + 1, core.log.first_index)
+            if lo - 1 > self.checker.committed_index:
+                self.checker.fail(
+                    f"node {node_id} committed through a snapshot at {lo - 1} beyond the "
+                    f"committed history {self.checker.committed_index}"
+                )
+            entries = core.log.slice(lo, commit + 1) if commit >= lo else []
             self.checker.on_commit(node_id, old, commit, entries)
             node.last_commit = commit
             self.stats["entries_committed"] = self.checker.committed_index
-        if core.role == Role.LEADER and self.checker.on_leader(node_id, core.term, core.log.term):
+        if core.role == Role.LEADER and self.checker.on_leader(
+            node_id, core.term, core.log.term, core.log.first_index
+        ):
             self.stats["leaders_elected"] += 1
+            for transfer in [t for t in self._transfers if t[1] == node_id]:
+                self.stats["transfers_completed"] += 1
+                self._transfers.remove(transfer)
+        stats = core.snapshot_stats
+        node_stats = self._snapshot_counters.setdefault(node_id, {})
+        for name, key in (("chunks_sent", "snapshot_chunks_sent"),
+                          ("retransmits", "snapshot_retransmits")):
+            seen = node_stats.get(name, 0)
+            if stats[name] != seen:
+                self.stats[key] += max(stats[name] - seen, 0)
+                node_stats[name] = stats[name]
 
     # ------------------------------------------------------------------ network
 
@@ -517,6 +695,10 @@ class Simulation:
         core = node.core
         assert core is not None
         if self.rng.random() < self.faults.read:
+            if self.lease_reads_enabled and core.role == Role.LEADER and self.rng.random() < 0.5:
+                if self.lease_read(node.node_id) is None:
+                    self.stats["reads_refused"] += 1
+                return
             try:
                 self.read(node.node_id)
             except (NotLeader, Overloaded):
@@ -559,6 +741,10 @@ class Simulation:
             self.crash(rng.choice(up))
         if down and rng.random() < faults.restart:
             self.restart(rng.choice(down))
+        leader = self.leader()
+        if leader is not None and len(ids) > 1 and rng.random() < faults.transfer:
+            target = rng.choice([i for i in ids if i != leader])
+            self.transfer_leadership(target, leader)
 
     def _failure(self, what: str) -> SimulationFailure:
         return SimulationFailure(f"{what} (reproduce with ENGINE_SIM_SEED={self.seed})")
@@ -603,6 +789,32 @@ def swarm_config(seed: int) -> tuple[int, FaultConfig, TimingConfig, Limits, boo
     return n, faults, timing, limits, pre_vote, check_quorum
 
 
+@dataclass(frozen=True, slots=True)
+class SwarmExtras:
+    """What a seed draws for the features added after the base swarm (drawn from their own
+    stream so the base configuration of every seed stays the same)."""
+
+    snapshot_entries: int
+    snapshot_trailing: int
+    snapshot_chunk_bytes: int
+    snapshot_inflight_chunks: int
+    lease_read: bool
+    transfer: float
+
+
+def swarm_extras(seed: int) -> SwarmExtras:
+    rng = random.Random(f"swarm-extras:{seed}")
+    return SwarmExtras(
+        # Small thresholds so that compaction and snapshot installs happen in a short run.
+        snapshot_entries=rng.choice((0, 5, 10, 20, 40)),
+        snapshot_trailing=rng.choice((0, 0, 2, 8)),
+        snapshot_chunk_bytes=rng.choice((256, 1024, 4096, 65_000)),
+        snapshot_inflight_chunks=rng.choice((2, 4, 16)),
+        lease_read=rng.random() < 0.7,
+        transfer=0.0 if rng.random() < 0.4 else rng.uniform(0.0, 0.1),
+    )
+
+
 def run_swarm(
     seed: int,
     *,
@@ -613,6 +825,13 @@ def run_swarm(
 ) -> SwarmResult:
     """One swarm run: faulty phase, then heal + restart all + liveness. Raises SimulationFailure."""
     n, faults, timing, limits, pre_vote, check_quorum = swarm_config(seed)
+    extras = swarm_extras(seed)
+    faults = dataclasses.replace(faults, transfer=extras.transfer)
+    limits = dataclasses.replace(
+        limits,
+        max_snapshot_chunk_bytes=extras.snapshot_chunk_bytes,
+        max_snapshot_inflight_chunks=extras.snapshot_inflight_chunks,
+    )
     sim = Simulation(
         n,
         seed,
@@ -622,6 +841,9 @@ def run_swarm(
         pre_vote=pre_vote,
         check_quorum=check_quorum,
         check_invariants=check_invariants,
+        snapshot_entries=extras.snapshot_entries,
+        snapshot_trailing=extras.snapshot_trailing,
+        lease_read=extras.lease_read,
     )
     try:
         deadline = fault_time_ms
@@ -661,7 +883,9 @@ def _liveness_phase(sim: Simulation, budget_ms: int) -> None:
         if proposed is not None and sim.is_committed(proposed[0], proposed[2]):
             applied = functools.partial(sim.applied_everywhere, proposed[0])
             if sim.run_until(applied, deadline - sim.now):
-                sim.checker.check_durable_majority([n.disk_entries for n in sim.nodes.values()])
+                sim.checker.check_durable_majority([n.disk_term for n in sim.nodes.values()])
+                for node in sim.nodes.values():
+                    sim.checker.check_state(node.node_id, node.applied_index, node.applied)
                 return
             break
         leader = sim.leader()
@@ -686,4 +910,8 @@ __all__ = [
     "SwarmResult",
     "run_swarm",
     "swarm_config",
+    "swarm_extras",
+    "SwarmExtras",
+    "encode_applied",
+    "decode_applied",
 ]

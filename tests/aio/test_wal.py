@@ -491,3 +491,80 @@ def test_random_histories_replay_to_the_oracle(tmp_path_factory: pytest.TempPath
     assert recovered.entries == oracle.entries
     assert recovered.first_index == oracle.first
     assert recovered.hard_state == oracle.hard_state
+
+
+# ---------------------------------------------------------------------- snapshot files
+
+
+def _snapshot(index: int, term: int, data: bytes = b"state") -> tuple[object, bytes]:
+    from engine.raft.snapshot import encode_snapshot
+    from engine.types import Snapshot
+
+    snapshot = Snapshot(index, term, data)
+    return snapshot, encode_snapshot(snapshot)
+
+
+def test_snapshot_file_is_durable_verified_and_replaces_older_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from engine.aio.wal import write_snapshot_file
+
+    synced: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd)))
+    wal = WriteAheadLog(tmp_path)
+    wal.open()
+    first, first_envelope = _snapshot(5, 1)
+    wal.save_snapshot(first, first_envelope)
+    assert len(synced) >= 2  # the file, then the directory after the rename
+    second, second_envelope = _snapshot(9, 2, b"newer")
+    write_snapshot_file(str(tmp_path), 9, 2, second_envelope)
+    assert sorted(p.name for p in tmp_path.glob("*.snap")) == [
+        "snap-00000000000000000009-00000000000000000002.snap"
+    ]
+    assert wal.load_snapshot() == second
+    wal.close()
+
+
+def test_corrupt_snapshot_file_is_a_storage_error(tmp_path: Path) -> None:
+    wal = WriteAheadLog(tmp_path)
+    wal.open()
+    snapshot, envelope = _snapshot(3, 1, b"x" * 100)
+    wal.save_snapshot(snapshot, envelope)
+    wal.close()
+    (path,) = tmp_path.glob("*.snap")
+    data = bytearray(path.read_bytes())
+    data[60] ^= 0x04
+    path.write_bytes(bytes(data))
+    with pytest.raises(StorageError, match="corrupt"):
+        WriteAheadLog(tmp_path).open()
+
+
+def test_open_returns_snapshot_and_log_after_compaction(tmp_path: Path) -> None:
+    wal = WriteAheadLog(tmp_path)
+    wal.open()
+    wal.save(make_entries(1, 10, 1), HardState(1, 1, 10))
+    snapshot, envelope = _snapshot(8, 1)
+    wal.save_snapshot(snapshot, envelope)
+    wal.compact(6, 1)  # trailing entries 7..8 stay below the snapshot
+    wal.close()
+    recovered = WriteAheadLog(tmp_path).open()
+    assert recovered.snapshot == snapshot
+    assert (recovered.snapshot_index, recovered.snapshot_term) == (6, 1)
+    assert [e.index for e in recovered.entries] == [7, 8, 9, 10]
+
+
+def test_snapshot_newer_than_the_log_restarts_the_log_after_it(tmp_path: Path) -> None:
+    # An installed snapshot whose WAL marker never reached the disk (crash in between).
+    wal = WriteAheadLog(tmp_path)
+    wal.open()
+    wal.save(make_entries(1, 3, 1), HardState(1, 1, 3))
+    snapshot, envelope = _snapshot(20, 2)
+    wal.save_snapshot(snapshot, envelope)
+    wal.close()
+    reopened = WriteAheadLog(tmp_path)
+    recovered = reopened.open()
+    assert recovered.entries == [] and recovered.first_index == 21
+    reopened.save(make_entries(21, 1, 2), None)  # no gap
+    reopened.close()
+    assert [e.index for e in WriteAheadLog(tmp_path).open().entries] == [21]

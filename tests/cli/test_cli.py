@@ -110,3 +110,37 @@ def test_pure_python_install_flag_is_parsed_like_setup_py() -> None:
     finally:
         del os.environ["ENGINE_TEST_FLAG"]
     assert not flag("ENGINE_TEST_FLAG")
+
+
+def test_transfer_moves_leadership(key_file: Path, tmp_path: Path) -> None:
+    ports = free_udp_ports(3)
+    members = ",".join(f"{i}=127.0.0.1:{p}" for i, p in enumerate(ports, 1))
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "engine", "serve", "--node-id", str(i), "--members", members,
+             "--cluster-key-file", str(key_file)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in (1, 2, 3)
+    ]
+    try:
+        common = ["--members", members, "--cluster-key-file", str(key_file)]
+        deadline = time.monotonic() + 20
+        leader = None
+        while leader is None and time.monotonic() < deadline:
+            status = json.loads(run("status", *common).stdout)
+            leader = next((int(i) for i, s in status.items() if s.get("role") == "leader"), None)
+        assert leader is not None
+        target = 1 if leader != 1 else 2
+        moved = run("transfer", *common, "--to", str(target))
+        assert moved.returncode == 0, moved.stderr
+        status = json.loads(run("status", *common).stdout)
+        assert status[str(target)]["role"] == "leader", status
+        bad = run("transfer", *common, "--to", "9")
+        assert bad.returncode == 2 and bad.stderr.startswith("error: ")
+    finally:
+        for process in processes:
+            process.send_signal(signal.SIGTERM)
+        for process in processes:
+            process.wait(timeout=10)

@@ -3,9 +3,11 @@
 Goal: find safety and liveness bugs no hand-written test thinks of. Method: every seed draws
 its own cluster size (1-5), fault rates (loss 0-30 %, duplication 0-30 %, delay and reordering,
 symmetric / one-way / leader-isolating partitions, crash-restart losing unsynced writes),
-timing, flow-control limits and pre-vote / check-quorum settings; runs a faulty phase with
-the global invariants checked after every event; then heals the network, restarts every node
-and requires a committed, applied proposal on all nodes within bounded simulated time.
+timing, flow-control limits and pre-vote / check-quorum settings, snapshot thresholds and
+chunk sizes (compaction, chunked installs), lease reads and leadership transfers; runs a
+faulty phase with the global invariants checked after every event; then heals the network,
+restarts every node and requires a committed, applied proposal on all nodes within bounded
+simulated time.
 
 ENGINE_SIM_SEED=<n> runs only seed n (the failure message prints it). ENGINE_SIM_SEEDS sets
 the number of seeds (default 600).
@@ -51,6 +53,15 @@ def test_swarm() -> None:
         "partitions": sum(1 for r in results if r.fault_stats["partitions"] >= 1),
         "reads_served": sum(1 for r in results if r.fault_stats["reads_served"] >= 1),
         "overload_refusals": sum(1 for r in results if r.fault_stats["proposals_refused"] >= 1),
+        "snapshots_taken": sum(1 for r in results if r.fault_stats["snapshots_taken"] >= 1),
+        "snapshot_installs": sum(1 for r in results if r.fault_stats["snapshots_installed"] >= 1),
+        "snapshot_retransmits": sum(
+            1 for r in results if r.fault_stats["snapshot_retransmits"] >= 1
+        ),
+        "lease_reads": sum(1 for r in results if r.fault_stats["lease_reads"] >= 1),
+        "transfers_completed": sum(
+            1 for r in results if r.fault_stats["transfers_completed"] >= 1
+        ),
     }
     print(
         f"\nswarm: {len(results)} seeds in {elapsed:.1f} s ({len(results) / elapsed:.1f} seeds/s), "
@@ -60,8 +71,12 @@ def test_swarm() -> None:
     if ONLY_SEED is None:
         # Coverage in the Antithesis "sometimes" sense: the interesting states must be reached
         # in a meaningful share of seeds, or the swarm is not testing what it claims.
-        for name in ("leader_changes", "crashes", "disk_truncations", "partitions", "reads_served"):
+        for name in ("leader_changes", "crashes", "disk_truncations", "partitions", "reads_served",
+                     "snapshots_taken", "lease_reads", "transfers_completed"):
             assert coverage[name] >= len(results) // 20, (name, coverage)
+        # Issue 6: snapshot installs (chunked transfer under faults) in >= 1 % of seeds.
+        for name in ("snapshot_installs", "snapshot_retransmits"):
+            assert coverage[name] >= max(1, len(results) // 100), (name, coverage)
 
 
 @pytest.mark.parametrize("seed", [3, 17, 101, 4242, 99991])
