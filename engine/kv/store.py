@@ -19,9 +19,10 @@ Sessions are bounded by Limits.max_client_sessions; past it the session least re
 
 from __future__ import annotations
 
+import copy
 import struct
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from engine.errors import DecodeError, InvariantViolation
 from engine.kv.commands import (
@@ -126,6 +127,22 @@ class KVStore:
                 pack_u32(len(session.result)), session.result,
             )
         return b"".join(parts)
+
+    def snapshot_fork(self) -> Callable[[], bytes]:
+        """Freeze the state now and return a function that serialises the frozen copy.
+
+        The copy is shallow (keys and values are immutable bytes), so freezing 1M keys costs
+        tens of milliseconds instead of the ~0.6 s of snapshot(); the driver serialises on
+        another thread while apply goes on (copy-on-write at the granularity of the map).
+        """
+        frozen = KVStore.__new__(KVStore)
+        frozen._max_sessions = self._max_sessions
+        frozen._data = self._data.copy()
+        frozen._sessions = OrderedDict(
+            (client_id, copy.copy(session)) for client_id, session in self._sessions.items()
+        )
+        frozen._applied_index = self._applied_index
+        return frozen.snapshot
 
     def restore(self, data: bytes) -> None:
         """Replace the whole state with a snapshot; raises DecodeError (state unchanged) if

@@ -382,3 +382,18 @@ def test_against_a_dict_model(ops: list) -> None:
             assert restored == store
             store = restored
         assert dict(store.items()) == model
+
+
+def test_snapshot_fork_freezes_state_while_apply_goes_on() -> None:
+    from engine.kv import KVStore, encode_put
+
+    store = KVStore()
+    store.apply(1, encode_put(b"a", b"1", client_id=7, seq=1))
+    serialize = store.snapshot_fork()
+    expected = store.snapshot()
+    store.apply(2, encode_put(b"a", b"2", client_id=7, seq=2))
+    store.apply(3, encode_put(b"b", b"3"))
+    assert serialize() == expected  # the fork saw none of the later applies
+    restored = KVStore()
+    restored.restore(serialize())
+    assert restored.get(b"a") == b"1" and restored.get(b"b") is None
