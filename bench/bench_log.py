@@ -6,19 +6,29 @@
 Workload: 10,000 entries with 100-byte payloads appended to a fresh log, then read back with
 entries(1, 10_001). The Entry objects and payloads exist before timing starts (they come from
 the codec or the proposal queue in the real system); reading back builds new Entry objects.
+
+Memory (issue 2, <= 32 bytes per entry beyond the payload): 1,000,000 entries of 0, 100 and
+1,000 bytes appended in batches of 1,000, measured with tracemalloc. The script prints the
+bytes/entry for both implementations; test_memory_overhead_1m_entries_1000_bytes asserts the
+1 GB case, which the default test suite runs at 200,000 entries only.
 """
 
 from __future__ import annotations
 
+import gc
 import importlib
 import platform
 import timeit
+import tracemalloc
 from collections.abc import Callable
 from types import ModuleType, SimpleNamespace
 from typing import Any
 
 ENTRIES = 10_000
 PAYLOAD_BYTES = 100
+MEMORY_ENTRIES = 1_000_000
+MEMORY_BATCH = 1_000
+OVERHEAD_LIMIT = 32  # bytes per entry beyond its payload (issue 2)
 
 
 def payloads() -> list[bytes]:
@@ -49,6 +59,25 @@ def term_lookups(log: Any) -> int:
     return total
 
 
+def overhead_per_entry(log_module: ModuleType, size: int, entries: int = MEMORY_ENTRIES) -> float:
+    """Bytes allocated per entry beyond its payload by a log of `entries` `size`-byte payloads,
+    appended in leader batches (tracemalloc sees the C twin's PyMem_* buffers too)."""
+    payloads = [bytes([k % 256]) * size for k in range(MEMORY_BATCH)]
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        log = log_module.EntryLog()
+        for term in range(entries // MEMORY_BATCH):
+            log.append_payloads(term, 0, payloads)
+        gc.collect()
+        used = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert len(log) == entries and log.payload_bytes == entries * size
+    return (used - log.payload_bytes) / entries
+
+
 # -- pytest-benchmark ------------------------------------------------------------------------------
 
 
@@ -71,6 +100,13 @@ def test_bench_log_term_at_10k(benchmark: Any, impl: SimpleNamespace) -> None:
     log = impl.log.EntryLog()
     log.append_payloads(3, 0, payloads())
     assert benchmark(term_lookups, log) == 3 * ENTRIES
+
+
+def test_memory_overhead_1m_entries_1000_bytes(impl: SimpleNamespace) -> None:
+    # The 1 GB case of tests/_core/test_log.py::test_memory_overhead_per_entry.
+    overhead = overhead_per_entry(impl.log, 1000)
+    print(f"{impl.name}: {overhead:.2f} bytes/entry beyond 1,000-byte payloads at 1M entries")
+    assert overhead <= OVERHEAD_LIMIT
 
 
 # -- script: both implementations in one run -----------------------------------------------------
@@ -103,6 +139,12 @@ def main() -> None:
     for label, c_seconds, py_seconds in rows:
         print(f"{label:<{width}}  {c_seconds * 1e3:>10.3f}  {py_seconds * 1e3:>10.3f}  "
               f"{py_seconds / c_seconds:>5.1f}x")
+    print(f"\nmemory: bytes per entry beyond the payload at {MEMORY_ENTRIES:,} entries "
+          f"(batches of {MEMORY_BATCH:,}; tracemalloc; limit {OVERHEAD_LIMIT})")
+    print(f"{'payload':>8}  {'cython':>8}  {'python':>8}")
+    for size in (0, 100, 1000):
+        row = [overhead_per_entry(lm, size) for lm, _ in impls.values()]
+        print(f"{size:>6} B  {row[0]:>8.2f}  {row[1]:>8.2f}")
 
 
 def _append_case(log_module: ModuleType, codec: ModuleType) -> Callable[[], object]:
