@@ -63,7 +63,8 @@ def violations(path: Path, relative: str | None = None) -> list[str]:
             top = name.split(".")[0]
             if top in FORBIDDEN_MODULES and (relative, top) not in ALLOWED:
                 found.append(f"{relative}:{node.lineno}: imports {name}")
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "open":
+        is_call = isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+        if is_call and node.func.id == "open":
             found.append(f"{relative}:{node.lineno}: calls open()")
         if (
             isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
