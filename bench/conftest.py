@@ -7,24 +7,14 @@ expected there); under ENGINE_REQUIRE_EXTENSIONS=1 a missing compiled module is 
 
 from __future__ import annotations
 
-import importlib
 from types import SimpleNamespace
 
 import pytest
 
-from engine._core import flag
+from engine.testing import implementations
 
-IMPLEMENTATIONS = ["py"] if flag("ENGINE_NO_EXTENSIONS") else ["c", "py"]
-
-
-def load_impl(name: str) -> SimpleNamespace:
-    suffix = {"c": "_c", "py": "_py"}[name]
-    return SimpleNamespace(
-        name=name,
-        codec=importlib.import_module(f"engine._core.codec{suffix}"),
-        log=importlib.import_module(f"engine._core.log{suffix}"),
-        quorum=importlib.import_module(f"engine._core.quorum{suffix}"),
-    )
+IMPLEMENTATIONS = implementations.available()
+load_impl = implementations.load
 
 
 @pytest.fixture(params=IMPLEMENTATIONS, scope="session")
