@@ -1,0 +1,379 @@
+"""A cluster of real `python -m engine serve` processes on one machine, for fault injection.
+
+    cluster = ProcessCluster(Path("/tmp/run"), n=3, protocol="raft")
+    cluster.start_all()
+    leader = await cluster.leader_id()
+    cluster.kill(leader)                       # kill -9
+    cluster.pause(2); cluster.resume(2)        # SIGSTOP / SIGCONT
+    await cluster.set_faults(1, drop_to=[2])   # through the transport's fault filter
+    cluster.start(leader)                      # restart (same data dir: WAL replay)
+    cluster.stop_all()
+
+Every node runs with `--allow-fault-injection`, its own data directory (a durable WAL) and a log
+file `n<ID>.log` in the cluster directory; each start appends a marker line to that log so the
+incarnations can be told apart. Faults on the network go through the ADMIN message that switches
+the node's UDP fault filter (engine.aio.udp.UdpTransport.set_fault_filter): authenticated with
+the cluster key like all traffic, and obeyed only because the nodes run with fault injection
+allowed.
+
+Network namespaces (`netns=True`, Linux, root): each node runs in its own namespace
+(`ip netns exec`) with a veth pair into a bridge in the caller's namespace, and `link_down(ids)`
+sets the host side of those nodes' veth down: a partition made by the kernel, not by our own
+transport, so it also cuts traffic the fault filter would never see (the filter works on
+messages the node chose to send). `netns_available()` tells whether this machine allows it.
+
+Storage faults: `append_torn_tail(node_id)` (node stopped) appends a damaged copy of the WAL's
+last record, as a crash in the middle of writing a save that was never acknowledged leaves it;
+see the docstring for why the fault is not "flip a bit in the last real record".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from engine import errors
+from engine.aio.client import Client
+from engine.aio.local_cluster import free_udp_ports
+from engine.messages import AdminOp
+
+_WAL_FRAME = struct.Struct("<IIB")  # length, crc, type: engine.aio.wal's record frame
+
+
+def netns_available() -> bool:
+    """True if this process may create network namespaces (Linux, root, `ip` present)."""
+    if sys.platform != "linux" or os.geteuid() != 0 or shutil.which("ip") is None:
+        return False
+    name = f"engprobe{os.getpid()}"
+    created = subprocess.run(["ip", "netns", "add", name], capture_output=True).returncode == 0
+    if created:
+        subprocess.run(["ip", "netns", "del", name], capture_output=True)
+    return created
+
+
+def _ip(*args: str) -> None:
+    result = subprocess.run(["ip", *args], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise errors.ConfigError(f"ip {' '.join(args)} failed: {result.stderr.strip()}")
+
+
+class _Netns:
+    """One bridge in our namespace and one namespace + veth pair per node (see module doc)."""
+
+    def __init__(self, node_ids: list[int], rng: random.Random) -> None:
+        tag = f"{os.getpid() % 10000}{rng.randrange(100, 1000)}"
+        self.bridge = f"ebr{tag}"
+        self.subnet = f"10.{rng.randrange(64, 250)}.{rng.randrange(1, 250)}"
+        self.names = {i: f"eng{tag}n{i}" for i in node_ids}
+        self.host_links = {i: f"ev{tag}h{i}" for i in node_ids}
+        self.addresses = {i: f"{self.subnet}.{i}" for i in node_ids}
+        self.created: list[str] = []
+
+    def create(self) -> None:
+        _ip("link", "add", self.bridge, "type", "bridge")
+        self.created.append(self.bridge)
+        _ip("addr", "add", f"{self.subnet}.254/24", "dev", self.bridge)
+        _ip("link", "set", self.bridge, "up")
+        for node_id, ns in self.names.items():
+            host, peer = self.host_links[node_id], f"ev{ns[3:]}p"
+            _ip("netns", "add", ns)
+            self.created.append(ns)
+            _ip("link", "add", host, "type", "veth", "peer", "name", peer)
+            _ip("link", "set", peer, "netns", ns)
+            _ip("link", "set", host, "master", self.bridge)
+            _ip("link", "set", host, "up")
+            _ip("-n", ns, "addr", "add", f"{self.addresses[node_id]}/24", "dev", peer)
+            _ip("-n", ns, "link", "set", peer, "up")
+            _ip("-n", ns, "link", "set", "lo", "up")
+
+    def set_link(self, node_id: int, up: bool) -> None:
+        _ip("link", "set", self.host_links[node_id], "up" if up else "down")
+
+    def destroy(self) -> None:
+        for name in reversed(self.created):
+            if name == self.bridge:
+                subprocess.run(["ip", "link", "del", name], capture_output=True)
+            else:  # deleting the namespace deletes its veth end, and with it the pair
+                subprocess.run(["ip", "netns", "del", name], capture_output=True)
+        self.created.clear()
+
+
+class ProcessCluster:
+    """n `serve` processes with WALs under `directory` (see the module docstring)."""
+
+    def __init__(self, directory: Path, n: int = 3, protocol: str = "raft", *,
+                 netns: bool = False, seed: int = 0, python: str = sys.executable,
+                 extra_env: dict[str, str] | None = None) -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.n = n
+        self.protocol = protocol
+        self.python = python
+        self.env = {**os.environ, **(extra_env or {})}
+        self.key = os.urandom(32)
+        self.key_file = self.directory / "cluster.key"
+        self.key_file.write_text(self.key.hex())
+        node_ids = list(range(1, n + 1))
+        self._netns: _Netns | None = None
+        if netns:
+            self._netns = _Netns(node_ids, random.Random(seed))
+            self._netns.create()
+            hosts = self._netns.addresses
+            ports = dict.fromkeys(node_ids, 7000)
+        else:
+            hosts = dict.fromkeys(node_ids, "127.0.0.1")
+            ports = dict(zip(node_ids, free_udp_ports(n), strict=True))
+        self.members = {i: f"{hosts[i]}:{ports[i]}" for i in node_ids}
+        self.members_arg = ",".join(f"{i}={a}" for i, a in self.members.items())
+        self.processes: dict[int, subprocess.Popen[bytes]] = {}
+        self.paused: set[int] = set()
+        self.starts: dict[int, int] = dict.fromkeys(node_ids, 0)
+        self.exit_codes: list[tuple[int, int]] = []  # (node, code) of processes that ended
+
+    # ------------------------------------------------------------------ processes
+
+    @property
+    def node_ids(self) -> list[int]:
+        return list(self.members)
+
+    def log_path(self, node_id: int) -> Path:
+        return self.directory / f"n{node_id}.log"
+
+    def data_dir(self, node_id: int) -> Path:
+        return self.directory / f"n{node_id}"
+
+    def start(self, node_id: int) -> None:
+        """Start (or restart) a node on its data directory; its log is appended to."""
+        if node_id in self.processes:
+            raise errors.ConfigError(f"node {node_id} is already running")
+        self.starts[node_id] += 1
+        command = [
+            self.python, "-m", "engine", "-v", "serve", "--node-id", str(node_id),
+            "--members", self.members_arg, "--cluster-key-file", str(self.key_file),
+            "--data-dir", str(self.data_dir(node_id)), "--protocol", self.protocol,
+            "--allow-fault-injection",
+        ]
+        if self._netns is not None:
+            command = ["ip", "netns", "exec", self._netns.names[node_id], *command]
+        with open(self.log_path(node_id), "ab") as log:
+            log.write(f"=== harness: start {self.starts[node_id]} of node {node_id} at "
+                      f"{time.time():.3f} ===\n".encode())
+            log.flush()
+            # The child keeps its own descriptor of the log; ours closes with the block.
+            self.processes[node_id] = subprocess.Popen(
+                command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=self.env,
+            )
+
+    def start_all(self) -> None:
+        for node_id in self.node_ids:
+            if node_id not in self.processes:
+                self.start(node_id)
+
+    def running(self) -> list[int]:
+        return [i for i in self.node_ids if i in self.processes]
+
+    def kill(self, node_id: int) -> None:
+        """kill -9: no shutdown code runs; what was fsynced survives, nothing else matters
+        (a process's unsynced writes are in the page cache and survive it too)."""
+        process = self.processes.pop(node_id)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        self.paused.discard(node_id)
+
+    def pause(self, node_id: int) -> None:
+        self.processes[node_id].send_signal(signal.SIGSTOP)
+        self.paused.add(node_id)
+
+    def resume(self, node_id: int) -> None:
+        if node_id in self.paused and node_id in self.processes:
+            self.processes[node_id].send_signal(signal.SIGCONT)
+        self.paused.discard(node_id)
+
+    def crashed(self) -> list[tuple[int, int]]:
+        """Nodes whose process ended on its own (not killed by us): (node, exit code)."""
+        ended = []
+        for node_id, process in list(self.processes.items()):
+            code = process.poll()
+            if code is not None:
+                ended.append((node_id, code))
+                del self.processes[node_id]
+                self.exit_codes.append((node_id, code))
+        return ended
+
+    def stop_all(self) -> None:
+        """SIGTERM (a clean stop), SIGKILL after 5 s; then remove any network namespaces."""
+        for node_id in list(self.processes):
+            self.resume(node_id)
+        for process in self.processes.values():
+            if process.poll() is None:
+                process.terminate()
+        for node_id, process in list(self.processes.items()):
+            try:
+                code = process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                code = process.wait()
+            self.exit_codes.append((node_id, code))
+            del self.processes[node_id]
+        if self._netns is not None:
+            self._netns.destroy()
+
+    # ------------------------------------------------------------------ clients and status
+
+    def client(self, addresses: list[str] | None = None, **options: Any) -> Client:
+        return Client(addresses or list(self.members.values()), cluster_key=self.key, **options)
+
+    async def statuses(self, wait: float = 0.3) -> dict[int, dict[str, Any]]:
+        """Status of every running, unpaused node that answers within `wait` seconds."""
+        async with self.client(attempt_timeout=wait / 4) as client:
+            ids = [i for i in self.running() if i not in self.paused]
+            answers = await asyncio.gather(
+                *(client.status(self.members[i]) for i in ids), return_exceptions=True)
+        return {i: a for i, a in zip(ids, answers, strict=True) if isinstance(a, dict)}
+
+    async def find_leader(self) -> int | None:
+        """The node that says it leads in the highest term (a deposed leader in a minority
+        may still say so in an older term), or None."""
+        best: tuple[int, int] | None = None
+        for node_id, status in (await self.statuses()).items():
+            if status.get("role") == "leader":
+                term = int(status.get("term", status.get("ballot", 0)) or 0)
+                if best is None or term > best[0]:
+                    best = (term, node_id)
+        return None if best is None else best[1]
+
+    async def leader_id(self, timeout: float = 10.0) -> int:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            leader = await self.find_leader()
+            if leader is not None:
+                return leader
+            await asyncio.sleep(0.05)
+        raise errors.Timeout(f"no leader within {timeout} s")
+
+    # ------------------------------------------------------------------ network faults
+
+    async def _admin(self, node_id: int, op: int, spec: dict[str, Any] | None,
+                     attempts: int = 5) -> bool:
+        """Send an ADMIN op; retried because a lossy filter may drop the answer. False if the
+        node never answered (dead or paused); raises Rejected if it refused."""
+        async with self.client(attempt_timeout=0.2) as client:
+            for _ in range(attempts):
+                try:
+                    await client.admin(self.members[node_id], op, spec)
+                    return True
+                except errors.Timeout:
+                    continue
+        return False
+
+    async def set_faults(self, node_id: int, *, drop_to: list[int] | None = None,
+                         drop_from: list[int] | None = None, loss: float = 0.0,
+                         duplicate: float = 0.0, delay_ms: float = 0.0, jitter_ms: float = 0.0,
+                         seed: int = 0) -> bool:
+        spec = {"drop_to": sorted(drop_to or []), "drop_from": sorted(drop_from or []),
+                "loss": loss, "duplicate": duplicate, "delay_ms": delay_ms,
+                "jitter_ms": jitter_ms, "seed": seed}
+        return await self._admin(node_id, AdminOp.SET_FAULTS, spec)
+
+    async def clear_faults(self, node_id: int) -> bool:
+        return await self._admin(node_id, AdminOp.CLEAR_FAULTS, None)
+
+    async def partition(self, groups: list[list[int]]) -> None:
+        """Nodes hear only nodes of their own group (a node in no group is unaffected)."""
+        for group in groups:
+            others = [i for g in groups if g is not group for i in g]
+            for node_id in group:
+                if node_id in self.processes:
+                    await self.set_faults(node_id, drop_to=others, drop_from=others)
+
+    def link_down(self, node_ids: list[int], down: bool = True) -> None:
+        """netns only: cut (or restore) each node's link to the bridge."""
+        if self._netns is None:
+            raise errors.ConfigError("link_down needs ProcessCluster(netns=True)")
+        for node_id in node_ids:
+            self._netns.set_link(node_id, not down)
+
+    @property
+    def uses_netns(self) -> bool:
+        return self._netns is not None
+
+    # ------------------------------------------------------------------ storage faults
+
+    def append_torn_tail(self, node_id: int, rng: random.Random) -> int:
+        """Append a damaged copy of the last record of the node's last WAL segment; return
+        the bytes appended. The node must not be running.
+
+        What this simulates: a crash while the WAL was writing a save that nobody has seen
+        acknowledged — either torn (a prefix of the record reached the disk) or with a flipped
+        bit (the checksum fails). The WAL must cut it at start and lose nothing else.
+
+        Why a copy and not the last real record: every record a killed process wrote has
+        reached the page cache, which survives kill -9, and from outside we cannot tell
+        whether its fsync returned and its acknowledgements (append acks, votes) went out.
+        Damaging it could erase a vote or an acknowledged entry, a fault Raft and Paxos do
+        not claim to survive. For the same reason "loss of unsynced writes" cannot be
+        produced with kill -9 at all (it needs a machine crash or a lazyfs-like filesystem).
+        """
+        if node_id in self.processes:
+            raise errors.ConfigError(f"node {node_id} is running")
+        segments = sorted(self.data_dir(node_id).glob("wal-*.log"))
+        if not segments:
+            return 0
+        path = segments[-1]
+        data = path.read_bytes()
+        offset, last = 0, None
+        while offset + _WAL_FRAME.size <= len(data):
+            length = _WAL_FRAME.unpack_from(data, offset)[0]
+            end = offset + _WAL_FRAME.size + length
+            if end > len(data):
+                break
+            last = (offset, end)
+            offset = end
+        if last is None or offset != len(data):
+            return 0  # not a clean tail: leave it to the WAL's own checks
+        record = bytearray(data[last[0]:last[1]])
+        if rng.random() < 0.5:
+            # Torn: a strict prefix of the record (at least one byte, never all of it).
+            tail = bytes(record[:rng.randrange(1, len(record))])
+        else:
+            # Flipped bit anywhere but the length field (a shorter length would make the record
+            # end before end of file: corruption by design, not a torn tail; wal.py docstring).
+            position = rng.randrange(4, len(record))
+            record[position] ^= 1 << rng.randrange(8)
+            tail = bytes(record)
+        with open(path, "ab") as stream:
+            stream.write(tail)
+            stream.flush()
+            os.fsync(stream.fileno())
+        return len(tail)
+
+    def wal_cut_check(self, node_id: int) -> int:
+        """Open a COPY of the node's WAL (engine.aio.wal) and return the bytes it cuts."""
+        from engine.aio.wal import WriteAheadLog
+
+        with tempfile.TemporaryDirectory() as scratch:
+            copy = Path(scratch) / "wal"
+            shutil.copytree(self.data_dir(node_id), copy)
+            wal = WriteAheadLog(str(copy))
+            try:
+                return int(wal.open().truncated_bytes)
+            finally:
+                with contextlib.suppress(Exception):
+                    wal.close()
+
+    # ------------------------------------------------------------------ logs
+
+    def log_text(self, node_id: int) -> str:
+        path = self.log_path(node_id)
+        return path.read_text(errors="replace") if path.exists() else ""
