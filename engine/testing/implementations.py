@@ -25,3 +25,21 @@ def load(name: str) -> SimpleNamespace:
         log=importlib.import_module(f"engine._core.log{suffix}"),
         quorum=importlib.import_module(f"engine._core.quorum{suffix}"),
     )
+
+
+def pytest_fixtures() -> tuple[object, object]:
+    """pytest fixtures `impl` (each implementation in turn) and `both_impls` (all of them),
+    imported by tests/conftest.py and bench/conftest.py."""
+    import pytest
+
+    @pytest.fixture(params=available(), scope="session")
+    def impl(request: pytest.FixtureRequest) -> SimpleNamespace:
+        """Namespace with .codec, .log, .quorum modules of one implementation."""
+        return load(request.param)
+
+    @pytest.fixture(scope="session")
+    def both_impls() -> list[SimpleNamespace]:
+        """Every available implementation, for differential (c == py) tests."""
+        return [load(name) for name in available()]
+
+    return impl, both_impls
