@@ -88,6 +88,11 @@ async def test_far_behind_follower_installs_a_chunked_snapshot_despite_loss(
             await cluster.stop(lagging)
             again = await cluster.restart(lagging)
             assert again.status()["applied_index"] >= again.status()["snapshot_index"] > 0
+            # Entries after the snapshot that were applied but not yet fsynced locally when it
+            # crashed (apply runs in parallel with the write; they are durable on a quorum)
+            # come back from the leader.
+            await wait_for(lambda: again.status()["applied_index"] >= last, timeout=20,
+                           what="catch up after restart")
             assert value_of(again, b"key-999") == b"x" * 100
 
 
