@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from typing import Any
 
 import pytest
 
@@ -45,8 +46,14 @@ async def test_snapshots_compact_the_log_and_a_restart_restores_from_them(tmp_pa
             # The log below the snapshot (minus the trailing entries) is gone from memory.
             assert status["first_index"] > 200
             assert status["first_index"] - 1 <= status["snapshot_index"]
-            files = [f for f in os.listdir(tmp_path / f"n{node.node_id}") if f.endswith(".snap")]
-            assert len(files) == 1  # older snapshots are deleted once a newer one is durable
+            directory = tmp_path / f"n{node.node_id}"
+
+            def snapshot_files(directory: Any = directory) -> list[str]:
+                return [f for f in os.listdir(directory) if f.endswith(".snap")]
+
+            # Older snapshots are deleted once a newer one is durable. A newer snapshot may be
+            # being written right now (then two files exist for a moment): wait it out.
+            await wait_for(lambda: len(snapshot_files()) == 1, what="old snapshots deleted")
         follower = next(n for n in cluster.nodes.values() if n is not leader)
         await cluster.stop(follower.node_id)
         restarted = await cluster.restart(follower.node_id)
