@@ -39,8 +39,11 @@ class Limits:
     # Back-pressure on the leader: proposals waiting and log bytes not yet committed.
     max_pending_proposals: int = 65_536
     max_uncommitted_bytes: int = 256 * 1024 * 1024
-    # Committed entries handed to the state machine per Ready.
-    max_apply_batch: int = 16_384
+    # Committed entries handed to the state machine per Ready. Small on purpose: answers go
+    # out (and the answered callers' next proposals come in) while the rest is applied, so
+    # batches overlap instead of moving in lock step. Measured, 3 nodes, 1,024 outstanding
+    # library writes: 16,384 -> 105k ops/s with the leader 72% busy; 256 -> 144k, 98% busy.
+    max_apply_batch: int = 256
     # Reassembly of chunked frames: concurrent partial frames per sender, total bytes.
     max_reassembly_frames: int = 64
     max_reassembly_bytes: int = 128 * 1024 * 1024

@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import struct
 import sys
 import time
 from pathlib import Path
@@ -42,6 +43,10 @@ sys.path.insert(0, str(HERE.parent))  # run from a checkout without installing
 KEY = bytes(range(32))
 CLUSTER_ID = 0xC0FFEE
 TAG_BYTES = 16
+HEADER_BYTES = 34
+WIRE_VERSION = 2
+# The KDF's domain-separation label, restated from the spec (codec_py "Authentication").
+SUBKEY_LABEL = b"engine/wire-v2/frame-subkey/aes256gcm"
 SEED_DIR = HERE / "corpus" / "seed"
 CRASH_DIR = HERE / "corpus" / "crashes"
 MODE_RAW = 0
@@ -73,9 +78,16 @@ def codecs() -> list[Any]:
 
 
 def seal(frame_without_tag: bytes) -> bytes:
-    """The frame followed by its valid keyed BLAKE2b-128 tag (codec_py docstring, "Frame")."""
-    tag = hashlib.blake2b(frame_without_tag, key=KEY, digest_size=TAG_BYTES).digest()
-    return frame_without_tag + tag
+    """The frame followed by its valid AES-256-GCM tag (codec_py docstring, "Authentication"):
+    key from BLAKE2b(key=KEY, label || cluster id, sender, epoch), nonce = counter || kind as
+    u32. An input shorter than a header is padded with zeros to name a key and nonce (the
+    decoder refuses it by size anyway)."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    header = frame_without_tag[:HEADER_BYTES].ljust(HEADER_BYTES, b"\x00")
+    subkey = hashlib.blake2b(SUBKEY_LABEL + header[2:26], key=KEY, digest_size=32).digest()
+    nonce = header[26:34] + struct.pack("<I", header[1])
+    return frame_without_tag + AESGCM(subkey).encrypt(nonce, b"", frame_without_tag)
 
 
 def datagram_of(data: bytes) -> bytes:

@@ -16,6 +16,7 @@ its tag follows, which the harness seals with the test key.
 
 from __future__ import annotations
 
+import hashlib
 import struct
 import sys
 from pathlib import Path
@@ -24,7 +25,14 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-from fuzz_codec import CLUSTER_ID, CRASH_DIR, KEY, SEED_DIR, TAG_BYTES  # noqa: E402
+from fuzz_codec import (  # noqa: E402
+    CLUSTER_ID,
+    CRASH_DIR,
+    KEY,
+    SEED_DIR,
+    TAG_BYTES,
+    WIRE_VERSION,
+)
 
 from engine._core import codec_py  # noqa: E402
 from engine.messages import EntryKind, MessageType  # noqa: E402
@@ -39,7 +47,7 @@ ENTRY_HEAD = struct.Struct("<QQBI")
 
 
 def header(kind: int = 1, sender: int = 2, epoch: int = 3, counter: int = 4) -> bytes:
-    return HEADER.pack(1, kind, CLUSTER_ID, sender, epoch, counter)
+    return HEADER.pack(WIRE_VERSION, kind, CLUSTER_ID, sender, epoch, counter)
 
 
 def message_head(type_: int = MessageType.APPEND, flags: int = 0, presence: int = 0) -> bytes:
@@ -87,7 +95,8 @@ def edges() -> dict[str, bytes]:
     return {
         "raw-empty-datagram": RAW,
         "raw-header-only-no-tag": RAW + header(),
-        "raw-wrong-cluster-id": RAW + HEADER.pack(1, 1, CLUSTER_ID + 1, 2, 3, 4) + bytes(20),
+        "raw-wrong-cluster-id": RAW + HEADER.pack(WIRE_VERSION, 1, CLUSTER_ID + 1, 2, 3, 4)
+        + bytes(20),
         "raw-oversized-fragment": RAW + header(kind=2) + bytes(65_000),
         "message-count-u32-max": SEALED + header() + U32.pack(u32_max),
         "message-count-above-limit": SEALED + header() + U32.pack(4_097),
@@ -118,10 +127,17 @@ def edges() -> dict[str, bytes]:
         "fragment-chunk-length-mismatch": SEALED + header(kind=2)
         + struct.pack("<QIII", 1, 0, 2, u32_max) + b"xyz",
         "unknown-frame-kind": SEALED + header(kind=3) + U32.pack(0),
-        "wire-version-2": SEALED + HEADER.pack(2, 1, CLUSTER_ID, 2, 3, 4) + U32.pack(0),
+        "wire-version-3": SEALED + HEADER.pack(3, 1, CLUSTER_ID, 2, 3, 4) + U32.pack(0),
+        # A genuine frame of the retired version 1 (keyed BLAKE2b-128 tag): refused by version.
+        "raw-retired-wire-version-1": RAW + retired_v1_frame(),
         "u64-max-header-fields": SEALED + header(1, 2**64 - 1, 2**64 - 1, 2**64 - 1)
         + U32.pack(0),
     }
+
+
+def retired_v1_frame() -> bytes:
+    body = HEADER.pack(1, 1, CLUSTER_ID, 2, 3, 4) + U32.pack(0)
+    return body + hashlib.blake2b(body, key=KEY, digest_size=TAG_BYTES).digest()
 
 
 def write(folder: Path, inputs: dict[str, bytes]) -> None:

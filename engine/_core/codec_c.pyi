@@ -7,6 +7,7 @@ from engine._core.codec_py import FRAME_FRAGMENT as FRAME_FRAGMENT
 from engine._core.codec_py import FRAME_MESSAGES as FRAME_MESSAGES
 from engine._core.codec_py import FRAME_OVERHEAD as FRAME_OVERHEAD
 from engine._core.codec_py import HEADER_BYTES as HEADER_BYTES
+from engine._core.codec_py import MAX_CACHED_SUBKEYS as MAX_CACHED_SUBKEYS
 from engine._core.codec_py import MAX_DATAGRAM_BYTES as MAX_DATAGRAM_BYTES
 from engine._core.codec_py import MAX_KEY_BYTES as MAX_KEY_BYTES
 from engine._core.codec_py import MESSAGE_COUNT_BYTES as MESSAGE_COUNT_BYTES

@@ -6,8 +6,10 @@ byte. Encode computes the exact frame size first, then writes into one prealloca
 object through a pointer with explicit little-endian stores (never a host-endian struct
 memcpy). Decode checks header and tag, then reads through a pointer, checking every length
 against the bytes left before reading it, and builds Message/Entry via __new__ with direct
-attribute stores. Python is called once per frame (the MAC), once per message/entry object
-and once per bytes payload, never per field.
+attribute stores. Python is called once per frame (the AES-GCM tag: one dict lookup and one
+`cryptography` call), once per message/entry object and once per bytes payload, never per
+field. Authentication, its key derivation and the nonce-uniqueness argument are specified in
+codec_py's docstring ("Authentication").
 """
 
 cimport cython
@@ -20,7 +22,9 @@ from libc.string cimport memcpy, memset
 
 import hashlib
 from collections import OrderedDict
-from hmac import compare_digest as _compare_digest
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from engine._core import codec_py as _py
 from engine.errors import ConfigError, DecodeError
@@ -39,9 +43,10 @@ MESSAGE_FIXED_BYTES = _py.MESSAGE_FIXED_BYTES
 ENTRY_FIXED_BYTES = _py.ENTRY_FIXED_BYTES
 U64_FIELDS = _py.U64_FIELDS
 FLAG_REJECT = _py.FLAG_REJECT
+MAX_CACHED_SUBKEYS = _py.MAX_CACHED_SUBKEYS
 
 cdef enum:
-    C_VERSION = 1
+    C_VERSION = 2
     C_KIND_MESSAGES = 1
     C_KIND_FRAGMENT = 2
     C_HEADER = 34
@@ -53,12 +58,18 @@ cdef enum:
     C_FIELDS = 10
     C_FLAG_REJECT = 1
     C_PRESENCE_MASK = 0x3FF
+    C_IDENTITY_AT = 2           # cluster_id, sender_id, epoch: the KDF input
+    C_SENDER_EPOCH_AT = 10      # sender_id, epoch: the subkey cache key
+    C_COUNTER_AT = 26           # counter: the nonce's first 8 bytes
+    C_NONCE = 12
 
 # The spec's constants must match the C ones, or the two implementations would diverge.
 if (
     WIRE_VERSION != C_VERSION or HEADER_BYTES != C_HEADER or TAG_BYTES != C_TAG
     or FRAGMENT_HEADER_BYTES != C_FRAGMENT_HEAD or MESSAGE_FIXED_BYTES != C_MESSAGE_FIXED
     or ENTRY_FIXED_BYTES != C_ENTRY_FIXED or len(U64_FIELDS) != C_FIELDS
+    or _py.IDENTITY_AT != C_IDENTITY_AT or _py.SENDER_EPOCH_AT != C_SENDER_EPOCH_AT
+    or _py.COUNTER_AT != C_COUNTER_AT
 ):
     raise ImportError("engine._core.codec_c is out of date with codec_py; rebuild it")
 
@@ -98,6 +109,18 @@ cdef inline void store_u32(uint8_t* p, uint32_t v) noexcept nogil:
 cdef inline void store_u64(uint8_t* p, uint64_t v) noexcept nogil:
     store_u32(p, <uint32_t>v)
     store_u32(p + 4, <uint32_t>(v >> 32))
+
+
+cdef inline bytes nonce_of(const uint8_t* header):
+    """The 96-bit GCM nonce of a frame: counter (u64) || kind (u32) (codec_py._nonce)."""
+    cdef bytes nonce = PyBytes_FromStringAndSize(NULL, C_NONCE)
+    cdef uint8_t* n = <uint8_t*>PyBytes_AS_STRING(nonce)
+    memcpy(n, header + C_COUNTER_AT, 8)
+    n[8] = header[1]
+    n[9] = 0
+    n[10] = 0
+    n[11] = 0
+    return nonce
 
 
 # ---------------------------------------------------------------- records
@@ -338,9 +361,10 @@ cdef class FrameCodec:
     cdef readonly Py_ssize_t max_messages_per_frame
     cdef readonly Py_ssize_t max_entries_per_message
     cdef readonly Py_ssize_t max_context_bytes
-    # Readable/replaceable from Python only so bench_codec.py can time the codec without the
-    # MAC (a null hasher); the key itself is never exposed.
-    cdef public object _mac
+    cdef object _kdf              # BLAKE2b keyed with the cluster key, label absorbed
+    # (sender_id, epoch) header bytes -> AESGCM of its subkey (codec_py._remember). Readable
+    # from Python only so bench_codec.py can time the codec without the tag (a null AEAD).
+    cdef readonly dict _aeads
     cdef uint8_t _type_known[256]
     cdef uint8_t _kind_known[256]
 
@@ -362,7 +386,10 @@ cdef class FrameCodec:
         self.max_messages_per_frame = spec.max_messages_per_frame
         self.max_entries_per_message = spec.max_entries_per_message
         self.max_context_bytes = spec.max_context_bytes
-        self._mac = hashlib.blake2b(key=bytes(cluster_key), digest_size=C_TAG)
+        self._kdf = hashlib.blake2b(
+            _py.SUBKEY_LABEL, key=bytes(cluster_key), digest_size=_py.SUBKEY_BYTES
+        )
+        self._aeads = {}
         memset(self._type_known, 0, sizeof(self._type_known))
         memset(self._kind_known, 0, sizeof(self._kind_known))
         for code in KNOWN_MESSAGE_TYPES:
@@ -485,10 +512,49 @@ cdef class FrameCodec:
         """Write the tag over bytes [0, size - 16) into the last 16 bytes of `out` (which
         nobody else references yet, so filling it in place is safe)."""
         cdef bytes tag
-        mac = self._mac.copy()
-        mac.update(PyMemoryView_FromMemory(<char*>p, size - C_TAG, PyBUF_READ))
-        tag = mac.digest()
+        sender_epoch = PyBytes_FromStringAndSize(<char*>p + C_SENDER_EPOCH_AT, 16)
+        aead = self._aeads.get(sender_epoch)
+        if aead is None:
+            aead = self._derive(p)
+            self._remember(sender_epoch, aead)
+        tag = aead.encrypt(
+            nonce_of(p), b"", PyMemoryView_FromMemory(<char*>p, size - C_TAG, PyBUF_READ)
+        )
+        if PyBytes_GET_SIZE(tag) != C_TAG:
+            raise ValueError("the AEAD returned a tag of the wrong size")
         memcpy(p + size - C_TAG, PyBytes_AS_STRING(tag), C_TAG)
+        return 0
+
+    cdef object _derive(self, const uint8_t* header):
+        """The AESGCM of the (cluster_id, sender_id, epoch) subkey named by `header`."""
+        kdf = self._kdf.copy()
+        kdf.update(PyBytes_FromStringAndSize(<const char*>header + C_IDENTITY_AT, 24))
+        return AESGCM(kdf.digest())
+
+    cdef int _remember(self, bytes sender_epoch, object aead) except -1:
+        # Bounded: emptied when full (codec_py._remember).
+        if len(self._aeads) >= MAX_CACHED_SUBKEYS:
+            self._aeads.clear()
+        self._aeads[sender_epoch] = aead
+        return 0
+
+    cdef int _verify(self, const uint8_t* p, Py_ssize_t end) except -1:
+        """Check the tag at [end, end + 16) over p[:end] (codec_py._verify)."""
+        cdef bint derived
+        sender_epoch = PyBytes_FromStringAndSize(<const char*>p + C_SENDER_EPOCH_AT, 16)
+        aead = self._aeads.get(sender_epoch)
+        derived = aead is None
+        if derived:
+            aead = self._derive(p)
+        try:
+            aead.decrypt(
+                nonce_of(p), PyBytes_FromStringAndSize(<const char*>p + end, C_TAG),
+                PyMemoryView_FromMemory(<char*>p, end, PyBUF_READ),
+            )
+        except InvalidTag:
+            raise DecodeError("authentication failed (bad tag or wrong cluster key)") from None
+        if derived:
+            self._remember(sender_epoch, aead)
         return 0
 
     # ------------------------------------------------------------ decode
@@ -529,12 +595,7 @@ cdef class FrameCodec:
         cluster_id = load_u64(p + 2)
         if cluster_id != self.cluster_id:
             raise DecodeError(f"wrong cluster id {cluster_id} (expected {self.cluster_id})")
-        mac = self._mac.copy()
-        mac.update(PyMemoryView_FromMemory(<char*>p, size - C_TAG, PyBUF_READ))
-        if not _compare_digest(
-            mac.digest(), PyBytes_FromStringAndSize(<char*>p + size - C_TAG, C_TAG)
-        ):
-            raise DecodeError("authentication failed (bad tag or wrong cluster key)")
+        self._verify(p, size - C_TAG)
 
         frame = Frame.__new__(Frame)
         frame.kind = kind

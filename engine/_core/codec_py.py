@@ -6,19 +6,57 @@ error (class and text). This docstring is the specification; codec_c.pyx follows
 Frame (every integer little-endian, fixed width; DESIGN.md §5 "Wire")
 --------------------------------------------------------------------
   offset size  field
-  0      1     version          WIRE_VERSION (1); any other value is refused
+  0      1     version          WIRE_VERSION (2); any other value is refused (version 1
+                                carried a keyed BLAKE2b tag and is no longer accepted)
   1      1     kind             FRAME_MESSAGES (1) | FRAME_FRAGMENT (2)
   2      8     cluster_id       must equal the receiver's cluster id
   10     8     sender_id        node or client id of the sender
   18     8     epoch            sender's boot epoch (strictly larger after every restart)
   26     8     counter          per-(sender, epoch) frame counter, for the ReplayWindow
   34     ...   body             depends on kind, below
-  n-16   16    tag              keyed BLAKE2b-128 over bytes [0, n-16)
+  n-16   16    tag              AES-256-GCM tag (GMAC) over bytes [0, n-16), below
 
-  The tag is hashlib.blake2b(key=cluster_key, digest_size=16) over every byte before it, so
-  version, kind, cluster id, sender, epoch and counter are all authenticated. The receiver
-  checks size, version, kind and cluster id (cheap header reads), then compares the tag in
-  constant time (hmac.compare_digest) BEFORE it parses any byte of the body.
+Authentication (an AEAD used for integrity only: nothing is encrypted)
+---------------------------------------------------------------------
+  subkey = BLAKE2b-256(key=cluster_key, data=SUBKEY_LABEL || bytes [2, 26) of the header)
+           i.e. one AES-256 key per (cluster_id, sender_id, epoch), all fields fixed width
+  nonce  = counter (u64, bytes [26, 34) of the header) || kind (u32)          (96 bits)
+  tag    = AESGCM(subkey).encrypt(nonce, b"", associated_data=bytes [0, n-16))
+           = the GCM tag of an empty plaintext: GMAC over the whole header and body
+
+  Version, kind, cluster id, sender, epoch and counter are all authenticated (they are in
+  the associated data, and sender/epoch/counter/kind also select the key and nonce). The
+  receiver checks size, version, kind and cluster id (cheap header reads), then verifies the
+  tag (AESGCM.decrypt: OpenSSL compares in constant time) BEFORE it parses any byte of the
+  body. Derived AESGCM objects are cached per (sender_id, epoch), at most
+  MAX_CACHED_SUBKEYS of them (the cache is emptied when full); a receiver caches a subkey
+  only after a frame verified under it, so forged headers with random (sender, epoch) cost
+  one derivation each (~1.5 us of the ~4 us a forged datagram costs) and never grow or
+  flush the cache.
+
+  Why (subkey, nonce) never repeats for different bytes (GCM's one requirement: a repeated
+  nonce under one key with different associated data reveals the GHASH key H, after which
+  tags under that subkey can be forged):
+    1. The subkey is a PRF of (cluster_id, sender_id, epoch) under the cluster key, so two
+       encoders share a subkey only if they share cluster, sender id AND boot epoch. Node
+       transports use their own node id and engine.aio.udp.new_boot_epoch(), which is
+       strictly increasing within a process and time.time_ns() across restarts; clients use
+       a random 63-bit id (or the caller's) and time.time_ns(). So distinct incarnations of a
+       sender have distinct subkeys.
+    2. Within one (sender, epoch), UdpTransport draws every counter from ONE
+       itertools.count(1): each messages frame, each oversized frame that is then carried in
+       fragments, and each of those fragments takes next(counter) exactly once, and each is
+       encoded exactly once. So no two frames of one incarnation carry the same counter,
+       whatever their kind, and the nonce (counter, kind) is fresh for every tag. Client
+       (engine.aio.client) and oneshot likewise take a new counter for every frame.
+    3. The kind in the nonce separates messages frames from fragment frames even for a
+       caller that numbered the two kinds independently.
+  Encoding the SAME frame twice under the same nonce gives the same tag (GCM is
+  deterministic), so retransmitting identical bytes is harmless. The precondition callers
+  must keep: never encode two DIFFERENT frames of one kind under one (sender_id, epoch,
+  counter), e.g. never reuse a sender id with a boot epoch another live encoder uses. A
+  breach exposes only that one (sender, epoch)'s subkey, never the cluster key or other
+  senders' traffic, and the next epoch starts a fresh subkey.
 
   Messages body (kind 1):
     u32 message count  (<= Limits.max_messages_per_frame)
@@ -64,22 +102,24 @@ Errors
 from __future__ import annotations
 
 import hashlib
-import hmac
 import operator
 import struct
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
 from engine.errors import ConfigError, DecodeError
 from engine.types import U64_MAX, Limits
 
-WIRE_VERSION = 1
+WIRE_VERSION = 2            # 1 was the keyed-BLAKE2b tag; 2 is the AES-256-GCM tag
 FRAME_MESSAGES = 1
 FRAME_FRAGMENT = 2
 
 HEADER_BYTES = 34           # version, kind, cluster_id, sender_id, epoch, counter
-TAG_BYTES = 16              # keyed BLAKE2b-128
+TAG_BYTES = 16              # the AES-GCM tag (full length: truncated GCM tags are weaker)
 MESSAGE_COUNT_BYTES = 4
 FRAGMENT_HEADER_BYTES = 20  # fragment_id, part, parts, chunk length
 FRAME_OVERHEAD = HEADER_BYTES + MESSAGE_COUNT_BYTES + TAG_BYTES          # 54
@@ -88,7 +128,16 @@ MESSAGE_FIXED_BYTES = 12    # type, flags, presence, entry count, context length
 ENTRY_FIXED_BYTES = 21      # term, index, kind, data length
 
 MIN_KEY_BYTES = 16
-MAX_KEY_BYTES = 64          # BLAKE2b's maximum key size
+MAX_KEY_BYTES = 64          # BLAKE2b's maximum key size (the cluster key keys the KDF)
+MAX_FRAME_BYTES = (1 << 31) - 1  # cryptography's AES-GCM refuses longer associated data
+
+# Authentication (module docstring, "Authentication").
+SUBKEY_LABEL = b"engine/wire-v2/frame-subkey/aes256gcm"  # domain separation of the KDF
+SUBKEY_BYTES = 32           # AES-256
+IDENTITY_AT = 2             # header bytes [2, 26): cluster_id, sender_id, epoch -> the subkey
+SENDER_EPOCH_AT = 10        # header bytes [10, 26): sender_id, epoch -> the cache key
+COUNTER_AT = 26             # header bytes [26, 34): counter -> the nonce's first 64 bits
+MAX_CACHED_SUBKEYS = 4096   # derived AESGCM objects kept per codec (emptied when full)
 MIN_DATAGRAM_BYTES = 512    # same range as Limits.max_datagram_bytes
 MAX_DATAGRAM_BYTES = 65_507  # largest UDP payload over IPv4
 
@@ -276,6 +325,11 @@ def _as_bytes(datagram: Any) -> bytes:
     )
 
 
+def _nonce(header: bytes) -> bytes:
+    """The 96-bit GCM nonce of a frame: counter (u64) || kind (u32), from its header."""
+    return header[COUNTER_AT:HEADER_BYTES] + header[1:2] + b"\x00\x00\x00"
+
+
 def _truncated(need: int, offset: int, end: int) -> DecodeError:
     return DecodeError(
         f"truncated frame: need {need} bytes at offset {offset}, {end - offset} left"
@@ -293,7 +347,7 @@ class FrameCodec:
     __slots__ = (
         "cluster_id", "max_datagram_bytes", "max_frame_bytes", "max_chunk_bytes",
         "max_messages_per_frame", "max_entries_per_message", "max_context_bytes",
-        "_mac", "_known_types", "_known_kinds",
+        "_kdf", "_aeads", "_known_types", "_known_kinds",
     )
 
     def __init__(
@@ -319,10 +373,10 @@ class FrameCodec:
         if max_frame_bytes is None:
             max_frame_bytes = max(limits.max_reassembly_bytes, max_datagram_bytes)
         if not isinstance(max_frame_bytes, int) or not (
-            max_datagram_bytes <= max_frame_bytes <= 0xFFFF_FFFF
+            max_datagram_bytes <= max_frame_bytes <= MAX_FRAME_BYTES
         ):
             raise ConfigError(
-                f"max_frame_bytes must be in [max_datagram_bytes, 2**32), got {max_frame_bytes!r}"
+                f"max_frame_bytes must be in [max_datagram_bytes, 2**31), got {max_frame_bytes!r}"
             )
         self.cluster_id = cluster_id
         self.max_datagram_bytes = max_datagram_bytes
@@ -331,8 +385,10 @@ class FrameCodec:
         self.max_messages_per_frame = limits.max_messages_per_frame
         self.max_entries_per_message = limits.max_entries_per_message
         self.max_context_bytes = limits.max_context_bytes
-        # Keyed once; every frame hashes with a .copy() of this state.
-        self._mac = hashlib.blake2b(key=key, digest_size=TAG_BYTES)
+        # The KDF keyed once with the label absorbed; a subkey is derived from a .copy().
+        self._kdf = hashlib.blake2b(SUBKEY_LABEL, key=key, digest_size=SUBKEY_BYTES)
+        # (sender_id, epoch) header bytes -> AESGCM of its subkey; bounded, see _remember.
+        self._aeads: dict[bytes, Any] = {}
         self._known_types = KNOWN_MESSAGE_TYPES
         self._known_kinds = KNOWN_ENTRY_KINDS
 
@@ -386,10 +442,28 @@ class FrameCodec:
         )
 
     def _sealed(self, out: bytearray) -> bytes:
-        mac = self._mac.copy()
-        mac.update(out)
-        out += mac.digest()
+        """Append the tag (module docstring, "Authentication") to a frame without one."""
+        header = bytes(out[:HEADER_BYTES])
+        sender_epoch = header[SENDER_EPOCH_AT:COUNTER_AT]
+        aead = self._aeads.get(sender_epoch)
+        if aead is None:
+            aead = self._derive(header)
+            self._remember(sender_epoch, aead)
+        out += aead.encrypt(_nonce(header), b"", out)
         return bytes(out)
+
+    def _derive(self, header: bytes) -> Any:
+        """The AESGCM of the (cluster_id, sender_id, epoch) subkey named by `header`."""
+        kdf = self._kdf.copy()
+        kdf.update(header[IDENTITY_AT:COUNTER_AT])
+        return AESGCM(kdf.digest())
+
+    def _remember(self, sender_epoch: bytes, aead: Any) -> None:
+        # Bounded (DESIGN.md §5 "Bounded everything"): emptied when full rather than LRU, so
+        # a hit costs one dict lookup; refilling costs one derivation per live sender.
+        if len(self._aeads) >= MAX_CACHED_SUBKEYS:
+            self._aeads.clear()
+        self._aeads[sender_epoch] = aead
 
     def _pack_message(self, message: Any, out: bytearray) -> None:
         # Validation order is part of the spec: codec_c raises the same error first.
@@ -466,11 +540,24 @@ class FrameCodec:
             )
         if cluster_id != self.cluster_id:
             raise DecodeError(f"wrong cluster id {cluster_id} (expected {self.cluster_id})")
-        mac = self._mac.copy()
-        mac.update(memoryview(data)[: size - TAG_BYTES])
-        if not hmac.compare_digest(mac.digest(), data[size - TAG_BYTES :]):
-            raise DecodeError("authentication failed (bad tag or wrong cluster key)")
+        self._verify(data, size - TAG_BYTES)
         return kind, sender_id, epoch, counter
+
+    def _verify(self, data: bytes, end: int) -> None:
+        """Check the tag at [end, end + 16) over data[:end]; DecodeError if it is wrong.
+        A subkey is cached only once a frame verified under it (module docstring)."""
+        sender_epoch = data[SENDER_EPOCH_AT:COUNTER_AT]
+        cached = self._aeads.get(sender_epoch)
+        aead = self._derive(data) if cached is None else cached
+        try:
+            # decrypt() of an empty ciphertext recomputes the tag and compares it in constant
+            # time; InvalidTag is all it raises for a 16-byte tag, a 12-byte nonce and
+            # associated data under 2**31 bytes (max_frame_bytes <= MAX_FRAME_BYTES).
+            aead.decrypt(_nonce(data), data[end:], memoryview(data)[:end])
+        except InvalidTag:
+            raise DecodeError("authentication failed (bad tag or wrong cluster key)") from None
+        if cached is None:
+            self._remember(sender_epoch, aead)
 
     def _decode_fragment(
         self, data: bytes, end: int, sender_id: int, epoch: int, counter: int
@@ -637,4 +724,5 @@ __all__ = [
     "Entry", "Message", "Frame", "FrameCodec", "ReplayWindow", "encoded_size",
     "WIRE_VERSION", "FRAME_MESSAGES", "FRAME_FRAGMENT", "FRAME_OVERHEAD", "FRAGMENT_OVERHEAD",
     "HEADER_BYTES", "TAG_BYTES", "MESSAGE_FIXED_BYTES", "ENTRY_FIXED_BYTES", "U64_FIELDS",
+    "MAX_CACHED_SUBKEYS",
 ]

@@ -45,7 +45,8 @@ class MemoryStorage:
             self.floor_term, snapshot,
         )
 
-    def save(self, entries: list[Any], hard_state: HardState | None) -> None:
+    def save(self, entries: list[Any], hard_state: HardState | None, *,
+             sync: bool = True) -> None:
         if entries:
             skip = max(self.first_index - entries[0].index, 0)  # under the compaction floor
             entries = entries[skip:]

@@ -67,6 +67,11 @@ _READ_RETRY_TICKS = 20
 READ_MODES = ("linearizable", "lease", "stale")
 
 
+# A turn waits at most this many loop iterations for datagrams still arriving (bounds the
+# latency group commit adds: one iteration is a few microseconds when nothing is waiting).
+_MAX_TURN_DEFERRALS = 16
+
+
 class StateMachine(Protocol):
     def apply(self, index: int, command: bytes) -> bytes: ...
     def query(self, query: bytes) -> bytes: ...
@@ -164,8 +169,13 @@ class Node:
         self._pending_ticks = 0  # ticks that arrived while a write was in flight
         self._next_tick_at = 0.0
         self._turn_scheduled = False
-        self._persisting = False
+        self._received_since_turn = 0   # datagram batches received since the last turn
+        self._turn_deferrals = 0
+        # A WAL job (snapshot install, compaction) runs on the storage thread: the loop must
+        # not touch the WAL, so turns wait (inputs queue and form the next batch).
+        self._persisting = 0   # WAL jobs in flight
         self._storage_executor: ThreadPoolExecutor | None = None
+        self._synced_vote: tuple[int, int] = (-1, -1)   # (term, vote) last fdatasynced
         self._inbox: list[Message] = []
         # Proposals queued this turn: (command, future, deadline).
         self._proposal_queue: list[tuple[bytes, asyncio.Future[bytes], float]] = []
@@ -189,6 +199,7 @@ class Node:
         self._profiler: Any = None
         self.counters: dict[str, int] = {
             "proposals": 0, "proposal_batches": 0, "applied": 0, "readies": 0, "saves": 0,
+            "syncs": 0,
             "reads": 0, "read_rounds": 0, "forwarded": 0, "client_requests": 0,
         }
         # Snapshots (Raft): what was applied since the last one; one snapshot at a time.
@@ -219,6 +230,7 @@ class Node:
         if self._storage is None:
             self._storage = _open_storage(self.config)
         recovered = await self._loop.run_in_executor(None, self._storage.open)
+        self._synced_vote = (recovered.hard_state.term, recovered.hard_state.vote)
         self._applied = await self._restore_from(recovered)
         self._core = _make_core(self.config, recovered, self._applied)
         peers = {
@@ -493,6 +505,7 @@ class Node:
                 self._inbox.append(message)
         if self._profiler is not None:  # profiler hook: acks received
             self._profiler.received(messages)
+        self._received_since_turn += 1
         self._schedule_turn()
 
     # ------------------------------------------------------------------ the turn
@@ -500,7 +513,19 @@ class Node:
     def _run_turn(self) -> None:
         self._turn_scheduled = False
         if not self._running or self._persisting:
-            return  # inputs stay queued; the turn after the fsync takes them
+            return  # inputs stay queued; the turn after the WAL job takes them
+        if self._received_since_turn and self._turn_deferrals < _MAX_TURN_DEFERRALS:
+            # Group commit: datagrams arrived since this turn was scheduled, so more are
+            # probably waiting in the socket (the loop reads at most 32 per wake-up, libuv's
+            # recvmmsg batch). Let the loop read them first: one Ready, one fsync, for all.
+            # Measured, 1,000 outstanding UDP clients with fsync: ~30 requests per fsync
+            # without this.
+            self._received_since_turn = 0
+            self._turn_deferrals += 1
+            self._schedule_turn()
+            return
+        self._received_since_turn = 0
+        self._turn_deferrals = 0
         core = self._core
         try:
             for _ in range(self._pending_ticks):
@@ -520,6 +545,11 @@ class Node:
                 self._start_read_round()
             if core.has_ready():
                 self._handle_ready(core.ready())
+                if core.has_ready():
+                    # More committed entries than one Ready carries (max_apply_batch): the
+                    # next part comes after the callbacks this one made ready (the answered
+                    # callers' next proposals), so the pipeline stays full.
+                    self._schedule_turn()
         except errors.InvariantViolation as exc:
             self._die(exc)
             raise
@@ -582,34 +612,42 @@ class Node:
                     pending[1].set_exception(errors.Rejected("proposal dropped before commit"))
         if self._reads_waiting_apply:
             self._serve_applied_reads()
-        if ready.entries or ready.hard_state is not None:
-            self.counters["saves"] += 1
-            if self._storage_executor is None:
-                self._storage.save(ready.entries, ready.hard_state)
-                if self._profiler is not None:  # profiler hook: appended locally
-                    self._profiler.persisted(ready)
-            else:
-                assert self._loop is not None
-                self._persisting = True
-                done = self._loop.run_in_executor(
-                    self._storage_executor, self._storage.save, ready.entries, ready.hard_state
-                )
-                done.add_done_callback(lambda f: self._on_persisted(ready, f))
-                return
+        if (ready.entries or ready.hard_state is not None) and not self._save(ready):
+            return
         self._after_persist(ready)
 
-    def _on_persisted(self, ready: Ready, done: asyncio.Future[None]) -> None:
-        self._persisting = False
-        if done.cancelled() or done.exception() is not None:
+    def _save(self, ready: Ready) -> bool:
+        """Persist the Ready's entries and hard state: one write and, unless nothing in it
+        needs one, one fdatasync. Returns False if the write failed (the node is dead).
+
+        The write runs on the loop thread. Measured on this 2-core machine, handing it to a
+        storage thread cost more than the fdatasync itself (leader write p50 0.62 ms through
+        run_in_executor vs 0.15 ms for a bare write + fdatasync: the thread hop, its wake-up
+        and the GIL hand-back), and the loop has nothing else to do meanwhile: the core is not
+        stepped while its Ready is unpersisted. The Ready's messages are already on their way,
+        so followers write in parallel with the leader (Raft thesis §10.2.1).
+        """
+        hard_state = ready.hard_state
+        # etcd's MustSync: entries, a new term or a new vote must be durable before anything
+        # that depends on them goes out (Raft Figure 2, persistent state); the commit index is
+        # volatile state, written along but never waited for.
+        sync = bool(ready.entries) or (
+            hard_state is not None and (hard_state.term, hard_state.vote) != self._synced_vote
+        )
+        try:
+            self._storage.save(ready.entries, hard_state, sync=sync)
+        except Exception as exc:
             # Nothing that depends on this write may be acknowledged (DESIGN.md §5): stop.
-            self._die(done.exception() or errors.StorageError("WAL write cancelled"))
-            return
-        if not self._running:
-            return
+            self._die(exc)
+            return False
+        self.counters["saves"] += 1
+        if sync:
+            self.counters["syncs"] += 1
+            if hard_state is not None:
+                self._synced_vote = (hard_state.term, hard_state.vote)
         if self._profiler is not None:  # profiler hook: appended locally
             self._profiler.persisted(ready)
-        self._after_persist(ready)
-        self._schedule_turn()
+        return True
 
     def _after_persist(self, ready: Ready) -> None:
         """The Ready's entries and hard state are on disk: promises may go out."""
@@ -738,19 +776,8 @@ class Node:
         if not self._running:
             return
         snapshot = written.result()
-        assert self._loop is not None and self._storage_executor is not None
-        # The WAL marker goes through the WAL's own thread, ordered with the saves.
-        compacted = self._loop.run_in_executor(
-            self._storage_executor, self._storage.compact, floor, floor_term
-        )
-
-        def on_compacted(done: asyncio.Future[None]) -> None:
-            if done.cancelled() or done.exception() is not None:
-                self._die(done.exception() or errors.StorageError("WAL compaction cancelled"))
-            elif self._running:
-                self._snapshot_done(snapshot, floor)
-
-        compacted.add_done_callback(on_compacted)
+        self._wal_job(lambda: self._storage.compact(floor, floor_term),
+                      lambda: self._snapshot_done(snapshot, floor), "WAL compaction")
 
     def _snapshot_done(self, snapshot: Snapshot, floor: int) -> None:
         if self._core.applied_index < snapshot.index:
@@ -794,20 +821,26 @@ class Node:
             install()
             finish()
             return
-        assert self._loop is not None
-        self._persisting = True
-        done = self._loop.run_in_executor(self._storage_executor, install)
+        self._wal_job(install, finish, "snapshot install")
 
-        def on_done(future: asyncio.Future[None]) -> None:
-            self._persisting = False
-            if future.cancelled() or future.exception() is not None:
-                self._die(future.exception() or errors.StorageError("snapshot install failed"))
+    def _wal_job(self, job: Callable[[], object], on_done: Callable[[], None],
+                 what: str) -> None:
+        """Run a long WAL job (snapshot install, compaction) on the storage thread. Turns wait
+        until it is done, so the loop thread never touches the WAL at the same time."""
+        assert self._loop is not None and self._storage_executor is not None
+        self._persisting += 1
+        future = self._loop.run_in_executor(self._storage_executor, job)
+
+        def finished(done: asyncio.Future[object]) -> None:
+            self._persisting -= 1
+            if done.cancelled() or done.exception() is not None:
+                self._die(done.exception() or errors.StorageError(f"{what} cancelled"))
                 return
             if self._running:
-                finish()
+                on_done()
                 self._schedule_turn()
 
-        done.add_done_callback(on_done)
+        future.add_done_callback(finished)
 
     # ------------------------------------------------------------------ lease reads (§6.4.1)
 

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import random
-import time
 
 import asyncio_dgram
 
 from engine import errors
 from engine._core import codec
+from engine.aio.udp import new_boot_epoch
 from engine.messages import Message
 from engine.types import Limits, parse_address
 
@@ -28,7 +28,9 @@ async def exchange(address: str, request: Message, cluster_key: bytes, *,
     request.src = client_id
     stream = await asyncio_dgram.connect(parse_address(address))
     try:
-        epoch = time.time_ns()
+        # Strictly increasing in this process: (client id, epoch, counter) never repeats,
+        # so neither does an AES-GCM nonce under the derived key (engine/_core/codec_py).
+        epoch = new_boot_epoch()
         for attempt in range(1, attempts + 1):
             try:
                 await stream.send(frame_codec.encode(client_id, epoch, attempt, [request]))

@@ -264,6 +264,7 @@ class WriteAheadLog:
         self._hard_state = HardState()
         # Counters for benchmarks and tests.
         self.syncs = 0
+        self._unsynced = False   # a record was written since the last fdatasync
         self.saves = 0
         self.bytes_written = 0
 
@@ -357,7 +358,12 @@ class WriteAheadLog:
     def close(self) -> None:
         if self._fd is not None:
             fd, self._fd = self._fd, None
-            os.close(fd)
+            try:
+                if self._unsynced and self.fsync and self._failed is None:
+                    _sync_data(fd)   # a graceful stop keeps even the volatile commit index
+                    self._unsynced = False
+            finally:
+                os.close(fd)
 
     def __enter__(self) -> WriteAheadLog:
         return self
@@ -367,9 +373,16 @@ class WriteAheadLog:
 
     # ------------------------------------------------------------------ writes
 
-    def save(self, entries: list[Any], hard_state: HardState | None = None) -> None:
+    def save(self, entries: list[Any], hard_state: HardState | None = None, *,
+             sync: bool = True) -> None:
         """Persist one Ready: entries (replacing the stored suffix from entries[0].index) and
         the hard state, as one record, one write and one fsync (group commit).
+
+        sync=False writes the record without waiting for the disk (etcd's MustSync is false:
+        only the commit index changed, which Raft treats as volatile state). The next synced
+        record makes it durable too (fdatasync covers every earlier write to the file), and a
+        segment is synced before it is closed, so an unsynced record can only be lost as the
+        torn tail of the last segment, never in the middle of the log.
 
         On an I/O error the WAL refuses every later call (the state on disk is unknown until
         a restart replays it): StorageError.
@@ -388,7 +401,10 @@ class WriteAheadLog:
             parts.append(_encode_entries(entries))
         parts[0] = bytes((flags,))
         record = _frame(RECORD_SAVE, b"".join(parts))
-        self._guarded(self._append_durably, record)
+        if sync:
+            self._guarded(self._append_durably, record)
+        else:
+            self._guarded(self._append, record)
         if entries:
             self._replace_suffix(entries)
         if hard_state is not None:
@@ -462,6 +478,15 @@ class WriteAheadLog:
         return self._terms[index - self.first_index]
 
     def _append_durably(self, record: bytes) -> None:
+        fd = self._append(record)
+        if self.fsync:
+            # fdatasync: the data and the file size, which is all replay needs.
+            _sync_data(fd)
+            self.syncs += 1
+            self._unsynced = False
+
+    def _append(self, record: bytes) -> int:
+        """Write one record to the current segment (rolling first if it is full)."""
         if self._segment_size >= self.segment_bytes:
             self._roll()
         fd = self._fd
@@ -470,13 +495,16 @@ class WriteAheadLog:
         _write_all(fd, record)
         self._segment_size += len(record)
         self.bytes_written += len(record)
-        if self.fsync:
-            # fdatasync: the data and the file size, which is all replay needs.
-            _sync_data(fd)
-            self.syncs += 1
+        self._unsynced = True
+        return fd
 
     def _roll(self) -> None:
         """Start a new segment; its header carries the snapshot marker and hard state."""
+        if self._unsynced and self.fsync and self._fd is not None:
+            # An unsynced record must not outlive its segment's tail (see save()).
+            _sync_data(self._fd)
+            self.syncs += 1
+            self._unsynced = False
         previous = self._segments[-1]
         self._create_segment(seq=previous.seq + 1, first_index=self.last_index + 1)
 

@@ -26,6 +26,9 @@ from collections.abc import Callable, Iterable
 
 from engine.errors import DecodeError, InvariantViolation
 from engine.kv.commands import (
+    FLAG_PREVIOUS,
+    FLAG_SESSION,
+    VERSION,
     Command,
     Op,
     Status,
@@ -39,6 +42,40 @@ _SNAPSHOT_MAGIC = b"EKV1"
 _SNAPSHOT_HEAD = struct.Struct("<4sQQQ")   # magic, applied_index, n_keys, n_sessions
 _U32 = struct.Struct("<I")
 _SESSION_ROW = struct.Struct("<QQQ")      # client_id, last_seq, last_index
+
+# The PUT hot path (see _parse_put): version 1, op PUT; results it produces.
+_PUT_PREFIX = bytes((VERSION, Op.PUT))
+_OK_EMPTY = encode_result(Status.OK)
+_OK_PREVIOUS_HEAD = bytes((VERSION, Status.OK, FLAG_PREVIOUS))
+_SESSION_IDS = struct.Struct("<QQ")
+
+
+def _parse_put(command: bytes) -> tuple[bytes, bytes, int | None, int] | None:
+    """(key, value, client_id, seq) of a well-formed PUT (flags 0 or SESSION), or None for
+    anything else, which then takes decode_command's path (and its exact errors)."""
+    flags = command[2] if len(command) > 2 else -1
+    if flags == 0:
+        offset = 3
+        client_id: int | None = None
+        seq = 0
+    elif flags == FLAG_SESSION and len(command) >= 19:
+        client_id, seq = _SESSION_IDS.unpack_from(command, 3)
+        if seq == 0:
+            return None
+        offset = 19
+    else:
+        return None
+    end = len(command)
+    if offset + 4 > end:
+        return None
+    key_end = offset + 4 + _U32.unpack_from(command, offset)[0]
+    if key_end + 4 > end:
+        return None
+    value_end = key_end + 4 + _U32.unpack_from(command, key_end)[0]
+    if value_end != end:
+        return None
+    return command[offset + 4:key_end], command[key_end + 4:value_end], client_id, seq
+
 
 _STALE = encode_result(Status.STALE_REQUEST, message="stale request: seq below last applied")
 _EXPIRED = encode_result(
@@ -89,13 +126,22 @@ class KVStore:
                 f"apply at index {index} after index {self._applied_index} was applied"
             )
         self._applied_index = index
+        if type(command) is bytes and command[:2] == _PUT_PREFIX:
+            put = _parse_put(command)
+            if put is not None:  # the hot path: a well-formed PUT, no Command object
+                key, value, client_id, seq = put
+                if client_id is None:
+                    return self._put(key, value)
+                return self._apply_in_session(index, client_id, seq,
+                                              lambda: self._put(key, value))
         try:
             cmd = decode_command(command)
         except DecodeError as exc:
             return encode_result(Status.MALFORMED, message=f"malformed command: {exc}")
         if cmd.client_id is None:
             return self._execute(cmd)
-        return self._apply_in_session(index, cmd, cmd.client_id)
+        return self._apply_in_session(index, cmd.client_id, cmd.seq,
+                                      lambda: self._execute(cmd))
 
     def apply_batch(self, items: Iterable[tuple[int, bytes]]) -> list[bytes]:
         """Apply (index, command) pairs in order; same results as apply() one by one."""
@@ -195,31 +241,40 @@ class KVStore:
 
     # ------------------------------------------------------------------ internals
 
-    def _apply_in_session(self, index: int, cmd: Command, client_id: int) -> bytes:
+    def _apply_in_session(self, index: int, client_id: int, seq: int,
+                          execute: Callable[[], bytes]) -> bytes:
         sessions = self._sessions
         session = sessions.get(client_id)
         if session is None:
-            if cmd.seq != 1:
+            if seq != 1:
                 # Raft thesis §6.3: an expired session must not silently re-apply a retry.
                 return _EXPIRED
-        elif cmd.seq == session.seq:
+        elif seq == session.seq:
             # A retry of the command already applied: answer from the cache (§6.3).
             session.index = index
             sessions.move_to_end(client_id)
             return session.result
-        elif cmd.seq < session.seq:
+        elif seq < session.seq:
             return _STALE
-        result = self._execute(cmd)
+        result = execute()
         if session is None:
-            sessions[client_id] = _Session(cmd.seq, result, index)
+            sessions[client_id] = _Session(seq, result, index)
             while len(sessions) > self._max_sessions:
                 sessions.popitem(last=False)   # least recently used by log index
         else:
-            session.seq = cmd.seq
+            session.seq = seq
             session.result = result
             session.index = index
             sessions.move_to_end(client_id)
         return result
+
+    def _put(self, key: bytes, value: bytes) -> bytes:
+        data = self._data
+        previous = data.get(key)
+        data[key] = value
+        if previous is None:
+            return _OK_EMPTY
+        return b"".join((_OK_PREVIOUS_HEAD, _U32.pack(len(previous)), previous))
 
     def _execute(self, cmd: Command) -> bytes:
         data = self._data

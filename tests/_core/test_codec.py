@@ -8,11 +8,14 @@ oracle. The hostile-datagram volume test is in test_codec_hostile.py.
 
 from __future__ import annotations
 
+import hashlib
 import struct
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_codec_support import (
@@ -20,9 +23,12 @@ from test_codec_support import (
     FIELDS,
     KEY,
     OTHER_KEY,
+    SUBKEY_LABEL,
     U64_MAX,
+    WIRE_VERSION,
     MessageSpec,
     append_spec,
+    blake2b_v1_seal,
     build_all,
     frame_tuple,
     headers,
@@ -33,6 +39,7 @@ from test_codec_support import (
     oracle_frame,
     oracle_header,
     oracle_message,
+    oracle_tag,
     outcome,
     seal,
 )
@@ -61,7 +68,7 @@ def same_outcome(codecs: list[Any], datagram: bytes) -> tuple[str, Any]:
 
 def test_constants_match_the_spec(impl: SimpleNamespace) -> None:
     codec = impl.codec
-    assert (codec.WIRE_VERSION, codec.FRAME_MESSAGES, codec.FRAME_FRAGMENT) == (1, 1, 2)
+    assert (codec.WIRE_VERSION, codec.FRAME_MESSAGES, codec.FRAME_FRAGMENT) == (2, 1, 2)
     assert codec.FRAME_OVERHEAD == 34 + 4 + 16
     assert codec.FRAGMENT_OVERHEAD == 34 + 20 + 16
     assert tuple(codec.U64_FIELDS) == FIELDS
@@ -83,6 +90,7 @@ def test_cluster_key_bounds_accepted(impl: SimpleNamespace, key: Any) -> None:
 @pytest.mark.parametrize("options", [
     {"cluster_id": -1}, {"cluster_id": U64_MAX + 1}, {"max_datagram_bytes": 511},
     {"max_datagram_bytes": 65_508}, {"max_frame_bytes": 1000},  # below max_datagram_bytes
+    {"max_frame_bytes": 1 << 31},  # AES-GCM (cryptography) authenticates < 2**31 bytes
 ])
 def test_bad_codec_options_raise_config_error(impl: SimpleNamespace, options: Any) -> None:
     with pytest.raises(ConfigError):
@@ -210,7 +218,7 @@ def test_reject_flag_and_all_fields_at_the_edges(both_impls: list[SimpleNamespac
 
 def test_header_layout_is_little_endian_at_fixed_offsets(impl: SimpleNamespace) -> None:
     datagram = make_codec(impl).encode(0x0102030405060708, 9, 10, [])
-    assert datagram[0] == 1 and datagram[1] == 1
+    assert datagram[0] == WIRE_VERSION and datagram[1] == 1
     assert struct.unpack_from("<Q", datagram, 2)[0] == CLUSTER_ID
     assert datagram[10:18] == bytes([8, 7, 6, 5, 4, 3, 2, 1])
     assert struct.unpack_from("<QQ", datagram, 18) == (9, 10)
@@ -355,7 +363,11 @@ def forged_cases() -> dict[str, bytes]:
     cases = {
         "truncated header": valid[:49],
         "empty": b"",
-        "wrong version": seal(oracle_header(1, 1, 1, 1, version=2) + struct.pack("<I", 0)),
+        "wrong version": seal(oracle_header(1, 1, 1, 1, version=3) + struct.pack("<I", 0)),
+        "retired version 1": blake2b_v1_seal(
+            oracle_header(1, 1, 1, 1, version=1) + struct.pack("<I", 0)),
+        "retired version 1 append": blake2b_v1_seal(  # a whole v1 frame, validly tagged
+            b"\x01" + oracle_frame(1, 2, 3, [append_spec()])[1:-16]),
         "unknown frame kind": seal(oracle_header(3, 1, 1, 1) + struct.pack("<I", 0)),
         "wrong cluster id": oracle_frame(1, 1, 1, [append_spec()], cluster_id=CLUSTER_ID + 1),
         "wrong key": messages_frame(body, 1, key=OTHER_KEY),
@@ -403,7 +415,9 @@ FORGED = forged_cases()
 # The error each forged frame must be refused with (which rule fired, not only that one did).
 EXPECTED = {
     "truncated header": "truncated frame: 49 bytes", "empty": "truncated frame: 0 bytes",
-    "wrong version": "unsupported wire version 2", "unknown frame kind": "unknown frame kind 3",
+    "wrong version": "unsupported wire version 3", "unknown frame kind": "unknown frame kind 3",
+    "retired version 1": "unsupported wire version 1 (expected 2)",
+    "retired version 1 append": "unsupported wire version 1 (expected 2)",
     "wrong cluster id": "wrong cluster id", "wrong key": "authentication failed",
     "bad tag": "authentication failed", "flipped body": "authentication failed",
     "tag only": "need 4 bytes at offset 34, 0 left",
@@ -483,6 +497,92 @@ def test_counts_above_custom_limits_are_refused(both_impls: list[SimpleNamespace
     for name, datagram in datagrams.items():
         result = same_outcome([limited_codec(impl) for impl in both_impls], datagram)
         assert result[0] == "error" and "exceed" in result[1], (name, result)
+
+
+# ---------------------------------------------------------------- authentication (AES-GCM)
+
+def gcm_of(key: bytes, cluster_id: int, sender: int, epoch: int) -> AESGCM:
+    """The AESGCM of one (cluster, sender, epoch) subkey, derived here from the spec."""
+    identity = struct.pack("<QQQ", cluster_id, sender, epoch)
+    subkey = hashlib.blake2b(SUBKEY_LABEL + identity, key=key, digest_size=32).digest()
+    return AESGCM(subkey)
+
+
+def test_tag_is_gmac_with_counter_and_kind_in_the_nonce(
+    both_impls: list[SimpleNamespace],
+) -> None:
+    """A messages frame and a fragment frame with the same (sender, epoch, counter) are tagged
+    under different nonces, so even a caller numbering them independently never reuses one."""
+    aead = gcm_of(KEY, CLUSTER_ID, 7, 9)
+    for impl in both_impls:
+        codec = make_codec(impl)
+        frames = {
+            1: codec.encode(7, 9, 5, build_all(impl.codec, [append_spec()])),
+            2: codec.encode_fragment(7, 9, 5, 1, 0, 2, b"chunk"),
+        }
+        for kind, datagram in frames.items():
+            body, tag = datagram[:-16], datagram[-16:]
+            assert aead.decrypt(struct.pack("<QI", 5, kind), tag, body) == b""
+            with pytest.raises(InvalidTag):
+                aead.decrypt(struct.pack("<QI", 5, 3 - kind), tag, body)
+            with pytest.raises(InvalidTag):  # another sender's subkey
+                gcm_of(KEY, CLUSTER_ID, 8, 9).decrypt(struct.pack("<QI", 5, kind), tag, body)
+
+
+@pytest.mark.parametrize("offset, value", [
+    (1, 2),                          # messages frame relabelled as a fragment
+    (10, 8), (18, 10), (26, 6),      # another sender, epoch or counter
+])
+def test_a_tag_does_not_transfer_to_another_header(
+    both_impls: list[SimpleNamespace], offset: int, value: int
+) -> None:
+    original = oracle_frame(7, 9, 5, [])
+    forged = bytearray(original)
+    forged[offset] = value
+    for impl in both_impls:
+        assert make_codec(impl).decode(original).messages == []
+        with pytest.raises(DecodeError, match="authentication failed"):
+            make_codec(impl).decode(bytes(forged))
+
+
+def test_subkey_cache_is_bounded_and_filled_only_by_verified_frames(
+    both_impls: list[SimpleNamespace],
+) -> None:
+    limit = both_impls[0].codec.MAX_CACHED_SUBKEYS
+    assert limit == 4096
+    senders = range(1, limit + 11)
+    frames = [oracle_frame(sender, 1, 1, []) for sender in senders]
+    for impl in both_impls:
+        codec = make_codec(impl)
+        forged = [frame[:-1] + bytes([frame[-1] ^ 1]) for frame in frames[:200]]
+        for datagram in forged:  # wrong tags under fresh (sender, epoch): never cached
+            with pytest.raises(DecodeError, match="authentication failed"):
+                codec.decode(datagram)
+        assert len(codec._aeads) == 0
+        largest = 0
+        for datagram in frames:
+            assert codec.decode(datagram).messages == []
+            largest = max(largest, len(codec._aeads))
+        assert largest == limit and 1 <= len(codec._aeads) <= limit
+        assert codec.decode(frames[0]).sender_id == 1  # evicted: derived again, still valid
+        encoder = make_codec(impl)
+        for sender in senders:
+            encoder.encode(sender, 2, 1, [])
+        assert len(encoder._aeads) <= limit
+
+
+def test_largest_max_frame_bytes_is_accepted(impl: SimpleNamespace) -> None:
+    codec = make_codec(impl, max_frame_bytes=(1 << 31) - 1)
+    assert codec.max_frame_bytes == (1 << 31) - 1
+    assert codec.decode(codec.encode(1, 1, 1, [])).messages == []
+
+
+def test_oracle_tag_is_what_both_implementations_append(
+    both_impls: list[SimpleNamespace],
+) -> None:
+    for impl in both_impls:
+        datagram = make_codec(impl).encode(U64_MAX, 0, U64_MAX, [])
+        assert datagram[-16:] == oracle_tag(datagram[:-16])
 
 
 # ---------------------------------------------------------------- differential parser fuzzing

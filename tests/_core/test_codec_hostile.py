@@ -17,7 +17,15 @@ import struct
 from types import SimpleNamespace
 from typing import Any
 
-from test_codec_support import CLUSTER_ID, KEY, append_spec, build_all, outcome, seal
+from test_codec_support import (
+    CLUSTER_ID,
+    KEY,
+    WIRE_VERSION,
+    append_spec,
+    build_all,
+    outcome,
+    seal,
+)
 
 from engine.errors import DecodeError
 from engine.messages import MessageType
@@ -67,7 +75,7 @@ def test_hostile_datagrams_are_all_refused(impl: SimpleNamespace) -> None:
     rng = random.Random(SEED)
     codec = impl.codec.FrameCodec(KEY, CLUSTER_ID)
     pool = genuine_frames(impl, codec, rng)
-    header_prefix = [struct.pack("<BBQ", 1, kind, CLUSTER_ID) for kind in (1, 2)]
+    header_prefix = [struct.pack("<BBQ", WIRE_VERSION, kind, CLUSTER_ID) for kind in (1, 2)]
     refused = 0
     auth_failures = 0
 

@@ -1,6 +1,7 @@
 """Support for the codec tests (no tests here): hypothesis strategies for arbitrary messages,
 a naive struct-based oracle of the frame format (written from codec_py's docstring,
-independently of both implementations) and helpers to forge frames that carry a valid tag.
+independently of both implementations, authentication included) and helpers to forge frames
+that carry a valid tag.
 
 A message is described by a plain `MessageSpec` so that each implementation can build its own
 Message/Entry objects from it.
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from hypothesis import strategies as st
 
 from engine.messages import KNOWN_ENTRY_KINDS, KNOWN_MESSAGE_TYPES, MessageType
@@ -21,6 +23,9 @@ from engine.messages import KNOWN_ENTRY_KINDS, KNOWN_MESSAGE_TYPES, MessageType
 KEY = bytes(range(32))
 OTHER_KEY = bytes(range(1, 33))
 CLUSTER_ID = 0xC0FFEE
+WIRE_VERSION = 2
+# The KDF's domain-separation label, restated from the spec on purpose (not imported).
+SUBKEY_LABEL = b"engine/wire-v2/frame-subkey/aes256gcm"
 U64_MAX = (1 << 64) - 1
 # Presence-bitmap order of the spec, restated here on purpose (not imported).
 FIELDS = (
@@ -85,13 +90,29 @@ def append_spec(entry_count: int = 1, data_bytes: int = 100, index: int = 1000) 
 
 # ---------------------------------------------------------------- naive oracle
 
+def oracle_tag(body: bytes, key: bytes = KEY) -> bytes:
+    """The spec's tag over `body` (a frame without its tag; codec_py "Authentication"):
+    AES-256-GCM, key = BLAKE2b-256(key=cluster key, label || cluster id, sender, epoch),
+    nonce = counter || kind as u32, the whole body as associated data, empty plaintext.
+    A body shorter than a header is padded with zeros to name a key and nonce."""
+    header = body[:34].ljust(34, b"\x00")
+    subkey = hashlib.blake2b(SUBKEY_LABEL + header[2:26], key=key, digest_size=32).digest()
+    nonce = header[26:34] + struct.pack("<I", header[1])
+    return AESGCM(subkey).encrypt(nonce, b"", body)
+
+
 def seal(body: bytes, key: bytes = KEY) -> bytes:
-    """Append the spec's tag: keyed BLAKE2b-128 over everything before it."""
+    """Append the spec's tag over everything before it."""
+    return body + oracle_tag(body, key)
+
+
+def blake2b_v1_seal(body: bytes, key: bytes = KEY) -> bytes:
+    """The retired wire version 1's tag (keyed BLAKE2b-128), for the version-bump tests."""
     return body + hashlib.blake2b(body, key=key, digest_size=16).digest()
 
 
 def oracle_header(kind: int, sender: int, epoch: int, counter: int,
-                  cluster_id: int = CLUSTER_ID, version: int = 1) -> bytes:
+                  cluster_id: int = CLUSTER_ID, version: int = WIRE_VERSION) -> bytes:
     return struct.pack("<BBQQQQ", version, kind, cluster_id, sender, epoch, counter)
 
 

@@ -147,6 +147,40 @@ def test_fsync_once_per_save(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     wal.close()
 
 
+def test_unsynced_saves_are_synced_by_the_next_roll_or_close(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """save(sync=False) (a commit-index-only Ready) writes without waiting for the disk; the
+    segment is fdatasynced before a roll leaves it and on close, so an unsynced record can
+    only ever be the torn tail of the last segment."""
+    wal, _ = reopen(tmp_path)
+    synced: list[int] = []
+    real_sync = os.fdatasync
+
+    def count(fd: int) -> None:
+        synced.append(fd)
+        real_sync(fd)
+
+    monkeypatch.setattr(os, "fdatasync", count)
+    wal.save(make_entries(1, 3, term=1), HardState(1, 1, 0))
+    assert len(synced) == 1
+    wal.save([], HardState(1, 1, 3), sync=False)
+    assert len(synced) == 1                       # not waited for
+    old_segment = wal._fd
+    wal.segment_bytes = 1                         # the next save rolls
+    wal.save(make_entries(4, 21, term=1), None)
+    # the old segment's unsynced tail first, then the new header, then the save itself
+    assert synced[1] == old_segment and len(synced) == 4
+    assert len(segments(tmp_path)) == 2
+    wal.segment_bytes = 1 << 20
+    wal.save([], HardState(1, 1, 24), sync=False)
+    before_close = len(synced)
+    wal.close()
+    assert len(synced) == before_close + 1        # close syncs the unsynced commit
+    _, recovered = reopen(tmp_path)
+    assert recovered.hard_state == HardState(1, 1, 24)
+    assert [e.index for e in recovered.entries] == list(range(1, 25))
+
+
 def test_fsync_false_never_syncs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[int] = []
     monkeypatch.setattr(os, "fsync", calls.append)
