@@ -114,7 +114,9 @@ class Ready:
       3. apply `committed_entries` in order, serve `read_states` once applied >= index;
       4. call `core.advance(ready)`.
 
-    `snapshot` (Raft only, None otherwise) is a snapshot received from the leader: before
+    `snapshot` (None unless one arrived) is a snapshot received from the leader (Raft) or
+    from a replica answering a catch-up request (Paxos; its `term` is then the ballot this
+    replica stores at that slot, 0 for a hole — what the WAL's compaction marker needs): before
     step 1 the driver persists it durably (snapshot file, then the WAL's compaction marker
     at its (index, term)) and before step 3 it restores the state machine from it; every
     entry in `committed_entries` then follows snapshot.index.

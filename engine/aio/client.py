@@ -99,11 +99,18 @@ class Client:
         self._check(await self._write(
             lambda session, seq: commands.encode_put(key, value, client_id=session, seq=seq)))
 
-    async def get(self, key: bytes) -> bytes | None:
-        """Linearizable read (ReadIndex on the cluster): the value, or None if absent."""
+    async def get(self, key: bytes, *, mode: str = "linearizable") -> bytes | None:
+        """The value, or None if absent. `mode` is engine.Node.read's: "linearizable"
+        (ReadIndex on the cluster), "lease" (the leader answers from its lease, Raft thesis
+        §6.4.1: linearizable only while clock rates differ by less than lease_drift_ticks
+        allows) or "stale" (whichever node answers, possibly behind)."""
+        from engine.aio.node import READ_MODES
         from engine.kv import commands
 
-        result = self._check(await self._request(ClientOp.READ, commands.encode_get_query(key)))
+        if mode not in READ_MODES:
+            raise errors.ConfigError(f"read mode must be one of {READ_MODES}, got {mode!r}")
+        result = self._check(await self._request(
+            ClientOp.READ, commands.encode_get_query(key), READ_MODES.index(mode)))
         return result.value
 
     async def delete(self, key: bytes) -> bool:
@@ -156,7 +163,8 @@ class Client:
             raise errors.Rejected(str(result.error))
         return result
 
-    async def _request(self, op: int, payload: bytes) -> Any:
+    async def _request(self, op: int, payload: bytes, read_mode: int = 0) -> Any:
+        """`read_mode`: index into engine.aio.node.READ_MODES, carried in Message.index."""
         from engine.kv import commands
 
         seq = self._next_request_number()
@@ -172,7 +180,8 @@ class Client:
                 )
             target = self._leader or self.addresses[self._next_address % len(self.addresses)]
             wait = min(remaining, self.attempt_timeout * (1 + min(attempt, 4)))
-            response = await self._exchange(target, op, seq, payload, wait)
+            response = await self._exchange(target, op, seq, payload, wait,
+                                            read_mode=read_mode)
             attempt += 1
             if response is None or response.status == ClientStatus.UNKNOWN:
                 # Lost, slow, or the node could not tell: retry (same seq: applied once).
@@ -250,7 +259,8 @@ class Client:
         raise errors.Timeout(f"leadership did not move to node {to} within {timeout} s")
 
     async def _exchange(self, target: tuple[str, int], op: int, seq: int, payload: bytes,
-                        wait: float, kind: int = MessageType.CLIENT_REQUEST) -> Message | None:
+                        wait: float, kind: int = MessageType.CLIENT_REQUEST, *,
+                        read_mode: int = 0) -> Message | None:
         if self._transport is None:
             raise errors.Stopped("client is not open (use `async with Client(...)`)")
         loop = asyncio.get_running_loop()
@@ -259,6 +269,7 @@ class Client:
         self._counter += 1
         frame = self._codec.encode(self.client_id, self._epoch, self._counter, [Message(
             int(kind), src=self.client_id, seq=seq, status=int(op), context=payload,
+            index=read_mode,
         )])
         try:
             self._transport.sendto(frame, target)

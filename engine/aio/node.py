@@ -22,15 +22,17 @@ applied at that index has another term, a new leader overwrote it: it can never 
 the caller gets engine.Rejected (a definite no). A proposal whose fate is not known within
 request_timeout_s fails with engine.Timeout (it may still commit later).
 
-Snapshots (Raft only; see engine.raft.core "Snapshots and compaction"). After applying, the
+Snapshots (Raft and Paxos: both cores offer compact() and the same log surface; see
+engine.raft.core "Snapshots and compaction" and engine.paxos.core). After applying, the
 driver snapshots the state machine once NodeConfig.snapshot_entries entries or snapshot_bytes
 payload bytes were applied since the last snapshot (`_maybe_snapshot`). A state machine that
 offers `snapshot_fork() -> Callable[[], bytes]` (freeze now, serialise later) is serialised on
 the snapshot thread while apply continues; otherwise `snapshot()` runs on the loop (the pause
 it costs is what snapshot_fork avoids). The snapshot thread writes the checksummed envelope
 durably (engine.aio.wal.write_snapshot_file; kept in memory for data_dir=None), then the WAL
-thread records compact(floor, term) with floor = index - snapshot_trailing_entries, and only
-then `core.compact(snapshot, compact_to=floor)` trims the in-memory log. A Ready carrying a
+thread records compact(floor, term) with floor = index - snapshot_trailing_entries (turns
+wait meanwhile: the loop thread writes the WAL otherwise), and only then
+`core.compact(snapshot, compact_to=floor)` trims the in-memory log. A Ready carrying a
 snapshot from the leader (`_persist_snapshot_ready`) is handled before anything else in it:
 on the WAL thread the envelope is written, the WAL compacted at it and the state machine
 restored from it; then the rest of the Ready is handled as usual. At start the newest
@@ -120,7 +122,17 @@ def _make_core(config: NodeConfig, recovered: Any, applied: int = 0) -> Any:
             check_invariants=config.check_invariants, seed=seed,
             phase1_quorum=config.phase1_quorum, phase2_quorum=config.phase2_quorum,
         )
-        return PaxosCore(paxos_config, hard_state=recovered.hard_state, entries=recovered.entries)
+        snapshot = getattr(recovered, "snapshot", None)
+        floor = getattr(recovered, "snapshot_index", 0)
+        if floor and snapshot is None:
+            raise errors.StorageError(
+                f"the slots are trimmed through {floor} but no snapshot covers them"
+            )
+        return PaxosCore(
+            paxos_config, hard_state=recovered.hard_state, entries=recovered.entries,
+            applied=applied, snapshot=snapshot,
+            log_start=(floor, getattr(recovered, "snapshot_term", 0)),
+        )
     raise errors.ConfigError(f"unknown protocol {config.protocol!r}")
 
 
@@ -202,8 +214,9 @@ class Node:
             "syncs": 0,
             "reads": 0, "read_rounds": 0, "forwarded": 0, "client_requests": 0,
         }
-        # Snapshots (Raft): what was applied since the last one; one snapshot at a time.
-        self._snapshot_policy = config.protocol == "raft"
+        # Snapshots (Raft and Paxos: the cores offer the same compact()/log surface): what was
+        # applied since the last one; one snapshot at a time.
+        self._snapshot_policy = config.protocol in ("raft", "paxos")
         self._since_snapshot_entries = 0
         self._since_snapshot_bytes = 0
         self._snapshotting = False
@@ -470,7 +483,10 @@ class Node:
 
     def _schedule_tick(self) -> None:
         assert self._loop is not None
-        tick_s = self.config.timing.tick_ms / 1000.0
+        # tick_scale (fault injection only, set by ADMIN SET_FAULTS) stretches or shrinks the
+        # tick interval: this node's logical clock runs slower (> 1) or faster (< 1) than its
+        # peers', the clock-rate skew that leases must tolerate (Raft thesis §6.4.1).
+        tick_s = self.config.timing.tick_ms / 1000.0 * getattr(self, "_tick_scale", 1.0)
         self._next_tick_at += tick_s
         now = self._loop.time()
         if self._next_tick_at < now - 10 * tick_s:  # the loop stalled: do not burst-tick
@@ -739,12 +755,9 @@ class Node:
         floor = max(floor, core.log.first_index - 1)
         floor_term = core.log.term(floor)
         write = self._write_snapshot
-        if self._storage_executor is None:
-            snapshot = write(index, term, data, serialize)
-            self._storage.compact(floor, floor_term)
-            self._snapshot_done(snapshot, floor)
-            return True
         assert self._loop is not None
+        # Serialising and checksumming take ~1 s per 500k keys: always off the loop, also
+        # for data_dir=None (regression: test_in_memory_snapshot_is_serialised_off_the_event_loop).
         if self._snapshot_executor is None:
             self._snapshot_executor = ThreadPoolExecutor(1, thread_name_prefix="engine-snap")
         written = self._loop.run_in_executor(
@@ -776,6 +789,10 @@ class Node:
         if not self._running:
             return
         snapshot = written.result()
+        if self._storage_executor is None:   # in memory: compaction is a list slice
+            self._storage.compact(floor, floor_term)
+            self._snapshot_done(snapshot, floor)
+            return
         self._wal_job(lambda: self._storage.compact(floor, floor_term),
                       lambda: self._snapshot_done(snapshot, floor), "WAL compaction")
 
@@ -1007,7 +1024,16 @@ class Node:
                 if not self._core.leader_id:
                     self._reply_not_leader(message, address, None)
                     return
-                future = self._enqueue_read(message.context, None)
+                # Message.index carries the read mode: READ_MODES[index] (0 = linearizable).
+                if message.index == 0:
+                    future = self._enqueue_read(message.context, None)
+                elif message.index < len(READ_MODES):
+                    assert self._loop is not None
+                    future = self._loop.create_task(
+                        self.read(message.context, mode=READ_MODES[message.index]))
+                else:
+                    self._reply(message, address, ClientStatus.REJECTED, b"unknown read mode")
+                    return
             else:
                 self._reply(message, address, ClientStatus.REJECTED, b"unknown client op")
                 return
@@ -1055,7 +1081,8 @@ class Node:
             self._transport.send_to_address(address, [response])
 
     def _on_admin(self, message: Message, address: Any) -> None:
-        """Fault injection for tests (engine.testing): switch the transport's fault filter.
+        """Fault injection for tests (engine.testing): switch the transport's fault filter
+        and the clock-rate skew "tick_scale" (see _schedule_tick); CLEAR_FAULTS resets both.
 
         Frames are authenticated with the cluster key like all traffic; on top of that a node
         obeys only when started with allow_fault_injection=True.
@@ -1072,14 +1099,23 @@ class Node:
                 spec = json.loads(message.context or b"{}")
                 if not isinstance(spec, dict):
                     raise ValueError("fault spec must be a JSON object")
-                self._transport.set_fault_filter(
-                    spec.get("drop_to"), spec.get("drop_from"),
-                    float(spec.get("loss", 0.0)), float(spec.get("duplicate", 0.0)),
-                    float(spec.get("delay_ms", 0.0)), jitter_ms=float(spec.get("jitter_ms", 0.0)),
-                    seed=int(spec.get("seed", 0)),
-                )
+                # "tick_scale" (clock-rate skew): validated before anything changes; a spec
+                # with only it leaves the transport's filter (e.g. a partition) as it is.
+                skew_only = set(spec) == {"tick_scale"}
+                scale = float(spec.pop("tick_scale", getattr(self, "_tick_scale", 1.0)))
+                if not 0.1 <= scale <= 10.0:  # NaN fails too
+                    raise ValueError(f"tick_scale must be in [0.1, 10], got {scale}")
+                if not skew_only:
+                    self._transport.set_fault_filter(
+                        spec.get("drop_to"), spec.get("drop_from"),
+                        float(spec.get("loss", 0.0)), float(spec.get("duplicate", 0.0)),
+                        float(spec.get("delay_ms", 0.0)),
+                        jitter_ms=float(spec.get("jitter_ms", 0.0)), seed=int(spec.get("seed", 0)),
+                    )
+                self._tick_scale = scale
             elif message.status == AdminOp.CLEAR_FAULTS:
                 self._transport.clear_fault_filter()
+                self._tick_scale = 1.0
             else:
                 raise ValueError(f"unknown admin op {message.status}")
         except (ValueError, TypeError, errors.ConfigError) as exc:

@@ -47,9 +47,10 @@ are kept: on the wire and on disk Entry.term = accepted ballot and Entry.data = 
 Entry(term = identity, index = slot, data = command, kind). A no-op's identity is the ballot
 of the leader that filled the gap, which differs from every earlier proposal's ballot.
 
-Disk layout (what Ready.entries holds). Stored slots are contiguous from slot 1, because the
-WAL replaces the suffix from the first index of each save and refuses gaps. A slot with
-nothing accepted (a hole below a later accepted slot) is stored as Entry(0, slot, b"", NOOP):
+Disk layout (what Ready.entries holds). Stored slots are contiguous from the first slot after
+the trimmed prefix (slot 1 until a snapshot; see "Snapshots" below), because the WAL
+replaces the suffix from the first index of each save and refuses gaps. A slot with nothing
+accepted (a hole below a later accepted slot) is stored as Entry(0, slot, b"", NOOP):
 ballot 0 never exists, so it means "nothing accepted". When an acceptor changes slot s it
 re-saves s .. last (write amplification only for reordered or retransmitted ACCEPTs; a
 retransmitted slot already held in the same ballot is not re-saved).
@@ -68,28 +69,81 @@ a promise holding more than Limits.max_entries_per_message slots is split into P
 messages with seq = part number and status = number of parts (0 or 1: a single message),
 and counts once every part arrived (an acceptor's uncommitted window can exceed one message;
 refusing such a promise would leave no candidate able to win); PROMISE reject with
-reject_term = 0 means "too far behind, catch up first" (reject_hint = the acceptor's commit;
-understood, no longer sent); PREPARE.context = b"force" bypasses leader stickiness (campaign());
+reject_term = 0 means "snapshot: I trimmed slots you ask about, catch up first" (reject_hint
+= the acceptor's commit; see "Snapshots" below); PREPARE.context = b"force" bypasses leader
+stickiness (campaign());
 CATCHUP_RESPONSE.index = first slot of entries; READ_INDEX / READ_INDEX_RESPONSE (the Raft
 types) carry follower reads with term = ballot. Nothing is ever reported in Ready.dropped: a
 proposal of a deposed leader may still be chosen through re-proposal, so its fate is unknown
 until the slot is chosen (then identity decides).
 
-Not implemented yet: snapshots and log trimming below the applied slot, reconfiguration.
+Snapshots and log trimming (the RaftCore surface, so engine.Node's snapshot path drives both).
+The driver snapshots the state machine at its applied slot and, once the snapshot is durable,
+calls `compact(snapshot, compact_to)`: the core keeps the snapshot (its envelope,
+engine.raft.snapshot) and drops its slots through compact_to (<= the snapshot's slot, <= the
+persisted prefix). Slot s then lives at self._log[s - 1 - self._floor]; `log` is the small view
+the driver reads (first_index, persisted_index, term(i)). A Paxos snapshot's `term` is the
+ballot this replica's stored copy of slot `index` was accepted in (0: nothing stored): it only
+serves the WAL's compaction marker, which keeps the stored slots after `index` iff the WAL
+holds slot `index` with that ballot.
+
+Why trimming is safe for an acceptor (Paxos Made Simple §2.3: an acceptor must remember what it
+accepted). Only slots <= the snapshot's slot <= applied <= commit are trimmed, and every slot
+<= commit is chosen (with the value held here). The accepted values an acceptor reports in
+phase 1 only matter for slots the new leader will propose in, i.e. above its commit (P2c).
+So an acceptor whose first retained slot is above a PREPARE's index cannot answer for the
+slots in between: it must not say "nothing accepted" there (a candidate would fill them with
+no-ops over chosen values). It answers PROMISE(reject, reject_term = 0, reject_hint = its
+commit) = "snapshot: those slots are chosen, catch up first", does not promise, and is not
+counted; the candidate fetches the snapshot from it (CATCHUP_REQUEST below that replica's
+first slot starts a snapshot transfer) and campaigns again. Every counted promise therefore
+reports every slot from the PREPARE's index, as in plain Multi-Paxos. Slots above a snapshot
+are never dropped: installing a snapshot at S keeps the accepted slots above S in memory and,
+because the Ready's snapshot carries the ballot the WAL holds at S, on disk too (the WAL
+discards its suffix on a ballot mismatch; a forgotten accepted vote could let a later leader
+choose another value). If slot S has a change not yet handed to the driver, the install waits
+until it is persisted, so the ballot on disk at S is known.
+
+Snapshot transfer reuses Raft's chunked SNAPSHOT / SNAPSHOT_RESPONSE messages and
+engine.raft.snapshot's SnapshotSender / SnapshotReceiver (term = the sender's promised ballot,
+index + log_term = the snapshot's slot and ballot, seq = offset, status = total size, context =
+chunk). Any replica serves it, to a CATCHUP_REQUEST whose first slot it has trimmed (the values
+are chosen, so no ballot is needed). The receiver answers SNAPSHOT_RESPONSE(seq = total) once
+the snapshot is durable (after persist), which ends the transfer, then asks for the chosen slots
+after it. A leader does not send ACCEPTs for slots it has trimmed: a lagging acceptor's
+progress skips to the first retained slot (those slots are chosen; it learns them from the
+snapshot).
+
+Not implemented yet: reconfiguration.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections import deque
 from enum import StrEnum
 from typing import Any, NoReturn
 
-from engine.errors import ConfigError, EntryTooLarge, InvariantViolation, NotLeader, Overloaded
+from engine.errors import (
+    ConfigError,
+    DecodeError,
+    EntryTooLarge,
+    InvariantViolation,
+    LogIndexError,
+    NotLeader,
+    Overloaded,
+)
 from engine.messages import Entry, EntryKind, Message, MessageType
 from engine.paxos.ballot import NO_BALLOT, ballot_node, format_ballot, next_ballot
 from engine.paxos.config import PaxosConfig
-from engine.types import HardState, ReadState, Ready
+from engine.raft.snapshot import (
+    ENVELOPE_OVERHEAD,
+    SnapshotReceiver,
+    SnapshotSender,
+    encode_snapshot,
+)
+from engine.types import HardState, ReadState, Ready, Snapshot
 
 _MT = MessageType
 _NONE = 0
@@ -101,10 +155,14 @@ _FORCE = b"force"
 # candidate buffer: parts x max_entries_per_message entries).
 _MAX_PROMISE_PARTS = 4_096
 _EMPTY_HARD_STATE = HardState()
+# SNAPSHOT_RESPONSE status: the receiver refuses this snapshot for good (too large); the same
+# code engine.raft.core uses.
+_SNAPSHOT_REFUSED = 1
 
 _PAXOS_TYPES = frozenset({
     _MT.PREPARE, _MT.PROMISE, _MT.ACCEPT, _MT.ACCEPTED, _MT.CHOSEN,
     _MT.CATCHUP_REQUEST, _MT.CATCHUP_RESPONSE, _MT.READ_INDEX, _MT.READ_INDEX_RESPONSE,
+    _MT.SNAPSHOT, _MT.SNAPSHOT_RESPONSE,
 })
 # Sent by the owner of the ballot in `term`: the sender must own it.
 _BALLOT_OWNER_TYPES = frozenset({_MT.PREPARE, _MT.ACCEPT, _MT.CHOSEN})
@@ -175,6 +233,47 @@ class _Peer:
         self.acked.clear()
         self.progress_tick = ticks
 
+    def skip_to(self, floor: int) -> None:
+        """The leader trimmed its slots through `floor`: they are chosen, so this acceptor
+        need not accept them (it learns them from a snapshot); count them as matched, which
+        cannot choose anything (floor <= the leader's commit), and send from floor + 1."""
+        if self.match < floor:
+            self.match = floor
+            for first in [f for f, last in self.acked.items() if last <= floor]:
+                del self.acked[first]
+            inflight = self.inflight
+            while inflight and inflight[0] <= floor:
+                inflight.popleft()
+        if self.next <= floor:
+            self.next = floor + 1
+
+
+class SlotLogView:
+    """What engine.Node's snapshot path reads of a core's log (RaftLog's names): the first
+    retained slot, the prefix persisted as it is in memory, and each slot's stored ballot."""
+
+    __slots__ = ("_core",)
+
+    def __init__(self, core: PaxosCore) -> None:
+        self._core = core
+
+    @property
+    def first_index(self) -> int:
+        return self._core._floor + 1
+
+    @property
+    def last_index(self) -> int:
+        return self._core.last_index
+
+    @property
+    def persisted_index(self) -> int:
+        return self._core._persisted_index()
+
+    def term(self, index: int) -> int:
+        """The ballot slot `index` is stored with (0: a hole); valid from first_index - 1 to
+        last_index (LogIndexError otherwise)."""
+        return self._core._stored_ballot(index)
+
 
 class _PendingRead:
     __slots__ = ("round", "index", "requester", "context")
@@ -195,7 +294,12 @@ class PaxosCore:
         hard_state: HardState = _EMPTY_HARD_STATE,
         entries: list[Any] | None = None,
         applied: int = 0,
+        snapshot: Snapshot | None = None,
+        log_start: tuple[int, int] | None = None,
     ) -> None:
+        """hard_state and entries come from storage; snapshot is the newest durable snapshot
+        (the state machine was restored from it, so applied >= snapshot.index); log_start is
+        the (slot, ballot) the stored entries follow (default: the snapshot's, else (0, 0))."""
         self.config = config
         self.node_id = config.node_id
         self.voters: tuple[int, ...] = tuple(sorted(config.voters))
@@ -207,16 +311,27 @@ class PaxosCore:
         self._read_quorum = config.read_quorum
         self._rng = random.Random(f"paxos:{config.seed}:{config.node_id}")
 
-        # Slot s lives at self._log[s - 1]; None = nothing accepted (a hole).
-        self._log: list[Any] = self._restore_log(list(entries or []), hard_state, applied)
+        # Slot s lives at self._log[s - 1 - self._floor]; None = nothing accepted (a hole).
+        # Slots <= _floor were trimmed (covered by the snapshot); _floor_ballot is the ballot
+        # slot _floor was stored with (the WAL's compaction marker).
+        self._snapshot: Snapshot | None = None
+        self._snapshot_envelope = b""
+        self.snapshot_index = 0
+        self.snapshot_term = 0
+        if snapshot is not None:
+            self._set_snapshot(snapshot)
+        self._floor, self._floor_ballot, self._log, commit = self._restore_log(
+            list(entries or []), hard_state, applied, snapshot, log_start)
         self.promised = hard_state.term
-        self.commit_index = hard_state.commit
+        self.commit_index = commit
         self.applied_index = applied
         self._applying = applied  # handed to the driver; applied <= _applying <= commit
-        self._unstable_from = len(self._log) + 1
-        self._hard_state_emitted = HardState(self.promised, _NONE, self.commit_index)
-        # (last slot saved, ballot if saved as leader) per Ready handed out, for advance().
-        self._persist_marks: deque[tuple[int, int]] = deque()
+        self._unstable_from = self.last_index + 1
+        self._hard_state_emitted = HardState(self.promised, _NONE, hard_state.commit)
+        # (first slot saved, last slot saved, ballot if saved as leader) per Ready handed out,
+        # for advance() and persisted_index.
+        self._persist_marks: deque[tuple[int, int, int]] = deque()
+        self.log = SlotLogView(self)
 
         self.role = Role.FOLLOWER
         self.leader_id = _NONE
@@ -250,11 +365,22 @@ class PaxosCore:
         # outstanding request (one at a time, retried).
         self._known_commit = self.commit_index
         self._catchup_sent_tick: int | None = None
+        # Snapshot transfer: ours to peers whose catch-up fell below our first slot (one per
+        # peer), the envelope being received, a verified one waiting for its slot to be
+        # persisted (see "Snapshots"), and the one for the driver to install (Ready.snapshot)
+        # with the replica that sent it (answered once the install is durable).
+        self._snapshot_senders: dict[int, SnapshotSender] = {}
+        self._snapshot_receiver: SnapshotReceiver | None = None
+        self._snapshot_waiting: tuple[Snapshot, int] | None = None
+        self._pending_snapshot: Snapshot | None = None
 
         self.ignored: dict[str, int] = {}
         self.counters: dict[str, int] = {
             "campaigns": 0, "leader_changes": 0, "reproposals": 0, "noop_fills": 0,
             "catchup_requests": 0, "catchup_entries": 0, "go_back": 0, "promises": 0,
+            "compactions": 0, "snapshots_sent": 0, "snapshot_chunks_sent": 0,
+            "snapshot_retransmits": 0, "snapshots_installed": 0, "snapshot_installs_deferred": 0,
+            "promises_refused_for_snapshot": 0, "peers_resumed_after_trim": 0,
         }
         self._promised_checked = self.promised
         self._commit_checked = self.commit_index
@@ -262,26 +388,53 @@ class PaxosCore:
         self._maybe_check_invariants()
 
     @staticmethod
-    def _restore_log(entries: list[Any], hard_state: HardState, applied: int) -> list[Any]:
+    def _restore_log(
+        entries: list[Any], hard_state: HardState, applied: int, snapshot: Snapshot | None,
+        log_start: tuple[int, int] | None,
+    ) -> tuple[int, int, list[Any], int]:
+        """(floor, floor ballot, slots after the floor, commit) from what storage recovered."""
+        if log_start is None:
+            log_start = (snapshot.index, snapshot.term) if snapshot is not None else (0, 0)
+        floor, floor_ballot = log_start
+        snapshot_index = 0 if snapshot is None else snapshot.index
+        if floor > snapshot_index:
+            raise ConfigError(f"stored slots start after {floor}, past snapshot {snapshot_index}")
+        commit = max(hard_state.commit, snapshot_index)
         log: list[Any] = []
         for position, entry in enumerate(entries):
-            if entry.index != position + 1:
+            if entry.index != floor + position + 1:
                 raise ConfigError(
-                    f"paxos slots must be contiguous from 1: slot {entry.index} at {position}"
+                    f"paxos slots must be contiguous from {floor + 1}: slot {entry.index} at "
+                    f"{position}"
                 )
             if entry.term == NO_BALLOT:
                 log.append(None)
             elif len(entry.data) < IDENTITY_BYTES or (
-                    entry.index > hard_state.commit and entry.term > hard_state.term):
+                    entry.index > commit and entry.term > hard_state.term):
                 # (Chosen slots installed by catch-up keep their source's ballot.)
                 raise ConfigError(f"stored slot {entry.index} is malformed ({entry!r})")
             else:
                 log.append(entry)
-        if hard_state.commit > len(log) or any(e is None for e in log[: hard_state.commit]):
-            raise ConfigError(f"persisted commit {hard_state.commit} covers unknown slots")
-        if not 0 <= applied <= hard_state.commit:
-            raise ConfigError(f"applied {applied} outside [0, commit {hard_state.commit}]")
-        return log
+        if snapshot_index > floor and (snapshot_index > hard_state.commit
+                                       or snapshot_index > floor + len(log)):
+            # A snapshot installed from a peer whose commit (and WAL marker) did not reach the
+            # disk before a crash: the stored slots through it may hold values that were never
+            # chosen, so they are trimmed (the slots after it are kept: accepted votes). Also
+            # a snapshot beyond every stored slot: the slots restart after it.
+            cut = snapshot_index - floor
+            if cut <= len(log):
+                stored = log[cut - 1]
+                floor_ballot = NO_BALLOT if stored is None else stored.term
+            else:
+                floor_ballot = snapshot.term if snapshot is not None else 0
+            del log[:cut]
+            floor = snapshot_index
+        if commit > floor + len(log) or any(e is None for e in log[:commit - floor]):
+            raise ConfigError(f"persisted commit {commit} covers unknown slots")
+        if not max(floor, snapshot_index) <= applied <= commit:
+            raise ConfigError(
+                f"applied {applied} outside [{max(floor, snapshot_index)}, commit {commit}]")
+        return floor, floor_ballot, log, commit
 
     # ------------------------------------------------------------------ public surface
 
@@ -292,20 +445,23 @@ class PaxosCore:
 
     @property
     def last_index(self) -> int:
-        return len(self._log)
+        return self._floor + len(self._log)
 
     def tick(self) -> None:
         """One logical tick: the leader's heartbeat timer, everyone else's election timer."""
         self._ticks += 1
+        self._maybe_install_waiting_snapshot()
         if self.role == Role.LEADER:
             self._tick_leader()
         else:
             self._tick_election()
         self._maybe_retry_catchup()
+        self._tick_snapshot_senders()
         self._maybe_check_invariants()
 
     def step(self, message: Any) -> None:
         """One message from the network; never raises on remote input (drops and counts)."""
+        self._maybe_install_waiting_snapshot()
         reason = self._ignore_message(message)
         if reason is None:
             self._step(message)
@@ -332,7 +488,7 @@ class PaxosCore:
                     f"entry of {len(command)} bytes > max_entry_bytes={limits.max_entry_bytes}"
                 )
             batch_bytes += len(command)
-        pending = len(self._log) - self.commit_index
+        pending = self.last_index - self.commit_index
         if pending + len(commands) > limits.max_pending_proposals:
             raise Overloaded(
                 f"{pending} slots pending; max_pending_proposals={limits.max_pending_proposals}"
@@ -345,7 +501,7 @@ class PaxosCore:
             )
         ballot = self.ballot
         prefix = ballot.to_bytes(IDENTITY_BYTES, "little")
-        first = len(self._log) + 1
+        first = self.last_index + 1
         self._log.extend(
             Entry(ballot, first + i, prefix + command) for i, command in enumerate(commands)
         )
@@ -354,7 +510,7 @@ class PaxosCore:
         for peer in self.peers:
             self._send_accepts(peer)
         self._maybe_check_invariants()
-        return first, len(self._log), ballot
+        return first, self.last_index, ballot
 
     def read_index(self, context: bytes) -> None:
         """Starts a linearizable quorum read; the answer arrives as a ReadState."""
@@ -373,11 +529,12 @@ class PaxosCore:
 
     def has_ready(self) -> bool:
         return bool(
-            self._read_heartbeat_due
+            self._pending_snapshot is not None
+            or self._read_heartbeat_due
             or self._messages
             or self._messages_after_persist
             or self._read_states
-            or self._unstable_from <= len(self._log)
+            or self._unstable_from <= self.last_index
             or self.commit_index > self._applying
             or self.promised != self._hard_state_emitted.term
             or self.commit_index != self._hard_state_emitted.commit
@@ -388,19 +545,26 @@ class PaxosCore:
         if self._read_heartbeat_due:
             self._bcast_heartbeat()
         ready = Ready()
+        if self._pending_snapshot is not None:
+            # Persisted (snapshot file, then the WAL's marker) and restored before anything
+            # else in this Ready (engine.types.Ready).
+            ready.snapshot, self._pending_snapshot = self._pending_snapshot, None
         hard_state = self._hard_state()
         if hard_state != self._hard_state_emitted:
             ready.hard_state = hard_state
             self._hard_state_emitted = hard_state
         log = self._log
-        if self._unstable_from <= len(log):
+        floor = self._floor
+        last = floor + len(log)
+        if self._unstable_from <= last:
             lo = self._unstable_from
             ready.entries = [
-                e if e is not None else _hole(lo + i) for i, e in enumerate(log[lo - 1:])
+                e if e is not None else _hole(lo + i)
+                for i, e in enumerate(log[lo - 1 - floor:])
             ]
             leading = self.ballot if self.role == Role.LEADER else NO_BALLOT
-            self._persist_marks.append((len(log), leading))
-            self._unstable_from = len(log) + 1
+            self._persist_marks.append((lo, last, leading))
+            self._unstable_from = last + 1
         ready.messages, self._messages = self._messages, []
         ready.messages_after_persist, self._messages_after_persist = (
             self._messages_after_persist, [])
@@ -409,7 +573,7 @@ class PaxosCore:
             ready.committed_entries = [
                 Entry(int.from_bytes(e.data[:IDENTITY_BYTES], "little"), e.index,
                       e.data[IDENTITY_BYTES:], e.kind)
-                for e in log[self._applying:hi]
+                for e in log[self._applying - floor:hi - floor]
             ]
             self._applying = hi
         ready.read_states, self._read_states = self._read_states, []
@@ -420,15 +584,36 @@ class PaxosCore:
         if ready.entries:
             if not self._persist_marks:
                 raise InvariantViolation("advance() of a Ready this core did not hand out")
-            last, leading = self._persist_marks.popleft()
+            _, last, leading = self._persist_marks.popleft()
             if self.role == Role.LEADER and leading == self.ballot:
                 # Our own acceptance counts only once durable (the leader is an acceptor;
                 # it writes in parallel with replicating, Raft thesis §10.2.1).
-                self._self_match = max(self._self_match, min(last, len(self._log)))
+                self._self_match = max(self._self_match, min(last, self.last_index))
         if ready.committed_entries:
             self.applied_index = max(self.applied_index, ready.committed_entries[-1].index)
         if self.role == Role.LEADER:
             self._maybe_commit()
+        self._maybe_install_waiting_snapshot()
+        self._maybe_check_invariants()
+
+    def compact(self, snapshot: Snapshot, compact_to: int | None = None) -> None:
+        """The driver made `snapshot` durable (state machine applied through its slot, WAL
+        compaction marker written). Keeps it for replicas that need it and trims the slots
+        through compact_to (default and maximum: the snapshot's slot; also capped at the
+        persisted prefix, whose stored ballots the WAL's marker names). Safe for the acceptor:
+        every trimmed slot is chosen (<= applied <= commit); see "Snapshots" above."""
+        if snapshot.index > self.applied_index:
+            raise ConfigError(
+                f"snapshot at {snapshot.index} beyond applied slot {self.applied_index}")
+        if snapshot.index > self.snapshot_index:
+            self._set_snapshot(snapshot)
+        upto = snapshot.index if compact_to is None else min(compact_to, snapshot.index)
+        upto = min(upto, self._persisted_index())
+        if upto > self._floor:
+            self._floor_ballot = self._stored_ballot(upto)
+            del self._log[:upto - self._floor]
+            self._floor = upto
+            self.counters["compactions"] += 1
         self._maybe_check_invariants()
 
     def status(self) -> dict[str, Any]:
@@ -441,7 +626,18 @@ class PaxosCore:
             "leader_id": self.leader_id,
             "commit_index": self.commit_index,
             "applied_index": self.applied_index,
-            "last_index": len(self._log),
+            "last_index": self.last_index,
+            "first_index": self._floor + 1,
+            "persisted_index": self._persisted_index(),
+            "snapshot_index": self.snapshot_index,
+            "snapshot_term": self.snapshot_term,
+            "snapshots": {
+                "sent": self.counters["snapshots_sent"],
+                "installed": self.counters["snapshots_installed"],
+                "chunks_sent": self.counters["snapshot_chunks_sent"],
+                "retransmits": self.counters["snapshot_retransmits"],
+                "transfers_in_progress": len(self._snapshot_senders),
+            },
             "phase1_quorum": self._q1,
             "phase2_quorum": self._q2,
             "counters": dict(self.counters),
@@ -458,10 +654,28 @@ class PaxosCore:
         return status
 
     def slot(self, index: int) -> Any:
-        """The stored Entry of a slot (accepted ballot, identity-prefixed data) or None."""
-        if 1 <= index <= len(self._log):
-            return self._log[index - 1]
+        """The stored Entry of a slot (accepted ballot, identity-prefixed data) or None
+        (nothing accepted, trimmed below the snapshot, or beyond the log)."""
+        if self._floor < index <= self.last_index:
+            return self._log[index - 1 - self._floor]
         return None
+
+    def _stored_ballot(self, index: int) -> int:
+        if index == self._floor:
+            return self._floor_ballot
+        if not self._floor < index <= self.last_index:
+            raise LogIndexError(
+                f"slot {index} outside the stored slots [{self._floor}, {self.last_index}]")
+        entry = self._log[index - 1 - self._floor]
+        return NO_BALLOT if entry is None else int(entry.term)
+
+    def _persisted_index(self) -> int:
+        """The longest prefix of slots stored on disk exactly as in memory: below the first
+        slot changed since the last Ready and below every Ready still being written."""
+        persisted = self._unstable_from - 1
+        for first, _, _ in self._persist_marks:
+            persisted = min(persisted, first - 1)
+        return max(persisted, self._floor)
 
     # ------------------------------------------------------------------ step: ballot first
 
@@ -498,6 +712,10 @@ class PaxosCore:
             self._on_catchup_response(m)
         elif kind == _MT.READ_INDEX:
             self._on_read_index(m)
+        elif kind == _MT.SNAPSHOT:
+            self._on_snapshot(m)
+        elif kind == _MT.SNAPSHOT_RESPONSE:
+            self._on_snapshot_response(m)
         else:
             self._on_read_index_response(m)
 
@@ -548,13 +766,25 @@ class PaxosCore:
             # live leader does not let a partitioned replica's new ballot depose it.
             self._count_ignored("prepare while the leader is live")
             return
+        if m.index < 1:
+            self._count_ignored("malformed prepare")
+            return
+        if m.index <= self._floor:
+            # We trimmed slots the candidate asks about: they are chosen, but we can no
+            # longer report what we accepted there, and "nothing accepted" would let it fill
+            # them with no-ops. Say "snapshot" (catch up first) and do not promise, so this
+            # reply is never counted in its phase-1 quorum (see "Snapshots" above).
+            self.counters["promises_refused_for_snapshot"] += 1
+            self._send(Message(_MT.PROMISE, self.node_id, m.src, ballot, index=m.index,
+                               reject=True, reject_term=NO_BALLOT,
+                               reject_hint=self.commit_index))
+            return
         if ballot > self.promised:
             self.promised = ballot
             self._on_higher_ballot(ballot)
             self.leader_id = _NONE
             self._election_elapsed = 0
-        lo = max(m.index, 1)
-        held = [e for e in self._log[lo - 1:] if e is not None]
+        held = [e for e in self._log[m.index - 1 - self._floor:] if e is not None]
         self.counters["promises"] += 1
         per_message = self._limits.max_entries_per_message
         if len(held) <= per_message:
@@ -629,7 +859,8 @@ class PaxosCore:
         start = self.commit_index + 1
         # slot -> (known chosen, accepted ballot, entry)
         best: dict[int, tuple[bool, int, Any]] = {}
-        own = [e for e in self._log[start - 1:] if e is not None]
+        floor = self._floor
+        own = [e for e in self._log[start - 1 - floor:] if e is not None]
         promises = list(self._promises.values())
         promises.append((self.commit_index, own))
         for promise_commit, entries in promises:
@@ -644,7 +875,7 @@ class PaxosCore:
                     best[slot] = (chosen, entry.term, entry)
         end = max(best, default=start - 1)
         prefix = ballot.to_bytes(IDENTITY_BYTES, "little")
-        del self._log[start - 1:]
+        del self._log[start - 1 - floor:]
         for slot in range(start, end + 1):
             found = best.get(slot)
             if found is None:
@@ -714,27 +945,30 @@ class PaxosCore:
 
     def _store_accepted(self, entries: Any) -> None:
         log = self._log
+        floor = self._floor
+        last = floor + len(log)
         lo = entries[0].index
         commit = self.commit_index
-        if lo == len(log) + 1 and lo > commit:
+        if lo == last + 1 and lo > commit:
             log.extend(entries)  # the common case: the next batch, in order
             self._mark_unstable(lo)
             return
-        if lo > len(log) + 1:
-            first_hole = len(log) + 1
-            log.extend([None] * (lo - first_hole))
-            self._mark_unstable(first_hole)
+        if lo > last + 1:
+            log.extend([None] * (lo - last - 1))
+            self._mark_unstable(last + 1)
+            last = lo - 1
         for entry in entries:
             slot = entry.index
             if slot <= commit:
-                continue  # chosen already: the same value (P2c), keep it
-            if slot <= len(log):
-                held = log[slot - 1]
+                continue  # chosen already (or trimmed): the same value (P2c), keep it
+            if slot <= last:
+                held = log[slot - 1 - floor]
                 if held is not None and held.term == entry.term:
                     continue  # one value per slot per ballot: a retransmission
-                log[slot - 1] = entry
+                log[slot - 1 - floor] = entry
             else:
                 log.append(entry)
+                last = slot
             self._mark_unstable(slot)
 
     def _learn_commit(self, leader_commit: int, ballot: int, leader: int,
@@ -743,10 +977,11 @@ class PaxosCore:
         if leader_commit > self._known_commit:
             self._known_commit = leader_commit
         log = self._log
-        limit = min(leader_commit, len(log))
+        floor = self._floor
+        limit = min(leader_commit, floor + len(log))
         commit = self.commit_index
         while commit < limit:
-            entry = log[commit]
+            entry = log[commit - floor]
             if entry is None or entry.term != ballot:
                 break
             commit += 1
@@ -769,7 +1004,15 @@ class PaxosCore:
         """Fills the peer's window with ACCEPTs (pipelining); True if any was sent."""
         pr = self._peers[peer]
         log = self._log
-        last = len(log)
+        floor = self._floor
+        if pr.next <= floor:
+            # The slots it needs next were trimmed (chosen): it learns them from a snapshot
+            # (its catch-up request below our first slot starts one). Until it reports one
+            # (SNAPSHOT_RESPONSE or a catch-up request from above our floor) it gets
+            # heartbeats and CHOSEN only; ACCEPTs from floor + 1 would make it store a hole
+            # for every slot it missed.
+            return False
+        last = floor + len(log)
         limits = self._limits
         max_inflight = limits.max_inflight_messages
         max_bytes = limits.max_append_bytes
@@ -778,14 +1021,15 @@ class PaxosCore:
         while pr.next <= last and len(pr.inflight) < max_inflight:
             lo = pr.next
             hi = lo
-            size = len(log[lo - 1].data)
+            size = len(log[lo - 1 - floor].data)
             while hi < last and hi - lo + 1 < max_count:
-                size += len(log[hi].data)
+                size += len(log[hi - floor].data)
                 if size > max_bytes:
                     break
                 hi += 1
             self._messages.append(Message(_MT.ACCEPT, self.node_id, peer, self.ballot,
-                                          commit=self.commit_index, entries=log[lo - 1:hi]))
+                                          commit=self.commit_index,
+                                          entries=log[lo - 1 - floor:hi - floor]))
             pr.inflight.append(hi)
             pr.next = hi + 1
             sent = True
@@ -812,11 +1056,11 @@ class PaxosCore:
             if len(m.context) == 8 and self._pending_reads:
                 pr.read_ack = max(pr.read_ack, int.from_bytes(m.context, "little"))
                 self._advance_reads()
-            if pr.match < len(self._log) and not pr.inflight:
+            if pr.match < self.last_index and not pr.inflight:
                 self._send_accepts(m.src)
             return
         lo, hi = m.seq, m.index
-        if not 1 <= lo <= hi <= len(self._log):
+        if not 1 <= lo <= hi <= self.last_index:
             self._count_ignored("accepted range outside the log")
             return
         if pr.ack(lo, hi, self._limits.max_inflight_messages):
@@ -840,7 +1084,8 @@ class PaxosCore:
         own_from = max(previous, self._recovered_end)
         if own_from < chosen:
             self._uncommitted_bytes = max(0, self._uncommitted_bytes - sum(
-                len(e.data) - IDENTITY_BYTES for e in self._log[own_from:chosen]))
+                len(e.data) - IDENTITY_BYTES
+                for e in self._log[own_from - self._floor:chosen - self._floor]))
         if self._reads_awaiting_recovery and chosen >= self._recovered_end:
             waiting, self._reads_awaiting_recovery = self._reads_awaiting_recovery, []
             for requester, context in waiting:
@@ -907,14 +1152,26 @@ class PaxosCore:
 
     def _on_catchup_request(self, m: Any) -> None:
         lo = m.index
+        if lo < 1:
+            self._count_ignored("malformed catch-up request")
+            return
+        floor = self._floor
+        if lo <= floor:
+            # The slots it wants were trimmed: they are in our snapshot.
+            self._start_snapshot_transfer(m.src)
+            return
+        if self.role == Role.LEADER:
+            # It holds every slot below lo chosen: a phase-2 progress waiting for it to learn
+            # our trimmed slots (see _send_accepts) may resume after them.
+            self._resume_peer(m.src, lo - 1)
         hi = min(m.commit, self.commit_index)
         entries: list[Any] = []
-        if 1 <= lo <= hi:
+        if lo <= hi:
             limits = self._limits
             budget = limits.max_append_bytes
             count = min(hi - lo + 1, limits.max_entries_per_message)
             size = 0
-            for entry in self._log[lo - 1: lo - 1 + count]:
+            for entry in self._log[lo - 1 - floor: lo - 1 - floor + count]:
                 size += len(entry.data)
                 if entries and size > budget:
                     break
@@ -942,13 +1199,14 @@ class PaxosCore:
                 self._count_ignored("malformed catch-up response")
                 return
         log = self._log
+        floor = self._floor
         installed = 0
         for entry in entries:
             slot = entry.index
             if slot <= self.commit_index:
                 continue
-            if slot <= len(log):
-                log[slot - 1] = entry
+            if slot <= floor + len(log):
+                log[slot - 1 - floor] = entry
             else:
                 log.append(entry)
             self._mark_unstable(slot)
@@ -957,6 +1215,204 @@ class PaxosCore:
         self.counters["catchup_entries"] += installed
         if self.commit_index < self._known_commit:
             self._request_catchup(m.src, self._known_commit, force=True)
+
+    # ------------------------------------------------------------------ snapshots
+
+    def _set_snapshot(self, snapshot: Snapshot) -> None:
+        if snapshot.envelope and snapshot.data:
+            # Only the envelope is sent to peers: do not keep a second copy of the state.
+            snapshot = dataclasses.replace(snapshot, data=b"")
+        self._snapshot = snapshot
+        self._snapshot_envelope = snapshot.envelope
+        self.snapshot_index = snapshot.index
+        self.snapshot_term = snapshot.term
+
+    def _envelope(self) -> bytes:
+        snapshot = self._snapshot
+        if snapshot is None:
+            return b""
+        if not self._snapshot_envelope:
+            self._snapshot_envelope = encode_snapshot(snapshot)
+        return self._snapshot_envelope
+
+    def _resume_peer(self, peer: int, chosen_through: int) -> None:
+        """The leader learnt that `peer` holds every slot through `chosen_through` chosen:
+        if its progress waits below our first slot, skip it there and send ACCEPTs again."""
+        pr = self._peers.get(peer)
+        if pr is None or pr.next > self._floor or chosen_through < self._floor:
+            return
+        pr.skip_to(min(chosen_through, self.commit_index))
+        pr.progress_tick = self._ticks
+        self.counters["peers_resumed_after_trim"] += 1
+        self._send_accepts(peer)
+
+    def _start_snapshot_transfer(self, peer: int) -> None:
+        envelope = self._envelope()
+        if not envelope or self.snapshot_index < self._floor:
+            # compact() and install keep a snapshot covering the trimmed slots.
+            self._fail(f"slots through {self._floor} trimmed without a snapshot covering them")
+        sender = self._snapshot_senders.get(peer)
+        if sender is not None and sender.index == self.snapshot_index:
+            return  # in progress (retransmitted from tick); a catch-up retry changes nothing
+        limits = self._limits
+        sender = SnapshotSender(self.snapshot_index, self.snapshot_term, envelope,
+                                limits.max_snapshot_chunk_bytes,
+                                limits.max_snapshot_inflight_chunks, self._ticks)
+        self._snapshot_senders[peer] = sender
+        self.counters["snapshots_sent"] += 1
+        self._send_snapshot_chunks(peer, sender)
+
+    def _send_snapshot_chunks(self, peer: int, sender: SnapshotSender) -> None:
+        for offset, chunk in sender.next_chunks():
+            self.counters["snapshot_chunks_sent"] += 1
+            self._messages.append(Message(
+                _MT.SNAPSHOT, self.node_id, peer, self.promised, log_term=sender.term,
+                index=sender.index, seq=offset, status=sender.total, context=chunk))
+
+    def _tick_snapshot_senders(self) -> None:
+        if not self._snapshot_senders:
+            return
+        # Lost chunks or acks: go back to the acknowledged offset (UDP). Longer than a round
+        # trip; a transfer with no progress for many election timeouts is given up (the
+        # receiver's next catch-up request starts a new one).
+        timing = self._timing
+        retransmit = max(2 * timing.heartbeat_interval_ticks, timing.election_timeout_ticks // 2)
+        give_up = 8 * timing.election_timeout_ticks
+        for peer, sender in list(self._snapshot_senders.items()):
+            if self._ticks - sender.progress_tick >= give_up:
+                del self._snapshot_senders[peer]
+            elif sender.maybe_retransmit(self._ticks, retransmit):
+                self.counters["snapshot_retransmits"] += 1
+                self._send_snapshot_chunks(peer, sender)
+
+    def _on_snapshot_response(self, m: Any) -> None:
+        sender = self._snapshot_senders.get(m.src)
+        if sender is None or m.index != sender.index:
+            self._count_ignored("stale snapshot response")
+            return
+        if m.status == _SNAPSHOT_REFUSED:
+            # It will never take this snapshot (Limits.max_snapshot_bytes): stop streaming.
+            del self._snapshot_senders[m.src]
+            self._count_ignored("snapshot refused by receiver")
+            return
+        if not m.reject and m.seq == sender.total:
+            # Installed and durable there (sent after its persist): the transfer is done.
+            del self._snapshot_senders[m.src]
+            if self.role == Role.LEADER:
+                self._resume_peer(m.src, m.index)
+            return
+        if m.reject and m.seq < sender.acked:
+            # It lost its partial copy (restart, bad checksum): start over there.
+            sender.acked = sender.next_offset = m.seq
+        if not sender.on_ack(m.seq, m.reject, self._ticks):
+            self._count_ignored("bogus snapshot response")
+            return
+        self._send_snapshot_chunks(m.src, sender)
+
+    def _on_snapshot(self, m: Any) -> None:
+        """A chunk of a peer's snapshot (chunked transfer: engine.raft.snapshot)."""
+        total, offset, chunk = m.status, m.seq, m.context
+        if (m.index <= 0 or total < ENVELOPE_OVERHEAD or not 0 <= offset < total
+                or not chunk or offset + len(chunk) > total):
+            self._count_ignored("malformed snapshot chunk")
+            return
+        if self.role == Role.LEADER:
+            # A leader knows every chosen slot it needs (its phase 1 recovered them).
+            self._count_ignored("snapshot chunk as leader")
+            return
+        waiting = self._snapshot_waiting
+        if m.index <= self.commit_index or (waiting is not None
+                                            and waiting[0].index >= m.index):
+            # Nothing to install (or already received): tell the sender to stop.
+            self._snapshot_receiver = None
+            if m.index <= self.commit_index:
+                self._messages.append(Message(_MT.SNAPSHOT_RESPONSE, self.node_id, m.src,
+                                              self.promised, index=m.index, seq=total))
+            return
+        receiver = self._snapshot_receiver
+        if receiver is None or not receiver.matches(m.index, m.log_term, total):
+            if total > self._limits.max_snapshot_bytes:
+                self._count_ignored("snapshot above max_snapshot_bytes")
+                self._messages.append(Message(
+                    _MT.SNAPSHOT_RESPONSE, self.node_id, m.src, self.promised, index=m.index,
+                    reject=True, status=_SNAPSHOT_REFUSED))
+                return
+            receiver = self._snapshot_receiver = SnapshotReceiver(m.index, m.log_term, total)
+        in_order = receiver.add(offset, chunk)
+        if not receiver.complete:
+            self._messages.append(Message(_MT.SNAPSHOT_RESPONSE, self.node_id, m.src,
+                                          self.promised, index=m.index, seq=receiver.received,
+                                          reject=not in_order))
+            return
+        self._snapshot_receiver = None
+        try:
+            snapshot = receiver.finish()
+        except DecodeError:
+            # Never install a corrupt snapshot: ask for it again from the start.
+            self._count_ignored("snapshot checksum mismatch")
+            self._messages.append(Message(_MT.SNAPSHOT_RESPONSE, self.node_id, m.src,
+                                          self.promised, index=m.index, seq=0, reject=True))
+            return
+        envelope = bytes(receiver.buffer)
+        self._snapshot_waiting = (dataclasses.replace(snapshot, envelope=envelope), m.src)
+        self._maybe_install_waiting_snapshot()
+        if self._snapshot_waiting is not None:
+            self.counters["snapshot_installs_deferred"] += 1
+
+    def _maybe_install_waiting_snapshot(self) -> None:
+        """Installs a received snapshot once the WAL's ballot at its slot is known: no Ready
+        still being written, and slot S unchanged since the last Ready (or beyond the log)."""
+        waiting = self._snapshot_waiting
+        if waiting is None:
+            return
+        snapshot, source = waiting
+        if snapshot.index <= self.commit_index or self.role == Role.LEADER:
+            self._snapshot_waiting = None   # learnt meanwhile (catch-up, phase 1)
+            return
+        index = snapshot.index
+        last = self.last_index
+        if self._persist_marks or (index <= last and self._unstable_from <= index):
+            return
+        self._snapshot_waiting = None
+        self._install_snapshot(snapshot, source)
+
+    def _install_snapshot(self, snapshot: Snapshot, source: int) -> None:
+        """Every slot through snapshot.index is chosen with the state it holds: trim them,
+        keep the accepted slots after it (acceptor state: never forgotten), and hand the
+        snapshot to the driver (Ready.snapshot: persisted, then the state machine restored).
+
+        The WAL keeps the stored slots after S only if it holds slot S with the marker's
+        ballot, so the Ready's snapshot names the ballot our disk holds at S (the caller made
+        sure it is known); re-encoded when it differs from the sender's."""
+        index = snapshot.index
+        total = len(snapshot.envelope)   # what the sender's transfer counts to
+        floor = self._floor
+        last = self.last_index
+        if index <= last:
+            stored = self._stored_ballot(index)
+            del self._log[:index - floor]
+        else:
+            stored = snapshot.term  # nothing stored at or after S: the WAL drops all of it
+            self._log = []
+        if stored != snapshot.term:
+            snapshot = dataclasses.replace(snapshot, term=stored, envelope=b"")
+            snapshot = dataclasses.replace(snapshot, envelope=encode_snapshot(snapshot))
+        self._floor = index
+        self._floor_ballot = stored
+        self._unstable_from = max(self._unstable_from, index + 1)
+        self.commit_index = index
+        self._known_commit = max(self._known_commit, index)
+        self.applied_index = self._applying = index
+        self._set_snapshot(snapshot)
+        self._pending_snapshot = snapshot
+        self.counters["snapshots_installed"] += 1
+        # Answered once the snapshot is durable: ends the sender's transfer.
+        self._messages_after_persist.append(Message(
+            _MT.SNAPSHOT_RESPONSE, self.node_id, source, self.promised, index=index,
+            seq=total))
+        if self._known_commit > index:
+            target = self.leader_id if self.leader_id not in (_NONE, self.node_id) else source
+            self._request_catchup(target, self._known_commit, force=True)
 
     # ------------------------------------------------------------------ reads
 
@@ -1068,6 +1524,8 @@ class PaxosCore:
         slots that can still change (those above the commit index)."""
         fail = self._fail
         log = self._log
+        floor = self._floor
+        last = floor + len(log)
         promised, commit = self.promised, self.commit_index
         if promised < self._promised_checked:
             fail(f"promised ballot went back from {format_ballot(self._promised_checked)}")
@@ -1075,10 +1533,16 @@ class PaxosCore:
         if commit < self._commit_checked:
             fail(f"commit went back from {self._commit_checked} to {commit}")
         self._commit_checked = commit
-        if not self.applied_index <= self._applying <= commit <= len(log):
-            fail(f"applied {self.applied_index} <= applying {self._applying} <= commit "
-                 f"{commit} <= last {len(log)} does not hold")
-        for offset, entry in enumerate(log[commit:]):
+        if not floor <= self.applied_index <= self._applying <= commit <= last:
+            fail(f"floor {floor} <= applied {self.applied_index} <= applying {self._applying} "
+                 f"<= commit {commit} <= last {last} does not hold")
+        # Trimming forgets accepted values, so only chosen slots a snapshot covers may go.
+        if floor and not floor <= self.snapshot_index <= commit:
+            fail(f"slots through {floor} trimmed; snapshot at {self.snapshot_index}, commit "
+                 f"{commit}")
+        if self._unstable_from <= floor:
+            fail(f"trimmed slot {self._unstable_from} not persisted")
+        for offset, entry in enumerate(log[commit - floor:]):
             if entry is not None and entry.term > promised:
                 fail(f"slot {commit + offset + 1} accepted in ballot {entry.term} above the "
                      "promise")
@@ -1089,14 +1553,14 @@ class PaxosCore:
                 fail(f"leader names {self.leader_id} as leader")
             # Only slots above the commit index can still change: scanning from there keeps
             # the check O(uncommitted slots) rather than O(slots since the election).
-            for slot in range(max(self._phase2_start, self.commit_index + 1), len(log) + 1):
-                entry = log[slot - 1]
+            for slot in range(max(self._phase2_start, self.commit_index + 1), last + 1):
+                entry = log[slot - 1 - floor]
                 if entry is None or entry.term != self.ballot:
                     fail(f"leader slot {slot} is not in its ballot")
             for peer, pr in self._peers.items():
-                if not self._phase2_start - 1 <= pr.match < pr.next <= len(log) + 1:
+                if not self._phase2_start - 1 <= pr.match < pr.next <= last + 1:
                     fail(f"progress of {peer}: match {pr.match} next {pr.next}")
-            if self._self_match > len(log):
+            if self._self_match > last:
                 fail(f"self match {self._self_match} beyond the log")
         else:
             if self._peers or self._pending_reads or self._reads_awaiting_recovery:

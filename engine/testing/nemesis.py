@@ -43,13 +43,25 @@ Nemeses (NEMESES; a mix is a list of their names, MIXES):
                                          netem defaults, anchors-testing.md §1)
   netns-link-down                        (ProcessCluster(netns=True) only) a minority's links
                                          set down in the kernel: each node of it alone
+  clock-skew                             every node's logical clock runs at its own rate
+                                         (ADMIN "tick_scale"), all within the lease's drift
+                                         bound (see LEASE_SAFE_FOLLOWER_SCALE)
+  clock-skew-partition-leader            followers' clocks fast (within the bound), the
+                                         leader slow or fast, then the leader isolated: the
+                                         case where a lease read could be stale
+  clock-skew-beyond                      harness self-test, in no mix: the same with the
+                                         followers' clocks 4x fast, far beyond the bound;
+                                         with lease reads the checker must be able to catch
+                                         the stale reads that follow
   wipe-all                               harness self-test, in no mix: kill -9 every node and
                                          delete its data; the checks must report the loss
 
-Not here, on purpose: a clock-offset nemesis (nothing in the engine reads wall-clock time for
-safety: no leader leases yet; it belongs with lease reads), and "lose unsynced writes on
-restart" (kill -9 cannot lose them: the page cache survives the process; see
-ProcessCluster.append_torn_tail).
+Clocks: the engine never reads the wall clock; what leases depend on is clock RATE (Raft
+thesis §6.4.1), so the clock nemeses skew rates, not offsets. Run them with lease reads
+(WorkloadConfig(read_mode="lease"), mix "clock"); docs/reliability.md has the bound.
+
+Not here, on purpose: "lose unsynced writes on restart" (kill -9 cannot lose them: the page
+cache survives the process; see ProcessCluster.append_torn_tail).
 
 Reproducing: the seed fixes the fault schedule, the nemesis targets and the workload's choices.
 Real processes on a real scheduler are not deterministic, so a seed reproduces a run's shape,
@@ -85,6 +97,7 @@ from engine.testing.workloads import (
     check_set,
     final_reads,
 )
+from engine.types import TimingConfig
 
 LOG_PATTERNS = ("Traceback", "InvariantViolation")
 
@@ -92,11 +105,29 @@ PROCESS_NEMESES = ["kill-one", "kill-leader", "kill-minority", "kill-all", "paus
                    "pause-leader", "kill-torn-wal"]
 NETWORK_NEMESES = ["partition-majority", "partition-leader", "partition-bridge",
                    "partition-one-way", "packet-loss", "packet-duplicate", "packet-delay"]
+CLOCK_NEMESES = ["clock-skew", "clock-skew-partition-leader"]
 MIXES: dict[str, list[str]] = {
     "crash": PROCESS_NEMESES,
     "network": NETWORK_NEMESES,
-    "all": PROCESS_NEMESES + NETWORK_NEMESES,
+    "clock": CLOCK_NEMESES,
+    "all": PROCESS_NEMESES + NETWORK_NEMESES + CLOCK_NEMESES,
 }
+
+# The lease bound for the serve defaults (TimingConfig(), lease_drift_ticks=None): a leader
+# serves lease reads for T - d of its ticks after a heartbeat round a quorum acknowledged
+# (T = election_timeout_ticks = 30, d = lease_drift_ticks = T // 5 = 6), measured on its
+# ticks AND its loop's monotonic clock; a follower refuses votes for T of ITS ticks after it
+# last heard the leader (§4.2.3). No new leader can exist while the old one's lease holds as
+# long as T * follower_scale > T - d, i.e. follower_scale > (T - d) / T = 0.8, whatever the
+# leader's scale (its real-time cross-check caps the lease even when its ticks run slow).
+_T = TimingConfig().election_timeout_ticks
+LEASE_SAFE_FOLLOWER_SCALE = (_T - max(2, _T // 5)) / _T
+# Skews the nemeses draw: within the bound with a margin for scheduling noise, and beyond it.
+SKEW_WITHIN = (LEASE_SAFE_FOLLOWER_SCALE + 0.05, 2.0)
+# 4x fast: elections 75-150 ms after the last heartbeat, inside a lease of up to 240 ms; not
+# faster, or the followers would time out between two heartbeats (every 50 ms) even when
+# nothing is partitioned, and there would be no lease left to break.
+SKEW_BEYOND_FOLLOWER_SCALE = 0.25
 
 
 @dataclass
@@ -136,6 +167,9 @@ class RunResult:
     outcomes: dict[str, int]      # workload completions by type ("ok", "fail", "info")
     elapsed_s: float
     out_dir: Path | None          # kept on failure (or with keep=True), else None
+    # Reads the nodes served from a leader lease (counters of the nodes alive at the end;
+    # a restart resets a node's count), so a lease run can show it exercised leases.
+    lease_reads: int = 0
 
     @property
     def ok(self) -> bool:
@@ -147,7 +181,8 @@ class RunResult:
         lines = [f"{c.protocol} n={c.nodes} mix={mix} seed={c.seed}: "
                  f"{'PASS' if self.ok else 'FAIL'} in {self.elapsed_s:.1f} s, "
                  f"{self.operations} ops, {len(self.faults)} nemesis steps; workload "
-                 + ", ".join(f"{k} {v}" for k, v in sorted(self.outcomes.items()))]
+                 + ", ".join(f"{k} {v}" for k, v in sorted(self.outcomes.items()))
+                 + (f"; {self.lease_reads} lease reads" if self.lease_reads else "")]
         if self.linearizability is not None:
             lines.append("  " + self.linearizability.summary())
         if self.set_check is not None:
@@ -176,6 +211,7 @@ class _Nemesis:
         self.torn: set[int] = set()     # killed nodes whose WAL gets a torn tail on restart
         self.filtered: set[int] = set()
         self.links_down: set[int] = set()
+        self.skewed: set[int] = set()     # nodes with a tick_scale set (healed by clear)
         self.log: list[str] = []
         self.crashed: list[tuple[int, int]] = []  # (node, exit code): exited on its own
 
@@ -223,10 +259,11 @@ class _Nemesis:
         await asyncio.sleep(0.5)  # a node that cannot start dies within this
         self.reap()
         self.torn.clear()
-        for node_id in sorted(self.filtered):
+        for node_id in sorted(self.filtered | self.skewed):
             if node_id in cluster.processes:
                 await cluster.clear_faults(node_id)
         self.filtered.clear()
+        self.skewed.clear()
         self._note("heal", None)
 
     # -- the faults
@@ -253,6 +290,23 @@ class _Nemesis:
                                           delay_ms=delay_ms, jitter_ms=jitter_ms,
                                           seed=self.rng.getrandbits(32))
             self.filtered.add(node_id)
+
+    async def _skew(self, scales: dict[int, float]) -> None:
+        for node_id, scale in scales.items():
+            if node_id in self.cluster.processes:
+                await self.cluster.set_tick_scale(node_id, scale)
+                self.skewed.add(node_id)
+
+    async def _skew_and_isolate_leader(self, follower_scale: tuple[float, float],
+                                       name: str = "clock-skew-partition-leader") -> None:
+        leader = await self.leader()
+        rest = [i for i in self.cluster.node_ids if i != leader]
+        scales = {i: round(self.rng.uniform(*follower_scale), 3) for i in rest}
+        scales[leader] = round(self.rng.uniform(*SKEW_WITHIN), 3)
+        # The skew first: the followers must already run fast when they stop hearing it.
+        await self._skew(scales)
+        await self._partition([[leader], rest])
+        self._note(name, {"leader": leader, "tick_scale": {str(i): s for i, s in scales.items()}})
 
 
 async def _kill_one(n: _Nemesis) -> None:
@@ -346,6 +400,23 @@ async def _packet_delay(n: _Nemesis) -> None:
     n._note("packet", {"delay_ms": 40.0, "jitter_ms": 20.0})
 
 
+async def _clock_skew(n: _Nemesis) -> None:
+    scales = {i: round(n.rng.uniform(*SKEW_WITHIN), 3) for i in n.cluster.running()}
+    await n._skew(scales)
+    n._note("clock-skew", {str(i): s for i, s in scales.items()})
+
+
+async def _clock_skew_partition_leader(n: _Nemesis) -> None:
+    await n._skew_and_isolate_leader((SKEW_WITHIN[0], 1.0))
+
+
+async def _clock_skew_beyond(n: _Nemesis) -> None:
+    """Harness self-test, in no mix: followers' clocks far beyond the lease's drift bound,
+    then the leader isolated; lease reads on it can then be stale (docs/reliability.md)."""
+    scale = SKEW_BEYOND_FOLLOWER_SCALE
+    await n._skew_and_isolate_leader((scale, scale), "clock-skew-beyond")
+
+
 async def _wipe_all(n: _Nemesis) -> None:
     """Harness self-test, in no mix: kill every node and delete its data directory, a total
     loss the engine does not claim to survive; a run with it must report lost writes."""
@@ -379,6 +450,9 @@ NEMESES: dict[str, Callable[[_Nemesis], Awaitable[None]]] = {
     "packet-duplicate": _packet_duplicate,
     "packet-delay": _packet_delay,
     "netns-link-down": _netns_link_down,
+    "clock-skew": _clock_skew,
+    "clock-skew-partition-leader": _clock_skew_partition_leader,
+    "clock-skew-beyond": _clock_skew_beyond,
     "wipe-all": _wipe_all,
 }
 
@@ -447,6 +521,7 @@ async def run(config: RunConfig) -> RunResult:
     lin: CheckResult | None = None
     set_result: SetCheck | None = None
     windows: dict[str, tuple[int, int]] = {}
+    lease_reads = 0
     nemesis = _Nemesis(cluster, history, random.Random(rng.getrandbits(64)))
     workload: Workload | None = None
     try:
@@ -467,6 +542,8 @@ async def run(config: RunConfig) -> RunResult:
         await asyncio.sleep(config.quiet_s)
         quiet2 = (quiet2[0], time.monotonic_ns())
         await workload.stop()
+        lease_reads = sum(int(status.get("counters", {}).get("lease_reads", 0))
+                          for status in (await cluster.statuses(wait=1.0)).values())
 
         # Final reads: every register key and every set element (plus probes), every node.
         register_keys = sorted({e["key"] for e in history.events
@@ -531,7 +608,7 @@ async def run(config: RunConfig) -> RunResult:
     elif config.out_dir is None:
         shutil.rmtree(out_dir, ignore_errors=True)
     return RunResult(config, failures, lin, set_result, windows, nemesis.log, operations,
-                     outcomes, time.monotonic() - started, kept)
+                     outcomes, time.monotonic() - started, kept, lease_reads)
 
 
 # ---------------------------------------------------------------------------- command line
@@ -552,13 +629,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quiet-s", type=float, default=3.0)
     parser.add_argument("--recovery-s", type=float, default=3.0)
     parser.add_argument("--netns", action="store_true", help="nodes in network namespaces")
+    parser.add_argument("--read-mode", default="linearizable", choices=["linearizable", "lease"],
+                        help="register reads (use lease with --mix clock)")
+    parser.add_argument("--attempt-timeout-s", type=float, default=0.25,
+                        help="client attempt timeout (0.05 moves writers to a new leader "
+                             "inside an old lease)")
     parser.add_argument("--out", type=Path, default=None, help="output directory (kept)")
     args = parser.parse_args(argv)
     mix: str | list[str] = args.mix if args.mix in MIXES else args.mix.split(",")
     config = RunConfig(protocol=args.protocol, nodes=args.nodes, mix=mix, seed=args.seed,
                        fault_s=args.fault_s, interval_s=args.interval_s, quiet_s=args.quiet_s,
                        recovery_s=args.recovery_s, netns=args.netns, out_dir=args.out,
-                       keep=args.out is not None)
+                       keep=args.out is not None,
+                       workload=WorkloadConfig(read_mode=args.read_mode,
+                                               attempt_timeout_s=args.attempt_timeout_s))
     try:
         result = asyncio.run(run(config))
     except errors.EngineError as exc:

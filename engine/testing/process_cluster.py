@@ -286,6 +286,11 @@ class ProcessCluster:
                 "jitter_ms": jitter_ms, "seed": seed}
         return await self._admin(node_id, AdminOp.SET_FAULTS, spec)
 
+    async def set_tick_scale(self, node_id: int, scale: float) -> bool:
+        """Clock-rate skew: the node's tick interval times `scale` (> 1 its logical clock runs
+        slow, < 1 fast); its network fault filter is left as it is. clear_faults resets it."""
+        return await self._admin(node_id, AdminOp.SET_FAULTS, {"tick_scale": scale})
+
     async def clear_faults(self, node_id: int) -> bool:
         return await self._admin(node_id, AdminOp.CLEAR_FAULTS, None)
 

@@ -20,8 +20,9 @@ for reads pinned to one node. How a client outcome is recorded:
 Workloads:
 
   * register: keys "r<group>-<generation>", each worked by one group of clients with random
-    read / write / cas until the key has seen `ops_per_key` invocations (<= 200, Jepsen's
-    etcd suite), then the group moves to a fresh key. Written values are unique per key
+    read (WorkloadConfig.read_mode: ReadIndex or lease) / write / cas until the key has seen
+    `ops_per_key` invocations (<= 200, Jepsen's etcd suite), then the group moves to a fresh
+    key. Written values are unique per key
     ("<process>.<n>"), so a stale or lost value is visible to the checker.
   * grow-only set: "add" = cas(key "s/<element>", expected absent, element). Elements are
     unique; the final reads look up every attempted element, plus probe elements that were
@@ -125,6 +126,10 @@ class WorkloadConfig:
     op_interval_s: float = 0.02       # mean pause between two ops of one client
     timeout_s: float = 1.0            # client request timeout (then "info")
     attempt_timeout_s: float = 0.25
+    # Register reads: "linearizable" (ReadIndex) or "lease" (the leader answers from its
+    # lease, Raft thesis §6.4.1; pair with the clock nemeses). Final reads are always
+    # linearizable.
+    read_mode: str = "linearizable"
 
 
 @dataclass
@@ -194,7 +199,8 @@ class Workload:
                 if choice < 0.5:
                     via = reader if choice < 0.25 else client
                     outcome = await _recorded(history, process, "read", key, None,
-                                              via.get(kb), is_read=True)
+                                              via.get(kb, mode=self.config.read_mode),
+                                              is_read=True)
                     last = _last_completion(history, process)
                     if outcome == "ok" and last["value"] is not None:
                         state.known.append(last["value"])

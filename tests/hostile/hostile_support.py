@@ -28,7 +28,7 @@ from engine.messages import AdminOp, ClientOp, EntryKind, Message, MessageType
 
 Address = tuple[str, int]
 
-WIRE_VERSION = 1
+WIRE_VERSION = codec.WIRE_VERSION   # plausible headers reach the tag check
 FRAME_KINDS = (1, 2)             # messages, fragment (codec_py docstring)
 MAX_UDP_PAYLOAD = 65_507         # largest IPv4 UDP payload; sendto refuses more
 HEADER = struct.Struct("<BBQQQQ")  # version, kind, cluster id, sender, epoch, counter
@@ -56,6 +56,21 @@ def kernel_drops(port: int) -> int | None:
         fields = line.split()
         if int(fields[1].rsplit(":", 1)[1], 16) == port:
             return int(fields[-1])
+    return None
+
+
+def receive_queue_bytes(port: int) -> int | None:
+    """Bytes waiting in the receive queue of the UDP socket bound to `port` (/proc/net/udp,
+    rx_queue), or None where that file does not exist: 0 once the node has read everything."""
+    try:
+        with open("/proc/net/udp") as table:
+            lines = table.read().splitlines()[1:]
+    except OSError:
+        return None
+    for line in lines:
+        fields = line.split()
+        if int(fields[1].rsplit(":", 1)[1], 16) == port:
+            return int(fields[4].split(":")[1], 16)
     return None
 
 

@@ -6,12 +6,18 @@ so a run is a pure function of its seed. It will be unified with engine/testing/
 Model
   network  each message may be lost, duplicated and delayed (uniform in [1, max_delay], so
            messages reorder); partitions cut links both ways.
-  disk     holds exactly what each Ready asked to persist (the WAL's suffix-replace rule).
+  disk     holds exactly what each Ready asked to persist (the WAL's suffix-replace rule),
+           a snapshot file and the WAL's compaction marker (engine.aio.wal semantics: the
+           slots after the marker stay iff the disk holds the marker's (slot, ballot)).
            With probability `unsynced_crash` a node crashes between ready() and the fsync:
            the Ready's entries, hard state and after-persist messages are lost (its pre-persist
-           `messages` already went out, as with engine.Node).
-  driver   engine.Node's order: ready() -> send messages -> save -> send after-persist ->
-           apply committed entries -> advance().
+           `messages` already went out, as with engine.Node); also between writing a snapshot
+           file and the WAL's marker.
+  driver   engine.Node's order: ready() -> send messages -> [install Ready.snapshot: file,
+           marker, restore] -> save -> send after-persist -> apply committed entries ->
+           advance() -> [snapshot policy: every `snapshot_entries` applied slots, snapshot the
+           state machine, write it, compact the WAL and the core below it, keeping
+           `snapshot_trailing` slots]. The state machine is the list of applied values.
 
 PaxosChecker: global invariants after every persist and apply
   - at most one value chosen per slot, and a chosen value never changes: a value is chosen
@@ -21,14 +27,20 @@ PaxosChecker: global invariants after every persist and apply
   - every acceptor's durable promised ballot never decreases;
   - a learner applies only chosen values, strictly in slot order, so replicas apply the same
     sequence; an applied NORMAL value with identity b at slot s is exactly the command that
-    the leader of ballot b proposed at s (the value-identity rule the driver relies on).
+    the leader of ballot b proposed at s (the value-identity rule the driver relies on);
+  - every replica's state machine after slot s equals every other's after s (a digest chain
+    over the applied values, checked at every apply, every snapshot install and restart);
+  - trimming forgets only chosen slots (every slot through the compaction point is chosen),
+    and a WAL compaction never drops a stored accepted slot above its marker.
 """
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import os
 import random
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,7 +50,8 @@ from engine.messages import EntryKind
 from engine.paxos.config import PaxosConfig
 from engine.paxos.core import IDENTITY_BYTES, PaxosCore, Role
 from engine.paxos.synod import Synod, SynodConfig
-from engine.types import HardState, Limits, Ready, TimingConfig
+from engine.raft.snapshot import encode_snapshot
+from engine.types import HardState, Limits, Ready, Snapshot, TimingConfig
 
 TICK_US = 10
 # Healed phase: a client re-proposes a marker not applied everywhere after this long.
@@ -80,20 +93,84 @@ class Faults:
 @dataclass
 class Disk:
     hard_state: HardState = field(default_factory=HardState)
-    entries: list[Any] = field(default_factory=list)
+    entries: list[Any] = field(default_factory=list)   # slots floor + 1 ...
+    floor: int = 0            # the WAL's compaction marker (slot, ballot)
+    floor_term: int = 0
+    snapshot: Snapshot | None = None
+
+    @property
+    def last(self) -> int:
+        return self.floor + len(self.entries)
 
     def save(self, entries: list[Any], hard_state: HardState | None) -> None:
         if entries:
             first = entries[0].index
-            if first > len(self.entries) + 1:
-                raise InvariantViolation(f"save leaves a gap: {first} after {len(self.entries)}")
-            del self.entries[first - 1:]
+            if first > self.last + 1:
+                raise InvariantViolation(f"save leaves a gap: {first} after {self.last}")
             for offset, entry in enumerate(entries):
                 if entry.index != first + offset:
                     raise InvariantViolation("entries to save are not contiguous")
+            entries = entries[max(self.floor + 1 - first, 0):]   # under the marker: covered
+        if entries:
+            del self.entries[entries[0].index - 1 - self.floor:]
             self.entries.extend(entries)
         if hard_state is not None:
             self.hard_state = hard_state
+
+    def save_snapshot(self, snapshot: Snapshot) -> None:
+        if self.snapshot is None or snapshot.index > self.snapshot.index:
+            self.snapshot = snapshot
+
+    def compact(self, index: int, term: int) -> None:
+        """engine.aio.wal.WriteAheadLog.compact: keep the slots after `index` iff the disk
+        holds slot `index` stored with ballot `term`, else discard every stored slot."""
+        if index <= self.floor:
+            return
+        stored = self.floor_term if index == self.floor else (
+            self.entries[index - 1 - self.floor].term if index <= self.last else None)
+        if stored == term:
+            del self.entries[:index - self.floor]
+        else:
+            forgotten = [e.index for e in self.entries[index - self.floor:] if e.term]
+            if forgotten:
+                raise InvariantViolation(
+                    f"WAL compaction at ({index}, {term}) forgets accepted slots {forgotten} "
+                    f"above it (stored ballot at {index}: {stored})")
+            self.entries = []
+        self.floor, self.floor_term = index, term
+
+    def open(self) -> None:
+        """WriteAheadLog.open: a snapshot newer than the log restarts the log after it."""
+        if self.snapshot is not None and self.last < self.snapshot.index:
+            self.compact(self.snapshot.index, self.snapshot.term)
+
+
+def encode_values(values: list[tuple[int, bytes]]) -> bytes:
+    """The simulated state machine's snapshot: its applied values, length-prefixed."""
+    return b"".join(struct.pack("<BI", kind, len(data)) + data for kind, data in values)
+
+
+def decode_values(data: bytes) -> list[tuple[int, bytes]]:
+    values: list[tuple[int, bytes]] = []
+    offset = 0
+    while offset < len(data):
+        kind, length = struct.unpack_from("<BI", data, offset)
+        offset += 5
+        values.append((kind, bytes(data[offset:offset + length])))
+        offset += length
+    return values
+
+
+def next_digest(digest: bytes, value: tuple[int, bytes]) -> bytes:
+    """The state digest after applying `value` (a hash chain over the applied values)."""
+    return hashlib.blake2b(digest + bytes((value[0],)) + value[1], digest_size=16).digest()
+
+
+def digest_of(values: list[tuple[int, bytes]]) -> bytes:
+    digest = b""
+    for value in values:
+        digest = next_digest(digest, value)
+    return digest
 
 
 class PaxosChecker:
@@ -104,6 +181,30 @@ class PaxosChecker:
         self.chosen: dict[int, tuple[int, bytes]] = {}
         self.promised: dict[int, int] = {}
         self.proposed: dict[tuple[int, int], bytes] = {}
+        # The state digest after each slot, set by the first replica to reach it.
+        self.state_at: dict[int, bytes] = {}
+        self._chosen_through = 0
+
+    def chosen_through(self) -> int:
+        while self._chosen_through + 1 in self.chosen:
+            self._chosen_through += 1
+        return self._chosen_through
+
+    def on_trim(self, node: int, index: int) -> None:
+        """Only chosen slots may be trimmed (an acceptor forgets what it accepted there)."""
+        if index > self.chosen_through():
+            raise InvariantViolation(
+                f"node {node} trims through slot {index}; chosen only through "
+                f"{self.chosen_through()}")
+
+    def on_state(self, node: int, slot: int, digest: bytes) -> None:
+        """Every replica's state machine after `slot` is the same."""
+        if slot == 0:
+            return
+        known = self.state_at.setdefault(slot, digest)
+        if known != digest:
+            raise InvariantViolation(
+                f"node {node}: state machine after slot {slot} differs from another replica's")
 
     def on_persist(self, node: int, disk: Disk, saved: list[Any]) -> None:
         promised = disk.hard_state.term
@@ -151,15 +252,20 @@ class PaxosSim:
         self, n: int = 3, seed: int = 0, faults: Faults | None = None, *,
         phase1_quorum: int | None = None, phase2_quorum: int | None = None,
         timing: TimingConfig | None = None, limits: Limits | None = None,
+        snapshot_entries: int | None = None, snapshot_trailing: int = 0,
     ) -> None:
         self.seed = seed
+        # Snapshot policy (engine.Node's): None = never snapshot.
+        self.snapshot_entries = snapshot_entries
+        self.snapshot_trailing = snapshot_trailing
         self.rng = random.Random(seed)
         self.faults = faults or Faults()
         self.node_ids = list(range(1, n + 1))
         self.timing = timing or TimingConfig(tick_ms=1, heartbeat_interval_ticks=2,
                                              election_timeout_ticks=10)
         self.limits = limits or Limits(max_inflight_messages=8, max_entries_per_message=64,
-                                       max_append_bytes=256)
+                                       max_append_bytes=256, max_snapshot_chunk_bytes=512,
+                                       max_snapshot_inflight_chunks=4)
         self.phase1_quorum, self.phase2_quorum = phase1_quorum, phase2_quorum
         self.incarnation = {i: 0 for i in self.node_ids}
         self.checker = PaxosChecker(self._config(1).q2)
@@ -169,10 +275,13 @@ class PaxosSim:
         self.disks = {i: Disk() for i in self.node_ids}
         self.cores: dict[int, PaxosCore] = {}
         self.applied: dict[int, list[tuple[int, bytes]]] = {i: [] for i in self.node_ids}
+        self.digests: dict[int, bytes] = {i: b"" for i in self.node_ids}
         self.up: set[int] = set()
         self.cut: set[frozenset[int]] = set()
         self.stats = {"events": 0, "delivered": 0, "lost": 0, "crashes": 0, "restarts": 0,
-                      "unsynced_crashes": 0, "partitions": 0, "proposals": 0}
+                      "unsynced_crashes": 0, "partitions": 0, "proposals": 0,
+                      "snapshots_taken": 0, "snapshots_installed": 0,
+                      "restarts_from_snapshot": 0}
         self.core_counters: dict[str, int] = {}
         self._command_seq = 0
         self.last_slot = 0
@@ -188,8 +297,17 @@ class PaxosSim:
 
     def _boot(self, node: int) -> None:
         disk = self.disks[node]
-        self.cores[node] = PaxosCore(self._config(node), disk.hard_state, list(disk.entries))
-        self.applied[node] = []  # the state machine replays from slot 1
+        disk.open()
+        snapshot = disk.snapshot
+        # The state machine restarts from the snapshot (else empty) and replays the slots
+        # after it (engine.Node._restore_from).
+        self._restore(node, snapshot)
+        if snapshot is not None:
+            self.stats["restarts_from_snapshot"] += 1
+        self.cores[node] = PaxosCore(
+            self._config(node), disk.hard_state, list(disk.entries),
+            applied=0 if snapshot is None else snapshot.index, snapshot=snapshot,
+            log_start=(disk.floor, disk.floor_term))
         self.up.add(node)
         self._schedule(self.rng.randrange(1, TICK_US + 1), _TICK, (node, self.incarnation[node]))
 
@@ -308,13 +426,82 @@ class PaxosSim:
                 self.stats["unsynced_crashes"] += 1
                 self.crash(node)
                 return
+            if ready.snapshot is not None and not self._install(node, ready.snapshot):
+                return
             disk.save(ready.entries, ready.hard_state)
             self.checker.on_persist(node, disk, ready.entries)
             self._send(ready.messages_after_persist)
             applied = self.applied[node]
+            digest = self.digests[node]
             for entry in ready.committed_entries:
                 self.checker.on_apply(node, applied, entry)
+                digest = next_digest(digest, applied[-1])
+                self.checker.on_state(node, entry.index, digest)
+            self.digests[node] = digest
             core.advance(ready)
+            if self.snapshot_entries is not None and not self._maybe_snapshot(node):
+                return
+
+    # ------------------------------------------------------------------ snapshots
+
+    def _restore(self, node: int, snapshot: Snapshot | None) -> None:
+        """The state machine restored from a snapshot (a new list: scans restart)."""
+        values = [] if snapshot is None else decode_values(snapshot.data)
+        if snapshot is not None and len(values) != snapshot.index:
+            raise InvariantViolation(
+                f"node {node}: snapshot at {snapshot.index} holds {len(values)} values")
+        self.applied[node] = values
+        self.digests[node] = digest_of(values)
+        if snapshot is not None:
+            self.checker.on_state(node, snapshot.index, self.digests[node])
+
+    def _install(self, node: int, snapshot: Snapshot) -> bool:
+        """Ready.snapshot as engine.Node._persist_snapshot_ready: snapshot file, WAL marker at
+        (index, term), restore. False if the node crashed on the way."""
+        disk = self.disks[node]
+        if self.rng.random() < self.faults.unsynced_crash:
+            self.stats["unsynced_crashes"] += 1
+            self.crash(node)
+            return False
+        self.checker.on_trim(node, snapshot.index)
+        disk.save_snapshot(snapshot)
+        if self.rng.random() < self.faults.unsynced_crash:
+            self.stats["unsynced_crashes"] += 1
+            self.crash(node)   # the snapshot file is durable, the WAL marker is not
+            return False
+        disk.compact(snapshot.index, snapshot.term)
+        self._restore(node, snapshot)
+        self.stats["snapshots_installed"] += 1
+        return True
+
+    def _maybe_snapshot(self, node: int) -> bool:
+        """engine.Node._start_snapshot (the synchronous path). False if the node crashed."""
+        core, disk = self.cores[node], self.disks[node]
+        index = core.applied_index
+        assert self.snapshot_entries is not None
+        if (index - core.snapshot_index < self.snapshot_entries
+                or index < core.log.first_index - 1):
+            return True
+        values = self.applied[node]
+        if len(values) != index:
+            raise InvariantViolation(f"node {node}: applied {len(values)} != core {index}")
+        term = core.log.term(index)
+        envelope = encode_snapshot(Snapshot(index=index, term=term, data=encode_values(values)))
+        floor = min(index - self.snapshot_trailing, core.log.persisted_index)
+        floor = max(floor, core.log.first_index - 1)
+        floor_term = core.log.term(floor)
+        disk.save_snapshot(Snapshot(index=index, term=term, data=encode_values(values),
+                                    envelope=envelope))
+        self.stats["snapshots_taken"] += 1
+        if self.rng.random() < self.faults.unsynced_crash:
+            self.stats["unsynced_crashes"] += 1
+            self.crash(node)
+            return False
+        self.checker.on_trim(node, floor)
+        disk.compact(floor, floor_term)
+        core.compact(Snapshot(index=index, term=term, data=b"", envelope=envelope),
+                     compact_to=floor)
+        return True
 
     def _harvest(self, node: int) -> None:
         for name, value in self.cores[node].counters.items():
@@ -362,7 +549,12 @@ def run_swarm(seed: int, chaos_us: int = CHAOS_US, healed_us: int = 6_000) -> Pa
     q1 = q2 = None
     if n == 5 and rng.random() < 0.5:
         q1, q2 = rng.choice([(4, 2), (3, 3), (5, 1), (2, 4)])
-    sim = PaxosSim(n, seed, Faults.draw(rng), phase1_quorum=q1, phase2_quorum=q2)
+    faults = Faults.draw(rng)
+    # Half the seeds snapshot often (every 3-25 applied slots, keeping 0-8 trailing slots), so
+    # crashed, partitioned and lagging replicas must catch up by snapshot.
+    snapshot_entries = rng.choice([None, 3, 8, 25]) if rng.random() < 0.67 else None
+    sim = PaxosSim(n, seed, faults, phase1_quorum=q1, phase2_quorum=q2,
+                   snapshot_entries=snapshot_entries, snapshot_trailing=rng.choice([0, 2, 8]))
 
     def client() -> None:
         if sim.rng.random() < 0.5:
