@@ -68,3 +68,14 @@ class LogIndexError(EngineError, IndexError):
 
 class StateMachineError(EngineError):
     """The state machine raised while applying this command (the message says what)."""
+
+
+class MembershipError(Rejected, ValueError):
+    """A membership change is refused as invalid or unsafe (removing the last voter, adding
+    an existing member, promoting a learner that is not caught up, ...): definite, nothing
+    was appended."""
+
+
+class ConfChangeInProgress(Rejected):
+    """Another membership change is not committed yet (or this leader has not committed an
+    entry of its term): only one change may be in flight. Definite; retry once it commits."""

@@ -92,6 +92,10 @@ class Snapshot:
     data: bytes = b""
     # The verified envelope these came from, when at hand (saves re-encoding 100s of MB).
     envelope: bytes = field(default=b"", repr=False, compare=False)
+    # The cluster configuration as of `index` (engine.raft.membership.encode_membership),
+    # so a node restarting from this snapshot, or installing it, knows its membership;
+    # b"" in snapshots written before membership changes existed.
+    configuration: bytes = b""
 
 
 @dataclass(slots=True)

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from engine.errors import ConfigError
+from engine.errors import ConfigError, MembershipError
+from engine.raft.membership import Membership
 from engine.types import Limits, TimingConfig
 
 
 @dataclass(frozen=True, slots=True)
 class RaftConfig:
-    """node_id and voters are fixed for the life of the core (no membership change yet).
+    """The static configuration of one core. voters / learners / witnesses / addresses are
+    the *bootstrap* membership (the configuration at index 0); the configuration in force is
+    the newest one in the log or snapshot (engine.raft.membership). A node joining an existing
+    cluster passes itself as a learner (witness too, for a witness) and learns the real
+    configuration from the leader.
 
     pre_vote: thesis §9.6; check_quorum: thesis §6.2 (leader steps down without a quorum
     and followers with a live leader ignore votes, §4.2.3); check_invariants: run
@@ -31,6 +37,16 @@ class RaftConfig:
     # fifth of the election timeout, at least 2 ticks) to bound clock drift between nodes.
     lease_read: bool = False
     lease_drift_ticks: int | None = None
+    # Bootstrap membership beyond the voters (engine.raft.membership.Membership).
+    learners: tuple[int, ...] = ()
+    witnesses: tuple[int, ...] = ()
+    addresses: tuple[tuple[int, str], ...] = ()
+    # A learner is promoted only if its match index is within this many entries of the
+    # leader's last index (thesis §4.2.1: a new voter must be caught up first).
+    promote_max_lag_entries: int = 1_000
+
+    def bootstrap_membership(self) -> Membership:
+        return Membership.of(self.voters, self.learners, self.witnesses, self.addresses)
 
     @property
     def lease_drift_ticks_or_default(self) -> int:
@@ -43,8 +59,20 @@ class RaftConfig:
             raise ConfigError(f"node_id must be positive, got {self.node_id}")
         if len(set(self.voters)) != len(self.voters) or any(v <= 0 for v in self.voters):
             raise ConfigError(f"voters must be distinct positive ids, got {self.voters}")
-        if self.node_id not in self.voters:
-            raise ConfigError(f"node_id {self.node_id} is not one of the voters {self.voters}")
+        if self.node_id not in self.voters and self.node_id not in self.learners:
+            raise ConfigError(
+                f"node_id {self.node_id} is not one of the voters {self.voters} "
+                f"(nor a learner {self.learners})"
+            )
+        if self.promote_max_lag_entries < 0:
+            raise ConfigError("promote_max_lag_entries must be >= 0")
+        if isinstance(self.addresses, Mapping):
+            # Accept {id: "host:port"} too; stored as sorted pairs (hashable, frozen).
+            object.__setattr__(self, "addresses", tuple(sorted(self.addresses.items())))
+        try:
+            self.bootstrap_membership().validate()
+        except MembershipError as exc:
+            raise ConfigError(f"bootstrap membership: {exc}") from None
         drift = self.lease_drift_ticks_or_default
         if not 0 <= drift < self.timing.election_timeout_ticks:
             raise ConfigError(

@@ -50,6 +50,52 @@ returns (commit index, s) while ticks - s < election_timeout - lease_drift_ticks
 TIMEOUT_NOW sent this term ends lease reads for the term (its votes bypass the followers'
 lease).
 
+Membership changes (thesis ch. 4; engine/raft/membership.py). The configuration in force is
+the newest CONFIG entry in the log (or the snapshot's, or RaftConfig's bootstrap one): it
+takes effect when appended, not when committed (§4.1), and a truncated CONFIG entry reverts
+it. `propose_conf_change(ops)` on the leader validates the change (MembershipError), refuses
+a second change while one is in flight (ConfChangeInProgress) and appends:
+  * learner-only changes: one simple configuration (quorums do not change, §4.2.1);
+  * voter changes: C_old,new (§4.3). While joint, elections (JointTally) and commitment
+    (config_committed_index) need a majority of both halves; once C_old,new commits the
+    leader appends C_new itself (_maybe_leave_joint); a leader that is not a voter of C_new
+    keeps leading without counting itself and steps down once C_new commits (§4.2.2).
+Learners get the log and heartbeats but never vote, count, or campaign; promotion is refused
+until the learner's match is within RaftConfig.promote_max_lag_entries of the leader's last
+index. Any node may message us (a leader or candidate of a configuration we have not
+appended yet is legitimate); a leader ignores responses from non-members.
+
+Witnesses. A witness is a voter that stores metadata only (term, index, kind; NORMAL payloads
+dropped, CONFIG entries whole) and receives snapshots without state-machine data. It votes
+and acks appends like any voter. Three rules:
+  W0  a witness never leads: it never campaigns, ignores TIMEOUT_NOW and cannot be a transfer
+      target. So every leader is a full node, and a full node only ever receives entries
+      with their payloads, from leaders: a full node holding (i, t) holds its command.
+  W1  in each half of every configuration witnesses < full voters (Membership.validate), so
+      every majority contains a full voter.
+  W2  the leader sends a witness an entry only once another full voter acknowledged it (its
+      match), unless no other full voter answered for an election timeout (_witness_send_limit).
+Argument, with Raft's failure model (disks survive crashes; an ack follows the fsync):
+  (a) No committed entry is lost or overwritten, whatever the witnesses. The proof of Leader
+      Completeness (§5.4.3; with joint consensus per half, §4.3) reads only terms and indexes:
+      a committed entry e is on a majority, the next leader's voters are a majority, a voter
+      in both holds e's (index, term) - a witness does - and votes only for a log at least as
+      up to date (§5.4.1), which therefore contains e. By W0 that leader is full, so it holds
+      e's command and re-replicates it.
+  (b) 2 full copies A, B + witness W tolerate losing any one node, disk included:
+      - W lost: A and B form every majority; nothing changes.
+      - B (a follower) lost: once B is silent for an election timeout W2 lets the leader
+        feed W everything, and {A, W} commits: available. Entries committed from then on have
+        one full copy: the cluster is running on its one tolerated failure.
+      - A (the leader) lost: while B answered, every commit majority held B or held W, and W
+        got each entry only after B acked it (W2; B acks after its fsync), so B holds every
+        committed command. W's last entry (i, t) was acked by B in term t, so B's log is at
+        least as up to date as W's and W votes for B: B leads with {B, W}, losing nothing.
+      Without W2 this loses data: A commits e with {A, W} while B is alive but slow, then A's
+      disk dies: e's command was only on A, and W (rightly) refuses B, whose log lacks e, so
+      the cluster cannot even elect. The window W2 leaves open - B silent for an election
+      timeout, {A, W} commits, then A dies before B catches up - is two failures.
+
 Read states: `ReadState(index, context)` with index > 0 is a confirmed read index (§6.4).
 ReadState(0, context) means the request was refused (leadership lost, no leader known,
 overload) so the driver can fail it fast; a valid read index is always >= 1 because a leader
@@ -58,16 +104,20 @@ serves reads only after committing the no-op of its term.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections import deque
+from collections.abc import Sequence
 from enum import StrEnum
 from typing import Any
 
 from engine.errors import (
+    ConfChangeInProgress,
     ConfigError,
     DecodeError,
     EntryTooLarge,
     InvariantViolation,
+    MembershipError,
     NotLeader,
     Overloaded,
 )
@@ -75,12 +125,21 @@ from engine.messages import Entry, EntryKind, Message, MessageType
 from engine.raft import quorum
 from engine.raft.config import RaftConfig
 from engine.raft.log import RaftLog
+from engine.raft.membership import (
+    ConfChangeOp,
+    ConfChangeType,
+    Membership,
+    apply_change,
+    decode_membership,
+    encode_membership,
+)
 from engine.raft.progress import Progress, ProgressState
 from engine.raft.snapshot import (
     ENVELOPE_OVERHEAD,
     SnapshotReceiver,
     SnapshotSender,
     encode_snapshot,
+    with_configuration,
 )
 from engine.types import HardState, ReadState, Ready, Snapshot
 
@@ -110,8 +169,19 @@ _AFTER_PERSIST = frozenset(
     {_MT.APPEND_RESPONSE, _MT.VOTE_RESPONSE, _MT.PRE_VOTE_RESPONSE, _MT.VOTE}
 )
 _TRANSFER_CONTEXT = b"transfer"
+_PEER_RESPONSES = frozenset(
+    {_MT.APPEND_RESPONSE, _MT.HEARTBEAT_RESPONSE, _MT.SNAPSHOT_RESPONSE}
+)
 # SNAPSHOT_RESPONSE status: the follower refuses this snapshot for good (too large).
 _SNAPSHOT_REFUSED = 1
+
+
+def _metadata_only(entry: Any) -> Any:
+    """What a witness stores: term, index and kind; CONFIG entries whole (it must know the
+    configuration), every other payload dropped."""
+    if entry.kind == EntryKind.CONFIG or not entry.data:
+        return entry
+    return Entry(entry.term, entry.index, b"", entry.kind)
 
 
 class TransferInProgress(Overloaded):
@@ -159,8 +229,18 @@ class RaftCore:
         the (index, term) the stored entries follow (default: the snapshot's, else (0, 0))."""
         self.config = config
         self.node_id = config.node_id
-        self.voters: tuple[int, ...] = tuple(sorted(config.voters))
-        self.peers: tuple[int, ...] = tuple(v for v in self.voters if v != self.node_id)
+        # Membership (see "Membership changes" above): the configuration history of the log,
+        # (index of the CONFIG entry, configuration) ascending; the first item is the base
+        # (the snapshot's configuration at its index, else the bootstrap one at 0).
+        self._configs: list[tuple[int, Membership]] = [(0, config.bootstrap_membership())]
+        self.membership: Membership = self._configs[0][1]
+        self.membership_index = 0
+        self.voters: tuple[int, ...] = ()
+        self.peers: tuple[int, ...] = ()
+        self._halves: tuple[frozenset[int], ...] = ()
+        self._voter_lists: tuple[tuple[int, ...], ...] = ()
+        self._witness_peers: frozenset[int] = frozenset()
+        self._witness_envelope: tuple[int, bytes] = (0, b"")
         self._timing = config.timing
         self._limits = config.limits
         self._rng = random.Random(f"raft:{config.seed}:{config.node_id}")
@@ -189,6 +269,7 @@ class RaftCore:
             raise ConfigError(
                 f"persisted commit {hard_state.commit} beyond last log index {self.log.last_index}"
             )
+        self._rebuild_configs(snapshot, entries or [])
         if not self.log.first_index - 1 <= applied <= hard_state.commit:
             raise ConfigError(f"applied {applied} outside [0, commit {hard_state.commit}]")
         if hard_state.term < self.log.last_term:
@@ -215,8 +296,9 @@ class RaftCore:
         self._heartbeat_elapsed = 0
         self._randomized_election_timeout = 0
         self._ticks = 0
-        self._votes = quorum.Tally(self.voters)
         self._progress: dict[int, Progress] = {}
+        self._set_membership_fields()
+        self._votes = quorum.JointTally(self._halves)
         # Leader: index of its term's no-op and the payload bytes not yet committed.
         self._term_start_index = 0
         self._uncommitted_bytes = 0
@@ -257,6 +339,7 @@ class RaftCore:
             self._tick_heartbeat()
         else:
             self._tick_election()
+        self._maybe_step_down_removed()
         self._maybe_check_invariants()
 
     def step(self, message: Any) -> None:
@@ -264,6 +347,7 @@ class RaftCore:
         reason = self._ignore_message(message)
         if reason is None:
             self._step(message)
+            self._maybe_step_down_removed()
         else:
             self._count_ignored(reason)
         self._maybe_check_invariants()
@@ -352,7 +436,7 @@ class RaftCore:
             or self.log.term(self.commit_index) != self.term  # §6.4 step 1: no-op committed
         ):
             return None
-        if not self.peers:
+        if self._sole_voter():
             return self.commit_index, self._ticks
         sent = self._lease_round_tick()
         if sent is None or self._ticks - sent >= self._lease_ticks:
@@ -369,8 +453,11 @@ class RaftCore:
             raise NotLeader(leader_id=self.leader_id or None)
         if target == self.node_id:
             return
-        if target not in self._progress:
-            raise ConfigError(f"cannot transfer leadership to {target}: not a voter")
+        if target not in self._progress or not self.membership.can_lead(target):
+            raise ConfigError(
+                f"cannot transfer leadership to {target}: not a voter that can lead "
+                "(learners and witnesses cannot)"
+            )
         if self.lead_transferee == target:
             return
         self.lead_transferee = target
@@ -382,6 +469,73 @@ class RaftCore:
             # §3.10 step 1: bring the target's log up to date first.
             self._maybe_send_append(target, send_if_empty=True)
         self._maybe_check_invariants()
+
+    # ------------------------------------------------------------------ membership API
+
+    def propose_conf_change(self, change: ConfChangeOp | Sequence[ConfChangeOp]) -> tuple[int, int]:
+        """Appends a membership change on the leader; returns the (index, term) of its CONFIG
+        entry. A change of voters appends C_old,new (thesis §4.3) and, once that commits, the
+        leader appends C_new by itself; a learner-only change is one simple entry. The change
+        is done when `membership` is not joint and membership_index <= commit_index.
+
+        Raises NotLeader; TransferInProgress; ConfChangeInProgress (another change is not
+        committed yet, or this leader has not committed an entry of its term: retry);
+        MembershipError for an invalid or unsafe change (definite, nothing appended).
+        """
+        if self.role != Role.LEADER:
+            raise NotLeader(leader_id=self.leader_id or None)
+        if self.lead_transferee != _NONE:
+            raise TransferInProgress(
+                f"leadership transfer to {self.lead_transferee} in progress; retry shortly"
+            )
+        ops = [change] if isinstance(change, ConfChangeOp) else list(change)
+        if self.conf_change_pending:
+            # One change in flight (thesis §4.3, etcd pendingConfIndex): a second change
+            # decided against an uncommitted configuration could skip a joint step.
+            raise ConfChangeInProgress(
+                f"configuration at {self.membership_index} not committed (commit "
+                f"{self.commit_index}{', joint' if self.membership.joint else ''}); retry"
+            )
+        if self.commit_index < self._term_start_index:
+            # etcd: a new leader may still hold an uncommitted config of an earlier term.
+            raise ConfChangeInProgress("this leader has not committed an entry of its term yet")
+        new = apply_change(self.membership, ops)
+        for op in ops:
+            if op.type == ConfChangeType.PROMOTE:
+                self._check_caught_up(op.node_id)
+        index = self._append_config(new)
+        self._bcast_append()
+        self._maybe_check_invariants()
+        return index, self.term
+
+    @property
+    def conf_change_pending(self) -> bool:
+        """A configuration entry is not committed yet, or C_new is still to be appended."""
+        return self.membership_index > self.commit_index or self.membership.joint
+
+    @property
+    def is_witness(self) -> bool:
+        """This node stores log metadata only; its driver applies no NORMAL entries (their
+        payloads are empty here) and restores no state machine from snapshots."""
+        return self.membership.is_witness(self.node_id)
+
+    @property
+    def is_learner(self) -> bool:
+        return self.node_id in self.membership.learners
+
+    def configurations(self) -> list[tuple[int, Membership]]:
+        """The configuration history the log holds: (index of its CONFIG entry, membership),
+        oldest first; the first item is the base (snapshot's or bootstrap's)."""
+        return list(self._configs)
+
+    def configuration_at(self, index: int) -> Membership:
+        """The configuration in force at `index` (>= the log's first index - 1): what a
+        snapshot taken at `index` must carry (Snapshot.configuration =
+        encode_membership(core.configuration_at(index)))."""
+        for config_index, membership in reversed(self._configs):
+            if config_index <= index:
+                return membership
+        return self._configs[0][1]
 
     def compact(self, snapshot: Snapshot, compact_to: int | None = None) -> None:
         """The driver made `snapshot` durable (state machine applied through its index, WAL
@@ -397,10 +551,20 @@ class RaftCore:
                 raise ConfigError(
                     f"snapshot ({snapshot.index}, {snapshot.term}) does not match the log"
                 )
+            if not snapshot.configuration:
+                # A snapshot must carry the configuration as of its index (Raft Figure 13
+                # "last config"): fill it in; _envelope() adds it to a given envelope (once,
+                # when a follower first needs it: a driver should pass it, see
+                # configuration_at).
+                snapshot = dataclasses.replace(
+                    snapshot,
+                    configuration=encode_membership(self.configuration_at(snapshot.index)),
+                )
             self._set_snapshot(snapshot)
         upto = snapshot.index if compact_to is None else min(compact_to, snapshot.index)
         upto = min(upto, self.log.persisted_index, self.log.unstable_index - 1)
         self.log.compact(upto)
+        self._compact_configs(upto)
         self._maybe_check_invariants()
 
     def has_ready(self) -> bool:
@@ -449,6 +613,7 @@ class RaftCore:
         if self.role == Role.LEADER and self._maybe_commit():
             # The leader's own fsync can complete a quorum (§10.2.1); tell the followers.
             self._bcast_append()
+        self._maybe_step_down_removed()
         self._maybe_check_invariants()
 
     def status(self) -> dict[str, Any]:
@@ -469,6 +634,11 @@ class RaftCore:
             "snapshot_term": self.snapshot_term,
             "snapshots": dict(self.snapshot_stats),
             "ignored": dict(self.ignored),
+            "membership": self.membership.to_dict(),
+            "membership_index": self.membership_index,
+            "conf_change_pending": self.conf_change_pending,
+            "witness": self.is_witness,
+            "learner": self.is_learner,
         }
         if self.role == Role.LEADER:
             status["progress"] = {
@@ -492,7 +662,10 @@ class RaftCore:
         """Why a message cannot be used at all (malformed or misrouted), or None."""
         if m.type not in _RAFT_TYPES:
             return "unsupported message type"
-        if m.src == self.node_id or m.src not in self.voters:
+        # Any other node may write to us: a leader or candidate of a configuration we have not
+        # appended yet is legitimate (thesis §4.1); leader-side handlers ignore responses from
+        # nodes outside the configuration.
+        if m.src == self.node_id or m.src <= 0:
             return "unknown sender"
         if m.dst != self.node_id:
             return "wrong destination"
@@ -617,6 +790,9 @@ class RaftCore:
             self._count_ignored(f"{_MT(m.type).name} as {self.role}")
 
     def _step_leader(self, m: Any) -> None:
+        if m.src not in self._progress and m.type in _PEER_RESPONSES:
+            self._count_ignored("response from a non-member")
+            return
         if m.type == _MT.APPEND_RESPONSE:
             self._on_append_response(m)
         elif m.type == _MT.HEARTBEAT_RESPONSE:
@@ -632,11 +808,17 @@ class RaftCore:
 
     def _tick_election(self) -> None:
         self._election_elapsed += 1
-        if self._election_elapsed >= self._randomized_election_timeout:
+        if self._election_elapsed >= self._randomized_election_timeout and self._promotable():
             self._election_elapsed = 0
             self._campaign(pre_vote=self.config.pre_vote)
+        # A node that may not campaign keeps counting: once it has not heard from a leader
+        # for an election timeout it grants votes again (the lease check, thesis §4.2.3).
 
     def _campaign(self, pre_vote: bool, transfer: bool = False) -> None:
+        if not self._promotable():
+            # Learners never campaign (thesis §4.2.1); witnesses never lead.
+            self._count_ignored("campaign by a learner, witness or non-member")
+            return
         if pre_vote:
             self._become_pre_candidate()
             vote_type, vote_term = _MT.PRE_VOTE, self.term + 1
@@ -652,6 +834,10 @@ class RaftCore:
             return
         last_index, last_term = self.log.last_index, self.log.last_term
         context = _TRANSFER_CONTEXT if transfer else b""
+        # Every member, learners too: votes count only from the voters of both halves of our
+        # configuration (thesis §4.3), but a member we know as a learner may be a voter in a
+        # newer configuration we lack (§4.1) and must learn our term, or two candidates that
+        # ignore each other's stale requests could step through terms in lockstep for ever.
         for peer in self.peers:
             self._send(
                 Message(
@@ -682,7 +868,7 @@ class RaftCore:
         self._election_elapsed = 0
         self._heartbeat_elapsed = 0
         self._reset_randomized_election_timeout()
-        self._votes = quorum.Tally(self.voters)
+        self._votes = quorum.JointTally(self._halves)
         self._progress = {}
         self._uncommitted_bytes = 0
         self.lead_transferee = _NONE
@@ -697,7 +883,7 @@ class RaftCore:
     def _become_pre_candidate(self) -> None:
         # Thesis §9.6: no term change and no vote until a quorum says we could win.
         self._fail_pending_reads()
-        self._votes = quorum.Tally(self.voters)
+        self._votes = quorum.JointTally(self._halves)
         self.leader_id = _NONE
         self.role = Role.PRE_CANDIDATE
 
@@ -707,6 +893,8 @@ class RaftCore:
         self.role = Role.CANDIDATE
 
     def _become_leader(self) -> None:
+        if not self._promotable():
+            raise InvariantViolation(f"node {self.node_id} cannot lead in {self.membership}")
         self._reset(self.term)
         self.leader_id = self.node_id
         self.role = Role.LEADER
@@ -715,6 +903,7 @@ class RaftCore:
         for peer in self.peers:
             pr = Progress(next_index, limits.max_inflight_messages, limits.max_inflight_bytes)
             pr.recent_active = True
+            pr.heard_tick = self._ticks
             self._progress[peer] = pr
         # Raft §5.4.2 / §8: commit an entry of our own term so earlier entries commit too and
         # reads can be served.
@@ -757,7 +946,7 @@ class RaftCore:
                     self._count_ignored("append conflicts with committed entry")
                     return
                 # Raft §5.3: delete the conflicting entry and all that follow it.
-                self.log.append(entries[conflict - m.index - 1 :])
+                self._append_from_leader(entries[conflict - m.index - 1 :])
             self._commit_to(min(m.commit, last_new))
             self._send(Message(_MT.APPEND_RESPONSE, self.node_id, m.src, self.term, index=last_new))
             return
@@ -789,6 +978,11 @@ class RaftCore:
         for entry in m.entries:
             if entry.index != expected_index or not previous_term <= entry.term <= m.term:
                 return "malformed append entries"
+            if entry.kind == EntryKind.CONFIG:
+                try:
+                    decode_membership(entry.data)
+                except DecodeError:
+                    return "malformed configuration entry"
             expected_index += 1
             previous_term = entry.term
         return None
@@ -835,8 +1029,9 @@ class RaftCore:
             self._bcast_heartbeat()
 
     def _quorum_active(self) -> bool:
-        active = 1 + sum(1 for pr in self._progress.values() if pr.recent_active)
-        return active >= len(self.voters) // 2 + 1
+        active = [peer for peer, pr in self._progress.items() if pr.recent_active]
+        active.append(self.node_id)
+        return quorum.has_quorum(self._halves, active)
 
     def _recover_stalled_windows(self) -> None:
         """A REPLICATE window whose appends were all lost would never be acked: fall back to
@@ -858,17 +1053,23 @@ class RaftCore:
 
     def _maybe_send_append(self, peer: int, send_if_empty: bool) -> bool:
         """Sends the next batch of entries to peer unless its window is paused (etcd)."""
-        pr = self._progress[peer]
-        if pr.is_paused():
+        pr = self._progress.get(peer)
+        if pr is None or pr.is_paused():
             return False
         log = self.log
         if pr.next < log.first_index:
             # Raft §7: the entries this follower needs were compacted; send the snapshot.
             return self._start_snapshot(peer, pr)
         prev_index = pr.next - 1
-        entries = log.slice(pr.next, log.last_index + 1, self._limits.max_append_bytes)
-        if len(entries) > self._limits.max_entries_per_message:
-            entries = entries[: self._limits.max_entries_per_message]
+        max_entries = self._limits.max_entries_per_message
+        if peer in self._witness_peers:
+            # Metadata only, and no further than another full voter holds (rule W2).
+            hi = min(log.last_index, self._witness_send_limit(), pr.next + max_entries - 1)
+            entries = [_metadata_only(entry) for entry in log.slice(pr.next, hi + 1)]
+        else:
+            entries = log.slice(pr.next, log.last_index + 1, self._limits.max_append_bytes)
+            if len(entries) > max_entries:
+                entries = entries[:max_entries]
         if not entries and not send_if_empty:
             return False
         self._send(
@@ -913,6 +1114,7 @@ class RaftCore:
     def _on_append_response(self, m: Any) -> None:
         pr = self._progress[m.src]
         pr.recent_active = True
+        pr.heard_tick = self._ticks
         if m.index > self.log.last_index:
             self._count_ignored("append response beyond log")
             return
@@ -942,6 +1144,11 @@ class RaftCore:
         # Fill the window (pipelining, thesis §10.2.2).
         while self._maybe_send_append(m.src, send_if_empty=False):
             pass
+        if (
+            updated and self._witness_peers and m.src not in self._witness_peers
+            and self.membership.is_voter(m.src)
+        ):
+            self._feed_witnesses()
 
     def _on_append_reject(self, m: Any, pr: Progress) -> None:
         if pr.state == ProgressState.SNAPSHOT:
@@ -961,6 +1168,7 @@ class RaftCore:
     def _on_heartbeat_response(self, m: Any) -> None:
         pr = self._progress[m.src]
         pr.recent_active = True
+        pr.heard_tick = self._ticks
         pr.probe_sent = False  # etcd: a live follower may be probed again.
         if pr.match < self.log.last_index or pr.state == ProgressState.PROBE:
             self._maybe_send_append(m.src, send_if_empty=True)
@@ -973,9 +1181,14 @@ class RaftCore:
 
     def _maybe_commit(self) -> bool:
         """Raft §5.3/§5.4.2: commit the largest index on a quorum, only if of our term."""
-        matches = [self.log.persisted_index]
-        matches.extend(pr.match for pr in self._progress.values())
-        index = quorum.committed_index(matches)
+        # Thesis §4.3: a majority of each half; the leader counts only where it is a voter.
+        progress, me, persisted = self._progress, self.node_id, self.log.persisted_index
+        index = -1
+        for half in self._voter_lists:
+            half_index = quorum.committed_index(
+                [persisted if v == me else progress[v].match for v in half]
+            )
+            index = half_index if index < 0 else min(index, half_index)
         if index <= self.commit_index or self.log.term(index) != self.term:
             return False
         previous = self.commit_index
@@ -995,6 +1208,7 @@ class RaftCore:
             waiting, self._reads_awaiting_commit = self._reads_awaiting_commit, []
             for requester, context in waiting:
                 self._start_read(requester, context)
+        self._maybe_leave_joint()
 
     # ------------------------------------------------------------------ ReadIndex (§6.4)
 
@@ -1011,7 +1225,7 @@ class RaftCore:
         if self.log.term(self.commit_index) != self.term:
             self._reads_awaiting_commit.append((requester, context))
             return
-        if not self.peers:
+        if self._sole_voter():
             self._answer_read(requester, self.commit_index, context)
             return
         # §6.4 steps 2-3: record the commit index, then confirm leadership with a heartbeat
@@ -1022,13 +1236,17 @@ class RaftCore:
         self._read_heartbeat_due = True
 
     def _advance_reads(self) -> None:
-        acks = [self._read_round]
-        acks.extend(pr.read_ack for pr in self._progress.values())
-        confirmed = quorum.committed_index(acks)
+        confirmed = self._confirmed_round()
         pending = self._pending_reads
         while pending and pending[0].round <= confirmed:
             read = pending.popleft()
             self._answer_read(read.requester, read.index, read.context)
+
+    def _confirmed_round(self) -> int:
+        """The newest heartbeat round acknowledged by a quorum (of both halves, §4.3)."""
+        acks = {peer: pr.read_ack for peer, pr in self._progress.items()}
+        acks[self.node_id] = self._read_round
+        return int(quorum.config_committed_index(self._halves, acks))
 
     def _answer_read(self, requester: int, index: int, context: bytes) -> None:
         if requester == self.node_id:
@@ -1086,9 +1304,7 @@ class RaftCore:
 
     def _lease_round_tick(self) -> int | None:
         """Send tick of the newest heartbeat round a quorum (us included) acknowledged."""
-        acks = [self._read_round]
-        acks.extend(pr.read_ack for pr in self._progress.values())
-        confirmed = quorum.committed_index(acks)
+        confirmed = self._confirmed_round()
         for round_, tick in reversed(self._round_ticks):
             if round_ <= confirmed:
                 return tick if round_ == confirmed else None
@@ -1105,6 +1321,9 @@ class RaftCore:
     def _on_timeout_now(self, m: Any) -> None:
         if m.src != self.leader_id:
             self._count_ignored("timeout_now from a non-leader")
+            return
+        if not self._promotable():
+            self._count_ignored("timeout_now to a node that cannot lead")
             return
         # §3.10 step 2: campaign at once, no pre-vote, votes marked as a transfer.
         self._campaign(pre_vote=False, transfer=True)
@@ -1123,11 +1342,26 @@ class RaftCore:
             return b""
         if not self._snapshot_envelope:
             envelope = getattr(snapshot, "envelope", b"")
+            if envelope and snapshot.configuration:
+                envelope = with_configuration(envelope, snapshot.configuration)
             self._snapshot_envelope = envelope or encode_snapshot(snapshot)
         return self._snapshot_envelope
 
+    def _witness_snapshot_envelope(self) -> bytes:
+        """A witness gets the snapshot's metadata only: index, term, configuration."""
+        if self._witness_envelope[0] != self.snapshot_index:
+            snapshot = self._snapshot
+            configuration = snapshot.configuration if snapshot is not None else b""
+            envelope = encode_snapshot(
+                Snapshot(self.snapshot_index, self.snapshot_term, b"", configuration=configuration)
+            )
+            self._witness_envelope = (self.snapshot_index, envelope)
+        return self._witness_envelope[1]
+
     def _start_snapshot(self, peer: int, pr: Progress) -> bool:
         envelope = self._envelope()
+        if envelope and self.membership.is_witness(peer):
+            envelope = self._witness_snapshot_envelope()
         if not envelope or self.snapshot_index < self.log.first_index - 1:
             # Cannot happen for a log compacted by compact(); never send a stale snapshot.
             self._count_ignored("no snapshot covering the compacted log")
@@ -1167,6 +1401,7 @@ class RaftCore:
     def _on_snapshot_response(self, m: Any) -> None:
         pr = self._progress[m.src]
         pr.recent_active = True
+        pr.heard_tick = self._ticks
         sender = pr.snapshot
         if sender is None or m.index != sender.index:
             self._count_ignored("stale snapshot response")
@@ -1225,6 +1460,8 @@ class RaftCore:
         self._snapshot_receiver = None
         try:
             snapshot = receiver.finish()
+            if snapshot.configuration:
+                decode_membership(snapshot.configuration)
         except DecodeError:
             # Never install a corrupt snapshot: ask for it again from the start.
             self.snapshot_stats["corrupt"] += 1
@@ -1233,8 +1470,11 @@ class RaftCore:
                                index=m.index, seq=0, reject=True))
             return
         envelope = bytes(receiver.buffer)
-        self._install_snapshot(Snapshot(snapshot.index, snapshot.term, snapshot.data, envelope),
-                               envelope)
+        self._install_snapshot(
+            Snapshot(snapshot.index, snapshot.term, snapshot.data, envelope,
+                     configuration=snapshot.configuration),
+            envelope,
+        )
         # Sent only after the Ready carrying the snapshot is persisted (_AFTER_PERSIST).
         self._send(Message(_MT.APPEND_RESPONSE, self.node_id, m.src, self.term, index=m.index))
 
@@ -1242,12 +1482,178 @@ class RaftCore:
         """Figure 13 steps 7-8: discard the log, restore the state machine from the snapshot
         (by the driver, via Ready.snapshot), and continue after its last entry."""
         self.log.restore(snapshot.index, snapshot.term)
+        # The configuration is the snapshot's (a snapshot from a leader that did not record
+        # one keeps the configuration we had at that index, best effort).
+        membership = (
+            decode_membership(snapshot.configuration) if snapshot.configuration
+            else self.configuration_at(snapshot.index)
+        )
+        self._configs = [(snapshot.index, membership)]
+        self._on_membership_changed()
         self.commit_index = snapshot.index
         self.applied_index = self._applying = snapshot.index
         self._set_snapshot(snapshot)
         self._snapshot_envelope = envelope
         self._pending_snapshot = snapshot
         self.snapshot_stats["installed"] += 1
+
+    # ------------------------------------------------------------------ membership
+
+    def _rebuild_configs(self, snapshot: Snapshot | None, entries: list[Any]) -> None:
+        """Restart: the configuration is the snapshot's, then every CONFIG entry after it."""
+        base_index = 0
+        if snapshot is not None and snapshot.configuration:
+            try:
+                self._configs = [(snapshot.index, decode_membership(snapshot.configuration))]
+            except DecodeError as exc:
+                raise ConfigError(f"snapshot at {snapshot.index}: {exc}") from None
+            base_index = snapshot.index
+        for entry in entries:
+            if entry.kind == EntryKind.CONFIG and entry.index > base_index:
+                try:
+                    self._configs.append((entry.index, decode_membership(entry.data)))
+                except DecodeError as exc:
+                    raise ConfigError(f"configuration entry at {entry.index}: {exc}") from None
+
+    def _set_membership_fields(self) -> None:
+        """Derived views of the newest configuration (thesis §4.1: in force once appended)."""
+        self.membership_index, self.membership = self._configs[-1]
+        membership = self.membership
+        self.voters = tuple(sorted(membership.all_voters))
+        self.peers = tuple(sorted(membership.members - {self.node_id}))
+        self._halves = membership.halves
+        self._voter_lists = tuple(tuple(sorted(half)) for half in membership.halves)
+        self._witness_peers = membership.witnesses - {self.node_id}
+
+    def _on_membership_changed(self) -> None:
+        self._set_membership_fields()
+        if self.role != Role.LEADER:
+            return
+        limits = self._limits
+        for peer in self.peers:
+            if peer not in self._progress:
+                # A new member: probe from the configuration entry that added it (etcd).
+                pr = Progress(
+                    self.log.last_index, limits.max_inflight_messages, limits.max_inflight_bytes
+                )
+                pr.recent_active = True
+                pr.heard_tick = self._ticks
+                self._progress[peer] = pr
+        members = self.membership.members
+        for peer in [p for p in self._progress if p not in members]:
+            del self._progress[peer]
+        if self.lead_transferee != _NONE and not self.membership.can_lead(self.lead_transferee):
+            self.lead_transferee = _NONE
+            self._count_ignored("leadership transfer target left the voters")
+
+    def _append_config(self, membership: Membership) -> int:
+        """Leader: appends a CONFIG entry; it takes effect now (thesis §4.1). The caller
+        broadcasts."""
+        index = self.log.last_index + 1
+        payload = encode_membership(membership)
+        self.log.append([Entry(self.term, index, payload, int(EntryKind.CONFIG))])
+        self._uncommitted_bytes += len(payload)
+        self._configs.append((index, membership))
+        self._on_membership_changed()
+        return index
+
+    def _append_from_leader(self, entries: list[Any]) -> None:
+        """Follower: appends (after truncating a conflicting suffix, Raft §5.3) and follows
+        every configuration entry appended or truncated away (thesis §4.1)."""
+        if self.is_witness:
+            entries = [_metadata_only(entry) for entry in entries]
+        first = entries[0].index
+        changed = False
+        while len(self._configs) > 1 and self._configs[-1][0] >= first:
+            self._configs.pop()  # a truncated configuration reverts (thesis §4.1)
+            changed = True
+        self.log.append(entries)
+        for entry in entries:
+            if entry.kind == EntryKind.CONFIG:
+                # Validated in _ignore_append.
+                self._configs.append((entry.index, decode_membership(entry.data)))
+                changed = True
+        if changed:
+            self._on_membership_changed()
+
+    def _compact_configs(self, upto: int) -> None:
+        """Keeps the configuration in force at `upto` and every later one."""
+        configs = self._configs
+        keep = 0
+        for i, (index, _) in enumerate(configs):
+            if index <= upto:
+                keep = i
+        del configs[:keep]
+
+    def _check_caught_up(self, node: int) -> None:
+        """Thesis §4.2.1: a new voter must hold (nearly) the whole log first, or the cluster
+        could stall waiting for it to catch up."""
+        pr = self._progress.get(node)
+        lag = self.log.last_index - (pr.match if pr is not None else 0)
+        limit = self.config.promote_max_lag_entries
+        if pr is None or lag > limit:
+            raise MembershipError(
+                f"learner {node} is not caught up: match {pr.match if pr else 0}, leader's last "
+                f"index {self.log.last_index} (lag {lag} > promote_max_lag_entries={limit})"
+            )
+
+    def _maybe_leave_joint(self) -> None:
+        """Leader: C_old,new committed, so append C_new (thesis §4.3)."""
+        index, membership = self._configs[-1]
+        if membership.joint and index <= self.commit_index:
+            self._append_config(membership.leave_joint())
+
+    def _maybe_step_down_removed(self) -> None:
+        """Thesis §4.2.2: a leader that is not a voter of C_new steps down once C_new is
+        committed (until then it manages the cluster without counting itself)."""
+        if (
+            self.role == Role.LEADER
+            and not self.membership.is_voter(self.node_id)
+            and not self.conf_change_pending
+        ):
+            self._become_follower(self.term, _NONE)
+
+    def _witness_send_limit(self) -> int:
+        """Witness rule W2 (see "Witnesses"): the last index a witness may be sent: the
+        highest match of the other full voters heard from within an election timeout, or
+        the whole log when none is (then the cluster is running on its one tolerated
+        failure and the witness must help commit)."""
+        timeout = self._timing.election_timeout_ticks
+        best = -1
+        witnesses = self.membership.witnesses
+        for voter in self.membership.all_voters:
+            if voter == self.node_id or voter in witnesses:
+                continue
+            pr = self._progress.get(voter)
+            if pr is not None and self._ticks - pr.heard_tick < timeout:
+                best = max(best, pr.match)
+        return self.log.last_index if best < 0 else best
+
+    def _feed_witnesses(self) -> None:
+        """A full voter's match moved: witnesses may now be sent more (rule W2)."""
+        for peer in self._witness_peers:
+            if peer in self._progress:
+                while self._maybe_send_append(peer, send_if_empty=False):
+                    pass
+
+    def _promotable(self) -> bool:
+        """This node may campaign: a full voter of the configuration in force, or of the one
+        before it while that newer one is not known committed. The second case is a leader
+        that appended a C_new without itself and crashed: C_new may never commit, the other
+        voters may need its vote yet lack C_new (so it refuses theirs, §5.4.1), and only it can
+        finish the change. It counts votes by C_new, where it is no voter, and leads until
+        C_new commits (thesis §4.2.2), then steps down."""
+        if self.membership.can_lead(self.node_id):
+            return True
+        configs = self._configs
+        return (
+            self.membership_index > self.commit_index
+            and len(configs) >= 2
+            and configs[-2][1].can_lead(self.node_id)
+        )
+
+    def _sole_voter(self) -> bool:
+        return self._halves == (frozenset((self.node_id,)),)
 
     # ------------------------------------------------------------------ helpers
 
@@ -1262,6 +1668,30 @@ class RaftCore:
 
     def _count_ignored(self, reason: str) -> None:
         self.ignored[reason] = self.ignored.get(reason, 0) + 1
+
+    def _check_membership_invariants(self, fail: Any) -> None:
+        """The configuration in force is the newest CONFIG entry of the log (thesis §4.1)."""
+        configs, log = self._configs, self.log
+        if (self.membership_index, self.membership) != configs[-1]:
+            fail("membership is not the newest configuration of the log")
+        indexes = [index for index, _ in configs]
+        if indexes != sorted(set(indexes)) or indexes[-1] > log.last_index:
+            fail(f"configuration history {indexes} out of order or beyond the log")
+        for index in indexes[1:]:
+            if index >= log.first_index and log.term(index) == 0:
+                fail(f"configuration at {index} not in the log")
+        if self.role == Role.LEADER:
+            if self.membership.is_witness(self.node_id):
+                fail("a witness leads")
+            if set(self._progress) != set(self.peers):
+                fail(f"progress for {sorted(self._progress)}, members {list(self.peers)}")
+            # One change in flight; a new leader may also inherit C_old,new and C_new, both
+            # not yet known committed (the old leader appended C_new after committing C_old,new).
+            pending = [c for c in configs[1:] if c[0] > self.commit_index]
+            if len(pending) > 2 or (
+                len(pending) == 2 and pending[1][1] != pending[0][1].leave_joint()
+            ):
+                fail(f"configuration changes uncommitted: {[i for i, _ in pending]}")
 
     def _maybe_check_invariants(self) -> None:
         if self.config.check_invariants:
@@ -1295,6 +1725,7 @@ class RaftCore:
             fail(f"{self.role} with a leadership transfer pending")
         if log.last_term > self.term:
             fail(f"last log term {log.last_term} above current term")
+        self._check_membership_invariants(fail)
         if self.role == Role.LEADER:
             if self.leader_id != self.node_id or self.vote != self.node_id:
                 fail(f"leader with leader_id {self.leader_id} vote {self.vote}")

@@ -77,6 +77,7 @@ class Progress:
         "progress_tick",
         "read_ack",
         "snapshot",
+        "heard_tick",
     )
 
     def __init__(self, next_index: int, max_inflight: int, max_inflight_bytes: int) -> None:
@@ -95,6 +96,8 @@ class Progress:
         self.read_ack = 0
         # SNAPSHOT only: the transfer in progress (engine.raft.snapshot.SnapshotSender).
         self.snapshot: Any = None
+        # Leader tick at which this peer last answered anything (witness rule W2 in core.py).
+        self.heard_tick = 0
 
     def is_paused(self) -> bool:
         if self.state == ProgressState.PROBE:

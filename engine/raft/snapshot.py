@@ -2,11 +2,17 @@
 
 Envelope (the same bytes on disk and on the wire), little-endian::
 
-    magic "ESNP" | u16 version | u64 index | u64 term | u64 data length | data | 32-byte digest
+    version 1: magic "ESNP" | u16 1 | u64 index | u64 term | u64 data length | data | digest
+    version 2: magic "ESNP" | u16 2 | u64 index | u64 term | u64 data length
+               | u32 configuration length | configuration | data | digest
 
-digest = BLAKE2b-256 over everything before it. `decode_snapshot` refuses any envelope whose
-digest, magic, version or length does not check out (engine.errors.DecodeError), so a follower
-never installs a corrupt or truncated snapshot (issue 6 item 1).
+digest = 32-byte BLAKE2b-256 over everything before it. Version 2 carries the cluster
+configuration as of the snapshot's index (Snapshot.configuration, the encoded
+engine.raft.membership.Membership); a snapshot without one is written as version 1, so
+version-1 envelopes and their bytes stay exactly as before and remain readable.
+`decode_snapshot` refuses any envelope whose digest, magic, version or length does not
+check out (engine.errors.DecodeError), so a follower never installs a corrupt or truncated
+snapshot (issue 6 item 1).
 
 Chunked transfer (Raft Figure 13 InstallSnapshot, over a lossy datagram network). The leader
 sends SNAPSHOT messages (index + log_term = the snapshot's last entry, seq = chunk offset,
@@ -38,8 +44,11 @@ from engine.types import Snapshot
 
 MAGIC = b"ESNP"
 VERSION = 1
+VERSION_WITH_CONFIGURATION = 2
 _HEAD = struct.Struct("<4sHQQQ")
+_CONFIG_LENGTH = struct.Struct("<I")
 DIGEST_BYTES = 32
+# The smallest envelope (version 1, no data).
 ENVELOPE_OVERHEAD = _HEAD.size + DIGEST_BYTES
 
 
@@ -52,8 +61,28 @@ def _digest(*parts: bytes | memoryview) -> bytes:
 
 def encode_snapshot(snapshot: Snapshot) -> bytes:
     """The checksummed envelope of a snapshot (see the module docstring)."""
-    head = _HEAD.pack(MAGIC, VERSION, snapshot.index, snapshot.term, len(snapshot.data))
+    configuration = getattr(snapshot, "configuration", b"")
+    if not configuration:
+        head = _HEAD.pack(MAGIC, VERSION, snapshot.index, snapshot.term, len(snapshot.data))
+    else:
+        head = _HEAD.pack(
+            MAGIC, VERSION_WITH_CONFIGURATION, snapshot.index, snapshot.term,
+            len(snapshot.data),
+        ) + _CONFIG_LENGTH.pack(len(configuration)) + configuration
     return b"".join((head, snapshot.data, _digest(head, snapshot.data)))
+
+
+def _body_start(view: memoryview, version: int) -> tuple[int, bytes]:
+    """Offset of the data and the configuration bytes, per version."""
+    if version == VERSION:
+        return _HEAD.size, b""
+    config_at = _HEAD.size + _CONFIG_LENGTH.size
+    if len(view) < config_at + DIGEST_BYTES:
+        raise DecodeError(f"snapshot envelope of {len(view)} bytes is shorter than its header")
+    (config_length,) = _CONFIG_LENGTH.unpack_from(view, _HEAD.size)
+    if config_at + config_length + DIGEST_BYTES > len(view):
+        raise DecodeError(f"snapshot envelope declares a {config_length}-byte configuration")
+    return config_at + config_length, bytes(view[config_at:config_at + config_length])
 
 
 def decode_snapshot(envelope: bytes | bytearray | memoryview) -> Snapshot:
@@ -62,16 +91,28 @@ def decode_snapshot(envelope: bytes | bytearray | memoryview) -> Snapshot:
     if len(view) < ENVELOPE_OVERHEAD:
         raise DecodeError(f"snapshot envelope of {len(view)} bytes is shorter than its header")
     magic, version, index, term, length = _HEAD.unpack_from(view, 0)
-    if magic != MAGIC or version != VERSION:
+    if magic != MAGIC or version not in (VERSION, VERSION_WITH_CONFIGURATION):
         raise DecodeError(f"snapshot envelope has magic {magic!r} version {version}")
-    if _HEAD.size + length + DIGEST_BYTES != len(view):
+    data_start, configuration = _body_start(view, version)
+    if data_start + length + DIGEST_BYTES != len(view):
         raise DecodeError(
             f"snapshot envelope of {len(view)} bytes declares {length} data bytes"
         )
-    body_end = _HEAD.size + length
+    body_end = data_start + length
     if _digest(view[:body_end]) != bytes(view[body_end:]):
         raise DecodeError(f"snapshot envelope at index {index} term {term}: checksum mismatch")
-    return Snapshot(index, term, bytes(view[_HEAD.size:body_end]))
+    return Snapshot(index, term, bytes(view[data_start:body_end]), configuration=configuration)
+
+
+def with_configuration(envelope: bytes, configuration: bytes) -> bytes:
+    """A version-1 envelope re-encoded as version 2 carrying `configuration` (verified first;
+    the data is hashed once more). Envelopes that already carry one are returned as is."""
+    snapshot = decode_snapshot(envelope)
+    if snapshot.configuration:
+        return envelope
+    return encode_snapshot(
+        Snapshot(snapshot.index, snapshot.term, snapshot.data, configuration=configuration)
+    )
 
 
 def peek_snapshot_header(envelope: bytes | bytearray | memoryview) -> tuple[int, int, int]:
@@ -187,6 +228,6 @@ class SnapshotReceiver:
 
 
 __all__ = [
-    "encode_snapshot", "decode_snapshot", "peek_snapshot_header", "SnapshotSender",
-    "SnapshotReceiver", "ENVELOPE_OVERHEAD",
+    "encode_snapshot", "decode_snapshot", "peek_snapshot_header", "with_configuration",
+    "SnapshotSender", "SnapshotReceiver", "ENVELOPE_OVERHEAD",
 ]

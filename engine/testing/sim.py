@@ -17,6 +17,11 @@ The model
            fall behind the compacted log receive the snapshot in chunks over the faulty network.
   transfers / lease reads  the nemesis asks the leader to hand over leadership
            (faults.transfer); with lease_read, clients also read through the leader lease.
+  membership  with spares > 0, nodes n+1.. start only once a change adds them; the nemesis
+           (faults.membership) asks the leader for random changes (add a learner or witness
+           learner, promote, demote, remove - the leader too - or replace a voter in one
+           joint change); snapshots record the configuration as of their index, as a driver
+           must; `witnesses` are metadata-only voters for life (their ids are never reused).
   driver   the etcd loop: ready() -> send `messages` now -> fsync entries + hard state ->
            send `messages_after_persist` -> apply committed entries -> advance(); one Ready at
            a time per node, while the core keeps receiving messages and ticks.
@@ -50,9 +55,29 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.errors import EngineError, InvariantViolation, NotLeader, Overloaded
+from engine.errors import (
+    ConfChangeInProgress,
+    ConfigError,
+    EngineError,
+    InvariantViolation,
+    MembershipError,
+    NotLeader,
+    Overloaded,
+)
+from engine.messages import EntryKind
 from engine.raft.config import RaftConfig
 from engine.raft.core import RaftCore, Role
+from engine.raft.membership import (
+    ConfChangeOp,
+    ConfChangeType,
+    Membership,
+    add_learner,
+    decode_membership,
+    demote,
+    encode_membership,
+    promote,
+    remove,
+)
 from engine.testing.invariants import ClusterChecker
 from engine.types import HardState, Limits, Ready, Snapshot, TimingConfig
 
@@ -82,6 +107,7 @@ class FaultConfig:
     propose_interval_ms: int = 0  # 0: no background clients
     read: float = 0.0  # P(a client step is a read instead of a write)
     transfer: float = 0.0  # P(the leader is asked to transfer leadership) per nemesis step
+    membership: float = 0.0  # P(the leader is asked for a membership change) per nemesis step
 
     @classmethod
     def swarm(cls, rng: random.Random) -> FaultConfig:
@@ -124,6 +150,10 @@ class SimNode:
     disk_snapshot: Snapshot | None = None
     disk_log_start: tuple[int, int] = (0, 0)
     snapshot_index: int = 0  # index of the last snapshot taken or installed (in memory)
+    # Membership: a spare node joins (runs) once first added; a witness stays one for life
+    # (a node id is never reused across witness and full roles).
+    joined: bool = True
+    witness: bool = False
 
     @property
     def up(self) -> bool:
@@ -185,7 +215,12 @@ class Simulation:
         snapshot_entries: int = 0,
         snapshot_trailing: int = 0,
         lease_read: bool = False,
+        spares: int = 0,
+        witnesses: Iterable[int] = (),
     ) -> None:
+        """n initial voters (ids 1..n) plus `spares` nodes (ids n+1..) that join only when a
+        membership change adds them; `witnesses`: ids that are witnesses (initial voters or
+        spares)."""
         self.seed = seed
         self.snapshot_entries = snapshot_entries
         self.snapshot_trailing = snapshot_trailing
@@ -199,9 +234,19 @@ class Simulation:
         self.pre_vote = pre_vote
         self.check_quorum = check_quorum
         self.check_invariants = check_invariants
-        self.node_ids: tuple[int, ...] = tuple(range(1, n + 1))
-        self.nodes: dict[int, SimNode] = {i: SimNode(i) for i in self.node_ids}
-        self.checker = ClusterChecker(self.node_ids)
+        self.initial_voters: tuple[int, ...] = tuple(range(1, n + 1))
+        self.node_ids: tuple[int, ...] = tuple(range(1, n + spares + 1))
+        witness_ids = frozenset(witnesses)
+        self.nodes: dict[int, SimNode] = {
+            i: SimNode(i, joined=i <= n, witness=i in witness_ids) for i in self.node_ids
+        }
+        self.bootstrap = Membership.of(
+            self.initial_voters, witnesses=witness_ids & set(self.initial_voters),
+            addresses={i: self.address(i) for i in self.initial_voters},
+        )
+        self.checker = ClusterChecker(
+            self.initial_voters, bootstrap=self.bootstrap, witnesses=witness_ids
+        )
         self.now = 0
         self._queue: list[tuple[int, int, int, int, Any]] = []
         self._sequence = 0
@@ -234,13 +279,21 @@ class Simulation:
                 "snapshot_retransmits",
                 "transfers_started",
                 "transfers_completed",
+                "transfers_refused",
+                "conf_changes",
+                "conf_changes_refused",
+                "conf_changes_committed",
+                "learners_promoted",
+                "voters_removed",
+                "witness_changes",
+                "leader_removals",
             ),
             0,
         )
         # A transfer in progress: (old leader, target, term); completed when target leads.
         self._transfers: list[tuple[int, int, int]] = []
         self._snapshot_counters: dict[int, dict[str, int]] = {}
-        for node_id in self.node_ids:
+        for node_id in self.initial_voters:
             self._start(self.nodes[node_id])
         if self.faults.nemesis_interval_ms and self._nemesis_active():
             self._schedule(self.faults.nemesis_interval_ms, _NEMESIS, 0, None)
@@ -296,12 +349,12 @@ class Simulation:
     def restart(self, node_id: int) -> None:
         """Restarts a crashed node from its disk (a no-op for a running node)."""
         node = self.nodes[node_id]
-        if node.core is not None:
+        if node.core is not None or not node.joined:
             return
         self.checker.on_restart(
             node_id, node.disk_hard_state.commit, node.disk_term, node.disk_last_index
         )
-        self.checker.check_durable_majority([n.disk_term for n in self.nodes.values()])
+        self.check_durable()
         self.stats["restarts"] += 1
         self._start(node)
         self._trace_event(5, node_id, 0, 0, 0, 0)
@@ -353,6 +406,42 @@ class Simulation:
         self.stats["transfers_started"] += 1
         self._after_input(self.nodes[leader])
 
+    @staticmethod
+    def address(node_id: int) -> str:
+        return f"10.0.0.{node_id}:7000"
+
+    def check_durable(self) -> None:
+        """Every committed entry is on a majority of the newest committed configuration's
+        voters, and its command on a full copy among them (invariants.py "Membership")."""
+        self.checker.check_durable_membership(
+            {i: n.disk_term for i, n in self.nodes.items()},
+            [i for i, n in self.nodes.items() if not n.witness],
+        )
+
+    def change_membership(self, ops: list[ConfChangeOp], leader: int | None = None) -> int:
+        """Proposes a membership change on the leader; starts spares it adds. Returns the
+        index of the CONFIG entry; raises what RaftCore.propose_conf_change raises."""
+        leader = self.leader() if leader is None else leader
+        if leader is None:
+            raise NotLeader("no leader in the simulation")
+        index, _ = self._core(leader).propose_conf_change(ops)
+        self.stats["conf_changes"] += 1
+        for op in ops:
+            node = self.nodes[op.node_id]
+            if op.type == ConfChangeType.ADD_LEARNER and not node.joined:
+                node.joined = True
+                self._start(node)
+            if op.type == ConfChangeType.PROMOTE:
+                self.stats["learners_promoted"] += 1
+            if op.type in (ConfChangeType.REMOVE, ConfChangeType.DEMOTE):
+                self.stats["voters_removed"] += 1
+                if op.node_id == leader:
+                    self.stats["leader_removals"] += 1
+            if node.witness:
+                self.stats["witness_changes"] += 1
+        self._after_input(self.nodes[leader])
+        return index
+
     def leader(self) -> int | None:
         """The running leader of the highest term, if any."""
         best: tuple[int, int] | None = None
@@ -379,6 +468,33 @@ class Simulation:
     def is_committed(self, index: int, term: int) -> bool:
         terms = self.checker.committed_terms
         return index < len(terms) and terms[index] == term
+
+    def possible_members(self) -> set[int]:
+        """Nodes that are members of the newest committed configuration or of a configuration
+        entry on some disk beyond the committed history (it may still commit)."""
+        members = set(self.checker.membership.members)
+        committed = self.checker.committed_index
+        for node in self.nodes.values():
+            start = node.disk_log_start[0]
+            for entry in node.disk_entries[max(0, committed - start):]:
+                if entry.kind == EntryKind.CONFIG:
+                    members |= decode_membership(entry.data).members
+        # Appends still in flight may carry a configuration no disk holds yet (the leader
+        # sends before its own fsync, thesis §10.2.1).
+        for _, _, kind, _, message in self._queue:
+            if kind == _DELIVER:
+                for entry in message.entries:
+                    if entry.kind == EntryKind.CONFIG:
+                        members |= decode_membership(entry.data).members
+        return members
+
+    def settled(self, index: int) -> bool:
+        """The newest committed configuration is not joint and all its members applied
+        through index (the healed phase's progress requirement)."""
+        membership = self.checker.membership
+        if membership.joint:
+            return False
+        return all(self.nodes[i].applied_index >= index for i in membership.members)
 
     def applied_everywhere(self, index: int, node_ids: Iterable[int] | None = None) -> bool:
         ids = self.node_ids if node_ids is None else node_ids
@@ -434,7 +550,7 @@ class Simulation:
 
     def _nemesis_active(self) -> bool:
         faults = self.faults
-        return bool(faults.partition or faults.crash or faults.transfer)
+        return bool(faults.partition or faults.crash or faults.transfer or faults.membership)
 
     def _schedule(self, delay_ms: int, kind: int, node_id: int, payload: Any) -> None:
         self._sequence += 1
@@ -446,9 +562,11 @@ class Simulation:
     # ------------------------------------------------------------------ nodes and driver
 
     def _start(self, node: SimNode) -> None:
+        bootstrap = self.bootstrap
+        joining = node.node_id not in bootstrap.voters
         config = RaftConfig(
             node.node_id,
-            self.node_ids,
+            self.initial_voters,
             self.timing,
             self.limits,
             pre_vote=self.pre_vote,
@@ -456,6 +574,11 @@ class Simulation:
             check_invariants=self.check_invariants,
             seed=self.rng.getrandbits(32),
             lease_read=self.lease_reads_enabled,
+            # A spare joins as a learner and learns the configuration from the leader.
+            learners=(node.node_id,) if joining else (),
+            witnesses=tuple(sorted(bootstrap.witnesses | ({node.node_id} if node.witness
+                                                          else set()))),
+            addresses=bootstrap.addresses,
         )
         snapshot = node.disk_snapshot
         applied = 0
@@ -577,7 +700,11 @@ class Simulation:
         if index - node.snapshot_index < self.snapshot_entries or index != node.applied_index:
             return
         term = core.log.term(index)
-        snapshot = Snapshot(index, term, encode_applied(node.applied))
+        # The driver records the configuration as of the snapshot (restart rebuilds from it).
+        snapshot = Snapshot(
+            index, term, encode_applied(node.applied),
+            configuration=encode_membership(core.configuration_at(index)),
+        )
         self.checker.check_state(node.node_id, index, node.applied)
         if index > core.commit_index:
             self.checker.fail(f"node {node.node_id} snapshot {index} above its commit")
@@ -590,6 +717,20 @@ class Simulation:
                 node.compact_disk(floor, floor_term)
         core.compact(snapshot, compact_to=node.disk_log_start[0])
         self.stats["snapshots_taken"] += 1
+
+    def _check_commit_quorum(self, node_id: int, core: RaftCore, commit: int) -> None:
+        """A leader's commit: the entry is durable on a majority of *each* half of the
+        leader's configuration (thesis §4.3; acks follow the fsync, §3.8)."""
+        term = core.log.term(commit)
+        for half in core.membership.halves:
+            holders = [
+                i for i in half if self.nodes[i].disk_term(commit) in (None, term)
+            ]
+            if len(holders) < len(half) // 2 + 1:
+                self.checker.fail(
+                    f"leader {node_id} committed {commit} held by {holders} of voters "
+                    f"{sorted(half)} (configuration {core.membership})"
+                )
 
     def _write_disk(self, node: SimNode, entries: list[Any]) -> None:
         start = node.disk_log_start[0]
@@ -632,8 +773,20 @@ class Simulation:
                 )
             entries = core.log.slice(lo, commit + 1) if commit >= lo else []
             self.checker.on_commit(node_id, old, commit, entries)
+            if core.role == Role.LEADER and commit > old:
+                self._check_commit_quorum(node_id, core, commit)
             node.last_commit = commit
             self.stats["entries_committed"] = self.checker.committed_index
+            self.stats["conf_changes_committed"] = self.checker.configs_committed
+        if core.role == Role.LEADER:
+            # One membership change in flight (thesis §4.3): at most one configuration
+            # entry beyond the committed history.
+            committed = self.checker.committed_index
+            pending = [i for i, _ in core.configurations()[1:] if i > committed]
+            if len(pending) > 1:
+                self.checker.fail(
+                    f"leader {node_id} holds {len(pending)} uncommitted configurations {pending}"
+                )
         if core.role == Role.LEADER and self.checker.on_leader(
             node_id, core.term, core.log.term, core.log.first_index
         ):
@@ -736,7 +889,7 @@ class Simulation:
                 a, b = rng.sample(ids, 2)
                 self.cut(a, b)
         up = [i for i in ids if self.nodes[i].core is not None]
-        down = [i for i in ids if self.nodes[i].core is None]
+        down = [i for i in ids if self.nodes[i].core is None and self.nodes[i].joined]
         if up and rng.random() < faults.crash:
             self.crash(rng.choice(up))
         if down and rng.random() < faults.restart:
@@ -744,7 +897,44 @@ class Simulation:
         leader = self.leader()
         if leader is not None and len(ids) > 1 and rng.random() < faults.transfer:
             target = rng.choice([i for i in ids if i != leader])
-            self.transfer_leadership(target, leader)
+            try:
+                self.transfer_leadership(target, leader)
+            except ConfigError:  # a learner, witness or non-member: refused
+                self.stats["transfers_refused"] += 1
+        if faults.membership and rng.random() < faults.membership:
+            self._membership_step()
+
+    def _membership_step(self) -> None:
+        """The nemesis asks the leader for a random membership change (add a learner or a
+        witness learner, promote, demote, remove, or replace a voter in one joint change)."""
+        leader = self.leader()
+        if leader is None:
+            return
+        rng = self.rng
+        membership = self._core(leader).membership
+        outside = [i for i in self.node_ids if i not in membership.members]
+        learners = sorted(membership.learners)
+        voters = sorted(membership.voters)
+        roll = rng.random()
+        ops: list[ConfChangeOp]
+        if roll < 0.35 and outside:
+            node = rng.choice(outside)
+            ops = [add_learner(node, self.address(node), witness=self.nodes[node].witness)]
+        elif roll < 0.65 and learners:
+            ops = [promote(rng.choice(learners))]
+        elif roll < 0.75:
+            ops = [demote(rng.choice(voters))]
+        elif roll < 0.9:
+            ops = [remove(rng.choice(sorted(membership.members)))]
+        elif learners:
+            # Replace a voter by a learner in one joint change (thesis §4.3 allows any).
+            ops = [promote(rng.choice(learners)), remove(rng.choice(voters))]
+        else:
+            return
+        try:
+            self.change_membership(ops, leader)
+        except (MembershipError, ConfChangeInProgress, Overloaded):
+            self.stats["conf_changes_refused"] += 1
 
     def _failure(self, what: str) -> SimulationFailure:
         return SimulationFailure(f"{what} (reproduce with ENGINE_SIM_SEED={self.seed})")
@@ -815,6 +1005,28 @@ def swarm_extras(seed: int) -> SwarmExtras:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class MembershipExtras:
+    """What a membership-swarm seed draws on top of the base swarm configuration."""
+
+    spares: int  # nodes that can join (ids n+1..n+spares)
+    witnesses: frozenset[int]  # witness ids among the initial voters and the spares
+    membership: float  # P(a membership change) per nemesis step
+
+
+def membership_extras(seed: int, n: int) -> MembershipExtras:
+    rng = random.Random(f"swarm-membership:{seed}")
+    spares = rng.randint(1, 3)
+    witnesses: set[int] = set()
+    # An initial witness only where witnesses < full voters holds (rule W1).
+    if n >= 3 and rng.random() < 0.35:
+        witnesses.add(n)
+    for spare in range(n + 1, n + spares + 1):
+        if rng.random() < 0.35:
+            witnesses.add(spare)
+    return MembershipExtras(spares, frozenset(witnesses), rng.uniform(0.2, 0.7))
+
+
 def run_swarm(
     seed: int,
     *,
@@ -822,11 +1034,19 @@ def run_swarm(
     max_events: int = 4_000,
     liveness_time_ms: int = 10_000,
     check_invariants: bool = True,
+    membership: bool = False,
 ) -> SwarmResult:
-    """One swarm run: faulty phase, then heal + restart all + liveness. Raises SimulationFailure."""
+    """One swarm run: faulty phase, then heal + restart all + liveness. Raises SimulationFailure.
+    membership=True adds spare nodes, witnesses and random membership changes (the
+    membership swarm); the base configuration a seed draws is the same either way."""
     n, faults, timing, limits, pre_vote, check_quorum = swarm_config(seed)
     extras = swarm_extras(seed)
     faults = dataclasses.replace(faults, transfer=extras.transfer)
+    spares, witnesses = 0, frozenset[int]()
+    if membership:
+        member_extras = membership_extras(seed, n)
+        spares, witnesses = member_extras.spares, member_extras.witnesses
+        faults = dataclasses.replace(faults, membership=member_extras.membership)
     limits = dataclasses.replace(
         limits,
         max_snapshot_chunk_bytes=extras.snapshot_chunk_bytes,
@@ -844,6 +1064,8 @@ def run_swarm(
         snapshot_entries=extras.snapshot_entries,
         snapshot_trailing=extras.snapshot_trailing,
         lease_read=extras.lease_read,
+        spares=spares,
+        witnesses=witnesses,
     )
     try:
         deadline = fault_time_ms
@@ -874,18 +1096,23 @@ def _liveness_phase(sim: Simulation, budget_ms: int) -> None:
     sim.heal()
     for node_id in sim.node_ids:
         sim.crash(node_id)
+    # Nodes that cannot be members any more stay down (an operator retires removed servers;
+    # thesis §4.2.3: they would only disrupt).
+    members = sim.possible_members()
     for node_id in sim.node_ids:
-        sim.restart(node_id)
+        if node_id in members:
+            sim.restart(node_id)
     deadline = sim.now + budget_ms
     marker = b"liveness-%d" % sim.seed
     proposed: tuple[int, int, int] | None = None
     while sim.now < deadline:
         if proposed is not None and sim.is_committed(proposed[0], proposed[2]):
-            applied = functools.partial(sim.applied_everywhere, proposed[0])
-            if sim.run_until(applied, deadline - sim.now):
-                sim.checker.check_durable_majority([n.disk_term for n in sim.nodes.values()])
+            settled = functools.partial(sim.settled, proposed[0])
+            if sim.run_until(settled, deadline - sim.now):
+                sim.check_durable()
                 for node in sim.nodes.values():
-                    sim.checker.check_state(node.node_id, node.applied_index, node.applied)
+                    if node.up:
+                        sim.checker.check_state(node.node_id, node.applied_index, node.applied)
                 return
             break
         leader = sim.leader()
@@ -896,9 +1123,11 @@ def _liveness_phase(sim: Simulation, budget_ms: int) -> None:
                 pass  # back-pressure from the faulty phase; retry once it drains
         sim.run_for(min(50, deadline - sim.now))
     raise sim._failure(
-        f"liveness: no proposal committed and applied on all {len(sim.node_ids)} nodes within "
-        f"{budget_ms} ms of healing (leader={sim.leader()}, proposed={proposed}, "
-        f"status={[sim.core(i).status() for i in sim.node_ids]})"
+        f"liveness: no proposal committed and applied on every member of a settled "
+        f"configuration within {budget_ms} ms of healing (leader={sim.leader()}, "
+        f"proposed={proposed}, committed membership {sim.checker.membership} at "
+        f"{sim.checker.membership_index}, "
+        f"status={[core.status() for n in sim.nodes.values() if (core := n.core)]})"
     )
 
 
@@ -912,6 +1141,8 @@ __all__ = [
     "swarm_config",
     "swarm_extras",
     "SwarmExtras",
+    "MembershipExtras",
+    "membership_extras",
     "encode_applied",
     "decode_applied",
 ]
