@@ -19,15 +19,20 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-import time
 from typing import Any
 
 from engine import errors
 from engine._core import codec
+from engine.aio.udp import new_boot_epoch
 from engine.messages import ClientOp, ClientStatus, Message, MessageType
 from engine.types import Limits, parse_address
 
 _RESPONSE_TYPES = (MessageType.CLIENT_RESPONSE, MessageType.ADMIN_RESPONSE)
+
+
+def _expire(future: asyncio.Future[Message | None]) -> None:
+    if not future.done():
+        future.set_result(None)   # no answer in time: the caller retries or gives up
 
 
 class _ClientProtocol(asyncio.DatagramProtocol):
@@ -53,20 +58,25 @@ class Client:
         self.timeout = timeout
         self.attempt_timeout = attempt_timeout
         self.client_id = client_id if client_id is not None else random.getrandbits(63) | 1
-        self._codec = codec.FrameCodec(
-            cluster_key, cluster_id, (limits or Limits()).max_datagram_bytes
-        )
-        self._epoch = time.time_ns()
+        limits = limits or Limits()
+        self._codec = codec.FrameCodec(cluster_key, cluster_id, limits.max_datagram_bytes)
+        self._frame_budget = limits.max_datagram_bytes - codec.FRAME_OVERHEAD
+        self._max_messages = limits.max_messages_per_frame
+        # Strictly increasing in this process: (client id, epoch, counter) never repeats, so
+        # neither does an AES-GCM nonce under the derived key (engine/_core/codec_py).
+        self._epoch = new_boot_epoch()
+        self._outbox: dict[tuple[str, int], list[Message]] = {}
+        self._flush_handle: asyncio.Handle | None = None
         self._counter = 0
         self._request_number = 0
         # Idle sessions: [session id, next seq]. A timed-out write keeps its seq consumed.
         self._idle_sessions: list[list[int]] = []
         self._leader: tuple[str, int] | None = None
         self._next_address = 0
-        self._waiting: dict[int, asyncio.Future[Message]] = {}
+        self._waiting: dict[int, asyncio.Future[Message | None]] = {}
         self._transport: asyncio.DatagramTransport | None = None
         self.counters = {"requests": 0, "retries": 0, "redirects": 0, "dropped": 0,
-                         "socket_errors": 0}
+                         "socket_errors": 0, "datagrams_sent": 0}
 
     async def __aenter__(self) -> Client:
         await self.open()
@@ -90,6 +100,10 @@ class Client:
             if not future.done():
                 future.set_exception(errors.Stopped("client closed"))
         self._waiting.clear()
+        self._outbox.clear()
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
 
     # ------------------------------------------------------------------ KV API
 
@@ -264,21 +278,58 @@ class Client:
         if self._transport is None:
             raise errors.Stopped("client is not open (use `async with Client(...)`)")
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[Message] = loop.create_future()
+        future: asyncio.Future[Message | None] = loop.create_future()
         self._waiting[seq] = future
-        self._counter += 1
-        frame = self._codec.encode(self.client_id, self._epoch, self._counter, [Message(
+        outbox = self._outbox.get(target)
+        if outbox is None:
+            outbox = self._outbox[target] = []
+        outbox.append(Message(
             int(kind), src=self.client_id, seq=seq, status=int(op), context=payload,
             index=read_mode,
-        )])
+        ))
+        if self._flush_handle is None:
+            self._flush_handle = loop.call_soon(self._flush)
+        # A timer handle instead of asyncio.wait_for: no wrapper future per request.
+        timer = loop.call_later(wait, _expire, future)
         try:
-            self._transport.sendto(frame, target)
-            return await asyncio.wait_for(future, wait)
-        except TimeoutError:
-            return None
+            return await future
         finally:
+            timer.cancel()
             if self._waiting.get(seq) is future:
                 del self._waiting[seq]
+
+    def _flush(self) -> None:
+        """Send what this loop turn's requests queued: one datagram per node for as many
+        requests as fit (the node answers them together too), not one per request."""
+        self._flush_handle = None
+        outbox, self._outbox = self._outbox, {}
+        transport = self._transport
+        if transport is None:
+            return
+        for target, messages in outbox.items():
+            for batch in self._batches(messages):
+                self._counter += 1
+                frame = self._codec.encode(self.client_id, self._epoch, self._counter, batch)
+                try:
+                    transport.sendto(frame, target)
+                except OSError:   # e.g. no route: the request times out and is retried
+                    self.counters["socket_errors"] += 1
+                    continue
+                self.counters["datagrams_sent"] += 1
+
+    def _batches(self, messages: list[Message]) -> list[list[Message]]:
+        budget = self._frame_budget
+        limit = self._max_messages
+        batches: list[list[Message]] = [[]]
+        used = 0
+        for message in messages:
+            size = codec.encoded_size(message)
+            if batches[-1] and (used + size > budget or len(batches[-1]) >= limit):
+                batches.append([])
+                used = 0
+            batches[-1].append(message)
+            used += size
+        return batches
 
     def _on_datagram(self, data: bytes, addr: Any) -> None:
         try:
