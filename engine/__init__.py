@@ -14,12 +14,14 @@ from typing import TYPE_CHECKING, Any
 
 from engine._core import IMPLEMENTATION
 from engine.errors import (
+    ConfChangeInProgress,
     ConfigError,
     DecodeError,
     EngineError,
     EntryTooLarge,
     InvariantViolation,
     LogIndexError,
+    MembershipError,
     NotLeader,
     Overloaded,
     Rejected,
@@ -61,6 +63,7 @@ __all__ = [
     "IMPLEMENTATION", "__version__", "Node", "NodeConfig", "LocalCluster", "Client", "KVStore",
     "WriteOnceRegister", "Limits", "TimingConfig",
     "ConfigError", "DecodeError", "EngineError", "EntryTooLarge", "InvariantViolation",
-    "LogIndexError", "NotLeader", "Overloaded", "Rejected", "StateMachineError", "StorageError",
+    "LogIndexError", "MembershipError", "ConfChangeInProgress",
+    "NotLeader", "Overloaded", "Rejected", "StateMachineError", "StorageError",
     "Stopped", "Timeout",
 ]

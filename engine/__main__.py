@@ -1,4 +1,4 @@
-"""Command line: `python -m engine serve|status|kv|transfer|check|bench|keygen ...`
+"""Command line: `python -m engine serve|status|kv|transfer|members|check|bench|keygen ...`
 (`--help` on each).
 
 Bad arguments and bad files get a one-line error and exit status 2, never a traceback.
@@ -61,6 +61,8 @@ def _node_config(args: argparse.Namespace) -> NodeConfig:
         cluster_key=read_cluster_key(args.cluster_key_file),
         fsync=not args.no_fsync,
         allow_fault_injection=args.allow_fault_injection,
+        join=args.join or args.witness,
+        witness=args.witness,
     )
 
 
@@ -140,6 +142,30 @@ def cmd_transfer(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_members(args: argparse.Namespace) -> int:
+    """`members add|remove|promote|list`: membership changes through the leader (Raft)."""
+    from engine.aio.client import Client
+
+    members = parse_members(args.members)
+    key = read_cluster_key(args.cluster_key_file)
+    if args.op == "add":
+        parse_address(args.address)
+
+    async def run() -> dict[str, Any]:
+        async with Client(list(members.values()), cluster_key=key) as client:
+            if args.op == "add":
+                return await client.add_member(args.id, args.address, learner=args.learner,
+                                               witness=args.witness, timeout=args.timeout)
+            if args.op == "remove":
+                return await client.remove_member(args.id, timeout=args.timeout)
+            if args.op == "promote":
+                return await client.promote(args.id, timeout=args.timeout)
+            return await client.members()
+
+    print(json.dumps(asyncio.run(run()), sort_keys=True))
+    return 0
+
+
 def cmd_keygen(args: argparse.Namespace) -> int:
     path = Path(args.path)
     if path.exists() and not args.force:
@@ -174,6 +200,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--campaign", action="store_true", help="start an election at once")
     serve.add_argument("--allow-fault-injection", action="store_true",
                        help="obey authenticated ADMIN fault-filter messages (tests only)")
+    serve.add_argument("--join", action="store_true",
+                       help="join a running cluster as a learner (--members: its members and "
+                            "this node); then `members add` it (Raft)")
+    serve.add_argument("--witness", action="store_true",
+                       help="join as a witness: stores log metadata only, never leads")
     serve.set_defaults(func=cmd_serve)
 
     status = sub.add_parser("status", help="print each node's status as JSON")
@@ -202,6 +233,21 @@ def build_parser() -> argparse.ArgumentParser:
     transfer.add_argument("--to", type=int, required=True, help="the node id to lead")
     transfer.add_argument("--timeout", type=float, default=10.0)
     transfer.set_defaults(func=cmd_transfer)
+
+    members = sub.add_parser("members", help="list or change the cluster membership (Raft)")
+    cluster_args(members)
+    members.add_argument("--timeout", type=float, default=60.0)
+    member_ops = members.add_subparsers(dest="op", required=True)
+    add = member_ops.add_parser("add", help="add a node (started with serve --join)")
+    add.add_argument("--id", type=int, required=True)
+    add.add_argument("--address", required=True, help="HOST:PORT of the new node")
+    add.add_argument("--learner", action="store_true", help="stay a learner (no vote)")
+    add.add_argument("--witness", action="store_true", help="add as a witness")
+    for name, text in (("remove", "remove a node"), ("promote", "make a learner a voter")):
+        op = member_ops.add_parser(name, help=text)
+        op.add_argument("--id", type=int, required=True)
+    member_ops.add_parser("list", help="print the membership as JSON")
+    members.set_defaults(func=cmd_members)
 
     keygen = sub.add_parser("keygen", help="write a new random cluster key file")
     keygen.add_argument("path")

@@ -114,6 +114,15 @@ class AdminOp(IntEnum):
     CLEAR_FAULTS = 2
     # Operator: the leader hands leadership to context = JSON {"to": node_id} (Raft §3.10).
     TRANSFER_LEADER = 3
+    # Membership (Raft thesis ch. 4), leader only, answered when the change is committed (OK,
+    # context = JSON membership) or failed (REJECTED / UNKNOWN, context = JSON {"error",
+    # "message"}); NOT_LEADER carries the leader's address.
+    ADD_MEMBER = 4       # context = JSON {"id", "address", "learner": bool, "witness": bool}
+    REMOVE_MEMBER = 5    # context = JSON {"id"}
+    PROMOTE_MEMBER = 6   # context = JSON {"id"}: learner -> voter once caught up
+    # Leader -> a node it removed (which never hears that its removal committed, thesis
+    # §4.2.3): context = JSON {"index": index of the committed configuration without it}.
+    MEMBER_REMOVED = 7
 
 
 # Message and Entry come from the selected implementation (compiled or pure Python): both

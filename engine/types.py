@@ -219,6 +219,17 @@ class NodeConfig:
     # clock-drift bound after the heartbeat round a quorum acknowledged; None: a fifth of the
     # election timeout (at least 2 ticks).
     lease_drift_ticks: int | None = None
+    # Membership (Raft only, thesis ch. 4). `members` is the bootstrap configuration: every
+    # member's address; `learners` and `witnesses` name members that start as non-voters /
+    # metadata-only voters (a witness that is not also a learner is a bootstrap witness
+    # voter). `join=True` starts this node as a learner of an existing cluster (members = the
+    # existing voters plus itself; with witness=True, as a witness learner): it never
+    # campaigns, learns the real configuration from the leader, and waits for an operator's
+    # `add_member` (engine.Node.add_member / `python -m engine members add`).
+    learners: tuple[int, ...] = ()
+    witnesses: tuple[int, ...] = ()
+    join: bool = False
+    witness: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.node_id, int) or not 0 < self.node_id <= U64_MAX:
@@ -250,6 +261,40 @@ class NodeConfig:
             raise ConfigError("snapshot_entries and snapshot_bytes must be positive")
         if self.snapshot_trailing_entries < 0:
             raise ConfigError("snapshot_trailing_entries must be >= 0")
+        self._validate_membership()
+
+    def _validate_membership(self) -> None:
+        """The bootstrap membership fields (see above); raises ConfigError."""
+        object.__setattr__(self, "learners", tuple(self.learners))
+        object.__setattr__(self, "witnesses", tuple(self.witnesses))
+        special = self.learners or self.witnesses or self.join or self.witness
+        if special and self.protocol != "raft":
+            raise ConfigError("learners, witnesses and join need protocol='raft'")
+        for name in ("learners", "witnesses"):
+            unknown = sorted(set(getattr(self, name)) - set(self.members))
+            if unknown:
+                raise ConfigError(f"{name} {unknown} are not in members {sorted(self.members)}")
+        if self.witness and not self.join:
+            raise ConfigError("witness=True starts a joining witness: it needs join=True "
+                              "(a bootstrap witness is named in witnesses=)")
+        if special:
+            from engine.errors import MembershipError
+            from engine.raft.membership import Membership
+
+            learners, witnesses = self.bootstrap_learners(), self.bootstrap_witnesses()
+            try:
+                Membership.of(set(self.members) - set(learners), learners, witnesses).validate()
+            except MembershipError as exc:
+                raise ConfigError(f"bootstrap membership: {exc}") from None
+
+    def bootstrap_learners(self) -> tuple[int, ...]:
+        """Members that start as learners (this node too when joining)."""
+        extra = (self.node_id,) if self.join and self.node_id not in self.learners else ()
+        return tuple(sorted((*self.learners, *extra)))
+
+    def bootstrap_witnesses(self) -> tuple[int, ...]:
+        extra = (self.node_id,) if self.witness and self.node_id not in self.witnesses else ()
+        return tuple(sorted((*self.witnesses, *extra)))
 
     def address_of(self, node_id: int) -> tuple[str, int]:
         return parse_address(self.members[node_id])

@@ -272,6 +272,86 @@ class Client:
             await asyncio.sleep(0.05)
         raise errors.Timeout(f"leadership did not move to node {to} within {timeout} s")
 
+    # ------------------------------------------------------------------ membership (Raft §4)
+
+    async def add_member(self, node_id: int, address: str, *, learner: bool = False,
+                         witness: bool = False, timeout: float = 60.0) -> dict[str, Any]:
+        """Ask the leader to add node `node_id` at `address` (engine.Node.add_member: as a
+        learner, then promoted once caught up unless learner=True); returns the committed
+        membership. Start that node first with NodeConfig(join=True) / `serve --join`."""
+        from engine.messages import AdminOp
+
+        parse_address(address)
+        return await self._membership_op(AdminOp.ADD_MEMBER, {
+            "id": node_id, "address": address, "learner": learner, "witness": witness,
+        }, timeout)
+
+    async def remove_member(self, node_id: int, *, timeout: float = 60.0) -> dict[str, Any]:
+        """Ask the leader to remove node `node_id`; returns the committed membership."""
+        from engine.messages import AdminOp
+
+        return await self._membership_op(AdminOp.REMOVE_MEMBER, {"id": node_id}, timeout)
+
+    async def promote(self, node_id: int, *, timeout: float = 60.0) -> dict[str, Any]:
+        """Ask the leader to make learner `node_id` a voter once it is caught up."""
+        from engine.messages import AdminOp
+
+        return await self._membership_op(AdminOp.PROMOTE_MEMBER, {"id": node_id}, timeout)
+
+    async def members(self) -> dict[str, Any]:
+        """The membership as the leader sees it (else the newest any node reports), with
+        "leader_id" and "index" (its CONFIG entry). Raises Timeout if no node answers."""
+        statuses = []
+        for host, port in self.addresses:
+            try:
+                statuses.append(await self.status(f"{host}:{port}"))
+            except errors.EngineError:
+                continue
+        known = [s for s in statuses if isinstance(s.get("membership"), dict)]
+        if not known:
+            raise errors.Timeout("no node answered with a membership (is it protocol='raft'?)")
+        best = max(known, key=lambda s: (s.get("role") == "leader", s.get("term", 0),
+                                         s.get("membership_index", 0)))
+        view = dict(best["membership"])
+        view["leader_id"] = best.get("leader_id", 0)
+        view["index"] = best.get("membership_index", 0)
+        return view
+
+    async def _membership_op(self, op: int, spec: dict[str, Any], timeout: float
+                             ) -> dict[str, Any]:
+        """Send a membership ADMIN op to the leader, following NOT_LEADER hints. The node
+        answers when the change is committed; an attempt unanswered for a while is sent
+        again (to the next node), which is safe: the node-side operations are idempotent
+        outcomes ("node 4 is a voter"), not increments."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        candidates = list(self.addresses)
+        hint: tuple[str, int] | None = None
+        attempt = 0
+        while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise errors.Timeout(f"membership change not confirmed within {timeout} s "
+                                     "(it may still complete)")
+            target = hint or candidates[attempt % len(candidates)]
+            attempt += 1
+            hint = None
+            spec["timeout"] = remaining
+            response = await self._exchange(
+                target, op, self._next_request_number(), json.dumps(spec).encode(),
+                min(remaining, max(5.0, 4 * self.attempt_timeout)), MessageType.ADMIN)
+            if response is None:
+                continue  # lost, slow or down: ask again (the next node)
+            if response.status == ClientStatus.OK:
+                return dict(json.loads(response.context))
+            if response.status == ClientStatus.NOT_LEADER:
+                text = response.context.decode(errors="replace")
+                hint = parse_address(text) if text else None
+                if hint is None:
+                    await asyncio.sleep(0.05)  # an election is probably running
+                continue
+            raise _membership_error(response)
+
     async def _exchange(self, target: tuple[str, int], op: int, seq: int, payload: bytes,
                         wait: float, kind: int = MessageType.CLIENT_REQUEST, *,
                         read_mode: int = 0) -> Message | None:
@@ -344,3 +424,23 @@ class Client:
             future = self._waiting.get(message.seq)
             if future is not None and not future.done():
                 future.set_result(message)
+
+
+_MEMBERSHIP_ERRORS: dict[str, type[errors.EngineError]] = {
+    "MembershipError": errors.MembershipError, "ConfChangeInProgress": errors.ConfChangeInProgress,
+    "Rejected": errors.Rejected, "ConfigError": errors.ConfigError, "Timeout": errors.Timeout,
+    "Stopped": errors.Stopped, "NotLeader": errors.NotLeader,
+}
+
+
+def _membership_error(response: Message) -> errors.EngineError:
+    """The typed error a node reported for a membership op (engine.aio.node._error_payload):
+    REJECTED is a definite no, UNKNOWN an unknown outcome (Timeout)."""
+    try:
+        body = json.loads(response.context)
+        name, message = str(body["error"]), str(body["message"])
+    except (ValueError, TypeError, KeyError):
+        name, message = "", response.context.decode(errors="replace")
+    if response.status == ClientStatus.UNKNOWN:
+        return errors.Timeout(message or "outcome unknown")
+    return _MEMBERSHIP_ERRORS.get(name, errors.Rejected)(message)

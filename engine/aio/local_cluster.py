@@ -6,6 +6,12 @@
         await cluster.stop(2); await cluster.restart(2)
         await cluster.partition({1}, {2, 3}); await cluster.heal()
 
+Membership (Raft): `await cluster.add_node(witness=False)` starts a node that joins the
+running cluster (NodeConfig(join=True)) and asks the leader to add it (learner, catch-up,
+promotion); `await cluster.remove_node(node_id)` asks the leader to remove one (it goes
+quiet, status()["removed"]). Each node keeps the NodeConfig it first started with, so a
+restart sees the same bootstrap configuration (the log and snapshots hold the changes).
+
 `stop(node_id)` is a crash: the node vanishes mid-flight and a restart recovers only what it
 had persisted (its WAL with data_dir set; its in-memory storage otherwise — kept by the cluster
 so an in-memory node restarts like one with a disk, which Raft requires for safety).
@@ -61,10 +67,16 @@ class LocalCluster:
         self.members = {node_id: f"{host}:{port}" for node_id, port in enumerate(ports, 1)}
         self._node_options = node_options
         self._storages: dict[int, MemoryStorage] = {}
+        # The NodeConfig each node first started with (its bootstrap configuration must not
+        # change across restarts, Raft thesis §4.1).
+        self._configs: dict[int, NodeConfig] = {}
         self.nodes: dict[int, Node] = {}
         self._groups: list[set[int]] | None = None
 
     def config(self, node_id: int) -> NodeConfig:
+        known = self._configs.get(node_id)
+        if known is not None:
+            return known
         data_dir = None if self.data_dir is None else os.path.join(self.data_dir, f"n{node_id}")
         return NodeConfig(
             node_id=node_id, members=dict(self.members), protocol=self.protocol,
@@ -79,7 +91,8 @@ class LocalCluster:
         storage = None
         if self.data_dir is None:
             storage = self._storages.setdefault(node_id, MemoryStorage())
-        node = Node(self.config(node_id), self.state_machine_factory(), storage=storage)
+        config = self._configs.setdefault(node_id, self.config(node_id))
+        node = Node(config, self.state_machine_factory(), storage=storage)
         await node.start()
         self.nodes[node_id] = node
         if self._groups is not None:
@@ -97,6 +110,54 @@ class LocalCluster:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
+
+    # ------------------------------------------------------------------ membership
+
+    async def start_joining(self, node_id: int | None = None, *, witness: bool = False) -> Node:
+        """Start a new node as a learner of this cluster (NodeConfig(join=True)): it gets no
+        vote until the leader adds and promotes it (add_node does both)."""
+        if node_id is None:
+            node_id = max(self.members) + 1
+        if node_id in self.members:
+            raise errors.ConfigError(f"node {node_id} is already in this cluster")
+        host = self.members[min(self.members)].rpartition(":")[0]
+        self.members[node_id] = f"{host}:{free_udp_ports(1, host)[0]}"
+        data_dir = None if self.data_dir is None else os.path.join(self.data_dir, f"n{node_id}")
+        self._configs[node_id] = NodeConfig(
+            node_id=node_id, members=dict(self.members), protocol=self.protocol,
+            data_dir=data_dir, cluster_key=self.cluster_key, join=True, witness=witness,
+            **self._node_options,
+        )
+        return await self._start_node(node_id)
+
+    async def add_node(self, node_id: int | None = None, *, witness: bool = False,
+                       learner: bool = False, timeout: float = 30.0) -> Node:
+        """start_joining, then the leader's Node.add_member (retried on NotLeader)."""
+        node = await self.start_joining(node_id, witness=witness)
+        await self._on_leader(timeout, lambda leader: leader.add_member(
+            node.node_id, self.members[node.node_id], learner=learner, witness=witness,
+            timeout=timeout))
+        return node
+
+    async def remove_node(self, node_id: int, *, timeout: float = 30.0) -> None:
+        """The leader's Node.remove_member(node_id) (retried on NotLeader); the node is no
+        longer counted in `members` (it stays running, quiet, until close())."""
+        self._node(node_id)
+        await self._on_leader(timeout, lambda leader: leader.remove_member(
+            node_id, timeout=timeout))
+        self.members.pop(node_id, None)
+
+    async def _on_leader(self, timeout: float, operation: Callable[[Node], Any]) -> Any:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            leader = await self.wait_leader(max(0.1, deadline - loop.time()))
+            try:
+                return await operation(leader)
+            except errors.NotLeader:
+                if loop.time() > deadline:
+                    raise
+                await asyncio.sleep(0.05)
 
     # ------------------------------------------------------------------ faults
 
@@ -137,7 +198,8 @@ class LocalCluster:
 
     def _apply_partition_to(self, node_id: int) -> None:
         assert self._groups is not None
-        mine = next(group for group in self._groups if node_id in group)
+        # A removed node (no longer in members) is cut off from everyone.
+        mine = next((group for group in self._groups if node_id in group), {node_id})
         others = set(self.members) - mine
         transport = self.nodes[node_id].transport
         if transport is not None:

@@ -58,7 +58,7 @@ from typing import Any, Protocol
 
 from engine import errors
 from engine.messages import AdminOp, ClientOp, ClientStatus, EntryKind, Message, MessageType
-from engine.types import NodeConfig, Ready, Snapshot
+from engine.types import NodeConfig, Ready, Snapshot, parse_address
 
 logger = logging.getLogger("engine.node")
 
@@ -67,6 +67,14 @@ _SWEEP_EVERY_TICKS = 10
 # A ReadIndex round not answered within this many ticks is retried with a new context.
 _READ_RETRY_TICKS = 20
 READ_MODES = ("linearizable", "lease", "stale")
+
+
+# ADMIN ops that change the membership (leader only; see "membership" below).
+_MEMBERSHIP_ADMIN_OPS = frozenset(
+    {AdminOp.ADD_MEMBER, AdminOp.REMOVE_MEMBER, AdminOp.PROMOTE_MEMBER})
+# A leader re-sends a removal notice this many times, once per heartbeat interval, to a node
+# it removed (a removed node never learns that its removal committed, thesis §4.2.3).
+_REMOVAL_NOTICES = 20
 
 
 # A turn waits at most this many loop iterations for datagrams still arriving (bounds the
@@ -100,11 +108,17 @@ def _make_core(config: NodeConfig, recovered: Any, applied: int = 0) -> Any:
     if config.protocol == "raft":
         from engine.raft.core import RaftConfig, RaftCore
 
+        # The bootstrap membership (the configuration at index 0, thesis §4.1); the log's
+        # CONFIG entries and a snapshot's configuration supersede it.
+        learners = config.bootstrap_learners()
         raft_config = RaftConfig(
-            node_id=config.node_id, voters=voters, timing=config.timing, limits=config.limits,
+            node_id=config.node_id, voters=tuple(v for v in voters if v not in learners),
+            timing=config.timing, limits=config.limits,
             pre_vote=config.pre_vote, check_quorum=config.check_quorum,
             check_invariants=config.check_invariants, seed=seed,
             lease_read=config.check_quorum, lease_drift_ticks=config.lease_drift_ticks,
+            learners=learners, witnesses=config.bootstrap_witnesses(),
+            addresses=tuple(sorted(config.members.items())),
         )
         snapshot = getattr(recovered, "snapshot", None)
         floor = getattr(recovered, "snapshot_index", 0)
@@ -148,6 +162,11 @@ def _state_machine_fork(state_machine: Any) -> Callable[[], bytes] | None:
         return None
     serialize: Callable[[], bytes] = fork()
     return serialize
+
+
+def _error_payload(exc: BaseException) -> bytes:
+    """An ADMIN_RESPONSE body naming the error's class, so a client re-raises the same type."""
+    return json.dumps({"error": type(exc).__name__, "message": str(exc)}).encode()
 
 
 def _open_storage(config: NodeConfig) -> Any:
@@ -233,6 +252,14 @@ class Node:
         self._tick_clock: deque[tuple[int, float]] = deque(
             maxlen=4 * config.timing.election_timeout_ticks
         )
+        # Membership (Raft thesis §4; see "membership" below): the configuration the
+        # transport's peer set follows, why this node was removed ("" while a member), this
+        # node's witness role, and the removal notices a leader still owes removed nodes.
+        self._track_membership = config.protocol == "raft"
+        self._membership_seen: Any = None
+        self._removed = ""
+        self._witness = config.node_id in config.bootstrap_witnesses()
+        self._removal_notices: dict[int, list[Any]] = {}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -249,10 +276,9 @@ class Node:
         self._synced_vote = (recovered.hard_state.term, recovered.hard_state.vote)
         self._applied = await self._restore_from(recovered)
         self._core = _make_core(self.config, recovered, self._applied)
-        peers = {
-            member_id: self.config.address_of(member_id)
-            for member_id in self.config.members if member_id != self.config.node_id
-        }
+        # Raft: the peers of the recovered configuration (thesis §4.1), not only the
+        # bootstrap members; later configurations are followed in _handle_ready.
+        peers = self._member_peers()
         self._transport = UdpTransport(
             self.config.node_id,
             self.config.address_of(self.config.node_id),
@@ -266,6 +292,8 @@ class Node:
         if self.config.data_dir is not None:
             self._storage_executor = ThreadPoolExecutor(1, thread_name_prefix="engine-wal")
         self._running = True
+        self._membership_seen = getattr(self._core, "membership", None)
+        self._check_removed_at_start()
         self._next_tick_at = self._loop.time()
         self._schedule_tick()
         self._schedule_turn()
@@ -356,6 +384,7 @@ class Node:
         if mode == "linearizable":
             return await self._enqueue_read(query, timeout)
         self._check_running()
+        self._refuse_witness_read()
         if mode == "stale":
             self.counters["stale_reads"] = self.counters.get("stale_reads", 0) + 1
             return self._query_now(bytes(query))
@@ -439,6 +468,7 @@ class Node:
     def _enqueue_read(self, query: bytes, timeout: float | None) -> asyncio.Future[bytes]:
         """Queue a read for this turn's shared ReadIndex round; the future is its answer."""
         self._check_running()
+        self._refuse_witness_read()
         assert self._loop is not None
         future: asyncio.Future[bytes] = self._loop.create_future()
         deadline = self._loop.time() + (timeout or self.config.request_timeout_s)
@@ -466,6 +496,11 @@ class Node:
             core_status = dict(self._core.status())
             core_status.pop("applied_index", None)
             status.update(core_status)
+        if self._track_membership:
+            # Thesis §4.2.3: a removed node goes quiet; say so (and why) instead of hiding.
+            status["removed"] = bool(self._removed)
+            if self._removed:
+                status["removed_reason"] = self._removed
         status["counters"] = dict(self.counters)
         if self._transport is not None:
             status["transport"] = self._transport.stats()
@@ -478,6 +513,8 @@ class Node:
             raise errors.Stopped(f"node stopped after a fatal error: {self._fatal!r}")
         if not self._running:
             raise errors.Stopped("node is not running")
+        if self._removed:
+            raise errors.MembershipError(self._removed)
 
     def _schedule_turn(self) -> None:
         if not self._turn_scheduled and self._loop is not None:
@@ -500,11 +537,15 @@ class Node:
         if not self._running:
             return
         self._ticks += 1
-        if not self._persisting:
+        if self._removed:
+            pass  # removed: the core never ticks again, so it never campaigns (thesis §4.2.3)
+        elif not self._persisting:
             self._core.tick()
             self._note_core_tick()
         else:
             self._pending_ticks += 1
+        if self._removal_notices:
+            self._send_removal_notices()
         if self._ticks % _SWEEP_EVERY_TICKS == 0:
             self._expire_requests()
         self._retry_reads()
@@ -611,6 +652,8 @@ class Node:
         self.counters["readies"] += 1
         if self._profiler is not None:  # profiler hook: sent, committed
             self._profiler.ready(ready)
+        if self._track_membership and self._core.membership is not self._membership_seen:
+            self._follow_membership()  # before sending: this Ready may address new members
         if ready.messages:
             self._transport.send(ready.messages)
         if ready.snapshot is not None:
@@ -681,15 +724,23 @@ class Node:
         state_machine = self.state_machine
         proposals = self._proposals
         normal = EntryKind.NORMAL
+        # A witness holds no payloads (engine.raft.core "Witnesses"): it applies nothing.
+        apply_normal = not self._witness
         for entry in entries:
             index = entry.index
             result: Any = b""
-            if entry.kind == normal:
-                try:
-                    result = state_machine.apply(index, entry.data)
-                except Exception as exc:  # the user's state machine: report, keep going
-                    logger.exception("state machine raised at index %d", index)
-                    result = errors.StateMachineError(f"apply at index {index} raised {exc!r}")
+            kind = entry.kind
+            if kind == normal:
+                if apply_normal:
+                    try:
+                        result = state_machine.apply(index, entry.data)
+                    except Exception as exc:  # the user's state machine: report, keep going
+                        logger.exception("state machine raised at index %d", index)
+                        result = errors.StateMachineError(
+                            f"apply at index {index} raised {exc!r}")
+            elif kind == EntryKind.CONFIG:
+                # Never applied to the state machine (like NOOP); see _on_config_committed.
+                self._on_config_committed(entry)
             self._applied = index
             pending = proposals.pop(index, None) if proposals else None
             if pending is None:
@@ -714,6 +765,9 @@ class Node:
         snapshot = getattr(recovered, "snapshot", None)
         if snapshot is None:
             return 0
+        if self._witness or self._snapshot_is_witness_own(snapshot):
+            self._witness = True
+            return int(snapshot.index)  # a witness restores no state machine data
         assert self._loop is not None
         await self._loop.run_in_executor(None, self.state_machine.restore, snapshot.data)
         return int(snapshot.index)
@@ -745,8 +799,12 @@ class Node:
             return False
         term = core.log.term(index)
         started = time.perf_counter()
-        serialize = _state_machine_fork(self.state_machine)
-        data = self.state_machine.snapshot() if serialize is None else b""
+        # A witness has no state machine data: its snapshots carry none (thesis §4 witness).
+        serialize = None if self._witness else _state_machine_fork(self.state_machine)
+        data = self.state_machine.snapshot() if serialize is None and not self._witness else b""
+        # Raft Figure 13 "last config": the snapshot carries the configuration at its index,
+        # so a restart from it (or a follower installing it) keeps the membership.
+        configuration = self._configuration_at(index)
         pause_ms = (time.perf_counter() - started) * 1000.0
         stats = self.snapshot_stats
         stats["last_pause_ms"] = pause_ms
@@ -765,25 +823,27 @@ class Node:
         if self._snapshot_executor is None:
             self._snapshot_executor = ThreadPoolExecutor(1, thread_name_prefix="engine-snap")
         written = self._loop.run_in_executor(
-            self._snapshot_executor, write, index, term, data, serialize
+            self._snapshot_executor, write, index, term, data, serialize, configuration
         )
         written.add_done_callback(lambda f: self._on_snapshot_written(f, floor, floor_term))
         return True
 
     def _write_snapshot(self, index: int, term: int, data: bytes,
-                        serialize: Callable[[], bytes] | None) -> Snapshot:
+                        serialize: Callable[[], bytes] | None,
+                        configuration: bytes = b"") -> Snapshot:
         """On the snapshot thread: serialise (if forked), checksum, write durably."""
         from engine.raft.snapshot import encode_snapshot
 
         started = time.perf_counter()
         if serialize is not None:
             data = serialize()
-        envelope = encode_snapshot(Snapshot(index, term, data))
-        self._storage.save_snapshot(Snapshot(index, term, data), envelope)
+        snapshot = Snapshot(index, term, data, configuration=configuration)
+        envelope = encode_snapshot(snapshot)
+        self._storage.save_snapshot(snapshot, envelope)
         self.snapshot_stats["last_write_s"] = time.perf_counter() - started
         self.snapshot_stats["last_bytes"] = len(envelope)
         # The core only needs the envelope (to send to followers), not a second copy.
-        return Snapshot(index, term, b"", envelope)
+        return Snapshot(index, term, b"", envelope, configuration=configuration)
 
     def _on_snapshot_written(self, written: asyncio.Future[Snapshot], floor: int,
                              floor_term: int) -> None:
@@ -822,7 +882,8 @@ class Node:
             envelope = snapshot.envelope or encode_snapshot(snapshot)
             self._storage.save_snapshot(snapshot, envelope)
             self._storage.compact(snapshot.index, snapshot.term)
-            self.state_machine.restore(snapshot.data)
+            if not self._witness:  # a witness's snapshots carry no state machine data
+                self.state_machine.restore(snapshot.data)
 
         def finish() -> None:
             self._applied = snapshot.index
@@ -1068,7 +1129,7 @@ class Node:
 
     def _reply_not_leader(self, request: Message, address: Any, leader_id: int | None) -> None:
         """NOT_LEADER carries the leader's id (reject_hint) and address (context)."""
-        hint = self.config.members.get(leader_id or 0, "")
+        hint = self._address_of(leader_id or 0)
         self._reply(request, address, ClientStatus.NOT_LEADER, hint.encode(), leader_id or 0)
 
     def _reply(self, request: Message, address: Any, status: int, context: bytes,
@@ -1093,6 +1154,12 @@ class Node:
         """
         if message.status == AdminOp.TRANSFER_LEADER:
             self._admin_transfer(message, address)
+            return
+        if message.status in _MEMBERSHIP_ADMIN_OPS:
+            self._admin_membership(message, address)
+            return
+        if message.status == AdminOp.MEMBER_REMOVED:
+            self._on_removal_notice(message)
             return
         if not self.config.allow_fault_injection:
             self._reply_admin(message, address, ClientStatus.REJECTED,
@@ -1136,7 +1203,7 @@ class Node:
                               b'transfer needs JSON {"to": node_id}')
             return
         if self._core.leader_id != self.config.node_id:
-            hint = self.config.members.get(self._core.leader_id or 0, "")
+            hint = self._address_of(self._core.leader_id or 0)
             self._reply_admin(message, address, ClientStatus.NOT_LEADER, hint.encode())
             return
 
@@ -1156,6 +1223,454 @@ class Node:
             MessageType.ADMIN_RESPONSE, src=self.config.node_id, dst=request.src,
             seq=request.seq, status=int(status), context=context,
         )])
+
+    # ---- membership (Raft thesis §4)
+    #
+    # The core does the protocol (engine/raft/membership.py, docs/interfaces.md "Membership
+    # changes"); this section is the driver's part:
+    #   * operations: add_member = add as learner, wait for catch-up, promote (joint
+    #     consensus, §4.3); remove_member; promote. One change at a time: the core's
+    #     ConfChangeInProgress is retried here until the deadline. Each waits for an OUTCOME
+    #     (the committed configuration has the wanted shape), so it also completes when
+    #     leadership moves and the new leader finishes the joint change.
+    #   * the transport's peer set follows the configuration in force, which takes effect
+    #     when appended (§4.1): _follow_membership runs before each Ready is sent;
+    #   * a removed node goes quiet (§4.2.3): once it applies a committed configuration that
+    #     removes it, or hears so from the leader (MEMBER_REMOVED: a removed follower is
+    #     never sent the entry that completes its removal), its core never ticks again and it
+    #     sends nothing; status() reports "removed".
+    #   * a witness applies no NORMAL entries, restores no snapshot data, serves no reads.
+
+    def members(self) -> dict[str, Any]:
+        """The configuration in force on this node: voters, old_voters (joint), learners,
+        witnesses, addresses, plus "index" (its CONFIG entry), "pending" (a change not yet
+        committed or still joint) and "removed". Paxos: the static members."""
+        core = self._core
+        if not self._track_membership or core is None:
+            return {
+                "voters": sorted(self.config.members), "old_voters": [], "learners": [],
+                "witnesses": [], "joint": False,
+                "addresses": {str(i): a for i, a in sorted(self.config.members.items())},
+                "index": 0, "pending": False, "removed": False,
+            }
+        view: dict[str, Any] = core.membership.to_dict()
+        view["index"] = core.membership_index
+        view["pending"] = core.conf_change_pending
+        view["removed"] = bool(self._removed)
+        return view
+
+    async def add_member(self, node_id: int, address: str, *, learner: bool = False,
+                         witness: bool = False, timeout: float | None = None
+                         ) -> dict[str, Any]:
+        """Add node `node_id` at `address` ("host:port"); returns members() once the final
+        configuration is committed. Start the new node first with NodeConfig(join=True[,
+        witness=True]) (or `serve --join`).
+
+        learner=True stops after the learner is added (thesis §4.2.1: it gets the log, never
+        votes). Otherwise the learner is promoted once its log is within
+        promote_max_lag_entries of the leader's (§4.2.1: so the cluster never waits for a
+        new voter to catch up) through joint consensus (§4.3). witness=True adds a witness
+        (stores log metadata only, never leads). Idempotent: a node that already is the
+        wanted kind of member at that address is not changed (a retry after Timeout).
+
+        Leader only. Raises NotLeader (leader_id / leader_address hint), MembershipError
+        (invalid or unsafe: already a different member, W1 broken, ...), Rejected (the entry
+        was overwritten by a new leader: nothing changed), Timeout (unknown: the change may
+        still complete), Stopped.
+        """
+        from engine.raft import membership as changes
+
+        core = self._membership_core()
+        try:
+            parse_address(address)
+        except errors.ConfigError as exc:
+            raise errors.MembershipError(f"node {node_id}: {exc}") from None
+        deadline = self._membership_deadline(timeout)
+        current = core.membership
+        if node_id in current.voters or node_id in current.learners:
+            self._check_same_member(node_id, address, witness)
+            await self._wait_committed(lambda m: node_id in m.members, deadline)
+        else:
+            entry = await self._propose_membership(
+                changes.add_learner(node_id, address, witness=witness), deadline)
+            await self._wait_committed(lambda m: node_id in m.members, deadline, entry)
+        if not learner:
+            await self._promote_when_caught_up(node_id, deadline)
+        return self.members()
+
+    async def promote(self, node_id: int, *, timeout: float | None = None) -> dict[str, Any]:
+        """Make learner `node_id` a voter once it is caught up (thesis §4.2.1, §4.3); returns
+        members() once C_new is committed. Errors as add_member."""
+        self._membership_core()
+        await self._promote_when_caught_up(node_id, self._membership_deadline(timeout))
+        return self.members()
+
+    async def remove_member(self, node_id: int, *, timeout: float | None = None
+                            ) -> dict[str, Any]:
+        """Remove `node_id` (voter: through joint consensus, §4.3; learner: one entry);
+        returns members() once the configuration without it is committed. Removing the
+        leader itself is allowed: it manages the change without counting itself and steps
+        down once C_new commits (§4.2.2). The removed node goes quiet (see above). Leader
+        only; errors as add_member (MembershipError for a non-member or the last voter)."""
+        from engine.raft import membership as changes
+
+        self._membership_core()
+        deadline = self._membership_deadline(timeout)
+        entry = await self._propose_membership(changes.remove(node_id), deadline)
+        await self._wait_committed(lambda m: node_id not in m.members, deadline, entry)
+        return self.members()
+
+    def _membership_core(self) -> Any:
+        """The Raft core, if membership operations may run here now; else raises."""
+        if not self._track_membership:
+            raise errors.MembershipError("membership changes need protocol='raft'")
+        self._check_running()
+        return self._core
+
+    def _membership_deadline(self, timeout: float | None) -> float:
+        assert self._loop is not None
+        # A change takes a few round trips plus catch-up: allow more than one request.
+        return self._loop.time() + (timeout or 3 * self.config.request_timeout_s)
+
+    def _not_leader(self) -> errors.NotLeader:
+        leader_id = self._core.leader_id or None
+        return errors.NotLeader(
+            f"node {self.config.node_id} is not the leader", leader_id=leader_id,
+            leader_address=self._address_of(leader_id or 0) or None)
+
+    def _check_same_member(self, node_id: int, address: str, witness: bool) -> None:
+        membership = self._core.membership
+        known = membership.address_map().get(node_id, "")
+        if (known and known != address) or membership.is_witness(node_id) != witness:
+            kind = "witness" if membership.is_witness(node_id) else "full member"
+            raise errors.MembershipError(
+                f"node {node_id} is already a member ({kind} at {known or '?'}); remove it "
+                "first (and wipe its data) to add it differently")
+
+    async def _propose_membership(self, op: Any, deadline: float) -> tuple[int, int]:
+        """Propose one change on the leader, retrying while another is in flight (one change
+        at a time, thesis §4.3); returns its CONFIG entry's (index, term)."""
+        assert self._loop is not None
+        tick_s = self.config.timing.tick_ms / 1000.0
+        while True:
+            self._check_running()
+            if str(self._core.role) != "leader":
+                raise self._not_leader()
+            try:
+                entry: tuple[int, int] = self._core.propose_conf_change(op)
+            except (errors.ConfChangeInProgress, errors.Overloaded) as exc:
+                # Another change (or a leadership transfer) is in flight: retry shortly.
+                if self._loop.time() > deadline:
+                    raise errors.Timeout(f"membership change not started in time: {exc}") from None
+                await asyncio.sleep(tick_s)
+                continue
+            except errors.NotLeader:
+                raise self._not_leader() from None
+            self._schedule_turn()
+            return entry
+
+    async def _wait_committed(self, wanted: Callable[[Any], bool], deadline: float,
+                              entry: tuple[int, int] | None = None) -> None:
+        """Wait until the configuration committed here satisfies `wanted` (whichever leader
+        committed it). `entry` = our CONFIG entry's (index, term): if another entry was
+        committed at its index, ours can never commit (Rejected: nothing changed)."""
+        assert self._loop is not None
+        tick_s = self.config.timing.tick_ms / 1000.0
+        while True:
+            core = self._core
+            commit = core.commit_index
+            if wanted(core.configuration_at(commit)) and not self._joint_at(commit):
+                return
+            if entry is not None and commit >= entry[0] and self._term_at(entry[0]) not in (
+                    entry[1], -1):
+                raise errors.Rejected(
+                    f"the configuration entry at {entry[0]} was replaced by a new leader's "
+                    "log: nothing changed")
+            if self._loop.time() > deadline:
+                raise errors.Timeout(
+                    "membership change not committed in time (it may still complete)")
+            self._check_running()
+            await asyncio.sleep(tick_s)
+
+    def _joint_at(self, index: int) -> bool:
+        return bool(self._core.configuration_at(index).joint)
+
+    def _term_at(self, index: int) -> int:
+        """The log's term at index, -1 if compacted away (then it was committed)."""
+        try:
+            return int(self._core.log.term(index))
+        except errors.LogIndexError:
+            return -1
+
+    async def _promote_when_caught_up(self, node_id: int, deadline: float) -> None:
+        """Thesis §4.2.1: promote a learner only once its log is (nearly) the leader's; the
+        core refuses earlier with MembershipError, which here means "wait"."""
+        from engine.raft import membership as changes
+
+        assert self._loop is not None
+        tick_s = self.config.timing.tick_ms / 1000.0
+
+        def promoted(m: Any) -> bool:
+            return node_id in m.voters
+
+        while True:
+            core = self._core
+            committed = core.configuration_at(core.commit_index)
+            if promoted(committed) and not committed.joint:
+                return
+            try:
+                if self._catching_up(node_id):
+                    raise errors.MembershipError(f"learner {node_id} is not caught up")
+                entry = await self._propose_membership(changes.promote(node_id), deadline)
+            except errors.MembershipError:
+                if not self._catching_up(node_id):
+                    raise
+                if self._loop.time() > deadline:
+                    raise errors.Timeout(
+                        f"learner {node_id} did not catch up in time (lag "
+                        f"{self._learner_lag(node_id)} entries)") from None
+                await asyncio.sleep(tick_s)
+                continue
+            await self._wait_committed(promoted, deadline, entry)
+            return
+
+    def _learner_lag(self, node_id: int) -> int | None:
+        progress = self._core.status().get("progress", {}).get(node_id)
+        return None if progress is None else self._core.log.last_index - progress["match"]
+
+    def _catching_up(self, node_id: int) -> bool:
+        """A learner that has not acknowledged anything yet (the core's lag rule alone would
+        promote a dead learner while the log is short: its lag is small), or whose lag is
+        above the promotion limit."""
+        core = self._core
+        if node_id not in core.membership.learners or str(core.role) != "leader":
+            return False
+        progress = core.status().get("progress", {}).get(node_id)
+        if progress is None or progress["match"] == 0:
+            return True
+        return bool(core.log.last_index - progress["match"] > core.config.promote_max_lag_entries)
+
+    def _admin_membership(self, message: Message, address: Any) -> None:
+        """ADD_MEMBER / REMOVE_MEMBER / PROMOTE_MEMBER from an operator (Client, CLI):
+        leader only (NOT_LEADER with the leader's address otherwise), answered when done."""
+        try:
+            spec = json.loads(message.context or b"{}")
+            node_id = int(spec["id"])
+            if not isinstance(spec, dict) or node_id <= 0:
+                raise ValueError
+        except (ValueError, TypeError, KeyError):
+            self._reply_admin(message, address, ClientStatus.REJECTED, _error_payload(
+                errors.MembershipError('membership ops need JSON {"id": positive node id}')))
+            return
+        if not self._track_membership or self._removed or not self._running:
+            reason = self._removed or "membership changes need protocol='raft'"
+            self._reply_admin(message, address, ClientStatus.REJECTED,
+                              _error_payload(errors.MembershipError(reason)))
+            return
+        if str(self._core.role) != "leader":
+            hint = self._address_of(self._core.leader_id or 0)
+            self._reply_admin(message, address, ClientStatus.NOT_LEADER, hint.encode())
+            return
+        op = message.status
+        try:  # the client's remaining time, so the answer comes before it gives up
+            timeout: float | None = min(max(float(spec.get("timeout", 0)), 0.0), 3600.0) or None
+        except (ValueError, TypeError):
+            timeout = None
+
+        async def change() -> dict[str, Any]:
+            if op == AdminOp.ADD_MEMBER:
+                return await self.add_member(
+                    node_id, str(spec.get("address", "")), learner=bool(spec.get("learner")),
+                    witness=bool(spec.get("witness")), timeout=timeout)
+            if op == AdminOp.PROMOTE_MEMBER:
+                return await self.promote(node_id, timeout=timeout)
+            return await self.remove_member(node_id, timeout=timeout)
+
+        async def run() -> None:
+            try:
+                result = await change()
+            except errors.NotLeader as exc:
+                self._reply_admin(message, address, ClientStatus.NOT_LEADER,
+                                  (exc.leader_address or "").encode())
+            except (errors.Rejected, errors.ConfigError) as exc:
+                self._reply_admin(message, address, ClientStatus.REJECTED, _error_payload(exc))
+            except errors.EngineError as exc:  # Timeout, Stopped: the outcome is unknown
+                self._reply_admin(message, address, ClientStatus.UNKNOWN, _error_payload(exc))
+            else:
+                self._reply_admin(message, address, ClientStatus.OK,
+                                  json.dumps(result).encode())
+
+        assert self._loop is not None
+        self._loop.create_task(run())
+
+    def _address_of(self, node_id: int) -> str:
+        """A member's "host:port": the configuration in force first (it may have been added
+        after this node started), then the bootstrap members; "" if unknown."""
+        if self._track_membership and self._core is not None:
+            return self._known_addresses().get(node_id, "")
+        return self.config.members.get(node_id, "")
+
+    def _known_addresses(self) -> dict[int, str]:
+        """Addresses from the bootstrap members and every configuration in the log (newer
+        ones win)."""
+        addresses = dict(self.config.members)
+        for _, membership in self._core.configurations():
+            addresses.update(membership.address_map())
+        return addresses
+
+    def _member_peers(self) -> dict[int, str]:
+        """The nodes this node may have to talk to, with their addresses: the members of the
+        committed configuration and of every configuration appended after it. A leader that
+        is not in C_new leads until C_new commits (thesis §4.2.2), so its followers, which
+        appended C_new, must still answer it. A removed node: none, so it sends nothing."""
+        if not self._track_membership:
+            return {i: a for i, a in self.config.members.items() if i != self.config.node_id}
+        if self._removed:
+            return {}
+        core = self._core
+        commit = core.commit_index
+        wanted = set(core.configuration_at(commit).members)
+        for index, membership in core.configurations():
+            if index > commit:
+                wanted |= membership.members
+        addresses = self._known_addresses()
+        wanted.discard(self.config.node_id)
+        return {member: addresses[member] for member in wanted if member in addresses}
+
+    def _configuration_at(self, index: int) -> bytes:
+        """Snapshot.configuration for a snapshot at `index` (b"" for Paxos)."""
+        if not self._track_membership:
+            return b""
+        from engine.raft.membership import encode_membership
+
+        return encode_membership(self._core.configuration_at(index))
+
+    def _snapshot_is_witness_own(self, snapshot: Any) -> bool:
+        """At start, before the core exists: does the snapshot's configuration make this node
+        a witness (it then restores no state machine data)?"""
+        if not self._track_membership or not getattr(snapshot, "configuration", b""):
+            return False
+        from engine.raft.membership import decode_membership
+
+        try:
+            return decode_membership(snapshot.configuration).is_witness(self.config.node_id)
+        except errors.DecodeError:
+            return False  # the core refuses it with a clear error right after
+
+    def _follow_membership(self) -> None:
+        """A new configuration is in force (appended, or reverted by a truncation, §4.1):
+        the transport learns new members' addresses and forgets removed ones."""
+        core = self._core
+        self._membership_seen = core.membership
+        self._witness = self._witness or bool(core.is_witness)
+        self._transport.update_peers(self._member_peers())
+        for member in [m for m in self._removal_notices if m in core.membership.members]:
+            del self._removal_notices[member]  # re-added: no longer removed
+
+    def _on_config_committed(self, entry: Any) -> None:
+        """A committed CONFIG entry is applied (in log order). If it takes this node out of
+        the cluster, go quiet; a leader notes the nodes it removed, to tell them."""
+        from engine.raft.membership import decode_membership
+
+        index = entry.index
+        core = self._core
+        new = decode_membership(entry.data)
+        # Committed: members only the superseded configuration had are forgotten now.
+        self._transport.update_peers(self._member_peers())
+        before = core.configuration_at(index - 1)
+        # The bootstrap configuration of a node that joined is not history (it names the
+        # voters of when it joined): only real configurations count as "was a member".
+        real_before = not (self.config.join and self._config_index_before(index) == 0)
+        me = self.config.node_id
+        if (real_before and me in before.members and me not in new.voters
+                and me not in new.learners and str(core.role) != "leader"):
+            # C_old,new without us in C_new (or a simple config without us) is committed: the
+            # change completes without us (thesis §4.2.2; etcd stops a removed member here).
+            # A leader leaving keeps managing until C_new commits, then steps down first.
+            self._go_quiet(f"node {me} was removed from the cluster (configuration at {index})")
+            return
+        if str(core.role) == "leader" and real_before:
+            addresses = before.address_map()
+            for gone in before.members - new.members - {me}:
+                if gone in addresses:
+                    self._removal_notices[gone] = [addresses[gone], index, _REMOVAL_NOTICES]
+
+    def _config_index_before(self, index: int) -> int:
+        """The index of the CONFIG entry in force at index - 1 (0: the bootstrap one)."""
+        found = 0
+        for config_index, _ in self._core.configurations():
+            if config_index < index:
+                found = config_index
+        return found
+
+    def _check_removed_at_start(self) -> None:
+        """A node restarted after its removal was compacted into its snapshot: the snapshot's
+        configuration (and every later one in the log) lacks it. Joined nodes are skipped
+        (their bootstrap names other voters); replayed CONFIG entries cover the rest."""
+        if not self._track_membership or self.config.join:
+            return
+        core = self._core
+        me = self.config.node_id
+        base_index, _ = core.configurations()[0]
+        if base_index > 0 and me not in core.membership.members:
+            self._go_quiet(f"node {me} was removed from the cluster (snapshot at {base_index})")
+
+    def _send_removal_notices(self) -> None:
+        """Leader: tell nodes it removed that their removal committed, once per heartbeat
+        interval, a bounded number of times (they are no longer sent any entry)."""
+        if str(self._core.role) != "leader" or self._removed:
+            self._removal_notices.clear()
+            return
+        if self._ticks % self.config.timing.heartbeat_interval_ticks:
+            return
+        for member, notice in list(self._removal_notices.items()):
+            address, index, left = notice
+            self._transport.send_to_address(parse_address(address), [Message(
+                MessageType.ADMIN, src=self.config.node_id, dst=member,
+                status=int(AdminOp.MEMBER_REMOVED), context=json.dumps({"index": index}).encode(),
+            )])
+            notice[2] = left - 1
+            if left <= 1:
+                del self._removal_notices[member]
+
+    def _on_removal_notice(self, message: Message) -> None:
+        """MEMBER_REMOVED from the leader (authenticated like all traffic). Refused if this
+        node's own log holds a newer configuration that includes it (an id re-added)."""
+        if not self._track_membership or self._removed or self._core is None:
+            return
+        try:
+            index = int(json.loads(message.context)["index"])
+        except (ValueError, TypeError, KeyError):
+            return
+        core = self._core
+        me = self.config.node_id
+        membership = core.membership
+        if core.membership_index >= index and (me in membership.voters
+                                               or me in membership.learners):
+            return
+        if str(core.role) == "leader":
+            return
+        self._go_quiet(f"node {me} was removed from the cluster (configuration at {index}, "
+                       f"told by leader {message.src})")
+
+    def _go_quiet(self, reason: str) -> None:
+        """Thesis §4.2.3: a removed node that keeps running only disrupts. Stop ticking the
+        core (no campaigns), forget every peer (nothing is sent), fail pending requests;
+        status and client STATUS still answer, reporting "removed"."""
+        if self._removed:
+            return
+        logger.warning("%s: going quiet", reason)
+        self._removed = reason
+        self._removal_notices.clear()
+        if self._transport is not None:
+            self._transport.update_peers({})
+        self._fail_everything(errors.MembershipError(reason))
+
+    def _refuse_witness_read(self) -> None:
+        if self._witness:
+            raise errors.Rejected(
+                f"node {self.config.node_id} is a witness: it holds no state machine data; "
+                "read from a full member")
 
     # ------------------------------------------------------------------ timeouts and errors
 

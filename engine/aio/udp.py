@@ -78,6 +78,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import ipaddress
 import itertools
 import logging
 import random
@@ -152,6 +153,15 @@ def as_address(address: Address | str) -> Address:
         return parse_address(address)
     host, port = address
     return str(host), int(port)
+
+
+def _is_numeric_host(host: str) -> bool:
+    """An IPv4/IPv6 literal (usable by sendto as is, no name lookup)."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 @dataclass
@@ -325,6 +335,43 @@ class UdpTransport:
                 resolved[peer_id] = await self._resolve(self._loop, address, family)
         self._configured_peers = configured
         self._peer_addresses = resolved
+
+    def update_peers(self, peers: Mapping[int, Address | str]) -> None:
+        """Make `peers` the peer set now (membership changes, Raft thesis §4.1: the driver
+        calls this as each configuration takes effect): new or moved peers are added,
+        peers not named are forgotten. Numeric addresses take effect at once; a host name is
+        resolved in the background (messages to it are dropped as unknown_destination until
+        then). Unlike set_peers this never waits, so the driver can call it mid-turn."""
+        configured = {int(k): as_address(v) for k, v in peers.items()}
+        configured.pop(self.node_id, None)
+        for peer_id in [p for p in self._peer_addresses if p not in configured]:
+            del self._peer_addresses[peer_id]
+        for peer_id, address in configured.items():
+            if self._configured_peers.get(peer_id) == address and (
+                    peer_id in self._peer_addresses):
+                continue
+            if _is_numeric_host(address[0]):
+                self._peer_addresses[peer_id] = address
+            elif self._loop is not None and self._transport is not None:
+                self._loop.create_task(self._resolve_peer(peer_id, address))
+        self._configured_peers = configured
+
+    def remove_peer(self, peer_id: int) -> None:
+        """Forget one peer (a removed member): messages to it are dropped from now on."""
+        self._configured_peers.pop(peer_id, None)
+        self._peer_addresses.pop(peer_id, None)
+
+    async def _resolve_peer(self, peer_id: int, address: Address) -> None:
+        assert self._loop is not None and self._transport is not None
+        family = self._transport.get_extra_info("socket").family
+        try:
+            resolved = await self._resolve(self._loop, address, family)
+        except OSError as exc:
+            logger.warning("udp %d: cannot resolve peer %d at %s: %s", self.node_id, peer_id,
+                           address, exc)
+            return
+        if self._configured_peers.get(peer_id) == address:  # still wanted
+            self._peer_addresses[peer_id] = resolved
 
     def close(self) -> None:
         """Close the socket; queued, delayed and partial data is discarded. Idempotent."""
