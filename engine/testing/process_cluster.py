@@ -340,28 +340,34 @@ class ProcessCluster:
         offset, last = 0, None
         while offset + _WAL_FRAME.size <= len(data):
             length = _WAL_FRAME.unpack_from(data, offset)[0]
+            if length == 0:
+                break   # the preallocated zeros after the last record
             end = offset + _WAL_FRAME.size + length
             if end > len(data):
                 break
             last = (offset, end)
             offset = end
-        if last is None or offset != len(data):
+        if last is None or data[offset:].strip(b"\0"):
             return 0  # not a clean tail: leave it to the WAL's own checks
         record = bytearray(data[last[0]:last[1]])
         if rng.random() < 0.5:
-            # Torn: a strict prefix of the record (at least one byte, never all of it).
-            tail = bytes(record[:rng.randrange(1, len(record))])
+            # Torn: a strict prefix of the record, at least its (non-zero) length field and
+            # never all of it.
+            tail = bytes(record[:rng.randrange(_WAL_FRAME.size - 5, len(record))])
         else:
             # Flipped bit anywhere but the length field (a shorter length would make the record
             # end before end of file: corruption by design, not a torn tail; wal.py docstring).
             position = rng.randrange(4, len(record))
             record[position] ^= 1 << rng.randrange(8)
             tail = bytes(record)
-        with open(path, "ab") as stream:
+        with open(path, "r+b") as stream:
+            stream.seek(offset)   # right after the last record, over preallocated zeros
             stream.write(tail)
             stream.flush()
             os.fsync(stream.fileno())
-        return len(tail)
+        # What the WAL must cut: zeros at the end of the damage are indistinguishable from the
+        # preallocated space after it (wal.py), which the WAL cuts without counting.
+        return len(tail.rstrip(b"\0"))
 
     def wal_cut_check(self, node_id: int) -> int:
         """Open a COPY of the node's WAL (engine.aio.wal) and return the bytes it cuts."""

@@ -24,8 +24,11 @@ def make_entries(first: int, count: int, term: int, size: int = 10, kind: int = 
 
 
 def reopen(directory: Path, segment_bytes: int = DEFAULT_SEGMENT_BYTES,
-           fsync: bool = True) -> tuple[WriteAheadLog, RecoveredState]:
-    wal = WriteAheadLog(directory, segment_bytes=segment_bytes, fsync=fsync)
+           fsync: bool = True, preallocate: bool = False) -> tuple[WriteAheadLog, RecoveredState]:
+    """Most tests look at the on-disk format byte by byte: without preallocated zeros
+    (test_preallocated_* cover those)."""
+    wal = WriteAheadLog(directory, segment_bytes=segment_bytes, fsync=fsync,
+                        preallocate=preallocate)
     return wal, wal.open()
 
 
@@ -168,8 +171,9 @@ def test_unsynced_saves_are_synced_by_the_next_roll_or_close(
     old_segment = wal._fd
     wal.segment_bytes = 1                         # the next save rolls
     wal.save(make_entries(4, 21, term=1), None)
-    # the old segment's unsynced tail first, then the new header, then the save itself
-    assert synced[1] == old_segment and len(synced) == 4
+    # the old segment's unsynced tail first, then the save itself (the new segment's header
+    # and the directory go through os.fsync)
+    assert synced[1] == old_segment and len(synced) == 3
     assert len(segments(tmp_path)) == 2
     wal.segment_bytes = 1 << 20
     wal.save([], HardState(1, 1, 24), sync=False)
@@ -179,6 +183,38 @@ def test_unsynced_saves_are_synced_by_the_next_roll_or_close(
     _, recovered = reopen(tmp_path)
     assert recovered.hard_state == HardState(1, 1, 24)
     assert [e.index for e in recovered.entries] == list(range(1, 25))
+
+
+def test_preallocated_segments_restart_roll_and_cut_torn_tails(tmp_path: Path) -> None:
+    """Segments get their whole size up front; records are written in place, replay stops at
+    the zeros after them (not counted as torn), a roll cuts the full segment to its records
+    (only the last segment may end in zeros) and a torn save over the zeros is cut."""
+    wal, _ = reopen(tmp_path, segment_bytes=4096, preallocate=True)
+    wal.save(make_entries(1, 5, term=1), HardState(1, 1, 0))
+    (first,) = segments(tmp_path)
+    assert first.stat().st_size == 4096
+    wal.close()
+    wal, recovered = reopen(tmp_path, segment_bytes=4096, preallocate=True)
+    assert [e.index for e in recovered.entries] == [1, 2, 3, 4, 5]
+    assert recovered.truncated_bytes == 0
+    assert first.stat().st_size == 4096          # preallocated again after the cut
+    wal.save(make_entries(6, 200, term=1), None)  # past segment_bytes: the next save rolls
+    used = wal._segment_size
+    wal.save(make_entries(206, 1, term=1), HardState(1, 1, 200))
+    assert len(segments(tmp_path)) == 2
+    assert first.stat().st_size == used           # no zeros left in a non-last segment
+    assert segments(tmp_path)[1].stat().st_size == 4096
+    wal.close()
+    # A torn save over the zeros of the last segment: cut, counted, nothing else lost.
+    last = segments(tmp_path)[1]
+    data = bytearray(last.read_bytes())
+    end = len(data.rstrip(b"\0"))
+    data[end:end + 7] = b"\x30\x00\x00\x00\xaa\xbb\xcc"
+    last.write_bytes(bytes(data))
+    _, recovered = reopen(tmp_path, segment_bytes=4096, preallocate=True)
+    assert [e.index for e in recovered.entries] == list(range(1, 207))
+    assert recovered.truncated_bytes == 7
+    assert recovered.hard_state == HardState(1, 1, 200)
 
 
 def test_fsync_false_never_syncs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -270,7 +306,8 @@ def test_torn_tail_at_every_byte_is_cut(tmp_path: Path) -> None:
         wal, recovered = reopen(directory)
         assert recovered.entries == survivors, cut
         assert recovered.hard_state == HardState(1, 1, 2), cut
-        assert recovered.truncated_bytes == cut - boundary
+        # Zeros at the end of the cut are not counted (they could be preallocated space).
+        assert recovered.truncated_bytes == len(full[boundary:cut].rstrip(b"\0"))
         assert segments(directory)[0].stat().st_size == boundary
         # The log goes on after the cut, and a second restart sees it.
         wal.save(make_entries(6, 1, term=3), None)
@@ -380,7 +417,8 @@ def test_torn_header_of_the_last_segment_removes_it(tmp_path: Path) -> None:
     torn.write_bytes(b"\x05\x00")
     wal, recovered = reopen(tmp_path, segment_bytes=100)
     assert recovered.entries == make_entries(1, 10, term=1)
-    assert recovered.truncated_bytes == 2 and not torn.exists()
+    # b"\x05\x00": the zero is not counted (it could be preallocated space).
+    assert recovered.truncated_bytes == 1 and not torn.exists()
     wal.save(make_entries(11, 1, term=1), None)
     wal.close()
     _, recovered = reopen(tmp_path)
