@@ -371,6 +371,12 @@ class PaxosCore:
         # with the replica that sent it (answered once the install is durable).
         self._snapshot_senders: dict[int, SnapshotSender] = {}
         self._snapshot_receiver: SnapshotReceiver | None = None
+        # Who sends the transfer in progress and when it last advanced: a second sender (the
+        # leader and a replica answering our catch-up request) is refused while it does, or
+        # the two would reset each other's progress forever (sim seed 159, paxos swarm).
+        self._snapshot_source = 0
+        self._snapshot_progress_tick = 0
+        self._snapshot_rewinds: dict[int, tuple[int, int]] = {}   # peer -> (offset, tick)
         self._snapshot_waiting: tuple[Snapshot, int] | None = None
         self._pending_snapshot: Snapshot | None = None
 
@@ -1275,15 +1281,18 @@ class PaxosCore:
         # Lost chunks or acks: go back to the acknowledged offset (UDP). Longer than a round
         # trip; a transfer with no progress for many election timeouts is given up (the
         # receiver's next catch-up request starts a new one).
-        timing = self._timing
-        retransmit = max(2 * timing.heartbeat_interval_ticks, timing.election_timeout_ticks // 2)
-        give_up = 8 * timing.election_timeout_ticks
+        retransmit = self._snapshot_retransmit_ticks()
+        give_up = 8 * self._timing.election_timeout_ticks
         for peer, sender in list(self._snapshot_senders.items()):
             if self._ticks - sender.progress_tick >= give_up:
                 del self._snapshot_senders[peer]
             elif sender.maybe_retransmit(self._ticks, retransmit):
                 self.counters["snapshot_retransmits"] += 1
                 self._send_snapshot_chunks(peer, sender)
+
+    def _snapshot_retransmit_ticks(self) -> int:
+        timing = self._timing
+        return max(2 * timing.heartbeat_interval_ticks, timing.election_timeout_ticks // 2)
 
     def _on_snapshot_response(self, m: Any) -> None:
         sender = self._snapshot_senders.get(m.src)
@@ -1302,7 +1311,16 @@ class PaxosCore:
                 self._resume_peer(m.src, m.index)
             return
         if m.reject and m.seq < sender.acked:
-            # It lost its partial copy (restart, bad checksum): start over there.
+            # It lost its partial copy (restart, bad checksum): start over there, once per
+            # offset and retransmit interval — every chunk of the window resent would draw the
+            # same reject again, and rewinding on each one multiplies the traffic (sim seed
+            # 355, paxos swarm: a storm of 50,000 events).
+            rewound = self._snapshot_rewinds.get(m.src)
+            if (rewound is not None and rewound[0] == m.seq
+                    and self._ticks - rewound[1] < self._snapshot_retransmit_ticks()):
+                self._count_ignored("repeated snapshot rewind")
+                return
+            self._snapshot_rewinds[m.src] = (m.seq, self._ticks)
             sender.acked = sender.next_offset = m.seq
         if not sender.on_ack(m.seq, m.reject, self._ticks):
             self._count_ignored("bogus snapshot response")
@@ -1331,6 +1349,16 @@ class PaxosCore:
             return
         receiver = self._snapshot_receiver
         if receiver is None or not receiver.matches(m.index, m.log_term, total):
+            if (receiver is not None and m.src != self._snapshot_source
+                    and self._ticks - self._snapshot_progress_tick
+                    < self._timing.election_timeout_ticks):
+                # Another transfer is advancing: this sender stops (it starts over if our
+                # next catch-up request still falls below its first slot).
+                self._count_ignored("snapshot chunk from a second sender")
+                self._messages.append(Message(
+                    _MT.SNAPSHOT_RESPONSE, self.node_id, m.src, self.promised, index=m.index,
+                    reject=True, status=_SNAPSHOT_REFUSED))
+                return
             if total > self._limits.max_snapshot_bytes:
                 self._count_ignored("snapshot above max_snapshot_bytes")
                 self._messages.append(Message(
@@ -1338,7 +1366,10 @@ class PaxosCore:
                     reject=True, status=_SNAPSHOT_REFUSED))
                 return
             receiver = self._snapshot_receiver = SnapshotReceiver(m.index, m.log_term, total)
+            self._snapshot_source = m.src
         in_order = receiver.add(offset, chunk)
+        if in_order:
+            self._snapshot_progress_tick = self._ticks
         if not receiver.complete:
             self._messages.append(Message(_MT.SNAPSHOT_RESPONSE, self.node_id, m.src,
                                           self.promised, index=m.index, seq=receiver.received,

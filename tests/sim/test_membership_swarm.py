@@ -21,6 +21,8 @@ from __future__ import annotations
 import os
 import time
 
+import pytest
+
 from engine.testing.sim import SimulationFailure, SwarmResult, run_swarm
 
 SEEDS = int(os.environ.get("ENGINE_SIM_MEMBERSHIP_SEEDS", "300"))
@@ -29,12 +31,20 @@ ONLY_SEED = os.environ.get("ENGINE_SIM_SEED")
 OFFSET = 100_000
 
 
+# Two halves, so that pytest-xdist can run them on two workers; each half must meet the
+# coverage bars on its own.
+_ALL = [OFFSET + i for i in range(SEEDS)]
+HALVES = [[int(ONLY_SEED)]] if ONLY_SEED is not None else [
+    _ALL[: SEEDS // 2], _ALL[SEEDS // 2 :]
+]
+
+
 def _run(seed: int) -> SwarmResult:
     return run_swarm(seed, fault_time_ms=5_000, max_events=5_000, membership=True)
 
 
-def test_membership_swarm() -> None:
-    seeds = [int(ONLY_SEED)] if ONLY_SEED is not None else [OFFSET + i for i in range(SEEDS)]
+@pytest.mark.parametrize("seeds", HALVES, ids=lambda seeds: f"{seeds[0]}-{seeds[-1]}")
+def test_membership_swarm(seeds: list[int]) -> None:
     started = time.perf_counter()
     failures: list[str] = []
     results: list[SwarmResult] = []
