@@ -656,6 +656,10 @@ class Node:
             self._follow_membership()  # before sending: this Ready may address new members
         if ready.messages:
             self._transport.send(ready.messages)
+            if ready.entries:
+                # Out now, not at the end of the loop turn: the write below blocks the loop,
+                # and followers should write in parallel with it (Raft thesis §10.2.1).
+                self._transport.flush()
         if ready.snapshot is not None:
             self._persist_snapshot_ready(ready)
             return
@@ -715,7 +719,9 @@ class Node:
     def _after_persist(self, ready: Ready) -> None:
         """The Ready's entries and hard state are on disk: promises may go out."""
         if ready.messages_after_persist:
+            # Acks and votes: the turn is their batch, so they need not wait for the loop.
             self._transport.send(ready.messages_after_persist)
+            self._transport.flush()
         self._core.advance(ready)
         if self._snapshot_policy:
             self._maybe_snapshot(ready.committed_entries)
