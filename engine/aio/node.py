@@ -202,6 +202,7 @@ class Node:
         self._ticks = 0
         self._pending_ticks = 0  # ticks that arrived while a write was in flight
         self._next_tick_at = 0.0
+        self._tick_scale = 1.0   # clock-rate skew, fault injection only (ADMIN SET_FAULTS)
         self._turn_scheduled = False
         self._received_since_turn = 0   # datagram batches received since the last turn
         self._turn_deferrals = 0
@@ -526,7 +527,7 @@ class Node:
         # tick_scale (fault injection only, set by ADMIN SET_FAULTS) stretches or shrinks the
         # tick interval: this node's logical clock runs slower (> 1) or faster (< 1) than its
         # peers', the clock-rate skew that leases must tolerate (Raft thesis §6.4.1).
-        tick_s = self.config.timing.tick_ms / 1000.0 * getattr(self, "_tick_scale", 1.0)
+        tick_s = self.config.timing.tick_ms / 1000.0 * self._tick_scale
         self._next_tick_at += tick_s
         now = self._loop.time()
         if self._next_tick_at < now - 10 * tick_s:  # the loop stalled: do not burst-tick
@@ -1179,7 +1180,7 @@ class Node:
                 # "tick_scale" (clock-rate skew): validated before anything changes; a spec
                 # with only it leaves the transport's filter (e.g. a partition) as it is.
                 skew_only = set(spec) == {"tick_scale"}
-                scale = float(spec.pop("tick_scale", getattr(self, "_tick_scale", 1.0)))
+                scale = float(spec.pop("tick_scale", self._tick_scale))
                 if not 0.1 <= scale <= 10.0:  # NaN fails too
                     raise ValueError(f"tick_scale must be in [0.1, 10], got {scale}")
                 if not skew_only:
