@@ -41,7 +41,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import numpy as np
@@ -553,21 +553,15 @@ async def _run_window(window: _Window, on_measure: Callable[[], None],
             await asyncio.sleep(max(0.0, min(0.25, next_edge - now)))
 
 
-async def _drive_library(node: Any, args: argparse.Namespace, pids: dict[str, int | None],
-                         profiler: Any) -> dict[str, Any]:
-    from engine.kv import commands
-
-    value = os.urandom(args.payload)
-    payloads = [commands.encode_put(b"key-%d" % i, value) for i in range(_KEY_SPACE)]
+async def _closed_loop(operation: Callable[[int], Awaitable[Any]], concurrency: int,
+                       measure_from: float, stop_at: float) -> tuple[list[int], int]:
+    """`concurrency` workers, each awaiting operation(i) back to back (i = its offset, then
+    += concurrency) until stop_at (loop time). Returns the latencies in ns of the operations
+    that finished inside [measure_from, stop_at) and the number that raised."""
     loop = asyncio.get_running_loop()
     perf = time.perf_counter_ns
-    window = _Window(args, loop.time())
-    measure_from, stop_at = window.measure_from, window.stop_at
     latencies: list[int] = []
     errors = 0
-    count = len(payloads)
-    concurrency = args.concurrency
-    meter = CpuMeter(pids)
 
     async def worker(offset: int) -> None:
         nonlocal errors
@@ -576,7 +570,7 @@ async def _drive_library(node: Any, args: argparse.Namespace, pids: dict[str, in
         while loop.time() < stop_at:
             t0 = perf()
             try:
-                await node.propose(payloads[i % count])
+                await operation(i)
             except Exception:
                 errors += 1
                 continue
@@ -584,6 +578,25 @@ async def _drive_library(node: Any, args: argparse.Namespace, pids: dict[str, in
             if measure_from <= finished < stop_at:
                 record(perf() - t0)
             i += concurrency
+
+    await asyncio.gather(*(worker(offset) for offset in range(concurrency)))
+    return latencies, errors
+
+
+async def _drive_library(node: Any, args: argparse.Namespace, pids: dict[str, int | None],
+                         profiler: Any) -> dict[str, Any]:
+    from engine.kv import commands
+
+    value = os.urandom(args.payload)
+    payloads = [commands.encode_put(b"key-%d" % i, value) for i in range(_KEY_SPACE)]
+    loop = asyncio.get_running_loop()
+    window = _Window(args, loop.time())
+    count = len(payloads)
+    meter = CpuMeter(pids)
+    load = asyncio.ensure_future(_closed_loop(
+        lambda i: node.propose(payloads[i % count]), args.concurrency,
+        window.measure_from, window.stop_at))
+    applied_at_start = node.counters["applied"]
 
     def on_measure() -> None:
         meter.start()
@@ -597,9 +610,9 @@ async def _drive_library(node: Any, args: argparse.Namespace, pids: dict[str, in
         if profiler is not None:
             profiler.stop()
 
-    workers = [asyncio.ensure_future(worker(i)) for i in range(concurrency)]
-    await _run_window(window, on_measure, on_stop, lambda: len(latencies))
-    await asyncio.gather(*workers)
+    await _run_window(window, on_measure, on_stop,
+                      lambda: node.counters["applied"] - applied_at_start)
+    latencies, errors = await load
     return {"histogram": histogram_from_ns(latencies), "errors": errors, "cpu": cpu}
 
 
@@ -724,27 +737,10 @@ async def _load_generator(spec: dict[str, Any]) -> dict[str, Any]:
         start = loop.time()
         measure_from = start + spec["warmup"]
         stop_at = measure_from + spec["duration"]
-        concurrency = spec["concurrency"]
-        perf = time.perf_counter_ns
         cpu_before = process_cpu_seconds(None)
-
-        async def worker(offset: int) -> None:
-            nonlocal errors
-            record = latencies.append
-            i = offset
-            while loop.time() < stop_at:
-                t0 = perf()
-                try:
-                    await client.put(keys[i % _KEY_SPACE], value)
-                except Exception:
-                    errors += 1
-                    continue
-                finished = loop.time()
-                if measure_from <= finished < stop_at:
-                    record(perf() - t0)
-                i += concurrency
-
-        await asyncio.gather(*(worker(i) for i in range(concurrency)))
+        latencies, errors = await _closed_loop(
+            lambda i: client.put(keys[i % _KEY_SPACE], value), spec["concurrency"],
+            measure_from, stop_at)
         cpu_after = process_cpu_seconds(None)
         counters = dict(client.counters)
     histogram = histogram_from_ns(latencies)
