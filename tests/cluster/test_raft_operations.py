@@ -87,9 +87,9 @@ async def test_far_behind_follower_installs_a_chunked_snapshot_despite_loss(
                        what="install and catch up")
         snapshots = node.status()["snapshots"]
         assert snapshots["installed"] >= 1
-        # A snapshot of at least 800 of the 1,000 ~110-byte keys went in 4 KB chunks (which
-        # snapshot the leader sends depends on timing: it snapshots every 200 entries).
-        assert leader.status()["snapshots"]["chunks_sent"] >= 20
+        # At least one whole snapshot went in 4 KB chunks; which one depends on timing (the
+        # leader snapshots every 200 entries), the smallest (200 ~110-byte keys) is 6 chunks.
+        assert leader.status()["snapshots"]["chunks_sent"] >= 6
         leader.transport.clear_fault_filter()
         assert node.state_machine == leader.state_machine
         if data_dir:

@@ -138,9 +138,9 @@ async def test_paxos_replica_behind_the_trim_catches_up_by_a_chunked_snapshot_de
         await wait_for(lambda: node.status()["applied_index"] >= last, timeout=20,
                        what="install and catch up")
         assert node.status()["snapshots"]["installed"] >= 1
-        # A snapshot of most of the ~110-byte keys went in 4 KB chunks (which snapshot is
-        # sent depends on timing: the leader snapshots every few hundred slots).
-        assert leader.status()["snapshots"]["chunks_sent"] >= 20
+        # At least one whole snapshot went in 4 KB chunks; which one depends on timing (the
+        # leader snapshots every 200 slots), the smallest (200 ~110-byte keys) is 6 chunks.
+        assert leader.status()["snapshots"]["chunks_sent"] >= 6
         leader.transport.clear_fault_filter()
         # The replica counts in phase 2 again: with the third node down, writes still commit.
         third = next(i for i in cluster.nodes if i not in (leader.node_id, lagging))
