@@ -101,6 +101,20 @@ class _PendingRead:
         self.deadline = deadline
 
 
+def _recovered_core_state(recovered: Any, applied: int, what: str) -> dict[str, Any]:
+    """The constructor keywords both cores take to restart from storage: hard state, the log
+    after the snapshot, the snapshot and where the log starts. A log trimmed with no snapshot
+    covering the trimmed part cannot restart (StorageError)."""
+    snapshot = getattr(recovered, "snapshot", None)
+    floor = getattr(recovered, "snapshot_index", 0)
+    if floor and snapshot is None:
+        raise errors.StorageError(f"the {what} are trimmed through {floor} but no snapshot "
+                                  "covers them")
+    return {"hard_state": recovered.hard_state, "entries": recovered.entries,
+            "applied": applied, "snapshot": snapshot,
+            "log_start": (floor, getattr(recovered, "snapshot_term", 0))}
+
+
 def _make_core(config: NodeConfig, recovered: Any, applied: int = 0) -> Any:
     """The protocol core for config.protocol; the driver is the same for every protocol."""
     seed = config.seed if config.seed is not None else (config.node_id ^ time.time_ns())
@@ -120,17 +134,7 @@ def _make_core(config: NodeConfig, recovered: Any, applied: int = 0) -> Any:
             learners=learners, witnesses=config.bootstrap_witnesses(),
             addresses=tuple(sorted(config.members.items())),
         )
-        snapshot = getattr(recovered, "snapshot", None)
-        floor = getattr(recovered, "snapshot_index", 0)
-        if floor and snapshot is None:
-            raise errors.StorageError(
-                f"the log is compacted through {floor} but no snapshot covers it"
-            )
-        return RaftCore(
-            raft_config, hard_state=recovered.hard_state, entries=recovered.entries,
-            applied=applied, snapshot=snapshot,
-            log_start=(floor, getattr(recovered, "snapshot_term", 0)),
-        )
+        return RaftCore(raft_config, **_recovered_core_state(recovered, applied, "log entries"))
     if config.protocol == "paxos":
         from engine.paxos import PaxosConfig, PaxosCore
 
@@ -139,17 +143,7 @@ def _make_core(config: NodeConfig, recovered: Any, applied: int = 0) -> Any:
             check_invariants=config.check_invariants, seed=seed,
             phase1_quorum=config.phase1_quorum, phase2_quorum=config.phase2_quorum,
         )
-        snapshot = getattr(recovered, "snapshot", None)
-        floor = getattr(recovered, "snapshot_index", 0)
-        if floor and snapshot is None:
-            raise errors.StorageError(
-                f"the slots are trimmed through {floor} but no snapshot covers them"
-            )
-        return PaxosCore(
-            paxos_config, hard_state=recovered.hard_state, entries=recovered.entries,
-            applied=applied, snapshot=snapshot,
-            log_start=(floor, getattr(recovered, "snapshot_term", 0)),
-        )
+        return PaxosCore(paxos_config, **_recovered_core_state(recovered, applied, "slots"))
     raise errors.ConfigError(f"unknown protocol {config.protocol!r}")
 
 

@@ -376,7 +376,6 @@ class PaxosCore:
         # the two would reset each other's progress forever (sim seed 159, paxos swarm).
         self._snapshot_source = 0
         self._snapshot_progress_tick = 0
-        self._snapshot_rewinds: dict[int, tuple[int, int]] = {}   # peer -> (offset, tick)
         self._snapshot_waiting: tuple[Snapshot, int] | None = None
         self._pending_snapshot: Snapshot | None = None
 
@@ -1310,18 +1309,12 @@ class PaxosCore:
             if self.role == Role.LEADER:
                 self._resume_peer(m.src, m.index)
             return
-        if m.reject and m.seq < sender.acked:
-            # It lost its partial copy (restart, bad checksum): start over there, once per
-            # offset and retransmit interval — every chunk of the window resent would draw the
-            # same reject again, and rewinding on each one multiplies the traffic (sim seed
-            # 355, paxos swarm: a storm of 50,000 events).
-            rewound = self._snapshot_rewinds.get(m.src)
-            if (rewound is not None and rewound[0] == m.seq
-                    and self._ticks - rewound[1] < self._snapshot_retransmit_ticks()):
-                self._count_ignored("repeated snapshot rewind")
-                return
-            self._snapshot_rewinds[m.src] = (m.seq, self._ticks)
-            sender.acked = sender.next_offset = m.seq
+        if m.reject and m.seq < sender.acked and not sender.restart_from(
+                m.seq, self._ticks, self._snapshot_retransmit_ticks()):
+            # Start over at most once per offset and retransmit interval (sim seed 355,
+            # paxos swarm: rewinding on every reject was a storm of 50,000 events).
+            self._count_ignored("repeated snapshot rewind")
+            return
         if not sender.on_ack(m.seq, m.reject, self._ticks):
             self._count_ignored("bogus snapshot response")
             return

@@ -1414,8 +1414,7 @@ class RaftCore:
             pr.probe_sent = True
             return
         if m.reject and m.seq < sender.acked:
-            # The follower lost its partial copy (restart, bad checksum): start over there.
-            sender.acked = sender.next_offset = m.seq
+            sender.restart_from(m.seq, self._ticks)
         if not sender.on_ack(m.seq, m.reject, self._ticks):
             self._count_ignored("bogus snapshot response")
             return

@@ -126,7 +126,7 @@ class SnapshotSender:
 
     __slots__ = (
         "index", "term", "envelope", "chunk_bytes", "window_chunks", "acked", "next_offset",
-        "progress_tick", "_gap_offset",
+        "progress_tick", "_gap_offset", "_restart",
     )
 
     def __init__(self, index: int, term: int, envelope: bytes, chunk_bytes: int,
@@ -140,6 +140,7 @@ class SnapshotSender:
         self.next_offset = 0    # the next byte to send
         self.progress_tick = now_tick
         self._gap_offset = -1   # the gap we already went back for (one resend per gap)
+        self._restart: tuple[int, int] | None = None   # (offset, tick) of the last restart_from
 
     @property
     def total(self) -> int:
@@ -170,6 +171,18 @@ class SnapshotSender:
             # same window report the same gap and must not each restart the window).
             self._gap_offset = offset
             self.next_offset = offset
+        return True
+
+    def restart_from(self, offset: int, now_tick: int, min_interval_ticks: int = 0) -> bool:
+        """The receiver lost its partial copy (restart, bad checksum) and wants `offset`, below
+        what it acknowledged: start over there. With min_interval_ticks, the same request
+        again within that many ticks is ignored (False): every chunk of the resent window can
+        draw it once more, and rewinding on each would multiply the traffic."""
+        last = self._restart
+        if last is not None and last[0] == offset and now_tick - last[1] < min_interval_ticks:
+            return False
+        self._restart = (offset, now_tick)
+        self.acked = self.next_offset = offset
         return True
 
     def maybe_retransmit(self, now_tick: int, retransmit_ticks: int) -> bool:
