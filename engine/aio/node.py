@@ -92,6 +92,35 @@ class StateMachine(Protocol):
     def restore(self, data: bytes) -> None: ...
 
 
+class _AnsweringFuture(asyncio.Future):  # type: ignore[type-arg]
+    """The outcome of a remote client's request: answers the client the moment it settles.
+
+    A plain future's done-callbacks run one loop turn later, after the rest of the turn that
+    settled it (the commit broadcast to the followers, the commit-index write). Measured with
+    one outstanding UDP write and fsync, that put 0.09 ms (p50) between apply and the reply.
+    Here the reply is queued synchronously, ahead of the turn's other datagrams.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop,
+                 answer: Callable[[asyncio.Future[bytes]], None]) -> None:
+        super().__init__(loop=loop)
+        self._answer = answer
+
+    def set_result(self, result: Any) -> None:
+        super().set_result(result)
+        self._answer(self)
+
+    def set_exception(self, exception: Any) -> None:
+        super().set_exception(exception)
+        self._answer(self)
+
+    def cancel(self, msg: Any = None) -> bool:
+        if not super().cancel(msg):
+            return False
+        self._answer(self)
+        return True
+
+
 class _PendingRead:
     __slots__ = ("query", "future", "deadline")
 
@@ -440,8 +469,18 @@ class Node:
         self._check_running()
         return self._start_snapshot()
 
-    def _enqueue_proposal(self, command: bytes, timeout: float | None) -> asyncio.Future[bytes]:
-        """Queue a proposal for this turn's batch; the future is its outcome (no task)."""
+    def _new_future(self, answer: Callable[[asyncio.Future[bytes]], None] | None
+                    ) -> asyncio.Future[bytes]:
+        assert self._loop is not None
+        if answer is None:
+            return self._loop.create_future()
+        return _AnsweringFuture(self._loop, answer)
+
+    def _enqueue_proposal(self, command: bytes, timeout: float | None,
+                          answer: Callable[[asyncio.Future[bytes]], None] | None = None
+                          ) -> asyncio.Future[bytes]:
+        """Queue a proposal for this turn's batch; the future is its outcome (no task).
+        `answer`, for a remote client, is called with the future the moment it settles."""
         self._check_running()
         if len(command) > self.config.limits.max_entry_bytes:
             raise errors.EntryTooLarge(
@@ -452,7 +491,7 @@ class Node:
         if len(self._proposals) + len(self._proposal_queue) >= limit:
             raise errors.Overloaded(f"{limit} proposals pending (Limits.max_pending_proposals)")
         assert self._loop is not None
-        future: asyncio.Future[bytes] = self._loop.create_future()
+        future = self._new_future(answer)
         deadline = self._loop.time() + (timeout or self.config.request_timeout_s)
         self._proposal_queue.append((bytes(command), future, deadline))
         if self._profiler is not None:  # profiler hook: queued
@@ -460,12 +499,14 @@ class Node:
         self._schedule_turn()
         return future
 
-    def _enqueue_read(self, query: bytes, timeout: float | None) -> asyncio.Future[bytes]:
+    def _enqueue_read(self, query: bytes, timeout: float | None,
+                      answer: Callable[[asyncio.Future[bytes]], None] | None = None
+                      ) -> asyncio.Future[bytes]:
         """Queue a read for this turn's shared ReadIndex round; the future is its answer."""
         self._check_running()
         self._refuse_witness_read()
         assert self._loop is not None
-        future: asyncio.Future[bytes] = self._loop.create_future()
+        future = self._new_future(answer)
         deadline = self._loop.time() + (timeout or self.config.request_timeout_s)
         self._read_queue.append(_PendingRead(bytes(query), future, deadline))
         self._schedule_turn()
@@ -649,12 +690,11 @@ class Node:
             self._profiler.ready(ready)
         if self._track_membership and self._core.membership is not self._membership_seen:
             self._follow_membership()  # before sending: this Ready may address new members
-        if ready.messages:
+        if ready.messages and (ready.entries or ready.snapshot is not None):
             self._transport.send(ready.messages)
-            if ready.entries:
-                # Out now, not at the end of the loop turn: the write below blocks the loop,
-                # and followers should write in parallel with it (Raft thesis §10.2.1).
-                self._transport.flush()
+            # Out now, not at the end of the loop turn: the write below blocks the loop,
+            # and followers should write in parallel with it (Raft thesis §10.2.1).
+            self._transport.flush()
         if ready.snapshot is not None:
             self._persist_snapshot_ready(ready)
             return
@@ -665,6 +705,12 @@ class Node:
             self._apply(ready.committed_entries)
             if self._profiler is not None:  # profiler hook: applied
                 self._profiler.applied(ready)
+        if not ready.entries:
+            # The remote callers' answers, queued as their futures settled, leave now, ahead
+            # of this Ready's commit broadcast and commit-index write.
+            self._transport.flush()
+            if ready.messages:
+                self._transport.send(ready.messages)
         for read_state in ready.read_states:
             self._on_read_state(read_state.index, read_state.context)
         for first, last, _term in ready.dropped:
@@ -1079,24 +1125,29 @@ class Node:
             return
         if not self._running:
             return
+        # No task per request: the answer goes out the moment the outcome settles.
+        def answer(done: asyncio.Future[bytes]) -> None:
+            self._reply_outcome(message, address, done)
+
         try:
             if op == ClientOp.WRITE:
                 leader_id = self._core.leader_id
                 if leader_id != self.config.node_id:
                     self._reply_not_leader(message, address, leader_id)
                     return
-                future = self._enqueue_proposal(message.context, None)
+                self._enqueue_proposal(message.context, None, answer)
             elif op == ClientOp.READ:
                 if not self._core.leader_id:
                     self._reply_not_leader(message, address, None)
                     return
                 # Message.index carries the read mode: READ_MODES[index] (0 = linearizable).
                 if message.index == 0:
-                    future = self._enqueue_read(message.context, None)
+                    self._enqueue_read(message.context, None, answer)
                 elif message.index < len(READ_MODES):
                     assert self._loop is not None
-                    future = self._loop.create_task(
-                        self.read(message.context, mode=READ_MODES[message.index]))
+                    self._loop.create_task(
+                        self.read(message.context, mode=READ_MODES[message.index])
+                    ).add_done_callback(answer)
                 else:
                     self._reply(message, address, ClientStatus.REJECTED, b"unknown read mode")
                     return
@@ -1105,9 +1156,6 @@ class Node:
                 return
         except errors.EngineError as exc:
             self._reply_error(message, address, exc)
-            return
-        # A callback, not a task per request: the answer goes out when the future settles.
-        future.add_done_callback(lambda done: self._reply_outcome(message, address, done))
 
     def _reply_outcome(self, message: Message, address: Any, done: asyncio.Future[bytes]
                        ) -> None:

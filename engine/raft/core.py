@@ -612,7 +612,7 @@ class RaftCore:
             self.applied_index = max(self.applied_index, ready.committed_entries[-1].index)
         if self.role == Role.LEADER and self._maybe_commit():
             # The leader's own fsync can complete a quorum (§10.2.1); tell the followers.
-            self._bcast_append()
+            self._bcast_commit()
         self._maybe_step_down_removed()
         self._maybe_check_invariants()
 
@@ -993,6 +993,8 @@ class RaftCore:
             self._count_ignored("heartbeat commit beyond log")
         else:
             self._commit_to(m.commit)
+        if not m.context:
+            return  # a commit notice (_bcast_commit): not a heartbeat round, no answer
         self._send(
             Message(_MT.HEARTBEAT_RESPONSE, self.node_id, m.src, self.term, context=m.context)
         )
@@ -1050,6 +1052,31 @@ class RaftCore:
     def _bcast_append(self) -> None:
         for peer in self.peers:
             self._maybe_send_append(peer, send_if_empty=True)
+
+    def _bcast_commit(self) -> None:
+        """The commit index advanced; the followers learn it from the leader (§5.3).
+
+        A follower with entries due gets them, the commit riding along, and a PROBE one its
+        probe, as etcd does. A REPLICATE follower with nothing due that holds every committed
+        entry gets a commit notice instead of etcd's empty APPEND: that APPEND's answer would
+        tell us nothing new and cost both sides a datagram per commit (one write outstanding:
+        4 of the leader's 10 datagrams per write). One still behind learns the commit with its
+        next append, or from the notice its ack earns when it reaches the commit index.
+        """
+        for peer in self.peers:
+            pr = self._progress.get(peer)
+            if pr is None:
+                continue
+            if pr.state != ProgressState.REPLICATE:
+                self._maybe_send_append(peer, send_if_empty=True)
+            elif (not self._maybe_send_append(peer, send_if_empty=False)
+                  and pr.match >= self.commit_index):
+                self._send_commit_notice(peer)
+
+    def _send_commit_notice(self, peer: int) -> None:
+        """A HEARTBEAT without a round context: the follower commits and does not answer.
+        Only for a peer known to hold the commit index (so commit = min(match, commit))."""
+        self._send(Message(_MT.HEARTBEAT, self.node_id, peer, self.term, commit=self.commit_index))
 
     def _maybe_send_append(self, peer: int, send_if_empty: bool) -> bool:
         """Sends the next batch of entries to peer unless its window is paused (etcd)."""
@@ -1122,6 +1149,7 @@ class RaftCore:
             self._on_append_reject(m, pr)
             return
         was_paused = pr.is_paused()
+        matched_before = pr.match
         updated = pr.maybe_update(m.index, self._ticks)
         if pr.state == ProgressState.SNAPSHOT and pr.match >= pr.snapshot.index:
             # The follower installed the snapshot (or has its entries anyway): probe from
@@ -1137,13 +1165,20 @@ class RaftCore:
             pr.inflights.free_le(m.index)
         if m.src == self.lead_transferee and pr.match == self.log.last_index:
             self._send_timeout_now(m.src)  # §3.10: the target is up to date
+        notify = False
         if self._maybe_commit():
-            self._bcast_append()
+            self._bcast_commit()
         elif was_paused:
             self._maybe_send_append(m.src, send_if_empty=True)
-        # Fill the window (pipelining, thesis §10.2.2).
+        else:
+            # The commit advanced while this ack was in flight: the follower was told a lower
+            # one, and now holds every committed entry (see _bcast_commit).
+            notify = matched_before < self.commit_index <= pr.match
+        # Fill the window (pipelining, thesis §10.2.2); an append carries the commit too.
         while self._maybe_send_append(m.src, send_if_empty=False):
-            pass
+            notify = False
+        if notify:
+            self._send_commit_notice(m.src)
         if (
             updated and self._witness_peers and m.src not in self._witness_peers
             and self.membership.is_voter(m.src)

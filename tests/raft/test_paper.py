@@ -369,6 +369,53 @@ def test_heartbeat_carries_commit_capped_by_match() -> None:
     assert beats == {2: core.commit_index, 3: 0}
 
 
+def test_commit_reaches_followers_as_unanswered_notices_once_they_hold_it() -> None:
+    # §5.3: followers learn the commit index from the leader. A follower in step gets a
+    # commit notice (a HEARTBEAT without a round context) that it does not answer; one whose
+    # ack was still in flight gets its notice when that ack reaches the commit index.
+    core = make_leader()
+    ack_all(core)
+    _, last, _ = core.propose([b"x"])
+    drain(core)
+    core.step(Message(MT.APPEND_RESPONSE, 2, 1, core.term, index=last))
+    assert core.commit_index == last
+    notices = sent(core)
+    assert [(m.type, m.dst, m.commit, m.context) for m in notices] == [
+        (MT.HEARTBEAT, 2, last, b"")]
+    core.step(Message(MT.APPEND_RESPONSE, 3, 1, core.term, index=last))
+    assert [(m.type, m.dst, m.commit, m.context) for m in sent(core)] == [
+        (MT.HEARTBEAT, 3, last, b"")]
+    # A repeated ack earns nothing more.
+    core.step(Message(MT.APPEND_RESPONSE, 3, 1, core.term, index=last))
+    assert sent(core) == []
+
+    follower = make_core(2, term=core.term, log_terms=(core.term,) * last)
+    follower.step(notices[0])
+    messages, after, committed = drain(follower)
+    assert follower.commit_index == last and messages == after == []
+    assert [e.index for e in committed] == list(range(1, last + 1))
+
+
+def test_commit_notice_waits_for_a_follower_to_hold_the_commit_index() -> None:
+    # Heartbeats cap the commit at the follower's match (etcd); notices are sent only where
+    # match >= commit, so a follower never hears of a commit beyond what it is known to hold.
+    core = make_leader()
+    ack_all(core)
+    _, first, _ = core.propose([b"x"])
+    _, second, _ = core.propose([b"y"])
+    drain(core)
+    core.step(Message(MT.APPEND_RESPONSE, 3, 1, core.term, index=first - 1))  # stale: ignored
+    core.step(Message(MT.APPEND_RESPONSE, 2, 1, core.term, index=first))
+    assert core.commit_index == first
+    assert [(m.type, m.dst, m.commit) for m in sent(core)] == [(MT.HEARTBEAT, 2, first)]
+    core.step(Message(MT.APPEND_RESPONSE, 3, 1, core.term, index=second))
+    assert core.commit_index == second
+    assert sorted((m.type, m.dst, m.commit) for m in sent(core)) == [
+        (MT.HEARTBEAT, 3, second)]
+    core.step(Message(MT.APPEND_RESPONSE, 2, 1, core.term, index=second))  # node 2 catches up
+    assert [(m.type, m.dst, m.commit) for m in sent(core)] == [(MT.HEARTBEAT, 2, second)]
+
+
 # --------------------------------------------------------------------- §5.4.2 commitment
 
 
