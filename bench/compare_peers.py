@@ -16,7 +16,8 @@ Scenarios (3 nodes on loopback, 100-byte values, the same for every system in a 
   single    fsync on, one external client, one write outstanding: engine vs etcd.
 
 Each system's run starts its own cluster (own data dirs in a temp dir) and stops every process
-it started by PID (SIGINT/SIGTERM, then SIGKILL) in a finally block, also on Ctrl-C. The table
+it started by PID (SIGINT/SIGTERM, then SIGKILL) in a finally block, also on Ctrl-C. Repetitions
+go round robin over the systems of a scenario (engine, peer, engine, peer, ...). The table
 shows medians over the repetitions and the ratio engine/peer (throughput: higher is better for
 engine; latency: lower is better for engine). Missing tools are installed: PySyncObj with pip,
 etcd/Go/etcd client sources with apt-get (Debian packages), the Go generator is built offline
@@ -565,12 +566,13 @@ def main(argv: list[str] | None = None) -> int:
         if "pysyncobj" in systems and "library" in scenarios:
             print(f"PySyncObj {ensure_pysyncobj()}")
         for scenario in scenarios:
-            results[scenario] = {}
-            for system in plan[scenario]:
-                if system.split("-")[0] not in systems:
-                    continue
-                runs = []
-                for repetition in range(args.repetitions):
+            chosen = [system for system in plan[scenario] if system.split("-")[0] in systems]
+            runs: dict[str, list[dict[str, Any]]] = {system: [] for system in chosen}
+            # Round robin (engine, peer, engine, peer, ...): a slow drift of the machine (its
+            # disk, its neighbours) then weighs on every system alike, not on whichever ran
+            # last.
+            for repetition in range(args.repetitions):
+                for system in chosen:
                     workdir = Path(tempfile.mkdtemp(prefix=f"{system}-", dir=workroot))
                     try:
                         if system == "engine":
@@ -581,11 +583,11 @@ def main(argv: list[str] | None = None) -> int:
                             run = run_etcd(procs, workdir, scenario, args, generator)
                     finally:
                         shutil.rmtree(workdir, ignore_errors=True)
-                    runs.append(run)
+                    runs[system].append(run)
                     print(f"{scenario:<9} {system:<17} #{repetition + 1}: "
                           f"{run['ops_per_s']:>10,.0f} ops/s  p50 {_num(run['p50'], 2)} ms  "
                           f"p99 {_num(run['p99'], 2)} ms  cpu {run['cpu']}", flush=True)
-                results[scenario][system] = summarize(runs)
+            results[scenario] = {system: summarize(runs[system]) for system in chosen}
     except KeyboardInterrupt:
         print("interrupted: stopping every process started", file=sys.stderr)
         return 130

@@ -24,6 +24,7 @@ from typing import Any
 from engine import errors
 from engine._core import codec
 from engine.aio.udp import new_boot_epoch
+from engine.kv import commands
 from engine.messages import ClientOp, ClientStatus, Message, MessageType
 from engine.types import Limits, parse_address
 
@@ -108,8 +109,6 @@ class Client:
     # ------------------------------------------------------------------ KV API
 
     async def put(self, key: bytes, value: bytes) -> None:
-        from engine.kv import commands
-
         self._check(await self._write(
             lambda session, seq: commands.encode_put(key, value, client_id=session, seq=seq)))
 
@@ -119,8 +118,6 @@ class Client:
         §6.4.1: linearizable only while clock rates differ by less than lease_drift_ticks
         allows) or "stale" (whichever node answers, possibly behind)."""
         from engine.aio.node import READ_MODES
-        from engine.kv import commands
-
         if mode not in READ_MODES:
             raise errors.ConfigError(f"read mode must be one of {READ_MODES}, got {mode!r}")
         result = self._check(await self._request(
@@ -129,16 +126,12 @@ class Client:
 
     async def delete(self, key: bytes) -> bool:
         """True if the key existed."""
-        from engine.kv import commands
-
         result = self._check(await self._write(
             lambda session, seq: commands.encode_delete(key, client_id=session, seq=seq)))
         return bool(result.existed)
 
     async def cas(self, key: bytes, expected: bytes | None, new: bytes) -> bool:
         """Set key to `new` if its value is `expected` (None: absent). True if it did."""
-        from engine.kv import commands
-
         result = await self._write(lambda session, seq: commands.encode_cas(
             key, expected, new, client_id=session, seq=seq))
         if not result.ok and result.status != commands.Status.CAS_MISMATCH:
@@ -179,8 +172,6 @@ class Client:
 
     async def _request(self, op: int, payload: bytes, read_mode: int = 0) -> Any:
         """`read_mode`: index into engine.aio.node.READ_MODES, carried in Message.index."""
-        from engine.kv import commands
-
         seq = self._next_request_number()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeout
@@ -367,7 +358,12 @@ class Client:
             int(kind), src=self.client_id, seq=seq, status=int(op), context=payload,
             index=read_mode,
         ))
-        if self._flush_handle is None:
+        if len(self._waiting) == 1:
+            # Nothing else outstanding (one caller, request after request): send now, not at
+            # the end of the loop turn. Requests made together in one turn still share
+            # datagrams: this first one leaves alone, the rest at the end of the turn.
+            self._flush()
+        elif self._flush_handle is None:
             self._flush_handle = loop.call_soon(self._flush)
         # A timer handle instead of asyncio.wait_for: no wrapper future per request.
         timer = loop.call_later(wait, _expire, future)
