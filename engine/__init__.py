@@ -28,6 +28,7 @@ from engine.errors import (
     StateMachineError,
     Stopped,
     StorageError,
+    Superseded,
     Timeout,
 )
 from engine.types import Limits, NodeConfig, TimingConfig
@@ -64,6 +65,6 @@ __all__ = [
     "WriteOnceRegister", "Limits", "TimingConfig",
     "ConfigError", "DecodeError", "EngineError", "EntryTooLarge", "InvariantViolation",
     "LogIndexError", "MembershipError", "ConfChangeInProgress",
-    "NotLeader", "Overloaded", "Rejected", "StateMachineError", "StorageError",
+    "NotLeader", "Overloaded", "Rejected", "StateMachineError", "StorageError", "Superseded",
     "Stopped", "Timeout",
 ]

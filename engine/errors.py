@@ -46,6 +46,14 @@ class Rejected(EngineError):
     """The request definitely did not take effect (e.g. dropped before being appended)."""
 
 
+class Superseded(Rejected):
+    """This copy of a proposal was dropped or overwritten by a new leader before it committed:
+    it will never apply. Definite for the proposal that raised it, but a client that retried
+    the same command (same session and seq) may have another copy in the log, so a node
+    serving a remote client answers "outcome unknown" for it (the client retries, and the
+    state machine's session table answers the copy that did apply)."""
+
+
 class Overloaded(Rejected):
     """Back-pressure: a named limit (pending proposals, uncommitted bytes, ...) is full."""
 

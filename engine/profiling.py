@@ -124,7 +124,10 @@ class LatencyProfiler:
             if not self._first_row:
                 self._first_row = index
             self._rows[index] = [started, now, 0, 0, 0, 0, 0, 0]
-            future.add_done_callback(lambda f, i=index: self._answered(i, f))
+            # A remote client's future (engine.aio.node._AnsweringFuture) answers the moment
+            # it settles: observe that; a library caller resumes in a done-callback.
+            hook = getattr(future, "observe", None) or future.add_done_callback
+            hook(lambda f, i=index: self._answered(i, f))
 
     def received(self, messages: Iterable[Any]) -> None:
         moved = False

@@ -50,6 +50,9 @@ does not fit in one datagram on its own (e.g. an append carrying a 1 MiB entry) 
 a frame of its own and carried in fragments (codec.encode_fragment); order per destination is
 kept. `send_to_address(address, messages)` is the same for a reply to a client, which is not a
 peer: client ids are random u64 and a reply goes back to the datagram's source address.
+Replies have a queue of their own that a flush writes first: a client's answer never waits
+behind the same turn's peer traffic (the leader's commit notices), which the node queues
+before it applies (so a node that leaves the cluster while applying still sends them).
 
 Receiving. Every datagram is authenticated by the codec before any of its body is parsed.
 Then the per-sender ReplayWindow refuses anything already seen or from an older boot epoch.
@@ -254,6 +257,7 @@ class UdpTransport:
         self._closed = False
         self._lost: asyncio.Future[None] | None = None
         self._outbox: dict[Address, list[Any]] = {}
+        self._replies: dict[Address, list[Any]] = {}   # send_to_address; flushed first
         self._flush_handle: asyncio.Handle | None = None
         self._partials: OrderedDict[tuple[int, int, int], _Partial] = OrderedDict()
         self._partials_per_sender: dict[int, int] = {}
@@ -384,6 +388,7 @@ class UdpTransport:
         self._flush_handle = self._sweep_handle = None
         self._delayed.clear()
         self._outbox.clear()
+        self._replies.clear()
         self._partials.clear()
         self._partials_per_sender.clear()
         self._reserved_bytes = 0
@@ -444,15 +449,15 @@ class UdpTransport:
             kept = [m for m in messages if m.dst not in fault.drop_to]
             self._dropped["filtered"] += len(messages) - len(kept)
             messages = kept
-        queue = self._outbox.get(address)
+        queue = self._replies.get(address)
         if queue is None:
-            self._outbox[address] = messages
+            self._replies[address] = messages
         else:
             queue.extend(messages)
         self._schedule_flush()
 
     def _schedule_flush(self) -> None:
-        if self._flush_handle is None and self._outbox:
+        if self._flush_handle is None and (self._outbox or self._replies):
             assert self._loop is not None
             self._flush_handle = self._loop.call_soon(self._flush)
 
@@ -464,11 +469,12 @@ class UdpTransport:
 
     def _flush(self) -> None:
         self._flush_handle = None
-        outbox = self._outbox
-        self._outbox = {}
-        for address, messages in outbox.items():
-            if messages:
-                self._write_messages(address, messages)
+        replies, outbox = self._replies, self._outbox
+        self._replies, self._outbox = {}, {}
+        for queues in (replies, outbox):
+            for address, messages in queues.items():
+                if messages:
+                    self._write_messages(address, messages)
 
     def _write_messages(self, address: Address, messages: list[Any]) -> None:
         """Pack messages, in order, into as few datagrams as possible.

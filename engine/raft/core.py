@@ -59,7 +59,8 @@ a second change while one is in flight (ConfChangeInProgress) and appends:
   * voter changes: C_old,new (§4.3). While joint, elections (JointTally) and commitment
     (config_committed_index) need a majority of both halves; once C_old,new commits the
     leader appends C_new itself (_maybe_leave_joint); a leader that is not a voter of C_new
-    keeps leading without counting itself and steps down once C_new commits (§4.2.2).
+    keeps leading without counting itself and steps down once C_new commits (§4.2.2),
+    handing off first: TIMEOUT_NOW to a voter of C_new holding its whole log (§3.10), if any.
 Learners get the log and heartbeats but never vote, count, or campaign; promotion is refused
 until the learner's match is within RaftConfig.promote_max_lag_entries of the leader's last
 index. Any node may message us (a leader or candidate of a configuration we have not
@@ -1639,13 +1640,48 @@ class RaftCore:
 
     def _maybe_step_down_removed(self) -> None:
         """Thesis §4.2.2: a leader that is not a voter of C_new steps down once C_new is
-        committed (until then it manages the cluster without counting itself)."""
+        committed (until then it manages the cluster without counting itself). It hands off
+        first (§3.10, as §4.2.2 suggests): TIMEOUT_NOW to a voter of C_new holding its whole
+        log, so the cluster need not wait an election timeout for a new leader.
+
+        Safety: TIMEOUT_NOW only makes the target campaign now, in term + 1, through the
+        ordinary vote (§5.2, one vote per term, §5.4.1 up-to-date logs): it wins only with a
+        majority of its configuration - C_new, which it holds (it holds our whole log; were it
+        joint, a majority of both halves, §4.3). We become a follower of this term and never
+        campaign again (_promotable: no voter of a committed C_new), so we neither compete nor
+        count. The target's log equals ours, so it holds every committed entry (Leader
+        Completeness) and every voter finds it up to date. Leases (§4.2.3, §6.4.1): its votes
+        carry the transfer context and bypass them; _send_timeout_now ends our lease reads for
+        this term, and we stop leading in the same step anyway. The message survives the
+        step-down: _become_follower keeps self._messages, and ready() hands it out - usually
+        in the Ready that also carries C_new to apply, so a driver that goes quiet when it
+        applies its own removal must send that Ready's messages first."""
         if (
             self.role == Role.LEADER
             and not self.membership.is_voter(self.node_id)
             and not self.conf_change_pending
         ):
+            target = self._hand_off_target()
+            if target != _NONE:
+                self._send_timeout_now(target)
+            else:
+                self._count_ignored("removed leader: no caught-up voter to hand off to")
             self._become_follower(self.term, _NONE)
+
+    def _hand_off_target(self) -> int:
+        """The voter of C_new (one that can lead: no witness) whose match is our last index,
+        the most recently heard first, then the lowest id; _NONE if none is caught up (then a
+        TIMEOUT_NOW could start an election the target loses to a longer log: let the
+        election timeout choose, as before)."""
+        best, best_key = _NONE, (-1, 0)
+        last_index = self.log.last_index
+        for peer, pr in self._progress.items():
+            if pr.match != last_index or not self.membership.can_lead(peer):
+                continue
+            key = (pr.heard_tick, -peer)
+            if key > best_key:
+                best, best_key = peer, key
+        return best
 
     def _witness_send_limit(self) -> int:
         """Witness rule W2 (see "Witnesses"): the last index a witness may be sent: the

@@ -242,6 +242,19 @@ class ProcessCluster:
                 *(client.status(self.members[i]) for i in ids), return_exceptions=True)
         return {i: a for i, a in zip(ids, answers, strict=True) if isinstance(a, dict)}
 
+    async def wait_serving(self, node_ids: list[int], timeout: float = 30.0) -> list[int]:
+        """Wait until each of `node_ids` that is running answers STATUS (a restarted Python
+        process takes seconds to serve on a loaded 2-core machine); returns those that never
+        did within `timeout`."""
+        deadline = time.monotonic() + timeout
+        waiting = [i for i in node_ids if i in self.processes]
+        while waiting and time.monotonic() < deadline:
+            answered = await self.statuses(wait=0.5)
+            waiting = [i for i in waiting if i not in answered and i in self.processes]
+            if waiting:
+                await asyncio.sleep(0.1)
+        return waiting
+
     async def find_leader(self) -> int | None:
         """The node that says it leads in the highest term (a deposed leader in a minority
         may still say so in an older term), or None."""

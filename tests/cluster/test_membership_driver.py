@@ -97,6 +97,13 @@ async def test_remove_the_leader_it_steps_down_and_goes_quiet_the_rest_go_on() -
         old = leader.node_id
         view = await leader.remove_member(old)
         assert old not in view["voters"] and not view["joint"]
+        # Hand-off (thesis §4.2.2, §3.10): the removed leader's TIMEOUT_NOW reaches a caught-up
+        # voter, so a new leader exists well before any election timeout (300-600 ms) fires.
+        rest_ids = [i for i in cluster.nodes if i != old]
+        await wait_for(lambda: any(cluster.nodes[i].status()["role"] == "leader"
+                                   for i in rest_ids), timeout=0.25, what="hand-off")
+        assert leader.transport.stats()["dropped"]["unknown_destination"] == 0
+        assert not any("hand off" in reason for reason in leader.core.ignored)
         await wait_for(lambda: leader.status()["removed"], what="removed leader goes quiet")
         status = leader.status()
         assert status["role"] == "follower" and "removed" in status["removed_reason"]

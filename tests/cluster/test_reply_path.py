@@ -10,7 +10,9 @@ import pytest
 
 import engine
 from engine.aio.node import _AnsweringFuture
+from engine.kv import commands
 from engine.messages import MessageType
+from engine.types import parse_address
 
 
 async def test_answering_future_answers_synchronously_once() -> None:
@@ -27,6 +29,12 @@ async def test_answering_future_answers_synchronously_once() -> None:
             assert not future.cancel()   # already settled: no second answer
         assert seen[-1] is future        # before any loop turn ran
     assert len(seen) == 3
+    # Observers (the latency profiler) run right after the answer, also synchronously.
+    order: list[str] = []
+    future = _AnsweringFuture(loop, lambda f: order.append("answer"))
+    future.observe(lambda f: order.append("observer"))
+    future.set_result(b"ok")
+    assert order == ["answer", "observer"]
     assert seen[0].result() == b"ok"
     with pytest.raises(engine.Rejected):
         seen[1].result()
@@ -59,3 +67,45 @@ async def test_reply_leaves_before_the_commit_notices() -> None:
                        if kind == MessageType.HEARTBEAT and not context]
             assert notices, kinds
             assert response < min(notices), kinds
+
+
+async def test_a_replaced_copy_of_a_client_write_is_unknown_and_its_retry_applies() -> None:
+    """A client write appended by a leader that is then cut off is replaced by the new
+    leader's log. That copy never applies, but the client may already have retried the same
+    command elsewhere (CI nemesis seed 101: the stale REJECTED of one attempt was taken as the
+    answer while the retry applied), so the old leader answers UNKNOWN and the client's retry
+    (same session and seq) gets the real outcome."""
+    async with engine.LocalCluster(n=3) as cluster:
+        old = await cluster.wait_leader()
+        async with engine.Client(list(cluster.members.values()),
+                                 cluster_key=cluster.cluster_key, attempt_timeout=30.0,
+                                 timeout=60.0) as client:
+            await client.put(b"warm", b"up")            # the client now targets `old`
+            assert client._leader == parse_address(cluster.members[old.node_id])
+            others = [i for i in cluster.nodes if i != old.node_id]
+            await cluster.partition({old.node_id}, set(others))
+            write = asyncio.ensure_future(client.put(b"k", b"v"))
+            deadline = asyncio.get_running_loop().time() + 5.0
+            while old.status()["last_index"] <= old.status()["commit_index"]:
+                assert asyncio.get_running_loop().time() < deadline, old.status()
+                await asyncio.sleep(0.01)               # the copy is in the old leader's log
+            new = await cluster.wait_leader(among=others)
+            await new.propose(commands.encode_put(b"other", b"x"))   # overwrites that index
+            await cluster.heal()
+            await asyncio.wait_for(write, 10.0)         # not Rejected: retried, applied
+            assert client.counters["retries"] >= 1
+            assert new.state_machine.get(b"k") == b"v"
+
+
+async def test_library_proposal_replaced_by_a_new_leader_raises_superseded() -> None:
+    async with engine.LocalCluster(n=3) as cluster:
+        old = await cluster.wait_leader()
+        others = [i for i in cluster.nodes if i != old.node_id]
+        await cluster.partition({old.node_id}, set(others))
+        lost = asyncio.ensure_future(old.propose(commands.encode_put(b"x", b"lost"),
+                                                 timeout=30.0))
+        new = await cluster.wait_leader(among=others)
+        await new.propose(commands.encode_put(b"x", b"after"))
+        await cluster.heal()
+        with pytest.raises(engine.Superseded):   # a Rejected: definite for this proposal
+            await asyncio.wait_for(lost, 10.0)

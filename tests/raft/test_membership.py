@@ -300,6 +300,96 @@ def test_a_leader_outside_c_new_steps_down_once_c_new_commits() -> None:
     assert core.role == Role.FOLLOWER  # a removed node never campaigns
 
 
+def settle(cores: dict[int, RaftCore], sent: list[Any] | None = None) -> None:
+    """Instant persistence and delivery among `cores` until no message is left; every
+    message sent is appended to `sent`."""
+    for _ in range(100):
+        messages = [m for core in cores.values() for m in drain(core)]
+        if not messages:
+            return
+        if sent is not None:
+            sent += messages
+        for m in messages:
+            if m.dst in cores:
+                cores[m.dst].step(m)
+    raise AssertionError("the cluster did not settle")
+
+
+def test_a_leader_removing_itself_hands_off_to_a_caught_up_voter() -> None:
+    # Thesis §4.2.2 + §3.10: the removed leader steps down with TIMEOUT_NOW to a voter of
+    # C_new holding its whole log, so a leader exists again without an election timeout,
+    # even though the followers' lease (check-quorum, §4.2.3) refuses ordinary votes.
+    cores = {i: make_core(i, check_quorum=True, pre_vote=True) for i in (1, 2, 3)}
+    cores[1].campaign()
+    settle(cores)
+    assert cores[1].role == Role.LEADER
+    term = cores[1].term
+    sent: list[Any] = []
+    index, _ = cores[1].propose_conf_change(remove(1))
+    settle(cores, sent)
+    assert cores[1].commit_index >= index + 1  # C_old,new and C_new committed
+    assert cores[1].role == Role.FOLLOWER
+    handoffs = [m for m in sent if m.type == MT.TIMEOUT_NOW]
+    assert len(handoffs) == 1 and handoffs[0].src == 1 and handoffs[0].term == term
+    target = handoffs[0].dst
+    assert target in (2, 3)
+    ticks = 0
+    while not any(cores[i].role == Role.LEADER for i in (2, 3)) and ticks < 100:
+        for core in cores.values():
+            core.tick()
+        ticks += 1
+        settle(cores)
+    assert ticks < TIMING.election_timeout_ticks  # no election timeout waited for
+    assert cores[target].role == Role.LEADER and cores[target].term == term + 1
+    assert cores[target].membership.voters == {2, 3}
+    assert cores[1].role == Role.FOLLOWER and cores[1].lease_read_index() is None
+    last = cores[target].propose([b"after"])[0]
+    settle(cores)
+    assert cores[target].commit_index >= last
+
+
+def test_the_hand_off_goes_to_the_voter_that_holds_the_whole_log() -> None:
+    # C_new = {2, 3, 4, 5} commits with {2, 3, 4}; only 2 also holds the entry after it.
+    core = make_core(1, voters=(1, 2, 3, 4, 5))
+    elect(core)
+    index, _ = core.propose_conf_change(remove(1))
+    drain(core)
+    for peer in (2, 3, 4, 5):  # C_old,new commits; the leader appends C_new
+        core.step(Message(MT.APPEND_RESPONSE, peer, 1, core.term, index=index))
+    assert core.role == Role.LEADER and core.membership_index == index + 1  # C_new appended
+    last = core.propose([b"x"])[0]
+    drain(core)
+    core.step(Message(MT.APPEND_RESPONSE, 2, 1, core.term, index=last))
+    for peer in (3, 4):
+        core.step(Message(MT.APPEND_RESPONSE, peer, 1, core.term, index=index + 1))
+    assert core.commit_index == index + 1 and core.role == Role.FOLLOWER
+    handoffs = [m for m in drain(core) if m.type == MT.TIMEOUT_NOW]
+    assert [(m.src, m.dst) for m in handoffs] == [(1, 2)]
+
+
+def test_a_removed_leader_with_no_caught_up_voter_just_steps_down() -> None:
+    # Neither 2 nor 3 holds the entry appended after C_new: a TIMEOUT_NOW would start an
+    # election the target could lose to a log it lacks; step down as before and let the
+    # election timeout pick a leader (§5.4.1 up-to-date votes decide).
+    core = make_core()
+    elect(core)
+    index, _ = core.propose_conf_change(remove(1))
+    drain(core)
+    for peer in (2, 3):  # C_old,new commits; the leader appends C_new
+        core.step(Message(MT.APPEND_RESPONSE, peer, 1, core.term, index=index))
+    assert core.role == Role.LEADER and core.membership_index == index + 1
+    core.propose([b"x"])
+    drain(core)
+    for peer in (2, 3):
+        core.step(Message(MT.APPEND_RESPONSE, peer, 1, core.term, index=index + 1))
+    assert core.commit_index == index + 1 and core.role == Role.FOLLOWER
+    assert core.leader_id == 0
+    assert not [m for m in drain(core) if m.type == MT.TIMEOUT_NOW]
+    for _ in range(100):
+        core.tick()
+    assert core.role == Role.FOLLOWER  # a removed node never campaigns
+
+
 def test_transfer_to_a_learner_or_witness_is_refused() -> None:
     core = make_core(1, voters=(1, 2, 3, 4), witnesses=(4,))
     elect(core)

@@ -1,0 +1,284 @@
+"""engine.Node's serving side: forwarding proposals to the leader, answering CLIENT_REQUESTs
+from remote clients and ADMIN ops from operators and tests.
+
+Split out of engine/aio/node.py; `_ServingMixin` is a base class of engine.aio.node.Node and
+its methods run on a Node (see that module's docstring: a forwarded proposal whose answer is
+lost fails with Timeout and is never re-sent).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from engine import errors
+from engine.aio.node_membership import _MEMBERSHIP_ADMIN_OPS
+from engine.aio.node_reads import READ_MODES
+from engine.messages import AdminOp, ClientOp, ClientStatus, Message, MessageType
+from engine.types import NodeConfig
+
+
+class _ServingMixin:
+    """Node's forwarding (_forward_waiting, _on_forward_response), client requests
+    (_on_client_request and the _reply* helpers) and ADMIN ops (_on_admin: fault injection,
+    leadership transfer, membership ops dispatched to _MembershipMixin, removal notices).
+
+    Node attributes it uses (set in Node.__init__ / start): config, counters, _core, _loop,
+    _running, _transport, _proposal_queue, _tick_scale; the state it chiefly manages:
+    _waiting_for_leader, _forwarded, _forward_seq.
+    """
+
+    config: NodeConfig
+    counters: dict[str, int]
+    _core: Any
+    _loop: asyncio.AbstractEventLoop | None
+    _running: bool
+    _transport: Any
+    _proposal_queue: list[tuple[bytes, asyncio.Future[bytes], float]]
+    _tick_scale: float
+    _waiting_for_leader: deque[tuple[bytes, asyncio.Future[bytes], float]]
+    _forwarded: dict[int, tuple[bytes, asyncio.Future[bytes], float]]
+    _forward_seq: int
+
+    if TYPE_CHECKING:  # defined by Node and the other mixins
+        # _ReadsMixin
+        async def read(self, query: bytes, *, mode: str = "linearizable",
+                       timeout: float | None = None) -> bytes: ...
+        # Node (node.py)
+        async def transfer_leadership(self, target: int, *,
+                                      timeout: float | None = None) -> None: ...
+        # Node (node.py)
+        def _enqueue_proposal(self, command: bytes, timeout: float | None,
+                              answer: Callable[[asyncio.Future[bytes]], None] | None = None
+                              ) -> asyncio.Future[bytes]: ...
+        # _ReadsMixin
+        def _enqueue_read(self, query: bytes, timeout: float | None,
+                          answer: Callable[[asyncio.Future[bytes]], None] | None = None
+                          ) -> asyncio.Future[bytes]: ...
+        # Node (node.py)
+        def status(self) -> dict[str, Any]: ...
+        # Node (node.py)
+        def _schedule_turn(self) -> None: ...
+        # Node (node.py)
+        def _submit_proposals(self) -> None: ...
+        # _MembershipMixin
+        def _admin_membership(self, message: Message, address: Any) -> None: ...
+        # _MembershipMixin
+        def _address_of(self, node_id: int) -> str: ...
+        # _MembershipMixin
+        def _on_removal_notice(self, message: Message) -> None: ...
+
+    # ------------------------------------------------------------------ forwarding
+
+    def _forward_waiting(self) -> None:
+        leader_id = self._core.leader_id
+        if not leader_id:
+            return
+        if leader_id == self.config.node_id:
+            # We became leader meanwhile: propose them here.
+            self._proposal_queue.extend(self._waiting_for_leader)
+            self._waiting_for_leader.clear()
+            self._submit_proposals()
+            return
+        messages = []
+        while self._waiting_for_leader:
+            command, future, deadline = self._waiting_for_leader.popleft()
+            if future.done():
+                continue
+            self._forward_seq += 1
+            self._forwarded[self._forward_seq] = (command, future, deadline)
+            messages.append(Message(
+                MessageType.CLIENT_REQUEST, src=self.config.node_id, dst=leader_id,
+                seq=self._forward_seq, status=ClientOp.WRITE, context=command,
+            ))
+        if messages:
+            self.counters["forwarded"] += len(messages)
+            self._transport.send(messages)
+
+    def _on_forward_response(self, message: Message) -> None:
+        pending = self._forwarded.pop(message.seq, None)
+        if pending is None:
+            return
+        command, future, deadline = pending
+        if future.done():
+            return
+        status = message.status
+        if status == ClientStatus.OK:
+            future.set_result(message.context)
+        elif status == ClientStatus.NOT_LEADER:
+            # Definitely not applied there: forward again once a leader is known.
+            self._waiting_for_leader.append((command, future, deadline))
+            self._schedule_turn()
+        elif status == ClientStatus.REJECTED:
+            future.set_exception(errors.Rejected(message.context.decode(errors="replace")))
+        elif status == ClientStatus.ERROR:
+            future.set_exception(errors.StateMachineError(message.context.decode(errors="replace")))
+        else:
+            future.set_exception(errors.Timeout("the leader could not tell the outcome"))
+
+    # ------------------------------------------------------------------ serving clients
+
+    def _on_client_request(self, message: Message, address: Any) -> None:
+        self.counters["client_requests"] += 1
+        op = message.status
+        if op == ClientOp.STATUS:
+            self._reply(message, address, ClientStatus.OK,
+                        json.dumps(self.status(), default=str).encode())
+            return
+        if not self._running:
+            return
+        # No task per request: the answer goes out the moment the outcome settles.
+        def answer(done: asyncio.Future[bytes]) -> None:
+            self._reply_outcome(message, address, done)
+
+        try:
+            if op == ClientOp.WRITE:
+                leader_id = self._core.leader_id
+                if leader_id != self.config.node_id:
+                    self._reply_not_leader(message, address, leader_id)
+                    return
+                self._enqueue_proposal(message.context, None, answer)
+            elif op == ClientOp.READ:
+                if not self._core.leader_id:
+                    self._reply_not_leader(message, address, None)
+                    return
+                # Message.index carries the read mode: READ_MODES[index] (0 = linearizable).
+                if message.index == 0:
+                    self._enqueue_read(message.context, None, answer)
+                elif message.index < len(READ_MODES):
+                    assert self._loop is not None
+                    self._loop.create_task(
+                        self.read(message.context, mode=READ_MODES[message.index])
+                    ).add_done_callback(answer)
+                else:
+                    self._reply(message, address, ClientStatus.REJECTED, b"unknown read mode")
+                    return
+            else:
+                self._reply(message, address, ClientStatus.REJECTED, b"unknown client op")
+                return
+        except errors.EngineError as exc:
+            self._reply_error(message, address, exc)
+
+    def _reply_outcome(self, message: Message, address: Any, done: asyncio.Future[bytes]
+                       ) -> None:
+        if done.cancelled():
+            self._reply(message, address, ClientStatus.UNKNOWN, b"outcome unknown")
+        elif (exc := done.exception()) is not None:
+            self._reply_error(message, address, exc)
+        else:
+            self._reply(message, address, ClientStatus.OK, done.result())
+
+    def _reply_error(self, message: Message, address: Any, exc: BaseException) -> None:
+        if isinstance(exc, errors.NotLeader):
+            self._reply_not_leader(message, address, exc.leader_id)
+        elif isinstance(exc, errors.Superseded):
+            # This copy will not apply, but an earlier or later attempt of the same client
+            # command (a retry) may: only "unknown" is true for the client (DESIGN.md: an
+            # ambiguous outcome is never a definite failure). Its retry gets the answer.
+            self._reply(message, address, ClientStatus.UNKNOWN, str(exc).encode())
+        elif isinstance(exc, errors.Rejected):
+            self._reply(message, address, ClientStatus.REJECTED, str(exc).encode())
+        elif isinstance(exc, errors.StateMachineError):
+            self._reply(message, address, ClientStatus.ERROR, str(exc).encode())
+        else:  # Timeout, Stopped, anything unexpected: the outcome is unknown
+            self._reply(message, address, ClientStatus.UNKNOWN, b"outcome unknown")
+
+    def _reply_not_leader(self, request: Message, address: Any, leader_id: int | None) -> None:
+        """NOT_LEADER carries the leader's id (reject_hint) and address (context)."""
+        hint = self._address_of(leader_id or 0)
+        self._reply(request, address, ClientStatus.NOT_LEADER, hint.encode(), leader_id or 0)
+
+    def _reply(self, request: Message, address: Any, status: int, context: bytes,
+               leader_hint: int = 0) -> None:
+        if self._transport is None:
+            return
+        response = Message(
+            MessageType.CLIENT_RESPONSE, src=self.config.node_id, dst=request.src,
+            seq=request.seq, status=int(status), context=context, reject_hint=leader_hint,
+        )
+        if request.src in self.config.members and request.src != self.config.node_id:
+            self._transport.send([response])
+        else:
+            self._transport.send_to_address(address, [response])
+
+    def _on_admin(self, message: Message, address: Any) -> None:
+        """Fault injection for tests (engine.testing): switch the transport's fault filter
+        and the clock-rate skew "tick_scale" (see _schedule_tick); CLEAR_FAULTS resets both.
+
+        Frames are authenticated with the cluster key like all traffic; on top of that a node
+        obeys only when started with allow_fault_injection=True.
+        """
+        if message.status == AdminOp.TRANSFER_LEADER:
+            self._admin_transfer(message, address)
+            return
+        if message.status in _MEMBERSHIP_ADMIN_OPS:
+            self._admin_membership(message, address)
+            return
+        if message.status == AdminOp.MEMBER_REMOVED:
+            self._on_removal_notice(message)
+            return
+        if not self.config.allow_fault_injection:
+            self._reply_admin(message, address, ClientStatus.REJECTED,
+                              b"fault injection is disabled on this node")
+            return
+        try:
+            if message.status == AdminOp.SET_FAULTS:
+                spec = json.loads(message.context or b"{}")
+                if not isinstance(spec, dict):
+                    raise ValueError("fault spec must be a JSON object")
+                # "tick_scale" (clock-rate skew): validated before anything changes; a spec
+                # with only it leaves the transport's filter (e.g. a partition) as it is.
+                skew_only = set(spec) == {"tick_scale"}
+                scale = float(spec.pop("tick_scale", self._tick_scale))
+                if not 0.1 <= scale <= 10.0:  # NaN fails too
+                    raise ValueError(f"tick_scale must be in [0.1, 10], got {scale}")
+                if not skew_only:
+                    self._transport.set_fault_filter(
+                        spec.get("drop_to"), spec.get("drop_from"),
+                        float(spec.get("loss", 0.0)), float(spec.get("duplicate", 0.0)),
+                        float(spec.get("delay_ms", 0.0)),
+                        jitter_ms=float(spec.get("jitter_ms", 0.0)), seed=int(spec.get("seed", 0)),
+                    )
+                self._tick_scale = scale
+            elif message.status == AdminOp.CLEAR_FAULTS:
+                self._transport.clear_fault_filter()
+                self._tick_scale = 1.0
+            else:
+                raise ValueError(f"unknown admin op {message.status}")
+        except (ValueError, TypeError, errors.ConfigError) as exc:
+            self._reply_admin(message, address, ClientStatus.REJECTED, str(exc).encode())
+            return
+        self._reply_admin(message, address, ClientStatus.OK, b"")
+
+    def _admin_transfer(self, message: Message, address: Any) -> None:
+        """Operator-requested leadership transfer; answered when it completes or fails."""
+        try:
+            target = int(json.loads(message.context or b"{}")["to"])
+        except (ValueError, TypeError, KeyError):
+            self._reply_admin(message, address, ClientStatus.REJECTED,
+                              b'transfer needs JSON {"to": node_id}')
+            return
+        if self._core.leader_id != self.config.node_id:
+            hint = self._address_of(self._core.leader_id or 0)
+            self._reply_admin(message, address, ClientStatus.NOT_LEADER, hint.encode())
+            return
+
+        async def transfer() -> None:
+            try:
+                await self.transfer_leadership(target)
+            except errors.EngineError as exc:
+                self._reply_admin(message, address, ClientStatus.REJECTED, str(exc).encode())
+            else:
+                self._reply_admin(message, address, ClientStatus.OK, b"")
+
+        assert self._loop is not None
+        self._loop.create_task(transfer())
+
+    def _reply_admin(self, request: Message, address: Any, status: int, context: bytes) -> None:
+        self._transport.send_to_address(address, [Message(
+            MessageType.ADMIN_RESPONSE, src=self.config.node_id, dst=request.src,
+            seq=request.seq, status=int(status), context=context,
+        )])
