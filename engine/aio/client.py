@@ -177,11 +177,14 @@ class Client:
         deadline = loop.time() + self.timeout
         self.counters["requests"] += 1
         attempt = 0
+        ambiguous = False   # an earlier attempt got no definite answer: it may still apply
+        last_rejection = ""
         while True:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 raise errors.Timeout(
                     f"no definite answer within {self.timeout} s (the request may have applied)"
+                    + (f"; last answer: rejected ({last_rejection})" if last_rejection else "")
                 )
             target = self._leader or self.addresses[self._next_address % len(self.addresses)]
             wait = min(remaining, self.attempt_timeout * (1 + min(attempt, 4)))
@@ -190,6 +193,7 @@ class Client:
             attempt += 1
             if response is None or response.status == ClientStatus.UNKNOWN:
                 # Lost, slow, or the node could not tell: retry (same seq: applied once).
+                ambiguous = True
                 self.counters["retries"] += 1
                 self._leader = None
                 self._next_address += 1
@@ -214,7 +218,16 @@ class Client:
                     await asyncio.sleep(0.05)  # an election is probably running
                 continue
             if status == ClientStatus.REJECTED:
-                raise errors.Rejected(response.context.decode(errors="replace"))
+                reason = response.context.decode(errors="replace")
+                if op == ClientOp.WRITE and ambiguous:
+                    # An earlier attempt of this write may sit in a log and still apply (and
+                    # a late answer to it carries the same request number), so this "no" is
+                    # about one copy only: retry in the same session until the deadline.
+                    self.counters["retries"] += 1
+                    last_rejection = reason
+                    await asyncio.sleep(min(0.05 * attempt, 0.5))
+                    continue
+                raise errors.Rejected(reason)
             if status == ClientStatus.ERROR:
                 raise errors.StateMachineError(response.context.decode(errors="replace"))
             raise errors.EngineError(f"unknown response status {status}")

@@ -1,0 +1,106 @@
+"""engine.Client never reports a definite failure for a write whose outcome is unknown
+(DESIGN.md: an ambiguous outcome is never a definite failure). A scripted fake node answers
+each attempt as told, so the orderings that are rare in a real cluster are exact here."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+
+import engine
+from engine._core import codec
+from engine.kv import commands
+from engine.messages import ClientOp, ClientStatus, Message, MessageType
+
+KEY = os.urandom(32)
+NODE_ID = 1
+
+OK = (ClientStatus.OK, commands.encode_result(commands.Status.OK))
+
+
+class ScriptedNode:
+    """Answers the n-th client request with script[n] (None: no answer, as if lost)."""
+
+    def __init__(self, script: Sequence[tuple[int, bytes] | None]) -> None:
+        self.script = list(script)
+        self.codec = codec.FrameCodec(KEY, 0)
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.setblocking(False)
+        host, port = self.sock.getsockname()
+        self.address = f"{host}:{port}"
+        self.requests: list[Message] = []
+        self.counter = 0
+        self.task: asyncio.Task[None] | None = None
+
+    async def serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            data, peer = await loop.sock_recvfrom(self.sock, 1 << 16)
+            for message in self.codec.decode(data).messages:
+                self.requests.append(message)
+                step = self.script[len(self.requests) - 1] if (
+                    len(self.requests) <= len(self.script)) else None
+                if step is None:
+                    continue
+                status, context = step
+                self.counter += 1
+                response = Message(MessageType.CLIENT_RESPONSE, src=NODE_ID, dst=message.src,
+                                   seq=message.seq, status=int(status), context=context)
+                await loop.sock_sendto(
+                    self.sock, self.codec.encode(NODE_ID, 1, self.counter, [response]), peer)
+
+    async def __aenter__(self) -> ScriptedNode:
+        self.task = asyncio.ensure_future(self.serve())
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        assert self.task is not None
+        self.task.cancel()
+        self.sock.close()
+
+
+def client_for(node: ScriptedNode, **kwargs: Any) -> engine.Client:
+    return engine.Client([node.address], cluster_key=KEY, attempt_timeout=0.1, **kwargs)
+
+
+async def test_a_rejection_on_the_first_attempt_is_definite() -> None:
+    async with ScriptedNode([(ClientStatus.REJECTED, b"overloaded")]) as node:
+        async with client_for(node) as client:
+            with pytest.raises(engine.Rejected, match="overloaded"):
+                await client.put(b"k", b"v")
+    assert len(node.requests) == 1
+
+
+async def test_a_rejection_after_a_lost_attempt_is_retried_in_the_same_session() -> None:
+    # Attempt 1 may have been appended (no answer); attempt 2 is refused (that copy only);
+    # attempt 3 gets the outcome of the copy that applied.
+    script = [None, (ClientStatus.REJECTED, b"overloaded"), OK]
+    async with ScriptedNode(script) as node:
+        async with client_for(node) as client:
+            await client.put(b"k", b"v")
+    commands_sent = {bytes(m.context) for m in node.requests}
+    assert len(node.requests) == 3 and len(commands_sent) == 1   # same session and seq
+
+
+async def test_a_write_refused_after_an_unknown_attempt_ends_as_timeout_not_rejected() -> None:
+    script = [(ClientStatus.UNKNOWN, b"outcome unknown")] + [
+        (ClientStatus.REJECTED, b"overloaded")] * 100
+    async with ScriptedNode(script) as node:
+        async with client_for(node, timeout=1.0) as client:
+            with pytest.raises(engine.Timeout, match="overloaded"):
+                await client.put(b"k", b"v")
+
+
+async def test_a_read_refusal_is_definite_even_after_a_retry() -> None:
+    # Reads change nothing, so a "no" to any attempt is the answer.
+    async with ScriptedNode([None, (ClientStatus.REJECTED, b"unknown read mode")]) as node:
+        async with client_for(node) as client:
+            with pytest.raises(engine.Rejected):
+                await client.get(b"k")
+    assert node.requests[0].status == ClientOp.READ
