@@ -7,10 +7,32 @@
   partitions, packet faults, WAL-tail damage) with register and set workloads.
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from engine.testing.linearizability import CheckResult, check_linearizable
 from engine.testing.models import HistoryError, KVModel, Model, RegisterModel, SetModel
-from engine.testing.nemesis import RunConfig, RunResult, run
-from engine.testing.process_cluster import ProcessCluster
+
+if TYPE_CHECKING:
+    from engine.testing.nemesis import RunConfig, RunResult, run
+    from engine.testing.process_cluster import ProcessCluster
+
+# Imported on first use, so `python -m engine.testing.nemesis` runs the module once (runpy
+# warns when the package has already imported the module it is asked to run).
+_LAZY = {"RunConfig": "engine.testing.nemesis", "RunResult": "engine.testing.nemesis",
+         "run": "engine.testing.nemesis", "ProcessCluster": "engine.testing.process_cluster"}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'engine.testing' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "check_linearizable", "CheckResult", "HistoryError", "Model", "RegisterModel", "KVModel",
