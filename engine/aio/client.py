@@ -11,7 +11,8 @@ Sessions: the KV state machine allows one outstanding command per session (clien
 new session starts at seq 1. A Client may run many writes concurrently, so it keeps a pool of
 sessions: each write borrows an idle session, uses its next seq (every retry reuses it), and
 returns it when the write is answered. Responses are matched by a per-client request number
-(Message.seq), separate from the session seq inside the command.
+(Message.seq), separate from the session seq inside the command. A session the cluster evicted
+(Limits.max_client_sessions) is replaced by a new one (see _write).
 """
 
 from __future__ import annotations
@@ -29,6 +30,10 @@ from engine.messages import ClientOp, ClientStatus, Message, MessageType
 from engine.types import Limits, parse_address
 
 _RESPONSE_TYPES = (MessageType.CLIENT_RESPONSE, MessageType.ADMIN_RESPONSE)
+
+
+class _SessionExpired(errors.Timeout):
+    """The outcome is unknown and the session is gone (see Client._write)."""
 
 
 def _expire(future: asyncio.Future[Message | None]) -> None:
@@ -77,7 +82,7 @@ class Client:
         self._waiting: dict[int, asyncio.Future[Message | None]] = {}
         self._transport: asyncio.DatagramTransport | None = None
         self.counters = {"requests": 0, "retries": 0, "redirects": 0, "dropped": 0,
-                         "socket_errors": 0, "datagrams_sent": 0}
+                         "socket_errors": 0, "datagrams_sent": 0, "sessions_expired": 0}
 
     async def __aenter__(self) -> Client:
         await self.open()
@@ -154,15 +159,35 @@ class Client:
         return self._request_number
 
     async def _write(self, build: Any) -> Any:
-        """One write in a borrowed session (see the module docstring)."""
-        session = self._idle_sessions.pop() if self._idle_sessions else [
-            random.getrandbits(63) | 1, 1]
-        session_id, seq = session
-        session[1] = seq + 1  # consumed whatever happens: a retry of this write reuses seq
-        try:
-            return await self._request(ClientOp.WRITE, build(session_id, seq))
-        finally:
-            self._idle_sessions.append(session)
+        """One write in a borrowed session (see the module docstring).
+
+        The cluster evicts the least recently used session past Limits.max_client_sessions.
+        A write answered SESSION_EXPIRED was not applied; the session is dropped and, when no
+        earlier attempt can still apply, the write goes again in a new session (seq 1);
+        otherwise the outcome is unknown (_request raises _SessionExpired, a Timeout)."""
+        session = self._idle_sessions.pop() if self._idle_sessions else self._new_session()
+        while True:
+            session_id, seq = session
+            session[1] = seq + 1  # consumed whatever happens: a retry of this write reuses seq
+            keep = True
+            try:
+                result = await self._request(ClientOp.WRITE, build(session_id, seq))
+                if result.status != commands.Status.SESSION_EXPIRED or seq == 1:
+                    return result   # (a new session never expires: seq 1 starts one)
+                keep = False
+            except _SessionExpired:
+                keep = False
+                raise
+            finally:
+                if keep:
+                    self._idle_sessions.append(session)
+                else:
+                    self.counters["sessions_expired"] += 1
+            session = self._new_session()
+
+    @staticmethod
+    def _new_session() -> list[int]:
+        return [random.getrandbits(63) | 1, 1]
 
     @staticmethod
     def _check(result: Any) -> Any:
@@ -203,7 +228,14 @@ class Client:
             status = response.status
             if status == ClientStatus.OK:
                 self._leader = target
-                return commands.decode_result(response.context)
+                result = commands.decode_result(response.context)
+                if (ambiguous and op == ClientOp.WRITE
+                        and result.status == commands.Status.SESSION_EXPIRED):
+                    # This copy found the session gone; an earlier copy may have applied
+                    # before the eviction.
+                    raise _SessionExpired("the cluster expired this client session while the "
+                                          "write was retried: it may have applied")
+                return result
             if status == ClientStatus.NOT_LEADER:
                 self.counters["redirects"] += 1
                 hint = response.context.decode(errors="replace")

@@ -104,3 +104,40 @@ async def test_a_read_refusal_is_definite_even_after_a_retry() -> None:
             with pytest.raises(engine.Rejected):
                 await client.get(b"k")
     assert node.requests[0].status == ClientOp.READ
+
+
+EXPIRED = (ClientStatus.OK, commands.encode_result(commands.Status.SESSION_EXPIRED,
+                                                   message="unknown session"))
+
+
+def sessions_of(node: ScriptedNode) -> list[tuple[int | None, int]]:
+    decoded = [commands.decode_command(bytes(m.context)) for m in node.requests]
+    return [(c.client_id, c.seq) for c in decoded]
+
+
+async def test_an_evicted_session_is_replaced_and_the_write_goes_again() -> None:
+    # The cluster evicted the client's idle session (Limits.max_client_sessions): the write
+    # was not applied, so it is sent again in a new session; the old one is never reused.
+    async with ScriptedNode([OK, EXPIRED, OK, OK]) as node:
+        async with client_for(node) as client:
+            await client.put(b"a", b"1")
+            await client.put(b"b", b"2")
+            await client.put(b"c", b"3")
+            assert client.counters["sessions_expired"] == 1
+    (first, one), (old, two), (new, fresh), (again, three) = sessions_of(node)
+    assert (first, one, two) == (old, 1, 2)
+    assert new != old and fresh == 1
+    assert (again, three) == (new, 2)
+
+
+async def test_an_expired_session_after_a_lost_attempt_is_an_unknown_outcome() -> None:
+    # The lost attempt may have applied before the eviction: neither failure nor success.
+    async with ScriptedNode([OK, None, EXPIRED, OK]) as node:
+        async with client_for(node) as client:
+            await client.put(b"a", b"1")
+            with pytest.raises(engine.Timeout, match="may have applied"):
+                await client.put(b"b", b"2")
+            await client.put(b"c", b"3")
+    sessions = sessions_of(node)
+    assert sessions[1] == sessions[2] == (sessions[0][0], 2)       # the same copy, retried
+    assert sessions[3][0] != sessions[0][0] and sessions[3][1] == 1  # a new session after
