@@ -8,9 +8,10 @@ and sequence number (so the state machine applies it once, Raft thesis §6.3), a
 engine.Timeout when the outcome is unknown — never a false "failed".
 
 Sessions: the KV state machine allows one outstanding command per session (client id), and a
-new session starts at seq 1. A Client may run many writes concurrently, so it keeps a pool of
-sessions: each write borrows an idle session, uses its next seq (every retry reuses it), and
-returns it when the write is answered. Responses are matched by a per-client request number
+session is opened by a REGISTER command whose result is its id; its first command is seq 1.
+A Client may run many writes concurrently, so it keeps a pool of sessions: each write borrows
+an idle session (registering one when none is idle), uses its next seq (every retry reuses
+it), and returns it when the write is answered. Responses are matched by a per-client request number
 (Message.seq), separate from the session seq inside the command. A session the cluster evicted
 (Limits.max_client_sessions) is replaced by a new one (see _write).
 """
@@ -82,7 +83,8 @@ class Client:
         self._waiting: dict[int, asyncio.Future[Message | None]] = {}
         self._transport: asyncio.DatagramTransport | None = None
         self.counters = {"requests": 0, "retries": 0, "redirects": 0, "dropped": 0,
-                         "socket_errors": 0, "datagrams_sent": 0, "sessions_expired": 0}
+                         "socket_errors": 0, "datagrams_sent": 0, "sessions_opened": 0,
+                         "sessions_expired": 0}
 
     async def __aenter__(self) -> Client:
         await self.open()
@@ -163,17 +165,22 @@ class Client:
 
         The cluster evicts the least recently used session past Limits.max_client_sessions.
         A write answered SESSION_EXPIRED was not applied; the session is dropped and, when no
-        earlier attempt can still apply, the write goes again in a new session (seq 1);
-        otherwise the outcome is unknown (_request raises _SessionExpired, a Timeout)."""
-        session = self._idle_sessions.pop() if self._idle_sessions else self._new_session()
+        earlier attempt can still apply, the write goes again in a new session; otherwise the
+        outcome is unknown (_request raises _SessionExpired, a Timeout)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout
+        session = self._idle_sessions.pop() if self._idle_sessions else None
         while True:
+            if session is None:
+                session = await self._open_session(deadline - loop.time())
             session_id, seq = session
             session[1] = seq + 1  # consumed whatever happens: a retry of this write reuses seq
             keep = True
             try:
-                result = await self._request(ClientOp.WRITE, build(session_id, seq))
-                if result.status != commands.Status.SESSION_EXPIRED or seq == 1:
-                    return result   # (a new session never expires: seq 1 starts one)
+                result = await self._request(ClientOp.WRITE, build(session_id, seq),
+                                             timeout=max(deadline - loop.time(), 0.001))
+                if result.status != commands.Status.SESSION_EXPIRED:
+                    return result
                 keep = False
             except _SessionExpired:
                 keep = False
@@ -183,11 +190,27 @@ class Client:
                     self._idle_sessions.append(session)
                 else:
                     self.counters["sessions_expired"] += 1
-            session = self._new_session()
+            session = None
+            if loop.time() >= deadline:
+                raise errors.Timeout(
+                    f"the cluster expired every session this write was sent in within "
+                    f"{self.timeout} s (it did not apply: Limits.max_client_sessions is "
+                    f"too small for the number of writers)")
 
-    @staticmethod
-    def _new_session() -> list[int]:
-        return [random.getrandbits(63) | 1, 1]
+    async def _open_session(self, timeout: float) -> list[int]:
+        """Register a new session (Raft thesis §6.3): [client id, next seq].
+
+        A retried REGISTER may open two sessions; the unused one is evicted in its turn."""
+        if timeout <= 0:
+            raise errors.Timeout("no time left to open a client session")
+        self.counters["sessions_opened"] += 1
+        result = await self._request(ClientOp.WRITE, commands.encode_register(),
+                                     timeout=timeout)
+        try:
+            return [commands.decode_client_id(result), 1]
+        except errors.DecodeError as exc:
+            raise errors.StateMachineError(
+                f"the cluster's state machine does not open KV sessions: {exc}") from exc
 
     @staticmethod
     def _check(result: Any) -> Any:
@@ -195,11 +218,13 @@ class Client:
             raise errors.Rejected(str(result.error))
         return result
 
-    async def _request(self, op: int, payload: bytes, read_mode: int = 0) -> Any:
+    async def _request(self, op: int, payload: bytes, read_mode: int = 0,
+                       timeout: float | None = None) -> Any:
         """`read_mode`: index into engine.aio.node.READ_MODES, carried in Message.index."""
         seq = self._next_request_number()
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.timeout
+        budget = self.timeout if timeout is None else timeout
+        deadline = loop.time() + budget
         self.counters["requests"] += 1
         attempt = 0
         ambiguous = False   # an earlier attempt got no definite answer: it may still apply
@@ -208,7 +233,7 @@ class Client:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 raise errors.Timeout(
-                    f"no definite answer within {self.timeout} s (the request may have applied)"
+                    f"no definite answer within {budget:.3g} s (the request may have applied)"
                     + (f"; last answer: rejected ({last_rejection})" if last_rejection else "")
                 )
             target = self._leader or self.addresses[self._next_address % len(self.addresses)]

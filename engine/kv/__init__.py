@@ -10,10 +10,12 @@ from engine.kv.commands import (
     encode_get,
     encode_put,
     encode_query,
+    encode_register,
 )
 from engine.kv.store import KVStore
 
 __all__ = [
     "KVStore", "KVResult", "Op", "Status", "decode_result",
     "encode_put", "encode_get", "encode_delete", "encode_cas", "encode_query",
+    "encode_register",
 ]

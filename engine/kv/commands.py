@@ -11,15 +11,18 @@ Command (goes through the log):
     | PUT: u32 value_len | value
     | CAS: [u32 expected_len | expected]   if flags & EXPECTED  (absent: key must not exist)
     |      u32 new_len | new
+    REGISTER: no session, an empty key, nothing after it; the result's value is the new
+    session's client id (u64, the log index the command applied at).
 Query (ReadIndex read, never changes state): the GET command layout without a session.
 Result:
     u8 version (=1) | u8 status | u8 flags
     | [u32 len | value] if flags & VALUE | [u32 len | previous] if flags & PREVIOUS
     | [u32 len | utf-8 message] if flags & MESSAGE
 
-Sessions (Raft thesis §6.3): a command may carry (client_id, seq). A client keeps at most one
-command outstanding per client id, starts at seq 1 and uses a higher seq for each new command;
-a retry re-sends the same seq and gets the cached result. See KVStore for the exact rules.
+Sessions (Raft thesis §6.3): a client first applies REGISTER, whose result is its client id;
+then its commands may carry (client_id, seq). It keeps at most one command outstanding per
+client id, starts at seq 1 and uses a higher seq for each new command; a retry re-sends the
+same seq and gets the cached result. See KVStore for the exact rules.
 """
 
 from __future__ import annotations
@@ -41,13 +44,14 @@ class Op(IntEnum):
     GET = 2
     DELETE = 3
     CAS = 4
+    REGISTER = 5   # open a client session (Raft thesis §6.3 RegisterClient)
 
 
 class Status(IntEnum):
     OK = 0
     CAS_MISMATCH = 1      # value = the current value (None if absent); nothing changed
     STALE_REQUEST = 2     # seq below the session's last applied seq; nothing changed
-    SESSION_EXPIRED = 3   # unknown client id with seq > 1 (evicted); nothing changed
+    SESSION_EXPIRED = 3   # unknown client id (evicted, or never registered); nothing changed
     MALFORMED = 4         # the command or query could not be decoded; nothing changed
 
 
@@ -65,6 +69,7 @@ _RESULT_FLAGS = FLAG_VALUE | FLAG_PREVIOUS | FLAG_MESSAGE
 _HEAD = struct.Struct("<BBB")
 _SESSION = struct.Struct("<QQ")
 _U32 = struct.Struct("<I")
+_U64 = struct.Struct("<Q")
 
 _KNOWN_OPS = frozenset(int(op) for op in Op)
 _KNOWN_STATUSES = frozenset(int(status) for status in Status)
@@ -161,6 +166,11 @@ def encode_cas(key: bytes, expected: bytes | None, new: bytes, *,
     return _command(Op.CAS, key, _blob(expected) + _blob(new), FLAG_EXPECTED, client_id, seq)
 
 
+def encode_register() -> bytes:
+    """Open a client session; decode the result with decode_client_id."""
+    return _command(Op.REGISTER, b"", b"", 0, None, None)
+
+
 def encode_query(key: bytes) -> bytes:
     """A linearizable read of key (served with ReadIndex by KVStore.query)."""
     return _command(Op.GET, key, b"", 0, None, None)
@@ -222,6 +232,8 @@ def decode_command(data: bytes) -> Command:
         raise DecodeError(f"unknown command flags {flags:#x}")
     if flags & FLAG_EXPECTED and op != Op.CAS:
         raise DecodeError("expected-value flag on a non-CAS command")
+    if flags & FLAG_SESSION and op == Op.REGISTER:
+        raise DecodeError("REGISTER opens a session: it cannot carry one")
     offset = _HEAD.size
     client_id: int | None = None
     seq = 0
@@ -243,6 +255,8 @@ def decode_command(data: bytes) -> Command:
         value, offset = _read_blob(data, offset, "new value")
     if offset != len(data):
         raise DecodeError(f"{len(data) - offset} trailing bytes after command")
+    if op == Op.REGISTER and key:
+        raise DecodeError("REGISTER takes no key")
     return Command(op, key, value, expected, client_id, seq)
 
 
@@ -252,6 +266,18 @@ def decode_query(data: bytes) -> bytes:
     if command.op != Op.GET or command.client_id is not None:
         raise DecodeError("a query must be a GET without a session")
     return command.key
+
+
+def decode_client_id(result: KVResult) -> int:
+    """The client id a successful REGISTER result carries; DecodeError for anything else."""
+    if result.status != Status.OK or result.value is None or len(result.value) != _U64.size:
+        raise DecodeError(f"not a REGISTER result: {result!r}")
+    return int(_U64.unpack(result.value)[0])
+
+
+def encode_client_id(client_id: int) -> bytes:
+    """The value of a REGISTER result (KVStore's side of decode_client_id)."""
+    return _U64.pack(client_id)
 
 
 def decode_result(data: bytes) -> KVResult:
@@ -282,7 +308,7 @@ def decode_result(data: bytes) -> KVResult:
 
 __all__ = [
     "VERSION", "Op", "Status", "Command", "KVResult",
-    "encode_put", "encode_get", "encode_delete", "encode_cas", "encode_query", "encode_get_query",
-    "encode_result",
-    "decode_command", "decode_query", "decode_result",
+    "encode_put", "encode_get", "encode_delete", "encode_cas", "encode_register", "encode_query",
+    "encode_get_query", "encode_result", "encode_client_id",
+    "decode_command", "decode_query", "decode_result", "decode_client_id",
 ]

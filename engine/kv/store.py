@@ -4,17 +4,22 @@ Every replica applies the same commands in the same log order and must end in th
 with the same results, so nothing here reads a clock, draws randomness or iterates a hash order
 into its output: snapshots are sorted, session eviction is ordered by log index.
 
-Exactly-once (Raft thesis §6.3). A command may carry a session (client_id, seq). The store
+Exactly-once (Raft thesis §6.3). A client opens a session with REGISTER: the store answers
+with a new client id, the log index the REGISTER applied at (unique, the same on every
+replica), and remembers it at seq 0. A command may then carry (client_id, seq). The store
 keeps, per client id, the last applied seq, its encoded result and the log index of its last
 use. For a command with a session:
   * seq == last seq      -> the cached result, nothing re-applied (a retry);
   * seq <  last seq      -> STALE_REQUEST, nothing applied (a delayed duplicate);
   * seq >  last seq      -> applied, result cached;
-  * unknown client id    -> applied if seq == 1 (a new session); SESSION_EXPIRED otherwise,
-                            because the client may have been evicted after its earlier
-                            commands applied, and re-applying a retry would break exactly-once.
-Sessions are bounded by Limits.max_client_sessions; past it the session least recently used
-(by log index, identical on every replica) is evicted. Replicas must share that limit.
+  * unknown client id    -> SESSION_EXPIRED, nothing applied: the session was evicted (its
+                            commands may have applied, so a retry must not apply again) or
+                            never registered.
+Ids come only from REGISTER, so an evicted session can never be mistaken for a new one: no
+tombstones are needed, and the table stays bounded. (An earlier rule let seq 1 of an unknown id
+open a session; a seq-1 write whose session was evicted before its retry arrived then applied
+twice.) Sessions are bounded by Limits.max_client_sessions; past it the session least recently
+used (by log index, identical on every replica) is evicted. Replicas must share that limit.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from engine.kv.commands import (
     Status,
     decode_command,
     decode_query,
+    encode_client_id,
     encode_result,
 )
 from engine.types import Limits
@@ -79,7 +85,7 @@ def _parse_put(command: bytes) -> tuple[bytes, bytes, int | None, int] | None:
 
 _STALE = encode_result(Status.STALE_REQUEST, message="stale request: seq below last applied")
 _EXPIRED = encode_result(
-    Status.SESSION_EXPIRED, message="unknown session: expired or never started at seq 1"
+    Status.SESSION_EXPIRED, message="unknown session: expired or never registered"
 )
 
 
@@ -139,6 +145,8 @@ class KVStore:
         except DecodeError as exc:
             return encode_result(Status.MALFORMED, message=f"malformed command: {exc}")
         if cmd.client_id is None:
+            if cmd.op == Op.REGISTER:
+                return self._register(index)
             return self._execute(cmd)
         return self._apply_in_session(index, cmd.client_id, cmd.seq,
                                       lambda: self._execute(cmd))
@@ -246,10 +254,9 @@ class KVStore:
         sessions = self._sessions
         session = sessions.get(client_id)
         if session is None:
-            if seq != 1:
-                # Raft thesis §6.3: an expired session must not silently re-apply a retry.
-                return _EXPIRED
-        elif seq == session.seq:
+            # Raft thesis §6.3: an expired session must not silently re-apply a retry.
+            return _EXPIRED
+        if seq == session.seq:
             # A retry of the command already applied: answer from the cache (§6.3).
             session.index = index
             sessions.move_to_end(client_id)
@@ -257,16 +264,20 @@ class KVStore:
         elif seq < session.seq:
             return _STALE
         result = execute()
-        if session is None:
-            sessions[client_id] = _Session(seq, result, index)
-            while len(sessions) > self._max_sessions:
-                sessions.popitem(last=False)   # least recently used by log index
-        else:
-            session.seq = seq
-            session.result = result
-            session.index = index
-            sessions.move_to_end(client_id)
+        session.seq = seq
+        session.result = result
+        session.index = index
+        sessions.move_to_end(client_id)
         return result
+
+    def _register(self, index: int) -> bytes:
+        sessions = self._sessions
+        if index in sessions:   # cannot happen: ids are log indexes, each applied once
+            raise InvariantViolation(f"session {index} registered twice")
+        sessions[index] = _Session(0, b"", index)
+        while len(sessions) > self._max_sessions:
+            sessions.popitem(last=False)   # least recently used by log index
+        return encode_result(Status.OK, value=encode_client_id(index))
 
     def _put(self, key: bytes, value: bytes) -> bytes:
         data = self._data

@@ -24,7 +24,10 @@ OK = (ClientStatus.OK, commands.encode_result(commands.Status.OK))
 
 
 class ScriptedNode:
-    """Answers the n-th client request with script[n] (None: no answer, as if lost)."""
+    """Answers the n-th client request with script[n] (None: no answer, as if lost).
+
+    A REGISTER (a session being opened) is answered at once with a new client id and is not
+    counted in the script: it is kept in `registers`."""
 
     def __init__(self, script: Sequence[tuple[int, bytes] | None]) -> None:
         self.script = list(script)
@@ -35,6 +38,7 @@ class ScriptedNode:
         host, port = self.sock.getsockname()
         self.address = f"{host}:{port}"
         self.requests: list[Message] = []
+        self.registers: list[Message] = []
         self.counter = 0
         self.task: asyncio.Task[None] | None = None
 
@@ -43,9 +47,17 @@ class ScriptedNode:
         while True:
             data, peer = await loop.sock_recvfrom(self.sock, 1 << 16)
             for message in self.codec.decode(data).messages:
-                self.requests.append(message)
-                step = self.script[len(self.requests) - 1] if (
-                    len(self.requests) <= len(self.script)) else None
+                step: tuple[int, bytes] | None
+                if (message.status == ClientOp.WRITE and commands.decode_command(
+                        bytes(message.context)).op == commands.Op.REGISTER):
+                    self.registers.append(message)
+                    step = (ClientStatus.OK, commands.encode_result(
+                        commands.Status.OK,
+                        value=commands.encode_client_id(100 + len(self.registers))))
+                else:
+                    self.requests.append(message)
+                    step = self.script[len(self.requests) - 1] if (
+                        len(self.requests) <= len(self.script)) else None
                 if step is None:
                     continue
                 status, context = step
@@ -128,6 +140,7 @@ async def test_an_evicted_session_is_replaced_and_the_write_goes_again() -> None
     assert (first, one, two) == (old, 1, 2)
     assert new != old and fresh == 1
     assert (again, three) == (new, 2)
+    assert [first, new] == [101, 102] and len(node.registers) == 2   # ids the cluster gave
 
 
 async def test_an_expired_session_after_a_lost_attempt_is_an_unknown_outcome() -> None:

@@ -14,6 +14,7 @@ from engine.kv import KVStore
 from engine.kv.commands import (
     Op,
     Status,
+    decode_client_id,
     decode_command,
     decode_result,
     encode_cas,
@@ -21,6 +22,7 @@ from engine.kv.commands import (
     encode_get,
     encode_put,
     encode_query,
+    encode_register,
     encode_result,
 )
 from engine.types import Limits
@@ -36,6 +38,12 @@ class Applier:
     def __call__(self, command: bytes):  # type: ignore[no-untyped-def]
         self.index += 1
         return decode_result(self.store.apply(self.index, command))
+
+    def register(self) -> int:
+        """Open a session (REGISTER); its id is the log index it applied at."""
+        client_id = decode_client_id(self(encode_register()))
+        assert client_id == self.index
+        return client_id
 
 
 # ---------------------------------------------------------------------------- operations
@@ -104,8 +112,8 @@ def test_apply_requires_increasing_indexes() -> None:
 
 
 def test_apply_batch_matches_apply() -> None:
-    commands = [encode_put(b"a", b"1"), encode_cas(b"a", b"1", b"2"), b"junk",
-                encode_delete(b"a", client_id=9, seq=1), encode_get(b"a")]
+    commands = [encode_put(b"a", b"1"), encode_register(), encode_cas(b"a", b"1", b"2"), b"junk",
+                encode_delete(b"a", client_id=4, seq=1), encode_get(b"a")]
     one = KVStore()
     singles = [one.apply(index, command) for index, command in enumerate(commands, start=3)]
     batched = KVStore()
@@ -165,6 +173,9 @@ MALFORMED_COMMANDS = [
     b"\x01\x02\x02\x00\x00\x00\x00",              # expected flag on a GET
     b"\x01\x01\x01" + b"\x00" * 10,               # truncated session
     b"\x01\x02\x01" + struct.pack("<QQ", 1, 0) + b"\x00" * 4,   # seq 0
+    b"\x01\x05\x01" + struct.pack("<QQ", 1, 1) + b"\x00" * 4,   # REGISTER in a session
+    b"\x01\x05\x00\x01\x00\x00\x00k",             # REGISTER with a key
+    encode_register() + b"\x00",                 # REGISTER with a tail
     b"\x01\x02\x00\xff\xff\xff\xff",              # key longer than the command
     b"\x01\x01\x00\x01\x00\x00\x00k",             # PUT without a value
     encode_put(b"k", b"v") + b"\x00",             # trailing byte
@@ -198,15 +209,46 @@ def test_arbitrary_bytes_never_raise_and_apply_alike_everywhere(command: bytes) 
 # ---------------------------------------------------------------------------- sessions
 
 
+def test_register_opens_a_session_named_by_its_log_index() -> None:
+    apply = Applier()
+    apply(encode_put(b"k", b"v"))
+    first, second = apply.register(), apply.register()
+    assert (first, second) == (2, 3) and apply.store.session_ids() == [2, 3]
+    assert apply(encode_put(b"k", b"w", client_id=first, seq=1)).ok
+    assert apply.store.get(b"k") == b"w"
+
+
+def test_an_unregistered_session_applies_nothing() -> None:
+    # Ids come only from REGISTER: a made-up id (or an evicted one) is refused even at seq 1.
+    apply = Applier()
+    result = apply(encode_put(b"k", b"v", client_id=77, seq=1))
+    assert result.status == Status.SESSION_EXPIRED and "never registered" in result.error
+    assert apply.store.get(b"k") is None and apply.store.session_count == 0
+
+
+def test_a_seq_one_retry_after_eviction_does_not_apply_twice() -> None:
+    # The hole the seq-1-opens-a-session rule had: a first write applies, its session is
+    # evicted, and a retry of that same write arrives. It must not apply again.
+    apply = Applier(KVStore(Limits(max_client_sessions=1)))
+    client = apply.register()
+    increment = encode_cas(b"n", None, b"1", client_id=client, seq=1)
+    assert apply(increment).ok
+    apply(encode_delete(b"n"))                         # someone resets the counter
+    apply.register()                                   # another client evicts ours
+    assert apply(increment).status == Status.SESSION_EXPIRED
+    assert apply.store.get(b"n") is None
+
+
 def test_retry_returns_cached_result_without_reapplying() -> None:
     apply = Applier()
-    put = encode_put(b"k", b"v1", client_id=1, seq=1)
+    client = apply.register()
+    put = encode_put(b"k", b"v1", client_id=client, seq=1)
     assert apply(put).previous is None
     apply(encode_put(b"k", b"other"))            # someone else writes in between
     retried = apply(put)                         # the same (client, seq): not applied again
     assert retried.ok and retried.previous is None
     assert apply.store.get(b"k") == b"other"
-    cas = encode_cas(b"n", None, b"1", client_id=1, seq=2)
+    cas = encode_cas(b"n", None, b"1", client_id=client, seq=2)
     assert apply(cas).ok
     assert apply(cas).ok                         # cached OK, not a mismatch on re-apply
     assert apply.store.get(b"n") == b"1"
@@ -214,14 +256,15 @@ def test_retry_returns_cached_result_without_reapplying() -> None:
 
 def test_stale_and_expired_requests_change_nothing() -> None:
     apply = Applier()
-    apply(encode_put(b"k", b"1", client_id=5, seq=1))
-    apply(encode_put(b"k", b"2", client_id=5, seq=2))
-    stale = apply(encode_put(b"k", b"old", client_id=5, seq=1))
+    client = apply.register()
+    apply(encode_put(b"k", b"1", client_id=client, seq=1))
+    apply(encode_put(b"k", b"2", client_id=client, seq=2))
+    stale = apply(encode_put(b"k", b"old", client_id=client, seq=1))
     assert stale.status == Status.STALE_REQUEST and "stale" in stale.error
     assert apply.store.get(b"k") == b"2"
-    # An unknown client must start at seq 1: a higher seq means its session was evicted and
-    # re-applying would break exactly-once (Raft thesis §6.3).
-    expired = apply(encode_put(b"k", b"x", client_id=6, seq=4))
+    # An unknown client id means its session was evicted (or never opened): re-applying would
+    # break exactly-once (Raft thesis §6.3).
+    expired = apply(encode_put(b"k", b"x", client_id=client + 100, seq=4))
     assert expired.status == Status.SESSION_EXPIRED
     assert apply.store.get(b"k") == b"2" and apply.store.session_count == 1
 
@@ -232,7 +275,7 @@ def test_exactly_once_under_random_retries_and_duplicates() -> None:
     get the cached OK and every counter ends at the number of increments acknowledged."""
     rng = random.Random(1234)
     apply = Applier()
-    acknowledged = {client_id: 0 for client_id in range(1, 6)}
+    acknowledged = {apply.register(): 0 for _ in range(5)}
     sent: list[bytes] = []
     for _ in range(600):
         client_id = rng.choice(list(acknowledged))
@@ -253,14 +296,16 @@ def test_session_eviction_is_lru_by_log_index_and_deterministic() -> None:
     def run() -> KVStore:
         store = KVStore(Limits(max_client_sessions=3))
         apply = Applier(store)
-        for client_id in (1, 2, 3):
+        one, two, three = (apply.register() for _ in range(3))
+        for client_id in (one, two, three):
             apply(encode_put(b"k", b"v", client_id=client_id, seq=1))
-        apply(encode_put(b"k", b"v", client_id=1, seq=1))   # a retry refreshes client 1
-        apply(encode_put(b"k", b"v", client_id=4, seq=1))   # evicts 2, the least recent
+        apply(encode_put(b"k", b"v", client_id=one, seq=1))   # a retry refreshes client one
+        four = apply.register()                                # evicts two, the least recent
+        assert (one, two, three, four) == (1, 2, 3, 8)
         return store
 
     first, second = run(), run()
-    assert first.session_ids() == [3, 1, 4]
+    assert first.session_ids() == [3, 1, 8]
     assert first == second and first.snapshot() == second.snapshot()
     apply = Applier(first)
     assert apply(encode_put(b"k", b"v", client_id=2, seq=2)).status == Status.SESSION_EXPIRED
@@ -269,10 +314,10 @@ def test_session_eviction_is_lru_by_log_index_and_deterministic() -> None:
 def test_sessions_stay_bounded() -> None:
     store = KVStore(Limits(max_client_sessions=10))
     apply = Applier(store)
-    for client_id in range(100):
-        apply(encode_put(b"k", b"v", client_id=client_id, seq=1))
+    for _ in range(100):
+        apply(encode_put(b"k", b"v", client_id=apply.register(), seq=1))
     assert store.session_count == 10
-    assert store.session_ids() == list(range(90, 100))
+    assert store.session_ids() == list(range(181, 200, 2))
 
 
 # ---------------------------------------------------------------------------- snapshots
@@ -282,13 +327,15 @@ def _busy_store() -> KVStore:
     store = KVStore(Limits(max_client_sessions=4))
     apply = Applier(store)
     rng = random.Random(99)
+    clients: list[int] = []
     for step in range(200):
         key = bytes([rng.randrange(20)])
-        client_id = rng.randrange(8)
+        if rng.random() < 0.1 or not clients:
+            clients.append(apply.register())
         if rng.random() < 0.5:
             apply(encode_put(key, str(step).encode()))
         else:
-            apply(encode_put(key, b"s", client_id=client_id, seq=step + 1))
+            apply(encode_put(key, b"s", client_id=rng.choice(clients), seq=step + 1))
         if rng.random() < 0.2:
             apply(encode_delete(key))
     return store
@@ -305,8 +352,8 @@ def test_snapshot_round_trip() -> None:
     # And both continue identically, including eviction.
     for target in (store, copy):
         apply = Applier(target)
-        for client_id in range(50, 53):
-            apply(encode_put(b"z", b"z", client_id=client_id, seq=1))
+        for _ in range(3):
+            apply(encode_put(b"z", b"z", client_id=apply.register(), seq=1))
     assert copy == store
 
 
@@ -388,11 +435,12 @@ def test_snapshot_fork_freezes_state_while_apply_goes_on() -> None:
     from engine.kv import KVStore, encode_put
 
     store = KVStore()
-    store.apply(1, encode_put(b"a", b"1", client_id=7, seq=1))
+    store.apply(7, encode_register())
+    store.apply(8, encode_put(b"a", b"1", client_id=7, seq=1))
     serialize = store.snapshot_fork()
     expected = store.snapshot()
-    store.apply(2, encode_put(b"a", b"2", client_id=7, seq=2))
-    store.apply(3, encode_put(b"b", b"3"))
+    store.apply(9, encode_put(b"a", b"2", client_id=7, seq=2))
+    store.apply(10, encode_put(b"b", b"3"))
     assert serialize() == expected  # the fork saw none of the later applies
     restored = KVStore()
     restored.restore(serialize())

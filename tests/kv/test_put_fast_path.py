@@ -24,6 +24,7 @@ def _mutations() -> st.SearchStrategy[bytes]:
     """Valid PUTs, other commands, and PUTs cut short, extended or with a byte flipped."""
     valid = st.builds(_put, _keys, st.binary(max_size=6), _sessions)
     other = st.one_of(
+        st.just(commands.encode_register()),
         st.builds(commands.encode_delete, _keys),
         st.builds(lambda k, e, n: commands.encode_cas(k, e, n), _keys,
                   st.one_of(st.none(), st.binary(max_size=3)), st.binary(max_size=3)),
@@ -66,6 +67,7 @@ def test_parse_put_agrees_with_decode_command(data: bytes) -> None:
 @settings(max_examples=300, deadline=None)
 @given(st.lists(_mutations(), max_size=25))
 def test_apply_results_and_state_match_the_slow_path(batch: list[bytes]) -> None:
+    batch = [commands.encode_register()] * 3 + batch   # sessions 1..3 exist (ids = indexes)
     fast_store = KVStore()
     fast = [fast_store.apply(index, data) for index, data in enumerate(batch, 1)]
     slow_store = KVStore()
