@@ -136,8 +136,13 @@ class KVStore:
             put = _parse_put(command)
             if put is not None:  # the hot path: a well-formed PUT, no Command object
                 key, value, client_id, seq = put
-                if client_id is None:
-                    return self._put(key, value)
+                if client_id is None:  # _put, inline: this runs once per write
+                    data = self._data
+                    previous = data.get(key)
+                    data[key] = value
+                    if previous is None:
+                        return _OK_EMPTY
+                    return _OK_PREVIOUS_HEAD + _U32.pack(len(previous)) + previous
                 return self._apply_in_session(index, client_id, seq,
                                               lambda: self._put(key, value))
         try:

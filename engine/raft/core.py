@@ -144,6 +144,8 @@ from engine.raft.snapshot import (
 )
 from engine.types import HardState, ReadState, Ready, Snapshot
 
+_NORMAL = int(EntryKind.NORMAL)
+
 _NONE = 0  # "no node": no leader known / no vote cast
 _EMPTY_HARD_STATE = HardState()
 
@@ -364,13 +366,12 @@ class RaftCore:
                 f"leadership transfer to {self.lead_transferee} in progress; retry shortly"
             )
         limits = self._limits
-        batch_bytes = 0
-        for command in commands:
-            if len(command) > limits.max_entry_bytes:
-                raise EntryTooLarge(
-                    f"entry of {len(command)} bytes > max_entry_bytes={limits.max_entry_bytes}"
-                )
-            batch_bytes += len(command)
+        sizes = list(map(len, commands))  # C-level passes: this runs once per leader turn
+        batch_bytes = sum(sizes)
+        if max(sizes) > limits.max_entry_bytes:
+            raise EntryTooLarge(
+                f"entry of {max(sizes)} bytes > max_entry_bytes={limits.max_entry_bytes}"
+            )
         # Entries of earlier terms are not this leader's proposals (etcd counts the same way).
         pending = self.log.last_index - max(self.commit_index, self._term_start_index - 1)
         if pending + len(commands) > limits.max_pending_proposals:
@@ -387,13 +388,14 @@ class RaftCore:
                 f"{self._uncommitted_bytes} uncommitted bytes; "
                 f"max_uncommitted_bytes={limits.max_uncommitted_bytes}"
             )
-        first = self.log.last_index + 1
         term = self.term
-        self.log.append([Entry(term, first + i, command) for i, command in enumerate(commands)])
+        # The store's fast path: no Entry object per command (the log keeps terms and payloads
+        # in arrays and chunks; Entry objects are made only when entries are read).
+        first, last = self.log.append_payloads(term, _NORMAL, commands)
         self._uncommitted_bytes += batch_bytes
         self._bcast_append()
         self._maybe_check_invariants()
-        return first, self.log.last_index, term
+        return first, last, term
 
     def campaign(self) -> None:
         """Starts an election now (etcd's Campaign / MsgHup), with pre-vote if configured."""

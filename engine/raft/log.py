@@ -24,6 +24,7 @@ from typing import Any, Protocol
 from engine._core import flag
 from engine._core import log as _core_log
 from engine.errors import LogIndexError
+from engine.messages import Entry
 from engine.types import U64_MAX
 
 _STORE_API = (
@@ -32,6 +33,7 @@ _STORE_API = (
     "last_term",
     "term_at",
     "append",
+    "append_payloads",
     "entries",
     "truncate_suffix",
     "compact_prefix",
@@ -55,6 +57,7 @@ class EntryStore(Protocol):
     def last_term(self) -> int: ...
     def term_at(self, index: int) -> int: ...
     def append(self, entries: list[Any]) -> None: ...
+    def append_payloads(self, term: int, kind: int, payloads: list[bytes]) -> tuple[int, int]: ...
     def entries(self, lo: int, hi: int, max_bytes: int = U64_MAX) -> list[Any]: ...
     def truncate_suffix(self, index: int) -> None: ...
     def compact_prefix(self, index: int) -> None: ...
@@ -96,6 +99,13 @@ class _ListEntryStore:
         if entries and entries[0].index != self.last_index + 1:
             raise LogIndexError(f"append at {entries[0].index}, expected {self.last_index + 1}")
         self._entries.extend(entries)
+
+    def append_payloads(self, term: int, kind: int, payloads: list[bytes]) -> tuple[int, int]:
+        first = self.last_index + 1
+        self._entries.extend(
+            Entry(term, first + offset, payload, kind) for offset, payload in enumerate(payloads)
+        )
+        return first, self.last_index
 
     def entries(self, lo: int, hi: int, max_bytes: int = U64_MAX) -> list[Any]:
         if lo < self._first_index or hi > self.last_index + 1 or lo > hi:
@@ -232,6 +242,12 @@ class RaftLog:
         if first <= self.store.last_index:
             self.truncate_from(first)
         self.store.append(entries)
+
+    def append_payloads(self, term: int, kind: int, payloads: list[bytes]) -> tuple[int, int]:
+        """The leader's append of new proposals after its last entry (it never truncates its
+        own log, Raft §5.3 Leader Append-Only): one entry per payload, all of `term` and
+        `kind`. Returns (first_index, last_index)."""
+        return self.store.append_payloads(term, kind, payloads)
 
     def truncate_from(self, index: int) -> None:
         self.store.truncate_suffix(index)
