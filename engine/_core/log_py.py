@@ -127,6 +127,13 @@ class EntryLog:
             raise LogIndexError(self._out_of_range("term_at", index, self._first_index - 1))
         return self._terms[slot]
 
+    def payload_between(self, lo: int, hi: int) -> int:
+        """Total payload bytes of entries lo..hi-1 (same range rule as entries), in O(1):
+        the flow-control and uncommitted-size accounting need sizes, not Entry objects."""
+        self._check_range("payload_between", lo, hi)
+        slot = lo - self._first_index + self._head
+        return self._offsets[slot + (hi - lo)] - self._offsets[slot]
+
     def entries(self, lo: int, hi: int, max_bytes: int = U64_MAX) -> list[Entry]:
         """Entries lo..hi-1, cut before the payload total would exceed `max_bytes`.
 

@@ -1115,8 +1115,12 @@ class RaftCore:
             )
         )
         if entries:
-            size = sum(len(entry.data) for entry in entries)
-            pr.sent_entries(entries[-1].index, size, len(entries), self._ticks)
+            last_sent = entries[-1].index
+            if peer in self._witness_peers:  # metadata only: what actually went out
+                size = sum(len(entry.data) for entry in entries)
+            else:  # from the log's offsets, not a pass over the entries
+                size = log.payload_bytes(entries[0].index, last_sent + 1)
+            pr.sent_entries(last_sent, size, len(entries), self._ticks)
         elif pr.state == ProgressState.PROBE:
             pr.probe_sent = True
         return True
@@ -1237,9 +1241,7 @@ class RaftCore:
     def _on_commit_advanced(self, previous: int) -> None:
         lo = max(previous + 1, self._term_start_index)
         if lo <= self.commit_index:
-            self._uncommitted_bytes -= sum(
-                len(entry.data) for entry in self.log.slice(lo, self.commit_index + 1)
-            )
+            self._uncommitted_bytes -= self.log.payload_bytes(lo, self.commit_index + 1)
             self._uncommitted_bytes = max(self._uncommitted_bytes, 0)
         if previous < self._term_start_index <= self.commit_index:
             # §6.4 step 1: reads wait for the first commit of this leader's term.

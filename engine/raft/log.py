@@ -34,6 +34,7 @@ _STORE_API = (
     "term_at",
     "append",
     "append_payloads",
+    "payload_between",
     "entries",
     "truncate_suffix",
     "compact_prefix",
@@ -58,6 +59,7 @@ class EntryStore(Protocol):
     def term_at(self, index: int) -> int: ...
     def append(self, entries: list[Any]) -> None: ...
     def append_payloads(self, term: int, kind: int, payloads: list[bytes]) -> tuple[int, int]: ...
+    def payload_between(self, lo: int, hi: int) -> int: ...
     def entries(self, lo: int, hi: int, max_bytes: int = U64_MAX) -> list[Any]: ...
     def truncate_suffix(self, index: int) -> None: ...
     def compact_prefix(self, index: int) -> None: ...
@@ -106,6 +108,9 @@ class _ListEntryStore:
             Entry(term, first + offset, payload, kind) for offset, payload in enumerate(payloads)
         )
         return first, self.last_index
+
+    def payload_between(self, lo: int, hi: int) -> int:
+        return sum(len(entry.data) for entry in self.entries(lo, hi))
 
     def entries(self, lo: int, hi: int, max_bytes: int = U64_MAX) -> list[Any]:
         if lo < self._first_index or hi > self.last_index + 1 or lo > hi:
@@ -248,6 +253,12 @@ class RaftLog:
         own log, Raft §5.3 Leader Append-Only): one entry per payload, all of `term` and
         `kind`. Returns (first_index, last_index)."""
         return self.store.append_payloads(term, kind, payloads)
+
+    def payload_bytes(self, lo: int, hi: int) -> int:
+        """Payload bytes of entries [lo, hi), without reading the entries."""
+        if lo >= hi:
+            return 0
+        return self.store.payload_between(lo, hi)
 
     def truncate_from(self, index: int) -> None:
         self.store.truncate_suffix(index)

@@ -401,6 +401,9 @@ class NaiveLog:
             out.append((term, index, kind, data))
         return out
 
+    def payload_between(self, lo: int, hi: int) -> int:
+        return sum(len(entry[3]) for entry in self.entries(lo, hi))
+
     def append(self, batch: list[tuple[int, int, int, bytes]]) -> None:
         for k, (_, index, _, _) in enumerate(batch):
             if index != self.last_index + 1 + k:
@@ -454,6 +457,7 @@ ops = st.one_of(
     st.tuples(st.just("term_at"), offsets),
     st.tuples(st.just("entries"), offsets, st.integers(0, 40),
               st.sampled_from([0, 1, 7, 50, 200, U64_MAX])),
+    st.tuples(st.just("payload_between"), offsets, st.integers(-1, 40)),
     st.tuples(st.just("truncate_suffix"), offsets),
     st.tuples(st.just("compact_prefix"), offsets),
 )
@@ -476,6 +480,9 @@ def concrete(op: tuple, oracle: NaiveLog) -> tuple:
     if name == "entries":
         lo = first + abs(op[1]) if op[1] >= 0 else last + 1 + op[1]
         return ("entries", lo, lo + op[2] % 9, op[3])
+    if name == "payload_between":  # hi < lo (op[2] == -1) and hi past the end are errors
+        lo = first + abs(op[1]) if op[1] >= 0 else last + 1 + op[1]
+        return ("payload_between", lo, lo + op[2] if op[2] < 0 else lo + op[2] % 9)
     if name == "truncate_suffix":
         return ("truncate_suffix", last + 1 + op[1] if op[1] <= 0 else first + op[1] - 1)
     return ("compact_prefix", last + 1 + op[1] if op[1] <= 0 else first + op[1] - 1)
