@@ -18,7 +18,7 @@ def flag(name: str) -> bool:
 
 NO_EXTENSIONS = flag("ENGINE_NO_EXTENSIONS")
 DEBUG = flag("ENGINE_DEBUG_BUILD")
-CORE_MODULES = ["codec", "log", "quorum"]
+CORE_MODULES = ["codec", "kvput", "log", "quorum"]
 
 ext_modules = []
 if not NO_EXTENSIONS:

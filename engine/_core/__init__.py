@@ -19,20 +19,20 @@ def flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in TRUTHY
 
 
-def _load() -> tuple[str, ModuleType, ModuleType, ModuleType]:
+def _load() -> tuple[str, ModuleType, ModuleType, ModuleType, ModuleType]:
     if not flag("ENGINE_NO_EXTENSIONS"):
         try:
-            from engine._core import codec_c, log_c, quorum_c
+            from engine._core import codec_c, kvput_c, log_c, quorum_c
         except ImportError:
             if flag("ENGINE_REQUIRE_EXTENSIONS"):
                 raise
         else:
-            return "cython", codec_c, log_c, quorum_c
-    from engine._core import codec_py, log_py, quorum_py
+            return "cython", codec_c, kvput_c, log_c, quorum_c
+    from engine._core import codec_py, kvput_py, log_py, quorum_py
 
-    return "python", codec_py, log_py, quorum_py
+    return "python", codec_py, kvput_py, log_py, quorum_py
 
 
-IMPLEMENTATION, codec, log, quorum = _load()
+IMPLEMENTATION, codec, kvput, log, quorum = _load()
 
-__all__ = ["IMPLEMENTATION", "codec", "log", "quorum", "flag"]
+__all__ = ["IMPLEMENTATION", "codec", "kvput", "log", "quorum", "flag"]

@@ -29,10 +29,10 @@ import struct
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 
+from engine._core import kvput as _kvput
 from engine.errors import DecodeError, InvariantViolation
 from engine.kv.commands import (
     FLAG_PREVIOUS,
-    FLAG_SESSION,
     VERSION,
     Command,
     Op,
@@ -49,38 +49,14 @@ _SNAPSHOT_HEAD = struct.Struct("<4sQQQ")   # magic, applied_index, n_keys, n_ses
 _U32 = struct.Struct("<I")
 _SESSION_ROW = struct.Struct("<QQQ")      # client_id, last_seq, last_index
 
-# The PUT hot path (see _parse_put): version 1, op PUT; results it produces.
-_PUT_PREFIX = bytes((VERSION, Op.PUT))
+# Results of _put (the general path's PUT).
 _OK_EMPTY = encode_result(Status.OK)
 _OK_PREVIOUS_HEAD = bytes((VERSION, Status.OK, FLAG_PREVIOUS))
-_SESSION_IDS = struct.Struct("<QQ")
 
 
-def _parse_put(command: bytes) -> tuple[bytes, bytes, int | None, int] | None:
-    """(key, value, client_id, seq) of a well-formed PUT (flags 0 or SESSION), or None for
-    anything else, which then takes decode_command's path (and its exact errors)."""
-    flags = command[2] if len(command) > 2 else -1
-    if flags == 0:
-        offset = 3
-        client_id: int | None = None
-        seq = 0
-    elif flags == FLAG_SESSION and len(command) >= 19:
-        client_id, seq = _SESSION_IDS.unpack_from(command, 3)
-        if seq == 0:
-            return None
-        offset = 19
-    else:
-        return None
-    end = len(command)
-    if offset + 4 > end:
-        return None
-    key_end = offset + 4 + _U32.unpack_from(command, offset)[0]
-    if key_end + 4 > end:
-        return None
-    value_end = key_end + 4 + _U32.unpack_from(command, key_end)[0]
-    if value_end != end:
-        return None
-    return command[offset + 4:key_end], command[key_end + 4:value_end], client_id, seq
+# The PUT hot path, compiled (or its pure-Python twin): engine/_core/kvput_py.py.
+_parse_put = _kvput.parse_put
+_apply_put = _kvput.apply_put
 
 
 _STALE = encode_result(Status.STALE_REQUEST, message="stale request: seq below last applied")
@@ -132,19 +108,17 @@ class KVStore:
                 f"apply at index {index} after index {self._applied_index} was applied"
             )
         self._applied_index = index
-        if type(command) is bytes and command[:2] == _PUT_PREFIX:
-            put = _parse_put(command)
-            if put is not None:  # the hot path: a well-formed PUT, no Command object
-                key, value, client_id, seq = put
-                if client_id is None:  # _put, inline: this runs once per write
-                    data = self._data
-                    previous = data.get(key)
-                    data[key] = value
-                    if previous is None:
-                        return _OK_EMPTY
-                    return _OK_PREVIOUS_HEAD + _U32.pack(len(previous)) + previous
-                return self._apply_in_session(index, client_id, seq,
-                                              lambda: self._put(key, value))
+        # The hot path: a well-formed PUT, no Command object (engine._core.kvput).
+        result = _apply_put(self._data, command)
+        if result is not None:
+            return result  # a PUT without a session, applied
+        put = _parse_put(command)
+        if put is not None:
+            key, value, client_id, seq = put
+            if client_id is None:  # unreachable while _apply_put takes these
+                return self._put(key, value)
+            return self._apply_in_session(index, client_id, seq,
+                                          lambda: self._put(key, value))
         try:
             cmd = decode_command(command)
         except DecodeError as exc:

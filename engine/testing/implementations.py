@@ -1,7 +1,7 @@
 """Both implementations of engine/_core side by side, for parity tests and benchmarks.
 
 `available()` lists "c" and "py", or only "py" under ENGINE_NO_EXTENSIONS=1 (nothing compiled
-is expected there). `load(name)` returns a namespace with .codec, .log and .quorum of one
+is expected there). `load(name)` returns a namespace with .codec, .kvput, .log and .quorum of one
 implementation; under ENGINE_REQUIRE_EXTENSIONS=1 a missing compiled module is an ImportError.
 """
 
@@ -22,6 +22,7 @@ def load(name: str) -> SimpleNamespace:
     return SimpleNamespace(
         name=name,
         codec=importlib.import_module(f"engine._core.codec{suffix}"),
+        kvput=importlib.import_module(f"engine._core.kvput{suffix}"),
         log=importlib.import_module(f"engine._core.log{suffix}"),
         quorum=importlib.import_module(f"engine._core.quorum{suffix}"),
     )
@@ -34,7 +35,7 @@ def pytest_fixtures() -> tuple[object, object]:
 
     @pytest.fixture(params=available(), scope="session")
     def impl(request: pytest.FixtureRequest) -> SimpleNamespace:
-        """Namespace with .codec, .log, .quorum modules of one implementation."""
+        """Namespace with .codec, .kvput, .log, .quorum modules of one implementation."""
         return load(request.param)
 
     @pytest.fixture(scope="session")

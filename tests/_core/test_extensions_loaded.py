@@ -10,7 +10,7 @@ import importlib.machinery
 import engine._core as core
 from engine._core import flag
 
-NAMES = ("codec", "log", "quorum")
+NAMES = ("codec", "kvput", "log", "quorum")
 
 
 def is_compiled(module: object) -> bool:

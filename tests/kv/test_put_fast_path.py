@@ -1,6 +1,9 @@
-"""KVStore.apply's PUT fast path (_parse_put) must agree exactly with decode_command."""
+"""KVStore.apply's PUT fast path (engine._core.kvput, both twins) must agree exactly with
+decode_command and with the general path of KVStore.apply."""
 
 from __future__ import annotations
+
+from types import SimpleNamespace
 
 import pytest
 from hypothesis import given, settings
@@ -44,10 +47,20 @@ def _mutations() -> st.SearchStrategy[bytes]:
     return st.one_of(valid, other, damaged, st.binary(max_size=30))
 
 
+def test_wire_constants_match_the_kv_codec(impl: SimpleNamespace) -> None:
+    kvput = impl.kvput
+    assert (kvput.VERSION, kvput.OP_PUT, kvput.FLAG_SESSION, kvput.FLAG_PREVIOUS,
+            kvput.STATUS_OK) == (commands.VERSION, commands.Op.PUT, commands.FLAG_SESSION,
+                                 commands.FLAG_PREVIOUS, commands.Status.OK)
+
+
 @settings(max_examples=3000, deadline=None)
 @given(_mutations())
-def test_parse_put_agrees_with_decode_command(data: bytes) -> None:
-    fast = store_module._parse_put(data) if data[:2] == store_module._PUT_PREFIX else None
+def test_parse_put_agrees_with_decode_command(both_impls: list[SimpleNamespace],
+                                              data: bytes) -> None:
+    parsed = [impl.kvput.parse_put(data) for impl in both_impls]
+    assert all(p == parsed[0] for p in parsed), (data, parsed)
+    fast = parsed[0]
     try:
         command = commands.decode_command(data)
     except DecodeError:
@@ -64,6 +77,37 @@ def test_parse_put_agrees_with_decode_command(data: bytes) -> None:
         assert command.seq == seq
 
 
+@settings(max_examples=500, deadline=None)
+@given(st.lists(_mutations(), max_size=20))
+def test_apply_put_twins_agree_result_for_result(both_impls: list[SimpleNamespace],
+                                                 batch: list[bytes]) -> None:
+    """Same results and same map from both twins, a session-less PUT applied and anything else
+    (session PUTs included) refused with None and the map untouched."""
+    maps: list[dict[bytes, bytes]] = [{b"k": b"old"} for _ in both_impls]
+    for data in batch:
+        before = dict(maps[0])
+        results = [impl.kvput.apply_put(m, data) for impl, m in zip(both_impls, maps,
+                                                                    strict=True)]
+        assert all(r == results[0] for r in results), (data, results)
+        assert all(m == maps[0] for m in maps)
+        parsed = both_impls[0].kvput.parse_put(data)
+        if parsed is None or parsed[2] is not None:
+            assert results[0] is None and maps[0] == before
+        else:
+            assert maps[0][parsed[0]] == parsed[1]
+            previous = before.get(parsed[0])
+            assert results[0] == commands.encode_result(commands.Status.OK, previous=previous)
+
+
+def test_apply_put_refuses_what_is_not_bytes(impl: SimpleNamespace) -> None:
+    put = commands.encode_put(b"k", b"v")
+    data: dict[bytes, bytes] = {}
+    assert impl.kvput.apply_put(data, bytearray(put)) is None
+    assert impl.kvput.apply_put(data, memoryview(put)) is None
+    assert impl.kvput.parse_put(bytearray(put)) is None
+    assert data == {}
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.lists(_mutations(), max_size=25))
 def test_apply_results_and_state_match_the_slow_path(batch: list[bytes]) -> None:
@@ -73,6 +117,7 @@ def test_apply_results_and_state_match_the_slow_path(batch: list[bytes]) -> None
     slow_store = KVStore()
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(store_module, "_parse_put", lambda data: None)
+        patch.setattr(store_module, "_apply_put", lambda data, command: None)
         slow = [slow_store.apply(index, data) for index, data in enumerate(batch, 1)]
     assert fast == slow
     assert fast_store == slow_store

@@ -1,0 +1,128 @@
+# The replicated KV store's PUT hot path, compiled twin of kvput_py (which documents the wire
+# format and the contract: the general path's result for a well-formed PUT, None otherwise).
+
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.dict cimport PyDict_GetItem, PyDict_SetItem
+from cpython.ref cimport PyObject
+from libc.stdint cimport uint8_t, uint32_t, uint64_t
+from libc.string cimport memcpy
+
+cdef enum:
+    _VERSION = 1
+    _OP_PUT = 1
+    _FLAG_SESSION = 0x01
+    _FLAG_PREVIOUS = 0x02
+    _STATUS_OK = 0
+
+VERSION = _VERSION
+OP_PUT = _OP_PUT
+FLAG_SESSION = _FLAG_SESSION
+FLAG_PREVIOUS = _FLAG_PREVIOUS
+STATUS_OK = _STATUS_OK
+
+cdef bytes _OK_EMPTY = bytes((_VERSION, _STATUS_OK, 0))
+
+
+cdef inline uint32_t _u32(const uint8_t* p) noexcept:
+    # Little-endian on any host, as struct "<I".
+    return <uint32_t>p[0] | (<uint32_t>p[1] << 8) | (<uint32_t>p[2] << 16) | (<uint32_t>p[3] << 24)
+
+
+cdef inline uint64_t _u64(const uint8_t* p) noexcept:
+    return <uint64_t>_u32(p) | (<uint64_t>_u32(p + 4) << 32)
+
+
+cdef int _locate(bytes command, Py_ssize_t* key_at, Py_ssize_t* key_len,
+                 Py_ssize_t* value_at, Py_ssize_t* value_len, int* has_session,
+                 uint64_t* client_id, uint64_t* seq):
+    """1 when `command` is a well-formed PUT (fields written), 0 otherwise."""
+    cdef Py_ssize_t end = PyBytes_GET_SIZE(command)
+    cdef const uint8_t* p = <const uint8_t*>PyBytes_AS_STRING(command)
+    cdef Py_ssize_t offset
+    cdef uint64_t length
+    if end < 3 or p[0] != _VERSION or p[1] != _OP_PUT:
+        return 0
+    if p[2] == 0:
+        offset = 3
+        has_session[0] = 0
+        client_id[0] = 0
+        seq[0] = 0
+    elif p[2] == _FLAG_SESSION and end >= 19:
+        client_id[0] = _u64(p + 3)
+        seq[0] = _u64(p + 11)
+        if seq[0] == 0:
+            return 0
+        has_session[0] = 1
+        offset = 19
+    else:
+        return 0
+    if offset + 4 > end:
+        return 0
+    length = _u32(p + offset)
+    if <uint64_t>(offset + 4) + length + 4 > <uint64_t>end:
+        return 0
+    key_at[0] = offset + 4
+    key_len[0] = <Py_ssize_t>length
+    offset = key_at[0] + key_len[0]
+    length = _u32(p + offset)
+    if <uint64_t>(offset + 4) + length != <uint64_t>end:
+        return 0
+    value_at[0] = offset + 4
+    value_len[0] = <Py_ssize_t>length
+    return 1
+
+
+def parse_put(command):
+    """(key, value, client_id, seq) of a well-formed PUT (client_id None and seq 0 without a
+    session), or None for anything else (another op, a malformed PUT, session seq 0)."""
+    cdef Py_ssize_t key_at, key_len, value_at, value_len
+    cdef int has_session
+    cdef uint64_t client_id, seq
+    if type(command) is not bytes:
+        return None
+    if not _locate(command, &key_at, &key_len, &value_at, &value_len, &has_session,
+                   &client_id, &seq):
+        return None
+    cdef const char* p = PyBytes_AS_STRING(command)
+    key = PyBytes_FromStringAndSize(p + key_at, key_len)
+    value = PyBytes_FromStringAndSize(p + value_at, value_len)
+    if has_session:
+        return key, value, client_id, seq
+    return key, value, None, 0
+
+
+def apply_put(dict data not None, command):
+    """Apply a well-formed PUT without a session to `data` and return its encoded result;
+    None, with `data` untouched, for any other command."""
+    cdef Py_ssize_t key_at, key_len, value_at, value_len, size
+    cdef int has_session
+    cdef uint64_t client_id, seq
+    if type(command) is not bytes:
+        return None
+    if not _locate(command, &key_at, &key_len, &value_at, &value_len, &has_session,
+                   &client_id, &seq) or has_session:
+        return None
+    cdef const char* p = PyBytes_AS_STRING(command)
+    key = PyBytes_FromStringAndSize(p + key_at, key_len)
+    value = PyBytes_FromStringAndSize(p + value_at, value_len)
+    cdef PyObject* found = PyDict_GetItem(data, key)   # borrowed; no error for bytes keys
+    cdef object previous = None
+    if found is not NULL:
+        previous = <object>found   # a new reference, held across the store below
+    PyDict_SetItem(data, key, value)
+    if previous is None:
+        return _OK_EMPTY
+    if type(previous) is not bytes:   # only bytes are stored here; never trust that blindly
+        previous = bytes(previous)
+    size = PyBytes_GET_SIZE(previous)
+    result = PyBytes_FromStringAndSize(NULL, 7 + size)
+    cdef uint8_t* out = <uint8_t*>PyBytes_AS_STRING(result)
+    out[0] = _VERSION
+    out[1] = _STATUS_OK
+    out[2] = _FLAG_PREVIOUS
+    out[3] = <uint8_t>(size & 0xFF)
+    out[4] = <uint8_t>((size >> 8) & 0xFF)
+    out[5] = <uint8_t>((size >> 16) & 0xFF)
+    out[6] = <uint8_t>((size >> 24) & 0xFF)
+    memcpy(out + 7, PyBytes_AS_STRING(previous), <size_t>size)
+    return result

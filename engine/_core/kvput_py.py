@@ -1,0 +1,74 @@
+"""The replicated KV store's PUT hot path: the pure-Python twin of kvput_c.
+
+engine.kv.store applies every committed command; a PUT is nearly all of them under load, and
+decoding it into a Command object and encoding the result cost more than the rest of a write
+on the leader. These two functions do exactly what the general path does for a well-formed PUT
+and answer None for anything else, which then takes decode_command's path with its exact
+errors (tests/kv/test_put_fast_path.py holds both twins to decode_command and to the general
+path, result for result and state for state).
+
+Wire format (engine/kv/commands.py, docs/interfaces.md), little-endian, nothing after the value:
+    PUT     u8 version = 1, u8 op = PUT (1), u8 flags (0, or FLAG_SESSION (1) followed by
+            u64 client_id and u64 seq, seq >= 1), u32 key length, key, u32 value length, value
+    result  u8 version = 1, u8 status = OK (0), u8 flags (0, or FLAG_PREVIOUS (2) followed by
+            u32 length and the value the key held before)
+"""
+
+from __future__ import annotations
+
+import struct
+
+VERSION = 1
+OP_PUT = 1
+FLAG_SESSION = 0x01
+FLAG_PREVIOUS = 0x02
+STATUS_OK = 0
+
+_PUT_PREFIX = bytes((VERSION, OP_PUT))
+_OK_EMPTY = bytes((VERSION, STATUS_OK, 0))
+_OK_PREVIOUS_HEAD = bytes((VERSION, STATUS_OK, FLAG_PREVIOUS))
+_U32 = struct.Struct("<I")
+_SESSION_IDS = struct.Struct("<QQ")
+
+
+def parse_put(command: bytes) -> tuple[bytes, bytes, int | None, int] | None:
+    """(key, value, client_id, seq) of a well-formed PUT (client_id None and seq 0 without a
+    session), or None for anything else (another op, a malformed PUT, session seq 0)."""
+    if type(command) is not bytes or command[:2] != _PUT_PREFIX:
+        return None
+    flags = command[2] if len(command) > 2 else -1
+    if flags == 0:
+        offset = 3
+        client_id: int | None = None
+        seq = 0
+    elif flags == FLAG_SESSION and len(command) >= 19:
+        client_id, seq = _SESSION_IDS.unpack_from(command, 3)
+        if seq == 0:
+            return None
+        offset = 19
+    else:
+        return None
+    end = len(command)
+    if offset + 4 > end:
+        return None
+    key_end = offset + 4 + _U32.unpack_from(command, offset)[0]
+    if key_end + 4 > end:
+        return None
+    value_end = key_end + 4 + _U32.unpack_from(command, key_end)[0]
+    if value_end != end:
+        return None
+    return command[offset + 4:key_end], command[key_end + 4:value_end], client_id, seq
+
+
+def apply_put(data: dict[bytes, bytes], command: bytes) -> bytes | None:
+    """Apply a well-formed PUT without a session to `data` and return its encoded result;
+    None, with `data` untouched, for any other command."""
+    put = parse_put(command)
+    if put is None or put[2] is not None:
+        return None
+    key = put[0]
+    previous = data.get(key)
+    data[key] = put[1]
+    if previous is None:
+        return _OK_EMPTY
+    return _OK_PREVIOUS_HEAD + _U32.pack(len(previous)) + previous
