@@ -385,6 +385,16 @@ class Node(_MembershipMixin, _SnapshotsMixin, _ReadsMixin, _ServingMixin):
         """
         return await self._enqueue_proposal(command, timeout)
 
+    def submit(self, command: bytes, *, timeout: float | None = None) -> asyncio.Future[bytes]:
+        """Queue `command` now and return the future of its outcome: what `await propose()`
+        would return or raise, without a coroutine per write (await it, gather it or give it
+        a done-callback; for callers that keep many writes outstanding).
+
+        What propose refuses before queueing (Stopped, MembershipError, EntryTooLarge,
+        Overloaded) is raised here, by the call itself.
+        """
+        return self._enqueue_proposal(command, timeout)
+
     async def transfer_leadership(self, target: int, *, timeout: float | None = None) -> None:
         """Hand leadership to `target` (Raft thesis §3.10); returns once `target` leads.
 

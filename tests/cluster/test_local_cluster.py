@@ -112,6 +112,28 @@ async def test_oversized_proposal_is_refused_at_propose_time() -> None:
             await leader.propose(b"x" * 2048)
 
 
+async def test_submit_queues_at_the_call_and_its_future_is_the_outcome() -> None:
+    limits = engine.Limits(max_entry_bytes=1024, max_pending_proposals=64)
+    async with engine.LocalCluster(n=3, limits=limits) as cluster:
+        leader = await cluster.wait_leader()
+        futures = [leader.submit(commands.encode_put(b"s%d" % i, b"v%d" % i)) for i in range(40)]
+        assert all(isinstance(f, asyncio.Future) for f in futures)
+        assert leader.status()["pending_proposals"] >= 40  # queued by the calls themselves
+        results = await asyncio.gather(*futures)
+        assert all(commands.decode_result(r).ok for r in results)
+        assert value_of(leader, b"s39") == b"v39"
+        # Refusals come from the call, before anything is queued.
+        with pytest.raises(engine.EntryTooLarge):
+            leader.submit(b"x" * 2048)
+        flood = [leader.submit(commands.encode_put(b"f", b"v")) for _ in range(64)]
+        with pytest.raises(engine.Overloaded):
+            leader.submit(commands.encode_put(b"f", b"v"))
+        await asyncio.gather(*flood)
+        # The same write through propose answers the same way.
+        again = await leader.propose(commands.encode_put(b"s39", b"w"))
+        assert commands.decode_result(again).previous == b"v39"
+
+
 async def test_entry_larger_than_a_datagram_is_chunked_and_replicated() -> None:
     async with engine.LocalCluster(n=3) as cluster:
         leader = await cluster.wait_leader()
