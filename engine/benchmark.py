@@ -9,7 +9,8 @@ and reports what was measured in the --duration window, with the conditions:
   process's); with --processes separate (default) the others are `python -m engine serve`
   processes, with --processes one they are in this process too (LocalCluster).
 * Load: --clients library proposes from the leader's process as a library user would
-  (`await node.submit(cmd)`, propose without a coroutine per write); --clients udp runs --client-processes load generators
+  (`await node.submit(cmd)`, propose without a coroutine per write); --clients udp runs
+  --client-processes load generators
   (`python -m engine.benchmark --load-generator SPEC`, this module's __main__), each an
   engine.Client over UDP with its share of the --concurrency outstanding writes.
   --concurrency is always the total number of requests outstanding at any time.
