@@ -558,9 +558,15 @@ async def _closed_loop(operation: Callable[[int], Awaitable[Any]], concurrency: 
                        measure_from: float, stop_at: float) -> tuple[list[int], int]:
     """`concurrency` workers, each awaiting operation(i) back to back (i = its offset, then
     += concurrency) until stop_at (loop time). Returns the latencies in ns of the operations
-    that finished inside [measure_from, stop_at) and the number that raised."""
+    that finished inside [measure_from, stop_at) and the number that raised.
+
+    The load shares the leader's CPU in library mode, so a worker reads one clock per write:
+    the window's edges are converted to perf_counter_ns once."""
     loop = asyncio.get_running_loop()
     perf = time.perf_counter_ns
+    offset_ns = perf() - int(loop.time() * 1e9)
+    measure_from_ns = int(measure_from * 1e9) + offset_ns
+    stop_at_ns = int(stop_at * 1e9) + offset_ns
     latencies: list[int] = []
     errors = 0
 
@@ -568,16 +574,19 @@ async def _closed_loop(operation: Callable[[int], Awaitable[Any]], concurrency: 
         nonlocal errors
         record = latencies.append
         i = offset
-        while loop.time() < stop_at:
-            t0 = perf()
+        started = perf()
+        while started < stop_at_ns:
             try:
                 await operation(i)
             except Exception:
                 errors += 1
+                await asyncio.sleep(0)  # refused at the call (Overloaded): let the loop run
+                started = perf()
                 continue
-            finished = loop.time()
-            if measure_from <= finished < stop_at:
-                record(perf() - t0)
+            finished = perf()
+            if measure_from_ns <= finished < stop_at_ns:
+                record(finished - started)
+            started = finished
             i += concurrency
 
     await asyncio.gather(*(worker(offset) for offset in range(concurrency)))
@@ -594,8 +603,9 @@ async def _drive_library(node: Any, args: argparse.Namespace, pids: dict[str, in
     window = _Window(args, loop.time())
     count = len(payloads)
     meter = CpuMeter(pids)
+    submit = node.submit
     load = asyncio.ensure_future(_closed_loop(
-        lambda i: node.submit(payloads[i % count]), args.concurrency,
+        lambda i: submit(payloads[i % count]), args.concurrency,
         window.measure_from, window.stop_at))
     applied_at_start = node.counters["applied"]
 
