@@ -369,31 +369,58 @@ def test_heartbeat_carries_commit_capped_by_match() -> None:
     assert beats == {2: core.commit_index, 3: 0}
 
 
+def commit_notices(messages: list[Message]) -> list[Message]:
+    """Commit notices: HEARTBEATs without a round context (heartbeat rounds carry one)."""
+    return [m for m in messages if m.type == MT.HEARTBEAT and not m.context]
+
+
 def test_commit_reaches_followers_as_unanswered_notices_once_they_hold_it() -> None:
-    # §5.3: followers learn the commit index from the leader. A follower in step gets a
-    # commit notice (a HEARTBEAT without a round context) that it does not answer; one whose
-    # ack was still in flight gets its notice when that ack reaches the commit index.
+    # §5.3: followers learn the commit index from the leader. A follower in step is owed a
+    # commit notice (a HEARTBEAT without a round context) that it does not answer, sent on the
+    # leader's next tick; one whose ack was still in flight is owed its notice when that ack
+    # reaches the commit index.
     core = make_leader()
     ack_all(core)
     _, last, _ = core.propose([b"x"])
     drain(core)
     core.step(Message(MT.APPEND_RESPONSE, 2, 1, core.term, index=last))
     assert core.commit_index == last
-    notices = sent(core)
+    assert sent(core) == []  # not in the turn that commits: on the next tick
+    core.tick()
+    notices = commit_notices(sent(core))
     assert [(m.type, m.dst, m.commit, m.context) for m in notices] == [
         (MT.HEARTBEAT, 2, last, b"")]
     core.step(Message(MT.APPEND_RESPONSE, 3, 1, core.term, index=last))
-    assert [(m.type, m.dst, m.commit, m.context) for m in sent(core)] == [
+    core.tick()
+    assert [(m.type, m.dst, m.commit, m.context) for m in commit_notices(sent(core))] == [
         (MT.HEARTBEAT, 3, last, b"")]
-    # A repeated ack earns nothing more.
+    # A repeated ack earns nothing more, and a notice is sent once.
     core.step(Message(MT.APPEND_RESPONSE, 3, 1, core.term, index=last))
-    assert sent(core) == []
+    core.tick()
+    assert commit_notices(sent(core)) == []
 
     follower = make_core(2, term=core.term, log_terms=(core.term,) * last)
     follower.step(notices[0])
     messages, after, committed = drain(follower)
     assert follower.commit_index == last and messages == after == []
     assert [e.index for e in committed] == list(range(1, last + 1))
+
+
+def test_an_append_before_the_tick_carries_the_commit_and_cancels_the_notice() -> None:
+    # Under load the next append reaches the follower before the tick and carries the
+    # commit, so no notice datagram is spent on it (nor a wake-up of the follower).
+    core = make_leader()
+    ack_all(core)
+    _, first, _ = core.propose([b"x"])
+    drain(core)
+    core.step(Message(MT.APPEND_RESPONSE, 2, 1, core.term, index=first))
+    core.step(Message(MT.APPEND_RESPONSE, 3, 1, core.term, index=first))
+    assert core.commit_index == first and sent(core) == []
+    core.propose([b"y"])
+    appends = [(m.type, m.dst, m.commit) for m in sent(core)]
+    assert appends == [(MT.APPEND, 2, first), (MT.APPEND, 3, first)]
+    core.tick()
+    assert commit_notices(sent(core)) == []
 
 
 def test_commit_notice_waits_for_a_follower_to_hold_the_commit_index() -> None:
@@ -407,13 +434,15 @@ def test_commit_notice_waits_for_a_follower_to_hold_the_commit_index() -> None:
     core.step(Message(MT.APPEND_RESPONSE, 3, 1, core.term, index=first - 1))  # stale: ignored
     core.step(Message(MT.APPEND_RESPONSE, 2, 1, core.term, index=first))
     assert core.commit_index == first
-    assert [(m.type, m.dst, m.commit) for m in sent(core)] == [(MT.HEARTBEAT, 2, first)]
+    core.tick()
+    assert [(m.dst, m.commit) for m in commit_notices(sent(core))] == [(2, first)]
     core.step(Message(MT.APPEND_RESPONSE, 3, 1, core.term, index=second))
     assert core.commit_index == second
-    assert sorted((m.type, m.dst, m.commit) for m in sent(core)) == [
-        (MT.HEARTBEAT, 3, second)]
+    core.tick()
+    assert [(m.dst, m.commit) for m in commit_notices(sent(core))] == [(3, second)]
     core.step(Message(MT.APPEND_RESPONSE, 2, 1, core.term, index=second))  # node 2 catches up
-    assert [(m.type, m.dst, m.commit) for m in sent(core)] == [(MT.HEARTBEAT, 2, second)]
+    core.tick()
+    assert [(m.dst, m.commit) for m in commit_notices(sent(core))] == [(2, second)]
 
 
 # --------------------------------------------------------------------- §5.4.2 commitment
