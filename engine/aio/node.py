@@ -383,17 +383,7 @@ class Node(_MembershipMixin, _SnapshotsMixin, _ReadsMixin, _ServingMixin):
         Raises EntryTooLarge / Overloaded / Rejected (definitely not applied), Timeout
         (unknown), Stopped, StateMachineError.
         """
-        return await self._enqueue_proposal(command, timeout)
-
-    def submit(self, command: bytes, *, timeout: float | None = None) -> asyncio.Future[bytes]:
-        """Queue `command` now and return the future of its outcome: what `await propose()`
-        would return or raise, without a coroutine per write (await it, gather it or give it
-        a done-callback; for callers that keep many writes outstanding).
-
-        What propose refuses before queueing (Stopped, MembershipError, EntryTooLarge,
-        Overloaded) is raised here, by the call itself.
-        """
-        return self._enqueue_proposal(command, timeout)
+        return await self.submit(command, timeout=timeout)
 
     async def transfer_leadership(self, target: int, *, timeout: float | None = None) -> None:
         """Hand leadership to `target` (Raft thesis §3.10); returns once `target` leads.
@@ -439,14 +429,21 @@ class Node(_MembershipMixin, _SnapshotsMixin, _ReadsMixin, _ServingMixin):
             return self._loop.create_future()
         return _AnsweringFuture(self._loop, answer)
 
-    def _enqueue_proposal(self, command: bytes, timeout: float | None,
-                          answer: Callable[[asyncio.Future[bytes]], None] | None = None
-                          ) -> asyncio.Future[bytes]:
-        """Queue a proposal for this turn's batch; the future is its outcome (no task).
-        `answer`, for a remote client, is called with the future the moment it settles."""
+    def submit(self, command: bytes, *, timeout: float | None = None,
+               _answer: Callable[[asyncio.Future[bytes]], None] | None = None
+               ) -> asyncio.Future[bytes]:
+        """Queue `command` now and return the future of its outcome: what `await propose()`
+        would return or raise, without a coroutine per write (await it, gather it or give it
+        a done-callback; for callers that keep many writes outstanding).
+
+        What propose refuses before queueing (Stopped, MembershipError, EntryTooLarge,
+        Overloaded) is raised here, by the call itself. (`_answer`, for a remote client's
+        write, is called with the future the moment it settles.)
+        """
         # The library's per-write hot path (a third of the leader's CPU in `engine bench`
         # before it was flattened): the limits come from the frozen config once, the checks
-        # and the turn scheduling are inline.
+        # and the turn scheduling are inline, and propose's coroutine is skipped.
+        answer = _answer
         if self._fatal is not None or not self._running or self._removed:
             self._check_running()
         if len(command) > self._max_entry_bytes:
@@ -617,11 +614,13 @@ class Node(_MembershipMixin, _SnapshotsMixin, _ReadsMixin, _ServingMixin):
             return
         queue, self._proposal_queue = self._proposal_queue, []
         # A caller that cancelled its future before this turn is not proposed at all.
-        live = [item for item in queue if not item[1].done()]
-        if not live:
+        commands = [item[0] for item in queue if not item[1].done()]
+        if not commands:
             return
+        live = (queue if len(commands) == len(queue)
+                else [item for item in queue if not item[1].done()])
         try:
-            first, last, term = self._core.propose([item[0] for item in live])
+            first, last, term = self._core.propose(commands)
         except errors.NotLeader as exc:
             self._waiting_for_leader.extend(live)
             if exc.leader_id is None:

@@ -51,9 +51,9 @@ class _ServingMixin:
         async def transfer_leadership(self, target: int, *,
                                       timeout: float | None = None) -> None: ...
         # Node (node.py)
-        def _enqueue_proposal(self, command: bytes, timeout: float | None,
-                              answer: Callable[[asyncio.Future[bytes]], None] | None = None
-                              ) -> asyncio.Future[bytes]: ...
+        def submit(self, command: bytes, *, timeout: float | None = None,
+                   _answer: Callable[[asyncio.Future[bytes]], None] | None = None
+                   ) -> asyncio.Future[bytes]: ...
         # _ReadsMixin
         def _enqueue_read(self, query: bytes, timeout: float | None,
                           answer: Callable[[asyncio.Future[bytes]], None] | None = None
@@ -140,7 +140,7 @@ class _ServingMixin:
                 if leader_id != self.config.node_id:
                     self._reply_not_leader(message, address, leader_id)
                     return
-                self._enqueue_proposal(message.context, None, answer)
+                self.submit(message.context, _answer=answer)
             elif op == ClientOp.READ:
                 if not self._core.leader_id:
                     self._reply_not_leader(message, address, None)

@@ -134,6 +134,20 @@ async def test_submit_queues_at_the_call_and_its_future_is_the_outcome() -> None
         assert commands.decode_result(again).previous == b"v39"
 
 
+async def test_a_write_cancelled_before_its_turn_is_never_proposed() -> None:
+    async with engine.LocalCluster(n=3) as cluster:
+        leader = await cluster.wait_leader()
+        # All three are queued in this loop turn; the second is cancelled before the turn
+        # that proposes them runs.
+        first = leader.submit(commands.encode_put(b"c1", b"v"))
+        second = leader.submit(commands.encode_put(b"c2", b"v"))
+        third = leader.submit(commands.encode_put(b"c3", b"v"))
+        assert second.cancel()
+        await asyncio.gather(first, third)
+        assert value_of(leader, b"c1") == value_of(leader, b"c3") == b"v"
+        assert value_of(leader, b"c2") is None
+
+
 async def test_entry_larger_than_a_datagram_is_chunked_and_replicated() -> None:
     async with engine.LocalCluster(n=3) as cluster:
         leader = await cluster.wait_leader()
