@@ -26,6 +26,8 @@ cdef class EntryLog:
 
     cdef inline uint64_t _last_index(self) noexcept
     cdef uint64_t _index_arg(self, object index, str what, uint64_t low) except? 0
+    cdef Py_ssize_t _range_slot(self, object lo, object hi, str what, uint64_t* c_lo,
+                                uint64_t* c_hi) except -1
     cdef int _reserve(self, Py_ssize_t slots) except -1
     cdef int _store(self, list items, bint of_entries, Py_ssize_t slot, Py_ssize_t n) except -1
     cdef int _add_chunk(self, uint64_t start, size_t capacity) noexcept

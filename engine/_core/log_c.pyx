@@ -145,22 +145,26 @@ cdef class EntryLog:
             )
         return self._terms[self._head + <Py_ssize_t>(i - self._first_index)]
 
-    def payload_between(self, lo, hi):
-        """Total payload bytes of entries lo..hi-1 (same range rule as entries), in O(1)."""
+    cdef Py_ssize_t _range_slot(self, object lo, object hi, str what, uint64_t* c_lo,
+                                uint64_t* c_hi) except -1:
+        # [lo, hi) within [first_index, last_index + 1] (same rule and message as log_py's
+        # _check_range); writes the bounds as uint64 and returns the slot of lo.
         cdef uint64_t first = self._first_index
         cdef uint64_t last = self._last_index()
-        cdef uint64_t c_lo, c_hi
         try:
-            c_lo = lo
-            c_hi = hi
+            c_lo[0] = lo
+            c_hi[0] = hi
         except OverflowError:
-            c_lo = 1
-            c_hi = 0  # fails the range check below
-        if not (first <= c_lo and c_lo <= c_hi and c_hi <= last + 1):
-            raise LogIndexError(
-                f"payload_between: [{lo}, {hi}) is outside the log [{first}, {last}]"
-            )
-        cdef Py_ssize_t slot = self._head + <Py_ssize_t>(c_lo - first)
+            c_lo[0] = 1
+            c_hi[0] = 0  # fails the range check below
+        if not (first <= c_lo[0] and c_lo[0] <= c_hi[0] and c_hi[0] <= last + 1):
+            raise LogIndexError(f"{what}: [{lo}, {hi}) is outside the log [{first}, {last}]")
+        return self._head + <Py_ssize_t>(c_lo[0] - first)
+
+    def payload_between(self, lo, hi):
+        """Total payload bytes of entries lo..hi-1 (same range rule as entries), in O(1)."""
+        cdef uint64_t c_lo, c_hi
+        cdef Py_ssize_t slot = self._range_slot(lo, hi, "payload_between", &c_lo, &c_hi)
         return self._offsets[slot + <Py_ssize_t>(c_hi - c_lo)] - self._offsets[slot]
 
     def entries(self, lo, hi, max_bytes=U64_MAX):
@@ -168,24 +172,14 @@ cdef class EntryLog:
 
         At least one entry is returned when lo < hi, whatever its size.
         """
-        cdef uint64_t first = self._first_index
-        cdef uint64_t last = self._last_index()
         cdef uint64_t c_lo, c_hi, budget, index, start
-        try:
-            c_lo = lo
-            c_hi = hi
-        except OverflowError:
-            c_lo = 1
-            c_hi = 0  # fails the range check below
-        if not (first <= c_lo and c_lo <= c_hi and c_hi <= last + 1):
-            raise LogIndexError(f"entries: [{lo}, {hi}) is outside the log [{first}, {last}]")
+        cdef Py_ssize_t first_slot = self._range_slot(lo, hi, "entries", &c_lo, &c_hi)
         if max_bytes < 0:
             raise ValueError(f"max_bytes must be >= 0, got {max_bytes}")
         budget = _U64_MAX if max_bytes >= U64_MAX else max_bytes
         if c_lo == c_hi:
             return []
-        cdef Py_ssize_t first_slot = self._head + <Py_ssize_t>(c_lo - first)
-        cdef Py_ssize_t end_slot = self._head + <Py_ssize_t>(c_hi - first)
+        cdef Py_ssize_t end_slot = first_slot + <Py_ssize_t>(c_hi - c_lo)
         cdef uint64_t* offsets = self._offsets
         start = offsets[first_slot]
         if budget < offsets[end_slot] - start:
