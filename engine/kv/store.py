@@ -113,10 +113,8 @@ class KVStore:
         if result is not None:
             return result  # a PUT without a session, applied
         put = _parse_put(command)
-        if put is not None:
+        if put is not None:  # a PUT in a session (_apply_put took every other PUT)
             key, value, client_id, seq = put
-            if client_id is None:  # unreachable while _apply_put takes these
-                return self._put(key, value)
             return self._apply_in_session(index, client_id, seq,
                                           lambda: self._put(key, value))
         try:
