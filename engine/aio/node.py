@@ -16,6 +16,9 @@ round. Then the core's Ready is processed (etcd's Ready/Advance contract, engine
   3. after the fsync: `ready.messages_after_persist` (votes, append acks: promises about
      durable state, DESIGN.md §5), then committed entries are applied, proposal futures are
      resolved, ReadIndex reads whose index is applied are answered, and `core.advance()`.
+     (A Ready without acks to send — the leader's — applies its committed entries before
+     step 2 instead: they are durable on a quorum already, and their callers are answered
+     while the new entries are written; see _handle_ready.)
 
 A proposal's future is resolved when the entry at its (index, term) is applied. If the entry
 applied at that index has another term, a new leader overwrote it: it can never commit, so
@@ -662,11 +665,13 @@ class Node(_MembershipMixin, _SnapshotsMixin, _ReadsMixin, _ServingMixin):
             return
         # Committed entries are already durable on a quorum (a core counts its own copy only
         # after its fsync), so they are applied — and their callers answered — while this
-        # Ready's own writes are in flight, as etcd applies in parallel with persisting.
-        if ready.committed_entries:
-            self._apply(ready.committed_entries)
-            if self._profiler is not None:  # profiler hook: applied
-                self._profiler.applied(ready)
+        # Ready's own writes are in flight, as etcd applies in parallel with persisting. Not
+        # when this Ready also holds acks for its new entries (a follower): the leader's
+        # commit, and so its callers, wait for those acks, and nobody here waits for the
+        # apply, so the acks go first and the entries are applied after (_after_persist).
+        apply_late = bool(ready.messages_after_persist) and bool(ready.entries)
+        if ready.committed_entries and not apply_late:
+            self._apply_ready(ready)
         if not ready.entries:
             # The remote callers' answers, queued as their futures settled, leave now, ahead
             # of this Ready's commit notices (the transport writes replies first) and of the
@@ -683,7 +688,7 @@ class Node(_MembershipMixin, _SnapshotsMixin, _ReadsMixin, _ServingMixin):
             self._serve_applied_reads()
         if (ready.entries or ready.hard_state is not None) and not self._save(ready):
             return
-        self._after_persist(ready)
+        self._after_persist(ready, apply_late)
 
     def _save(self, ready: Ready) -> bool:
         """Persist the Ready's entries and hard state: one write and, unless nothing in it
@@ -718,15 +723,25 @@ class Node(_MembershipMixin, _SnapshotsMixin, _ReadsMixin, _ServingMixin):
             self._profiler.persisted(ready)
         return True
 
-    def _after_persist(self, ready: Ready) -> None:
-        """The Ready's entries and hard state are on disk: promises may go out."""
+    def _after_persist(self, ready: Ready, apply_late: bool = False) -> None:
+        """The Ready's entries and hard state are on disk: promises may go out, then the
+        committed entries _handle_ready left for after them are applied."""
         if ready.messages_after_persist:
             # Acks and votes: the turn is their batch, so they need not wait for the loop.
             self._transport.send(ready.messages_after_persist)
             self._transport.flush()
+        if apply_late and ready.committed_entries:
+            self._apply_ready(ready)
+            if self._reads_waiting_apply:
+                self._serve_applied_reads()
         self._core.advance(ready)
         if self._snapshot_policy:
             self._maybe_snapshot(ready.committed_entries)
+
+    def _apply_ready(self, ready: Ready) -> None:
+        self._apply(ready.committed_entries)
+        if self._profiler is not None:  # profiler hook: applied
+            self._profiler.applied(ready)
 
     def _apply(self, entries: list[Any]) -> None:
         apply = self.state_machine.apply

@@ -97,7 +97,11 @@ _U32 = struct.Struct("<I")
 _HEADER_BODY = struct.Struct("<4sHQQQQQQQ")   # magic, version, seq, first_index,
                                               # snapshot index/term, hard state term/vote/commit
 _HARD_STATE = struct.Struct("<QQQ")
+_FLAGS_HARD_STATE = struct.Struct("<BQQQ")     # a save record's flags, then its hard state
+_ENTRIES_FLAG = bytes((_SAVE_ENTRIES,))        # the flags of a save record of entries only
 _ENTRIES_HEAD = struct.Struct("<QI")          # first index, count
+_ONE_ENTRY = struct.Struct("<QIQBI")           # _ENTRIES_HEAD + the columns of one entry
+_LENGTH_TYPE = struct.Struct("<IB")            # what a frame's crc covers before the body
 _SNAPSHOT_BODY = struct.Struct("<QQB")        # index, term, keep_suffix
 
 _SEGMENT_RE = re.compile(r"^wal-(\d{10})-(\d{20})\.log$")
@@ -175,11 +179,13 @@ def segment_name(seq: int, first_index: int) -> str:
 
 
 def _frame(record_type: int, body: bytes) -> bytes:
-    if len(body) > MAX_RECORD_BODY_BYTES:
-        raise ValueError(f"WAL record body of {len(body)} bytes exceeds u32")
-    length = _U32.pack(len(body))
-    crc = zlib.crc32(body, zlib.crc32(bytes((record_type,)), zlib.crc32(length)))
-    return b"".join((length, _U32.pack(crc), bytes((record_type,)), body))
+    size = len(body)
+    if size > MAX_RECORD_BODY_BYTES:
+        raise ValueError(f"WAL record body of {size} bytes exceeds u32")
+    # The crc covers length, type and body: crc32(body, crc32(length + type)) is the crc32
+    # of their concatenation.
+    crc = zlib.crc32(body, zlib.crc32(_LENGTH_TYPE.pack(size, record_type)))
+    return _FRAME.pack(size, crc, record_type) + body
 
 
 def _header_body(seq: int, first_index: int, snapshot_index: int, snapshot_term: int,
@@ -193,8 +199,12 @@ def _header_body(seq: int, first_index: int, snapshot_index: int, snapshot_term:
 def _encode_entries(entries: list[Any]) -> bytes:
     """Columns, so replay decodes each column with one struct call instead of one per entry."""
     count = len(entries)
-    datas = [entry.data for entry in entries]
     try:
+        if count == 1:  # the common Ready under light load: one struct call
+            entry = entries[0]
+            data = entry.data
+            return _ONE_ENTRY.pack(entry.index, 1, entry.term, entry.kind, len(data)) + data
+        datas = [entry.data for entry in entries]
         return b"".join((
             _ENTRIES_HEAD.pack(entries[0].index, count),
             struct.pack(f"<{count}Q", *[entry.term for entry in entries]),
@@ -404,17 +414,17 @@ class WriteAheadLog:
         if not entries and hard_state is None:
             return
         self._check_usable()
-        flags = 0
-        parts: list[bytes] = [b""]
+        # Body: flags, the hard state if present, the entries if any.
         if hard_state is not None:
-            flags |= _SAVE_HARD_STATE
-            parts.append(_HARD_STATE.pack(hard_state.term, hard_state.vote, hard_state.commit))
+            flags = _SAVE_HARD_STATE | (_SAVE_ENTRIES if entries else 0)
+            body = _FLAGS_HARD_STATE.pack(flags, hard_state.term, hard_state.vote,
+                                          hard_state.commit)
+        else:
+            body = _ENTRIES_FLAG
         if entries:
             self._check_entries(entries)
-            flags |= _SAVE_ENTRIES
-            parts.append(_encode_entries(entries))
-        parts[0] = bytes((flags,))
-        record = _frame(RECORD_SAVE, b"".join(parts))
+            body += _encode_entries(entries)
+        record = _frame(RECORD_SAVE, body)
         if sync:
             self._guarded(self._append_durably, record)
         else:
@@ -485,6 +495,9 @@ class WriteAheadLog:
         # Raft §5.3: entries from `first` on replace whatever is stored from there.
         keep = max(entries[0].index - self.first_index, 0)
         skip = max(self.first_index - entries[0].index, 0)   # already under the snapshot
+        if keep == len(self._terms) and not skip and len(entries) == 1:
+            self._terms.append(entries[0].term)   # the common case: one entry at the end
+            return
         del self._terms[keep:]
         self._terms.extend(entry.term for entry in entries[skip:])
 
@@ -819,7 +832,10 @@ class WriteAheadLog:
 
 
 def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
+    written = os.write(fd, data)
+    if written == len(data):   # a regular file takes a small record in one write
+        return
+    view = memoryview(data)[written:]
     while view:
         written = os.write(fd, view)
         view = view[written:]

@@ -574,6 +574,8 @@ class RaftCore:
         self._maybe_check_invariants()
 
     def has_ready(self) -> bool:
+        # Asked twice per driver turn: the fields are compared without building a HardState.
+        emitted = self._hard_state_emitted
         return bool(
             self._pending_snapshot is not None
             or self._read_heartbeat_due
@@ -582,31 +584,32 @@ class RaftCore:
             or self._read_states
             or self.log.unstable_index <= self.log.last_index
             or self.commit_index > self._applying
-            or self._hard_state() != self._hard_state_emitted
+            or self.commit_index != emitted.commit
+            or self.term != emitted.term
+            or self.vote != emitted.vote
         )
 
     def ready(self) -> Ready:
         """Collects everything the driver must persist, send and apply (see module docstring)."""
         if self._read_heartbeat_due:
             self._bcast_heartbeat()
-        ready = Ready()
-        if self._pending_snapshot is not None:
-            ready.snapshot, self._pending_snapshot = self._pending_snapshot, None
-        hard_state = self._hard_state()
-        if hard_state != self._hard_state_emitted:
-            ready.hard_state = hard_state
-            self._hard_state_emitted = hard_state
-        ready.entries = self.log.take_unstable()
-        ready.messages, self._messages = self._messages, []
-        ready.messages_after_persist, self._messages_after_persist = (
-            self._messages_after_persist,
-            [],
-        )
+        snapshot, self._pending_snapshot = self._pending_snapshot, None
+        hard_state = None
+        emitted = self._hard_state_emitted
+        if (self.commit_index != emitted.commit or self.term != emitted.term
+                or self.vote != emitted.vote):
+            hard_state = self._hard_state_emitted = self._hard_state()
+        committed: list[Any] = []
         if self.commit_index > self._applying:
             hi = min(self.commit_index, self._applying + self._limits.max_apply_batch)
-            ready.committed_entries = self.log.slice(self._applying + 1, hi + 1)
+            committed = self.log.slice(self._applying + 1, hi + 1)
             self._applying = hi
-        ready.read_states, self._read_states = self._read_states, []
+        ready = Ready(
+            hard_state=hard_state, entries=self.log.take_unstable(), messages=self._messages,
+            messages_after_persist=self._messages_after_persist, committed_entries=committed,
+            read_states=self._read_states, snapshot=snapshot,
+        )
+        self._messages, self._messages_after_persist, self._read_states = [], [], []
         return ready
 
     def advance(self, ready: Ready) -> None:
@@ -1107,6 +1110,8 @@ class RaftCore:
         if pr is None or pr.is_paused():
             return False
         log = self.log
+        if not send_if_empty and pr.next > log.last_index:
+            return False  # nothing due: most calls after an ack (_bcast_commit, the refill)
         if pr.next < log.first_index:
             # Raft §7: the entries this follower needs were compacted; send the snapshot.
             return self._start_snapshot(peer, pr)

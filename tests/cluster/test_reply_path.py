@@ -72,6 +72,48 @@ async def test_reply_leaves_before_the_commit_notices_which_wait_for_the_tick() 
             assert response < min(notices), kinds
 
 
+async def test_a_follower_acks_new_entries_before_applying_committed_ones() -> None:
+    """An APPEND that carries entry i+1 and the commit of i: the follower sends its ack for
+    i+1 (the leader's commit, and its caller, wait for it) before it applies i (nobody
+    waits for that). engine.aio.node._handle_ready, `apply_late`."""
+    async with engine.LocalCluster(n=3) as cluster:
+        leader = await cluster.wait_leader()
+        await leader.propose(commands.encode_put(b"warm", b"up"))
+        follower = next(n for i, n in cluster.nodes.items() if i != leader.node_id)
+        events: list[tuple[str, int]] = []
+        transport = follower.transport
+        original_write = transport._write_messages
+        original_apply = follower.state_machine.apply
+
+        def record_acks(address: Any, messages: list[Any]) -> None:
+            events.extend(("ack", m.index) for m in messages
+                          if m.type == MessageType.APPEND_RESPONSE)
+            original_write(address, messages)
+
+        def record_apply(index: int, command: bytes) -> bytes:
+            events.append(("apply", index))
+            return original_apply(index, command)
+
+        transport._write_messages = record_acks
+        follower.state_machine.apply = record_apply  # type: ignore[method-assign]
+        try:
+            # Back to back: each APPEND carries the commit of the write before it (the
+            # commit notices wait for the next tick).
+            for i in range(20):
+                await leader.propose(commands.encode_put(b"k%d" % i, b"v"))
+            await asyncio.sleep(5 * leader.config.timing.tick_ms / 1000)
+        finally:
+            del transport._write_messages
+            del follower.state_machine.apply
+        position = {event: i for i, event in reversed(list(enumerate(events)))}  # first
+        followed = [index for kind, index in events
+                    if kind == "apply" and ("ack", index + 1) in position]
+        acked_before = [index for index in followed
+                        if position[("ack", index + 1)] < position[("apply", index)]]
+        # Nearly all of them (a tick between two writes can deliver a commit alone).
+        assert len(followed) >= 19 and len(acked_before) >= len(followed) // 2, events
+
+
 async def test_a_replaced_copy_of_a_client_write_is_unknown_and_its_retry_applies() -> None:
     """A client write appended by a leader that is then cut off is replaced by the new
     leader's log. That copy never applies, but the client may already have retried the same
