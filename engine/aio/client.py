@@ -238,8 +238,12 @@ class Client:
                 )
             target = self._leader or self.addresses[self._next_address % len(self.addresses)]
             wait = min(remaining, self.attempt_timeout * (1 + min(attempt, 4)))
-            response = await self._exchange(target, op, seq, payload, wait,
-                                            read_mode=read_mode)
+            future, timer = self._send_request(target, op, seq, payload, wait,
+                                               MessageType.CLIENT_REQUEST, read_mode)
+            try:
+                response = await future
+            finally:
+                self._forget(seq, future, timer)
             attempt += 1
             if response is None or response.status == ClientStatus.UNKNOWN:
                 # Lost, slow, or the node could not tell: retry (same seq: applied once).
@@ -416,6 +420,24 @@ class Client:
     async def _exchange(self, target: tuple[str, int], op: int, seq: int, payload: bytes,
                         wait: float, kind: int = MessageType.CLIENT_REQUEST, *,
                         read_mode: int = 0) -> Message | None:
+        """Send one request; its answer, or None if none came within `wait` seconds."""
+        future, timer = self._send_request(target, op, seq, payload, wait, kind, read_mode)
+        try:
+            return await future
+        finally:
+            self._forget(seq, future, timer)
+
+    def _forget(self, seq: int, future: asyncio.Future[Message | None],
+                timer: asyncio.TimerHandle) -> None:
+        timer.cancel()
+        if self._waiting.get(seq) is future:
+            del self._waiting[seq]
+
+    def _send_request(self, target: tuple[str, int], op: int, seq: int, payload: bytes,
+                      wait: float, kind: int, read_mode: int
+                      ) -> tuple[asyncio.Future[Message | None], asyncio.TimerHandle]:
+        """_exchange's first half, for callers that await the future themselves (_request:
+        one coroutine less per write); they must _forget(seq, future, timer) after."""
         if self._transport is None:
             raise errors.Stopped("client is not open (use `async with Client(...)`)")
         loop = asyncio.get_running_loop()
@@ -436,13 +458,7 @@ class Client:
         elif self._flush_handle is None:
             self._flush_handle = loop.call_soon(self._flush)
         # A timer handle instead of asyncio.wait_for: no wrapper future per request.
-        timer = loop.call_later(wait, _expire, future)
-        try:
-            return await future
-        finally:
-            timer.cancel()
-            if self._waiting.get(seq) is future:
-                del self._waiting[seq]
+        return future, loop.call_later(wait, _expire, future)
 
     def _flush(self) -> None:
         """Send what this loop turn's requests queued: one datagram per node for as many

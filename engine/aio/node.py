@@ -655,11 +655,9 @@ class Node(_MembershipMixin, _SnapshotsMixin, _ReadsMixin, _ServingMixin):
         if ready.messages:
             # Queued before the apply below: applying our own removal makes this node go
             # quiet (no peers), and this Ready may carry the hand-off's TIMEOUT_NOW.
-            self._transport.send(ready.messages)
-            if ready.entries:
-                # Out now, not at the end of the loop turn: the write below blocks the loop,
-                # and followers should write in parallel with it (Raft thesis §10.2.1).
-                self._transport.flush()
+            # With entries, out now, not at the end of the loop turn: the write below blocks
+            # the loop, and followers should write in parallel with it (Raft thesis §10.2.1).
+            self._transport.send(ready.messages, now=bool(ready.entries))
         if ready.snapshot is not None:
             self._persist_snapshot_ready(ready)
             return
@@ -728,8 +726,7 @@ class Node(_MembershipMixin, _SnapshotsMixin, _ReadsMixin, _ServingMixin):
         committed entries _handle_ready left for after them are applied."""
         if ready.messages_after_persist:
             # Acks and votes: the turn is their batch, so they need not wait for the loop.
-            self._transport.send(ready.messages_after_persist)
-            self._transport.flush()
+            self._transport.send(ready.messages_after_persist, now=True)
         if apply_late and ready.committed_entries:
             self._apply_ready(ready)
             if self._reads_waiting_apply:

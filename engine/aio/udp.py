@@ -415,8 +415,9 @@ class UdpTransport:
 
     # ------------------------------------------------------------------ sending
 
-    def send(self, messages: Iterable[Any]) -> None:
-        """Queue messages to their `dst` peers; they leave at the end of this loop turn."""
+    def send(self, messages: Iterable[Any], *, now: bool = False) -> None:
+        """Queue messages to their `dst` peers; they leave at the end of this loop turn, or
+        with everything queued before them at once if `now` (flush() without scheduling)."""
         if not self.is_open:
             self._dropped["closed"] += _count(messages)
             return
@@ -436,7 +437,10 @@ class UdpTransport:
                 outbox[address] = [message]
             else:
                 queue.append(message)
-        self._schedule_flush()
+        if now:
+            self.flush()
+        else:
+            self._schedule_flush()
 
     def send_to_address(self, address: Address, messages: Iterable[Any]) -> None:
         """Queue messages to a raw address (a reply to a client at its source address)."""
@@ -485,6 +489,9 @@ class UdpTransport:
         """
         sizes = list(map(codec.encoded_size, messages))
         budget = self._frame_budget
+        if len(messages) <= self._max_messages and sum(sizes) <= budget:
+            self._write_frame(address, messages)   # the common case: one datagram
+            return
         if max(sizes) <= budget:
             self._pack(address, messages, sizes)
             return
@@ -524,7 +531,10 @@ class UdpTransport:
             self._dropped["encode_error"] += len(batch)
             return
         self._messages_sent += len(batch)
-        self._write(data, address)
+        if self._fault is None:
+            self._sendto(data, address)
+        else:
+            self._write(data, address)
 
     def _write_fragmented(self, address: Address, message: Any) -> None:
         """Carry one frame larger than a datagram as fragments (codec.encode_fragment)."""

@@ -141,6 +141,17 @@ def test_encoding_is_little_endian_and_versioned() -> None:
     assert data[19:] == b"\x02\x00\x00\x00ab\x01\x00\x00\x00c"
 
 
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=40), st.binary(max_size=40),
+       st.integers(0, (1 << 64) - 1), st.integers(1, (1 << 64) - 1))
+def test_session_put_fast_path_encodes_like_the_general_path(
+        key: bytes, value: bytes, client_id: int, seq: int) -> None:
+    from engine.kv import commands
+
+    general = commands._command(Op.PUT, key, commands._blob(value), 0, client_id, seq)
+    assert encode_put(key, value, client_id=client_id, seq=seq) == general
+
+
 def test_encoders_refuse_bad_sessions() -> None:
     with pytest.raises(ValueError):
         encode_put(b"k", b"v", client_id=1)
