@@ -109,7 +109,8 @@ class _SnapshotsMixin:
         if not entries:
             return
         self._since_snapshot_entries += len(entries)
-        self._since_snapshot_bytes += sum(len(entry.data) for entry in entries)
+        self._since_snapshot_bytes += (len(entries[0].data) if len(entries) == 1
+                                       else sum(len(entry.data) for entry in entries))
         config = self.config
         if (
             self._since_snapshot_entries >= config.snapshot_entries

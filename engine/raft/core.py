@@ -145,6 +145,7 @@ from engine.raft.snapshot import (
 from engine.types import HardState, ReadState, Ready, Snapshot
 
 _NORMAL = int(EntryKind.NORMAL)
+_CONFIG = int(EntryKind.CONFIG)  # plain ints: compared per appended entry
 
 _NONE = 0  # "no node": no leader known / no vote cast
 _EMPTY_HARD_STATE = HardState()
@@ -988,7 +989,7 @@ class RaftCore:
         for entry in m.entries:
             if entry.index != expected_index or not previous_term <= entry.term <= m.term:
                 return "malformed append entries"
-            if entry.kind == EntryKind.CONFIG:
+            if entry.kind == _CONFIG:
                 try:
                     decode_membership(entry.data)
                 except DecodeError:
@@ -1110,7 +1111,8 @@ class RaftCore:
         if pr is None or pr.is_paused():
             return False
         log = self.log
-        if not send_if_empty and pr.next > log.last_index:
+        last_index = log.last_index
+        if not send_if_empty and pr.next > last_index:
             return False  # nothing due: most calls after an ack (_bcast_commit, the refill)
         if pr.next < log.first_index:
             # Raft §7: the entries this follower needs were compacted; send the snapshot.
@@ -1122,7 +1124,7 @@ class RaftCore:
             hi = min(log.last_index, self._witness_send_limit(), pr.next + max_entries - 1)
             entries = [_metadata_only(entry) for entry in log.slice(pr.next, hi + 1)]
         else:
-            entries = log.slice(pr.next, log.last_index + 1, self._limits.max_append_bytes)
+            entries = log.slice(pr.next, last_index + 1, self._limits.max_append_bytes)
             if len(entries) > max_entries:
                 entries = entries[:max_entries]
         if not entries and not send_if_empty:
@@ -1638,7 +1640,7 @@ class RaftCore:
             changed = True
         self.log.append(entries)
         for entry in entries:
-            if entry.kind == EntryKind.CONFIG:
+            if entry.kind == _CONFIG:
                 # Validated in _ignore_append.
                 self._configs.append((entry.index, decode_membership(entry.data)))
                 changed = True
