@@ -115,18 +115,10 @@ class KVStore:
         put = _parse_put(command)
         if put is not None:  # a PUT in a session (_apply_put took every other PUT)
             key, value, client_id, seq = put
-            session = self._sessions.get(client_id)
-            if session is not None and seq > session.seq:
-                # A client's next write (engine.Client's every write): _apply_in_session's
-                # last branch, inline.
-                result = self._put(key, value)
-                session.seq = seq
-                session.result = result
-                session.index = index
-                self._sessions.move_to_end(client_id)
-                return result
-            return self._apply_in_session(index, client_id, seq,
-                                          lambda: self._put(key, value))
+            answered = self._session_answer(index, client_id, seq)
+            if answered is not None:
+                return answered
+            return self._record(client_id, seq, index, self._put(key, value))
         try:
             cmd = decode_command(command)
         except DecodeError as exc:
@@ -135,8 +127,10 @@ class KVStore:
             if cmd.op == Op.REGISTER:
                 return self._register(index)
             return self._execute(cmd)
-        return self._apply_in_session(index, cmd.client_id, cmd.seq,
-                                      lambda: self._execute(cmd))
+        answered = self._session_answer(index, cmd.client_id, cmd.seq)
+        if answered is not None:
+            return answered
+        return self._record(cmd.client_id, cmd.seq, index, self._execute(cmd))
 
     def apply_batch(self, items: Iterable[tuple[int, bytes]]) -> list[bytes]:
         """Apply (index, command) pairs in order; same results as apply() one by one."""
@@ -236,8 +230,9 @@ class KVStore:
 
     # ------------------------------------------------------------------ internals
 
-    def _apply_in_session(self, index: int, client_id: int, seq: int,
-                          execute: Callable[[], bytes]) -> bytes:
+    def _session_answer(self, index: int, client_id: int, seq: int) -> bytes | None:
+        """The answer to a command in a session that must not execute (Raft thesis §6.3), or
+        None when it is the session's next command (execute it, then _record the result)."""
         sessions = self._sessions
         session = sessions.get(client_id)
         if session is None:
@@ -248,13 +243,17 @@ class KVStore:
             session.index = index
             sessions.move_to_end(client_id)
             return session.result
-        elif seq < session.seq:
+        if seq < session.seq:
             return _STALE
-        result = execute()
+        return None
+
+    def _record(self, client_id: int, seq: int, index: int, result: bytes) -> bytes:
+        """Remember a session's newest command and its result (for retries); returns it."""
+        session = self._sessions[client_id]
         session.seq = seq
         session.result = result
         session.index = index
-        sessions.move_to_end(client_id)
+        self._sessions.move_to_end(client_id)
         return result
 
     def _register(self, index: int) -> bytes:
