@@ -469,7 +469,8 @@ class Client:
         if transport is None:
             return
         for target, messages in outbox.items():
-            for batch in self._batches(messages):
+            # One request (one caller, request after request) needs no packing.
+            for batch in (messages,) if len(messages) == 1 else self._batches(messages):
                 self._counter += 1
                 frame = self._codec.encode(self.client_id, self._epoch, self._counter, batch)
                 try:
