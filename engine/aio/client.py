@@ -27,10 +27,15 @@ from engine import errors
 from engine._core import codec
 from engine.aio.udp import new_boot_epoch
 from engine.kv import commands
-from engine.messages import ClientOp, ClientStatus, Message, MessageType
+from engine.messages import ClientOp, ClientStatus, Message, MessageType, enum_members
 from engine.types import Limits, parse_address
 
-_RESPONSE_TYPES = (MessageType.CLIENT_RESPONSE, MessageType.ADMIN_RESPONSE)
+# The enums' members as plain attributes (engine.messages.enum_members): read per request.
+_MT = enum_members(MessageType)
+_OP = enum_members(ClientOp)
+_STATUS = enum_members(ClientStatus)
+_KV_STATUS = enum_members(commands.Status)
+_RESPONSE_TYPES = (_MT.CLIENT_RESPONSE, _MT.ADMIN_RESPONSE)
 
 
 class _SessionExpired(errors.Timeout):
@@ -128,7 +133,7 @@ class Client:
         if mode not in READ_MODES:
             raise errors.ConfigError(f"read mode must be one of {READ_MODES}, got {mode!r}")
         result = self._check(await self._request(
-            ClientOp.READ, commands.encode_get_query(key), READ_MODES.index(mode)))
+            _OP.READ, commands.encode_get_query(key), READ_MODES.index(mode)))
         return result.value
 
     async def delete(self, key: bytes) -> bool:
@@ -141,14 +146,14 @@ class Client:
         """Set key to `new` if its value is `expected` (None: absent). True if it did."""
         result = await self._write(lambda session, seq: commands.encode_cas(
             key, expected, new, client_id=session, seq=seq))
-        if not result.ok and result.status != commands.Status.CAS_MISMATCH:
+        if not result.ok and result.status != _KV_STATUS.CAS_MISMATCH:
             raise errors.Rejected(str(result.error))
         return bool(result.ok)
 
     async def status(self, address: str | None = None) -> dict[str, Any]:
         """Status of one node (JSON from the node)."""
         target = parse_address(address) if address else self.addresses[0]
-        response = await self._exchange(target, ClientOp.STATUS, self._next_request_number(),
+        response = await self._exchange(target, _OP.STATUS, self._next_request_number(),
                                         b"", self.attempt_timeout * 4)
         if response is None:
             raise errors.Timeout(f"no status from {target[0]}:{target[1]}")
@@ -177,9 +182,9 @@ class Client:
             session[1] = seq + 1  # consumed whatever happens: a retry of this write reuses seq
             keep = True
             try:
-                result = await self._request(ClientOp.WRITE, build(session_id, seq),
+                result = await self._request(_OP.WRITE, build(session_id, seq),
                                              timeout=max(deadline - loop.time(), 0.001))
-                if result.status != commands.Status.SESSION_EXPIRED:
+                if result.status != _KV_STATUS.SESSION_EXPIRED:
                     return result
                 keep = False
             except _SessionExpired:
@@ -204,7 +209,7 @@ class Client:
         if timeout <= 0:
             raise errors.Timeout("no time left to open a client session")
         self.counters["sessions_opened"] += 1
-        result = await self._request(ClientOp.WRITE, commands.encode_register(),
+        result = await self._request(_OP.WRITE, commands.encode_register(),
                                      timeout=timeout)
         try:
             return [commands.decode_client_id(result), 1]
@@ -239,13 +244,13 @@ class Client:
             target = self._leader or self.addresses[self._next_address % len(self.addresses)]
             wait = min(remaining, self.attempt_timeout * (1 + min(attempt, 4)))
             future, timer = self._send_request(target, op, seq, payload, wait,
-                                               MessageType.CLIENT_REQUEST, read_mode)
+                                               _MT.CLIENT_REQUEST, read_mode)
             try:
                 response = await future
             finally:
                 self._forget(seq, future, timer)
             attempt += 1
-            if response is None or response.status == ClientStatus.UNKNOWN:
+            if response is None or response.status == _STATUS.UNKNOWN:
                 # Lost, slow, or the node could not tell: retry (same seq: applied once).
                 ambiguous = True
                 self.counters["retries"] += 1
@@ -255,17 +260,17 @@ class Client:
                     await asyncio.sleep(0.02)
                 continue
             status = response.status
-            if status == ClientStatus.OK:
+            if status == _STATUS.OK:
                 self._leader = target
                 result = commands.decode_result(response.context)
-                if (ambiguous and op == ClientOp.WRITE
-                        and result.status == commands.Status.SESSION_EXPIRED):
+                if (ambiguous and op == _OP.WRITE
+                        and result.status == _KV_STATUS.SESSION_EXPIRED):
                     # This copy found the session gone; an earlier copy may have applied
                     # before the eviction.
                     raise _SessionExpired("the cluster expired this client session while the "
                                           "write was retried: it may have applied")
                 return result
-            if status == ClientStatus.NOT_LEADER:
+            if status == _STATUS.NOT_LEADER:
                 self.counters["redirects"] += 1
                 hint = response.context.decode(errors="replace")
                 self._leader = None
@@ -278,9 +283,9 @@ class Client:
                     self._next_address += 1
                     await asyncio.sleep(0.05)  # an election is probably running
                 continue
-            if status == ClientStatus.REJECTED:
+            if status == _STATUS.REJECTED:
                 reason = response.context.decode(errors="replace")
-                if op == ClientOp.WRITE and ambiguous:
+                if op == _OP.WRITE and ambiguous:
                     # An earlier attempt of this write may sit in a log and still apply (and
                     # a late answer to it carries the same request number), so this "no" is
                     # about one copy only: retry in the same session until the deadline.
@@ -289,7 +294,7 @@ class Client:
                     await asyncio.sleep(min(0.05 * attempt, 0.5))
                     continue
                 raise errors.Rejected(reason)
-            if status == ClientStatus.ERROR:
+            if status == _STATUS.ERROR:
                 raise errors.StateMachineError(response.context.decode(errors="replace"))
             raise errors.EngineError(f"unknown response status {status}")
 
@@ -302,13 +307,13 @@ class Client:
         payload = json.dumps(spec or {}).encode()
         for _ in range(3):
             response = await self._exchange(target, op, self._next_request_number(), payload,
-                                             wait or self.attempt_timeout, MessageType.ADMIN)
+                                             wait or self.attempt_timeout, _MT.ADMIN)
             if response is None:
                 continue
-            if response.status == ClientStatus.NOT_LEADER:
+            if response.status == _STATUS.NOT_LEADER:
                 hint = response.context.decode(errors="replace")
                 raise errors.NotLeader(f"{address} is not the leader", leader_address=hint or None)
-            if response.status != ClientStatus.OK:
+            if response.status != _STATUS.OK:
                 raise errors.Rejected(response.context.decode(errors="replace"))
             return
         raise errors.Timeout(f"no answer to admin op {op} from {address}")
@@ -404,12 +409,12 @@ class Client:
             spec["timeout"] = remaining
             response = await self._exchange(
                 target, op, self._next_request_number(), json.dumps(spec).encode(),
-                min(remaining, max(5.0, 4 * self.attempt_timeout)), MessageType.ADMIN)
+                min(remaining, max(5.0, 4 * self.attempt_timeout)), _MT.ADMIN)
             if response is None:
                 continue  # lost, slow or down: ask again (the next node)
-            if response.status == ClientStatus.OK:
+            if response.status == _STATUS.OK:
                 return dict(json.loads(response.context))
-            if response.status == ClientStatus.NOT_LEADER:
+            if response.status == _STATUS.NOT_LEADER:
                 text = response.context.decode(errors="replace")
                 hint = parse_address(text) if text else None
                 if hint is None:
@@ -418,7 +423,7 @@ class Client:
             raise _membership_error(response)
 
     async def _exchange(self, target: tuple[str, int], op: int, seq: int, payload: bytes,
-                        wait: float, kind: int = MessageType.CLIENT_REQUEST, *,
+                        wait: float, kind: int = _MT.CLIENT_REQUEST, *,
                         read_mode: int = 0) -> Message | None:
         """Send one request; its answer, or None if none came within `wait` seconds."""
         future, timer = self._send_request(target, op, seq, payload, wait, kind, read_mode)
@@ -524,6 +529,6 @@ def _membership_error(response: Message) -> errors.EngineError:
         name, message = str(body["error"]), str(body["message"])
     except (ValueError, TypeError, KeyError):
         name, message = "", response.context.decode(errors="replace")
-    if response.status == ClientStatus.UNKNOWN:
+    if response.status == _STATUS.UNKNOWN:
         return errors.Timeout(message or "outcome unknown")
     return _MEMBERSHIP_ERRORS.get(name, errors.Rejected)(message)

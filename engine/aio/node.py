@@ -84,6 +84,9 @@ logger = logging.getLogger("engine.node")
 
 _NORMAL = int(EntryKind.NORMAL)   # plain ints: compared once per applied entry
 _CONFIG = int(EntryKind.CONFIG)
+_CLIENT_REQUEST = int(MessageType.CLIENT_REQUEST)   # compared once per received message
+_CLIENT_RESPONSE = int(MessageType.CLIENT_RESPONSE)
+_ADMIN = int(MessageType.ADMIN)
 # How often expired requests are swept (ticks); a request may outlive its timeout by this.
 _SWEEP_EVERY_TICKS = 10
 
@@ -550,11 +553,11 @@ class Node(_MembershipMixin, _SnapshotsMixin, _ReadsMixin, _ServingMixin):
     def _on_messages(self, messages: list[Message], address: Any) -> None:
         for message in messages:
             kind = message.type
-            if kind == MessageType.CLIENT_REQUEST:
+            if kind == _CLIENT_REQUEST:
                 self._on_client_request(message, address)
-            elif kind == MessageType.CLIENT_RESPONSE:
+            elif kind == _CLIENT_RESPONSE:
                 self._on_forward_response(message)
-            elif kind == MessageType.ADMIN:
+            elif kind == _ADMIN:
                 self._on_admin(message, address)
             else:
                 self._inbox.append(message)

@@ -17,8 +17,21 @@ from typing import TYPE_CHECKING, Any
 from engine import errors
 from engine.aio.node_membership import _MEMBERSHIP_ADMIN_OPS
 from engine.aio.node_reads import READ_MODES
-from engine.messages import AdminOp, ClientOp, ClientStatus, Message, MessageType
+from engine.messages import (
+    AdminOp,
+    ClientOp,
+    ClientStatus,
+    Message,
+    MessageType,
+    enum_members,
+)
 from engine.types import NodeConfig
+
+# The enums' members as plain attributes (engine.messages.enum_members): read per request.
+_MT = enum_members(MessageType)
+_OP = enum_members(ClientOp)
+_STATUS = enum_members(ClientStatus)
+_ADMIN = enum_members(AdminOp)
 
 
 class _ServingMixin:
@@ -91,8 +104,8 @@ class _ServingMixin:
             self._forward_seq += 1
             self._forwarded[self._forward_seq] = (command, future, deadline)
             messages.append(Message(
-                MessageType.CLIENT_REQUEST, src=self.config.node_id, dst=leader_id,
-                seq=self._forward_seq, status=ClientOp.WRITE, context=command,
+                _MT.CLIENT_REQUEST, src=self.config.node_id, dst=leader_id,
+                seq=self._forward_seq, status=_OP.WRITE, context=command,
             ))
         if messages:
             self.counters["forwarded"] += len(messages)
@@ -106,15 +119,15 @@ class _ServingMixin:
         if future.done():
             return
         status = message.status
-        if status == ClientStatus.OK:
+        if status == _STATUS.OK:
             future.set_result(message.context)
-        elif status == ClientStatus.NOT_LEADER:
+        elif status == _STATUS.NOT_LEADER:
             # Definitely not applied there: forward again once a leader is known.
             self._waiting_for_leader.append((command, future, deadline))
             self._schedule_turn()
-        elif status == ClientStatus.REJECTED:
+        elif status == _STATUS.REJECTED:
             future.set_exception(errors.Rejected(message.context.decode(errors="replace")))
-        elif status == ClientStatus.ERROR:
+        elif status == _STATUS.ERROR:
             future.set_exception(errors.StateMachineError(message.context.decode(errors="replace")))
         else:
             future.set_exception(errors.Timeout("the leader could not tell the outcome"))
@@ -124,8 +137,8 @@ class _ServingMixin:
     def _on_client_request(self, message: Message, address: Any) -> None:
         self.counters["client_requests"] += 1
         op = message.status
-        if op == ClientOp.STATUS:
-            self._reply(message, address, ClientStatus.OK,
+        if op == _OP.STATUS:
+            self._reply(message, address, _STATUS.OK,
                         json.dumps(self.status(), default=str).encode())
             return
         if not self._running:
@@ -135,13 +148,13 @@ class _ServingMixin:
             self._reply_outcome(message, address, done)
 
         try:
-            if op == ClientOp.WRITE:
+            if op == _OP.WRITE:
                 leader_id = self._core.leader_id
                 if leader_id != self.config.node_id:
                     self._reply_not_leader(message, address, leader_id)
                     return
                 self.submit(message.context, _answer=answer)
-            elif op == ClientOp.READ:
+            elif op == _OP.READ:
                 if not self._core.leader_id:
                     self._reply_not_leader(message, address, None)
                     return
@@ -154,10 +167,10 @@ class _ServingMixin:
                         self.read(message.context, mode=READ_MODES[message.index])
                     ).add_done_callback(answer)
                 else:
-                    self._reply(message, address, ClientStatus.REJECTED, b"unknown read mode")
+                    self._reply(message, address, _STATUS.REJECTED, b"unknown read mode")
                     return
             else:
-                self._reply(message, address, ClientStatus.REJECTED, b"unknown client op")
+                self._reply(message, address, _STATUS.REJECTED, b"unknown client op")
                 return
         except errors.EngineError as exc:
             self._reply_error(message, address, exc)
@@ -165,11 +178,11 @@ class _ServingMixin:
     def _reply_outcome(self, message: Message, address: Any, done: asyncio.Future[bytes]
                        ) -> None:
         if done.cancelled():
-            self._reply(message, address, ClientStatus.UNKNOWN, b"outcome unknown")
+            self._reply(message, address, _STATUS.UNKNOWN, b"outcome unknown")
         elif (exc := done.exception()) is not None:
             self._reply_error(message, address, exc)
         else:
-            self._reply(message, address, ClientStatus.OK, done.result())
+            self._reply(message, address, _STATUS.OK, done.result())
 
     def _reply_error(self, message: Message, address: Any, exc: BaseException) -> None:
         if isinstance(exc, errors.NotLeader):
@@ -178,25 +191,25 @@ class _ServingMixin:
             # This copy will not apply, but an earlier or later attempt of the same client
             # command (a retry) may: only "unknown" is true for the client (DESIGN.md: an
             # ambiguous outcome is never a definite failure). Its retry gets the answer.
-            self._reply(message, address, ClientStatus.UNKNOWN, str(exc).encode())
+            self._reply(message, address, _STATUS.UNKNOWN, str(exc).encode())
         elif isinstance(exc, errors.Rejected):
-            self._reply(message, address, ClientStatus.REJECTED, str(exc).encode())
+            self._reply(message, address, _STATUS.REJECTED, str(exc).encode())
         elif isinstance(exc, errors.StateMachineError):
-            self._reply(message, address, ClientStatus.ERROR, str(exc).encode())
+            self._reply(message, address, _STATUS.ERROR, str(exc).encode())
         else:  # Timeout, Stopped, anything unexpected: the outcome is unknown
-            self._reply(message, address, ClientStatus.UNKNOWN, b"outcome unknown")
+            self._reply(message, address, _STATUS.UNKNOWN, b"outcome unknown")
 
     def _reply_not_leader(self, request: Message, address: Any, leader_id: int | None) -> None:
         """NOT_LEADER carries the leader's id (reject_hint) and address (context)."""
         hint = self._address_of(leader_id or 0)
-        self._reply(request, address, ClientStatus.NOT_LEADER, hint.encode(), leader_id or 0)
+        self._reply(request, address, _STATUS.NOT_LEADER, hint.encode(), leader_id or 0)
 
     def _reply(self, request: Message, address: Any, status: int, context: bytes,
                leader_hint: int = 0) -> None:
         if self._transport is None:
             return
         response = Message(
-            MessageType.CLIENT_RESPONSE, src=self.config.node_id, dst=request.src,
+            _MT.CLIENT_RESPONSE, src=self.config.node_id, dst=request.src,
             seq=request.seq, status=int(status), context=context, reject_hint=leader_hint,
         )
         if request.src in self.config.members and request.src != self.config.node_id:
@@ -211,21 +224,21 @@ class _ServingMixin:
         Frames are authenticated with the cluster key like all traffic; on top of that a node
         obeys only when started with allow_fault_injection=True.
         """
-        if message.status == AdminOp.TRANSFER_LEADER:
+        if message.status == _ADMIN.TRANSFER_LEADER:
             self._admin_transfer(message, address)
             return
         if message.status in _MEMBERSHIP_ADMIN_OPS:
             self._admin_membership(message, address)
             return
-        if message.status == AdminOp.MEMBER_REMOVED:
+        if message.status == _ADMIN.MEMBER_REMOVED:
             self._on_removal_notice(message)
             return
         if not self.config.allow_fault_injection:
-            self._reply_admin(message, address, ClientStatus.REJECTED,
+            self._reply_admin(message, address, _STATUS.REJECTED,
                               b"fault injection is disabled on this node")
             return
         try:
-            if message.status == AdminOp.SET_FAULTS:
+            if message.status == _ADMIN.SET_FAULTS:
                 spec = json.loads(message.context or b"{}")
                 if not isinstance(spec, dict):
                     raise ValueError("fault spec must be a JSON object")
@@ -243,42 +256,42 @@ class _ServingMixin:
                         jitter_ms=float(spec.get("jitter_ms", 0.0)), seed=int(spec.get("seed", 0)),
                     )
                 self._tick_scale = scale
-            elif message.status == AdminOp.CLEAR_FAULTS:
+            elif message.status == _ADMIN.CLEAR_FAULTS:
                 self._transport.clear_fault_filter()
                 self._tick_scale = 1.0
             else:
                 raise ValueError(f"unknown admin op {message.status}")
         except (ValueError, TypeError, errors.ConfigError) as exc:
-            self._reply_admin(message, address, ClientStatus.REJECTED, str(exc).encode())
+            self._reply_admin(message, address, _STATUS.REJECTED, str(exc).encode())
             return
-        self._reply_admin(message, address, ClientStatus.OK, b"")
+        self._reply_admin(message, address, _STATUS.OK, b"")
 
     def _admin_transfer(self, message: Message, address: Any) -> None:
         """Operator-requested leadership transfer; answered when it completes or fails."""
         try:
             target = int(json.loads(message.context or b"{}")["to"])
         except (ValueError, TypeError, KeyError):
-            self._reply_admin(message, address, ClientStatus.REJECTED,
+            self._reply_admin(message, address, _STATUS.REJECTED,
                               b'transfer needs JSON {"to": node_id}')
             return
         if self._core.leader_id != self.config.node_id:
             hint = self._address_of(self._core.leader_id or 0)
-            self._reply_admin(message, address, ClientStatus.NOT_LEADER, hint.encode())
+            self._reply_admin(message, address, _STATUS.NOT_LEADER, hint.encode())
             return
 
         async def transfer() -> None:
             try:
                 await self.transfer_leadership(target)
             except errors.EngineError as exc:
-                self._reply_admin(message, address, ClientStatus.REJECTED, str(exc).encode())
+                self._reply_admin(message, address, _STATUS.REJECTED, str(exc).encode())
             else:
-                self._reply_admin(message, address, ClientStatus.OK, b"")
+                self._reply_admin(message, address, _STATUS.OK, b"")
 
         assert self._loop is not None
         self._loop.create_task(transfer())
 
     def _reply_admin(self, request: Message, address: Any, status: int, context: bytes) -> None:
         self._transport.send_to_address(address, [Message(
-            MessageType.ADMIN_RESPONSE, src=self.config.node_id, dst=request.src,
+            _MT.ADMIN_RESPONSE, src=self.config.node_id, dst=request.src,
             seq=request.seq, status=int(status), context=context,
         )])

@@ -122,7 +122,7 @@ from engine.errors import (
     NotLeader,
     Overloaded,
 )
-from engine.messages import Entry, EntryKind, Message, MessageType
+from engine.messages import Entry, EntryKind, Message, MessageType, enum_members
 from engine.raft import quorum
 from engine.raft.config import RaftConfig
 from engine.raft.log import RaftLog
@@ -150,7 +150,8 @@ _CONFIG = int(EntryKind.CONFIG)  # plain ints: compared per appended entry
 _NONE = 0  # "no node": no leader known / no vote cast
 _EMPTY_HARD_STATE = HardState()
 
-_MT = MessageType
+_MT = enum_members(MessageType)  # the members as plain attributes (hot path)
+_PS = enum_members(ProgressState)
 _RAFT_TYPES = frozenset(
     {
         _MT.VOTE,
@@ -201,6 +202,9 @@ class Role(StrEnum):
 
     def __str__(self) -> str:
         return self.value
+
+
+_ROLE = enum_members(Role)  # Role's members as plain attributes (hot path)
 
 
 class _PendingRead:
@@ -289,7 +293,7 @@ class RaftCore:
         # Invariant: applied_index <= _applying <= commit_index.
         self._applying = applied
         self.leader_id = _NONE
-        self.role = Role.FOLLOWER
+        self.role = _ROLE.FOLLOWER
         self._hard_state_emitted = HardState(self.term, self.vote, self.commit_index)
 
         self._messages: list[Any] = []
@@ -342,7 +346,7 @@ class RaftCore:
     def tick(self) -> None:
         """Advances logical time by one tick (election timer or heartbeat timer)."""
         self._ticks += 1
-        if self.role == Role.LEADER:
+        if self.role == _ROLE.LEADER:
             self._tick_heartbeat()
         else:
             self._tick_election()
@@ -361,7 +365,7 @@ class RaftCore:
 
     def propose(self, commands: list[bytes]) -> tuple[int, int, int]:
         """Appends a batch of commands on the leader; returns (first_index, last_index, term)."""
-        if self.role != Role.LEADER:
+        if self.role != _ROLE.LEADER:
             raise NotLeader(leader_id=self.leader_id or None)
         if not commands:
             raise ValueError("propose needs at least one command")
@@ -403,14 +407,14 @@ class RaftCore:
 
     def campaign(self) -> None:
         """Starts an election now (etcd's Campaign / MsgHup), with pre-vote if configured."""
-        if self.role != Role.LEADER:
+        if self.role != _ROLE.LEADER:
             self._election_elapsed = 0
             self._campaign(pre_vote=self.config.pre_vote)
         self._maybe_check_invariants()
 
     def read_index(self, context: bytes) -> None:
         """Starts a linearizable read (thesis §6.4); the answer arrives as a ReadState."""
-        if self.role == Role.LEADER:
+        if self.role == _ROLE.LEADER:
             if self._reads_pending_count() >= self._limits.max_pending_proposals:
                 raise Overloaded(
                     f"max_pending_proposals={self._limits.max_pending_proposals} reads pending"
@@ -436,7 +440,7 @@ class RaftCore:
         applied >= read index. The core measures the lease in ticks; a driver whose ticks can
         lag real time must also check real time since that tick (engine.aio.node does)."""
         if (
-            self.role != Role.LEADER
+            self.role != _ROLE.LEADER
             or not self.config.check_quorum
             or self.lead_transferee != _NONE
             or self._timeout_now_term == self.term
@@ -456,7 +460,7 @@ class RaftCore:
         Raises NotLeader on a non-leader and ConfigError for a target that is not a voter.
         Transferring to ourselves is a no-op; a new target replaces a pending transfer.
         """
-        if self.role != Role.LEADER:
+        if self.role != _ROLE.LEADER:
             raise NotLeader(leader_id=self.leader_id or None)
         if target == self.node_id:
             return
@@ -489,7 +493,7 @@ class RaftCore:
         committed yet, or this leader has not committed an entry of its term: retry);
         MembershipError for an invalid or unsafe change (definite, nothing appended).
         """
-        if self.role != Role.LEADER:
+        if self.role != _ROLE.LEADER:
             raise NotLeader(leader_id=self.leader_id or None)
         if self.lead_transferee != _NONE:
             raise TransferInProgress(
@@ -620,7 +624,7 @@ class RaftCore:
             self.log.persisted_to(last.index, last.term)
         if ready.committed_entries:
             self.applied_index = max(self.applied_index, ready.committed_entries[-1].index)
-        if self.role == Role.LEADER and self._maybe_commit():
+        if self.role == _ROLE.LEADER and self._maybe_commit():
             # The leader's own fsync can complete a quorum (§10.2.1); tell the followers.
             self._bcast_commit()
         self._maybe_step_down_removed()
@@ -650,7 +654,7 @@ class RaftCore:
             "witness": self.is_witness,
             "learner": self.is_learner,
         }
-        if self.role == Role.LEADER:
+        if self.role == _ROLE.LEADER:
             status["progress"] = {
                 peer: {
                     "match": pr.match,
@@ -707,9 +711,9 @@ class RaftCore:
             self._on_vote(m)
         elif m.type == _MT.READ_INDEX_RESPONSE:
             self._on_read_index_response(m)
-        elif self.role == Role.LEADER:
+        elif self.role == _ROLE.LEADER:
             self._step_leader(m)
-        elif self.role == Role.FOLLOWER:
+        elif self.role == _ROLE.FOLLOWER:
             self._step_follower(m)
         else:
             self._step_candidate(m)
@@ -777,11 +781,11 @@ class RaftCore:
             # Only the leader serves reads; one hop only, so refuse and let the asker retry.
             self._reject_read(m.src, m.context)
         else:
-            self._count_ignored(f"{_MT(m.type).name} as follower")
+            self._count_ignored(f"{MessageType(m.type).name} as follower")
 
     def _step_candidate(self, m: Any) -> None:
         my_response = (
-            _MT.PRE_VOTE_RESPONSE if self.role == Role.PRE_CANDIDATE else _MT.VOTE_RESPONSE
+            _MT.PRE_VOTE_RESPONSE if self.role == _ROLE.PRE_CANDIDATE else _MT.VOTE_RESPONSE
         )
         if m.type == _MT.APPEND:
             self._become_follower(m.term, m.src)  # Raft §5.2: a leader of our term exists.
@@ -797,7 +801,7 @@ class RaftCore:
         elif m.type == _MT.READ_INDEX:
             self._reject_read(m.src, m.context)
         else:
-            self._count_ignored(f"{_MT(m.type).name} as {self.role}")
+            self._count_ignored(f"{MessageType(m.type).name} as {self.role}")
 
     def _step_leader(self, m: Any) -> None:
         if m.src not in self._progress and m.type in _PEER_RESPONSES:
@@ -812,7 +816,7 @@ class RaftCore:
         elif m.type == _MT.SNAPSHOT_RESPONSE:
             self._on_snapshot_response(m)
         else:
-            self._count_ignored(f"{_MT(m.type).name} as leader")
+            self._count_ignored(f"{MessageType(m.type).name} as leader")
 
     # ------------------------------------------------------------------ elections
 
@@ -862,7 +866,7 @@ class RaftCore:
             return
         result = self._votes.result()
         if result == quorum.WON:
-            if self.role == Role.PRE_CANDIDATE:
+            if self.role == _ROLE.PRE_CANDIDATE:
                 self._campaign(pre_vote=False)
             else:
                 self._become_leader()
@@ -889,26 +893,26 @@ class RaftCore:
     def _become_follower(self, term: int, leader_id: int) -> None:
         self._reset(term)
         self.leader_id = leader_id
-        self.role = Role.FOLLOWER
+        self.role = _ROLE.FOLLOWER
 
     def _become_pre_candidate(self) -> None:
         # Thesis §9.6: no term change and no vote until a quorum says we could win.
         self._fail_pending_reads()
         self._votes = quorum.JointTally(self._halves)
         self.leader_id = _NONE
-        self.role = Role.PRE_CANDIDATE
+        self.role = _ROLE.PRE_CANDIDATE
 
     def _become_candidate(self) -> None:
         self._reset(self.term + 1)
         self.vote = self.node_id
-        self.role = Role.CANDIDATE
+        self.role = _ROLE.CANDIDATE
 
     def _become_leader(self) -> None:
         if not self._promotable():
             raise InvariantViolation(f"node {self.node_id} cannot lead in {self.membership}")
         self._reset(self.term)
         self.leader_id = self.node_id
-        self.role = Role.LEADER
+        self.role = _ROLE.LEADER
         limits = self._limits
         next_index = self.log.last_index + 1
         for peer in self.peers:
@@ -1056,7 +1060,7 @@ class RaftCore:
         )
         for pr in self._progress.values():
             if (
-                pr.state == ProgressState.REPLICATE
+                pr.state == _PS.REPLICATE
                 and len(pr.inflights)
                 and self._ticks - pr.progress_tick >= stall_ticks
             ):
@@ -1086,7 +1090,7 @@ class RaftCore:
             pr = self._progress.get(peer)
             if pr is None:
                 continue
-            if pr.state != ProgressState.REPLICATE:
+            if pr.state != _PS.REPLICATE:
                 self._maybe_send_append(peer, send_if_empty=True)
             elif (not self._maybe_send_append(peer, send_if_empty=False)
                   and pr.match >= self.commit_index):
@@ -1151,7 +1155,7 @@ class RaftCore:
             else:  # from the log's offsets, not a pass over the entries
                 size = log.payload_bytes(entries[0].index, last_sent + 1)
             pr.sent_entries(last_sent, size, len(entries), self._ticks)
-        elif pr.state == ProgressState.PROBE:
+        elif pr.state == _PS.PROBE:
             pr.probe_sent = True
         return True
 
@@ -1190,7 +1194,7 @@ class RaftCore:
         was_paused = pr.is_paused()
         matched_before = pr.match
         updated = pr.maybe_update(m.index, self._ticks)
-        if pr.state == ProgressState.SNAPSHOT and pr.match >= pr.snapshot.index:
+        if pr.state == _PS.SNAPSHOT and pr.match >= pr.snapshot.index:
             # The follower installed the snapshot (or has its entries anyway): probe from
             # there; if we compacted past it meanwhile, this starts a newer snapshot (etcd).
             pr.become_probe()
@@ -1198,9 +1202,9 @@ class RaftCore:
         elif not updated:
             self._count_ignored("stale append response")
             return
-        if pr.state == ProgressState.PROBE:
+        if pr.state == _PS.PROBE:
             pr.become_replicate(self._ticks)
-        elif pr.state == ProgressState.REPLICATE:
+        elif pr.state == _PS.REPLICATE:
             pr.inflights.free_le(m.index)
         if m.src == self.lead_transferee and pr.match == self.log.last_index:
             self._send_timeout_now(m.src)  # §3.10: the target is up to date
@@ -1225,7 +1229,7 @@ class RaftCore:
             self._feed_witnesses()
 
     def _on_append_reject(self, m: Any, pr: Progress) -> None:
-        if pr.state == ProgressState.SNAPSHOT:
+        if pr.state == _PS.SNAPSHOT:
             self._count_ignored("append reject during snapshot")
             return
         next_probe = m.reject_hint
@@ -1235,7 +1239,7 @@ class RaftCore:
         if not pr.maybe_decrease_to(m.index, next_probe):
             self._count_ignored("stale append reject")
             return
-        if pr.state == ProgressState.REPLICATE:
+        if pr.state == _PS.REPLICATE:
             pr.become_probe()
         self._maybe_send_append(m.src, send_if_empty=True)
 
@@ -1244,7 +1248,7 @@ class RaftCore:
         pr.recent_active = True
         pr.heard_tick = self._ticks
         pr.probe_sent = False  # etcd: a live follower may be probed again.
-        if pr.match < self.log.last_index or pr.state == ProgressState.PROBE:
+        if pr.match < self.log.last_index or pr.state == _PS.PROBE:
             self._maybe_send_append(m.src, send_if_empty=True)
         if len(m.context) == 8:
             acked = int.from_bytes(m.context, "little")
@@ -1598,7 +1602,7 @@ class RaftCore:
 
     def _on_membership_changed(self) -> None:
         self._set_membership_fields()
-        if self.role != Role.LEADER:
+        if self.role != _ROLE.LEADER:
             return
         limits = self._limits
         for peer in self.peers:
@@ -1693,7 +1697,7 @@ class RaftCore:
         in the Ready that also carries C_new to apply, so a driver that goes quiet when it
         applies its own removal must send that Ready's messages first."""
         if (
-            self.role == Role.LEADER
+            self.role == _ROLE.LEADER
             and not self.membership.is_voter(self.node_id)
             and not self.conf_change_pending
         ):
@@ -1786,7 +1790,7 @@ class RaftCore:
         for index in indexes[1:]:
             if index >= log.first_index and log.term(index) == 0:
                 fail(f"configuration at {index} not in the log")
-        if self.role == Role.LEADER:
+        if self.role == _ROLE.LEADER:
             if self.membership.is_witness(self.node_id):
                 fail("a witness leads")
             if set(self._progress) != set(self.peers):
@@ -1827,12 +1831,12 @@ class RaftCore:
             fail(f"snapshot index {self.snapshot_index} above commit {self.commit_index}")
         if log.first_index - 1 > self.applied_index:
             fail(f"log compacted to {log.first_index - 1} beyond applied {self.applied_index}")
-        if self.lead_transferee != _NONE and self.role != Role.LEADER:
+        if self.lead_transferee != _NONE and self.role != _ROLE.LEADER:
             fail(f"{self.role} with a leadership transfer pending")
         if log.last_term > self.term:
             fail(f"last log term {log.last_term} above current term")
         self._check_membership_invariants(fail)
-        if self.role == Role.LEADER:
+        if self.role == _ROLE.LEADER:
             if self.leader_id != self.node_id or self.vote != self.node_id:
                 fail(f"leader with leader_id {self.leader_id} vote {self.vote}")
             if (
@@ -1850,7 +1854,7 @@ class RaftCore:
                 fail(f"{self.role} keeps leader state")
             if self.leader_id == self.node_id:
                 fail(f"{self.role} names itself leader")
-            if self.role == Role.CANDIDATE and self.vote != self.node_id:
+            if self.role == _ROLE.CANDIDATE and self.vote != self.node_id:
                 fail("candidate did not vote for itself")
-            if self.role != Role.FOLLOWER and self.leader_id != _NONE:
+            if self.role != _ROLE.FOLLOWER and self.leader_id != _NONE:
                 fail(f"{self.role} with a leader")

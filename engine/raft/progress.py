@@ -25,11 +25,16 @@ from collections import deque
 from enum import IntEnum
 from typing import Any
 
+from engine.messages import enum_members
+
 
 class ProgressState(IntEnum):
     PROBE = 0
     REPLICATE = 1
     SNAPSHOT = 2
+
+
+_PS = enum_members(ProgressState)  # the members as plain attributes (hot path)
 
 
 class Inflights:
@@ -83,7 +88,7 @@ class Progress:
     def __init__(self, next_index: int, max_inflight: int, max_inflight_bytes: int) -> None:
         self.match = 0
         self.next = next_index
-        self.state = ProgressState.PROBE
+        self.state = _PS.PROBE
         # PROBE only: an append is outstanding; wait for its answer or a heartbeat response.
         self.probe_sent = False
         # Check-quorum (thesis §6.2): heard from this peer during the current election timeout.
@@ -100,22 +105,22 @@ class Progress:
         self.heard_tick = 0
 
     def is_paused(self) -> bool:
-        if self.state == ProgressState.PROBE:
+        if self.state == _PS.PROBE:
             return self.probe_sent
-        if self.state == ProgressState.SNAPSHOT:
+        if self.state == _PS.SNAPSHOT:
             return True
         return self.inflights.full()
 
     def become_probe(self) -> None:
         self.snapshot = None
-        self.state = ProgressState.PROBE
+        self.state = _PS.PROBE
         self.next = self.match + 1
         self.probe_sent = False
         self.inflights.reset()
 
     def become_replicate(self, now_tick: int) -> None:
         self.snapshot = None
-        self.state = ProgressState.REPLICATE
+        self.state = _PS.REPLICATE
         self.next = self.match + 1
         self.probe_sent = False
         self.inflights.reset()
@@ -123,7 +128,7 @@ class Progress:
 
     def become_snapshot(self, sender: Any) -> None:
         """Start streaming `sender`'s snapshot; appends pause until it is installed."""
-        self.state = ProgressState.SNAPSHOT
+        self.state = _PS.SNAPSHOT
         self.snapshot = sender
         self.probe_sent = False
         self.inflights.reset()
@@ -142,7 +147,7 @@ class Progress:
     def maybe_decrease_to(self, rejected: int, match_hint: int) -> bool:
         """The follower rejected an append whose previous index was `rejected`; match_hint is
         the largest index that may match. Returns False for a stale reject (etcd MaybeDecrTo)."""
-        if self.state == ProgressState.REPLICATE:
+        if self.state == _PS.REPLICATE:
             if rejected <= self.match:
                 return False
             # Replicate sent optimistically; restart from the last known match.
@@ -156,7 +161,7 @@ class Progress:
 
     def sent_entries(self, last_index: int, size_bytes: int, count: int, now_tick: int) -> None:
         """Bookkeeping after sending an append that carried `count` entries ending at last_index."""
-        if self.state == ProgressState.REPLICATE:
+        if self.state == _PS.REPLICATE:
             if count:
                 if not len(self.inflights):
                     self.progress_tick = now_tick
