@@ -579,8 +579,6 @@ class RaftCore:
         self._maybe_check_invariants()
 
     def has_ready(self) -> bool:
-        # Asked twice per driver turn: the fields are compared without building a HardState.
-        emitted = self._hard_state_emitted
         return bool(
             self._pending_snapshot is not None
             or self._read_heartbeat_due
@@ -589,10 +587,14 @@ class RaftCore:
             or self._read_states
             or self.log.unstable_index <= self.log.last_index
             or self.commit_index > self._applying
-            or self.commit_index != emitted.commit
-            or self.term != emitted.term
-            or self.vote != emitted.vote
+            or self._hard_state_changed()
         )
+
+    def _hard_state_changed(self) -> bool:
+        # Asked twice per driver turn: the fields are compared without building a HardState.
+        emitted = self._hard_state_emitted
+        return (self.commit_index != emitted.commit or self.term != emitted.term
+                or self.vote != emitted.vote)
 
     def ready(self) -> Ready:
         """Collects everything the driver must persist, send and apply (see module docstring)."""
@@ -600,9 +602,7 @@ class RaftCore:
             self._bcast_heartbeat()
         snapshot, self._pending_snapshot = self._pending_snapshot, None
         hard_state = None
-        emitted = self._hard_state_emitted
-        if (self.commit_index != emitted.commit or self.term != emitted.term
-                or self.vote != emitted.vote):
+        if self._hard_state_changed():
             hard_state = self._hard_state_emitted = self._hard_state()
         committed: list[Any] = []
         if self.commit_index > self._applying:
