@@ -151,11 +151,14 @@ class _NodeCollector(Collector):
         transport = node.transport
         if transport is not None:
             yield from self._transport(transport.stats())
+        # KVStore.session_count; a user's state machine may not keep sessions.
         sessions = getattr(node.state_machine, "session_count", None)
         if callable(sessions):
+            sessions = sessions()
+        if isinstance(sessions, int):
             yield GaugeMetricFamily("engine_client_sessions",
                                     "Client sessions the state machine keeps (exactly-once)",
-                                    value=sessions())
+                                    value=sessions)
 
     @staticmethod
     def _identity(node: Node) -> Iterator[Metric]:
