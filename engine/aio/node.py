@@ -327,7 +327,7 @@ class Node(_MembershipMixin, _SnapshotsMixin, _ReadsMixin, _ServingMixin, _Event
             self._storage_executor = ThreadPoolExecutor(1, thread_name_prefix="engine-wal")
         self._running = True
         self._membership_seen = getattr(self._core, "membership", None)
-        self._seen_leadership = (self._core.term, self._core.leader_id)
+        self._seen_term, self._seen_leader = self._core.term, self._core.leader_id
         self._check_removed_at_start()
         if self.config.metrics_addr is not None:
             await self._serve_metrics(self.config.metrics_addr)

@@ -61,13 +61,15 @@ class _LeaderWatch:
 
 class _EventsMixin:
     """Node's leadership observer (see the module docstring). Node attributes it uses:
-    config, _core, _applied; it owns _seen_leadership, _leader_watch, _leader_callbacks,
+    config, _core, _applied; it owns _seen_term, _seen_leader, _leader_watch, _leader_callbacks,
     leader_changes_total."""
 
     config: NodeConfig
     _core: Any
     _applied: int
-    _seen_leadership: tuple[int, int] = (0, 0)      # (term, leader id) last noted
+    # The term and leader last noted (read per Ready: two attributes, not a tuple).
+    _seen_term: int = 0
+    _seen_leader: int = 0
     _leader_watch: _LeaderWatch | None = None
     _leader_callbacks: tuple[LeaderCallback, ...] = ()
     leader_changes_total: int = 0
@@ -97,13 +99,12 @@ class _EventsMixin:
 
     def _note_leadership(self) -> None:
         core = self._core
-        seen = (core.term, core.leader_id)
-        if seen != self._seen_leadership:
-            self._leadership_changed(*seen)
+        if core.leader_id != self._seen_leader or core.term != self._seen_term:
+            self._leadership_changed(core.term, core.leader_id)
 
     def _leadership_changed(self, term: int, leader_id: int) -> None:
-        previous_term, previous_leader = self._seen_leadership
-        self._seen_leadership = (term, leader_id)
+        previous_term, previous_leader = self._seen_term, self._seen_leader
+        self._seen_term, self._seen_leader = term, leader_id
         me = self.config.node_id
         if term != previous_term:
             log_event(logger, "term_changed", f"node {me}: term {previous_term} -> {term}",
@@ -156,7 +157,7 @@ class _EventsMixin:
         watch = self._leader_watch
         if watch is None:
             watch = self._leader_watch = _LeaderWatch()
-            watch.publish(self._seen_leadership[1], self._seen_leadership[0])
+            watch.publish(self._seen_leader, self._seen_term)
         version = watch.version
         last = watch.leader_id
         yield last
