@@ -62,7 +62,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-from engine import errors
+from engine import __version__, errors
+from engine._core import IMPLEMENTATION
 from engine.aio.node_events import _EventsMixin
 from engine.aio.node_membership import _MEMBERSHIP_ADMIN_OPS as _MEMBERSHIP_ADMIN_OPS
 from engine.aio.node_membership import _REMOVAL_NOTICES as _REMOVAL_NOTICES
@@ -495,6 +496,8 @@ class Node(_MembershipMixin, _SnapshotsMixin, _ReadsMixin, _ServingMixin, _Event
             "applied_index": self._applied,
             "pending_proposals": len(self._proposals) + len(self._proposal_queue),
             "durable": self.config.data_dir is not None and self.config.fsync,
+            "version": __version__,
+            "core_implementation": IMPLEMENTATION,   # "cython", or "python" (the pure twins)
         }
         if self._core is not None:
             core_status = dict(self._core.status())

@@ -127,6 +127,13 @@ async def test_metrics_endpoint_answers_404_elsewhere_and_closes_on_stop() -> No
             await asyncio.to_thread(_fetch, f"http://{host}:{port}/metrics")
 
 
+async def test_status_names_the_version_and_the_core_implementation() -> None:
+    async with engine.LocalCluster(n=1) as cluster:
+        status = cluster.nodes[1].status()
+        assert status["version"] == engine.__version__
+        assert status["core_implementation"] == engine.IMPLEMENTATION in ("cython", "python")
+
+
 def test_metrics_address_is_validated() -> None:
     with pytest.raises(engine.ConfigError):
         engine.NodeConfig(node_id=1, members={1: "127.0.0.1:7001"}, cluster_key=b"k" * 32,
