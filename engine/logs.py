@@ -68,7 +68,7 @@ class JsonFormatter(logging.Formatter):
             line["exception"] = self.formatException(record.exc_info)
         return json.dumps(line, default=str)
 
-    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         from datetime import UTC, datetime
 
         return datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")

@@ -68,7 +68,7 @@ def test_readme_python_examples_run() -> None:
                          "key": cluster.cluster_key}
             output = io.StringIO()
             with contextlib.redirect_stdout(output):
-                exec(compile(example, "README.md", "exec"), namespace)  # noqa: S102
+                exec(compile(example, "README.md", "exec"), namespace)
             assert output.getvalue().strip(), example
     finally:
         run(cluster.close())

@@ -138,7 +138,10 @@ async def test_client_retries_wait_growing_jittered_backoffs(
     async with engine.Client([f"127.0.0.1:{port}"], cluster_key=b"k" * 32,
                              attempt_timeout=0.02) as c:
         with pytest.raises(engine.Timeout):
-            await c.get(b"k", timeout=0.5)
+            # Three attempts and their backoffs take at most 0.26 s as designed (0.02 s waits
+            # growing by 0.02 s, backoffs under 0.02, 0.04, 0.08 s): 2 s leaves room for a
+            # loaded machine.
+            await c.get(b"k", timeout=2.0)
     assert attempts[:3] == [1, 2, 3]
 
 
