@@ -238,3 +238,14 @@ def test_text_formatter_appends_the_fields() -> None:
     assert stream.getvalue().rstrip().endswith("term 1 -> 2 event=term_changed term=2")
     with pytest.raises(ValueError):
         configure_logging("xml")
+
+
+async def test_membership_change_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="engine")
+    async with engine.LocalCluster(n=3) as cluster:
+        await cluster.wait_leader()
+        await cluster.add_node()
+        changes = [r.fields for r in caplog.records  # type: ignore[attr-defined]
+                   if getattr(r, "event", "") == "membership_changed"]
+        assert any(f["voters"] == [1, 2, 3, 4] and not f["joint"] for f in changes), changes
+        assert any(4 in f["learners"] for f in changes), changes
