@@ -3,8 +3,9 @@
     import engine
     node = engine.Node(engine.NodeConfig(...), state_machine=engine.KVStore())
 
-The runtime classes (Node, LocalCluster, Client, KVStore) are imported on first use so that
-`import engine` stays cheap for code that only needs the sans-IO cores or the errors.
+The runtime classes (Node, LocalCluster, Client, SyncClient, KV, KVStore) are imported on first
+use so that `import engine` stays cheap for code that only needs the sans-IO cores or the
+errors. `engine.StateMachine` is the protocol a replicated state machine implements.
 """
 
 from __future__ import annotations
