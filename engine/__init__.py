@@ -3,8 +3,9 @@
     import engine
     node = engine.Node(engine.NodeConfig(...), state_machine=engine.KVStore())
 
-The runtime classes (Node, LocalCluster, Client, KVStore) are imported on first use so that
-`import engine` stays cheap for code that only needs the sans-IO cores or the errors.
+The runtime classes (Node, LocalCluster, Client, SyncClient, KV, KVStore) are imported on first
+use so that `import engine` stays cheap for code that only needs the sans-IO cores or the
+errors. `engine.StateMachine` is the protocol a replicated state machine implements.
 """
 
 from __future__ import annotations
@@ -31,13 +32,15 @@ from engine.errors import (
     Superseded,
     Timeout,
 )
-from engine.types import Limits, NodeConfig, TimingConfig
+from engine.types import Limits, NodeConfig, StateMachine, TimingConfig
 
 if TYPE_CHECKING:
     from engine.aio.client import Client
+    from engine.aio.kv import KV
     from engine.aio.local_cluster import LocalCluster
     from engine.aio.node import Node
     from engine.aio.register import WriteOnceRegister
+    from engine.aio.sync_client import SyncClient
     from engine.kv import KVStore
 
 __version__ = "0.1.0"
@@ -46,6 +49,8 @@ _LAZY = {
     "Node": "engine.aio.node",
     "LocalCluster": "engine.aio.local_cluster",
     "Client": "engine.aio.client",
+    "SyncClient": "engine.aio.sync_client",
+    "KV": "engine.aio.kv",
     "KVStore": "engine.kv",
     "WriteOnceRegister": "engine.aio.register",
 }
@@ -62,7 +67,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "IMPLEMENTATION", "__version__", "Node", "NodeConfig", "LocalCluster", "Client", "KVStore",
-    "WriteOnceRegister", "Limits", "TimingConfig",
+    "SyncClient", "KV", "StateMachine", "WriteOnceRegister", "Limits", "TimingConfig",
     "ConfigError", "DecodeError", "EngineError", "EntryTooLarge", "InvariantViolation",
     "LogIndexError", "MembershipError", "ConfChangeInProgress",
     "NotLeader", "Overloaded", "Rejected", "StateMachineError", "StorageError", "Superseded",

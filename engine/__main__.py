@@ -63,6 +63,7 @@ def _node_config(args: argparse.Namespace) -> NodeConfig:
         allow_fault_injection=args.allow_fault_injection,
         join=args.join or args.witness,
         witness=args.witness,
+        metrics_addr=args.metrics_addr,
     )
 
 
@@ -185,6 +186,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m engine", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    parser.add_argument("--log-format", default="text", choices=["text", "json"],
+                        help="one line per log record: text, or a JSON object (engine.logs)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def cluster_args(p: argparse.ArgumentParser) -> None:
@@ -198,6 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--protocol", default="raft", choices=["raft", "paxos"])
     serve.add_argument("--no-fsync", action="store_true", help="WAL without fsync (NOT durable)")
     serve.add_argument("--campaign", action="store_true", help="start an election at once")
+    serve.add_argument("--metrics-addr", default=None, metavar="HOST:PORT",
+                       help="serve Prometheus metrics at http://HOST:PORT/metrics")
     serve.add_argument("--allow-fault-injection", action="store_true",
                        help="obey authenticated ADMIN fault-filter messages (tests only)")
     serve.add_argument("--join", action="store_true",
@@ -273,10 +278,11 @@ def main(argv: list[str] | None = None) -> int:
         return check_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(asctime)s %(name)s %(levelname)s %(message)s",
-    )
+    from engine.logs import configure_logging
+
+    # A server logs its events (leader changes, snapshots, membership) by default.
+    verbose = args.verbose or args.command == "serve"
+    configure_logging(args.log_format, logging.INFO if verbose else logging.WARNING)
     try:
         return int(args.func(args))
     except (EngineError, OSError) as exc:

@@ -8,7 +8,7 @@ unbounded growth.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, NewType
+from typing import Any, NewType, Protocol, runtime_checkable
 
 from engine.errors import ConfigError
 
@@ -146,6 +146,25 @@ class Ready:
         )
 
 
+@runtime_checkable
+class StateMachine(Protocol):
+    """What engine.Node replicates (engine.KVStore is one).
+
+    `apply(index, command)` runs every committed command in log order, on every node, and
+    must be deterministic; its result goes back to the proposer (engine.Node.propose,
+    engine.Client.call). `query(query)` answers reads without changing state
+    (engine.Node.read, engine.Client.query). `snapshot()` returns the whole state as bytes
+    and `restore(data)` replaces the state with one. A state machine may also offer
+    `snapshot_fork() -> Callable[[], bytes]` (freeze now, serialise on another thread) so
+    snapshots do not pause the node.
+    """
+
+    def apply(self, index: int, command: bytes) -> bytes: ...
+    def query(self, query: bytes) -> bytes: ...
+    def snapshot(self) -> bytes: ...
+    def restore(self, data: bytes) -> None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class TimingConfig:
     """Protocol time in ticks; the driver ticks every tick_ms milliseconds."""
@@ -166,10 +185,12 @@ class TimingConfig:
             )
 
 
-def parse_address(address: str) -> tuple[str, int]:
-    """'host:port' -> (host, port); raises ConfigError with the offending text."""
+def parse_address(address: str, *, allow_any_port: bool = False) -> tuple[str, int]:
+    """'host:port' ('[::1]:port' for IPv6) -> (host, port); raises ConfigError with the
+    offending text. allow_any_port accepts port 0 (a listener bound to any free port)."""
     host, sep, port_text = address.rpartition(":")
-    if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+    lowest = 0 if allow_any_port else 1
+    if not sep or not host or not port_text.isdigit() or not lowest <= int(port_text) < 65536:
         raise ConfigError(f"bad address {address!r}: expected host:port")
     return host.strip("[]"), int(port_text)
 
@@ -230,6 +251,9 @@ class NodeConfig:
     witnesses: tuple[int, ...] = ()
     join: bool = False
     witness: bool = False
+    # Serve Prometheus metrics over HTTP at this "host:port" (port 0: any free port, see
+    # engine.Node.metrics.address); None: no endpoint, no metrics kept (engine.aio.metrics).
+    metrics_addr: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.node_id, int) or not 0 < self.node_id <= U64_MAX:
@@ -261,6 +285,8 @@ class NodeConfig:
             raise ConfigError("snapshot_entries and snapshot_bytes must be positive")
         if self.snapshot_trailing_entries < 0:
             raise ConfigError("snapshot_trailing_entries must be >= 0")
+        if self.metrics_addr is not None:
+            parse_address(self.metrics_addr, allow_any_port=True)
         self._validate_membership()
 
     def _validate_membership(self) -> None:

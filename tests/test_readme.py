@@ -26,3 +26,52 @@ def test_ci_runs_the_readme_test_command_verbatim() -> None:
     test_command = quickstart_commands()[1]
     ci_lines = (ROOT / ".ci" / "run").read_text().splitlines()
     assert test_command in ci_lines
+
+
+RUN_MARK = "<!-- run by tests/test_readme.py -->"
+
+
+def marked_python_examples() -> list[str]:
+    """The README's Python blocks preceded by RUN_MARK, in order."""
+    text = (ROOT / "README.md").read_text()
+    return re.findall(re.escape(RUN_MARK) + r"\n```python\n(.*?)\n```", text, flags=re.S)
+
+
+def test_readme_python_examples_are_marked_to_run() -> None:
+    assert len(marked_python_examples()) == 2
+    assert (ROOT / "README.md").read_text().count(RUN_MARK) == len(marked_python_examples())
+
+
+def test_readme_python_examples_run() -> None:
+    """Each marked block runs as written, with `engine`, and `addresses` and `key` of a
+    cluster running in another thread (what the text says a block may assume)."""
+    import asyncio
+    import contextlib
+    import io
+    import threading
+
+    import engine
+
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    cluster = engine.LocalCluster(n=3)
+
+    def run(coroutine: object) -> object:
+        return asyncio.run_coroutine_threadsafe(coroutine, loop).result(timeout=60)  # type: ignore[arg-type]
+
+    run(cluster.start())
+    try:
+        run(cluster.wait_leader())
+        for example in marked_python_examples():
+            namespace = {"engine": engine, "addresses": list(cluster.members.values()),
+                         "key": cluster.cluster_key}
+            output = io.StringIO()
+            with contextlib.redirect_stdout(output):
+                exec(compile(example, "README.md", "exec"), namespace)
+            assert output.getvalue().strip(), example
+    finally:
+        run(cluster.close())
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join()
+        loop.close()

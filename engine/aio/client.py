@@ -5,7 +5,11 @@
 
 It finds the leader (following NOT_LEADER hints), retries a request with the SAME session id
 and sequence number (so the state machine applies it once, Raft thesis §6.3), and raises
-engine.Timeout when the outcome is unknown — never a false "failed".
+engine.Timeout when the outcome is unknown — never a false "failed". Every method takes a
+`timeout=` (seconds, for the whole call, retries included; default: the client's). Retries
+wait an exponential backoff with full jitter (backoff_delay), so clients that lost their
+leader together do not come back in lockstep. `call(command)` and `query(query)` send raw
+commands and queries to a state machine of the user's own (engine.StateMachine).
 
 Sessions: the KV state machine allows one outstanding command per session (client id), and a
 session is opened by a REGISTER command whose result is its id; its first command is seq 1.
@@ -38,6 +42,21 @@ _KV_STATUS = enum_members(commands.Status)
 _RESPONSE_TYPES = (_MT.CLIENT_RESPONSE, _MT.ADMIN_RESPONSE)
 
 
+def backoff_delay(attempt: int, base: float, cap: float) -> float:
+    """Seconds to wait before retry number `attempt` (1, 2, ...): exponential backoff with
+    full jitter, uniform in [0, min(cap, base * 2**attempt)) (the spread is what keeps many
+    clients that failed together from retrying together)."""
+    return random.random() * min(cap, base * 2.0 ** min(attempt, 32))
+
+
+def _local_address(addresses: list[tuple[str, int]]) -> tuple[str, int]:
+    """The wildcard address to bind: IPv6 for IPv6 literals, IPv4 otherwise."""
+    families = {":" in host for host, _ in addresses}
+    if len(families) > 1:
+        raise errors.ConfigError("Client addresses mix IPv4 and IPv6: use one family")
+    return ("::", 0) if families == {True} else ("0.0.0.0", 0)
+
+
 class _SessionExpired(errors.Timeout):
     """The outcome is unknown and the session is gone (see Client._write)."""
 
@@ -59,6 +78,11 @@ class _ClientProtocol(asyncio.DatagramProtocol):
 
 
 class Client:
+    # Retry backoff (backoff_delay): the first retry waits up to 2 * retry_base_s, each next
+    # one up to twice as long, never more than retry_cap_s.
+    retry_base_s: float = 0.01
+    retry_cap_s: float = 1.0
+
     def __init__(
         self, addresses: list[str], *, cluster_key: bytes, cluster_id: int = 0,
         timeout: float = 10.0, attempt_timeout: float = 0.5, client_id: int | None = None,
@@ -101,7 +125,7 @@ class Client:
     async def open(self) -> None:
         loop = asyncio.get_running_loop()
         transport, _ = await loop.create_datagram_endpoint(
-            lambda: _ClientProtocol(self), local_addr=("0.0.0.0", 0)
+            lambda: _ClientProtocol(self), local_addr=_local_address(self.addresses)
         )
         self._transport = transport  # type: ignore[assignment]
 
@@ -120,41 +144,62 @@ class Client:
 
     # ------------------------------------------------------------------ KV API
 
-    async def put(self, key: bytes, value: bytes) -> None:
+    async def put(self, key: bytes, value: bytes, *, timeout: float | None = None) -> None:
         self._check(await self._write(
-            lambda session, seq: commands.encode_put(key, value, client_id=session, seq=seq)))
+            lambda session, seq: commands.encode_put(key, value, client_id=session, seq=seq),
+            timeout))
 
-    async def get(self, key: bytes, *, mode: str = "linearizable") -> bytes | None:
+    async def get(self, key: bytes, *, mode: str = "linearizable",
+                  timeout: float | None = None) -> bytes | None:
         """The value, or None if absent. `mode` is engine.Node.read's: "linearizable"
         (ReadIndex on the cluster), "lease" (the leader answers from its lease, Raft thesis
         §6.4.1: linearizable only while clock rates differ by less than lease_drift_ticks
         allows) or "stale" (whichever node answers, possibly behind)."""
-        from engine.aio.node import READ_MODES
-        if mode not in READ_MODES:
-            raise errors.ConfigError(f"read mode must be one of {READ_MODES}, got {mode!r}")
         result = self._check(await self._request(
-            _OP.READ, commands.encode_get_query(key), READ_MODES.index(mode)))
+            _OP.READ, commands.encode_get_query(key), _read_mode(mode), timeout))
         return result.value
 
-    async def delete(self, key: bytes) -> bool:
+    async def delete(self, key: bytes, *, timeout: float | None = None) -> bool:
         """True if the key existed."""
         result = self._check(await self._write(
-            lambda session, seq: commands.encode_delete(key, client_id=session, seq=seq)))
+            lambda session, seq: commands.encode_delete(key, client_id=session, seq=seq),
+            timeout))
         return bool(result.existed)
 
-    async def cas(self, key: bytes, expected: bytes | None, new: bytes) -> bool:
+    async def cas(self, key: bytes, expected: bytes | None, new: bytes, *,
+                  timeout: float | None = None) -> bool:
         """Set key to `new` if its value is `expected` (None: absent). True if it did."""
         result = await self._write(lambda session, seq: commands.encode_cas(
-            key, expected, new, client_id=session, seq=seq))
+            key, expected, new, client_id=session, seq=seq), timeout)
         if not result.ok and result.status != _KV_STATUS.CAS_MISMATCH:
             raise errors.Rejected(str(result.error))
         return bool(result.ok)
 
-    async def status(self, address: str | None = None) -> dict[str, Any]:
+    async def call(self, command: bytes, *, timeout: float | None = None,
+                   idempotent: bool = False) -> bytes:
+        """Propose `command` to the cluster's state machine (a user's engine.StateMachine,
+        served with its own Node); its apply() result.
+
+        A raw command carries no client session, so a copy sent again could apply twice:
+        it goes to other nodes only while the answers are definite (NOT_LEADER, REJECTED),
+        and when an attempt gets no answer the call raises Timeout (it may have applied)
+        unless `idempotent=True` allows sending it again until the timeout."""
+        return bytes(await self._request(_OP.WRITE, bytes(command), 0, timeout,
+                                         raw=True, resend=idempotent))
+
+    async def query(self, query: bytes, *, mode: str = "linearizable",
+                    timeout: float | None = None) -> bytes:
+        """Run `query` on the state machine's query() without writing the log (modes as for
+        get); its raw answer."""
+        return bytes(await self._request(_OP.READ, bytes(query), _read_mode(mode), timeout,
+                                         raw=True))
+
+    async def status(self, address: str | None = None, *,
+                     timeout: float | None = None) -> dict[str, Any]:
         """Status of one node (JSON from the node)."""
         target = parse_address(address) if address else self.addresses[0]
         response = await self._exchange(target, _OP.STATUS, self._next_request_number(),
-                                        b"", self.attempt_timeout * 4)
+                                        b"", timeout or self.attempt_timeout * 4)
         if response is None:
             raise errors.Timeout(f"no status from {target[0]}:{target[1]}")
         return dict(json.loads(response.context))
@@ -165,7 +210,7 @@ class Client:
         self._request_number += 1
         return self._request_number
 
-    async def _write(self, build: Any) -> Any:
+    async def _write(self, build: Any, timeout: float | None = None) -> Any:
         """One write in a borrowed session (see the module docstring).
 
         The cluster evicts the least recently used session past Limits.max_client_sessions.
@@ -173,7 +218,8 @@ class Client:
         earlier attempt can still apply, the write goes again in a new session; otherwise the
         outcome is unknown (_request raises _SessionExpired, a Timeout)."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.timeout
+        budget = timeout or self.timeout
+        deadline = loop.time() + budget
         session = self._idle_sessions.pop() if self._idle_sessions else None
         while True:
             if session is None:
@@ -199,7 +245,7 @@ class Client:
             if loop.time() >= deadline:
                 raise errors.Timeout(
                     f"the cluster expired every session this write was sent in within "
-                    f"{self.timeout} s (it did not apply: Limits.max_client_sessions is "
+                    f"{budget} s (it did not apply: Limits.max_client_sessions is "
                     f"too small for the number of writers)")
 
     async def _open_session(self, timeout: float) -> list[int]:
@@ -224,8 +270,11 @@ class Client:
         return result
 
     async def _request(self, op: int, payload: bytes, read_mode: int = 0,
-                       timeout: float | None = None) -> Any:
-        """`read_mode`: index into engine.aio.node.READ_MODES, carried in Message.index."""
+                       timeout: float | None = None, *, raw: bool = False,
+                       resend: bool = True) -> Any:
+        """`read_mode`: index into engine.aio.node.READ_MODES, carried in Message.index.
+        The decoded KV result, or with raw=True the state machine's bytes. resend=False:
+        an attempt without a definite answer is not sent again (Timeout)."""
         seq = self._next_request_number()
         loop = asyncio.get_running_loop()
         budget = self.timeout if timeout is None else timeout
@@ -241,8 +290,12 @@ class Client:
                     f"no definite answer within {budget:.3g} s (the request may have applied)"
                     + (f"; last answer: rejected ({last_rejection})" if last_rejection else "")
                 )
+            if ambiguous and not resend:
+                raise errors.Timeout("no definite answer (the command may have applied; "
+                                     "call(..., idempotent=True) sends it again)")
             target = self._leader or self.addresses[self._next_address % len(self.addresses)]
-            wait = min(remaining, self.attempt_timeout * (1 + min(attempt, 4)))
+            wait = (min(remaining, self.attempt_timeout * (1 + min(attempt, 4))) if resend
+                    else remaining)
             future, timer = self._send_request(target, op, seq, payload, wait,
                                                _MT.CLIENT_REQUEST, read_mode)
             try:
@@ -256,12 +309,13 @@ class Client:
                 self.counters["retries"] += 1
                 self._leader = None
                 self._next_address += 1
-                if response is not None:
-                    await asyncio.sleep(0.02)
+                await self._back_off(attempt, deadline)
                 continue
             status = response.status
             if status == _STATUS.OK:
                 self._leader = target
+                if raw:
+                    return response.context
                 result = commands.decode_result(response.context)
                 if (ambiguous and op == _OP.WRITE
                         and result.status == _KV_STATUS.SESSION_EXPIRED):
@@ -281,7 +335,7 @@ class Client:
                         self._leader = None
                 if self._leader is None:
                     self._next_address += 1
-                    await asyncio.sleep(0.05)  # an election is probably running
+                    await self._back_off(attempt, deadline)  # an election is probably running
                 continue
             if status == _STATUS.REJECTED:
                 reason = response.context.decode(errors="replace")
@@ -291,23 +345,31 @@ class Client:
                     # about one copy only: retry in the same session until the deadline.
                     self.counters["retries"] += 1
                     last_rejection = reason
-                    await asyncio.sleep(min(0.05 * attempt, 0.5))
+                    await self._back_off(attempt, deadline)
                     continue
                 raise errors.Rejected(reason)
             if status == _STATUS.ERROR:
                 raise errors.StateMachineError(response.context.decode(errors="replace"))
             raise errors.EngineError(f"unknown response status {status}")
 
+    async def _back_off(self, attempt: int, deadline: float) -> None:
+        """Sleep backoff_delay(attempt), never past the deadline."""
+        delay = backoff_delay(attempt, self.retry_base_s, self.retry_cap_s)
+        remaining = deadline - asyncio.get_running_loop().time()
+        await asyncio.sleep(max(0.0, min(delay, remaining)))
+
     async def admin(self, address: str, op: int, spec: dict[str, Any] | None = None, *,
-                    wait: float | None = None) -> None:
-        """Send an ADMIN op (engine.messages.AdminOp) to one node. Raises NotLeader (with the
-        leader's address) for a leader-only op sent elsewhere, Rejected if refused (fault ops
-        need allow_fault_injection), Timeout if there is no answer."""
+                    wait: float | None = None, timeout: float | None = None) -> None:
+        """Send an ADMIN op (engine.messages.AdminOp) to one node: up to 3 attempts of `wait`
+        seconds each, or of a third of `timeout`. Raises NotLeader (with the leader's address)
+        for a leader-only op sent elsewhere, Rejected if refused (fault ops need
+        allow_fault_injection), Timeout if there is no answer."""
         target = parse_address(address)
         payload = json.dumps(spec or {}).encode()
+        attempt_wait = timeout / 3 if timeout else (wait or self.attempt_timeout)
         for _ in range(3):
             response = await self._exchange(target, op, self._next_request_number(), payload,
-                                             wait or self.attempt_timeout, _MT.ADMIN)
+                                             attempt_wait, _MT.ADMIN)
             if response is None:
                 continue
             if response.status == _STATUS.NOT_LEADER:
@@ -324,7 +386,7 @@ class Client:
 
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        candidates = [f"{host}:{port}" for host, port in self.addresses]
+        candidates = [_format_address(host, port) for host, port in self.addresses]
         hint: str | None = None
         attempt = 0
         while loop.time() < deadline:
@@ -368,13 +430,14 @@ class Client:
 
         return await self._membership_op(AdminOp.PROMOTE_MEMBER, {"id": node_id}, timeout)
 
-    async def members(self) -> dict[str, Any]:
+    async def members(self, *, timeout: float | None = None) -> dict[str, Any]:
         """The membership as the leader sees it (else the newest any node reports), with
         "leader_id" and "index" (its CONFIG entry). Raises Timeout if no node answers."""
         statuses = []
+        each = (timeout / len(self.addresses)) if timeout else None
         for host, port in self.addresses:
             try:
-                statuses.append(await self.status(f"{host}:{port}"))
+                statuses.append(await self.status(_format_address(host, port), timeout=each))
             except errors.EngineError:
                 continue
         known = [s for s in statuses if isinstance(s.get("membership"), dict)]
@@ -512,6 +575,20 @@ class Client:
             future = self._waiting.get(message.seq)
             if future is not None and not future.done():
                 future.set_result(message)
+
+
+def _format_address(host: str, port: int) -> str:
+    """"host:port", with an IPv6 literal in brackets ("[::1]:7001")."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _read_mode(mode: str) -> int:
+    """The index of a read mode in engine.aio.node.READ_MODES (Message.index on the wire)."""
+    from engine.aio.node_reads import READ_MODES
+
+    if mode not in READ_MODES:
+        raise errors.ConfigError(f"read mode must be one of {READ_MODES}, got {mode!r}")
+    return READ_MODES.index(mode)
 
 
 _MEMBERSHIP_ERRORS: dict[str, type[errors.EngineError]] = {

@@ -37,7 +37,8 @@ def free_udp_ports(count: int, host: str = "127.0.0.1") -> list[int]:
     sockets = []
     try:
         for _ in range(count):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            sock = socket.socket(family, socket.SOCK_DGRAM)
             sock.bind((host, 0))
             sockets.append(sock)
         return [sock.getsockname()[1] for sock in sockets]
@@ -64,7 +65,8 @@ class LocalCluster:
         self.state_machine_factory = state_machine
         self.cluster_key = cluster_key or secrets.token_bytes(32)
         ports = free_udp_ports(n, host)
-        self.members = {node_id: f"{host}:{port}" for node_id, port in enumerate(ports, 1)}
+        bracketed = f"[{host}]" if ":" in host else host   # an IPv6 literal
+        self.members = {node_id: f"{bracketed}:{port}" for node_id, port in enumerate(ports, 1)}
         self._node_options = node_options
         self._storages: dict[int, MemoryStorage] = {}
         # The NodeConfig each node first started with (its bootstrap configuration must not

@@ -60,9 +60,11 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
-from engine import errors
+from engine import __version__, errors
+from engine._core import IMPLEMENTATION
+from engine.aio.node_events import _EventsMixin
 from engine.aio.node_membership import _MEMBERSHIP_ADMIN_OPS as _MEMBERSHIP_ADMIN_OPS
 from engine.aio.node_membership import _REMOVAL_NOTICES as _REMOVAL_NOTICES
 from engine.aio.node_membership import _error_payload as _error_payload
@@ -76,6 +78,10 @@ from engine.aio.node_snapshots import _SnapshotsMixin
 from engine.aio.node_snapshots import _state_machine_fork as _state_machine_fork
 from engine.messages import EntryKind, Message, MessageType
 from engine.types import NodeConfig, Ready, Snapshot
+from engine.types import StateMachine as StateMachine
+
+if TYPE_CHECKING:
+    from engine.aio.metrics import NodeMetrics
 
 # The `X as X` imports above keep the names that lived in this module before it was split
 # importable from here (engine.aio.client imports READ_MODES; tests and tools the others).
@@ -96,13 +102,6 @@ _MAX_TURN_DEFERRALS = 16
 # ... and only after a burst: the loop reads up to 32 datagrams per wake-up (libuv), so a
 # wake-up that read fewer than this drained the socket and waiting would only add latency.
 _BURST_DATAGRAMS = 8
-
-
-class StateMachine(Protocol):
-    def apply(self, index: int, command: bytes) -> bytes: ...
-    def query(self, query: bytes) -> bytes: ...
-    def snapshot(self) -> bytes: ...
-    def restore(self, data: bytes) -> None: ...
 
 
 class _AnsweringFuture(asyncio.Future):  # type: ignore[type-arg]
@@ -202,7 +201,7 @@ def _open_storage(config: NodeConfig) -> Any:
     return WriteAheadLog(config.data_dir, fsync=config.fsync)
 
 
-class Node(_MembershipMixin, _SnapshotsMixin, _ReadsMixin, _ServingMixin):
+class Node(_MembershipMixin, _SnapshotsMixin, _ReadsMixin, _ServingMixin, _EventsMixin):
     """One member of a replicated state machine (see the module docstring).
 
     The lifecycle, the public propose/status API and the hot path (the turn: _run_turn,
@@ -261,6 +260,9 @@ class Node(_MembershipMixin, _SnapshotsMixin, _ReadsMixin, _ServingMixin):
         # Latency profiler (engine.profiling), attached by `python -m engine bench --profile`.
         # None costs one `is not None` test per proposal/batch at the marked hooks.
         self._profiler: Any = None
+        # Prometheus metrics (engine.aio.metrics), with NodeConfig.metrics_addr: sampled once
+        # per turn, never per write.
+        self._metrics: NodeMetrics | None = None
         self._max_entry_bytes = config.limits.max_entry_bytes
         self._max_pending_proposals = config.limits.max_pending_proposals
         self._request_timeout_s = config.request_timeout_s
@@ -326,7 +328,10 @@ class Node(_MembershipMixin, _SnapshotsMixin, _ReadsMixin, _ServingMixin):
             self._storage_executor = ThreadPoolExecutor(1, thread_name_prefix="engine-wal")
         self._running = True
         self._membership_seen = getattr(self._core, "membership", None)
+        self._seen_term, self._seen_leader = self._core.term, self._core.leader_id
         self._check_removed_at_start()
+        if self.config.metrics_addr is not None:
+            await self._serve_metrics(self.config.metrics_addr)
         self._next_tick_at = self._loop.time()
         self._schedule_tick()
         self._schedule_turn()
@@ -342,6 +347,7 @@ class Node(_MembershipMixin, _SnapshotsMixin, _ReadsMixin, _ServingMixin):
         while self._persisting and self._fatal is None:
             await asyncio.sleep(0.001)
         self._fail_everything(errors.Stopped("node stopped"))
+        self._close_metrics()
         self._transport.close()
         if self._storage_executor is not None:
             self._storage_executor.shutdown(wait=True)
@@ -355,6 +361,7 @@ class Node(_MembershipMixin, _SnapshotsMixin, _ReadsMixin, _ServingMixin):
         if self._tick_handle is not None:
             self._tick_handle.cancel()
         self._fail_everything(errors.Stopped("node crashed"))
+        self._close_metrics()
         if self._transport is not None:
             self._transport.close()
         if self._storage_executor is not None:
@@ -489,6 +496,8 @@ class Node(_MembershipMixin, _SnapshotsMixin, _ReadsMixin, _ServingMixin):
             "applied_index": self._applied,
             "pending_proposals": len(self._proposals) + len(self._proposal_queue),
             "durable": self.config.data_dir is not None and self.config.fsync,
+            "version": __version__,
+            "core_implementation": IMPLEMENTATION,   # "cython", or "python" (the pure twins)
         }
         if self._core is not None:
             core_status = dict(self._core.status())
@@ -544,6 +553,7 @@ class Node(_MembershipMixin, _SnapshotsMixin, _ReadsMixin, _ServingMixin):
             self._pending_ticks += 1
         if self._removal_notices:
             self._send_removal_notices()
+        self._note_leadership()
         if self._ticks % _SWEEP_EVERY_TICKS == 0:
             self._expire_requests()
         self._retry_reads()
@@ -596,6 +606,8 @@ class Node(_MembershipMixin, _SnapshotsMixin, _ReadsMixin, _ServingMixin):
                 inbox, self._inbox = self._inbox, []
                 for message in inbox:
                     core.step(message)
+            if self._metrics is not None:
+                self._metrics.sample_turn(self._proposal_queue, self._read_queue)
             if self._proposal_queue:
                 self._submit_proposals()
             if self._waiting_for_leader:
@@ -651,6 +663,7 @@ class Node(_MembershipMixin, _SnapshotsMixin, _ReadsMixin, _ServingMixin):
 
     def _handle_ready(self, ready: Ready) -> None:
         self.counters["readies"] += 1
+        self._note_leadership()
         if self._profiler is not None:  # profiler hook: sent, committed
             self._profiler.ready(ready)
         if self._track_membership and self._core.membership is not self._membership_seen:
@@ -709,6 +722,9 @@ class Node(_MembershipMixin, _SnapshotsMixin, _ReadsMixin, _ServingMixin):
         sync = bool(ready.entries) or (
             hard_state is not None and (hard_state.term, hard_state.vote) != self._synced_vote
         )
+        metrics = self._metrics
+        timed = sync and metrics is not None and metrics.durable
+        started = time.perf_counter() if timed else 0.0
         try:
             self._storage.save(ready.entries, hard_state, sync=sync)
         except Exception as exc:
@@ -716,6 +732,8 @@ class Node(_MembershipMixin, _SnapshotsMixin, _ReadsMixin, _ServingMixin):
             self._die(exc)
             return False
         self.counters["saves"] += 1
+        if timed and metrics is not None:
+            metrics.wal_save_seconds.observe(time.perf_counter() - started)
         if sync:
             self.counters["syncs"] += 1
             if hard_state is not None:

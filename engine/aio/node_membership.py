@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from engine import errors
+from engine.logs import log_event
 from engine.messages import AdminOp, ClientStatus, Message, MessageType
 from engine.types import NodeConfig, parse_address
 
@@ -402,6 +403,13 @@ class _MembershipMixin:
         core = self._core
         self._membership_seen = core.membership
         self._witness = self._witness or bool(core.is_witness)
+        view = core.membership.to_dict()
+        log_event(logger, "membership_changed",
+                  f"node {self.config.node_id}: configuration voters={view['voters']}"
+                  f"{' (joint)' if view['joint'] else ''}", node_id=self.config.node_id,
+                  index=core.membership_index, voters=view["voters"],
+                  old_voters=view["old_voters"], learners=view["learners"],
+                  witnesses=view["witnesses"], joint=view["joint"])
         self._transport.update_peers(self._member_peers())
         for member in [m for m in self._removal_notices if m in core.membership.members]:
             del self._removal_notices[member]  # re-added: no longer removed

@@ -9,16 +9,20 @@ a leader's snapshot, restoring at start) is described in that module's docstring
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from engine import errors
+from engine.logs import log_event
 from engine.types import NodeConfig, Ready, Snapshot
 
 if TYPE_CHECKING:
     from engine.aio.node import StateMachine
+
+logger = logging.getLogger("engine.node")
 
 
 def _state_machine_fork(state_machine: Any) -> Callable[[], bytes] | None:
@@ -196,8 +200,14 @@ class _SnapshotsMixin:
             self._compaction_due = (snapshot, floor)
             return
         self._snapshotting = False
-        self.snapshot_stats["taken"] += 1
+        stats = self.snapshot_stats
+        stats["taken"] += 1
         self._core.compact(snapshot, compact_to=floor)
+        log_event(logger, "snapshot_taken",
+                  f"node {self.config.node_id}: snapshot at index {snapshot.index}",
+                  node_id=self.config.node_id, index=snapshot.index, term=snapshot.term,
+                  bytes=int(stats["last_bytes"]), write_s=round(stats["last_write_s"], 6),
+                  pause_ms=round(stats["last_pause_ms"], 3), log_floor=floor)
 
     def _persist_snapshot_ready(self, ready: Ready) -> None:
         """A snapshot from the leader: write it, compact the WAL at it and restore the state
@@ -217,6 +227,10 @@ class _SnapshotsMixin:
         def finish() -> None:
             self._applied = snapshot.index
             self.snapshot_stats["installed"] += 1
+            log_event(logger, "snapshot_installed",
+                      f"node {self.config.node_id}: installed the leader's snapshot at index "
+                      f"{snapshot.index}", node_id=self.config.node_id, index=snapshot.index,
+                      term=snapshot.term, bytes=len(snapshot.envelope))
             self._since_snapshot_entries = self._since_snapshot_bytes = 0
             for index in [i for i in self._proposals if i <= snapshot.index]:
                 _, future, _ = self._proposals.pop(index)

@@ -1,0 +1,74 @@
+"""engine.KV: a typed key-value API over an in-process engine.Node running a KVStore.
+
+    kv = engine.KV(node)
+    await kv.put(b"k", b"v")
+    await kv.get(b"k")                   # b"v" (linearizable: ReadIndex, no log write)
+    await kv.cas(b"k", b"v", b"w")       # True: swapped
+    await kv.delete(b"k")                # True: it existed
+
+The commands are encoded here (engine.kv.commands), replicated with Node.propose and read
+with Node.read, so errors are Node's: engine.Timeout (unknown outcome), engine.Rejected and
+its subclasses (definitely not applied), engine.Stopped. Proposals from the node itself are
+never re-sent (Node.propose), so they carry no client session.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from engine import errors
+from engine.kv import KVStore, commands
+
+
+class KV:
+    """The KV store of `node` (whose state machine must be an engine.KVStore).
+
+    `read_mode` is the default mode of get (engine.Node.read: "linearizable", "lease" or
+    "stale"); every method takes `timeout=` in seconds (default NodeConfig.request_timeout_s).
+    """
+
+    def __init__(self, node: Any, *, read_mode: str = "linearizable") -> None:
+        if not isinstance(node.state_machine, KVStore):
+            raise errors.ConfigError(
+                f"engine.KV needs a node running engine.KVStore, not "
+                f"{type(node.state_machine).__name__} (use node.propose / node.read)")
+        self.node = node
+        self.read_mode = read_mode
+
+    async def put(self, key: bytes, value: bytes, *, timeout: float | None = None
+                  ) -> bytes | None:
+        """Set key to value; the previous value (None: there was none)."""
+        result = await self._write(commands.encode_put(key, value), timeout)
+        return result.previous
+
+    async def get(self, key: bytes, *, mode: str | None = None,
+                  timeout: float | None = None) -> bytes | None:
+        """The value of key (None: absent)."""
+        answer = await self.node.read(commands.encode_get_query(key),
+                                      mode=mode or self.read_mode, timeout=timeout)
+        return _checked(commands.decode_result(answer)).value
+
+    async def delete(self, key: bytes, *, timeout: float | None = None) -> bool:
+        """Remove key; True if it existed."""
+        result = await self._write(commands.encode_delete(key), timeout)
+        return result.existed
+
+    async def cas(self, key: bytes, expected: bytes | None, new: bytes, *,
+                  timeout: float | None = None) -> bool:
+        """Set key to `new` if its value is `expected` (None: absent); True if it did."""
+        answer = await self.node.propose(commands.encode_cas(key, expected, new),
+                                         timeout=timeout)
+        result = commands.decode_result(answer)
+        if result.status == commands.Status.CAS_MISMATCH:
+            return False
+        return _checked(result).ok
+
+    async def _write(self, command: bytes, timeout: float | None) -> commands.KVResult:
+        return _checked(commands.decode_result(await self.node.propose(command,
+                                                                       timeout=timeout)))
+
+
+def _checked(result: commands.KVResult) -> commands.KVResult:
+    if not result.ok:
+        raise errors.Rejected(result.error or str(result.status))
+    return result

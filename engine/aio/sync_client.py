@@ -1,0 +1,114 @@
+"""engine.SyncClient: engine.Client for scripts, without asyncio.
+
+    with engine.SyncClient(["127.0.0.1:7001", "127.0.0.1:7002"], cluster_key=key) as c:
+        c.put(b"k", b"v"); c.get(b"k"); c.cas(b"k", b"v", b"w"); c.delete(b"k")
+
+It runs an engine.Client on an event loop of its own, in a daemon thread, and each method
+blocks until the coroutine of the same name is done, with the same arguments, results and
+errors (timeout= included). One SyncClient may be used from several threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+from engine.aio.client import Client
+
+T = TypeVar("T")
+
+
+class SyncClient:
+    """Blocking twin of engine.Client (same constructor arguments)."""
+
+    def __init__(self, addresses: list[str], **options: Any) -> None:
+        self._client = Client(addresses, **options)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever,
+                                        name="engine-sync-client", daemon=True)
+        self._thread.start()
+        try:
+            self._run(self._client.open())
+        except BaseException:
+            self._stop_loop()
+            raise
+
+    @property
+    def client(self) -> Client:
+        """The engine.Client underneath (its counters, addresses, attempt_timeout)."""
+        return self._client
+
+    def __enter__(self) -> SyncClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._client.close)
+            self._stop_loop()
+
+    def _stop_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
+
+    def _run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        if self._loop.is_closed():
+            coroutine.close()
+            from engine.errors import Stopped
+
+            raise Stopped("SyncClient is closed")
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+
+    # ------------------------------------------------------------------ engine.Client's API
+
+    def put(self, key: bytes, value: bytes, *, timeout: float | None = None) -> None:
+        return self._run(self._client.put(key, value, timeout=timeout))
+
+    def get(self, key: bytes, *, mode: str = "linearizable",
+            timeout: float | None = None) -> bytes | None:
+        return self._run(self._client.get(key, mode=mode, timeout=timeout))
+
+    def delete(self, key: bytes, *, timeout: float | None = None) -> bool:
+        return self._run(self._client.delete(key, timeout=timeout))
+
+    def cas(self, key: bytes, expected: bytes | None, new: bytes, *,
+            timeout: float | None = None) -> bool:
+        return self._run(self._client.cas(key, expected, new, timeout=timeout))
+
+    def call(self, command: bytes, *, timeout: float | None = None,
+             idempotent: bool = False) -> bytes:
+        return self._run(self._client.call(command, timeout=timeout, idempotent=idempotent))
+
+    def query(self, query: bytes, *, mode: str = "linearizable",
+              timeout: float | None = None) -> bytes:
+        return self._run(self._client.query(query, mode=mode, timeout=timeout))
+
+    def status(self, address: str | None = None, *,
+               timeout: float | None = None) -> dict[str, Any]:
+        return self._run(self._client.status(address, timeout=timeout))
+
+    def members(self, *, timeout: float | None = None) -> dict[str, Any]:
+        return self._run(self._client.members(timeout=timeout))
+
+    def transfer_leadership(self, to: int, *, timeout: float = 10.0) -> None:
+        return self._run(self._client.transfer_leadership(to, timeout=timeout))
+
+    def add_member(self, node_id: int, address: str, *, learner: bool = False,
+                   witness: bool = False, timeout: float = 60.0) -> dict[str, Any]:
+        return self._run(self._client.add_member(node_id, address, learner=learner,
+                                                 witness=witness, timeout=timeout))
+
+    def remove_member(self, node_id: int, *, timeout: float = 60.0) -> dict[str, Any]:
+        return self._run(self._client.remove_member(node_id, timeout=timeout))
+
+    def promote(self, node_id: int, *, timeout: float = 60.0) -> dict[str, Any]:
+        return self._run(self._client.promote(node_id, timeout=timeout))
+
+    def admin(self, address: str, op: int, spec: dict[str, Any] | None = None, *,
+              wait: float | None = None, timeout: float | None = None) -> None:
+        return self._run(self._client.admin(address, op, spec, wait=wait, timeout=timeout))
