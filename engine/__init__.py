@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from engine.aio.local_cluster import LocalCluster
     from engine.aio.node import Node
     from engine.aio.register import WriteOnceRegister
-    from engine.kv import KVStore
+    from engine.kv import KVStore, WriteResult
 
 __version__ = "0.1.0"
 
@@ -47,6 +47,7 @@ _LAZY = {
     "LocalCluster": "engine.aio.local_cluster",
     "Client": "engine.aio.client",
     "KVStore": "engine.kv",
+    "WriteResult": "engine.kv",
     "WriteOnceRegister": "engine.aio.register",
 }
 
@@ -62,7 +63,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "IMPLEMENTATION", "__version__", "Node", "NodeConfig", "LocalCluster", "Client", "KVStore",
-    "WriteOnceRegister", "Limits", "TimingConfig",
+    "WriteOnceRegister", "WriteResult", "Limits", "TimingConfig",
     "ConfigError", "DecodeError", "EngineError", "EntryTooLarge", "InvariantViolation",
     "LogIndexError", "MembershipError", "ConfChangeInProgress",
     "NotLeader", "Overloaded", "Rejected", "StateMachineError", "StorageError", "Superseded",

@@ -120,9 +120,13 @@ class Client:
 
     # ------------------------------------------------------------------ KV API
 
-    async def put(self, key: bytes, value: bytes) -> None:
-        self._check(await self._write(
-            lambda session, seq: commands.encode_put(key, value, client_id=session, seq=seq)))
+    async def put(self, key: bytes, value: bytes, *, prev: bool = False
+                  ) -> commands.WriteResult:
+        """Set key to value. The result's `prev` is the value the key held, only with
+        prev=True (the cluster then carries it back; see commands.WriteResult)."""
+        return _write_result(self._check(await self._write(
+            lambda session, seq: commands.encode_put(key, value, client_id=session, seq=seq,
+                                                     previous=prev))))
 
     async def get(self, key: bytes, *, mode: str = "linearizable") -> bytes | None:
         """The value, or None if absent. `mode` is engine.Node.read's: "linearizable"
@@ -136,11 +140,12 @@ class Client:
             _OP.READ, commands.encode_get_query(key), READ_MODES.index(mode)))
         return result.value
 
-    async def delete(self, key: bytes) -> bool:
-        """True if the key existed."""
-        result = self._check(await self._write(
-            lambda session, seq: commands.encode_delete(key, client_id=session, seq=seq)))
-        return bool(result.existed)
+    async def delete(self, key: bytes, *, prev: bool = False) -> commands.WriteResult:
+        """Delete key. The result's `existed` says whether it had a value, `prev` is that
+        value with prev=True."""
+        return _write_result(self._check(await self._write(
+            lambda session, seq: commands.encode_delete(key, client_id=session, seq=seq,
+                                                        previous=prev))))
 
     async def cas(self, key: bytes, expected: bytes | None, new: bytes) -> bool:
         """Set key to `new` if its value is `expected` (None: absent). True if it did."""
@@ -512,6 +517,14 @@ class Client:
             future = self._waiting.get(message.seq)
             if future is not None and not future.done():
                 future.set_result(message)
+
+
+def _write_result(result: commands.KVResult) -> commands.WriteResult:
+    """A PUT's or DELETE's KVResult as the caller sees it."""
+    if result.revision is None:
+        raise errors.StateMachineError(f"a write's result without a revision: {result!r}")
+    return commands.WriteResult(result.revision, result.previous, result.existed,
+                                result.retained)
 
 
 _MEMBERSHIP_ERRORS: dict[str, type[errors.EngineError]] = {
