@@ -520,10 +520,9 @@ class Client:
 
 
 def _write_result(result: commands.KVResult) -> commands.WriteResult:
-    """A PUT's or DELETE's KVResult as the caller sees it."""
-    if result.revision is None:
-        raise errors.StateMachineError(f"a write's result without a revision: {result!r}")
-    return commands.WriteResult(result.revision, result.previous, result.existed,
+    """A PUT's or DELETE's KVResult as the caller sees it. The write applied: a result
+    without a revision (a store that does not report one) is revision 0, not an error."""
+    return commands.WriteResult(result.revision or 0, result.previous, result.existed,
                                 result.retained)
 
 

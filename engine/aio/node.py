@@ -219,7 +219,7 @@ class Node(_MembershipMixin, _SnapshotsMixin, _ReadsMixin, _ServingMixin):
         if state_machine is None:
             from engine.kv import KVStore
 
-            state_machine = KVStore()
+            state_machine = KVStore(config.limits)
         self.config = config
         self.state_machine = state_machine
         self._storage = storage

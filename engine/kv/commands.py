@@ -91,6 +91,7 @@ _U64 = struct.Struct("<Q")
 _KNOWN_OPS = frozenset(int(op) for op in Op)
 _STATUS_OF: dict[int, Status] = {int(status): status for status in Status}  # not Status(n)
 _PUT_SESSION_HEAD = struct.Struct("<BBBQQI")   # head, session, key length: a client's PUT
+STRIPPED_RESULT_BYTES = _HEAD.size + _U64.size   # the most strip_result keeps
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,7 +140,8 @@ class KVResult:
 class WriteResult:
     """What engine.Client.put / delete return (DESIGN.md §3).
 
-    `revision`: the log index the write applied at. `prev`: the value the key held before,
+    `revision`: the log index the write applied at (0 only from a store that does not
+    report revisions: log indexes start at 1). `prev`: the value the key held before,
     only when the call asked for it (prev=True), else None. `existed`: the key had a value.
     `retained` is False only for an answer to a retried write whose full result the cluster
     did not keep (larger than Limits.max_session_result_bytes): the write applied exactly
@@ -254,7 +256,10 @@ def encode_result(status: Status, value: bytes | None = None, previous: bytes | 
 
 def strip_result(result: bytes) -> bytes:
     """`result` without its value, previous and message, marked NOT_RETAINED: what a session
-    keeps of a result too large to keep whole. At most 11 bytes (head and revision)."""
+    keeps of a result too large to keep whole. At most STRIPPED_RESULT_BYTES (head and
+    revision); DecodeError for bytes shorter than a result's head."""
+    if len(result) < _HEAD.size:
+        raise DecodeError(f"result of {len(result)} bytes is shorter than its header")
     flags = result[2] & _RETAINED_FLAGS
     head = bytes((result[0], result[1], flags | FLAG_NOT_RETAINED))
     return head + result[3:3 + _U64.size] if flags & FLAG_REVISION else head
@@ -384,7 +389,7 @@ def decode_result(data: bytes) -> KVResult:
 __all__ = [
     "VERSION", "Op", "Status", "Command", "KVResult", "WriteResult",
     "encode_put", "encode_get", "encode_delete", "encode_cas", "encode_register", "encode_query",
-    "encode_get_query", "encode_result", "strip_result",
+    "encode_get_query", "encode_result", "strip_result", "STRIPPED_RESULT_BYTES",
     "encode_client_id",
     "decode_command", "decode_query", "decode_result", "decode_client_id",
 ]

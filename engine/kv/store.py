@@ -26,7 +26,8 @@ twice.) Sessions are bounded by Limits.max_client_sessions; past it the session 
 used (by log index, identical on every replica) is evicted. Replicas must share that limit.
 
 Memory and snapshot size: the live data, plus at most max_client_sessions sessions of
-SESSION_ROW_BYTES + max(max_session_result_bytes, 11) bytes each (session_bytes_bound). A
+SESSION_ROW_BYTES + max(max_session_result_bytes, STRIPPED_RESULT_BYTES) bytes each
+(session_bytes_bound()). A
 write's result holds the previous value only when the command asks for it (FLAG_WANT_PREVIOUS),
 so by default a session caches about a dozen bytes whatever the size of the values.
 """
@@ -41,6 +42,7 @@ from collections.abc import Callable, Iterable
 from engine._core import kvput as _kvput
 from engine.errors import DecodeError, InvariantViolation
 from engine.kv.commands import (
+    STRIPPED_RESULT_BYTES,
     Command,
     Op,
     Status,
@@ -58,8 +60,6 @@ _U32 = struct.Struct("<I")
 _SESSION_ROW = struct.Struct("<QQQ")      # client_id, last_seq, last_index
 # A session's snapshot row without its result: ids, seq, index and the result's length.
 SESSION_ROW_BYTES = _SESSION_ROW.size + _U32.size
-# The most a stripped result keeps: head (3) and revision (8) (commands.strip_result).
-_STRIPPED_RESULT_BYTES = 11
 
 
 # The PUT hot path, compiled (or its pure-Python twin): engine/_core/kvput_py.py.
@@ -235,7 +235,7 @@ class KVStore:
 
     def session_bytes_bound(self) -> int:
         """The most the session table can take in a snapshot, from the limits."""
-        per_session = SESSION_ROW_BYTES + max(self._max_result_bytes, _STRIPPED_RESULT_BYTES)
+        per_session = SESSION_ROW_BYTES + max(self._max_result_bytes, STRIPPED_RESULT_BYTES)
         return self._max_sessions * per_session
 
     def session_ids(self) -> list[int]:
@@ -279,7 +279,9 @@ class KVStore:
         """Remember a session's newest command and its result (for retries); returns it."""
         session = self._sessions[client_id]
         session.seq = seq
-        session.result = self._retainable(result)
+        # _retainable, inlined: every write in a session passes here.
+        session.result = (result if len(result) <= self._max_result_bytes
+                          else strip_result(result))
         session.index = index
         self._sessions.move_to_end(client_id)
         return result

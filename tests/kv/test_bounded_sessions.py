@@ -8,9 +8,11 @@ from __future__ import annotations
 import struct
 import tracemalloc
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from engine.errors import DecodeError
 from engine.kv import KVStore
 from engine.kv.commands import (
     Status,
@@ -171,3 +173,13 @@ def test_cached_results_never_exceed_the_limit(writes: list[tuple[int, bytes, bo
         assert retried == answered or len(answered) > limit
         assert decode_result(retried).revision == decode_result(answered).revision
     assert store.session_bytes <= store.session_bytes_bound()
+
+
+def test_restoring_a_cached_result_shorter_than_a_header_is_a_decode_error() -> None:
+    snapshot = (struct.pack("<4sQQQ", b"EKV1", 5, 0, 1) + struct.pack("<QQQ", 1, 1, 5)
+                + struct.pack("<I", 2) + b"\x01\x00")
+    target = KVStore(Limits(max_session_result_bytes=1))
+    before = target.snapshot()
+    with pytest.raises(DecodeError):
+        target.restore(snapshot)
+    assert target.snapshot() == before

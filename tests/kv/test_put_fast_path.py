@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from engine.errors import DecodeError
 from engine.kv import KVStore, commands
 from engine.kv import store as store_module
+from engine.types import Limits
 
 _keys = st.binary(max_size=6)
 _sessions = st.one_of(st.none(), st.tuples(st.integers(1, 3), st.integers(1, 4)))
@@ -114,12 +115,15 @@ def test_apply_put_refuses_what_is_not_bytes(impl: SimpleNamespace) -> None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(_mutations(), max_size=25))
-def test_apply_results_and_state_match_the_slow_path(batch: list[bytes]) -> None:
+@given(st.lists(_mutations(), max_size=25), st.sampled_from([16, 1024]))
+def test_apply_results_and_state_match_the_slow_path(batch: list[bytes],
+                                                     result_limit: int) -> None:
+    """Also with a session result limit small enough that cached results are stripped."""
     batch = [commands.encode_register()] * 3 + batch   # sessions 1..3 exist (ids = indexes)
-    fast_store = KVStore()
+    limits = Limits(max_session_result_bytes=result_limit)
+    fast_store = KVStore(limits)
     fast = [fast_store.apply(index, data) for index, data in enumerate(batch, 1)]
-    slow_store = KVStore()
+    slow_store = KVStore(limits)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(store_module, "_parse_put", lambda data: None)
         patch.setattr(store_module, "_apply_put", lambda data, command, index: None)
