@@ -13,7 +13,7 @@ Command (goes through the log):
     |      u32 new_len | new
     REGISTER: no session, an empty key, nothing after it; the result's value is the new
     session's client id (u64, the log index the command applied at).
-    flags & PREVIOUS (PUT and DELETE only): the result carries the value the key held before.
+    flags & WANT_PREVIOUS (PUT and DELETE only): the result carries the value the key held.
     Without it the result says only whether the key existed, so a result (and the copy a
     session keeps for retries) does not grow with the size of the values it replaced.
 Query (ReadIndex read, never changes state): the GET command layout without a session.
@@ -26,8 +26,10 @@ Result:
     (larger than Limits.max_session_result_bytes); the command applied once, at `revision`,
     and its status and EXISTED are exact; only the value / previous / message were dropped.
     A write's revision is the log index it applied at (PUT, DELETE and a CAS that swapped).
-A decoder refuses flag bits it does not know, so a new flag is only ever set when asked for
-(a command flag) or by a store of the same version as the client decoding it.
+A decoder refuses flag bits it does not know: results with REVISION, EXISTED or NOT_RETAINED
+need a client that knows them (this module's). A store that predates WANT_PREVIOUS answers
+such a command MALFORMED and applies nothing, so every replica must run a store that knows it
+before a client sends one (in a mixed cluster only some replicas would apply it).
 
 Sessions (Raft thesis §6.3): a client first applies REGISTER, whose result is its client id;
 then its commands may carry (client_id, seq). It keeps at most one command outstanding per

@@ -23,7 +23,9 @@ Ids come only from REGISTER, so an evicted session can never be mistaken for a n
 tombstones are needed, and the table stays bounded. (An earlier rule let seq 1 of an unknown id
 open a session; a seq-1 write whose session was evicted before its retry arrived then applied
 twice.) Sessions are bounded by Limits.max_client_sessions; past it the session least recently
-used (by log index, identical on every replica) is evicted. Replicas must share that limit.
+used (by log index, identical on every replica) is evicted. Replicas must share that limit;
+they should share max_session_result_bytes too (a retry's answer depends on it, the data never
+does).
 
 Memory and snapshot size: the live data, plus at most max_client_sessions sessions of
 SESSION_ROW_BYTES + max(max_session_result_bytes, STRIPPED_RESULT_BYTES) bytes each
