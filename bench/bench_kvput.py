@@ -4,9 +4,10 @@
     python bench/bench_kvput.py               # timeit both in one run, prints Cython/Python ratios
 
 Workload: 10,000 session-less PUTs with 100-byte values over 4,096 keys (as `engine bench`
-writes them, so most overwrite a key and return its previous value) applied to a map with
-apply_put, and the same commands with a session header parsed with parse_put. The commands
-exist before timing starts (they come out of the log in the real system).
+writes them, so most overwrite a key: the result says so and carries the revision, not the
+previous value, which only a command asking for it gets) applied to a map with apply_put, and
+the same commands with a session header parsed with parse_put. The commands exist before timing
+starts (they come out of the log in the real system).
 """
 
 from __future__ import annotations
@@ -37,8 +38,8 @@ def puts(session: bool = False) -> list[bytes]:
 def apply_all(kvput: ModuleType, batch: list[bytes]) -> dict[bytes, bytes]:
     data: dict[bytes, bytes] = {}
     apply_put = kvput.apply_put
-    for command in batch:
-        apply_put(data, command)
+    for index, command in enumerate(batch, 1):
+        apply_put(data, command, index)
     return data
 
 

@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from engine.aio.node import Node
     from engine.aio.register import WriteOnceRegister
     from engine.aio.sync_client import SyncClient
-    from engine.kv import KVStore
+    from engine.kv import KVStore, WriteResult
 
 __version__ = "0.1.0"
 
@@ -52,6 +52,7 @@ _LAZY = {
     "SyncClient": "engine.aio.sync_client",
     "KV": "engine.aio.kv",
     "KVStore": "engine.kv",
+    "WriteResult": "engine.kv",
     "WriteOnceRegister": "engine.aio.register",
 }
 
@@ -67,7 +68,8 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "IMPLEMENTATION", "__version__", "Node", "NodeConfig", "LocalCluster", "Client", "KVStore",
-    "SyncClient", "KV", "StateMachine", "WriteOnceRegister", "Limits", "TimingConfig",
+    "SyncClient", "KV", "StateMachine", "WriteOnceRegister", "WriteResult", "Limits",
+    "TimingConfig",
     "ConfigError", "DecodeError", "EngineError", "EntryTooLarge", "InvariantViolation",
     "LogIndexError", "MembershipError", "ConfChangeInProgress",
     "NotLeader", "Overloaded", "Rejected", "StateMachineError", "StorageError", "Superseded",

@@ -118,7 +118,7 @@ def cmd_kv(args: argparse.Namespace) -> int:
                 value = await c.get(args.key.encode())
                 return None if value is None else value.decode(errors="replace")
             if args.op == "delete":
-                return await c.delete(args.key.encode())
+                return (await c.delete(args.key.encode())).existed
             expected = None if args.expected == "-" else args.expected.encode()
             return await c.cas(args.key.encode(), expected, args.value.encode())
 

@@ -11,16 +11,21 @@ cdef enum:
     _VERSION = 1
     _OP_PUT = 1
     _FLAG_SESSION = 0x01
+    _FLAG_WANT_PREVIOUS = 0x04
     _FLAG_PREVIOUS = 0x02
+    _FLAG_REVISION = 0x08
+    _FLAG_EXISTED = 0x10
     _STATUS_OK = 0
+    _RESULT_HEAD = 11   # version, status, flags, u64 revision
 
 VERSION = _VERSION
 OP_PUT = _OP_PUT
 FLAG_SESSION = _FLAG_SESSION
+FLAG_WANT_PREVIOUS = _FLAG_WANT_PREVIOUS
 FLAG_PREVIOUS = _FLAG_PREVIOUS
+FLAG_REVISION = _FLAG_REVISION
+FLAG_EXISTED = _FLAG_EXISTED
 STATUS_OK = _STATUS_OK
-
-cdef bytes _OK_EMPTY = bytes((_VERSION, _STATUS_OK, 0))
 
 
 cdef inline uint32_t _u32(const uint8_t* p) noexcept:
@@ -32,22 +37,33 @@ cdef inline uint64_t _u64(const uint8_t* p) noexcept:
     return <uint64_t>_u32(p) | (<uint64_t>_u32(p + 4) << 32)
 
 
+cdef inline void _put_le(uint8_t* out, uint64_t value, int width) noexcept:
+    cdef int i
+    for i in range(width):
+        out[i] = <uint8_t>((value >> (8 * i)) & 0xFF)
+
+
 cdef int _locate(bytes command, Py_ssize_t* key_at, Py_ssize_t* key_len,
                  Py_ssize_t* value_at, Py_ssize_t* value_len, int* has_session,
-                 uint64_t* client_id, uint64_t* seq):
+                 uint64_t* client_id, uint64_t* seq, int* want_previous):
     """1 when `command` is a well-formed PUT (fields written), 0 otherwise."""
     cdef Py_ssize_t end = PyBytes_GET_SIZE(command)
     cdef const uint8_t* p = <const uint8_t*>PyBytes_AS_STRING(command)
     cdef Py_ssize_t offset
     cdef uint64_t length
+    cdef uint8_t flags
     if end < 3 or p[0] != _VERSION or p[1] != _OP_PUT:
         return 0
-    if p[2] == 0:
+    flags = p[2]
+    if flags & ~(_FLAG_SESSION | _FLAG_WANT_PREVIOUS):
+        return 0
+    want_previous[0] = 1 if flags & _FLAG_WANT_PREVIOUS else 0
+    if not flags & _FLAG_SESSION:
         offset = 3
         has_session[0] = 0
         client_id[0] = 0
         seq[0] = 0
-    elif p[2] == _FLAG_SESSION and end >= 19:
+    elif end >= 19:
         client_id[0] = _u64(p + 3)
         seq[0] = _u64(p + 11)
         if seq[0] == 0:
@@ -73,34 +89,62 @@ cdef int _locate(bytes command, Py_ssize_t* key_at, Py_ssize_t* key_len,
 
 
 def parse_put(command):
-    """(key, value, client_id, seq) of a well-formed PUT (client_id None and seq 0 without a
-    session), or None for anything else (another op, a malformed PUT, session seq 0)."""
+    """(key, value, client_id, seq, previous) of a well-formed PUT (client_id None and seq 0
+    without a session; previous: the result is to carry the previous value), or None for
+    anything else (another op, a malformed PUT, session seq 0)."""
     cdef Py_ssize_t key_at, key_len, value_at, value_len
-    cdef int has_session
+    cdef int has_session, want_previous
     cdef uint64_t client_id, seq
     if type(command) is not bytes:
         return None
     if not _locate(command, &key_at, &key_len, &value_at, &value_len, &has_session,
-                   &client_id, &seq):
+                   &client_id, &seq, &want_previous):
         return None
     cdef const char* p = PyBytes_AS_STRING(command)
     key = PyBytes_FromStringAndSize(p + key_at, key_len)
     value = PyBytes_FromStringAndSize(p + value_at, value_len)
     if has_session:
-        return key, value, client_id, seq
-    return key, value, None, 0
+        return key, value, client_id, seq, want_previous != 0
+    return key, value, None, 0, want_previous != 0
 
 
-def apply_put(dict data not None, command):
-    """Apply a well-formed PUT without a session to `data` and return its encoded result;
-    None, with `data` untouched, for any other command."""
-    cdef Py_ssize_t key_at, key_len, value_at, value_len, size
-    cdef int has_session
+cdef bytes _put_result(uint64_t revision, object previous, bint want_previous):
+    cdef Py_ssize_t size = 0
+    cdef uint8_t flags = _FLAG_REVISION
+    if previous is not None:
+        flags |= _FLAG_EXISTED
+        if want_previous:
+            if type(previous) is not bytes:   # only bytes are stored; never trust that blindly
+                previous = bytes(previous)
+            flags |= _FLAG_PREVIOUS
+            size = 4 + PyBytes_GET_SIZE(previous)
+    result = PyBytes_FromStringAndSize(NULL, _RESULT_HEAD + size)
+    cdef uint8_t* out = <uint8_t*>PyBytes_AS_STRING(result)
+    out[0] = _VERSION
+    out[1] = _STATUS_OK
+    out[2] = flags
+    _put_le(out + 3, revision, 8)
+    if size:
+        _put_le(out + _RESULT_HEAD, <uint64_t>(size - 4), 4)
+        memcpy(out + _RESULT_HEAD + 4, PyBytes_AS_STRING(previous), <size_t>(size - 4))
+    return result
+
+
+def put_result(uint64_t revision, previous, bint want_previous):
+    """The encoded result of a PUT applied at log index `revision` over `previous`."""
+    return _put_result(revision, previous, want_previous)
+
+
+def apply_put(dict data not None, command, uint64_t index):
+    """Apply a well-formed PUT without a session, at log index `index`, to `data` and return
+    its encoded result; None, with `data` untouched, for any other command."""
+    cdef Py_ssize_t key_at, key_len, value_at, value_len
+    cdef int has_session, want_previous
     cdef uint64_t client_id, seq
     if type(command) is not bytes:
         return None
     if not _locate(command, &key_at, &key_len, &value_at, &value_len, &has_session,
-                   &client_id, &seq) or has_session:
+                   &client_id, &seq, &want_previous) or has_session:
         return None
     cdef const char* p = PyBytes_AS_STRING(command)
     key = PyBytes_FromStringAndSize(p + key_at, key_len)
@@ -110,19 +154,4 @@ def apply_put(dict data not None, command):
     if found is not NULL:
         previous = <object>found   # a new reference, held across the store below
     PyDict_SetItem(data, key, value)
-    if previous is None:
-        return _OK_EMPTY
-    if type(previous) is not bytes:   # only bytes are stored here; never trust that blindly
-        previous = bytes(previous)
-    size = PyBytes_GET_SIZE(previous)
-    result = PyBytes_FromStringAndSize(NULL, 7 + size)
-    cdef uint8_t* out = <uint8_t*>PyBytes_AS_STRING(result)
-    out[0] = _VERSION
-    out[1] = _STATUS_OK
-    out[2] = _FLAG_PREVIOUS
-    out[3] = <uint8_t>(size & 0xFF)
-    out[4] = <uint8_t>((size >> 8) & 0xFF)
-    out[5] = <uint8_t>((size >> 16) & 0xFF)
-    out[6] = <uint8_t>((size >> 24) & 0xFF)
-    memcpy(out + 7, PyBytes_AS_STRING(previous), <size_t>size)
-    return result
+    return _put_result(index, previous, want_previous)

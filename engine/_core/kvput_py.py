@@ -8,10 +8,14 @@ errors (tests/kv/test_put_fast_path.py holds both twins to decode_command and to
 path, result for result and state for state).
 
 Wire format (engine/kv/commands.py, docs/interfaces.md), little-endian, nothing after the value:
-    PUT     u8 version = 1, u8 op = PUT (1), u8 flags (0, or FLAG_SESSION (1) followed by
-            u64 client_id and u64 seq, seq >= 1), u32 key length, key, u32 value length, value
-    result  u8 version = 1, u8 status = OK (0), u8 flags (0, or FLAG_PREVIOUS (2) followed by
-            u32 length and the value the key held before)
+    PUT     u8 version = 1, u8 op = PUT (1), u8 flags (SESSION (1) and WANT_PREVIOUS (4) may be
+            set; SESSION is followed by u64 client_id and u64 seq, seq >= 1), u32 key length,
+            key, u32 value length, value
+    result  u8 version = 1, u8 status = OK (0), u8 flags = REVISION (8), | EXISTED (16) if the
+            key had a value, | PREVIOUS (2) if WANT_PREVIOUS and it had; u64 revision (the log
+            index); with PREVIOUS, u32 length and the value the key held before
+The result holds the previous value only when the command asks for it, so neither a result
+nor a session's cached copy of it grows with the values a write replaces.
 """
 
 from __future__ import annotations
@@ -21,27 +25,31 @@ import struct
 VERSION = 1
 OP_PUT = 1
 FLAG_SESSION = 0x01
+FLAG_WANT_PREVIOUS = 0x04
 FLAG_PREVIOUS = 0x02
+FLAG_REVISION = 0x08
+FLAG_EXISTED = 0x10
 STATUS_OK = 0
 
 _PUT_PREFIX = bytes((VERSION, OP_PUT))
-_OK_EMPTY = bytes((VERSION, STATUS_OK, 0))
-_OK_PREVIOUS_HEAD = bytes((VERSION, STATUS_OK, FLAG_PREVIOUS))
+_SESSION_FLAGS = (FLAG_SESSION, FLAG_SESSION | FLAG_WANT_PREVIOUS)
 _U32 = struct.Struct("<I")
 _SESSION_IDS = struct.Struct("<QQ")
+_RESULT_HEAD = struct.Struct("<BBBQ")   # version, status, flags, revision
 
 
-def parse_put(command: bytes) -> tuple[bytes, bytes, int | None, int] | None:
-    """(key, value, client_id, seq) of a well-formed PUT (client_id None and seq 0 without a
-    session), or None for anything else (another op, a malformed PUT, session seq 0)."""
+def parse_put(command: bytes) -> tuple[bytes, bytes, int | None, int, bool] | None:
+    """(key, value, client_id, seq, previous) of a well-formed PUT (client_id None and seq 0
+    without a session; previous: the result is to carry the previous value), or None for
+    anything else (another op, a malformed PUT, session seq 0)."""
     if type(command) is not bytes or command[:2] != _PUT_PREFIX:
         return None
     flags = command[2] if len(command) > 2 else -1
-    if flags == 0:
+    if flags in (0, FLAG_WANT_PREVIOUS):
         offset = 3
         client_id: int | None = None
         seq = 0
-    elif flags == FLAG_SESSION and len(command) >= 19:
+    elif flags in _SESSION_FLAGS and len(command) >= 19:
         client_id, seq = _SESSION_IDS.unpack_from(command, 3)
         if seq == 0:
             return None
@@ -57,18 +65,30 @@ def parse_put(command: bytes) -> tuple[bytes, bytes, int | None, int] | None:
     value_end = key_end + 4 + _U32.unpack_from(command, key_end)[0]
     if value_end != end:
         return None
-    return command[offset + 4:key_end], command[key_end + 4:value_end], client_id, seq
+    return (command[offset + 4:key_end], command[key_end + 4:value_end], client_id, seq,
+            bool(flags & FLAG_WANT_PREVIOUS))
 
 
-def apply_put(data: dict[bytes, bytes], command: bytes) -> bytes | None:
-    """Apply a well-formed PUT without a session to `data` and return its encoded result;
-    None, with `data` untouched, for any other command."""
+def put_result(revision: int, previous: bytes | None, want_previous: bool) -> bytes:
+    """The encoded result of a PUT applied at log index `revision` over `previous`."""
+    if previous is None:
+        return _RESULT_HEAD.pack(VERSION, STATUS_OK, FLAG_REVISION, revision)
+    if not want_previous:
+        return _RESULT_HEAD.pack(VERSION, STATUS_OK, FLAG_REVISION | FLAG_EXISTED, revision)
+    return b"".join((
+        _RESULT_HEAD.pack(VERSION, STATUS_OK, FLAG_REVISION | FLAG_EXISTED | FLAG_PREVIOUS,
+                          revision),
+        _U32.pack(len(previous)), previous,
+    ))
+
+
+def apply_put(data: dict[bytes, bytes], command: bytes, index: int) -> bytes | None:
+    """Apply a well-formed PUT without a session, at log index `index`, to `data` and return
+    its encoded result; None, with `data` untouched, for any other command."""
     put = parse_put(command)
     if put is None or put[2] is not None:
         return None
     key = put[0]
     previous = data.get(key)
     data[key] = put[1]
-    if previous is None:
-        return _OK_EMPTY
-    return _OK_PREVIOUS_HEAD + _U32.pack(len(previous)) + previous
+    return put_result(index, previous, put[4])

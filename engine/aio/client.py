@@ -144,10 +144,14 @@ class Client:
 
     # ------------------------------------------------------------------ KV API
 
-    async def put(self, key: bytes, value: bytes, *, timeout: float | None = None) -> None:
-        self._check(await self._write(
-            lambda session, seq: commands.encode_put(key, value, client_id=session, seq=seq),
-            timeout))
+    async def put(self, key: bytes, value: bytes, *, prev: bool = False,
+                  timeout: float | None = None) -> commands.WriteResult:
+        """Set key to value. The result's `prev` is the value the key held, only with
+        prev=True (the cluster then carries it back; see commands.WriteResult)."""
+        return _write_result(self._check(await self._write(
+            lambda session, seq: commands.encode_put(key, value, client_id=session, seq=seq,
+                                                     previous=prev),
+            timeout)))
 
     async def get(self, key: bytes, *, mode: str = "linearizable",
                   timeout: float | None = None) -> bytes | None:
@@ -159,12 +163,14 @@ class Client:
             _OP.READ, commands.encode_get_query(key), _read_mode(mode), timeout))
         return result.value
 
-    async def delete(self, key: bytes, *, timeout: float | None = None) -> bool:
-        """True if the key existed."""
-        result = self._check(await self._write(
-            lambda session, seq: commands.encode_delete(key, client_id=session, seq=seq),
-            timeout))
-        return bool(result.existed)
+    async def delete(self, key: bytes, *, prev: bool = False,
+                     timeout: float | None = None) -> commands.WriteResult:
+        """Delete key. The result's `existed` says whether it had a value, `prev` is that
+        value with prev=True."""
+        return _write_result(self._check(await self._write(
+            lambda session, seq: commands.encode_delete(key, client_id=session, seq=seq,
+                                                        previous=prev),
+            timeout)))
 
     async def cas(self, key: bytes, expected: bytes | None, new: bytes, *,
                   timeout: float | None = None) -> bool:
@@ -589,6 +595,13 @@ def _read_mode(mode: str) -> int:
     if mode not in READ_MODES:
         raise errors.ConfigError(f"read mode must be one of {READ_MODES}, got {mode!r}")
     return READ_MODES.index(mode)
+
+
+def _write_result(result: commands.KVResult) -> commands.WriteResult:
+    """A PUT's or DELETE's KVResult as the caller sees it. The write applied: a result
+    without a revision (a store that does not report one) is revision 0, not an error."""
+    return commands.WriteResult(result.revision or 0, result.previous, result.existed,
+                                result.retained)
 
 
 _MEMBERSHIP_ERRORS: dict[str, type[errors.EngineError]] = {

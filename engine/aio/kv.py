@@ -1,10 +1,10 @@
 """engine.KV: a typed key-value API over an in-process engine.Node running a KVStore.
 
     kv = engine.KV(node)
-    await kv.put(b"k", b"v")
+    await kv.put(b"k", b"v")             # WriteResult(revision, prev=None unless prev=True)
     await kv.get(b"k")                   # b"v" (linearizable: ReadIndex, no log write)
     await kv.cas(b"k", b"v", b"w")       # True: swapped
-    await kv.delete(b"k")                # True: it existed
+    (await kv.delete(b"k")).existed      # True: it existed
 
 The commands are encoded here (engine.kv.commands), replicated with Node.propose and read
 with Node.read, so errors are Node's: engine.Timeout (unknown outcome), engine.Rejected and
@@ -35,11 +35,12 @@ class KV:
         self.node = node
         self.read_mode = read_mode
 
-    async def put(self, key: bytes, value: bytes, *, timeout: float | None = None
-                  ) -> bytes | None:
-        """Set key to value; the previous value (None: there was none)."""
-        result = await self._write(commands.encode_put(key, value), timeout)
-        return result.previous
+    async def put(self, key: bytes, value: bytes, *, prev: bool = False,
+                  timeout: float | None = None) -> commands.WriteResult:
+        """Set key to value. The result's `prev` is the value the key held, only with
+        prev=True."""
+        return _write_result(await self._write(
+            commands.encode_put(key, value, previous=prev), timeout))
 
     async def get(self, key: bytes, *, mode: str | None = None,
                   timeout: float | None = None) -> bytes | None:
@@ -48,10 +49,12 @@ class KV:
                                       mode=mode or self.read_mode, timeout=timeout)
         return _checked(commands.decode_result(answer)).value
 
-    async def delete(self, key: bytes, *, timeout: float | None = None) -> bool:
-        """Remove key; True if it existed."""
-        result = await self._write(commands.encode_delete(key), timeout)
-        return result.existed
+    async def delete(self, key: bytes, *, prev: bool = False,
+                     timeout: float | None = None) -> commands.WriteResult:
+        """Remove key. The result's `existed` says whether it had a value, `prev` is that
+        value with prev=True."""
+        return _write_result(await self._write(
+            commands.encode_delete(key, previous=prev), timeout))
 
     async def cas(self, key: bytes, expected: bytes | None, new: bytes, *,
                   timeout: float | None = None) -> bool:
@@ -66,6 +69,11 @@ class KV:
     async def _write(self, command: bytes, timeout: float | None) -> commands.KVResult:
         return _checked(commands.decode_result(await self.node.propose(command,
                                                                        timeout=timeout)))
+
+
+def _write_result(result: commands.KVResult) -> commands.WriteResult:
+    return commands.WriteResult(result.revision or 0, result.previous, result.existed,
+                                result.retained)
 
 
 def _checked(result: commands.KVResult) -> commands.KVResult:

@@ -218,7 +218,7 @@ class Node(_MembershipMixin, _SnapshotsMixin, _ReadsMixin, _ServingMixin, _Event
         if state_machine is None:
             from engine.kv import KVStore
 
-            state_machine = KVStore()
+            state_machine = KVStore(config.limits)
         self.config = config
         self.state_machine = state_machine
         self._storage = storage

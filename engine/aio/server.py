@@ -20,7 +20,7 @@ async def serve(config: NodeConfig, *, campaign: bool = False) -> None:
     """
     from engine.kv import KVStore
 
-    node = Node(config, KVStore())
+    node = Node(config, KVStore(config.limits))
     await node.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -16,6 +16,7 @@ from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 from engine.aio.client import Client
+from engine.kv import commands
 
 T = TypeVar("T")
 
@@ -66,15 +67,17 @@ class SyncClient:
 
     # ------------------------------------------------------------------ engine.Client's API
 
-    def put(self, key: bytes, value: bytes, *, timeout: float | None = None) -> None:
-        return self._run(self._client.put(key, value, timeout=timeout))
+    def put(self, key: bytes, value: bytes, *, prev: bool = False,
+            timeout: float | None = None) -> commands.WriteResult:
+        return self._run(self._client.put(key, value, prev=prev, timeout=timeout))
 
     def get(self, key: bytes, *, mode: str = "linearizable",
             timeout: float | None = None) -> bytes | None:
         return self._run(self._client.get(key, mode=mode, timeout=timeout))
 
-    def delete(self, key: bytes, *, timeout: float | None = None) -> bool:
-        return self._run(self._client.delete(key, timeout=timeout))
+    def delete(self, key: bytes, *, prev: bool = False,
+               timeout: float | None = None) -> commands.WriteResult:
+        return self._run(self._client.delete(key, prev=prev, timeout=timeout))
 
     def cas(self, key: bytes, expected: bytes | None, new: bytes, *,
             timeout: float | None = None) -> bool:

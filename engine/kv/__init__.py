@@ -4,6 +4,7 @@ from engine.kv.commands import (
     KVResult,
     Op,
     Status,
+    WriteResult,
     decode_result,
     encode_cas,
     encode_delete,
@@ -15,7 +16,7 @@ from engine.kv.commands import (
 from engine.kv.store import KVStore
 
 __all__ = [
-    "KVStore", "KVResult", "Op", "Status", "decode_result",
+    "KVStore", "KVResult", "WriteResult", "Op", "Status", "decode_result",
     "encode_put", "encode_get", "encode_delete", "encode_cas", "encode_query",
     "encode_register",
 ]

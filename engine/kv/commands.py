@@ -13,11 +13,23 @@ Command (goes through the log):
     |      u32 new_len | new
     REGISTER: no session, an empty key, nothing after it; the result's value is the new
     session's client id (u64, the log index the command applied at).
+    flags & WANT_PREVIOUS (PUT and DELETE only): the result carries the value the key held.
+    Without it the result says only whether the key existed, so a result (and the copy a
+    session keeps for retries) does not grow with the size of the values it replaced.
 Query (ReadIndex read, never changes state): the GET command layout without a session.
 Result:
     u8 version (=1) | u8 status | u8 flags
-    | [u32 len | value] if flags & VALUE | [u32 len | previous] if flags & PREVIOUS
-    | [u32 len | utf-8 message] if flags & MESSAGE
+    | [u64 revision] if flags & REVISION | [u32 len | value] if flags & VALUE
+    | [u32 len | previous] if flags & PREVIOUS | [u32 len | utf-8 message] if flags & MESSAGE
+    flags & EXISTED: the key had a value before the write (set whenever PREVIOUS is).
+    flags & NOT_RETAINED: the answer to a retry whose full result the session did not keep
+    (larger than Limits.max_session_result_bytes); the command applied once, at `revision`,
+    and its status and EXISTED are exact; only the value / previous / message were dropped.
+    A write's revision is the log index it applied at (PUT, DELETE and a CAS that swapped).
+A decoder refuses flag bits it does not know: results with REVISION, EXISTED or NOT_RETAINED
+need a client that knows them (this module's). A store that predates WANT_PREVIOUS answers
+such a command MALFORMED and applies nothing, so every replica must run a store that knows it
+before a client sends one (in a mixed cluster only some replicas would apply it).
 
 Sessions (Raft thesis §6.3): a client first applies REGISTER, whose result is its client id;
 then its commands may carry (client_id, seq). It keeps at most one command outstanding per
@@ -58,13 +70,20 @@ class Status(IntEnum):
 # Command flags.
 FLAG_SESSION = 0x01
 FLAG_EXPECTED = 0x02
-_COMMAND_FLAGS = FLAG_SESSION | FLAG_EXPECTED
+FLAG_WANT_PREVIOUS = 0x04   # PUT / DELETE: return the previous value
+_COMMAND_FLAGS = FLAG_SESSION | FLAG_EXPECTED | FLAG_WANT_PREVIOUS
 
 # Result flags.
 FLAG_VALUE = 0x01
 FLAG_PREVIOUS = 0x02
 FLAG_MESSAGE = 0x04
-_RESULT_FLAGS = FLAG_VALUE | FLAG_PREVIOUS | FLAG_MESSAGE
+FLAG_REVISION = 0x08
+FLAG_EXISTED = 0x10
+FLAG_NOT_RETAINED = 0x20
+_RESULT_FLAGS = (FLAG_VALUE | FLAG_PREVIOUS | FLAG_MESSAGE | FLAG_REVISION | FLAG_EXISTED
+                 | FLAG_NOT_RETAINED)
+# What a result keeps when its payloads are dropped (KVStore's session cache).
+_RETAINED_FLAGS = FLAG_REVISION | FLAG_EXISTED
 
 _HEAD = struct.Struct("<BBB")
 _SESSION = struct.Struct("<QQ")
@@ -74,11 +93,13 @@ _U64 = struct.Struct("<Q")
 _KNOWN_OPS = frozenset(int(op) for op in Op)
 _STATUS_OF: dict[int, Status] = {int(status): status for status in Status}  # not Status(n)
 _PUT_SESSION_HEAD = struct.Struct("<BBBQQI")   # head, session, key length: a client's PUT
+STRIPPED_RESULT_BYTES = _HEAD.size + _U64.size   # the most strip_result keeps
 
 
 @dataclass(frozen=True, slots=True)
 class Command:
-    """A decoded command. `expected` is only meaningful for CAS (None: key must be absent)."""
+    """A decoded command. `expected` is only meaningful for CAS (None: key must be absent);
+    `previous` (PUT / DELETE): the result is to carry the previous value."""
 
     op: int
     key: bytes
@@ -86,30 +107,52 @@ class Command:
     expected: bytes | None = None
     client_id: int | None = None
     seq: int = 0
+    previous: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class KVResult:
-    """A decoded result. `ok` is True when the command took effect as asked (for GET: ran)."""
+    """A decoded result. `ok` is True when the command took effect as asked (for GET: ran).
+
+    `revision`: the log index a write applied at (None for reads and refusals). `existed`
+    (PUT / DELETE / CAS): the key had a value before. `previous`: that value, only when the
+    command asked for it. `retained` is False for a retry's answer whose full result was not
+    kept (Limits.max_session_result_bytes): status, revision and existed are exact, value and
+    previous are None whatever they were."""
 
     status: Status
     value: bytes | None = None
     previous: bytes | None = None
     message: str = ""
+    revision: int | None = None
+    existed: bool = False
+    retained: bool = True
 
     @property
     def ok(self) -> bool:
         return self.status == Status.OK
 
     @property
-    def existed(self) -> bool:
-        """PUT / DELETE / CAS: whether the key had a value before (previous is not None)."""
-        return self.previous is not None
-
-    @property
     def error(self) -> str:
         """Why the command did not take effect ("" when ok or a plain CAS mismatch)."""
         return "" if self.ok else self.message
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    """What engine.Client.put / delete return (DESIGN.md §3).
+
+    `revision`: the log index the write applied at (0 only from a store that does not
+    report revisions: log indexes start at 1). `prev`: the value the key held before,
+    only when the call asked for it (prev=True), else None. `existed`: the key had a value.
+    `retained` is False only for an answer to a retried write whose full result the cluster
+    did not keep (larger than Limits.max_session_result_bytes): the write applied exactly
+    once, at `revision`, but `prev` is None even if the key had a value (see `existed`)."""
+
+    revision: int
+    prev: bytes | None = None
+    existed: bool = False
+    retained: bool = True
 
 
 # ---------------------------------------------------------------------------- encoding
@@ -143,16 +186,19 @@ def _command(op: Op, key: bytes, tail: bytes, flags: int,
 
 
 def encode_put(key: bytes, value: bytes, *, client_id: int | None = None,
-               seq: int | None = None) -> bytes:
-    """Set key to value; the result carries the previous value (or None)."""
+               seq: int | None = None, previous: bool = False) -> bytes:
+    """Set key to value; the result carries the revision, whether the key existed, and with
+    previous=True the value it held before."""
+    flags = FLAG_WANT_PREVIOUS if previous else 0
     if (client_id is not None and seq is not None and 0 <= client_id <= U64_MAX
             and 1 <= seq <= U64_MAX and len(key) <= U32_MAX and len(value) <= U32_MAX):
         # engine.Client's every write: the same bytes as the general path, in one pack.
         return b"".join((
-            _PUT_SESSION_HEAD.pack(VERSION, Op.PUT, FLAG_SESSION, client_id, seq, len(key)),
+            _PUT_SESSION_HEAD.pack(VERSION, Op.PUT, FLAG_SESSION | flags, client_id, seq,
+                                   len(key)),
             key, _U32.pack(len(value)), value,
         ))
-    return _command(Op.PUT, key, _blob(value), 0, client_id, seq)
+    return _command(Op.PUT, key, _blob(value), flags, client_id, seq)
 
 
 def encode_get(key: bytes, *, client_id: int | None = None, seq: int | None = None) -> bytes:
@@ -161,9 +207,10 @@ def encode_get(key: bytes, *, client_id: int | None = None, seq: int | None = No
 
 
 def encode_delete(key: bytes, *, client_id: int | None = None,
-                  seq: int | None = None) -> bytes:
-    """Delete key; the result carries the previous value (None: nothing was deleted)."""
-    return _command(Op.DELETE, key, b"", 0, client_id, seq)
+                  seq: int | None = None, previous: bool = False) -> bytes:
+    """Delete key; the result carries the revision, whether the key existed, and with
+    previous=True the value it held."""
+    return _command(Op.DELETE, key, b"", FLAG_WANT_PREVIOUS if previous else 0, client_id, seq)
 
 
 def encode_cas(key: bytes, expected: bytes | None, new: bytes, *,
@@ -189,9 +236,13 @@ encode_get_query = encode_query
 
 
 def encode_result(status: Status, value: bytes | None = None, previous: bytes | None = None,
-                  message: str = "") -> bytes:
-    flags = 0
+                  message: str = "", *, revision: int | None = None,
+                  existed: bool = False) -> bytes:
+    flags = FLAG_EXISTED if existed or previous is not None else 0
     parts = [b""]
+    if revision is not None:
+        flags |= FLAG_REVISION
+        parts.append(_U64.pack(revision))
     if value is not None:
         flags |= FLAG_VALUE
         parts.append(_blob(value))
@@ -203,6 +254,17 @@ def encode_result(status: Status, value: bytes | None = None, previous: bytes | 
         parts.append(_blob(message.encode("utf-8", "replace")))
     parts[0] = _HEAD.pack(VERSION, status, flags)
     return b"".join(parts)
+
+
+def strip_result(result: bytes) -> bytes:
+    """`result` without its value, previous and message, marked NOT_RETAINED: what a session
+    keeps of a result too large to keep whole. At most STRIPPED_RESULT_BYTES (head and
+    revision); DecodeError for bytes shorter than a result's head."""
+    if len(result) < _HEAD.size:
+        raise DecodeError(f"result of {len(result)} bytes is shorter than its header")
+    flags = result[2] & _RETAINED_FLAGS
+    head = bytes((result[0], result[1], flags | FLAG_NOT_RETAINED))
+    return head + result[3:3 + _U64.size] if flags & FLAG_REVISION else head
 
 
 # ---------------------------------------------------------------------------- decoding
@@ -240,6 +302,8 @@ def decode_command(data: bytes) -> Command:
         raise DecodeError(f"unknown command flags {flags:#x}")
     if flags & FLAG_EXPECTED and op != Op.CAS:
         raise DecodeError("expected-value flag on a non-CAS command")
+    if flags & FLAG_WANT_PREVIOUS and op not in (Op.PUT, Op.DELETE):
+        raise DecodeError("previous-value flag on a command other than PUT or DELETE")
     if flags & FLAG_SESSION and op == Op.REGISTER:
         raise DecodeError("REGISTER opens a session: it cannot carry one")
     offset = _HEAD.size
@@ -265,7 +329,7 @@ def decode_command(data: bytes) -> Command:
         raise DecodeError(f"{len(data) - offset} trailing bytes after command")
     if op == Op.REGISTER and key:
         raise DecodeError("REGISTER takes no key")
-    return Command(op, key, value, expected, client_id, seq)
+    return Command(op, key, value, expected, client_id, seq, bool(flags & FLAG_WANT_PREVIOUS))
 
 
 def decode_query(data: bytes) -> bytes:
@@ -301,9 +365,15 @@ def decode_result(data: bytes) -> KVResult:
     if flags & ~_RESULT_FLAGS:
         raise DecodeError(f"unknown result flags {flags:#x}")
     offset = _HEAD.size
+    revision: int | None = None
     value: bytes | None = None
     previous: bytes | None = None
     message = ""
+    if flags & FLAG_REVISION:
+        if offset + _U64.size > len(data):
+            raise DecodeError(f"truncated revision at offset {offset}")
+        (revision,) = _U64.unpack_from(data, offset)
+        offset += _U64.size
     if flags & FLAG_VALUE:
         value, offset = _read_blob(data, offset, "value")
     if flags & FLAG_PREVIOUS:
@@ -313,12 +383,15 @@ def decode_result(data: bytes) -> KVResult:
         message = raw.decode("utf-8", "replace")
     if offset != len(data):
         raise DecodeError(f"{len(data) - offset} trailing bytes after result")
-    return KVResult(known, value, previous, message)
+    return KVResult(known, value, previous, message, revision,
+                    bool(flags & FLAG_EXISTED) or previous is not None,
+                    not flags & FLAG_NOT_RETAINED)
 
 
 __all__ = [
-    "VERSION", "Op", "Status", "Command", "KVResult",
+    "VERSION", "Op", "Status", "Command", "KVResult", "WriteResult",
     "encode_put", "encode_get", "encode_delete", "encode_cas", "encode_register", "encode_query",
-    "encode_get_query", "encode_result", "encode_client_id",
+    "encode_get_query", "encode_result", "strip_result", "STRIPPED_RESULT_BYTES",
+    "encode_client_id",
     "decode_command", "decode_query", "decode_result", "decode_client_id",
 ]

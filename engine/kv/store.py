@@ -9,7 +9,11 @@ with a new client id, the log index the REGISTER applied at (unique, the same on
 replica), and remembers it at seq 0. A command may then carry (client_id, seq). The store
 keeps, per client id, the last applied seq, its encoded result and the log index of its last
 use. For a command with a session:
-  * seq == last seq      -> the cached result, nothing re-applied (a retry);
+  * seq == last seq      -> the cached result, nothing re-applied (a retry); a result larger
+                            than Limits.max_session_result_bytes is cached without its
+                            value / previous / message and answered NOT_RETAINED (status,
+                            revision and "existed" exact: the retry learns the command applied,
+                            never that it failed);
   * seq <  last seq      -> STALE_REQUEST, nothing applied (a delayed duplicate);
   * seq >  last seq      -> applied, result cached;
   * unknown client id    -> SESSION_EXPIRED, nothing applied: the session was evicted (its
@@ -19,7 +23,15 @@ Ids come only from REGISTER, so an evicted session can never be mistaken for a n
 tombstones are needed, and the table stays bounded. (An earlier rule let seq 1 of an unknown id
 open a session; a seq-1 write whose session was evicted before its retry arrived then applied
 twice.) Sessions are bounded by Limits.max_client_sessions; past it the session least recently
-used (by log index, identical on every replica) is evicted. Replicas must share that limit.
+used (by log index, identical on every replica) is evicted. Replicas must share that limit;
+they should share max_session_result_bytes too (a retry's answer depends on it, the data never
+does).
+
+Memory and snapshot size: the live data, plus at most max_client_sessions sessions of
+SESSION_ROW_BYTES + max(max_session_result_bytes, STRIPPED_RESULT_BYTES) bytes each
+(session_bytes_bound()). A
+write's result holds the previous value only when the command asks for it (FLAG_WANT_PREVIOUS),
+so by default a session caches about a dozen bytes whatever the size of the values.
 """
 
 from __future__ import annotations
@@ -32,8 +44,7 @@ from collections.abc import Callable, Iterable
 from engine._core import kvput as _kvput
 from engine.errors import DecodeError, InvariantViolation
 from engine.kv.commands import (
-    FLAG_PREVIOUS,
-    VERSION,
+    STRIPPED_RESULT_BYTES,
     Command,
     Op,
     Status,
@@ -41,6 +52,7 @@ from engine.kv.commands import (
     decode_query,
     encode_client_id,
     encode_result,
+    strip_result,
 )
 from engine.types import Limits
 
@@ -48,15 +60,14 @@ _SNAPSHOT_MAGIC = b"EKV1"
 _SNAPSHOT_HEAD = struct.Struct("<4sQQQ")   # magic, applied_index, n_keys, n_sessions
 _U32 = struct.Struct("<I")
 _SESSION_ROW = struct.Struct("<QQQ")      # client_id, last_seq, last_index
-
-# Results of _put (the general path's PUT).
-_OK_EMPTY = encode_result(Status.OK)
-_OK_PREVIOUS_HEAD = bytes((VERSION, Status.OK, FLAG_PREVIOUS))
+# A session's snapshot row without its result: ids, seq, index and the result's length.
+SESSION_ROW_BYTES = _SESSION_ROW.size + _U32.size
 
 
 # The PUT hot path, compiled (or its pure-Python twin): engine/_core/kvput_py.py.
 _parse_put = _kvput.parse_put
 _apply_put = _kvput.apply_put
+_put_result = _kvput.put_result
 
 
 _STALE = encode_result(Status.STALE_REQUEST, message="stale request: seq below last applied")
@@ -85,7 +96,9 @@ class KVStore:
     """A replicated map of bytes to bytes with compare-and-swap and client sessions."""
 
     def __init__(self, limits: Limits | None = None) -> None:
-        self._max_sessions = (limits or Limits()).max_client_sessions
+        limits = limits or Limits()
+        self._max_sessions = limits.max_client_sessions
+        self._max_result_bytes = limits.max_session_result_bytes
         self._data: dict[bytes, bytes] = {}
         # client_id -> _Session, ordered from least to most recently used (by log index).
         self._sessions: OrderedDict[int, _Session] = OrderedDict()
@@ -109,16 +122,20 @@ class KVStore:
             )
         self._applied_index = index
         # The hot path: a well-formed PUT, no Command object (engine._core.kvput).
-        result = _apply_put(self._data, command)
+        result = _apply_put(self._data, command, index)
         if result is not None:
             return result  # a PUT without a session, applied
         put = _parse_put(command)
         if put is not None:  # a PUT in a session (_apply_put took every other PUT)
-            key, value, client_id, seq = put
+            key, value, client_id, seq, want_previous = put
             answered = self._session_answer(index, client_id, seq)
             if answered is not None:
                 return answered
-            return self._record(client_id, seq, index, self._put(key, value))
+            data = self._data
+            previous = data.get(key)
+            data[key] = value
+            return self._record(client_id, seq, index,
+                                _put_result(index, previous, want_previous))
         try:
             cmd = decode_command(command)
         except DecodeError as exc:
@@ -126,11 +143,11 @@ class KVStore:
         if cmd.client_id is None:
             if cmd.op == Op.REGISTER:
                 return self._register(index)
-            return self._execute(cmd)
+            return self._execute(index, cmd)
         answered = self._session_answer(index, cmd.client_id, cmd.seq)
         if answered is not None:
             return answered
-        return self._record(cmd.client_id, cmd.seq, index, self._execute(cmd))
+        return self._record(cmd.client_id, cmd.seq, index, self._execute(index, cmd))
 
     def apply_batch(self, items: Iterable[tuple[int, bytes]]) -> list[bytes]:
         """Apply (index, command) pairs in order; same results as apply() one by one."""
@@ -172,6 +189,7 @@ class KVStore:
         """
         frozen = KVStore.__new__(KVStore)
         frozen._max_sessions = self._max_sessions
+        frozen._max_result_bytes = self._max_result_bytes
         frozen._data = self._data.copy()
         frozen._sessions = OrderedDict(
             (client_id, copy.copy(session)) for client_id, session in self._sessions.items()
@@ -183,6 +201,8 @@ class KVStore:
         """Replace the whole state with a snapshot; raises DecodeError (state unchanged) if
         the snapshot is malformed."""
         applied, items, sessions = _decode_snapshot(bytes(data))
+        for _, session in sessions:   # a snapshot written under a larger limit
+            session.result = self._retainable(session.result)
         self._data = dict(items)
         # Rebuild the LRU order from the log indexes (client id breaks ties; never equal in
         # practice since one command has one index) so eviction continues identically.
@@ -209,6 +229,16 @@ class KVStore:
     @property
     def session_count(self) -> int:
         return len(self._sessions)
+
+    @property
+    def session_bytes(self) -> int:
+        """Bytes the session table takes in a snapshot (rows and cached results)."""
+        return sum(SESSION_ROW_BYTES + len(s.result) for s in self._sessions.values())
+
+    def session_bytes_bound(self) -> int:
+        """The most the session table can take in a snapshot, from the limits."""
+        per_session = SESSION_ROW_BYTES + max(self._max_result_bytes, STRIPPED_RESULT_BYTES)
+        return self._max_sessions * per_session
 
     def session_ids(self) -> list[int]:
         """Client ids from least to most recently used."""
@@ -251,10 +281,19 @@ class KVStore:
         """Remember a session's newest command and its result (for retries); returns it."""
         session = self._sessions[client_id]
         session.seq = seq
-        session.result = result
+        # _retainable, inlined: every write in a session passes here.
+        session.result = (result if len(result) <= self._max_result_bytes
+                          else strip_result(result))
         session.index = index
         self._sessions.move_to_end(client_id)
         return result
+
+    def _retainable(self, result: bytes) -> bytes:
+        """What a session keeps of `result`: all of it, or past the byte limit its status,
+        revision and "existed" (commands.strip_result), so the cache stays bounded."""
+        if len(result) <= self._max_result_bytes:
+            return result
+        return strip_result(result)
 
     def _register(self, index: int) -> bytes:
         sessions = self._sessions
@@ -265,15 +304,7 @@ class KVStore:
             sessions.popitem(last=False)   # least recently used by log index
         return encode_result(Status.OK, value=encode_client_id(index))
 
-    def _put(self, key: bytes, value: bytes) -> bytes:
-        data = self._data
-        previous = data.get(key)
-        data[key] = value
-        if previous is None:
-            return _OK_EMPTY
-        return b"".join((_OK_PREVIOUS_HEAD, _U32.pack(len(previous)), previous))
-
-    def _execute(self, cmd: Command) -> bytes:
+    def _execute(self, index: int, cmd: Command) -> bytes:
         data = self._data
         op = cmd.op
         if op == Op.PUT:
@@ -282,18 +313,25 @@ class KVStore:
                 raise InvariantViolation("PUT without a value")
             previous = data.get(cmd.key)
             data[cmd.key] = value
-            return encode_result(Status.OK, previous=previous)
+            return _write_result(index, previous, cmd.previous)
         if op == Op.GET:
             return encode_result(Status.OK, value=data.get(cmd.key))
         if op == Op.DELETE:
-            return encode_result(Status.OK, previous=data.pop(cmd.key, None))
+            return _write_result(index, data.pop(cmd.key, None), cmd.previous)
         if op == Op.CAS:
             current = data.get(cmd.key)
             if current != cmd.expected or cmd.value is None:
                 return encode_result(Status.CAS_MISMATCH, value=current)
             data[cmd.key] = cmd.value
-            return encode_result(Status.OK, previous=current)
+            # The previous value is the expected one, which the client sent: not repeated.
+            return encode_result(Status.OK, revision=index, existed=current is not None)
         raise InvariantViolation(f"op {op} passed decoding but has no handler")
+
+
+def _write_result(index: int, previous: bytes | None, want_previous: bool) -> bytes:
+    """An applied PUT's or DELETE's result: revision, existed, the previous value if asked."""
+    return encode_result(Status.OK, previous=previous if want_previous else None,
+                         revision=index, existed=previous is not None)
 
 
 def _decode_snapshot(

@@ -56,15 +56,18 @@ async def test_kv_facade_on_leader_and_follower() -> None:
         leader = await cluster.wait_leader()
         follower = next(n for n in cluster.nodes.values() if n is not leader)
         kv, remote = engine.KV(leader), engine.KV(follower)
-        assert await kv.put(b"k", b"v1") is None
-        assert await remote.put(b"k", b"v2") == b"v1"        # forwarded to the leader
+        first = await kv.put(b"k", b"v1", prev=True)
+        assert first.prev is None and not first.existed and first.revision > 0
+        second = await remote.put(b"k", b"v2", prev=True)    # forwarded to the leader
+        assert second.prev == b"v1" and second.revision > first.revision
+        assert (await kv.put(b"k", b"v2")).prev is None      # the previous value only if asked
         assert await remote.get(b"k") == b"v2"               # linearizable on a follower
         assert await kv.get(b"k", mode="lease", timeout=5) == b"v2"
         assert await kv.cas(b"k", b"nope", b"x") is False
         assert await kv.cas(b"k", b"v2", b"v3") is True
         assert await kv.cas(b"new", None, b"n") is True
-        assert await kv.delete(b"k") is True
-        assert await kv.delete(b"k") is False
+        assert (await kv.delete(b"k", prev=True)).prev == b"v3"
+        assert (await kv.delete(b"k")).existed is False
         assert await kv.get(b"k") is None
 
 
@@ -200,7 +203,7 @@ def test_sync_client_against_a_local_cluster(threaded_cluster: engine.LocalClust
         assert c.get(b"k", mode="stale", timeout=5) in (b"v", None)
         assert c.cas(b"k", b"v", b"w") is True
         assert c.cas(b"k", b"v", b"x") is False
-        assert c.delete(b"k", timeout=5) is True
+        assert c.delete(b"k", timeout=5).existed is True
         assert c.get(b"k") is None
         assert c.status()["node_id"] in threaded_cluster.members
         assert c.members()["leader_id"] in threaded_cluster.members

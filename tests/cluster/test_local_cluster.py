@@ -130,7 +130,7 @@ async def test_submit_queues_at_the_call_and_its_future_is_the_outcome() -> None
             leader.submit(commands.encode_put(b"f", b"v"))
         await asyncio.gather(*flood)
         # The same write through propose answers the same way.
-        again = await leader.propose(commands.encode_put(b"s39", b"w"))
+        again = await leader.propose(commands.encode_put(b"s39", b"w", previous=True))
         assert commands.decode_result(again).previous == b"v39"
 
 

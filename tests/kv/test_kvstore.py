@@ -53,16 +53,31 @@ def test_put_get_delete() -> None:
     apply = Applier()
     first = apply(encode_put(b"k", b"v1"))
     assert first.ok and first.previous is None and not first.existed
-    second = apply(encode_put(b"k", b"v2"))
+    assert first.revision == 1
+    second = apply(encode_put(b"k", b"v2", previous=True))
     assert second.ok and second.previous == b"v1" and second.existed
+    assert second.revision == 2
     assert apply(encode_get(b"k")).value == b"v2"
     assert apply(encode_get(b"missing")).value is None
-    deleted = apply(encode_delete(b"k"))
-    assert deleted.ok and deleted.previous == b"v2"
-    again = apply(encode_delete(b"k"))
-    assert again.ok and again.previous is None
+    deleted = apply(encode_delete(b"k", previous=True))
+    assert deleted.ok and deleted.previous == b"v2" and deleted.revision == 5
+    again = apply(encode_delete(b"k", previous=True))
+    assert again.ok and again.previous is None and not again.existed
     assert apply(encode_get(b"k")).value is None
     assert len(apply.store) == 0
+
+
+def test_put_and_delete_carry_the_previous_value_only_when_asked() -> None:
+    apply = Applier()
+    apply(encode_put(b"k", b"v1"))
+    overwritten = apply(encode_put(b"k", b"v2"))
+    assert overwritten.ok and overwritten.existed and overwritten.previous is None
+    assert overwritten.revision == 2
+    deleted = apply(encode_delete(b"k"))
+    assert deleted.ok and deleted.existed and deleted.previous is None
+    assert not apply(encode_delete(b"k")).existed
+    assert decode_command(encode_put(b"k", b"v", previous=True)).previous
+    assert not decode_command(encode_put(b"k", b"v")).previous
 
 
 def test_empty_keys_and_values_are_distinct_from_absent() -> None:
@@ -76,14 +91,15 @@ def test_empty_keys_and_values_are_distinct_from_absent() -> None:
 def test_cas() -> None:
     apply = Applier()
     created = apply(encode_cas(b"k", None, b"a"))      # None: the key must be absent
-    assert created.ok and created.previous is None
+    assert created.ok and created.previous is None and not created.existed
+    assert created.revision == 1
     refused = apply(encode_cas(b"k", None, b"b"))
     assert refused.status == Status.CAS_MISMATCH and refused.value == b"a"
     assert refused.error == ""                         # a mismatch is an answer, not an error
     wrong = apply(encode_cas(b"k", b"zzz", b"b"))
     assert wrong.status == Status.CAS_MISMATCH and wrong.value == b"a"
     swapped = apply(encode_cas(b"k", b"a", b"b"))
-    assert swapped.ok and swapped.previous == b"a"
+    assert swapped.ok and swapped.existed and swapped.revision == 4
     assert apply.store.get(b"k") == b"b"
     missing = apply(encode_cas(b"other", b"a", b"b"))
     assert missing.status == Status.CAS_MISMATCH and missing.value is None
@@ -163,9 +179,14 @@ def test_encoders_refuse_bad_sessions() -> None:
 
 def test_result_round_trip_and_garbage() -> None:
     for result in (encode_result(Status.OK), encode_result(Status.OK, b"v", b"p"),
-                   encode_result(Status.MALFORMED, message="why")):
-        assert encode_result(*_fields(decode_result(result))) == result
-    for garbage in (b"", b"\x01\x00", b"\x02\x00\x00", b"\x01\x09\x00", b"\x01\x00\x08",
+                   encode_result(Status.MALFORMED, message="why"),
+                   encode_result(Status.OK, revision=7, existed=True),
+                   encode_result(Status.OK, previous=b"p", revision=2**64 - 1)):
+        decoded = decode_result(result)
+        assert encode_result(*_fields(decoded), revision=decoded.revision,
+                             existed=decoded.existed) == result
+    for garbage in (b"", b"\x01\x00", b"\x02\x00\x00", b"\x01\x09\x00", b"\x01\x00\x40",
+                    b"\x01\x00\x08\x01\x00",
                     b"\x01\x00\x01\x05\x00\x00\x00ab", encode_result(Status.OK) + b"x"):
         with pytest.raises(DecodeError):
             decode_result(garbage)
@@ -182,6 +203,8 @@ MALFORMED_COMMANDS = [
     b"\x01\x09\x00\x00\x00\x00\x00",              # unknown op
     b"\x01\x01\x80\x00\x00\x00\x00",              # unknown flag
     b"\x01\x02\x02\x00\x00\x00\x00",              # expected flag on a GET
+    b"\x01\x02\x04\x00\x00\x00\x00",              # previous-value flag on a GET
+    b"\x01\x04\x04\x00\x00\x00\x00\x00\x00\x00\x00",  # previous-value flag on a CAS
     b"\x01\x01\x01" + b"\x00" * 10,               # truncated session
     b"\x01\x02\x01" + struct.pack("<QQ", 1, 0) + b"\x00" * 4,   # seq 0
     b"\x01\x05\x01" + struct.pack("<QQ", 1, 1) + b"\x00" * 4,   # REGISTER in a session
@@ -253,11 +276,12 @@ def test_a_seq_one_retry_after_eviction_does_not_apply_twice() -> None:
 def test_retry_returns_cached_result_without_reapplying() -> None:
     apply = Applier()
     client = apply.register()
-    put = encode_put(b"k", b"v1", client_id=client, seq=1)
-    assert apply(put).previous is None
+    put = encode_put(b"k", b"v1", client_id=client, seq=1, previous=True)
+    first = apply(put)
+    assert first.previous is None and first.revision == 2
     apply(encode_put(b"k", b"other"))            # someone else writes in between
     retried = apply(put)                         # the same (client, seq): not applied again
-    assert retried.ok and retried.previous is None
+    assert retried == first
     assert apply.store.get(b"k") == b"other"
     cas = encode_cas(b"n", None, b"1", client_id=client, seq=2)
     assert apply(cas).ok
@@ -415,19 +439,20 @@ def test_against_a_dict_model(ops: list) -> None:
     for op, key, arg in ops:
         index += 1
         if op == "put":
-            result = decode_result(store.apply(index, encode_put(key, arg)))
+            result = decode_result(store.apply(index, encode_put(key, arg, previous=True)))
             assert result.ok and result.previous == model.get(key)
+            assert result.revision == index and result.existed == (key in model)
             model[key] = arg
         elif op == "get":
             assert decode_result(store.apply(index, encode_get(key))).value == model.get(key)
         elif op == "delete":
-            result = decode_result(store.apply(index, encode_delete(key)))
+            result = decode_result(store.apply(index, encode_delete(key, previous=True)))
             assert result.previous == model.pop(key, None)
         elif op == "cas":
             expected, new = arg
             result = decode_result(store.apply(index, encode_cas(key, expected, new)))
             if model.get(key) == expected:
-                assert result.ok and result.previous == expected
+                assert result.ok and result.existed == (expected is not None)
                 model[key] = new
             else:
                 assert result.status == Status.CAS_MISMATCH

@@ -12,23 +12,25 @@ from hypothesis import strategies as st
 from engine.errors import DecodeError
 from engine.kv import KVStore, commands
 from engine.kv import store as store_module
+from engine.types import Limits
 
 _keys = st.binary(max_size=6)
 _sessions = st.one_of(st.none(), st.tuples(st.integers(1, 3), st.integers(1, 4)))
 
 
-def _put(key: bytes, value: bytes, session: tuple[int, int] | None) -> bytes:
+def _put(key: bytes, value: bytes, session: tuple[int, int] | None, previous: bool) -> bytes:
     if session is None:
-        return commands.encode_put(key, value)
-    return commands.encode_put(key, value, client_id=session[0], seq=session[1])
+        return commands.encode_put(key, value, previous=previous)
+    return commands.encode_put(key, value, client_id=session[0], seq=session[1],
+                               previous=previous)
 
 
 def _mutations() -> st.SearchStrategy[bytes]:
     """Valid PUTs, other commands, and PUTs cut short, extended or with a byte flipped."""
-    valid = st.builds(_put, _keys, st.binary(max_size=6), _sessions)
+    valid = st.builds(_put, _keys, st.binary(max_size=6), _sessions, st.booleans())
     other = st.one_of(
         st.just(commands.encode_register()),
-        st.builds(commands.encode_delete, _keys),
+        st.builds(lambda k, p: commands.encode_delete(k, previous=p), _keys, st.booleans()),
         st.builds(lambda k, e, n: commands.encode_cas(k, e, n), _keys,
                   st.one_of(st.none(), st.binary(max_size=3)), st.binary(max_size=3)),
     )
@@ -49,9 +51,11 @@ def _mutations() -> st.SearchStrategy[bytes]:
 
 def test_wire_constants_match_the_kv_codec(impl: SimpleNamespace) -> None:
     kvput = impl.kvput
-    assert (kvput.VERSION, kvput.OP_PUT, kvput.FLAG_SESSION, kvput.FLAG_PREVIOUS,
-            kvput.STATUS_OK) == (commands.VERSION, commands.Op.PUT, commands.FLAG_SESSION,
-                                 commands.FLAG_PREVIOUS, commands.Status.OK)
+    assert (kvput.VERSION, kvput.OP_PUT, kvput.FLAG_SESSION, kvput.FLAG_WANT_PREVIOUS,
+            kvput.FLAG_PREVIOUS, kvput.FLAG_REVISION, kvput.FLAG_EXISTED, kvput.STATUS_OK
+            ) == (commands.VERSION, commands.Op.PUT, commands.FLAG_SESSION,
+                  commands.FLAG_WANT_PREVIOUS, commands.FLAG_PREVIOUS, commands.FLAG_REVISION,
+                  commands.FLAG_EXISTED, commands.Status.OK)
 
 
 @settings(max_examples=3000, deadline=None)
@@ -70,9 +74,9 @@ def test_parse_put_agrees_with_decode_command(both_impls: list[SimpleNamespace],
         # Only non-PUTs (or a PUT with a session seq of 0, which decoding refuses) fall back.
         assert command.op != commands.Op.PUT
         return
-    key, value, client_id, seq = fast
-    assert (command.op, command.key, command.value, command.client_id) == (
-        commands.Op.PUT, key, value, client_id)
+    key, value, client_id, seq, previous = fast
+    assert (command.op, command.key, command.value, command.client_id, command.previous) == (
+        commands.Op.PUT, key, value, client_id, previous)
     if client_id is not None:
         assert command.seq == seq
 
@@ -84,10 +88,10 @@ def test_apply_put_twins_agree_result_for_result(both_impls: list[SimpleNamespac
     """Same results and same map from both twins, a session-less PUT applied and anything else
     (session PUTs included) refused with None and the map untouched."""
     maps: list[dict[bytes, bytes]] = [{b"k": b"old"} for _ in both_impls]
-    for data in batch:
+    for index, data in enumerate(batch, 1):
         before = dict(maps[0])
-        results = [impl.kvput.apply_put(m, data) for impl, m in zip(both_impls, maps,
-                                                                    strict=True)]
+        results = [impl.kvput.apply_put(m, data, index) for impl, m in zip(both_impls, maps,
+                                                                           strict=True)]
         assert all(r == results[0] for r in results), (data, results)
         assert all(m == maps[0] for m in maps)
         parsed = both_impls[0].kvput.parse_put(data)
@@ -96,28 +100,46 @@ def test_apply_put_twins_agree_result_for_result(both_impls: list[SimpleNamespac
         else:
             assert maps[0][parsed[0]] == parsed[1]
             previous = before.get(parsed[0])
-            assert results[0] == commands.encode_result(commands.Status.OK, previous=previous)
+            assert results[0] == commands.encode_result(
+                commands.Status.OK, previous=previous if parsed[4] else None, revision=index,
+                existed=previous is not None)
 
 
 def test_apply_put_refuses_what_is_not_bytes(impl: SimpleNamespace) -> None:
     put = commands.encode_put(b"k", b"v")
     data: dict[bytes, bytes] = {}
-    assert impl.kvput.apply_put(data, bytearray(put)) is None
-    assert impl.kvput.apply_put(data, memoryview(put)) is None
+    assert impl.kvput.apply_put(data, bytearray(put), 1) is None
+    assert impl.kvput.apply_put(data, memoryview(put), 1) is None
     assert impl.kvput.parse_put(bytearray(put)) is None
     assert data == {}
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(_mutations(), max_size=25))
-def test_apply_results_and_state_match_the_slow_path(batch: list[bytes]) -> None:
+@given(st.lists(_mutations(), max_size=25), st.sampled_from([16, 1024]))
+def test_apply_results_and_state_match_the_slow_path(batch: list[bytes],
+                                                     result_limit: int) -> None:
+    """Also with a session result limit small enough that cached results are stripped."""
     batch = [commands.encode_register()] * 3 + batch   # sessions 1..3 exist (ids = indexes)
-    fast_store = KVStore()
+    limits = Limits(max_session_result_bytes=result_limit)
+    fast_store = KVStore(limits)
     fast = [fast_store.apply(index, data) for index, data in enumerate(batch, 1)]
-    slow_store = KVStore()
+    slow_store = KVStore(limits)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(store_module, "_parse_put", lambda data: None)
-        patch.setattr(store_module, "_apply_put", lambda data, command: None)
+        patch.setattr(store_module, "_apply_put", lambda data, command, index: None)
         slow = [slow_store.apply(index, data) for index, data in enumerate(batch, 1)]
     assert fast == slow
     assert fast_store == slow_store
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.integers(0, 2**64 - 1), st.one_of(st.none(), st.binary(max_size=8)), st.booleans())
+def test_put_result_twins_agree_with_the_result_codec(both_impls: list[SimpleNamespace],
+                                                      revision: int, previous: bytes | None,
+                                                      want_previous: bool) -> None:
+    """The session PUT path's result (put_result) is the general path's encode_result."""
+    results = [impl.kvput.put_result(revision, previous, want_previous) for impl in both_impls]
+    assert all(r == results[0] for r in results)
+    assert results[0] == commands.encode_result(
+        commands.Status.OK, previous=previous if want_previous else None, revision=revision,
+        existed=previous is not None)
