@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.aio.wal import DEFAULT_SEGMENT_BYTES, RecoveredState, WriteAheadLog, segment_name
-from engine.errors import StorageError
+from engine.errors import StorageError, WalCorruptError
 from engine.messages import Entry
 from engine.types import HardState
 
@@ -640,3 +640,157 @@ def test_snapshot_newer_than_the_log_restarts_the_log_after_it(tmp_path: Path) -
     reopened.save(make_entries(21, 1, 2), None)  # no gap
     reopened.close()
     assert [e.index for e in WriteAheadLog(tmp_path).open().entries] == [21]
+
+
+# ------------------------------------------------------- torn tail vs corruption (recovery)
+
+
+def _acknowledged_records(directory: Path, count: int = 200) -> tuple[bytes, list[int]]:
+    """`count` saves of one entry each (the last segment's records) followed by zeros, the
+    preallocated space of a segment. Returns the segment's bytes and each save's offset."""
+    wal, _ = reopen(directory)
+    offsets = []
+    for index in range(1, count + 1):
+        offsets.append(segments(directory)[0].stat().st_size)
+        wal.save(make_entries(index, 1, term=1), HardState(1, 1, index - 1))
+    wal.close()
+    path = segments(directory)[0]
+    path.write_bytes(path.read_bytes() + bytes(64 * 1024))
+    return path.read_bytes(), offsets
+
+
+def test_flipped_length_bit_in_a_middle_record_refuses_to_start_instead_of_cutting(
+        tmp_path: Path) -> None:
+    """Bit 20 of a middle record's length points past the records into the preallocated
+    zeros: a valid record follows it, so it is corruption, never a torn tail."""
+    data, offsets = _acknowledged_records(tmp_path)
+    path = segments(tmp_path)[0]
+    damaged = bytearray(data)
+    damaged[offsets[100] + 2] ^= 1 << 4    # bit 20 of the u32 length
+    path.write_bytes(bytes(damaged))
+    with pytest.raises(WalCorruptError) as info:
+        reopen(tmp_path)
+    message = str(info.value)
+    assert str(path) in message and f"offset {offsets[100]}" in message, message
+    assert f"valid record follows at offset {offsets[101]}" in message, message
+    assert "python -m engine wal check --data-dir" in message, message
+    assert (info.value.path, info.value.offset) == (str(path), offsets[100])
+    assert path.read_bytes() == bytes(damaged), "a corrupt WAL must not be modified"
+    assert not list(tmp_path.glob("*.broken"))
+
+
+def test_flipped_length_bit_in_the_last_record_is_corruption_not_a_torn_tail(
+        tmp_path: Path) -> None:
+    data, offsets = _acknowledged_records(tmp_path, count=20)
+    path = segments(tmp_path)[0]
+    for bit in (3, 20, 31):
+        damaged = bytearray(data)
+        damaged[offsets[-1] + bit // 8] ^= 1 << (bit % 8)
+        path.write_bytes(bytes(damaged))
+        with pytest.raises(WalCorruptError, match=f"offset {offsets[-1]}.*|length field"):
+            reopen(tmp_path)
+        assert path.read_bytes() == bytes(damaged)
+
+
+def test_zeroed_header_of_the_last_record_is_a_torn_tail_moved_aside_and_logged(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """What a crash leaves when the page holding a record's header never reached the disk
+    but its body did: nothing valid follows, so it is a torn tail; its bytes are kept."""
+    data, offsets = _acknowledged_records(tmp_path)
+    path = segments(tmp_path)[0]
+    damaged = bytearray(data)
+    last = offsets[-1]
+    damaged[last:last + 9] = bytes(9)
+    path.write_bytes(bytes(damaged))
+    with caplog.at_level("WARNING", logger="engine.aio.wal"):
+        wal, recovered = reopen(tmp_path)
+    wal.close()
+    assert [e.index for e in recovered.entries] == list(range(1, 200))
+    assert recovered.hard_state == HardState(1, 1, 198)
+    cut = bytes(damaged[last:]).rstrip(b"\0")
+    assert recovered.truncated_bytes == len(cut)
+    (broken,) = tmp_path.glob("*.broken")
+    assert broken.name == f"{path.name}.{last}.broken"
+    assert broken.read_bytes() == cut
+    assert path.stat().st_size == last
+    (record,) = [r for r in caplog.records if "torn tail" in r.getMessage()]
+    text = record.getMessage()
+    assert str(path) in text and f"offset {last}" in text and f"{len(cut)} bytes" in text
+    assert str(broken) in text
+
+
+def test_torn_tails_never_overwrite_an_earlier_broken_file(tmp_path: Path) -> None:
+    data, offsets = _acknowledged_records(tmp_path, count=5)
+    path = segments(tmp_path)[0]
+    for attempt in range(2):
+        path.write_bytes(data[:offsets[-1]] + b"\x30\x00\x00\x00\xaa" + bytes([attempt + 1]))
+        wal, recovered = reopen(tmp_path)
+        wal.close()
+        assert recovered.last_index == 4
+    assert sorted(p.read_bytes()[-1] for p in tmp_path.glob("*.broken")) == [1, 2]
+
+
+def test_duplicated_records_replay_to_the_same_state(tmp_path: Path) -> None:
+    """A crash-and-retry can leave one save written twice, the copy right after it: replaying
+    a copy of any hard-state or entries record there (the last one included) changes
+    nothing."""
+    source = tmp_path / "source"
+    wal, _ = reopen(source)
+    bounds = [segments(source)[0].stat().st_size]
+    saves = [(make_entries(1, 3, term=1), HardState(1, 1, 0)), ([], HardState(1, 1, 2)),
+             (make_entries(4, 2, term=2), None), (make_entries(3, 2, term=3), HardState(3, 2, 2)),
+             ([], HardState(3, 2, 4))]
+    for entries, hard_state in saves:
+        wal.save(entries, hard_state)
+        bounds.append(segments(source)[0].stat().st_size)
+    wal.close()
+    _, expected = reopen(source)
+    full = segments(source)[0].read_bytes()
+    for record in range(len(saves)):
+        where = bounds[record + 1]
+        copy = full[bounds[record]:where]
+        directory = tmp_path / f"dup{record}"
+        directory.mkdir()
+        (directory / segments(source)[0].name).write_bytes(full[:where] + copy + full[where:])
+        _, recovered = reopen(directory)
+        assert recovered.entries == expected.entries, record
+        assert recovered.hard_state == expected.hard_state, record
+        assert recovered.truncated_bytes == 0
+
+
+def test_log_conflicting_with_the_snapshot_at_its_index_is_discarded(tmp_path: Path) -> None:
+    """A snapshot installed from a leader whose WAL marker did not reach the disk, over a log
+    that holds another term at the snapshot's index: Raft §7 (Figure 13 step 7) discards
+    that log; the entries after the index belong to another history."""
+    wal = WriteAheadLog(tmp_path)
+    wal.open()
+    wal.save(make_entries(1, 10, 1), HardState(2, 1, 3))
+    snapshot, envelope = _snapshot(8, 2)
+    wal.save_snapshot(snapshot, envelope)
+    wal.close()
+    reopened = WriteAheadLog(tmp_path)
+    recovered = reopened.open()
+    assert recovered.snapshot == snapshot
+    assert recovered.entries == [] and recovered.first_index == 9
+    assert (recovered.snapshot_index, recovered.snapshot_term) == (8, 2)
+    reopened.save(make_entries(9, 1, 2), None)  # no gap
+    reopened.close()
+    again = WriteAheadLog(tmp_path).open()
+    assert [(e.index, e.term) for e in again.entries] == [(9, 2)]
+
+
+def test_creating_the_data_directory_fsyncs_its_parents(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    wal = WriteAheadLog(tmp_path / "a" / "b")
+    wal.open()
+    wal.close()
+    # each new directory's entry is made durable in its parent
+    assert str(tmp_path) in synced and str(tmp_path / "a") in synced
