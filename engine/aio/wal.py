@@ -736,17 +736,35 @@ class WriteAheadLog:
         first_index = snapshot_index + 1
         entries: list[Any] = []
         hard_state = HardState()
+        log_end = scanned[0][0].first_index - 1 if scanned else 0
+        floor = 0   # the newest snapshot marker replayed so far
+        previous: tuple[_Segment, list[_Record]] | None = None
         for segment, records in scanned:
+            if previous is not None and log_end != segment.first_index - 1:
+                # A segment is created when the log ends at its first_index - 1 (_roll), so
+                # the older one lost records from its end (cut at a record boundary).
+                raise _corrupt(previous[0].path, previous[1][-1].body_end,
+                               f"WAL corrupt: the log ends at index {log_end} after this "
+                               f"segment but the next one starts at {segment.first_index}: "
+                               "records missing from its end")
+            previous = (segment, records)
             for record in records:
                 try:
                     if record.type == RECORD_HEADER:
-                        hard_state = HardState(*_HEADER_BODY.unpack(record.body)[6:9])
+                        header = _HEADER_BODY.unpack(record.body)
+                        hard_state = HardState(*header[6:9])
+                        floor = max(floor, header[4])
                     elif record.type == RECORD_SAVE:
                         hard_state = self._replay_save(record, first_index, entries,
                                                        hard_state)
+                        # entries at or below the snapshot floor do not move the log's end
+                        log_end = max(_save_log_end(record, log_end), floor)
                     elif record.type == RECORD_SNAPSHOT:
-                        if not _SNAPSHOT_BODY.unpack(record.body)[2]:
+                        index, _, keep_suffix = _SNAPSHOT_BODY.unpack(record.body)
+                        floor = max(floor, index)
+                        if not keep_suffix:
                             entries.clear()   # the log was discarded at this snapshot
+                            log_end = index
                 except (struct.error, ValueError) as exc:
                     raise _invalid_record(segment, record, exc) from exc
         return RecoveredState(
@@ -866,6 +884,16 @@ def _sync_data(fd: int) -> None:
     # Looked up at call time so tests can count calls by patching os.fdatasync / os.fsync.
     sync = getattr(os, "fdatasync", None) or os.fsync
     sync(fd)
+
+
+def _save_log_end(record: _Record, log_end: int) -> int:
+    """The log's last index after a (replayed, so well-formed) save record."""
+    body = record.body
+    if not body[0] & _SAVE_ENTRIES:
+        return log_end
+    offset = 1 + (_HARD_STATE.size if body[0] & _SAVE_HARD_STATE else 0)
+    start, count = _ENTRIES_HEAD.unpack_from(body, offset)
+    return int(start + count - 1)
 
 
 def _invalid_record(segment: _Segment, record: _Record, exc: Exception) -> WalCorruptError:

@@ -10,7 +10,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.aio.wal import DEFAULT_SEGMENT_BYTES, RecoveredState, WriteAheadLog, segment_name
+from engine.aio.wal import (
+    DEFAULT_SEGMENT_BYTES,
+    RecoveredState,
+    WriteAheadLog,
+    scan_segment_bytes,
+    segment_name,
+)
 from engine.errors import StorageError, WalCorruptError
 from engine.messages import Entry
 from engine.types import HardState
@@ -794,3 +800,18 @@ def test_creating_the_data_directory_fsyncs_its_parents(
     wal.close()
     # each new directory's entry is made durable in its parent
     assert str(tmp_path) in synced and str(tmp_path / "a") in synced
+
+
+def test_older_segment_cut_at_a_record_boundary_is_corruption(tmp_path: Path) -> None:
+    """Framing cannot see a segment that lost whole records from its end; the next segment's
+    first index (the log's end when it was created) can."""
+    wal, _ = reopen(tmp_path, segment_bytes=200)
+    for first in range(1, 60, 6):
+        wal.save(make_entries(first, 6, term=1), HardState(1, 1, first))
+    wal.close()
+    older = segments(tmp_path)[1]
+    data = older.read_bytes()
+    last = scan_segment_bytes(data, str(older), False).records[-1]
+    older.write_bytes(data[:last.start])
+    with pytest.raises(WalCorruptError, match=f"{older} at offset {last.start}"):
+        reopen(tmp_path)
