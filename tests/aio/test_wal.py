@@ -802,6 +802,30 @@ def test_creating_the_data_directory_fsyncs_its_parents(
     assert str(tmp_path) in synced and str(tmp_path / "a") in synced
 
 
+@pytest.mark.parametrize("owner", ["node", "register"])
+def test_node_and_register_data_directories_are_created_durably(
+        owner: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from engine.aio.node import _open_storage
+    from engine.aio.register import RegisterFile
+    from engine.types import NodeConfig
+
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    directory = tmp_path / "data"
+    if owner == "node":
+        _open_storage(NodeConfig(node_id=1, members={1: "127.0.0.1:7001"},
+                                 data_dir=str(directory), cluster_key=bytes(32)))
+    else:
+        RegisterFile(str(directory), 1).load()
+    assert directory.is_dir() and str(tmp_path) in synced
+
+
 def test_older_segment_cut_at_a_record_boundary_is_corruption(tmp_path: Path) -> None:
     """Framing cannot see a segment that lost whole records from its end; the next segment's
     first index (the log's end when it was created) can."""
