@@ -82,6 +82,8 @@ from array import array
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from engine.errors import DecodeError, StorageError, WalCorruptError
 from engine.messages import Entry
 from engine.raft.snapshot import decode_snapshot
@@ -116,8 +118,7 @@ _SEGMENT_RE = re.compile(r"^wal-(\d{10})-(\d{20})\.log$")
 _SNAPSHOT_RE = re.compile(r"^snap-(\d{20})-(\d{20})\.snap$")
 _TMP_SUFFIX = ".tmp"
 _BROKEN_SUFFIX = ".broken"
-# The type byte of a frame that may follow a damaged one (a header is only ever at offset 0).
-_LATER_TYPE_RE = re.compile(b"[\x02\x03]")
+_SCAN_WINDOW = 1 << 20   # candidate offsets checked per vectorized pass (find_valid_frame)
 RECOVERY_HINT = ("inspect it with `python -m engine wal check --data-dir {directory}`; "
                  "see docs/reliability.md (Durability) before `wal repair`")
 
@@ -988,38 +989,57 @@ def _frame_defect(data: bytes, view: memoryview, offset: int) -> str:
 
 def find_valid_frame(data: bytes, start: int) -> int:
     """The offset of the first frame at or after `start` whose fields are plausible and whose
-    checksum verifies, or -1. Candidates are found by their type byte (a C-speed regex
-    search, which crosses the zeros of preallocated space quickly); the structural checks
-    keep the checksum work to frames that could be records."""
-    view = memoryview(data)
+    checksum verifies, or -1.
+
+    Every offset is a candidate, so the structural checks (type byte, a length that fits,
+    the body's shape: _plausible_frames) run vectorized over a window of offsets at a time;
+    only the survivors get a checksum. A window of zeros (preallocated space) or of one
+    repeated byte costs a few numpy passes, not a Python step per byte."""
     size = len(data)
-    for match in _LATER_TYPE_RE.finditer(data, start + 8):
-        offset = match.start() - 8
-        length, crc, record_type = _FRAME.unpack_from(data, offset)
-        end = offset + _FRAME_SIZE + length
-        if end > size or not _plausible_body(data, offset + _FRAME_SIZE, length, record_type):
-            continue
-        if zlib.crc32(view[offset + 8:end], zlib.crc32(view[offset:offset + 4])) == crc:
-            return offset
+    view = memoryview(data)
+    array_ = np.frombuffer(data, dtype=np.uint8)
+    for window in range(start, size - _FRAME_SIZE + 1, _SCAN_WINDOW):
+        stop = min(window + _SCAN_WINDOW, size - _FRAME_SIZE + 1)
+        for offset in _plausible_frames(array_, window, stop).tolist():
+            crc = _U32.unpack_from(data, offset + 4)[0]
+            end = offset + _FRAME_SIZE + _U32.unpack_from(data, offset)[0]
+            if zlib.crc32(view[offset + 8:end], zlib.crc32(view[offset:offset + 4])) == crc:
+                return int(offset)
     return -1
 
 
-def _plausible_body(data: bytes, body: int, length: int, record_type: int) -> bool:
-    if record_type == RECORD_SNAPSHOT:
-        return length == _SNAPSHOT_BODY.size and data[body + length - 1] in (0, 1)
-    if length == 0:
-        return False
-    flags = data[body]
-    if flags == _SAVE_HARD_STATE:
-        return length == _FLAGS_HARD_STATE.size
-    if flags not in (_SAVE_ENTRIES, _SAVE_ENTRIES | _SAVE_HARD_STATE):
-        return False
-    head = 1 + (_HARD_STATE.size if flags & _SAVE_HARD_STATE else 0)
-    if length < head + _ENTRIES_HEAD.size:
-        return False
-    count = _ENTRIES_HEAD.unpack_from(data, body + head)[1]
+def _plausible_frames(data: np.ndarray[Any, Any], start: int, stop: int) -> np.ndarray[Any, Any]:
+    """Offsets in [start, stop) where a save or snapshot frame could begin: the type byte, a
+    length that ends within the data and a body shaped like the type's (sorted)."""
+    size = len(data)
+    types = data[start + 8:stop + 8]
+    offsets = np.flatnonzero((types == RECORD_SAVE) | (types == RECORD_SNAPSHOT)) + start
+    lengths = _u32_at(data, offsets)
+    keep = offsets + _FRAME_SIZE + lengths <= size
+    offsets, lengths = offsets[keep], lengths[keep]
+    is_snapshot = data[offsets + 8] == RECORD_SNAPSHOT
+    snapshots = offsets[is_snapshot & (lengths == _SNAPSHOT_BODY.size)]
+    saves = ~is_snapshot & (lengths > 0)
+    offsets, lengths = offsets[saves], lengths[saves]
+    flags = data[offsets + _FRAME_SIZE]
+    hard_states = offsets[(flags == _SAVE_HARD_STATE) & (lengths == _FLAGS_HARD_STATE.size)]
+    with_entries = (flags == _SAVE_ENTRIES) | (flags == _SAVE_ENTRIES | _SAVE_HARD_STATE)
+    offsets, lengths, flags = offsets[with_entries], lengths[with_entries], flags[with_entries]
+    head = np.where(flags & _SAVE_HARD_STATE, 1 + _HARD_STATE.size, 1)
+    fits = lengths >= head + _ENTRIES_HEAD.size
+    offsets, lengths, head = offsets[fits], lengths[fits], head[fits]
+    counts = _u32_at(data, offsets + _FRAME_SIZE + head + 8)   # after the first index
     # terms u64, kinds u8 and lengths u32 per entry
-    return count > 0 and head + _ENTRIES_HEAD.size + 13 * count <= length
+    entries = offsets[(counts > 0) & (head + _ENTRIES_HEAD.size + 13 * counts <= lengths)]
+    return np.sort(np.concatenate((snapshots, hard_states, entries)))
+
+
+def _u32_at(data: np.ndarray[Any, Any], offsets: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    """The little-endian u32 at each offset (every offset + 3 inside data), as int64."""
+    value = data[offsets].astype(np.int64)
+    for byte in (1, 2, 3):
+        value |= data[offsets + byte].astype(np.int64) << (8 * byte)
+    return value
 
 
 def _verifies_with_a_length_bit_flipped(data: bytes, offset: int) -> bool:

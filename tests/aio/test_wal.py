@@ -839,3 +839,33 @@ def test_older_segment_cut_at_a_record_boundary_is_corruption(tmp_path: Path) ->
     older.write_bytes(data[:last.start])
     with pytest.raises(WalCorruptError, match=f"{older} at offset {last.start}"):
         reopen(tmp_path)
+
+
+def test_forward_scan_finds_each_record_type_at_any_offset_and_nothing_in_filler() -> None:
+    """find_valid_frame checks candidates a window at a time: records straddling a window
+    edge are found, and zeros or one repeated byte (what fills a torn tail) hold none."""
+    from engine.aio.wal import (
+        _FLAGS_HARD_STATE,
+        _SCAN_WINDOW,
+        _SNAPSHOT_BODY,
+        RECORD_SAVE,
+        RECORD_SNAPSHOT,
+        _encode_entries,
+        _frame,
+        find_valid_frame,
+    )
+
+    records = [
+        _frame(RECORD_SAVE, b"\x02" + _encode_entries(make_entries(5, 1, term=1))),
+        _frame(RECORD_SAVE, _FLAGS_HARD_STATE.pack(1, 3, 1, 2)),
+        _frame(RECORD_SNAPSHOT, _SNAPSHOT_BODY.pack(5, 1, 1)),
+        _frame(RECORD_SAVE, _FLAGS_HARD_STATE.pack(3, 3, 1, 2) + _encode_entries(
+            make_entries(5, 3, term=1))),
+    ]
+    for record in records:
+        for pad in (0, 1, 7, _SCAN_WINDOW - 3, _SCAN_WINDOW + 5):
+            data = bytes(pad) + record + bytes(5)
+            assert find_valid_frame(data, 0) == pad, (record, pad)
+            assert find_valid_frame(data, pad + 1) == -1
+    for filler in (0, 1, 2, 3):
+        assert find_valid_frame(bytes([filler]) * (3 * _SCAN_WINDOW), 1) == -1
