@@ -824,7 +824,8 @@ class WriteAheadLog:
         if scan.records:
             self._check_header(segment, scan.records[0])
         elif not is_last:
-            raise StorageError(f"WAL segment {segment.path} is empty but not the last segment")
+            raise _corrupt(segment.path, 0, f"WAL segment {segment.path} is empty but not the "
+                                            "last segment")
         if scan.end < len(data) and not self._read_only:
             if scan.torn:
                 # Never destroy bytes: the cut goes to a file beside the segment first.

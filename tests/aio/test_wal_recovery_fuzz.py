@@ -6,7 +6,7 @@ segments so there are several) is built once. Each case damages a copy (a flippe
 anywhere, a zeroed range, a truncation, sometimes two of them; the last segment sometimes
 followed by preallocated zeros) and opens it. The outcome must be one of:
 
-  * refused: StorageError naming the damaged file (and, for record damage, the offset);
+  * refused: WalCorruptError naming the damaged file, the offset and `wal check`;
   * kept: the recovered log and hard state are exactly the pristine ones;
   * cut: the damage is one a crash can leave (scan_segment_bytes' documented limit): it lies
     in the last segment and either starts in its last record, or only zeroes or cuts off
@@ -32,7 +32,7 @@ from pathlib import Path
 import pytest
 
 from engine.aio.wal import WriteAheadLog, scan_segment_bytes
-from engine.errors import StorageError
+from engine.errors import WalCorruptError
 from engine.messages import Entry
 from engine.types import HardState
 
@@ -190,10 +190,12 @@ def _run_case(store: Directory, base: Pristine, seed: int) -> str:
                         preallocate=False)
     try:
         recovered = wal.open()
-    except StorageError as exc:
+    except WalCorruptError as exc:
         damaged_names = [name for (name, _), data, was in
                          zip(base.files, damaged, pristine_bytes, strict=True) if data != was]
-        assert any(name in str(exc) for name in damaged_names), f"{where}: {exc}"
+        assert os.path.basename(exc.path) in damaged_names, f"{where}: {exc}"
+        assert f"{exc.path} at offset {exc.offset}" in str(exc), f"{where}: {exc}"
+        assert "python -m engine wal check --data-dir" in str(exc), f"{where}: {exc}"
         return "refused"
     wal.close()
     state = State(recovered.first_index, tuple(recovered.entries), recovered.hard_state)
