@@ -183,6 +183,30 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return run_bench(args)
 
 
+def cmd_wal(args: argparse.Namespace) -> int:
+    from engine.aio import wal_tool
+
+    if args.op == "check":
+        return wal_tool.check(args.data_dir, sys.stdout, records=args.records)
+    return wal_tool.repair(args.data_dir, sys.stdout,
+                           truncate_at_corruption=args.truncate_at_corruption)
+
+
+def _add_wal_parser(sub: Any) -> None:
+    wal = sub.add_parser("wal", help="check or repair a stopped node's WAL (docs/reliability.md)")
+    wal_ops = wal.add_subparsers(dest="op", required=True)
+    check = wal_ops.add_parser("check", help="report every segment; exit 1 if corrupt")
+    check.add_argument("--records", action="store_true", help="list every record too")
+    repair = wal_ops.add_parser("repair", help="cut a torn tail, its bytes moved aside")
+    repair.add_argument("--truncate-at-corruption", action="store_true",
+                        help="move everything from a corrupt record on aside: CAN LOSE "
+                             "ACKNOWLEDGED WRITES (a replicated node: wipe it and let it "
+                             "catch up from its peers instead)")
+    for op in (check, repair):
+        op.add_argument("--data-dir", required=True, help="the node's data directory")
+    wal.set_defaults(func=cmd_wal)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m engine", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
@@ -261,6 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser(  # dispatched in main() to engine.testing.linearizability.main
         "check", help="check a Jepsen-style history (JSON lines) for linearizability")
+
+    _add_wal_parser(sub)
 
     from engine.benchmark import add_bench_arguments
 

@@ -30,6 +30,17 @@ class StorageError(EngineError):
     """The write-ahead log or hard state on disk is unreadable (names the file and offset)."""
 
 
+class WalCorruptError(StorageError):
+    """A WAL record that is damaged and is not a torn tail (a valid record follows it, or it
+    is not in the last segment): the node refuses to start. `path` and `offset` locate it;
+    `python -m engine wal check|repair --data-dir DIR` inspects or repairs the log."""
+
+    def __init__(self, message: str, *, path: str, offset: int) -> None:
+        super().__init__(message)
+        self.path = path
+        self.offset = offset
+
+
 class NotLeader(EngineError):
     """This node is not the leader; `leader_id` / `leader_address` hint at who is (or None)."""
 

@@ -195,9 +195,12 @@ def _open_storage(config: NodeConfig) -> Any:
         from engine.aio.memory_storage import MemoryStorage
 
         return MemoryStorage()
-    from engine.aio.wal import WriteAheadLog
+    from engine.aio.wal import WriteAheadLog, make_directory_durably
 
-    os.makedirs(config.data_dir, exist_ok=True)
+    if config.fsync:
+        make_directory_durably(config.data_dir)   # the directory's entry survives a crash
+    else:
+        os.makedirs(config.data_dir, exist_ok=True)
     return WriteAheadLog(config.data_dir, fsync=config.fsync)
 
 

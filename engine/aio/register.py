@@ -45,6 +45,7 @@ from typing import Any
 
 from engine import errors
 from engine.aio.udp import UdpTransport, as_address
+from engine.aio.wal import make_directory_durably
 from engine.messages import Entry
 from engine.paxos.synod import Synod, SynodConfig
 from engine.types import HardState, Limits, Ready
@@ -128,7 +129,7 @@ class RegisterFile:
         self.saves = 0
 
     def load(self) -> AcceptorState:
-        os.makedirs(self.directory, exist_ok=True)
+        make_directory_durably(self.directory)   # the directory's entry survives a crash
         try:
             with open(self.path, "rb") as file:
                 data = file.read()

@@ -10,8 +10,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.aio.wal import DEFAULT_SEGMENT_BYTES, RecoveredState, WriteAheadLog, segment_name
-from engine.errors import StorageError
+from engine.aio.wal import (
+    DEFAULT_SEGMENT_BYTES,
+    RecoveredState,
+    WriteAheadLog,
+    scan_segment_bytes,
+    segment_name,
+)
+from engine.errors import StorageError, WalCorruptError
 from engine.messages import Entry
 from engine.types import HardState
 
@@ -640,3 +646,261 @@ def test_snapshot_newer_than_the_log_restarts_the_log_after_it(tmp_path: Path) -
     reopened.save(make_entries(21, 1, 2), None)  # no gap
     reopened.close()
     assert [e.index for e in WriteAheadLog(tmp_path).open().entries] == [21]
+
+
+# ------------------------------------------------------- torn tail vs corruption (recovery)
+
+
+def _acknowledged_records(directory: Path, count: int = 200) -> tuple[bytes, list[int]]:
+    """`count` saves of one entry each (the last segment's records) followed by zeros, the
+    preallocated space of a segment. Returns the segment's bytes and each save's offset."""
+    wal, _ = reopen(directory)
+    offsets = []
+    for index in range(1, count + 1):
+        offsets.append(segments(directory)[0].stat().st_size)
+        wal.save(make_entries(index, 1, term=1), HardState(1, 1, index - 1))
+    wal.close()
+    path = segments(directory)[0]
+    path.write_bytes(path.read_bytes() + bytes(64 * 1024))
+    return path.read_bytes(), offsets
+
+
+def test_flipped_length_bit_in_a_middle_record_refuses_to_start_instead_of_cutting(
+        tmp_path: Path) -> None:
+    """Bit 20 of a middle record's length points past the records into the preallocated
+    zeros: a valid record follows it, so it is corruption, never a torn tail."""
+    data, offsets = _acknowledged_records(tmp_path)
+    path = segments(tmp_path)[0]
+    damaged = bytearray(data)
+    damaged[offsets[100] + 2] ^= 1 << 4    # bit 20 of the u32 length
+    path.write_bytes(bytes(damaged))
+    with pytest.raises(WalCorruptError) as info:
+        reopen(tmp_path)
+    message = str(info.value)
+    assert str(path) in message and f"offset {offsets[100]}" in message, message
+    assert f"valid record follows at offset {offsets[101]}" in message, message
+    assert "python -m engine wal check --data-dir" in message, message
+    assert (info.value.path, info.value.offset) == (str(path), offsets[100])
+    assert path.read_bytes() == bytes(damaged), "a corrupt WAL must not be modified"
+    assert not list(tmp_path.glob("*.broken"))
+
+
+def test_flipped_length_bit_in_the_last_record_is_corruption_not_a_torn_tail(
+        tmp_path: Path) -> None:
+    data, offsets = _acknowledged_records(tmp_path, count=20)
+    path = segments(tmp_path)[0]
+    for bit in (3, 20, 31):
+        damaged = bytearray(data)
+        damaged[offsets[-1] + bit // 8] ^= 1 << (bit % 8)
+        path.write_bytes(bytes(damaged))
+        with pytest.raises(WalCorruptError, match=f"offset {offsets[-1]}.*|length field"):
+            reopen(tmp_path)
+        assert path.read_bytes() == bytes(damaged)
+
+
+def test_zeroed_header_of_the_last_record_is_a_torn_tail_moved_aside_and_logged(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """What a crash leaves when the page holding a record's header never reached the disk
+    but its body did: nothing valid follows, so it is a torn tail; its bytes are kept."""
+    data, offsets = _acknowledged_records(tmp_path)
+    path = segments(tmp_path)[0]
+    damaged = bytearray(data)
+    last = offsets[-1]
+    damaged[last:last + 9] = bytes(9)
+    path.write_bytes(bytes(damaged))
+    with caplog.at_level("WARNING", logger="engine.aio.wal"):
+        wal, recovered = reopen(tmp_path)
+    wal.close()
+    assert [e.index for e in recovered.entries] == list(range(1, 200))
+    assert recovered.hard_state == HardState(1, 1, 198)
+    cut = bytes(damaged[last:]).rstrip(b"\0")
+    assert recovered.truncated_bytes == len(cut)
+    (broken,) = tmp_path.glob("*.broken")
+    assert broken.name == f"{path.name}.{last}.broken"
+    assert broken.read_bytes() == cut
+    assert path.stat().st_size == last
+    (record,) = [r for r in caplog.records if "torn tail" in r.getMessage()]
+    text = record.getMessage()
+    assert str(path) in text and f"offset {last}" in text and f"{len(cut)} bytes" in text
+    assert str(broken) in text
+
+
+def test_torn_tails_never_overwrite_an_earlier_broken_file(tmp_path: Path) -> None:
+    data, offsets = _acknowledged_records(tmp_path, count=5)
+    path = segments(tmp_path)[0]
+    for attempt in range(2):
+        path.write_bytes(data[:offsets[-1]] + b"\x30\x00\x00\x00\xaa" + bytes([attempt + 1]))
+        wal, recovered = reopen(tmp_path)
+        wal.close()
+        assert recovered.last_index == 4
+    assert sorted(p.read_bytes()[-1] for p in tmp_path.glob("*.broken")) == [1, 2]
+
+
+def test_duplicated_records_replay_to_the_same_state(tmp_path: Path) -> None:
+    """A crash-and-retry can leave one save written twice, the copy right after it: replaying
+    a copy of any hard-state or entries record there (the last one included) changes
+    nothing."""
+    source = tmp_path / "source"
+    wal, _ = reopen(source)
+    bounds = [segments(source)[0].stat().st_size]
+    saves = [(make_entries(1, 3, term=1), HardState(1, 1, 0)), ([], HardState(1, 1, 2)),
+             (make_entries(4, 2, term=2), None), (make_entries(3, 2, term=3), HardState(3, 2, 2)),
+             ([], HardState(3, 2, 4))]
+    for entries, hard_state in saves:
+        wal.save(entries, hard_state)
+        bounds.append(segments(source)[0].stat().st_size)
+    wal.close()
+    _, expected = reopen(source)
+    full = segments(source)[0].read_bytes()
+    for record in range(len(saves)):
+        where = bounds[record + 1]
+        copy = full[bounds[record]:where]
+        directory = tmp_path / f"dup{record}"
+        directory.mkdir()
+        (directory / segments(source)[0].name).write_bytes(full[:where] + copy + full[where:])
+        _, recovered = reopen(directory)
+        assert recovered.entries == expected.entries, record
+        assert recovered.hard_state == expected.hard_state, record
+        assert recovered.truncated_bytes == 0
+
+
+def test_log_conflicting_with_the_snapshot_at_its_index_is_discarded(tmp_path: Path) -> None:
+    """A snapshot installed from a leader whose WAL marker did not reach the disk, over a log
+    that holds another term at the snapshot's index: Raft §7 (Figure 13 step 7) discards
+    that log; the entries after the index belong to another history."""
+    wal = WriteAheadLog(tmp_path)
+    wal.open()
+    wal.save(make_entries(1, 10, 1), HardState(2, 1, 3))
+    snapshot, envelope = _snapshot(8, 2)
+    wal.save_snapshot(snapshot, envelope)
+    wal.close()
+    reopened = WriteAheadLog(tmp_path)
+    recovered = reopened.open()
+    assert recovered.snapshot == snapshot
+    assert recovered.entries == [] and recovered.first_index == 9
+    assert (recovered.snapshot_index, recovered.snapshot_term) == (8, 2)
+    reopened.save(make_entries(9, 1, 2), None)  # no gap
+    reopened.close()
+    again = WriteAheadLog(tmp_path).open()
+    assert [(e.index, e.term) for e in again.entries] == [(9, 2)]
+
+
+def test_creating_the_data_directory_fsyncs_its_parents(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    wal = WriteAheadLog(tmp_path / "a" / "b")
+    wal.open()
+    wal.close()
+    # each new directory's entry is made durable in its parent
+    assert str(tmp_path) in synced and str(tmp_path / "a") in synced
+
+
+@pytest.mark.parametrize("owner", ["node", "register"])
+def test_node_and_register_data_directories_are_created_durably(
+        owner: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from engine.aio.node import _open_storage
+    from engine.aio.register import RegisterFile
+    from engine.types import NodeConfig
+
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    directory = tmp_path / "data"
+    if owner == "node":
+        _open_storage(NodeConfig(node_id=1, members={1: "127.0.0.1:7001"},
+                                 data_dir=str(directory), cluster_key=bytes(32)))
+    else:
+        RegisterFile(str(directory), 1).load()
+    assert directory.is_dir() and str(tmp_path) in synced
+
+
+def test_older_segment_cut_at_a_record_boundary_is_corruption(tmp_path: Path) -> None:
+    """Framing cannot see a segment that lost whole records from its end; the next segment's
+    first index (the log's end when it was created) can."""
+    wal, _ = reopen(tmp_path, segment_bytes=200)
+    for first in range(1, 60, 6):
+        wal.save(make_entries(first, 6, term=1), HardState(1, 1, first))
+    wal.close()
+    older = segments(tmp_path)[1]
+    data = older.read_bytes()
+    last = scan_segment_bytes(data, str(older), False).records[-1]
+    older.write_bytes(data[:last.start])
+    with pytest.raises(WalCorruptError, match=f"{older} at offset {last.start}"):
+        reopen(tmp_path)
+
+
+def test_forward_scan_finds_each_record_type_at_any_offset_and_nothing_in_filler() -> None:
+    """find_valid_frame checks candidates a window at a time: records straddling a window
+    edge are found, and zeros or one repeated byte (what fills a torn tail) hold none."""
+    from engine.aio.wal import (
+        _FLAGS_HARD_STATE,
+        _SCAN_WINDOW,
+        _SNAPSHOT_BODY,
+        RECORD_SAVE,
+        RECORD_SNAPSHOT,
+        _encode_entries,
+        _frame,
+        find_valid_frame,
+    )
+
+    records = [
+        _frame(RECORD_SAVE, b"\x02" + _encode_entries(make_entries(5, 1, term=1))),
+        _frame(RECORD_SAVE, _FLAGS_HARD_STATE.pack(1, 3, 1, 2)),
+        _frame(RECORD_SNAPSHOT, _SNAPSHOT_BODY.pack(5, 1, 1)),
+        _frame(RECORD_SAVE, _FLAGS_HARD_STATE.pack(3, 3, 1, 2) + _encode_entries(
+            make_entries(5, 3, term=1))),
+    ]
+    for record in records:
+        for pad in (0, 1, 7, _SCAN_WINDOW - 3, _SCAN_WINDOW + 5):
+            data = bytes(pad) + record + bytes(5)
+            assert find_valid_frame(data, 0) == pad, (record, pad)
+            assert find_valid_frame(data, pad + 1) == -1
+    for filler in (0, 1, 2, 3):
+        assert find_valid_frame(bytes([filler]) * (3 * _SCAN_WINDOW), 1) == -1
+
+
+async def test_node_with_a_flipped_length_bit_refuses_to_start_and_loses_no_put(
+        tmp_path: Path) -> None:
+    """End to end: one node, 200 acknowledged puts, stopped; bit 20 of the length of the
+    middle record of its active segment flipped (past the records, into the preallocated
+    zeros): the restart must refuse, naming file and offset; undone, every put is there."""
+    import engine
+    from engine.kv import commands
+
+    async with engine.LocalCluster(n=1, data_dir=tmp_path) as cluster:
+        leader = await cluster.wait_leader()
+        for i in range(200):
+            result = await leader.propose(commands.encode_put(b"k%d" % i, b"v"))
+            assert commands.decode_result(result).ok
+        await cluster.stop(leader.node_id)
+        (path,) = segments(tmp_path / f"n{leader.node_id}")
+        pristine = path.read_bytes()
+        records = scan_segment_bytes(pristine, str(path), True).records
+        assert len(records) > 200
+        middle = records[len(records) // 2].start
+        damaged = bytearray(pristine)
+        damaged[middle + 2] ^= 1 << 4     # bit 20 of the u32 length
+        path.write_bytes(bytes(damaged))
+        with pytest.raises(WalCorruptError, match=f"{path} at offset {middle}"):
+            await cluster.restart(leader.node_id)
+        assert path.read_bytes() == bytes(damaged)
+        path.write_bytes(pristine)
+        node = await cluster.restart(leader.node_id)
+        await cluster.wait_leader()
+        # a leader applies its log once an entry of its term commits (Raft §5.4.2)
+        await node.propose(commands.encode_put(b"after", b"restart"))
+        for i in range(200):
+            query = commands.encode_get_query(b"k%d" % i)
+            assert commands.decode_result(node.state_machine.query(query)).value == b"v"
