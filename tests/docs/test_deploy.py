@@ -144,7 +144,7 @@ def test_systemd_unit_execstart_is_a_serve_the_parser_accepts() -> None:
     for placeholder, value in {
         "%i": "7", "%d": "/run/credentials/engine@7.service",
         "${ENGINE_MEMBERS}": "7=10.0.0.7:7001,8=10.0.0.8:7001,9=10.0.0.9:7001",
-        "${STATE_DIRECTORY}": "/var/lib/engine",
+        "%S": "/var/lib",
     }.items():
         command = command.replace(placeholder, value)
     assert "%" not in command and "$" not in command, command
