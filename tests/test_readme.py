@@ -44,12 +44,11 @@ def test_ci_runs_the_readme_test_command_verbatim() -> None:
 # ---------------------------------------------------------------- every example is run
 #
 # Method: each ```python block of the README runs in a fresh interpreter (a subprocess with a
-# timeout, so a hung example fails instead of hanging the suite). A block that runs itself
-# (`asyncio.run(...)`) runs as it is; what its `print(...)  # VALUE` lines promise must be
-# printed. Any other block is a fragment that continues "your cluster" with top-level awaits:
-# it runs inside a 3-node LocalCluster that provides the names such fragments use (`engine`,
-# `members`, `key`, `leader`), its placeholder addresses (10.0.0.N:PORT) mapped to free
-# loopback ports. The shell block that starts a cluster runs under bash, its ports mapped to
+# timeout, so a hung example fails instead of hanging the suite). A program runs as it is;
+# what its `print(...)  # VALUE` lines promise must be printed. A block with top-level awaits
+# is a fragment that continues "your cluster": it runs inside a 3-node LocalCluster that
+# provides the names such fragments use (`engine`, `members`, `key`, `leader`), its
+# placeholder addresses (10.0.0.N:PORT) mapped to free loopback ports. The shell block that starts a cluster runs under bash, its ports mapped to
 # free ones; the Quickstart's two install commands are not run here (the first installs
 # and runs the 10-second benchmark, which tests/bench covers; the second is this suite).
 
@@ -115,7 +114,7 @@ def fragment_script(block: str) -> str:
 @pytest.mark.parametrize("index", range(len(fenced_blocks("python"))))
 def test_readme_python_example_runs(index: int, tmp_path: Path) -> None:
     block = fenced_blocks("python")[index]
-    if "asyncio.run(" in block:
+    if runs_on_its_own(block):
         result = run_python(block, tmp_path)
     else:
         result = run_python(fragment_script(block), tmp_path)
@@ -128,10 +127,20 @@ def test_readme_python_example_runs(index: int, tmp_path: Path) -> None:
         assert sorted(final["voters"]) == [1, 3, 4], final
 
 
+def runs_on_its_own(block: str) -> bool:
+    """A program, not a fragment: it compiles without top-level await (a fragment must
+    compile with it)."""
+    try:
+        compile(block, "<README>", "exec")
+    except SyntaxError:
+        compile(block, "<README>", "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
+        return False
+    return True
+
+
 def test_readme_has_python_examples_of_both_kinds() -> None:
-    blocks = fenced_blocks("python")
-    assert any("asyncio.run(" in block for block in blocks)
-    assert any("asyncio.run(" not in block for block in blocks)
+    kinds = {runs_on_its_own(block) for block in fenced_blocks("python")}
+    assert kinds == {True, False}
 
 
 def server_blocks() -> list[str]:
