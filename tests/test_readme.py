@@ -48,9 +48,10 @@ def test_ci_runs_the_readme_test_command_verbatim() -> None:
 # what its `print(...)  # VALUE` lines promise must be printed. A block with top-level awaits
 # is a fragment that continues "your cluster": it runs inside a 3-node LocalCluster that
 # provides the names such fragments use (`engine`, `members`, `key`, `leader`), its
-# placeholder addresses (10.0.0.N:PORT) mapped to free loopback ports. The shell block that starts a cluster runs under bash, its ports mapped to
-# free ones; the Quickstart's two install commands are not run here (the first installs
-# and runs the 10-second benchmark, which tests/bench covers; the second is this suite).
+# placeholder addresses (10.0.0.N:PORT) mapped to free loopback ports. The shell block that
+# starts a cluster runs under bash, its ports mapped to free ones; the Quickstart's two
+# install commands are not run here (the first installs and runs the 10-second benchmark,
+# which tests/bench covers; the second is this suite).
 
 EXAMPLE_TIMEOUT_S = 120  # a stuck example fails; the slowest takes a few seconds
 
