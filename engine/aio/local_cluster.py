@@ -48,6 +48,15 @@ def free_udp_ports(count: int, host: str = "127.0.0.1") -> list[int]:
 
 
 class LocalCluster:
+    """n nodes of one cluster in this process, on free loopback UDP ports (see the module
+    docstring). `async with LocalCluster(n=3) as cluster:` starts them and stops them after.
+
+    protocol: "raft" or "paxos". data_dir: each node's WAL in data_dir/n<id> (None: in
+    memory, kept across stop/restart). state_machine: a factory called once per node
+    (default engine.KVStore). cluster_key: random when omitted. node_options: further
+    NodeConfig fields for every node (timing=, limits=, fsync=, ...).
+    """
+
     def __init__(
         self, n: int = 3, protocol: str = "raft", data_dir: str | os.PathLike[str] | None = None,
         state_machine: Callable[[], Any] | None = None, *, cluster_key: bytes | None = None,
@@ -76,6 +85,7 @@ class LocalCluster:
         self._groups: list[set[int]] | None = None
 
     def config(self, node_id: int) -> NodeConfig:
+        """The NodeConfig node `node_id` starts (or started) with."""
         known = self._configs.get(node_id)
         if known is not None:
             return known
@@ -86,6 +96,7 @@ class LocalCluster:
         )
 
     async def start(self) -> None:
+        """Start every member (`async with` does this)."""
         for node_id in self.members:
             await self._start_node(node_id)
 
@@ -102,6 +113,7 @@ class LocalCluster:
         return node
 
     async def close(self) -> None:
+        """Stop every running node (leaving `async with` does this)."""
         for node in list(self.nodes.values()):
             if node.running:
                 await node.stop()
@@ -192,6 +204,7 @@ class LocalCluster:
         await asyncio.sleep(0)
 
     async def heal(self) -> None:
+        """Undo partition(): every node hears every other again."""
         self._groups = None
         for node in self.nodes.values():
             if node.transport is not None:
