@@ -121,7 +121,7 @@ class Client:
     # ------------------------------------------------------------------ KV API
 
     async def put(self, key: bytes, value: bytes) -> None:
-        self._check(await self._write(
+        self._check_write(await self._write(
             lambda session, seq: commands.encode_put(key, value, client_id=session, seq=seq)))
 
     async def get(self, key: bytes, *, mode: str = "linearizable") -> bytes | None:
@@ -132,13 +132,15 @@ class Client:
         from engine.aio.node import READ_MODES
         if mode not in READ_MODES:
             raise errors.ConfigError(f"read mode must be one of {READ_MODES}, got {mode!r}")
-        result = self._check(await self._request(
-            _OP.READ, commands.encode_get_query(key), READ_MODES.index(mode)))
+        result = await self._request(
+            _OP.READ, commands.encode_get_query(key), READ_MODES.index(mode))
+        if not result.ok and result.error:
+            raise errors.Rejected(str(result.error))   # a read never enters a log
         return result.value
 
     async def delete(self, key: bytes) -> bool:
         """True if the key existed."""
-        result = self._check(await self._write(
+        result = self._check_write(await self._write(
             lambda session, seq: commands.encode_delete(key, client_id=session, seq=seq)))
         return bool(result.existed)
 
@@ -146,8 +148,8 @@ class Client:
         """Set key to `new` if its value is `expected` (None: absent). True if it did."""
         result = await self._write(lambda session, seq: commands.encode_cas(
             key, expected, new, client_id=session, seq=seq))
-        if not result.ok and result.status != _KV_STATUS.CAS_MISMATCH:
-            raise errors.Rejected(str(result.error))
+        if result.status != _KV_STATUS.CAS_MISMATCH:
+            self._check_write(result)
         return bool(result.ok)
 
     async def status(self, address: str | None = None) -> dict[str, Any]:
@@ -218,9 +220,12 @@ class Client:
                 f"the cluster's state machine does not open KV sessions: {exc}") from exc
 
     @staticmethod
-    def _check(result: Any) -> Any:
+    def _check_write(result: Any) -> Any:
+        """A write's result. A refusal by the state machine (malformed, stale) came from
+        applying the command, so it is a StateMachineError, never a Rejected (that one
+        means "never entered a log", engine.errors)."""
         if not result.ok and getattr(result, "error", None):
-            raise errors.Rejected(str(result.error))
+            raise errors.StateMachineError(str(result.error))
         return result
 
     async def _request(self, op: int, payload: bytes, read_mode: int = 0,
@@ -302,7 +307,9 @@ class Client:
                     wait: float | None = None) -> None:
         """Send an ADMIN op (engine.messages.AdminOp) to one node. Raises NotLeader (with the
         leader's address) for a leader-only op sent elsewhere, Rejected if refused (fault ops
-        need allow_fault_injection), Timeout if there is no answer."""
+        need allow_fault_injection), Timeout if there is no answer and OutcomeUnknown if the
+        node could not tell (e.g. a leadership transfer not done in time: it may still
+        complete)."""
         target = parse_address(address)
         payload = json.dumps(spec or {}).encode()
         for _ in range(3):
@@ -313,6 +320,8 @@ class Client:
             if response.status == _STATUS.NOT_LEADER:
                 hint = response.context.decode(errors="replace")
                 raise errors.NotLeader(f"{address} is not the leader", leader_address=hint or None)
+            if response.status == _STATUS.UNKNOWN:
+                raise errors.OutcomeUnknown(response.context.decode(errors="replace"))
             if response.status != _STATUS.OK:
                 raise errors.Rejected(response.context.decode(errors="replace"))
             return
