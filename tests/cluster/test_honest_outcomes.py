@@ -15,6 +15,7 @@ import pytest
 
 import engine
 from engine.kv import commands
+from engine.messages import ClientStatus, Message, MessageType
 from engine.types import TimingConfig
 
 put = commands.encode_put
@@ -144,3 +145,37 @@ async def test_stop_fails_appended_proposals_as_unknown_and_queued_ones_as_stopp
         with pytest.raises(engine.Stopped) as stopped:
             queued.result()
         assert not isinstance(stopped.value, engine.Timeout)      # never left this node
+
+
+def test_unfinished_is_definite_only_for_work_that_never_entered_a_log() -> None:
+    cause = engine.NotLeader("no leader known in time", leader_id=3)
+    kept = engine.errors.unfinished(cause, may_apply=False)
+    assert type(kept) is engine.NotLeader and kept is not cause and kept.leader_id == 3
+    for definite in (engine.MembershipError("removed"), engine.Overloaded("full"),
+                     engine.Superseded("replaced"), cause):
+        unknown = engine.errors.unfinished(definite, may_apply=True)
+        assert type(unknown) is engine.OutcomeUnknown and str(definite) in str(unknown)
+    stopped = engine.errors.unfinished(engine.Stopped("node stopped"), may_apply=True)
+    assert isinstance(stopped, engine.Stopped) and isinstance(stopped, engine.Timeout)
+
+
+async def test_a_refusal_of_a_resent_forwarded_proposal_is_not_definite() -> None:
+    """The new leader's REJECTED is about its copy only once an earlier copy was forwarded
+    to the old leader: the follower answers an unknown outcome; without an earlier copy the
+    refusal is definite."""
+    async with engine.LocalCluster(n=3) as cluster:
+        leader = await cluster.wait_leader()
+        follower = next(n for n in cluster.nodes.values() if n is not leader)
+        loop = asyncio.get_running_loop()
+        answers = []
+        for resent in (False, True):
+            future: asyncio.Future[bytes] = loop.create_future()
+            if resent:
+                follower._sent_before.add(future)
+            follower._forwarded[10_000 + resent] = (b"cmd", future, loop.time() + 10)
+            follower._on_forward_response(Message(
+                MessageType.CLIENT_RESPONSE, src=leader.node_id, dst=follower.node_id,
+                seq=10_000 + resent, status=ClientStatus.REJECTED, context=b"overloaded"))
+            answers.append(future.exception())
+        assert type(answers[0]) is engine.Rejected
+        assert isinstance(answers[1], engine.OutcomeUnknown)
