@@ -407,6 +407,7 @@ class Client:
         candidates = list(self.addresses)
         hint: tuple[str, int] | None = None
         attempt = 0
+        unanswered = False   # an earlier attempt may be in a log and still commit
         while True:
             remaining = deadline - loop.time()
             if remaining <= 0:
@@ -420,6 +421,7 @@ class Client:
                 target, op, self._next_request_number(), json.dumps(spec).encode(),
                 min(remaining, max(5.0, 4 * self.attempt_timeout)), _MT.ADMIN)
             if response is None:
+                unanswered = True
                 continue  # lost, slow or down: ask again (the next node)
             if response.status == _STATUS.OK:
                 return dict(json.loads(response.context))
@@ -429,7 +431,12 @@ class Client:
                 if hint is None:
                     await asyncio.sleep(0.05)  # an election is probably running
                 continue
-            raise _membership_error(response)
+            error = _membership_error(response)
+            if unanswered and isinstance(error, errors.Rejected):
+                # A refusal of this copy (e.g. "not a member" once the first removal applied)
+                # says nothing about the unanswered one (engine.errors.unfinished).
+                raise errors.unfinished(error, may_apply=True)
+            raise error
 
     async def _exchange(self, target: tuple[str, int], op: int, seq: int, payload: bytes,
                         wait: float, kind: int = _MT.CLIENT_REQUEST, *,

@@ -176,3 +176,16 @@ async def test_an_admin_answer_of_unknown_outcome_is_a_timeout_not_rejected() ->
             with pytest.raises(engine.Timeout, match="not complete") as raised:
                 await client.admin(node.address, AdminOp.TRANSFER_LEADER, {"to": 2})
     assert not isinstance(raised.value, engine.Rejected)
+
+
+async def test_a_membership_refusal_after_an_unanswered_attempt_is_a_timeout() -> None:
+    # The first removal may have committed; the second copy is refused because node 3 is no
+    # longer a member. That refusal is about the copy only: the outcome is unknown.
+    refused = (ClientStatus.REJECTED,
+               b'{"error": "MembershipError", "message": "node 3 is not a member"}')
+    async with ScriptedNode([None, refused]) as node:
+        async with client_for(node) as client:
+            with pytest.raises(engine.Timeout, match="not a member") as raised:
+                await client.remove_member(3, timeout=30.0)
+    assert not isinstance(raised.value, engine.Rejected)
+    assert len(node.requests) == 2
