@@ -1,10 +1,22 @@
 """Typed errors of engine. Every error a user can see derives from EngineError.
 
-An ambiguous outcome is never reported as a definite failure: `Timeout` means "unknown, may
-or may not have taken effect"; `Rejected` means "definitely did not take effect".
+An ambiguous outcome is never reported as a definite failure: `Timeout` (and its subclass
+`OutcomeUnknown`) means "unknown, may or may not have taken effect"; `Rejected` (and its
+subclasses) means "definitely did not take effect".
+
+The rule (DESIGN.md §5 "honest errors"), applied in one place, `unfinished()`: a request that
+ends without its result gets a definite failure only if it provably never entered a log - it
+was refused before being handed to a protocol core and was never forwarded to a leader, by
+this attempt or an earlier one. Work appended to a log or forwarded may still commit (the next
+leader holds it, Raft §5.4.1 Leader Completeness), so it ends with OutcomeUnknown. The one
+proof that appended work never applies is `Superseded`: another entry committed at its index
+(Raft §5.3, §5.4.3; Paxos: another value chosen in its slot), and it holds only for a copy
+that was never sent anywhere else.
 """
 
 from __future__ import annotations
+
+import copy
 
 
 class EngineError(Exception):
@@ -54,15 +66,19 @@ class NotLeader(EngineError):
 
 
 class Rejected(EngineError):
-    """The request definitely did not take effect (e.g. dropped before being appended)."""
+    """The request definitely did not take effect: it never entered a log (refused before it
+    was handed to a protocol core and never forwarded), or see Superseded. Safe to retry."""
 
 
 class Superseded(Rejected):
-    """This copy of a proposal was dropped or overwritten by a new leader before it committed:
-    it will never apply. Definite for the proposal that raised it, but a client that retried
-    the same command (same session and seq) may have another copy in the log, so a node
-    serving a remote client answers "outcome unknown" for it (the client retries, and the
-    state machine's session table answers the copy that did apply)."""
+    """Another entry was committed at this proposal's index (a new leader's log replaced it):
+    the proposal can never commit (Raft §5.3 Log Matching, §5.4.3 State Machine Safety: one
+    committed entry per index, and an entry never moves to another index; Paxos: one value
+    chosen per slot, and a re-proposed value keeps its identity). Definite for the proposal
+    that raised it, but a client that retried the same command (same session and seq) may
+    have another copy in the log, so a node serving a remote client answers "outcome
+    unknown" for it (the client retries, and the state machine's session table answers the
+    copy that did apply)."""
 
 
 class Overloaded(Rejected):
@@ -77,8 +93,20 @@ class Timeout(EngineError, TimeoutError):
     """No answer in time: the outcome is unknown (the command may or may not have been applied)."""
 
 
+class OutcomeUnknown(Timeout):
+    """The request entered a log (appended, or forwarded to a leader) and this node can no
+    longer follow it before its deadline: it stopped, was removed from the cluster, or the
+    leader changed under a forwarded command it must not re-send. It may still apply. A
+    Timeout, so `except Timeout` handles every unknown outcome."""
+
+
 class Stopped(EngineError):
-    """The node or client was stopped while the request was pending (outcome unknown if sent)."""
+    """The node or client was stopped while the request was pending. A request that had
+    entered a log raises StoppedOutcomeUnknown (also an OutcomeUnknown): it may still apply."""
+
+
+class StoppedOutcomeUnknown(Stopped, OutcomeUnknown):
+    """Stopped while the request was in a log or forwarded: the outcome is unknown."""
 
 
 class LogIndexError(EngineError, IndexError):
@@ -98,3 +126,19 @@ class MembershipError(Rejected, ValueError):
 class ConfChangeInProgress(Rejected):
     """Another membership change is not committed yet (or this leader has not committed an
     entry of its term): only one change may be in flight. Definite; retry once it commits."""
+
+
+def unfinished(cause: EngineError, *, may_apply: bool) -> EngineError:
+    """The error for a request that ends without its result (see the module docstring).
+
+    `cause` says why it ends (Stopped, MembershipError for a removed node, NotLeader,
+    Overloaded, Superseded, ...). `may_apply`: some copy of the request was handed to a
+    protocol core or forwarded to a leader and is not proved never to apply (a Superseded
+    copy is proved; any other copy is not). Then the outcome is unknown: OutcomeUnknown
+    (StoppedOutcomeUnknown when the node stopped) naming the cause. Otherwise the cause
+    itself, a fresh copy per request."""
+    if not may_apply:
+        return copy.copy(cause)
+    kind = StoppedOutcomeUnknown if isinstance(cause, Stopped) else OutcomeUnknown
+    return kind(f"{cause}; the request had entered a log or was forwarded, so it may still "
+                "apply")

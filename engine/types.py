@@ -137,9 +137,6 @@ class Ready:
     messages_after_persist: list[Any] = field(default_factory=list)
     committed_entries: list[Any] = field(default_factory=list)
     read_states: list[ReadState] = field(default_factory=list)
-    # Proposals that definitely did not make it into the log, e.g. dropped at a step-down:
-    # (first_index, last_index, term) ranges whose futures fail with engine.Rejected.
-    dropped: list[tuple[int, int, int]] = field(default_factory=list)
     snapshot: Snapshot | None = None
 
     def is_empty(self) -> bool:
@@ -147,7 +144,6 @@ class Ready:
             self.hard_state is not None or self.snapshot is not None or self.entries
             or self.messages
             or self.messages_after_persist or self.committed_entries or self.read_states
-            or self.dropped
         )
 
 

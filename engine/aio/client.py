@@ -148,7 +148,7 @@ class Client:
                   timeout: float | None = None) -> commands.WriteResult:
         """Set key to value. The result's `prev` is the value the key held, only with
         prev=True (the cluster then carries it back; see commands.WriteResult)."""
-        return _write_result(self._check(await self._write(
+        return _write_result(self._check_write(await self._write(
             lambda session, seq: commands.encode_put(key, value, client_id=session, seq=seq,
                                                      previous=prev),
             timeout)))
@@ -159,15 +159,17 @@ class Client:
         (ReadIndex on the cluster), "lease" (the leader answers from its lease, Raft thesis
         §6.4.1: linearizable only while clock rates differ by less than lease_drift_ticks
         allows) or "stale" (whichever node answers, possibly behind)."""
-        result = self._check(await self._request(
-            _OP.READ, commands.encode_get_query(key), _read_mode(mode), timeout))
+        result = await self._request(
+            _OP.READ, commands.encode_get_query(key), _read_mode(mode), timeout)
+        if not result.ok and result.error:
+            raise errors.Rejected(str(result.error))   # a read never enters a log
         return result.value
 
     async def delete(self, key: bytes, *, prev: bool = False,
                      timeout: float | None = None) -> commands.WriteResult:
         """Delete key. The result's `existed` says whether it had a value, `prev` is that
         value with prev=True."""
-        return _write_result(self._check(await self._write(
+        return _write_result(self._check_write(await self._write(
             lambda session, seq: commands.encode_delete(key, client_id=session, seq=seq,
                                                         previous=prev),
             timeout)))
@@ -177,8 +179,8 @@ class Client:
         """Set key to `new` if its value is `expected` (None: absent). True if it did."""
         result = await self._write(lambda session, seq: commands.encode_cas(
             key, expected, new, client_id=session, seq=seq), timeout)
-        if not result.ok and result.status != _KV_STATUS.CAS_MISMATCH:
-            raise errors.Rejected(str(result.error))
+        if result.status != _KV_STATUS.CAS_MISMATCH:
+            self._check_write(result)
         return bool(result.ok)
 
     async def call(self, command: bytes, *, timeout: float | None = None,
@@ -270,9 +272,12 @@ class Client:
                 f"the cluster's state machine does not open KV sessions: {exc}") from exc
 
     @staticmethod
-    def _check(result: Any) -> Any:
+    def _check_write(result: Any) -> Any:
+        """A write's result. A refusal by the state machine (malformed, stale) came from
+        applying the command, so it is a StateMachineError, never a Rejected (that one
+        means "never entered a log", engine.errors)."""
         if not result.ok and getattr(result, "error", None):
-            raise errors.Rejected(str(result.error))
+            raise errors.StateMachineError(str(result.error))
         return result
 
     async def _request(self, op: int, payload: bytes, read_mode: int = 0,
@@ -369,7 +374,8 @@ class Client:
         """Send an ADMIN op (engine.messages.AdminOp) to one node: up to 3 attempts of `wait`
         seconds each, or of a third of `timeout`. Raises NotLeader (with the leader's address)
         for a leader-only op sent elsewhere, Rejected if refused (fault ops need
-        allow_fault_injection), Timeout if there is no answer."""
+        allow_fault_injection), Timeout if there is no answer and OutcomeUnknown if the node
+        could not tell (e.g. a leadership transfer not done in time: it may still complete)."""
         target = parse_address(address)
         payload = json.dumps(spec or {}).encode()
         attempt_wait = timeout / 3 if timeout else (wait or self.attempt_timeout)
@@ -381,6 +387,8 @@ class Client:
             if response.status == _STATUS.NOT_LEADER:
                 hint = response.context.decode(errors="replace")
                 raise errors.NotLeader(f"{address} is not the leader", leader_address=hint or None)
+            if response.status == _STATUS.UNKNOWN:
+                raise errors.OutcomeUnknown(response.context.decode(errors="replace"))
             if response.status != _STATUS.OK:
                 raise errors.Rejected(response.context.decode(errors="replace"))
             return
@@ -467,6 +475,7 @@ class Client:
         candidates = list(self.addresses)
         hint: tuple[str, int] | None = None
         attempt = 0
+        unanswered = False   # an earlier attempt may be in a log and still commit
         while True:
             remaining = deadline - loop.time()
             if remaining <= 0:
@@ -480,6 +489,7 @@ class Client:
                 target, op, self._next_request_number(), json.dumps(spec).encode(),
                 min(remaining, max(5.0, 4 * self.attempt_timeout)), _MT.ADMIN)
             if response is None:
+                unanswered = True
                 continue  # lost, slow or down: ask again (the next node)
             if response.status == _STATUS.OK:
                 return dict(json.loads(response.context))
@@ -489,7 +499,12 @@ class Client:
                 if hint is None:
                     await asyncio.sleep(0.05)  # an election is probably running
                 continue
-            raise _membership_error(response)
+            error = _membership_error(response)
+            if unanswered and isinstance(error, errors.Rejected):
+                # A refusal of this copy (e.g. "not a member" once the first removal applied)
+                # says nothing about the unanswered one (engine.errors.unfinished).
+                raise errors.unfinished(error, may_apply=True)
+            raise error
 
     async def _exchange(self, target: tuple[str, int], op: int, seq: int, payload: bytes,
                         wait: float, kind: int = _MT.CLIENT_REQUEST, *,

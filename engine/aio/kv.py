@@ -59,16 +59,18 @@ class KV:
     async def cas(self, key: bytes, expected: bytes | None, new: bytes, *,
                   timeout: float | None = None) -> bool:
         """Set key to `new` if its value is `expected` (None: absent); True if it did."""
-        answer = await self.node.propose(commands.encode_cas(key, expected, new),
-                                         timeout=timeout)
-        result = commands.decode_result(answer)
-        if result.status == commands.Status.CAS_MISMATCH:
-            return False
-        return _checked(result).ok
+        result = await self._write(commands.encode_cas(key, expected, new), timeout,
+                                   allow=commands.Status.CAS_MISMATCH)
+        return result.ok
 
-    async def _write(self, command: bytes, timeout: float | None) -> commands.KVResult:
-        return _checked(commands.decode_result(await self.node.propose(command,
-                                                                       timeout=timeout)))
+    async def _write(self, command: bytes, timeout: float | None,
+                     allow: commands.Status | None = None) -> commands.KVResult:
+        result = commands.decode_result(await self.node.propose(command, timeout=timeout))
+        if not result.ok and result.status != allow:
+            # The command entered the log and applied as a refusal: never a Rejected, which
+            # means "never entered a log" (engine.errors.unfinished).
+            raise errors.StateMachineError(result.error or str(result.status))
+        return result
 
 
 def _write_result(result: commands.KVResult) -> commands.WriteResult:

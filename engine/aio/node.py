@@ -22,8 +22,15 @@ round. Then the core's Ready is processed (etcd's Ready/Advance contract, engine
 
 A proposal's future is resolved when the entry at its (index, term) is applied. If the entry
 applied at that index has another term, a new leader overwrote it: it can never commit, so
-the caller gets engine.Rejected (a definite no). A proposal whose fate is not known within
-request_timeout_s fails with engine.Timeout (it may still commit later).
+the caller gets engine.Superseded (a definite no; Raft §5.3, §5.4.3). A proposal whose fate
+is not known within request_timeout_s fails with engine.Timeout (it may still commit later).
+Every other way a proposal can end early (stop, crash, removal, a leader change under a
+forwarded command, back-pressure) picks its error with engine.errors.unfinished: a definite
+failure (Rejected, NotLeader, Stopped) only if no copy of it ever entered a log or left this
+node, else engine.OutcomeUnknown. The queues say which: `_proposal_queue` and
+`_waiting_for_leader` hold work never handed to a core nor forwarded (unless its future is
+in `_sent_before`: a retry-safe command re-sent after a leader change), `_proposals` holds
+appended work and `_forwarded` work sent to a leader.
 
 Snapshots (Raft and Paxos: both cores offer compact() and the same log surface; see
 engine.raft.core "Snapshots and compaction" and engine.paxos.core). After applying, the
@@ -42,9 +49,13 @@ restored from it; then the rest of the Ready is handled as usual. At start the n
 snapshot restores the state machine and the WAL replays the log after it.
 
 Proposals on a follower are forwarded to the leader (as a CLIENT_REQUEST) and the answer is
-relayed; with no known leader they wait (up to the timeout) for one to appear. A forwarded
-proposal whose answer is lost fails with Timeout, never with a false "failed", and is never
-re-sent (raw commands carry no session, so a resend could apply twice).
+relayed; with no known leader they wait (up to the timeout) for one to appear. When another
+leader appears while forwarded proposals are unanswered (the old one may have appended them),
+a command the state machine calls retry-safe (`retry_safe(command)`: KVStore's commands in a
+session, which apply once however many copies commit, Raft thesis §6.3) is sent again to the
+new leader; any other fails at once with OutcomeUnknown, since a second copy could apply
+twice (see Node.propose). A forwarded proposal whose answer is lost fails with Timeout at
+its deadline, never with a false "failed".
 
 Modules: this file holds Node's lifecycle, public API and the turn; the membership part
 (engine/aio/node_membership.py), snapshots (node_snapshots.py), reads (node_reads.py) and
@@ -57,6 +68,7 @@ import asyncio
 import logging
 import os
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -249,9 +261,17 @@ class Node(_MembershipMixin, _SnapshotsMixin, _ReadsMixin, _ServingMixin, _Event
         self._proposals: dict[int, tuple[int, asyncio.Future[bytes], float]] = {}
         # Proposals waiting for a leader to forward to.
         self._waiting_for_leader: deque[tuple[bytes, asyncio.Future[bytes], float]] = deque()
-        # Proposals forwarded to the leader: seq -> (command, future, deadline).
+        # Proposals forwarded to the leader: seq -> (command, future, deadline), all sent to
+        # node _forwarded_to.
         self._forwarded: dict[int, tuple[bytes, asyncio.Future[bytes], float]] = {}
+        self._forwarded_to = 0
         self._forward_seq = 0
+        # Futures of proposals queued again after a copy was forwarded (a retry-safe command
+        # re-sent to a new leader): whatever ends them, their outcome is unknown.
+        self._sent_before: weakref.WeakSet[asyncio.Future[bytes]] = weakref.WeakSet()
+        # The state machine's retry_safe(command) -> bool, if it has one (KVStore does).
+        self._retry_safe: Callable[[bytes], bool] | None = getattr(
+            state_machine, "retry_safe", None)
         # Reads: queued this turn; in a ReadIndex round (context -> (reads, tick sent));
         # waiting for apply to reach their index (index, reads).
         self._read_queue: list[_PendingRead] = []
@@ -272,7 +292,8 @@ class Node(_MembershipMixin, _SnapshotsMixin, _ReadsMixin, _ServingMixin, _Event
         self.counters: dict[str, int] = {
             "proposals": 0, "proposal_batches": 0, "applied": 0, "readies": 0, "saves": 0,
             "syncs": 0,
-            "reads": 0, "read_rounds": 0, "forwarded": 0, "client_requests": 0,
+            "reads": 0, "read_rounds": 0, "forwarded": 0, "reforwarded": 0,
+            "client_requests": 0,
         }
         # Snapshots (Raft and Paxos: the cores offer the same compact()/log surface): what was
         # applied since the last one; one snapshot at a time.
@@ -296,6 +317,7 @@ class Node(_MembershipMixin, _SnapshotsMixin, _ReadsMixin, _ServingMixin, _Event
         self._track_membership = config.protocol == "raft"
         self._membership_seen: Any = None
         self._removed = ""
+        self._removal_due = ""   # removed by a CONFIG entry in the batch being applied
         self._witness = config.node_id in config.bootstrap_witnesses()
         self._removal_notices: dict[int, list[Any]] = {}
 
@@ -396,8 +418,20 @@ class Node(_MembershipMixin, _SnapshotsMixin, _ReadsMixin, _ServingMixin, _Event
     async def propose(self, command: bytes, *, timeout: float | None = None) -> bytes:
         """Replicate `command`; return the state machine's result once it is applied here.
 
-        Raises EntryTooLarge / Overloaded / Rejected (definitely not applied), Timeout
-        (unknown), Stopped, StateMachineError.
+        Raises EntryTooLarge / Overloaded / Rejected / Superseded (definitely not applied:
+        it never entered a log, or another entry committed at its index), NotLeader (no
+        leader appeared in time: never sent anywhere), Timeout and OutcomeUnknown (unknown:
+        it entered a log or was forwarded, it may still apply), Stopped (never left this
+        node; StoppedOutcomeUnknown if it had), StateMachineError.
+
+        On a follower the command is forwarded to the leader (waiting for one to be known).
+        If another leader appears before the answer, the old one may have appended it, so:
+        a command the state machine calls retry-safe (`state_machine.retry_safe(command)`;
+        KVStore: a command in a session, whose seq makes a second copy answer from the
+        session's cache, Raft thesis §6.3) is sent again to the new leader and the call
+        completes shortly after the election; any other command fails at once with
+        OutcomeUnknown (re-sending it could apply it twice). A session command answered
+        SESSION_EXPIRED after such a re-send may have applied through its first copy.
         """
         return await self.submit(command, timeout=timeout)
 
@@ -613,8 +647,8 @@ class Node(_MembershipMixin, _SnapshotsMixin, _ReadsMixin, _ServingMixin, _Event
                 self._metrics.sample_turn(self._proposal_queue, self._read_queue)
             if self._proposal_queue:
                 self._submit_proposals()
-            if self._waiting_for_leader:
-                self._forward_waiting()
+            if self._waiting_for_leader or self._forwarded:
+                self._forward_waiting()   # (also follows a leader change, see there)
             if self._read_queue:
                 self._start_read_round()
             if core.has_ready():
@@ -648,9 +682,10 @@ class Node(_MembershipMixin, _SnapshotsMixin, _ReadsMixin, _ServingMixin, _Event
                 return
             self._forward_waiting()
             return
-        except errors.Rejected as exc:  # Overloaded / EntryTooLarge: definite no
+        except errors.Rejected as exc:  # Overloaded / EntryTooLarge: nothing appended
+            sent_before = self._sent_before
             for _, future, _ in live:
-                future.set_exception(type(exc)(str(exc)))
+                future.set_exception(errors.unfinished(exc, may_apply=future in sent_before))
             return
         self.counters["proposals"] += len(live)
         self.counters["proposal_batches"] += 1
@@ -696,11 +731,6 @@ class Node(_MembershipMixin, _SnapshotsMixin, _ReadsMixin, _ServingMixin, _Event
             self._transport.flush()
         for read_state in ready.read_states:
             self._on_read_state(read_state.index, read_state.context)
-        for first, last, _term in ready.dropped:
-            for index in range(first, last + 1):
-                pending = self._proposals.pop(index, None)
-                if pending is not None and not pending[1].done():
-                    pending[1].set_exception(errors.Superseded("proposal dropped before commit"))
         if self._reads_waiting_apply:
             self._serve_applied_reads()
         if (ready.entries or ready.hard_state is not None) and not self._save(ready):
@@ -793,14 +823,18 @@ class Node(_MembershipMixin, _SnapshotsMixin, _ReadsMixin, _ServingMixin, _Event
             if future.done():
                 continue
             if term != entry.term:
-                future.set_exception(errors.Superseded(
+                # Another entry committed at our index: ours never commits (Raft §5.3, §5.4.3).
+                future.set_exception(errors.unfinished(errors.Superseded(
                     f"entry {index} was replaced by a new leader (term {entry.term})"
-                ))
+                ), may_apply=future in self._sent_before))
             elif type(result) is bytes or not isinstance(result, Exception):
                 future.set_result(result)
             else:
                 future.set_exception(result)
         self.counters["applied"] += len(entries)
+        if self._removal_due:
+            # After the whole batch: the entries committed after our removal are answered.
+            self._go_quiet(self._removal_due)
 
     # ------------------------------------------------------------------ timeouts and errors
 
@@ -820,27 +854,37 @@ class Node(_MembershipMixin, _SnapshotsMixin, _ReadsMixin, _ServingMixin, _Event
             keep: deque[tuple[bytes, asyncio.Future[bytes], float]] = deque()
             for item in self._waiting_for_leader:
                 if item[2] <= now and not item[1].done():
-                    # Never sent anywhere: a definite no, not an unknown.
-                    item[1].set_exception(errors.NotLeader("no leader known in time"))
+                    # Never sent anywhere (unless an earlier copy was): a definite no.
+                    item[1].set_exception(errors.unfinished(
+                        errors.NotLeader("no leader known in time"),
+                        may_apply=item[1] in self._sent_before))
                 elif not item[1].done():
                     keep.append(item)
             self._waiting_for_leader = keep
         self._expire_reads(now)
 
     def _fail_everything(self, error: errors.EngineError) -> None:
-        futures: list[asyncio.Future[Any]] = []
-        futures += [f for _, f, _ in self._proposal_queue]
-        futures += [f for _, f, _ in self._proposals.values()]
-        futures += [f for _, f, _ in self._waiting_for_leader]
-        futures += [f for _, f, _ in self._forwarded.values()]
-        futures += [r.future for r in self._read_queue]
+        """End every pending request because of `error` (stop, crash, removal): appended or
+        forwarded proposals with an unknown outcome, the rest with `error` (engine.errors
+        .unfinished; reads never enter a log)."""
+        sent_before = self._sent_before
+        held: list[asyncio.Future[Any]] = []   # never handed to a core nor forwarded
+        held += [f for _, f, _ in self._proposal_queue if f not in sent_before]
+        held += [f for _, f, _ in self._waiting_for_leader if f not in sent_before]
+        held += [r.future for r in self._read_queue]
         for reads, _ in self._read_rounds.values():
-            futures += [r.future for r in reads]
+            held += [r.future for r in reads]
         for _, reads in self._reads_waiting_apply:
-            futures += [r.future for r in reads]
-        for future in futures:
-            if not future.done():
-                future.set_exception(type(error)(str(error)))
+            held += [r.future for r in reads]
+        sent: list[asyncio.Future[Any]] = []   # appended, forwarded, or a copy of them was
+        sent += [f for _, f, _ in self._proposal_queue if f in sent_before]
+        sent += [f for _, f, _ in self._waiting_for_leader if f in sent_before]
+        sent += [f for _, f, _ in self._proposals.values()]
+        sent += [f for _, f, _ in self._forwarded.values()]
+        for futures, may_apply in ((held, False), (sent, True)):
+            for future in futures:
+                if not future.done():
+                    future.set_exception(errors.unfinished(error, may_apply=may_apply))
         self._proposal_queue.clear()
         self._proposals.clear()
         self._waiting_for_leader.clear()

@@ -50,6 +50,7 @@ class _MembershipMixin:
     _track_membership: bool
     _membership_seen: Any
     _removed: str
+    _removal_due: str
     _witness: bool
     _removal_notices: dict[int, list[Any]]
 
@@ -114,9 +115,9 @@ class _MembershipMixin:
         wanted kind of member at that address is not changed (a retry after Timeout).
 
         Leader only. Raises NotLeader (leader_id / leader_address hint), MembershipError
-        (invalid or unsafe: already a different member, W1 broken, ...), Rejected (the entry
-        was overwritten by a new leader: nothing changed), Timeout (unknown: the change may
-        still complete), Stopped.
+        (invalid or unsafe: already a different member, W1 broken, ...; nothing appended),
+        Superseded (the entry was overwritten by a new leader: nothing changed), Timeout
+        (unknown: the change may still complete), Stopped.
         """
         from engine.raft import membership as changes
 
@@ -127,7 +128,8 @@ class _MembershipMixin:
             raise errors.MembershipError(f"node {node_id}: {exc}") from None
         deadline = self._membership_deadline(timeout)
         current = core.membership
-        if node_id in current.voters or node_id in current.learners:
+        appended = node_id not in current.voters and node_id not in current.learners
+        if not appended:
             self._check_same_member(node_id, address, witness)
             await self._wait_committed(lambda m: node_id in m.members, deadline)
         else:
@@ -135,7 +137,11 @@ class _MembershipMixin:
                 changes.add_learner(node_id, address, witness=witness), deadline)
             await self._wait_committed(lambda m: node_id in m.members, deadline, entry)
         if not learner:
-            await self._promote_when_caught_up(node_id, deadline)
+            try:
+                await self._promote_when_caught_up(node_id, deadline)
+            except errors.Rejected as exc:
+                # The learner this call added stays: not a "nothing changed".
+                raise errors.unfinished(exc, may_apply=appended) from None
         return self.members()
 
     async def promote(self, node_id: int, *, timeout: float | None = None) -> dict[str, Any]:
@@ -213,7 +219,8 @@ class _MembershipMixin:
                               entry: tuple[int, int] | None = None) -> None:
         """Wait until the configuration committed here satisfies `wanted` (whichever leader
         committed it). `entry` = our CONFIG entry's (index, term): if another entry was
-        committed at its index, ours can never commit (Rejected: nothing changed)."""
+        committed at its index, ours can never commit (Superseded: nothing changed by it,
+        Raft §5.3, §5.4.3)."""
         assert self._loop is not None
         tick_s = self.config.timing.tick_ms / 1000.0
         while True:
@@ -223,13 +230,17 @@ class _MembershipMixin:
                 return
             if entry is not None and commit >= entry[0] and self._term_at(entry[0]) not in (
                     entry[1], -1):
-                raise errors.Rejected(
+                raise errors.Superseded(
                     f"the configuration entry at {entry[0]} was replaced by a new leader's "
                     "log: nothing changed")
             if self._loop.time() > deadline:
                 raise errors.Timeout(
                     "membership change not committed in time (it may still complete)")
-            self._check_running()
+            try:
+                self._check_running()
+            except (errors.Stopped, errors.MembershipError) as exc:
+                # Stopped or removed with the change in the log: it may still commit.
+                raise errors.unfinished(exc, may_apply=True) from None
             await asyncio.sleep(tick_s)
 
     def _joint_at(self, index: int) -> bool:
@@ -332,6 +343,10 @@ class _MembershipMixin:
             except errors.NotLeader as exc:
                 self._reply_admin(message, address, ClientStatus.NOT_LEADER,
                                   (exc.leader_address or "").encode())
+            except errors.Superseded as exc:
+                # Definite for this node's copy only: the client may have sent the same
+                # change elsewhere before (a retry), and that copy may still commit.
+                self._reply_admin(message, address, ClientStatus.UNKNOWN, _error_payload(exc))
             except (errors.Rejected, errors.ConfigError) as exc:
                 self._reply_admin(message, address, ClientStatus.REJECTED, _error_payload(exc))
             except errors.EngineError as exc:  # Timeout, Stopped: the outcome is unknown
@@ -434,7 +449,10 @@ class _MembershipMixin:
             # C_old,new without us in C_new (or a simple config without us) is committed: the
             # change completes without us (thesis §4.2.2; etcd stops a removed member here).
             # A leader leaving keeps managing until C_new commits, then steps down first.
-            self._go_quiet(f"node {me} was removed from the cluster (configuration at {index})")
+            # Quiet once the batch is applied (Node._apply), so that the entries committed
+            # with this one are answered with their results.
+            self._removal_due = (f"node {me} was removed from the cluster (configuration at "
+                                 f"{index})")
             return
         if str(core.role) == "leader" and real_before:
             addresses = before.address_map()
@@ -502,8 +520,10 @@ class _MembershipMixin:
 
     def _go_quiet(self, reason: str) -> None:
         """Thesis §4.2.3: a removed node that keeps running only disrupts. Stop ticking the
-        core (no campaigns), forget every peer (nothing is sent), fail pending requests;
+        core (no campaigns), forget every peer (nothing is sent), fail pending requests
+        (those appended or forwarded with OutcomeUnknown: the next leader may commit them);
         status and client STATUS still answer, reporting "removed"."""
+        self._removal_due = ""
         if self._removed:
             return
         logger.warning("%s: going quiet", reason)

@@ -2,14 +2,16 @@
 from remote clients and ADMIN ops from operators and tests.
 
 Split out of engine/aio/node.py; `_ServingMixin` is a base class of engine.aio.node.Node and
-its methods run on a Node (see that module's docstring: a forwarded proposal whose answer is
-lost fails with Timeout and is never re-sent).
+its methods run on a Node (see that module's docstring and Node.propose: a forwarded
+proposal whose answer is lost fails with Timeout; when the leader changes under it, it is
+re-sent if the state machine calls it retry-safe, else it fails with OutcomeUnknown).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import weakref
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -54,7 +56,10 @@ class _ServingMixin:
     _tick_scale: float
     _waiting_for_leader: deque[tuple[bytes, asyncio.Future[bytes], float]]
     _forwarded: dict[int, tuple[bytes, asyncio.Future[bytes], float]]
+    _forwarded_to: int
     _forward_seq: int
+    _sent_before: weakref.WeakSet[asyncio.Future[bytes]]
+    _retry_safe: Callable[[bytes], bool] | None
 
     if TYPE_CHECKING:  # defined by Node and the other mixins
         # _ReadsMixin
@@ -87,9 +92,13 @@ class _ServingMixin:
     # ------------------------------------------------------------------ forwarding
 
     def _forward_waiting(self) -> None:
+        """Send the proposals waiting for a leader to the one now known (or propose them
+        here if we lead), after following a leader change (_follow_new_leader)."""
         leader_id = self._core.leader_id
         if not leader_id:
             return
+        if self._forwarded and leader_id != self._forwarded_to:
+            self._follow_new_leader(leader_id)
         if leader_id == self.config.node_id:
             # We became leader meanwhile: propose them here.
             self._proposal_queue.extend(self._waiting_for_leader)
@@ -108,8 +117,34 @@ class _ServingMixin:
                 seq=self._forward_seq, status=_OP.WRITE, context=command,
             ))
         if messages:
+            self._forwarded_to = leader_id
             self.counters["forwarded"] += len(messages)
             self._transport.send(messages)
+
+    def _follow_new_leader(self, leader_id: int) -> None:
+        """Node `leader_id` leads now, not node _forwarded_to, and proposals forwarded to
+        that one are unanswered. It may have appended them and the new leader may commit
+        them (Raft §5.4.1 Leader Completeness), or they may be lost: nothing tells which.
+        A retry-safe command (Node.propose) goes again, to the new leader; any other ends
+        now with OutcomeUnknown instead of waiting for its deadline."""
+        retry_safe = self._retry_safe
+        old = self._forwarded_to
+        forwarded, self._forwarded = self._forwarded, {}
+        again: list[tuple[bytes, asyncio.Future[bytes], float]] = []
+        for command, future, deadline in forwarded.values():
+            if future.done():
+                continue
+            if retry_safe is not None and retry_safe(command):
+                self._sent_before.add(future)
+                again.append((command, future, deadline))
+            else:
+                future.set_exception(errors.unfinished(errors.NotLeader(
+                    f"node {old} stopped leading (node {leader_id} leads) before it answered; "
+                    "the command carries no session, so it is not sent again"),
+                    may_apply=True))
+        # Ahead of the proposals that never left: these are older.
+        self._waiting_for_leader.extendleft(reversed(again))
+        self.counters["reforwarded"] += len(again)
 
     def _on_forward_response(self, message: Message) -> None:
         pending = self._forwarded.pop(message.seq, None)
@@ -126,11 +161,15 @@ class _ServingMixin:
             self._waiting_for_leader.append((command, future, deadline))
             self._schedule_turn()
         elif status == _STATUS.REJECTED:
-            future.set_exception(errors.Rejected(message.context.decode(errors="replace")))
+            # Definite for the copy the leader refused; an earlier copy (before a leader
+            # change) may still apply.
+            future.set_exception(errors.unfinished(
+                errors.Rejected(message.context.decode(errors="replace")),
+                may_apply=future in self._sent_before))
         elif status == _STATUS.ERROR:
             future.set_exception(errors.StateMachineError(message.context.decode(errors="replace")))
         else:
-            future.set_exception(errors.Timeout("the leader could not tell the outcome"))
+            future.set_exception(errors.OutcomeUnknown("the leader could not tell the outcome"))
 
     # ------------------------------------------------------------------ serving clients
 
@@ -282,8 +321,10 @@ class _ServingMixin:
         async def transfer() -> None:
             try:
                 await self.transfer_leadership(target)
-            except errors.EngineError as exc:
+            except (errors.Rejected, errors.ConfigError, errors.NotLeader) as exc:
                 self._reply_admin(message, address, _STATUS.REJECTED, str(exc).encode())
+            except errors.EngineError as exc:   # Timeout, Stopped: it may still complete
+                self._reply_admin(message, address, _STATUS.UNKNOWN, str(exc).encode())
             else:
                 self._reply_admin(message, address, _STATUS.OK, b"")
 

@@ -235,7 +235,7 @@ class _SnapshotsMixin:
             for index in [i for i in self._proposals if i <= snapshot.index]:
                 _, future, _ = self._proposals.pop(index)
                 if not future.done():
-                    future.set_exception(errors.Timeout(
+                    future.set_exception(errors.OutcomeUnknown(
                         f"entry {index} was covered by a snapshot from the leader: outcome "
                         "unknown here"))
             ready.snapshot = None

@@ -246,7 +246,8 @@ class WriteOnceRegister:
         """Get `value` chosen; returns THE chosen value, which may be another proposer's.
 
         Raises engine.Timeout if nothing is decided within `timeout` seconds (the outcome is
-        unknown: `value` may still be chosen), engine.Stopped if stopped meanwhile."""
+        unknown: `value` may still be chosen), engine.StoppedOutcomeUnknown (a Stopped and a
+        Timeout) if stopped meanwhile."""
         synod = self._require_running()
         if not isinstance(value, (bytes, bytearray, memoryview)):
             raise TypeError(f"value must be bytes, got {type(value).__name__}")
@@ -313,7 +314,9 @@ class WriteOnceRegister:
                     what: str) -> Any:
         try:
             return await asyncio.wait_for(asyncio.shield(future), timeout)
-        except TimeoutError:
+        except TimeoutError as exc:
+            if isinstance(exc, errors.EngineError):
+                raise   # the future's own error (engine.Timeout is a TimeoutError too)
             raise errors.Timeout(
                 f"register {self.register_id}: {what} not decided in {timeout}s "
                 "(outcome unknown)") from None
@@ -384,10 +387,15 @@ class WriteOnceRegister:
                     reader.set_result(None)
             self._readers.clear()
 
-    def _fail_waiters(self, error: Exception) -> None:
-        for future in self._proposers + self._readers:
-            if not future.done():
-                future.set_exception(error)
+    def _fail_waiters(self, error: errors.EngineError) -> None:
+        # A proposal went out when propose() was called: stopped now, its value may still be
+        # chosen (StoppedOutcomeUnknown, engine.errors.unfinished); a read changes nothing.
+        proposed = (errors.unfinished(error, may_apply=True)
+                    if isinstance(error, errors.Stopped) else error)
+        for futures, failure in ((self._proposers, proposed), (self._readers, error)):
+            for future in futures:
+                if not future.done():
+                    future.set_exception(failure)
         self._proposers.clear()
         self._readers.clear()
 

@@ -44,7 +44,9 @@ from collections.abc import Callable, Iterable
 from engine._core import kvput as _kvput
 from engine.errors import DecodeError, InvariantViolation
 from engine.kv.commands import (
+    FLAG_SESSION,
     STRIPPED_RESULT_BYTES,
+    VERSION,
     Command,
     Op,
     Status,
@@ -148,6 +150,14 @@ class KVStore:
         if answered is not None:
             return answered
         return self._record(cmd.client_id, cmd.seq, index, self._execute(index, cmd))
+
+    @staticmethod
+    def retry_safe(command: bytes) -> bool:
+        """True if two copies of `command` in the log apply it once: a command in a session
+        (the second copy is answered from the session's cache, or finds its seq stale or the
+        session expired; nothing re-applies, Raft thesis §6.3). engine.Node re-sends such a
+        forwarded command to a new leader (Node.propose)."""
+        return len(command) >= 3 and command[0] == VERSION and bool(command[2] & FLAG_SESSION)
 
     def apply_batch(self, items: Iterable[tuple[int, bytes]]) -> list[bytes]:
         """Apply (index, command) pairs in order; same results as apply() one by one."""

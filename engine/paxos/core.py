@@ -73,9 +73,9 @@ reject_term = 0 means "snapshot: I trimmed slots you ask about, catch up first" 
 = the acceptor's commit; see "Snapshots" below); PREPARE.context = b"force" bypasses leader
 stickiness (campaign());
 CATCHUP_RESPONSE.index = first slot of entries; READ_INDEX / READ_INDEX_RESPONSE (the Raft
-types) carry follower reads with term = ballot. Nothing is ever reported in Ready.dropped: a
-proposal of a deposed leader may still be chosen through re-proposal, so its fate is unknown
-until the slot is chosen (then identity decides).
+types) carry follower reads with term = ballot. A proposal of a deposed leader may still be
+chosen through re-proposal, so its fate is unknown until the slot is chosen (then identity
+decides).
 
 Snapshots and log trimming (the RaftCore surface, so engine.Node's snapshot path drives both).
 The driver snapshots the state machine at its applied slot and, once the snapshot is durable,

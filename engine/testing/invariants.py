@@ -32,11 +32,17 @@ thousands of simulated runs. The properties are those of Raft Figure 3 plus dura
                         history through its applied index (check_state).
 
 A violation raises engine.errors.InvariantViolation naming the node and index.
+
+Protocol-independent, for any harness (the simulator, the nemesis):
+
+  Honest outcomes       no operation answered with a definite failure (engine.Rejected and
+                        its subclasses: it never entered a log) is ever applied by any
+                        state machine (check_definite_failures_not_applied).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Hashable, Iterable, Mapping, Sequence
 from typing import Any
 
 from engine.errors import InvariantViolation
@@ -280,3 +286,25 @@ class ClusterChecker:
             self.fail(
                 f"linearizability: node {node_id} read index {index} < committed {floor} at start"
             )
+
+
+def check_definite_failures_not_applied(
+    failed_ops: Mapping[Any, str] | Collection[Hashable], applied_ops: Iterable[Hashable],
+) -> None:
+    """Honest outcomes (engine.errors): raise InvariantViolation if an operation answered
+    with a definite failure was applied anywhere.
+
+    `failed_ops`: the operations whose caller got engine.Rejected or a subclass, by an id
+    unique per operation (the command itself when commands are unique; the KV workloads'
+    unique values), optionally mapped to the error text. `applied_ops`: ids of operations
+    some node's state machine applied (or whose effect a read observed). Either may be
+    checked incrementally: one new failure against everything applied so far, or one new
+    apply against every failure so far (the lookup is in `failed_ops`)."""
+    offenders = [op for op in applied_ops if op in failed_ops]
+    if not offenders:
+        return
+    reasons = failed_ops if isinstance(failed_ops, Mapping) else {}
+    shown = "; ".join(f"{op!r}: {reasons.get(op, 'Rejected')}" for op in offenders[:5])
+    raise InvariantViolation(
+        f"{len(offenders)} operation(s) answered with a definite failure were applied: "
+        f"{shown}")

@@ -25,7 +25,12 @@ The model (shared by every protocol)
            write it, compact the WAL and the core to snapshot_trailing entries below it). One
            Ready at a time per node, while the core keeps receiving messages and ticks.
   clients  proposals go to whichever node leads; reads (ReadIndex) to any node, each checked
-           against everything committed anywhere when it began.
+           against everything committed anywhere when it began. Every proposal is answered
+           as engine.Node answers it: its result when the entry at its (index, term) is
+           applied, Superseded when another entry is applied there, and through
+           engine.errors.unfinished when its node crashes (Stopped), is removed from the
+           configuration (MembershipError) or refuses it (Overloaded); OutcomeUnknown when a
+           snapshot install covers it. Commands are unique, so a command is its operation.
   nemesis  partitions (isolate one node, the leader, a random split, one-way cuts), crashes and
            restarts; for Raft also leadership transfers and membership changes (see below).
 
@@ -37,7 +42,10 @@ voters for life). Paxos extras: flexible quorums (phase1_quorum, phase2_quorum).
 Checkers (run after every event): engine/testing/invariants.py (Raft), engine/testing/
 paxos_invariants.py (Paxos), plus the driver-level rules here: a durable term / promised
 ballot never goes back, no compaction forgets a stored entry above its marker (except a Raft
-install replacing a conflicting log), a snapshot is installed only beyond the applied index.
+install replacing a conflicting log), a snapshot is installed only beyond the applied index,
+and honest outcomes: no operation answered with a definite failure (engine.Rejected and its
+subclasses) is ever applied by any node (invariants.check_definite_failures_not_applied, at
+every answer and every apply; `definite_failures` and `applied_ops` hold what it compares).
 
 Scenario DSL:
     sim = Simulation(n=3, seed=7)                 # or Simulation(3, 7, protocol="paxos")
@@ -72,8 +80,14 @@ from engine.errors import (
     InvariantViolation,
     MembershipError,
     NotLeader,
+    OutcomeUnknown,
     Overloaded,
+    Rejected,
+    Stopped,
+    Superseded,
+    unfinished,
 )
+from engine.messages import EntryKind
 from engine.raft.membership import (
     ConfChangeOp,
     ConfChangeType,
@@ -82,7 +96,7 @@ from engine.raft.membership import (
     promote,
     remove,
 )
-from engine.testing.invariants import ClusterChecker
+from engine.testing.invariants import ClusterChecker, check_definite_failures_not_applied
 from engine.testing.sim_disk import SimDisk
 from engine.testing.sim_paxos import PaxosProtocol
 from engine.testing.sim_raft import RaftProtocol, decode_applied, encode_applied
@@ -92,6 +106,7 @@ _TICK, _DELIVER, _PERSIST, _CLIENT, _NEMESIS = range(5)
 _CRASH, _RESTART = 4, 5  # trace codes
 _PACK = struct.Struct("<qBqqqqq").pack
 _LEADER = "leader"  # both cores' Role.LEADER (a StrEnum) compare equal to it
+_NORMAL = int(EntryKind.NORMAL)
 
 ProtocolName = Literal["raft", "paxos"]
 
@@ -137,6 +152,7 @@ class SimProtocol(Protocol):
     def observe(self, sim: Simulation, node: SimNode, core: Any) -> None: ...
     def possible_members(self, sim: Simulation) -> set[int]: ...
     def settled(self, sim: Simulation, index: int) -> bool: ...
+    def removed(self, sim: Simulation, node: SimNode, core: Any) -> bool: ...
     def is_committed(self, proposal: Proposal) -> bool: ...
     def is_lost(self, proposal: Proposal) -> bool: ...
     def final_checks(self, sim: Simulation) -> None: ...
@@ -216,6 +232,9 @@ class SimNode:
     # (a node id is never reused across witness and full roles).
     joined: bool = True
     witness: bool = False
+    # Proposals this incarnation's core accepted, not answered yet (engine.Node's
+    # _proposals): index -> (term, command).
+    pending: dict[int, tuple[int, bytes]] = field(default_factory=dict)
 
     @property
     def up(self) -> bool:
@@ -256,6 +275,7 @@ _STATS = (
     "snapshot_chunks_sent", "snapshot_retransmits", "transfers_started", "transfers_completed",
     "transfers_refused", "conf_changes", "conf_changes_refused", "conf_changes_committed",
     "learners_promoted", "voters_removed", "witness_changes", "leader_removals",
+    "answered_ok", "answered_definite_failure", "answered_unknown",
 )
 
 
@@ -328,6 +348,10 @@ class Simulation:
         # A transfer in progress: (old leader, target, term); completed when target leads.
         self._transfers: list[tuple[int, int, int]] = []
         self.snapshot_counters: dict[int, dict[str, int]] = {}
+        # Honest outcomes: command -> the definite failure it was answered with; every
+        # command some node's state machine applied.
+        self.definite_failures: dict[bytes, str] = {}
+        self.applied_ops: set[bytes] = set()
         for node_id in self.initial_voters:
             self._start(self.nodes[node_id])
         if self.faults.nemesis_interval_ms and self._nemesis_active():
@@ -376,6 +400,8 @@ class Simulation:
         if node.core is None:
             return
         self._harvest_counters(node.core)
+        self._answer_pending(node, node.pending, unfinished(Stopped("node crashed"),
+                                                             may_apply=True))
         node.core = None
         node.persisting = None
         node.incarnation += 1
@@ -497,6 +523,10 @@ class Simulation:
 
     def core(self, node_id: int) -> Any:
         return self._core(node_id)
+
+    def check_outcomes(self) -> None:
+        """No operation answered with a definite failure was applied by any node."""
+        check_definite_failures_not_applied(self.definite_failures, self.applied_ops)
 
     def is_committed(self, index: int, term: int) -> bool:
         """Raft: the entry at index committed with term."""
@@ -636,11 +666,60 @@ class Simulation:
 
     def _propose(self, node_id: int, commands: list[bytes]) -> tuple[int, int, int]:
         core = self._core(node_id)
-        first, last, term = core.propose(commands)
+        try:
+            first, last, term = core.propose(commands)
+        except Overloaded as exc:   # back-pressure: nothing was appended
+            for command in commands:
+                self._answer(command, unfinished(exc, may_apply=False))
+            raise
         self.protocol.on_proposed(self, first, term, commands)
         self.stats["proposals"] += len(commands)
-        self._after_input(self.nodes[node_id])
+        node = self.nodes[node_id]
+        node.pending.update(zip(range(first, last + 1), [(term, c) for c in commands],
+                                strict=True))
+        self._after_input(node)
         return first, last, term
+
+    # ------------------------------------------------------------------ outcomes
+
+    def _answer(self, command: bytes, error: EngineError | None) -> None:
+        """A proposal's caller gets its answer: a result (None) or `error`."""
+        if error is None:
+            self.stats["answered_ok"] += 1
+        elif isinstance(error, Rejected):
+            self.stats["answered_definite_failure"] += 1
+            self.definite_failures[command] = f"{type(error).__name__}: {error}"
+            if command in self.applied_ops:
+                check_definite_failures_not_applied(self.definite_failures, (command,))
+        else:
+            self.stats["answered_unknown"] += 1
+
+    def _answer_pending(self, node: SimNode, indexes: Iterable[int],
+                        error: EngineError) -> None:
+        """Answer node's pending proposals at `indexes` with `error` (engine.Node's
+        _fail_everything and friends)."""
+        for index in list(indexes):
+            _, command = node.pending.pop(index)
+            self._answer(command, error)
+
+    def _on_applied(self, node: SimNode, entry: Any) -> None:
+        """After node's state machine applied entry: the operation is applied, and the
+        proposal waiting at its index is answered (engine.Node._apply)."""
+        if entry.kind == _NORMAL and entry.data:
+            command = bytes(entry.data)
+            if command in self.definite_failures:
+                check_definite_failures_not_applied(self.definite_failures, (command,))
+            self.applied_ops.add(command)
+        pending = node.pending.pop(entry.index, None)
+        if pending is None:
+            return
+        term, command = pending
+        if term == entry.term:
+            self._answer(command, None)
+        else:   # another entry committed at its index: it never commits (Raft §5.3, §5.4.3)
+            self._answer(command, unfinished(
+                Superseded(f"entry {entry.index} was replaced (term {entry.term})"),
+                may_apply=False))
 
     def _unsynced_crash(self, node: SimNode, *, snapshot_file: bool = False) -> bool:
         """At a durability point: crash now with probability faults.unsynced_crash.
@@ -697,6 +776,11 @@ class Simulation:
             self._send(message)
         for entry in ready.committed_entries:
             self.protocol.apply(self, node, entry)
+            self._on_applied(node, entry)
+        if node.pending and self.protocol.removed(self, node, core):
+            # engine.Node goes quiet once the batch removing it is applied.
+            self._answer_pending(node, node.pending, unfinished(
+                MembershipError(f"node {node.node_id} was removed"), may_apply=True))
         for read in ready.read_states:
             if read.index:
                 floor = self._read_floors.get(read.context, 0)
@@ -723,6 +807,9 @@ class Simulation:
             return False
         self._compact_disk(node, snapshot.index, snapshot.term,
                            install=self.protocol.install_may_discard_log)
+        # engine.Node: a proposal the snapshot covers has an unknown outcome here.
+        self._answer_pending(node, [i for i in node.pending if i <= snapshot.index],
+                             OutcomeUnknown(f"covered by a snapshot at {snapshot.index}"))
         node.applied = self.protocol.restore(self, node, snapshot)
         node.applied_index = node.snapshot_index = snapshot.index
         self.stats["snapshots_installed"] += 1
@@ -1135,7 +1222,6 @@ def _liveness_phase(sim: Simulation, budget_ms: int, max_events: int = LIVENESS_
         if node_id in members:
             sim.restart(node_id)
     deadline = sim.now + budget_ms
-    marker = b"liveness-%d" % sim.seed
     protocol = sim.protocol
     proposals: list[Proposal] = []
     proposed_at = 0
@@ -1152,6 +1238,7 @@ def _liveness_phase(sim: Simulation, budget_ms: int, max_events: int = LIVENESS_
                           deadline - sim.now)
             if sim.settled(index):
                 protocol.final_checks(sim)
+                sim.check_outcomes()
                 return
             break
         leader = sim.leader()
@@ -1161,6 +1248,8 @@ def _liveness_phase(sim: Simulation, budget_ms: int, max_events: int = LIVENESS_
             or protocol.is_lost(proposals[-1])
             or sim.now - proposed_at >= MARKER_RETRY_MS
         ):
+            # A new marker per attempt: each is its own operation (unique commands).
+            marker = b"liveness-%d-%d" % (sim.seed, len(proposals))
             try:
                 proposals.append(Proposal(*sim.propose(marker, leader), marker))
                 proposed_at = sim.now

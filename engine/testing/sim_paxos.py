@@ -138,6 +138,10 @@ class PaxosProtocol:
     def settled(self, sim: Simulation, index: int) -> bool:
         return all(sim.nodes[i].applied_index >= index for i in sim.initial_voters)
 
+    def removed(self, sim: Simulation, node: SimNode, core: Any) -> bool:
+        """No membership changes in Multi-Paxos here: nobody is ever removed."""
+        return False
+
     def _marker(self, proposal: Proposal) -> tuple[int, bytes]:
         return (EntryKind.NORMAL,
                 proposal.term.to_bytes(IDENTITY_BYTES, "little") + proposal.command)

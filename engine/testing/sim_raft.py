@@ -228,6 +228,12 @@ class RaftProtocol:
             return False
         return all(sim.nodes[i].applied_index >= index for i in membership.members)
 
+    def removed(self, sim: Simulation, node: SimNode, core: Any) -> bool:
+        """engine.Node goes quiet once it applied a configuration without it, unless it
+        leads (a leader leaving manages the change until C_new commits, thesis §4.2.2)."""
+        return core.role != Role.LEADER and node.node_id not in core.configuration_at(
+            node.applied_index).members
+
     def is_committed(self, proposal: Proposal) -> bool:
         terms = self.checker.committed_terms
         return proposal.first < len(terms) and terms[proposal.first] == proposal.term

@@ -15,7 +15,7 @@ import pytest
 import engine
 from engine._core import codec
 from engine.kv import commands
-from engine.messages import ClientOp, ClientStatus, Message, MessageType
+from engine.messages import AdminOp, ClientOp, ClientStatus, Message, MessageType
 
 KEY = os.urandom(32)
 NODE_ID = 1
@@ -154,3 +154,38 @@ async def test_an_expired_session_after_a_lost_attempt_is_an_unknown_outcome() -
     sessions = sessions_of(node)
     assert sessions[1] == sessions[2] == (sessions[0][0], 2)       # the same copy, retried
     assert sessions[3][0] != sessions[0][0] and sessions[3][1] == 1  # a new session after
+
+
+async def test_a_write_the_state_machine_refused_is_not_reported_as_rejected() -> None:
+    # The answer comes from applying the command (it entered the log), so it is the state
+    # machine's error, not a Rejected ("never entered a log").
+    stale = (ClientStatus.OK, commands.encode_result(commands.Status.STALE_REQUEST,
+                                                     message="stale request"))
+    async with ScriptedNode([stale]) as node:
+        async with client_for(node) as client:
+            with pytest.raises(engine.StateMachineError, match="stale") as raised:
+                await client.put(b"k", b"v")
+    assert not isinstance(raised.value, engine.Rejected)
+
+
+async def test_an_admin_answer_of_unknown_outcome_is_a_timeout_not_rejected() -> None:
+    # A node answers UNKNOWN when it cannot tell (a leadership transfer not done in time may
+    # still complete): the client must not turn that into a definite failure.
+    async with ScriptedNode([(ClientStatus.UNKNOWN, b"transfer not complete in time")]) as node:
+        async with client_for(node) as client:
+            with pytest.raises(engine.Timeout, match="not complete") as raised:
+                await client.admin(node.address, AdminOp.TRANSFER_LEADER, {"to": 2})
+    assert not isinstance(raised.value, engine.Rejected)
+
+
+async def test_a_membership_refusal_after_an_unanswered_attempt_is_a_timeout() -> None:
+    # The first removal may have committed; the second copy is refused because node 3 is no
+    # longer a member. That refusal is about the copy only: the outcome is unknown.
+    refused = (ClientStatus.REJECTED,
+               b'{"error": "MembershipError", "message": "node 3 is not a member"}')
+    async with ScriptedNode([None, refused]) as node:
+        async with client_for(node) as client:
+            with pytest.raises(engine.Timeout, match="not a member") as raised:
+                await client.remove_member(3, timeout=30.0)
+    assert not isinstance(raised.value, engine.Rejected)
+    assert len(node.requests) == 2

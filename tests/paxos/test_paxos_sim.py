@@ -94,7 +94,10 @@ def test_swarm_covers_leader_changes_reproposals_noop_fills_and_catch_up() -> No
                  "restarts_from_snapshot",
                  # the shared model: one-way cuts and partitions, crashes at durability
                  # points, log truncation on disk, linearizable reads
-                 "partitions", "unsynced_crashes", "disk_truncations", "reads_served"):
+                 "partitions", "unsynced_crashes", "disk_truncations", "reads_served",
+                 # honest outcomes: proposals answered with a definite failure (superseded)
+                 # and with an unknown outcome (crashed, covered by a snapshot), all checked
+                 "answered_definite_failure", "answered_unknown"):
         assert totals.get(name, 0) > 0, f"the swarm never exercised {name}: {totals}"
 
 

@@ -74,6 +74,12 @@ def test_swarm(seeds: list[int]) -> None:
         "snapshot_file_crashes": sum(
             1 for r in results if r.fault_stats["snapshot_file_crashes"] >= 1
         ),
+        # Honest outcomes (checked on every seed, engine.testing.sim): proposals answered
+        # with a definite failure (refused, superseded) and with an unknown outcome.
+        "answered_definite_failure": sum(
+            1 for r in results if r.fault_stats["answered_definite_failure"] >= 1
+        ),
+        "answered_unknown": sum(1 for r in results if r.fault_stats["answered_unknown"] >= 1),
     }
     print(
         f"\nswarm: {len(results)} seeds in {elapsed:.1f} s ({len(results) / elapsed:.1f} seeds/s), "
@@ -84,7 +90,8 @@ def test_swarm(seeds: list[int]) -> None:
         # Coverage in the Antithesis "sometimes" sense: the interesting states must be reached
         # in a meaningful share of seeds, or the swarm is not testing what it claims.
         for name in ("leader_changes", "crashes", "disk_truncations", "partitions", "reads_served",
-                     "snapshots_taken", "lease_reads", "transfers_completed", "unsynced_crashes"):
+                     "snapshots_taken", "lease_reads", "transfers_completed", "unsynced_crashes",
+                     "answered_definite_failure", "answered_unknown"):
             assert coverage[name] >= len(results) // 20, (name, coverage)
         # Issue 6: snapshot installs (chunked transfer under faults) in >= 1 % of seeds; issue
         # 5: crashes between a snapshot file and the WAL's compaction marker likewise.
