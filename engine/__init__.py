@@ -1,4 +1,4 @@
-"""engine: a consensus engine for Python (Raft, Multi-Paxos, 2PC over UDP, Cython core).
+"""engine: a consensus engine for Python (Raft, Multi-Paxos over UDP, Cython core).
 
     import engine
     node = engine.Node(engine.NodeConfig(...), state_machine=engine.KVStore())
@@ -10,6 +10,7 @@ The runtime classes (Node, LocalCluster, Client, KVStore) are imported on first 
 from __future__ import annotations
 
 import importlib
+from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
 from engine._core import IMPLEMENTATION
@@ -40,7 +41,10 @@ if TYPE_CHECKING:
     from engine.aio.register import WriteOnceRegister
     from engine.kv import KVStore
 
-__version__ = "0.1.0"
+try:
+    __version__ = version("engine")   # the one version: pyproject.toml's, as installed
+except PackageNotFoundError:   # a source tree that was never installed
+    __version__ = "0+unknown"
 
 _LAZY = {
     "Node": "engine.aio.node",
