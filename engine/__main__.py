@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import json
 import logging
 import secrets
@@ -298,14 +299,20 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from engine.benchmark import run_bench
 
-    try:
-        return run_bench(args)
-    except ImportError as exc:   # rich (progress on a terminal), matplotlib (--sweep plots)
-        raise _bench_extra_missing(exc) from None
+    # What this run will import later, checked before a cluster starts: rich draws the
+    # progress bar on a terminal, matplotlib the --sweep plots.
+    needed = (["rich"] if sys.stderr.isatty() else []) + (["matplotlib"] if args.sweep else [])
+    for module in needed:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise _bench_extra_missing(exc) from None
+    return run_bench(args)
 
 
 def _bench_extra_missing(exc: ImportError) -> ConfigError:
-    return ConfigError(f"bench needs its extra (no module {exc.name!r}): "
+    module = (exc.name or "?").split(".")[0]
+    return ConfigError(f"bench needs its extra (no module {module!r}): "
                        "pip install 'engine[bench]'")
 
 
@@ -450,19 +457,11 @@ def add_bench_parser(sub: Any) -> argparse.ArgumentParser:
                                          "(needs the bench extra)")
     try:
         from engine.benchmark import add_bench_arguments
-    except ImportError as exc:
-        # Without the extra the arguments are unknown: take any, and say what is missing.
-        missing = _bench_extra_missing(exc)
-        bench.add_argument("bench_args", nargs=argparse.REMAINDER)
-        bench.set_defaults(func=lambda args: _raise(missing))
-        return bench
+    except ImportError:
+        return bench   # without the extra: main() says what is missing
     add_bench_arguments(bench)
     bench.set_defaults(func=cmd_bench)
     return bench
-
-
-def _raise(error: Exception) -> int:
-    raise error
 
 
 # Each adds one subcommand (and its handler, as `func`): a new command is one function here.
@@ -491,6 +490,12 @@ def main(argv: list[str] | None = None) -> int:
         from engine.testing.linearizability import main as check_main
 
         return check_main(argv[1:])
+    if argv[:1] == ["bench"]:
+        try:
+            import engine.benchmark  # noqa: F401  (hdrh, numpy)
+        except ImportError as exc:
+            print(f"error: {_bench_extra_missing(exc)}", file=sys.stderr)
+            return exitcodes.USAGE
     parser = build_parser()
     args = parser.parse_args(argv)   # usage errors: argparse exits 2 (exitcodes.USAGE)
     logging.basicConfig(

@@ -53,5 +53,6 @@ def for_error(exc: BaseException) -> int:
     if isinstance(exc, errors.NotLeader):
         return NO_LEADER
     if isinstance(exc, OSError):
-        return STORAGE if exc.errno in _DISK_ERRNOS else USAGE   # a file named on the command line could not be read or written
+        # A full or failed disk, else a file named on the command line that cannot be used.
+        return STORAGE if exc.errno in _DISK_ERRNOS else USAGE
     return INTERNAL

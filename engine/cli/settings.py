@@ -42,7 +42,8 @@ def add_setting(parser: argparse.ArgumentParser, flag: str, *, type: Callable[[s
 
 def add_config_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="FILE", default=None,
-                        help=f"TOML file of settings (keys named like the flags) [env {CONFIG_ENV}]")
+                        help=f"TOML file of settings, keys named like the flags "
+                             f"[env {CONFIG_ENV}]")
 
 
 def env_name(dest: str) -> str:
