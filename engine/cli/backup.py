@@ -53,7 +53,10 @@ def save(data_dir: str, path: str) -> dict[str, Any]:
         copy = os.path.join(scratch, "data")
         shutil.copytree(data_dir, copy)
         wal = WriteAheadLog(copy, fsync=False, preallocate=False)
-        recovered = wal.open()
+        try:
+            recovered = wal.open()
+        except StorageError as exc:   # name the data dir, not the scratch copy
+            raise StorageError(str(exc).replace(copy, data_dir)) from None
         wal.close()
     store = KVStore()
     index = term = 0

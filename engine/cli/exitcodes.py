@@ -9,7 +9,8 @@ A script or supervisor can branch on them; `status` uses them as a health check.
                      path that is a file
     3   TIMEOUT      no definite answer in time (a write may still apply; a read changed
                      nothing)
-    4   UNREACHABLE  `status`: a member did not answer (all of them, for client commands)
+    4   UNREACHABLE  `status`: a member did not answer (a client command that reaches no
+                     member cannot tell that from a slow cluster: TIMEOUT)
     5   NO_LEADER    `status`: the members that answered know no leader
     6   LAGGING      `status`: a member's applied index trails the leader's commit index by
                      more than --max-lag entries

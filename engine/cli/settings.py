@@ -7,6 +7,7 @@
    (`members = "1=10.0.0.1:7001,2=..."` or a `[members]` table `1 = "10.0.0.1:7001"`,
    `cluster-key-file = "cluster.key"`, `node-id = 1`, ...).
 
+Paths are used as given (relative ones from the working directory), wherever they came from.
 A flag registered with `add_setting` defaults to None so that `resolve` can tell "not given"
 from a value; `require` then names all three places in its error.
 """

@@ -11,7 +11,7 @@ import signal
 import textwrap
 from pathlib import Path
 
-from cli_support import Nodes, get_all, put_all, run, until_ok
+from cli_support import Nodes, get_all, one_line_error, put_all, run, until_ok
 
 from engine.aio.local_cluster import free_udp_ports
 from engine.cli import exitcodes
@@ -128,3 +128,13 @@ def test_a_node_restored_alone_serves_the_backup(key_file: Path, tmp_path: Path,
     nodes.start("--node-id", "1", *common, "--data-dir", str(tmp_path / "dst"))
     got = until_ok("kv", *common, "get", "only")
     assert json.loads(got.stdout) == "value", got.stderr
+
+
+def test_snapshot_errors_are_one_line_and_name_the_path(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-dir"
+    line = one_line_error(run("snapshot", "save", str(tmp_path / "b.snap"), "--data-dir",
+                              str(missing)), exitcodes.USAGE)
+    assert str(missing) in line
+    line = one_line_error(run("snapshot", "restore", str(tmp_path / "absent.snap"),
+                              "--data-dir", str(tmp_path / "d")), exitcodes.USAGE)
+    assert "absent.snap" in line
