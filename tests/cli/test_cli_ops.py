@@ -8,6 +8,7 @@ import os
 import socket
 from pathlib import Path
 
+import pytest
 from cli_support import Nodes, one_line_error, run, until_ok
 
 from engine.__main__ import _health
@@ -135,13 +136,20 @@ def test_version_is_the_installed_package_version() -> None:
     assert result.stdout.strip() == f"engine {version('engine')}" == f"engine {engine.__version__}"
 
 
-def test_bench_without_its_extra_is_a_one_line_error(tmp_path: Path) -> None:
-    # A directory first on sys.path whose `hdrh` cannot be imported: the bench extra missing.
+@pytest.mark.parametrize(("module", "args"), [
+    ("hdrh", ["--duration", "1"]),
+    # matplotlib draws --sweep plots at the end of a run: missing, the run must not start.
+    ("matplotlib", ["--duration", "1", "--sweep", "concurrency=1,2"]),
+])
+def test_bench_without_its_extra_is_a_one_line_error(module: str, args: list[str],
+                                                     tmp_path: Path) -> None:
+    # A directory first on sys.path whose module cannot be imported: the bench extra missing.
     blocker = tmp_path / "blocked"
-    (blocker / "hdrh").mkdir(parents=True)
-    (blocker / "hdrh" / "__init__.py").write_text("raise ModuleNotFoundError(name='hdrh')\n")
+    (blocker / module).mkdir(parents=True)
+    (blocker / module / "__init__.py").write_text(
+        f"raise ModuleNotFoundError(name={module!r})\n")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [str(blocker), os.environ.get("PYTHONPATH", "")]))
-    line = one_line_error(run("bench", "--duration", "1", env=env), exitcodes.USAGE)
-    assert "'hdrh'" in line and "engine[bench]" in line
+    line = one_line_error(run("bench", *args, env=env, timeout=30), exitcodes.USAGE)
+    assert f"'{module}'" in line and "engine[bench]" in line
     assert run("--help", env=env).returncode == 0   # the other commands do not need it
