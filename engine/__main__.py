@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import importlib
 import json
 import logging
@@ -457,11 +458,16 @@ def add_bench_parser(sub: Any) -> argparse.ArgumentParser:
                                          "(needs the bench extra)")
     try:
         from engine.benchmark import add_bench_arguments
-    except ImportError:
-        return bench   # without the extra: main() says what is missing
+    except ImportError as exc:   # without the extra: say what is missing when it is run
+        bench.set_defaults(func=functools.partial(_fail, _bench_extra_missing(exc)))
+        return bench
     add_bench_arguments(bench)
     bench.set_defaults(func=cmd_bench)
     return bench
+
+
+def _fail(error: Exception, args: argparse.Namespace) -> int:
+    raise error
 
 
 # Each adds one subcommand (and its handler, as `func`): a new command is one function here.
