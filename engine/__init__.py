@@ -1,4 +1,4 @@
-"""engine: a consensus engine for Python (Raft, Multi-Paxos, 2PC over UDP, Cython core).
+"""engine: a consensus engine for Python (Raft, Multi-Paxos over UDP, Cython core).
 
     import engine
     node = engine.Node(engine.NodeConfig(...), state_machine=engine.KVStore())
@@ -11,6 +11,7 @@ errors. `engine.StateMachine` is the protocol a replicated state machine impleme
 from __future__ import annotations
 
 import importlib
+from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
 from engine._core import IMPLEMENTATION
@@ -45,7 +46,10 @@ if TYPE_CHECKING:
     from engine.aio.sync_client import SyncClient
     from engine.kv import KVStore, WriteResult
 
-__version__ = "0.1.0"
+try:
+    __version__ = version("engine")   # the one version: pyproject.toml's, as installed
+except PackageNotFoundError:   # a source tree that was never installed
+    __version__ = "0+unknown"
 
 _LAZY = {
     "Node": "engine.aio.node",

@@ -1,22 +1,36 @@
-"""Command line: `python -m engine serve|status|kv|transfer|members|check|bench|keygen ...`
-(`--help` on each).
+"""Command line: `engine serve|status|kv|transfer|members|snapshot|check|bench|keygen ...`
+(also `python -m engine ...`; `--help` on each).
 
-Bad arguments and bad files get a one-line error and exit status 2, never a traceback.
+Settings come from flags, then ENGINE_* environment variables, then a TOML file (--config);
+see engine/cli/settings.py. Exit codes are listed in engine/cli/exitcodes.py. Bad arguments
+and bad files get a one-line error and exit status 2, never a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
+import importlib
 import json
 import logging
 import secrets
+import socket
 import sys
+import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from engine.errors import ConfigError, EngineError
-from engine.types import NodeConfig, parse_address
+import engine
+from engine.cli import exitcodes, output
+from engine.cli.settings import add_config_flag, add_setting, require, resolve
+from engine.errors import ConfigError, EngineError, Timeout
+from engine.types import NodeConfig, TimingConfig, parse_address
+
+# `status` calls a member lagging when its applied index trails the leader's commit index by
+# more than this many entries (--max-lag).
+DEFAULT_MAX_LAG = 1000
 
 
 def parse_members(text: str) -> dict[int, str]:
@@ -36,6 +50,23 @@ def parse_members(text: str) -> dict[int, str]:
     return members
 
 
+def check_resolves(address: str) -> None:
+    """A one-line error naming the host, instead of a bare "Name or service not known"."""
+    host, port = parse_address(address)
+    try:
+        socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+    except socket.gaierror as exc:
+        raise ConfigError(f"host {host!r} (in {address}) does not resolve: {exc.strerror}"
+                          ) from None
+
+
+def cluster_members(args: argparse.Namespace) -> dict[int, str]:
+    members = parse_members(require(args, "members"))
+    for address in members.values():
+        check_resolves(address)
+    return members
+
+
 def read_cluster_key(path: str) -> bytes:
     """A key file holds the key as hex (what `keygen` writes) or as 16-64 raw bytes."""
     try:
@@ -52,19 +83,51 @@ def read_cluster_key(path: str) -> bytes:
     return key
 
 
+def cluster_key(args: argparse.Namespace) -> bytes:
+    return read_cluster_key(require(args, "cluster_key_file"))
+
+
+def _timing(args: argparse.Namespace) -> TimingConfig:
+    default = TimingConfig()
+    return TimingConfig(
+        tick_ms=args.tick_ms or default.tick_ms,
+        heartbeat_interval_ticks=args.heartbeat_ticks or default.heartbeat_interval_ticks,
+        election_timeout_ticks=args.election_timeout_ticks or default.election_timeout_ticks,
+    )
+
+
 def _node_config(args: argparse.Namespace) -> NodeConfig:
+    from engine.cli.backup import check_data_dir
+
+    members = cluster_members(args)
+    if args.listen is not None:
+        check_resolves(args.listen)
+    if args.data_dir is not None:
+        check_data_dir(args.data_dir)
+    tuning: dict[str, Any] = {
+        name: getattr(args, name)
+        for name in ("snapshot_entries", "snapshot_bytes") if getattr(args, name) is not None
+    }
+    if args.request_timeout is not None:
+        tuning["request_timeout_s"] = args.request_timeout
     return NodeConfig(
-        node_id=args.node_id,
-        members=parse_members(args.members),
-        protocol=args.protocol,
+        node_id=require(args, "node_id"),
+        members=members,
+        protocol=args.protocol or "raft",
         data_dir=args.data_dir,
-        cluster_key=read_cluster_key(args.cluster_key_file),
+        cluster_key=cluster_key(args),
+        timing=_timing(args),
         fsync=not args.no_fsync,
         allow_fault_injection=args.allow_fault_injection,
         join=args.join or args.witness,
         witness=args.witness,
         metrics_addr=args.metrics_addr,
+        listen=args.listen,
+        **tuning,
     )
+
+
+# ---------------------------------------------------------------------------- commands
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -77,15 +140,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
         loop.run_until_complete(serve(config, campaign=args.campaign))
     finally:
         loop.close()
-    return 0
+    return exitcodes.OK
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    """Each member's status; the exit code is the cluster's health (engine/cli/exitcodes.py)."""
     from engine.aio.oneshot import exchange
     from engine.messages import ClientOp, Message, MessageType
 
-    members = parse_members(args.members)
-    key = read_cluster_key(args.cluster_key_file)
+    members = cluster_members(args)
+    key = cluster_key(args)
 
     async def one(address: str) -> dict[str, Any]:
         request = Message(MessageType.CLIENT_REQUEST, seq=1, status=ClientOp.STATUS)
@@ -99,56 +163,94 @@ def cmd_status(args: argparse.Namespace) -> int:
         results = await asyncio.gather(*(one(address) for address in members.values()))
         return {str(node_id): result for node_id, result in zip(members, results, strict=True)}
 
-    print(json.dumps(asyncio.run(run()), indent=2, sort_keys=True))
-    return 0
+    statuses = asyncio.run(run())
+    max_lag = DEFAULT_MAX_LAG if args.max_lag is None else args.max_lag
+    health, lagging = _health(statuses, max_lag)
+    rows = [(node_id, s.get("address"), s.get("role"), s.get("term"), s.get("leader_id"),
+             s.get("commit_index"), s.get("applied_index"),
+             "lagging" if node_id in lagging else s.get("error", "ok"))
+            for node_id, s in statuses.items()]
+    output.emit(statuses, args.output, ("id", "address", "role", "term", "leader", "commit",
+                                        "applied", "health"), rows)
+    return health
+
+
+def _health(statuses: dict[str, dict[str, Any]], max_lag: int) -> tuple[int, set[str]]:
+    """The exit code of `status` and the members found lagging."""
+    answered = {node_id: s for node_id, s in statuses.items() if "error" not in s}
+    if not answered:
+        return exitcodes.UNREACHABLE, set()
+    leaders = [s for s in answered.values() if s.get("role") == "leader"]
+    if not leaders:
+        return exitcodes.NO_LEADER, set()
+    commit = max(int(s.get("commit_index", 0)) for s in leaders)
+    lagging = {node_id for node_id, s in answered.items()
+               if commit - int(s.get("applied_index", 0)) > max_lag}
+    if len(answered) < len(statuses):
+        return exitcodes.UNREACHABLE, lagging
+    return (exitcodes.LAGGING if lagging else exitcodes.OK), lagging
 
 
 def cmd_kv(args: argparse.Namespace) -> int:
     from engine.aio.client import Client
 
-    members = parse_members(args.members)
-    key = read_cluster_key(args.cluster_key_file)
+    members = cluster_members(args)
+    key = cluster_key(args)
+    timeout = 10.0 if args.timeout is None else args.timeout
+    name = output.decode_arg(args.key, hex_input=args.hex, what="key")
+    value = b""
+    if args.op in ("put", "cas"):
+        value = output.read_value(args.value, args.file, hex_input=args.hex)
+    expected: bytes | None = None
+    if args.op == "cas" and args.expected != "-":
+        expected = output.decode_arg(args.expected, hex_input=args.hex, what="expected value")
 
     async def run() -> Any:
-        async with Client(list(members.values()), cluster_key=key, timeout=args.timeout) as c:
+        async with Client(list(members.values()), cluster_key=key, timeout=timeout) as c:
             if args.op == "put":
-                await c.put(args.key.encode(), args.value.encode())
+                await c.put(name, value)
                 return "ok"
             if args.op == "get":
-                value = await c.get(args.key.encode())
-                return None if value is None else value.decode(errors="replace")
+                try:
+                    found = await c.get(name)
+                except Timeout:
+                    raise Timeout(f"get {args.key}: no answer within {timeout:.3g} s "
+                                  "(a read changes nothing; try again)") from None
+                return output.show_value(found, hex_output=args.hex, key=name)
             if args.op == "delete":
-                return (await c.delete(args.key.encode())).existed
-            expected = None if args.expected == "-" else args.expected.encode()
-            return await c.cas(args.key.encode(), expected, args.value.encode())
+                return (await c.delete(name)).existed
+            return await c.cas(name, expected, value)
 
-    print(json.dumps(asyncio.run(run())))
-    return 0
+    result = asyncio.run(run())
+    output.emit(result, args.output)
+    return exitcodes.OK
 
 
 def cmd_transfer(args: argparse.Namespace) -> int:
     from engine.aio.client import Client
 
-    members = parse_members(args.members)
+    members = cluster_members(args)
     if args.to not in members:
         raise ConfigError(f"--to {args.to} is not one of the members {sorted(members)}")
-    key = read_cluster_key(args.cluster_key_file)
+    key = cluster_key(args)
+    timeout = 10.0 if args.timeout is None else args.timeout
 
     async def run() -> None:
         async with Client(list(members.values()), cluster_key=key) as client:
-            await client.transfer_leadership(args.to, timeout=args.timeout)
+            await client.transfer_leadership(args.to, timeout=timeout)
 
     asyncio.run(run())
-    print(json.dumps({"leader": args.to}))
-    return 0
+    output.emit({"leader": args.to}, args.output)
+    return exitcodes.OK
 
 
 def cmd_members(args: argparse.Namespace) -> int:
     """`members add|remove|promote|list`: membership changes through the leader (Raft)."""
     from engine.aio.client import Client
 
-    members = parse_members(args.members)
-    key = read_cluster_key(args.cluster_key_file)
+    members = cluster_members(args)
+    key = cluster_key(args)
+    timeout = 60.0 if args.timeout is None else args.timeout
     if args.op == "add":
         parse_address(args.address)
 
@@ -156,15 +258,34 @@ def cmd_members(args: argparse.Namespace) -> int:
         async with Client(list(members.values()), cluster_key=key) as client:
             if args.op == "add":
                 return await client.add_member(args.id, args.address, learner=args.learner,
-                                               witness=args.witness, timeout=args.timeout)
+                                               witness=args.witness, timeout=timeout)
             if args.op == "remove":
-                return await client.remove_member(args.id, timeout=args.timeout)
+                return await client.remove_member(args.id, timeout=timeout)
             if args.op == "promote":
-                return await client.promote(args.id, timeout=args.timeout)
+                return await client.promote(args.id, timeout=timeout)
             return await client.members()
 
-    print(json.dumps(asyncio.run(run()), sort_keys=True))
-    return 0
+    view = asyncio.run(run())
+    roles = {**{str(i): "voter" for i in view.get("voters", [])},
+             **{str(i): "learner" for i in view.get("learners", [])},
+             **{str(i): "witness" for i in view.get("witnesses", [])}}
+    rows = [(node_id, role, view.get("addresses", {}).get(node_id))
+            for node_id, role in sorted(roles.items(), key=lambda item: int(item[0]))]
+    output.emit(view, args.output, ("id", "role", "address"), rows)
+    return exitcodes.OK
+
+
+def cmd_snapshot(args: argparse.Namespace) -> int:
+    """`snapshot save FILE --data-dir DIR` / `snapshot restore FILE --data-dir DIR`."""
+    from engine.cli import backup
+
+    data_dir = require(args, "data_dir")
+    if args.op == "save":
+        result = backup.save(data_dir, args.file)
+    else:
+        result = backup.restore(args.file, data_dir)
+    output.emit(result, args.output, tuple(result), [tuple(result.values())])
+    return exitcodes.OK
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
@@ -174,12 +295,20 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     path.write_text(secrets.token_bytes(32).hex() + "\n")
     path.chmod(0o600)
     print(f"wrote a 32-byte cluster key to {path}")
-    return 0
+    return exitcodes.OK
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from engine.benchmark import run_bench
 
+    # What this run will import later, checked before a cluster starts: rich draws the
+    # progress bar on a terminal, matplotlib the --sweep plots.
+    needed = (["rich"] if sys.stderr.isatty() else []) + (["matplotlib"] if args.sweep else [])
+    for module in needed:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise _bench_extra_missing(exc) from None
     return run_bench(args)
 
 
@@ -192,10 +321,10 @@ def cmd_wal(args: argparse.Namespace) -> int:
                            truncate_at_corruption=args.truncate_at_corruption)
 
 
-def _add_wal_parser(sub: Any) -> None:
+def add_wal_parser(sub: Any) -> argparse.ArgumentParser:
     wal = sub.add_parser("wal", help="check or repair a stopped node's WAL (docs/reliability.md)")
     wal_ops = wal.add_subparsers(dest="op", required=True)
-    check = wal_ops.add_parser("check", help="report every segment; exit 1 if corrupt")
+    check = wal_ops.add_parser("check", help="report every segment; exit 7 if corrupt")
     check.add_argument("--records", action="store_true", help="list every record too")
     repair = wal_ops.add_parser("repair", help="cut a torn tail, its bytes moved aside")
     repair.add_argument("--truncate-at-corruption", action="store_true",
@@ -205,28 +334,57 @@ def _add_wal_parser(sub: Any) -> None:
     for op in (check, repair):
         op.add_argument("--data-dir", required=True, help="the node's data directory")
     wal.set_defaults(func=cmd_wal)
+    return wal
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m engine", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
-    parser.add_argument("--log-format", default="text", choices=["text", "json"],
-                        help="one line per log record: text, or a JSON object (engine.logs)")
-    sub = parser.add_subparsers(dest="command", required=True)
+def _bench_extra_missing(exc: ImportError) -> ConfigError:
+    module = (exc.name or "?").split(".")[0]
+    return ConfigError(f"bench needs its extra (no module {module!r}): "
+                       "pip install 'engine[bench]'")
 
-    def cluster_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--members", required=True, help="1=HOST:PORT,2=HOST:PORT,...")
-        p.add_argument("--cluster-key-file", required=True, help="file written by keygen")
 
+# ---------------------------------------------------------------------------- parser
+
+
+def _cluster_args(p: argparse.ArgumentParser, *, with_output: bool = True) -> None:
+    add_config_flag(p)
+    add_setting(p, "--members", help="1=HOST:PORT,2=HOST:PORT,...")
+    add_setting(p, "--cluster-key-file", help="file written by keygen")
+    if with_output:
+        p.add_argument("--output", choices=output.OUTPUTS, default="json",
+                       help="json (default) or a table for people")
+
+
+def _timeout_arg(p: argparse.ArgumentParser, default: float) -> None:
+    add_setting(p, "--timeout", type=float, help=f"seconds (default {default:g})")
+
+
+def add_serve_parser(sub: Any) -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run one node of the KV service until SIGTERM")
-    serve.add_argument("--node-id", type=int, required=True)
-    cluster_args(serve)
-    serve.add_argument("--data-dir", default=None, help="durable WAL here (omit: in memory)")
-    serve.add_argument("--protocol", default="raft", choices=["raft", "paxos"])
+    add_setting(serve, "--node-id", type=int, help="this node's id in --members")
+    _cluster_args(serve, with_output=False)
+    add_setting(serve, "--data-dir", help="durable WAL here (omit: in memory)")
+    add_setting(serve, "--protocol", choices=["raft", "paxos"], help="raft (default) or paxos")
+    add_setting(serve, "--listen", metavar="HOST:PORT",
+                help="bind this address (default: this node's member address, which is "
+                     "what the others send to)")
+    timing = TimingConfig()
+    add_setting(serve, "--tick-ms", type=int, help=f"driver tick (default {timing.tick_ms})")
+    add_setting(serve, "--heartbeat-ticks", type=int,
+                help=f"leader heartbeat interval (default {timing.heartbeat_interval_ticks})")
+    add_setting(serve, "--election-timeout-ticks", type=int,
+                help=f"election timeout, randomised in [T, 2T) (default "
+                     f"{timing.election_timeout_ticks})")
+    add_setting(serve, "--snapshot-entries", type=int,
+                help="snapshot after this many applied entries")
+    add_setting(serve, "--snapshot-bytes", type=int,
+                help="snapshot after this many applied payload bytes")
+    add_setting(serve, "--request-timeout", type=float,
+                help="seconds before a proposal or read fails with Timeout")
     serve.add_argument("--no-fsync", action="store_true", help="WAL without fsync (NOT durable)")
     serve.add_argument("--campaign", action="store_true", help="start an election at once")
-    serve.add_argument("--metrics-addr", default=None, metavar="HOST:PORT",
-                       help="serve Prometheus metrics at http://HOST:PORT/metrics")
+    add_setting(serve, "--metrics-addr", metavar="HOST:PORT",
+                help="serve Prometheus metrics at http://HOST:PORT/metrics")
     serve.add_argument("--allow-fault-injection", action="store_true",
                        help="obey authenticated ADMIN fault-filter messages (tests only)")
     serve.add_argument("--join", action="store_true",
@@ -235,37 +393,51 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--witness", action="store_true",
                        help="join as a witness: stores log metadata only, never leads")
     serve.set_defaults(func=cmd_serve)
+    return serve
 
-    status = sub.add_parser("status", help="print each node's status as JSON")
-    cluster_args(status)
+
+def add_status_parser(sub: Any) -> argparse.ArgumentParser:
+    status = sub.add_parser("status", help="each node's status; the exit code is the health")
+    _cluster_args(status)
+    add_setting(status, "--max-lag", type=int,
+                help=f"entries a member may trail the leader's commit index (default "
+                     f"{DEFAULT_MAX_LAG}) before status exits {exitcodes.LAGGING}")
     status.set_defaults(func=cmd_status)
+    return status
 
+
+def add_kv_parser(sub: Any) -> argparse.ArgumentParser:
     kv = sub.add_parser("kv", help="put/get/delete/cas against a running cluster")
-    cluster_args(kv)
-    kv.add_argument("--timeout", type=float, default=10.0)
+    _cluster_args(kv)
+    _timeout_arg(kv, 10.0)
+    kv.add_argument("--hex", action="store_true",
+                    help="keys and values (in and out) are hex: any bytes")
     kv_ops = kv.add_subparsers(dest="op", required=True)
-    put = kv_ops.add_parser("put")
-    put.add_argument("key")
-    put.add_argument("value")
-    get = kv_ops.add_parser("get")
-    get.add_argument("key")
-    delete = kv_ops.add_parser("delete")
-    delete.add_argument("key")
-    cas = kv_ops.add_parser("cas")
-    cas.add_argument("key")
-    cas.add_argument("expected", help="expected value, or - for absent")
-    cas.add_argument("value")
+    for name in ("put", "get", "delete", "cas"):
+        op = kv_ops.add_parser(name)
+        op.add_argument("key")
+        if name == "cas":
+            op.add_argument("expected", help="expected value, or - for absent")
+        if name in ("put", "cas"):
+            op.add_argument("value", nargs="?", help="the value, or - to read it from stdin")
+            op.add_argument("--file", help="read the value from this file")
     kv.set_defaults(func=cmd_kv)
+    return kv
 
+
+def add_transfer_parser(sub: Any) -> argparse.ArgumentParser:
     transfer = sub.add_parser("transfer", help="hand leadership to another node (Raft)")
-    cluster_args(transfer)
+    _cluster_args(transfer)
     transfer.add_argument("--to", type=int, required=True, help="the node id to lead")
-    transfer.add_argument("--timeout", type=float, default=10.0)
+    _timeout_arg(transfer, 10.0)
     transfer.set_defaults(func=cmd_transfer)
+    return transfer
 
+
+def add_members_parser(sub: Any) -> argparse.ArgumentParser:
     members = sub.add_parser("members", help="list or change the cluster membership (Raft)")
-    cluster_args(members)
-    members.add_argument("--timeout", type=float, default=60.0)
+    _cluster_args(members)
+    _timeout_arg(members, 60.0)
     member_ops = members.add_subparsers(dest="op", required=True)
     add = member_ops.add_parser("add", help="add a node (started with serve --join)")
     add.add_argument("--id", type=int, required=True)
@@ -275,24 +447,76 @@ def build_parser() -> argparse.ArgumentParser:
     for name, text in (("remove", "remove a node"), ("promote", "make a learner a voter")):
         op = member_ops.add_parser(name, help=text)
         op.add_argument("--id", type=int, required=True)
-    member_ops.add_parser("list", help="print the membership as JSON")
+    member_ops.add_parser("list", help="print the membership")
     members.set_defaults(func=cmd_members)
+    return members
 
+
+def add_snapshot_parser(sub: Any) -> argparse.ArgumentParser:
+    snapshot = sub.add_parser("snapshot", help="back up a data dir / restore a backup (Raft)")
+    add_config_flag(snapshot)
+    snapshot.add_argument("--output", choices=output.OUTPUTS, default="json")
+    ops = snapshot.add_subparsers(dest="op", required=True)
+    save = ops.add_parser("save", help="write the committed state of --data-dir to FILE")
+    save.add_argument("file")
+    add_setting(save, "--data-dir", help="a member's data dir (stopped, or the leader's)")
+    restore = ops.add_parser("restore", help="initialise a new, empty --data-dir from FILE")
+    restore.add_argument("file")
+    add_setting(restore, "--data-dir", help="the new node's data dir (must be empty)")
+    snapshot.set_defaults(func=cmd_snapshot)
+    return snapshot
+
+
+def add_keygen_parser(sub: Any) -> argparse.ArgumentParser:
     keygen = sub.add_parser("keygen", help="write a new random cluster key file")
     keygen.add_argument("path")
     keygen.add_argument("--force", action="store_true")
     keygen.set_defaults(func=cmd_keygen)
+    return keygen
 
-    sub.add_parser(  # dispatched in main() to engine.testing.linearizability.main
+
+def add_check_parser(sub: Any) -> argparse.ArgumentParser:
+    # Dispatched in main() to engine.testing.linearizability.main (its own parser).
+    return sub.add_parser(  # type: ignore[no-any-return]
         "check", help="check a Jepsen-style history (JSON lines) for linearizability")
 
-    _add_wal_parser(sub)
 
-    from engine.benchmark import add_bench_arguments
-
-    bench = sub.add_parser("bench", help="throughput and latency of a local cluster")
+def add_bench_parser(sub: Any) -> argparse.ArgumentParser:
+    bench = sub.add_parser("bench", help="throughput and latency of a local cluster "
+                                         "(needs the bench extra)")
+    try:
+        from engine.benchmark import add_bench_arguments
+    except ImportError as exc:   # without the extra: say what is missing when it is run
+        bench.set_defaults(func=functools.partial(_fail, _bench_extra_missing(exc)))
+        return bench
     add_bench_arguments(bench)
     bench.set_defaults(func=cmd_bench)
+    return bench
+
+
+def _fail(error: Exception, args: argparse.Namespace) -> int:
+    raise error
+
+
+# Each adds one subcommand (and its handler, as `func`): a new command is one function here.
+SUBCOMMANDS: tuple[Callable[[Any], argparse.ArgumentParser], ...] = (
+    add_serve_parser, add_status_parser, add_kv_parser, add_transfer_parser,
+    add_members_parser, add_snapshot_parser, add_keygen_parser, add_check_parser,
+    add_wal_parser, add_bench_parser,
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="engine", description=__doc__, epilog=exitcodes.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"engine {engine.__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    parser.add_argument("--log-format", default="text", choices=["text", "json"],
+                        help="one line per log record: text, or a JSON object (engine.logs)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in SUBCOMMANDS:
+        add(sub)
     return parser
 
 
@@ -302,20 +526,30 @@ def main(argv: list[str] | None = None) -> int:
         from engine.testing.linearizability import main as check_main
 
         return check_main(argv[1:])
+    if argv[:1] == ["bench"]:
+        try:
+            import engine.benchmark  # noqa: F401  (hdrh, numpy)
+        except ImportError as exc:
+            print(f"error: {_bench_extra_missing(exc)}", file=sys.stderr)
+            return exitcodes.USAGE
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(argv)   # usage errors: argparse exits 2 (exitcodes.USAGE)
     from engine.logs import configure_logging
 
     # A server logs its events (leader changes, snapshots, membership) by default.
     verbose = args.verbose or args.command == "serve"
     configure_logging(args.log_format, logging.INFO if verbose else logging.WARNING)
     try:
+        resolve(args)
         return int(args.func(args))
     except (EngineError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        code = exitcodes.for_error(exc)
+        if code == exitcodes.INTERNAL:
+            traceback.print_exc()
+        return code
     except KeyboardInterrupt:
-        return 130
+        return exitcodes.INTERRUPTED
 
 
 if __name__ == "__main__":

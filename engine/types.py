@@ -255,6 +255,9 @@ class NodeConfig:
     # Serve Prometheus metrics over HTTP at this "host:port" (port 0: any free port, see
     # engine.Node.metrics.address); None: no endpoint, no metrics kept (engine.aio.metrics).
     metrics_addr: str | None = None
+    # The "host:port" the UDP socket binds (e.g. "0.0.0.0:7001" behind NAT or in a
+    # container); None binds the member address, which is what the others send to.
+    listen: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.node_id, int) or not 0 < self.node_id <= U64_MAX:
@@ -265,6 +268,8 @@ class NodeConfig:
             if not isinstance(member_id, int) or member_id <= 0:
                 raise ConfigError(f"member ids must be positive ints, got {member_id!r}")
             parse_address(address)
+        if self.listen is not None:
+            parse_address(self.listen)
         if self.node_id not in self.members:
             raise ConfigError(f"node_id {self.node_id} is not in members {sorted(self.members)}")
         if self.protocol not in PROTOCOLS:

@@ -341,7 +341,7 @@ class Node(_MembershipMixin, _SnapshotsMixin, _ReadsMixin, _ServingMixin, _Event
         peers = self._member_peers()
         self._transport = UdpTransport(
             self.config.node_id,
-            self.config.address_of(self.config.node_id),
+            self.config.listen or self.config.address_of(self.config.node_id),
             peers,
             self.config.cluster_key,
             cluster_id=self.config.cluster_id,
@@ -523,6 +523,11 @@ class Node(_MembershipMixin, _SnapshotsMixin, _ReadsMixin, _ServingMixin, _Event
         self._check_running()
         self._core.campaign()
         self._schedule_turn()
+
+    @property
+    def fatal_error(self) -> BaseException | None:
+        """The error that stopped this node (a failed WAL write, ...), None while healthy."""
+        return self._fatal
 
     def status(self) -> dict[str, Any]:
         status: dict[str, Any] = {

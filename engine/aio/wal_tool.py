@@ -3,7 +3,7 @@
 check   Frames and checksums every segment and replays the log exactly as a starting node
         does, changing nothing. Prints each segment (and with --records each record), then
         the recovered log. Exit 0 when the log is clean (a torn tail that a start would cut
-        is reported, not an error), 1 when it is corrupt (the message names file and offset).
+        is reported, not an error), 7 when it is corrupt (the message names file and offset).
 
 repair  Never drops a record silently. A torn tail is moved to a ``.broken`` file beside its
         segment and cut (what a start does anyway). Corruption in the middle of the log is
@@ -35,11 +35,13 @@ from engine.aio.wal import (
     move_aside,
     scan_segment_bytes,
 )
+from engine.cli import exitcodes
 from engine.errors import StorageError, WalCorruptError
 
-EXIT_CLEAN = 0
-EXIT_CORRUPT = 1
-EXIT_USAGE = 2
+# The command line's exit codes (engine/cli/exitcodes.py): a corrupt log is a storage error.
+EXIT_CLEAN = exitcodes.OK
+EXIT_CORRUPT = exitcodes.STORAGE
+EXIT_USAGE = exitcodes.USAGE
 
 _TYPE_NAMES = {RECORD_HEADER: "header", RECORD_SAVE: "save", RECORD_SNAPSHOT: "snapshot"}
 

@@ -1,5 +1,5 @@
 """`python -m engine members add|remove|promote|list` against `serve` processes, and its
-one-line errors (the style of `transfer`)."""
+one-line errors (the style of `transfer`): a refusal exits REJECTED, bad input USAGE."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from engine.aio.local_cluster import free_udp_ports
+from engine.cli.exitcodes import REJECTED, USAGE
 
 
 def run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -27,8 +28,8 @@ def serve(node_id: int, members: str, key: Path, data: Path, *extra: str) -> sub
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
-def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
-    assert result.returncode == 2, (result.stdout, result.stderr)
+def one_line_error(result: subprocess.CompletedProcess[str], code: int = USAGE) -> str:
+    assert result.returncode == code, (result.stdout, result.stderr)
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     return lines[0]
@@ -55,11 +56,13 @@ def test_members_add_list_remove(tmp_path: Path) -> None:
         assert listed.returncode == 0, listed.stderr
         view = json.loads(listed.stdout)
         assert view["voters"] == [1, 2, 3, 4] and view["addresses"]["4"] == addresses[4]
-        # Refusals are one line, exit status 2.
+        # Refusals are one line, exit status REJECTED (the cluster said no); bad input USAGE.
         assert "already a member" in one_line_error(
-            run("members", *common, "add", "--id", "2", "--address", "127.0.0.1:1"))
-        assert "not a member" in one_line_error(run("members", *common, "remove", "--id", "9"))
-        assert "not a learner" in one_line_error(run("members", *common, "promote", "--id", "9"))
+            run("members", *common, "add", "--id", "2", "--address", "127.0.0.1:1"), REJECTED)
+        assert "not a member" in one_line_error(
+            run("members", *common, "remove", "--id", "9"), REJECTED)
+        assert "not a learner" in one_line_error(
+            run("members", *common, "promote", "--id", "9"), REJECTED)
         assert "host:port" in one_line_error(
             run("members", *common, "add", "--id", "5", "--address", "nowhere"))
         removed = run("members", *common, "remove", "--id", "4")

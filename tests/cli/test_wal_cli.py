@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from engine.aio.wal import WriteAheadLog
+from engine.cli import exitcodes
 from engine.messages import Entry
 from engine.types import HardState
 
@@ -50,11 +51,11 @@ def test_mid_log_corruption_is_reported_and_only_cut_when_asked(tmp_path: Path) 
     before = files(tmp_path)
 
     result = run("check", "--data-dir", str(tmp_path))
-    assert result.returncode == 1
+    assert result.returncode == exitcodes.STORAGE
     assert f"{segments[2]} at offset 71" in result.stdout, result.stdout
 
     result = run("repair", "--data-dir", str(tmp_path))
-    assert result.returncode == 1 and "--truncate-at-corruption" in result.stdout
+    assert result.returncode == exitcodes.STORAGE and "--truncate-at-corruption" in result.stdout
     assert "wipe its data directory" in result.stdout
     assert files(tmp_path) == before, "a refused repair changes nothing"
 
