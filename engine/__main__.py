@@ -14,6 +14,7 @@ import functools
 import importlib
 import json
 import logging
+import os
 import secrets
 import socket
 import sys
@@ -292,8 +293,12 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     path = Path(args.path)
     if path.exists() and not args.force:
         raise ConfigError(f"{path} exists (use --force to overwrite)")
-    path.write_text(secrets.token_bytes(32).hex() + "\n")
-    path.chmod(0o600)
+    if args.force:
+        path.unlink(missing_ok=True)
+    # Created with mode 0600: the key is never readable by others, not even for an instant.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as key_file:
+        key_file.write(secrets.token_bytes(32).hex() + "\n")
     print(f"wrote a 32-byte cluster key to {path}")
     return exitcodes.OK
 
@@ -506,6 +511,10 @@ SUBCOMMANDS: tuple[Callable[[Any], argparse.ArgumentParser], ...] = (
 )
 
 
+_LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
+               "error": logging.ERROR}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="engine", description=__doc__, epilog=exitcodes.__doc__,
@@ -514,6 +523,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     parser.add_argument("--log-format", default="text", choices=["text", "json"],
                         help="one line per log record: text, or a JSON object (engine.logs)")
+    parser.add_argument("--log-level", default=None, choices=list(_LOG_LEVELS),
+                        help="default: info for serve (its events), warning otherwise; -v: info")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in SUBCOMMANDS:
         add(sub)
@@ -538,7 +549,9 @@ def main(argv: list[str] | None = None) -> int:
 
     # A server logs its events (leader changes, snapshots, membership) by default.
     verbose = args.verbose or args.command == "serve"
-    configure_logging(args.log_format, logging.INFO if verbose else logging.WARNING)
+    level = _LOG_LEVELS[args.log_level] if args.log_level else (
+        logging.INFO if verbose else logging.WARNING)
+    configure_logging(args.log_format, level)
     try:
         resolve(args)
         return int(args.func(args))

@@ -314,7 +314,10 @@ class BenchCluster:
         for node_id in self.members:
             if node_id in in_process:
                 continue
-            command = [sys.executable, "-m", "engine", "serve", "--node-id", str(node_id),
+            # Warnings and errors only: a node's INFO events (snapshots every second at these
+            # rates) would bury the benchmark's own output.
+            command = [sys.executable, "-m", "engine", "--log-level", "warning", "serve",
+                       "--node-id", str(node_id),
                        "--members", members_arg, "--cluster-key-file", self.key_file,
                        "--protocol", args.protocol]
             data_dir = self._data_dir(node_id)
