@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from engine import errors
+from engine._core import codec
 from engine.aio.node_membership import _MEMBERSHIP_ADMIN_OPS
 from engine.aio.node_reads import READ_MODES
 from engine.messages import (
@@ -215,7 +216,30 @@ class _ServingMixin:
         if request.src in self.config.members and request.src != self.config.node_id:
             self._transport.send([response])
         else:
-            self._transport.send_to_address(address, [response])
+            self._transport.send_to_address(address, [self._within_budget(request, response)])
+
+    def _within_budget(self, request: Message, response: Message) -> Message:
+        """`response`, or a short refusal if it is larger than the request allows: replies
+        do not amplify (docs/reliability.md). The bound is Limits.max_reply_amplification
+        times the request's encoded size, or Message.commit of the request if larger (the
+        client opted into big answers; engine.Client does for every request)."""
+        size = codec.encoded_size(response)
+        if size <= request.commit:
+            return response
+        allowed = self.config.limits.max_reply_amplification * (
+            codec.encoded_size(request) + codec.FRAME_OVERHEAD)
+        if size + codec.FRAME_OVERHEAD <= allowed:
+            return response
+        self.counters["replies_too_large"] += 1
+        # Only a read-only request may be told "rejected"; anything else may have taken
+        # effect, so its outcome stays unknown to this client (never a false "failed").
+        read_only = request.type == _MT.CLIENT_REQUEST and request.status in (
+            _OP.STATUS, _OP.READ)
+        response.status = int(_STATUS.REJECTED if read_only else _STATUS.UNKNOWN)
+        response.context = (
+            f"a reply of {size} bytes exceeds this request's {allowed}: set Message.commit "
+            "to the largest reply you accept").encode()
+        return response
 
     def _on_admin(self, message: Message, address: Any) -> None:
         """Fault injection for tests (engine.testing): switch the transport's fault filter
@@ -291,7 +315,7 @@ class _ServingMixin:
         self._loop.create_task(transfer())
 
     def _reply_admin(self, request: Message, address: Any, status: int, context: bytes) -> None:
-        self._transport.send_to_address(address, [Message(
+        self._transport.send_to_address(address, [self._within_budget(request, Message(
             _MT.ADMIN_RESPONSE, src=self.config.node_id, dst=request.src,
             seq=request.seq, status=int(status), context=context,
-        )])
+        ))])
