@@ -30,9 +30,9 @@ Authentication (an AEAD used for integrity only: nothing is encrypted)
 
   Version, kind, cluster id, sender, epoch, counter and receiver are all authenticated (they
   are in the associated data, and sender/epoch/counter/kind also select the key and nonce).
-  The receiver checks size, version, kind, receiver and cluster id (cheap header reads), then
-  verifies the tag (AESGCM.decrypt: OpenSSL compares in constant time) BEFORE it parses any byte of the
-  body. Derived AESGCM objects are cached per (sender_id, epoch), at most
+  The receiver checks size, version, kind, receiver and cluster id (cheap header reads),
+  then verifies the tag (AESGCM.decrypt: OpenSSL compares in constant time) BEFORE it parses
+  any byte of the body. Derived AESGCM objects are cached per (sender_id, epoch), at most
   MAX_CACHED_SUBKEYS of them (the cache is emptied when full); a receiver caches a subkey
   only after a frame verified under it, so forged headers with random (sender, epoch) cost
   one derivation each (~1.5 us of the ~4 us a forged datagram costs) and never grow or

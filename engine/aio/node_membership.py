@@ -24,6 +24,20 @@ _MEMBERSHIP_ADMIN_OPS = frozenset(
 _REMOVAL_NOTICES = 20
 
 
+def admin_payload(message: Message) -> dict[str, Any]:
+    """The JSON object an ADMIN message carries ({} if empty); errors.DecodeError for
+    anything else: not UTF-8, not JSON, nested too deep (RecursionError), not an object.
+    Hostile input gets a typed error, never an exception into the datagram's other
+    messages (DESIGN.md §5 "Wire")."""
+    try:
+        spec = json.loads(message.context or b"{}")
+    except (ValueError, RecursionError) as exc:
+        raise errors.DecodeError(f"ADMIN payload is not JSON: {exc}") from None
+    if not isinstance(spec, dict):
+        raise errors.DecodeError("ADMIN payload must be a JSON object")
+    return spec
+
+
 def _error_payload(exc: BaseException) -> bytes:
     """An ADMIN_RESPONSE body naming the error's class, so a client re-raises the same type."""
     return json.dumps({"error": type(exc).__name__, "message": str(exc)}).encode()
@@ -293,11 +307,11 @@ class _MembershipMixin:
         """ADD_MEMBER / REMOVE_MEMBER / PROMOTE_MEMBER from an operator (Client, CLI):
         leader only (NOT_LEADER with the leader's address otherwise), answered when done."""
         try:
-            spec = json.loads(message.context or b"{}")
+            spec = admin_payload(message)
             node_id = int(spec["id"])
-            if not isinstance(spec, dict) or node_id <= 0:
+            if node_id <= 0:
                 raise ValueError
-        except (ValueError, TypeError, KeyError):
+        except (ValueError, TypeError, KeyError, OverflowError):
             self._reply_admin(message, address, ClientStatus.REJECTED, _error_payload(
                 errors.MembershipError('membership ops need JSON {"id": positive node id}')))
             return
@@ -478,8 +492,8 @@ class _MembershipMixin:
         if not self._track_membership or self._removed or self._core is None:
             return
         try:
-            index = int(json.loads(message.context)["index"])
-        except (ValueError, TypeError, KeyError):
+            index = int(admin_payload(message)["index"])
+        except (ValueError, TypeError, KeyError, OverflowError):
             return
         core = self._core
         me = self.config.node_id

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from engine import errors
 from engine._core import codec
-from engine.aio.node_membership import _MEMBERSHIP_ADMIN_OPS
+from engine.aio.node_membership import _MEMBERSHIP_ADMIN_OPS, admin_payload
 from engine.aio.node_reads import READ_MODES
 from engine.messages import (
     AdminOp,
@@ -263,9 +263,7 @@ class _ServingMixin:
             return
         try:
             if message.status == _ADMIN.SET_FAULTS:
-                spec = json.loads(message.context or b"{}")
-                if not isinstance(spec, dict):
-                    raise ValueError("fault spec must be a JSON object")
+                spec = admin_payload(message)
                 # "tick_scale" (clock-rate skew): validated before anything changes; a spec
                 # with only it leaves the transport's filter (e.g. a partition) as it is.
                 skew_only = set(spec) == {"tick_scale"}
@@ -285,7 +283,7 @@ class _ServingMixin:
                 self._tick_scale = 1.0
             else:
                 raise ValueError(f"unknown admin op {message.status}")
-        except (ValueError, TypeError, errors.ConfigError) as exc:
+        except (ValueError, TypeError, OverflowError, errors.ConfigError) as exc:
             self._reply_admin(message, address, _STATUS.REJECTED, str(exc).encode())
             return
         self._reply_admin(message, address, _STATUS.OK, b"")
@@ -293,8 +291,8 @@ class _ServingMixin:
     def _admin_transfer(self, message: Message, address: Any) -> None:
         """Operator-requested leadership transfer; answered when it completes or fails."""
         try:
-            target = int(json.loads(message.context or b"{}")["to"])
-        except (ValueError, TypeError, KeyError):
+            target = int(admin_payload(message)["to"])
+        except (ValueError, TypeError, KeyError, OverflowError):
             self._reply_admin(message, address, _STATUS.REJECTED,
                               b'transfer needs JSON {"to": node_id}')
             return

@@ -36,7 +36,7 @@ async def exchange(address: str, request: Message, cluster_key: bytes, *,
     try:
         # Strictly increasing in this process: (client id, epoch, counter) never repeats,
         # so neither does an AES-GCM nonce under the derived key (engine/_core/codec_py).
-        for attempt in range(1, attempts + 1):
+        for _ in range(attempts):
             epoch = new_boot_epoch()  # a fresh epoch per attempt: see Client._renew_epoch
             try:
                 await stream.send(frame_codec.encode(client_id, epoch, 1, [request]))

@@ -64,8 +64,8 @@ class ScriptedNode:
                 self.counter += 1
                 response = Message(MessageType.CLIENT_RESPONSE, src=NODE_ID, dst=message.src,
                                    seq=message.seq, status=int(status), context=context)
-                await loop.sock_sendto(
-                    self.sock, self.codec.encode(NODE_ID, 1, self.counter, [response], message.src), peer)
+                frame = self.codec.encode(NODE_ID, 1, self.counter, [response], message.src)
+                await loop.sock_sendto(self.sock, frame, peer)
 
     async def __aenter__(self) -> ScriptedNode:
         self.task = asyncio.ensure_future(self.serve())
