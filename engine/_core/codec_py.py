@@ -44,9 +44,12 @@ Authentication (an AEAD used for integrity only: nothing is encrypted)
     1. The subkey is a PRF of (cluster_id, sender_id, epoch) under the cluster key, so two
        encoders share a subkey only if they share cluster, sender id AND boot epoch. Node
        transports use their own node id and engine.aio.udp.new_boot_epoch(), which is
-       strictly increasing within a process and time.time_ns() across restarts; clients use
-       a random 63-bit id (or the caller's) and time.time_ns(). So distinct incarnations of a
-       sender have distinct subkeys.
+       strictly increasing within a process, and across restarts max(stored epoch + 1,
+       clock) with the epoch stored in the data dir before the socket binds
+       (engine.aio.identity; without a data dir, the clock); clients use a random id in
+       [2**32, 2**63) (or the caller's) and new_boot_epoch(), renewed with a fresh counter
+       after an unanswered attempt. So distinct incarnations of a sender have distinct
+       subkeys.
     2. Within one (sender, epoch), UdpTransport draws every counter from ONE
        itertools.count(1): each messages frame, each oversized frame that is then carried in
        fragments, and each of those fragments takes next(counter) exactly once, and each is
