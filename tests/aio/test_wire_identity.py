@@ -303,3 +303,31 @@ async def test_a_deeply_nested_admin_payload_is_refused_and_the_rest_of_the_data
     finally:
         await sender.aclose()
         await node.stop()
+
+
+async def test_a_joining_node_takes_the_cluster_id_of_the_first_member_frame() -> None:
+    """A --join node starts unbound (cluster id 0) and adopts the id of the first
+    authenticated frame of a member, reporting it once so the node stores it."""
+    learned: list[int] = []
+    got: list[Message] = []
+    member = UdpTransport(1, ("127.0.0.1", 0), {}, KEY, cluster_id=0xC1,
+                          on_messages=lambda messages, _: got.extend(messages))
+    joiner = UdpTransport(4, ("127.0.0.1", 0), {}, KEY, cluster_id=0,
+                          on_messages=lambda messages, _: got.extend(messages),
+                          on_cluster_id=learned.append)
+    await member.start()
+    await joiner.start()
+    try:
+        await member.set_peers({4: joiner.address})
+        await joiner.set_peers({1: member.address})
+        member.send([Message(MessageType.HEARTBEAT, src=1, dst=4, term=1)])
+        await wait_for(lambda: len(got) == 1, what="heartbeat at the joiner")
+        assert learned == [0xC1] and joiner.cluster_id == 0xC1
+        joiner.send([Message(MessageType.HEARTBEAT_RESPONSE, src=4, dst=1, term=1)])
+        await wait_for(lambda: len(got) == 2, what="response at the member")
+        member.send([Message(MessageType.HEARTBEAT, src=1, dst=4, term=1, commit=1)])
+        await wait_for(lambda: len(got) == 3, what="second heartbeat")
+        assert learned == [0xC1]   # adopted once
+    finally:
+        await member.aclose()
+        await joiner.aclose()
