@@ -406,7 +406,10 @@ class Client:
         """Send a membership ADMIN op to the leader, following NOT_LEADER hints. The node
         answers when the change is committed; an attempt unanswered for a while is sent
         again (to the next node), which is safe: the node-side operations are idempotent
-        outcomes ("node 4 is a voter"), not increments."""
+        outcomes ("node 4 is a voter"), not increments, and every attempt carries one
+        request id that the cluster records through its log, so a retry (or a replay) of
+        this operation is never applied again once it was."""
+        spec["request_id"] = random.getrandbits(64) | 1
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         candidates = list(self.addresses)

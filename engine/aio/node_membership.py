@@ -113,8 +113,8 @@ class _MembershipMixin:
         return view
 
     async def add_member(self, node_id: int, address: str, *, learner: bool = False,
-                         witness: bool = False, timeout: float | None = None
-                         ) -> dict[str, Any]:
+                         witness: bool = False, timeout: float | None = None,
+                         request_id: int = 0) -> dict[str, Any]:
         """Add node `node_id` at `address` ("host:port"); returns members() once the final
         configuration is committed. Start the new node first with NodeConfig(join=True[,
         witness=True]) (or `serve --join`).
@@ -129,7 +129,8 @@ class _MembershipMixin:
         Leader only. Raises NotLeader (leader_id / leader_address hint), MembershipError
         (invalid or unsafe: already a different member, W1 broken, ...), Rejected (the entry
         was overwritten by a new leader: nothing changed), Timeout (unknown: the change may
-        still complete), Stopped.
+        still complete), Stopped. A non-zero `request_id` is recorded with the first
+        configuration entry this call appends (see _admin_membership).
         """
         from engine.raft import membership as changes
 
@@ -145,21 +146,24 @@ class _MembershipMixin:
             await self._wait_committed(lambda m: node_id in m.members, deadline)
         else:
             entry = await self._propose_membership(
-                changes.add_learner(node_id, address, witness=witness), deadline)
+                changes.add_learner(node_id, address, witness=witness), deadline, request_id)
+            request_id = 0  # recorded
             await self._wait_committed(lambda m: node_id in m.members, deadline, entry)
         if not learner:
-            await self._promote_when_caught_up(node_id, deadline)
+            await self._promote_when_caught_up(node_id, deadline, request_id)
         return self.members()
 
-    async def promote(self, node_id: int, *, timeout: float | None = None) -> dict[str, Any]:
+    async def promote(self, node_id: int, *, timeout: float | None = None,
+                      request_id: int = 0) -> dict[str, Any]:
         """Make learner `node_id` a voter once it is caught up (thesis §4.2.1, §4.3); returns
-        members() once C_new is committed. Errors as add_member."""
+        members() once C_new is committed. Errors and request_id as add_member."""
         self._membership_core()
-        await self._promote_when_caught_up(node_id, self._membership_deadline(timeout))
+        await self._promote_when_caught_up(
+            node_id, self._membership_deadline(timeout), request_id)
         return self.members()
 
-    async def remove_member(self, node_id: int, *, timeout: float | None = None
-                            ) -> dict[str, Any]:
+    async def remove_member(self, node_id: int, *, timeout: float | None = None,
+                            request_id: int = 0) -> dict[str, Any]:
         """Remove `node_id` (voter: through joint consensus, §4.3; learner: one entry);
         returns members() once the configuration without it is committed. Removing the
         leader itself is allowed: it manages the change without counting itself and steps
@@ -169,7 +173,7 @@ class _MembershipMixin:
 
         self._membership_core()
         deadline = self._membership_deadline(timeout)
-        entry = await self._propose_membership(changes.remove(node_id), deadline)
+        entry = await self._propose_membership(changes.remove(node_id), deadline, request_id)
         await self._wait_committed(lambda m: node_id not in m.members, deadline, entry)
         return self.members()
 
@@ -200,7 +204,8 @@ class _MembershipMixin:
                 f"node {node_id} is already a member ({kind} at {known or '?'}); remove it "
                 "first (and wipe its data) to add it differently")
 
-    async def _propose_membership(self, op: Any, deadline: float) -> tuple[int, int]:
+    async def _propose_membership(self, op: Any, deadline: float, request_id: int = 0
+                                  ) -> tuple[int, int]:
         """Propose one change on the leader, retrying while another is in flight (one change
         at a time, thesis §4.3); returns its CONFIG entry's (index, term)."""
         assert self._loop is not None
@@ -210,7 +215,7 @@ class _MembershipMixin:
             if str(self._core.role) != "leader":
                 raise self._not_leader()
             try:
-                entry: tuple[int, int] = self._core.propose_conf_change(op)
+                entry: tuple[int, int] = self._core.propose_conf_change(op, request_id)
             except (errors.ConfChangeInProgress, errors.Overloaded) as exc:
                 # Another change (or a leadership transfer) is in flight: retry shortly.
                 if self._loop.time() > deadline:
@@ -255,7 +260,8 @@ class _MembershipMixin:
         except errors.LogIndexError:
             return -1
 
-    async def _promote_when_caught_up(self, node_id: int, deadline: float) -> None:
+    async def _promote_when_caught_up(self, node_id: int, deadline: float,
+                                      request_id: int = 0) -> None:
         """Thesis §4.2.1: promote a learner only once its log is (nearly) the leader's; the
         core refuses earlier with MembershipError, which here means "wait"."""
         from engine.raft import membership as changes
@@ -274,7 +280,8 @@ class _MembershipMixin:
             try:
                 if self._catching_up(node_id):
                     raise errors.MembershipError(f"learner {node_id} is not caught up")
-                entry = await self._propose_membership(changes.promote(node_id), deadline)
+                entry = await self._propose_membership(
+                    changes.promote(node_id), deadline, request_id)
             except errors.MembershipError:
                 if not self._catching_up(node_id):
                     raise
@@ -309,7 +316,8 @@ class _MembershipMixin:
         try:
             spec = admin_payload(message)
             node_id = int(spec["id"])
-            if node_id <= 0:
+            request_id = int(spec.get("request_id", 0))
+            if node_id <= 0 or not 0 <= request_id < 1 << 64:
                 raise ValueError
         except (ValueError, TypeError, KeyError, OverflowError):
             self._reply_admin(message, address, ClientStatus.REJECTED, _error_payload(
@@ -324,6 +332,9 @@ class _MembershipMixin:
             hint = self._address_of(self._core.leader_id or 0)
             self._reply_admin(message, address, ClientStatus.NOT_LEADER, hint.encode())
             return
+        if request_id and request_id in self._core.membership.requests:
+            self._answer_repeated_request(message, address)
+            return
         op = message.status
         try:  # the client's remaining time, so the answer comes before it gives up
             timeout: float | None = min(max(float(spec.get("timeout", 0)), 0.0), 3600.0) or None
@@ -334,10 +345,10 @@ class _MembershipMixin:
             if op == AdminOp.ADD_MEMBER:
                 return await self.add_member(
                     node_id, str(spec.get("address", "")), learner=bool(spec.get("learner")),
-                    witness=bool(spec.get("witness")), timeout=timeout)
+                    witness=bool(spec.get("witness")), timeout=timeout, request_id=request_id)
             if op == AdminOp.PROMOTE_MEMBER:
-                return await self.promote(node_id, timeout=timeout)
-            return await self.remove_member(node_id, timeout=timeout)
+                return await self.promote(node_id, timeout=timeout, request_id=request_id)
+            return await self.remove_member(node_id, timeout=timeout, request_id=request_id)
 
         async def run() -> None:
             try:
@@ -355,6 +366,18 @@ class _MembershipMixin:
 
         assert self._loop is not None
         self._loop.create_task(run())
+
+    def _answer_repeated_request(self, message: Message, address: Any) -> None:
+        """An ADMIN request whose id the log already records (Membership.requests): a
+        client's retry or a replay. Never applied twice: answered with the membership once
+        the configuration recording it is committed, as unknown while it is not."""
+        core = self._core
+        if core.membership_index <= core.commit_index:
+            self._reply_admin(message, address, ClientStatus.OK,
+                              json.dumps(self.members()).encode())
+        else:
+            self._reply_admin(message, address, ClientStatus.UNKNOWN, _error_payload(
+                errors.Timeout("this request's change is not committed yet; ask again")))
 
     def _address_of(self, node_id: int) -> str:
         """A member's "host:port": the configuration in force first (it may have been added

@@ -331,3 +331,40 @@ async def test_a_joining_node_takes_the_cluster_id_of_the_first_member_frame() -
     finally:
         await member.aclose()
         await joiner.aclose()
+
+
+async def test_a_repeated_add_request_never_re_adds_a_removed_node() -> None:
+    """ADMIN membership requests carry a request id that the configuration entries record
+    (through the log): the same "add" arriving again after the node was removed (a late
+    retry, or a replay under a new frame) is answered with the membership, not re-applied."""
+    async with engine.LocalCluster(n=3) as cluster:
+        leader = await cluster.wait_leader()
+        answers: list[Message] = []
+        client_id = MIN_CLIENT_ID + 99
+        sender = UdpTransport(client_id, ("127.0.0.1", 0), {}, cluster.cluster_key,
+                              on_messages=lambda messages, _: answers.extend(messages))
+        await sender.start()
+        spec = {"id": 4, "address": f"127.0.0.1:{free_udp_ports(1)[0]}", "learner": True,
+                "request_id": 0xADD}
+
+        def add_request(seq: int) -> Message:
+            return Message(MessageType.ADMIN, src=client_id, seq=seq,
+                           status=int(AdminOp.ADD_MEMBER), context=json.dumps(spec).encode(),
+                           commit=65_000)
+        try:
+            sender.send_to_address(leader.transport.address, [add_request(1)])
+            await wait_for(lambda: len(answers) == 1, what="the add answered")
+            assert answers[0].status == ClientStatus.OK
+            assert 4 in leader.core.membership.learners
+            await leader.remove_member(4)
+            removed_at = leader.core.membership_index
+            assert 4 not in leader.core.membership.members
+            sender.send_to_address(leader.transport.address, [add_request(2)])
+            await wait_for(lambda: len(answers) == 2, what="the repeated add answered")
+            assert answers[1].status == ClientStatus.OK
+            assert 4 not in json.loads(answers[1].context)["learners"]
+            # Nothing was proposed: the configuration is still the one without node 4.
+            assert leader.core.membership_index == removed_at
+            assert 4 not in leader.core.membership.members
+        finally:
+            await sender.aclose()
