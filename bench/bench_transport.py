@@ -176,6 +176,8 @@ def swapped(message: Any) -> Any:
 
 
 BENCH_KEY = b"bench-transport-cluster-key-32by"
+# The echo client is not a member of the echo node's cluster: a client id (engine.types).
+BENCH_CLIENT_ID = (1 << 32) + 2
 
 
 # --------------------------------------------------------------------------- client side
@@ -308,7 +310,8 @@ async def run_transport_client(
 
     loop = asyncio.get_running_loop()
     done: asyncio.Future[None] = loop.create_future()
-    client = UdpTransport(node_id=2, bind_address=(HOST, 0), peers={}, cluster_key=BENCH_KEY)
+    client = UdpTransport(node_id=BENCH_CLIENT_ID, bind_address=(HOST, 0), peers={},
+                          cluster_key=BENCH_KEY)
 
     def send_one() -> None:
         state.sent_at.append(time.perf_counter())
@@ -487,7 +490,7 @@ def transport_messages(batch: int, message_bytes: int) -> list[Any]:
     from engine.messages import Message, MessageType
 
     return [
-        Message(MessageType.HEARTBEAT_RESPONSE, src=2, dst=1, term=7, index=i,
+        Message(MessageType.HEARTBEAT_RESPONSE, src=BENCH_CLIENT_ID, dst=1, term=7, index=i,
                 context=b"m" * message_bytes)
         for i in range(batch)
     ]

@@ -34,6 +34,27 @@ class DecodeError(EngineError, ValueError):
     """
 
 
+class WireVersionError(DecodeError):
+    """A frame of another wire version (an older or newer release): refused, counted."""
+
+
+class WrongReceiverError(DecodeError):
+    """A frame addressed to another endpoint (e.g. replayed from one node to another)."""
+
+
+class WrongClusterError(DecodeError):
+    """An authenticated frame of another cluster id: a node of a different cluster holds the
+    same key (e.g. one bootstrapped with a different member list). Never accepted."""
+
+    def __init__(self, sender_id: int, cluster_id: int, expected_cluster_id: int) -> None:
+        super().__init__(
+            f"frame of node {sender_id} of cluster {cluster_id:#x}, this is cluster "
+            f"{expected_cluster_id:#x}")
+        self.sender_id = sender_id
+        self.cluster_id = cluster_id
+        self.expected_cluster_id = expected_cluster_id
+
+
 class InvariantViolation(EngineError, AssertionError):
     """A protocol invariant does not hold: a bug in engine, never caused by remote input."""
 

@@ -35,12 +35,15 @@ Multi-Paxos (Paxos Made Simple; PMMC) - `term` carries the ballot
 
 Client (Raft thesis §6.3 sessions)
   CLIENT_REQUEST             src = client id, seq = request sequence, status = ClientOp,
-                             context = command or query bytes
+                             context = command or query bytes, commit = the largest reply
+                             the client accepts in bytes (0: Limits.max_reply_amplification
+                             x the request's encoded size; engine.aio.node_serving)
   CLIENT_RESPONSE            dst = client id, seq, status = ClientStatus, context = result,
                              reject_hint = leader id hint (0 = unknown)
 
 Admin
-  ADMIN / ADMIN_RESPONSE     status = admin op, context = JSON payload
+  ADMIN / ADMIN_RESPONSE     status = admin op, context = JSON payload, commit (ADMIN) = the
+                             largest reply the client accepts, as for CLIENT_REQUEST
 """
 
 from __future__ import annotations

@@ -7,6 +7,8 @@ unbounded growth.
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, NewType, Protocol, runtime_checkable
 
@@ -61,6 +63,16 @@ class Limits:
     max_snapshot_chunk_bytes: int = 60 * 1024
     max_snapshot_inflight_chunks: int = 64
     max_snapshot_bytes: int = 4 * 1024 * 1024 * 1024
+    # Replay across restarts (docs/reliability.md, "Authenticated wire and cluster identity"):
+    # a node refuses client frames whose epoch (the client's clock at its start, ns) is older
+    # than its own boot time minus this bound, so a request captured before a restart cannot
+    # be replayed after it (except one captured within this bound before the restart, and
+    # then only once). It is also the largest backward clock skew of a client against a node
+    # that is tolerated; a client whose frames get no answer renews its epoch.
+    max_client_clock_skew_s: int = 60
+    # Replies do not amplify: an answer to a client may be at most this many times the size
+    # of its request unless the request opted into more (Message.index = max reply bytes).
+    max_reply_amplification: int = 4
 
     def __post_init__(self) -> None:
         for name in self.__dataclass_fields__:
@@ -186,6 +198,36 @@ class TimingConfig:
             )
 
 
+# Node ids and client ids are disjoint ranges, so a transport tells a member from a client by
+# its id alone and a client can never be mistaken for (or shadow) a member.
+MAX_NODE_ID = (1 << 32) - 1
+MIN_CLIENT_ID = 1 << 32
+CLUSTER_ID_LABEL = b"engine/cluster-id/v1/"  # domain separation of derive_cluster_id
+
+
+def check_client_id(client_id: int) -> int:
+    """`client_id` if it is in the client range, else ConfigError (it could be a member's)."""
+    if not isinstance(client_id, int) or not MIN_CLIENT_ID <= client_id <= U64_MAX:
+        raise ConfigError(
+            f"client_id must be an int in [2**32, 2**64) (ids below 2**32 are node ids), "
+            f"got {client_id!r}")
+    return client_id
+
+
+def derive_cluster_id(member_ids: Iterable[int], cluster_key: bytes) -> int:
+    """The cluster id of a cluster bootstrapped with `member_ids` under `cluster_key`.
+
+    Every bootstrap node computes the same id from its configuration without talking to the
+    others, and two clusters bootstrapped from different member lists (a node started with a
+    wrong list) get different ids, so their frames are refused (engine._core.codec_py,
+    "Identities"). Keyed by the cluster key: the id reveals nothing about the member list.
+    Never 0 (0 marks an unbound sender).
+    """
+    text = ",".join(str(member) for member in sorted(set(member_ids))).encode()
+    digest = hashlib.blake2b(CLUSTER_ID_LABEL + text, key=cluster_key, digest_size=8).digest()
+    return int.from_bytes(digest, "little") or 1
+
+
 def parse_address(address: str, *, allow_any_port: bool = False) -> tuple[str, int]:
     """'host:port' ('[::1]:port' for IPv6) -> (host, port); raises ConfigError with the
     offending text. allow_any_port accepts port 0 (a listener bound to any free port)."""
@@ -260,14 +302,19 @@ class NodeConfig:
     listen: str | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.node_id, int) or not 0 < self.node_id <= U64_MAX:
-            raise ConfigError(f"node_id must be a positive int, got {self.node_id!r}")
+        if not isinstance(self.node_id, int) or not 0 < self.node_id <= MAX_NODE_ID:
+            raise ConfigError(f"node_id must be an int in [1, 2**32), got {self.node_id!r}")
         if not self.members:
             raise ConfigError("members must name at least one node")
+        owners: dict[tuple[str, int], int] = {}
         for member_id, address in self.members.items():
-            if not isinstance(member_id, int) or member_id <= 0:
-                raise ConfigError(f"member ids must be positive ints, got {member_id!r}")
-            parse_address(address)
+            if not isinstance(member_id, int) or not 0 < member_id <= MAX_NODE_ID:
+                raise ConfigError(f"member ids must be ints in [1, 2**32), got {member_id!r}")
+            parsed = parse_address(address)
+            if parsed in owners:
+                raise ConfigError(
+                    f"members {owners[parsed]} and {member_id} have the same address {address}")
+            owners[parsed] = member_id
         if self.listen is not None:
             parse_address(self.listen)
         if self.node_id not in self.members:
@@ -327,6 +374,14 @@ class NodeConfig:
     def bootstrap_witnesses(self) -> tuple[int, ...]:
         extra = (self.node_id,) if self.witness and self.node_id not in self.witnesses else ()
         return tuple(sorted((*self.witnesses, *extra)))
+
+    def bootstrap_cluster_id(self) -> int:
+        """The cluster id this node starts with when its data dir holds none: cluster_id if
+        set; else 0 (unbound: learned from the first member frame) for a joining node; else
+        derive_cluster_id over the bootstrap members."""
+        if self.cluster_id or self.join:
+            return self.cluster_id
+        return derive_cluster_id(self.members, self.cluster_key)
 
     def address_of(self, node_id: int) -> tuple[str, int]:
         return parse_address(self.members[node_id])

@@ -43,10 +43,10 @@ sys.path.insert(0, str(HERE.parent))  # run from a checkout without installing
 KEY = bytes(range(32))
 CLUSTER_ID = 0xC0FFEE
 TAG_BYTES = 16
-HEADER_BYTES = 34
-WIRE_VERSION = 2
+HEADER_BYTES = 42
+WIRE_VERSION = 3
 # The KDF's domain-separation label, restated from the spec (codec_py "Authentication").
-SUBKEY_LABEL = b"engine/wire-v2/frame-subkey/aes256gcm"
+SUBKEY_LABEL = b"engine/wire-v3/frame-subkey/aes256gcm"
 SEED_DIR = HERE / "corpus" / "seed"
 CRASH_DIR = HERE / "corpus" / "crashes"
 MODE_RAW = 0
@@ -109,16 +109,22 @@ def outcome(codec: Any, datagram: bytes) -> tuple[Any, ...]:
         return ("error", type(error).__name__, str(error))
     return (
         "ok", frame.kind, frame.sender_id, frame.epoch, frame.counter, frame.messages,
-        frame.fragment_id, frame.part, frame.parts, frame.chunk,
+        frame.fragment_id, frame.part, frame.parts, frame.chunk, frame.receiver_id,
+        frame.cluster_id,
     )
 
 
 def reencoded(codec: Any, result: tuple[Any, ...]) -> bytes:
-    """Encode a decoded frame again with the same codec (for the canonical-form check)."""
-    _, kind, sender, epoch, counter, messages, fragment_id, part, parts, chunk = result
+    """Encode a decoded frame again (for the canonical-form check): with the same codec, or
+    for a frame of an unbound sender (cluster id 0) with an unbound codec of its module."""
+    (_, kind, sender, epoch, counter, messages, fragment_id, part, parts, chunk, receiver,
+     cluster_id) = result
+    if cluster_id != codec.cluster_id:
+        codec = sys.modules[type(codec).__module__].FrameCodec(KEY, cluster_id)
     if kind == 2:  # FRAME_FRAGMENT
-        return codec.encode_fragment(sender, epoch, counter, fragment_id, part, parts, chunk)
-    return codec.encode(sender, epoch, counter, messages)
+        return codec.encode_fragment(
+            sender, epoch, counter, fragment_id, part, parts, chunk, receiver)
+    return codec.encode(sender, epoch, counter, messages, receiver)
 
 
 def check_input(data: bytes) -> None:

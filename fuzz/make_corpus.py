@@ -39,15 +39,16 @@ from engine.messages import EntryKind, MessageType  # noqa: E402
 
 RAW = b"\x00"
 SEALED = b"\x01"
-HEADER = struct.Struct("<BBQQQQ")
+HEADER = struct.Struct("<BBQQQQQ")
 MESSAGE_HEAD = struct.Struct("<BBH")
 U32 = struct.Struct("<I")
 U64 = struct.Struct("<Q")
 ENTRY_HEAD = struct.Struct("<QQBI")
 
 
-def header(kind: int = 1, sender: int = 2, epoch: int = 3, counter: int = 4) -> bytes:
-    return HEADER.pack(WIRE_VERSION, kind, CLUSTER_ID, sender, epoch, counter)
+def header(kind: int = 1, sender: int = 2, epoch: int = 3, counter: int = 4,
+           receiver: int = 0, cluster_id: int = CLUSTER_ID) -> bytes:
+    return HEADER.pack(WIRE_VERSION, kind, cluster_id, sender, epoch, counter, receiver)
 
 
 def message_head(type_: int = MessageType.APPEND, flags: int = 0, presence: int = 0) -> bytes:
@@ -95,7 +96,7 @@ def edges() -> dict[str, bytes]:
     return {
         "raw-empty-datagram": RAW,
         "raw-header-only-no-tag": RAW + header(),
-        "raw-wrong-cluster-id": RAW + HEADER.pack(WIRE_VERSION, 1, CLUSTER_ID + 1, 2, 3, 4)
+        "raw-wrong-cluster-id": RAW + HEADER.pack(WIRE_VERSION, 1, CLUSTER_ID + 1, 2, 3, 4, 0)
         + bytes(20),
         "raw-oversized-fragment": RAW + header(kind=2) + bytes(65_000),
         "message-count-u32-max": SEALED + header() + U32.pack(u32_max),
@@ -127,7 +128,12 @@ def edges() -> dict[str, bytes]:
         "fragment-chunk-length-mismatch": SEALED + header(kind=2)
         + struct.pack("<QIII", 1, 0, 2, u32_max) + b"xyz",
         "unknown-frame-kind": SEALED + header(kind=3) + U32.pack(0),
-        "wire-version-3": SEALED + HEADER.pack(3, 1, CLUSTER_ID, 2, 3, 4) + U32.pack(0),
+        "wire-version-4": SEALED + HEADER.pack(4, 1, CLUSTER_ID, 2, 3, 4, 0) + U32.pack(0),
+        "retired-wire-version-2": SEALED + struct.pack("<BBQQQQ", 2, 1, CLUSTER_ID, 2, 3, 4)
+        + U32.pack(0),
+        "wrong-receiver": SEALED + header(receiver=5) + U32.pack(0),
+        "unbound-cluster-id": SEALED + header(cluster_id=0) + U32.pack(0),
+        "sealed-wrong-cluster-id": SEALED + header(cluster_id=CLUSTER_ID + 1) + U32.pack(0),
         # A genuine frame of the retired version 1 (keyed BLAKE2b-128 tag): refused by version.
         "raw-retired-wire-version-1": RAW + retired_v1_frame(),
         "u64-max-header-fields": SEALED + header(1, 2**64 - 1, 2**64 - 1, 2**64 - 1)
@@ -136,7 +142,7 @@ def edges() -> dict[str, bytes]:
 
 
 def retired_v1_frame() -> bytes:
-    body = HEADER.pack(1, 1, CLUSTER_ID, 2, 3, 4) + U32.pack(0)
+    body = struct.pack("<BBQQQQ", 1, 1, CLUSTER_ID, 2, 3, 4) + U32.pack(0)
     return body + hashlib.blake2b(body, key=KEY, digest_size=TAG_BYTES).digest()
 
 

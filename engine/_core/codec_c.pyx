@@ -27,7 +27,13 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from engine._core import codec_py as _py
-from engine.errors import ConfigError, DecodeError
+from engine.errors import (
+    ConfigError,
+    DecodeError,
+    WireVersionError,
+    WrongClusterError,
+    WrongReceiverError,
+)
 
 # Public constants: the same objects as the spec module's.
 WIRE_VERSION = _py.WIRE_VERSION
@@ -46,10 +52,10 @@ FLAG_REJECT = _py.FLAG_REJECT
 MAX_CACHED_SUBKEYS = _py.MAX_CACHED_SUBKEYS
 
 cdef enum:
-    C_VERSION = 2
+    C_VERSION = 3
     C_KIND_MESSAGES = 1
     C_KIND_FRAGMENT = 2
-    C_HEADER = 34
+    C_HEADER = 42
     C_TAG = 16
     C_COUNT = 4
     C_FRAGMENT_HEAD = 20
@@ -61,6 +67,7 @@ cdef enum:
     C_IDENTITY_AT = 2           # cluster_id, sender_id, epoch: the KDF input
     C_SENDER_EPOCH_AT = 10      # sender_id, epoch: the subkey cache key
     C_COUNTER_AT = 26           # counter: the nonce's first 8 bytes
+    C_RECEIVER_AT = 34          # receiver_id
     C_NONCE = 12
 
 # The spec's constants must match the C ones, or the two implementations would diverge.
@@ -69,7 +76,7 @@ if (
     or FRAGMENT_HEADER_BYTES != C_FRAGMENT_HEAD or MESSAGE_FIXED_BYTES != C_MESSAGE_FIXED
     or ENTRY_FIXED_BYTES != C_ENTRY_FIXED or len(U64_FIELDS) != C_FIELDS
     or _py.IDENTITY_AT != C_IDENTITY_AT or _py.SENDER_EPOCH_AT != C_SENDER_EPOCH_AT
-    or _py.COUNTER_AT != C_COUNTER_AT
+    or _py.COUNTER_AT != C_COUNTER_AT or _py.RECEIVER_AT != C_RECEIVER_AT
 ):
     raise ImportError("engine._core.codec_c is out of date with codec_py; rebuild it")
 
@@ -232,11 +239,13 @@ cdef class Frame:
     cdef public uint32_t part
     cdef public uint32_t parts
     cdef public bytes chunk
+    cdef public uint64_t receiver_id
+    cdef public uint64_t cluster_id
 
     def __init__(
         self, int kind, uint64_t sender_id, uint64_t epoch, uint64_t counter,
         list messages=None, uint64_t fragment_id=0, uint32_t part=0, uint32_t parts=0,
-        bytes chunk=b"",
+        bytes chunk=b"", uint64_t receiver_id=0, uint64_t cluster_id=0,
     ):
         self.kind = kind
         self.sender_id = sender_id
@@ -247,6 +256,8 @@ cdef class Frame:
         self.part = part
         self.parts = parts
         self.chunk = chunk
+        self.receiver_id = receiver_id
+        self.cluster_id = cluster_id
 
     def __repr__(self):
         if self.kind == C_KIND_FRAGMENT:
@@ -355,6 +366,7 @@ cdef class FrameCodec:
     """Encodes and decodes authenticated frames for one cluster (see codec_py.FrameCodec)."""
 
     cdef readonly uint64_t cluster_id
+    cdef readonly uint64_t local_id
     cdef readonly Py_ssize_t max_datagram_bytes
     cdef readonly Py_ssize_t max_frame_bytes
     cdef readonly Py_ssize_t max_chunk_bytes
@@ -370,16 +382,17 @@ cdef class FrameCodec:
 
     def __init__(
         self, cluster_key, cluster_id=0, max_datagram_bytes=65_000, *, limits=None,
-        max_frame_bytes=None,
+        max_frame_bytes=None, local_id=0,
     ):
         # Same validation, same errors: the spec twin's constructor checks the arguments.
         spec = _py.FrameCodec(
             cluster_key, cluster_id, max_datagram_bytes, limits=limits,
-            max_frame_bytes=max_frame_bytes,
+            max_frame_bytes=max_frame_bytes, local_id=local_id,
         )
         from engine.messages import KNOWN_ENTRY_KINDS, KNOWN_MESSAGE_TYPES
 
         self.cluster_id = spec.cluster_id
+        self.local_id = spec.local_id
         self.max_datagram_bytes = spec.max_datagram_bytes
         self.max_frame_bytes = spec.max_frame_bytes
         self.max_chunk_bytes = spec.max_chunk_bytes
@@ -401,8 +414,11 @@ cdef class FrameCodec:
 
     # ------------------------------------------------------------ encode
 
-    def encode(self, uint64_t sender_id, uint64_t epoch, uint64_t counter, messages):
-        """One authenticated messages frame carrying `messages` in order."""
+    def encode(
+        self, uint64_t sender_id, uint64_t epoch, uint64_t counter, messages,
+        uint64_t receiver_id=0,
+    ):
+        """One authenticated messages frame for `receiver_id` carrying `messages` in order."""
         cdef list items = messages if type(messages) is list else list(messages)
         cdef Py_ssize_t count = len(items)
         cdef Py_ssize_t i, size, offset
@@ -429,7 +445,7 @@ cdef class FrameCodec:
         # Pass 2: write into one bytes object of the exact size; nothing can fail from here.
         out = PyBytes_FromStringAndSize(NULL, size)
         p = <uint8_t*>PyBytes_AS_STRING(out)
-        self._write_header(p, C_KIND_MESSAGES, sender_id, epoch, counter)
+        self._write_header(p, C_KIND_MESSAGES, sender_id, epoch, counter, receiver_id)
         store_u32(p + C_HEADER, <uint32_t>count)
         offset = C_HEADER + C_COUNT
         for i in range(count):
@@ -439,9 +455,10 @@ cdef class FrameCodec:
 
     def encode_fragment(
         self, uint64_t sender_id, uint64_t epoch, uint64_t counter, uint64_t fragment_id,
-        uint32_t part, uint32_t parts, chunk,
+        uint32_t part, uint32_t parts, chunk, uint64_t receiver_id=0,
     ):
-        """One authenticated fragment datagram carrying `chunk`, part `part` of `parts`."""
+        """One authenticated fragment datagram for `receiver_id` carrying `chunk`, part
+        `part` of `parts`."""
         cdef bytes chunk_bytes
         cdef Py_ssize_t length, size
         cdef bytes out
@@ -458,7 +475,7 @@ cdef class FrameCodec:
         size = C_HEADER + C_FRAGMENT_HEAD + length + C_TAG
         out = PyBytes_FromStringAndSize(NULL, size)
         p = <uint8_t*>PyBytes_AS_STRING(out)
-        self._write_header(p, C_KIND_FRAGMENT, sender_id, epoch, counter)
+        self._write_header(p, C_KIND_FRAGMENT, sender_id, epoch, counter, receiver_id)
         store_u64(p + C_HEADER, fragment_id)
         store_u32(p + C_HEADER + 8, part)
         store_u32(p + C_HEADER + 12, parts)
@@ -499,7 +516,8 @@ cdef class FrameCodec:
         return size
 
     cdef void _write_header(
-        self, uint8_t* p, uint8_t kind, uint64_t sender_id, uint64_t epoch, uint64_t counter
+        self, uint8_t* p, uint8_t kind, uint64_t sender_id, uint64_t epoch, uint64_t counter,
+        uint64_t receiver_id,
     ) noexcept:
         p[0] = C_VERSION
         p[1] = kind
@@ -507,6 +525,7 @@ cdef class FrameCodec:
         store_u64(p + 10, sender_id)
         store_u64(p + 18, epoch)
         store_u64(p + 26, counter)
+        store_u64(p + C_RECEIVER_AT, receiver_id)
 
     cdef int _seal(self, bytes out, uint8_t* p, Py_ssize_t size) except -1:
         """Write the tag over bytes [0, size - 16) into the last 16 bytes of `out` (which
@@ -538,11 +557,11 @@ cdef class FrameCodec:
         self._aeads[sender_epoch] = aead
         return 0
 
-    cdef int _verify(self, const uint8_t* p, Py_ssize_t end) except -1:
+    cdef int _verify(self, const uint8_t* p, Py_ssize_t end, bint own_cluster=True) except -1:
         """Check the tag at [end, end + 16) over p[:end] (codec_py._verify)."""
         cdef bint derived
         sender_epoch = PyBytes_FromStringAndSize(<const char*>p + C_SENDER_EPOCH_AT, 16)
-        aead = self._aeads.get(sender_epoch)
+        aead = self._aeads.get(sender_epoch) if own_cluster else None
         derived = aead is None
         if derived:
             aead = self._derive(p)
@@ -553,7 +572,7 @@ cdef class FrameCodec:
             )
         except InvalidTag:
             raise DecodeError("authentication failed (bad tag or wrong cluster key)") from None
-        if derived:
+        if derived and own_cluster:
             self._remember(sender_epoch, aead)
         return 0
 
@@ -565,7 +584,7 @@ cdef class FrameCodec:
         cdef const uint8_t* p
         cdef Py_ssize_t size, end
         cdef uint8_t kind
-        cdef uint64_t cluster_id
+        cdef uint64_t cluster_id, receiver_id
         cdef Frame frame
         if isinstance(datagram, bytes):
             data = <bytes>datagram
@@ -583,7 +602,7 @@ cdef class FrameCodec:
                 f"truncated frame: {size} bytes, need at least {C_HEADER + C_TAG}"
             )
         if p[0] != C_VERSION:
-            raise DecodeError(f"unsupported wire version {p[0]} (expected {C_VERSION})")
+            raise WireVersionError(f"unsupported wire version {p[0]} (expected {C_VERSION})")
         kind = p[1]
         if kind != C_KIND_MESSAGES and kind != C_KIND_FRAGMENT:
             raise DecodeError(f"unknown frame kind {kind}")
@@ -592,9 +611,15 @@ cdef class FrameCodec:
                 f"fragment datagram of {size} bytes exceeds "
                 f"max_datagram_bytes={self.max_datagram_bytes}"
             )
+        receiver_id = load_u64(p + C_RECEIVER_AT)
+        if receiver_id != self.local_id and receiver_id != 0:
+            raise WrongReceiverError(
+                f"frame for receiver {receiver_id} (this is {self.local_id})")
         cluster_id = load_u64(p + 2)
-        if cluster_id != self.cluster_id:
-            raise DecodeError(f"wrong cluster id {cluster_id} (expected {self.cluster_id})")
+        if cluster_id != self.cluster_id and cluster_id != 0 and self.cluster_id != 0:
+            # Checked after the tag: only a holder of the cluster key can report a conflict.
+            self._verify(p, size - C_TAG, False)
+            raise WrongClusterError(load_u64(p + 10), cluster_id, self.cluster_id)
         self._verify(p, size - C_TAG)
 
         frame = Frame.__new__(Frame)
@@ -602,6 +627,8 @@ cdef class FrameCodec:
         frame.sender_id = load_u64(p + 10)
         frame.epoch = load_u64(p + 18)
         frame.counter = load_u64(p + 26)
+        frame.receiver_id = receiver_id
+        frame.cluster_id = cluster_id
         frame.fragment_id = 0
         frame.part = 0
         frame.parts = 0

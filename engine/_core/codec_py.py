@@ -6,14 +6,18 @@ error (class and text). This docstring is the specification; codec_c.pyx follows
 Frame (every integer little-endian, fixed width; DESIGN.md §5 "Wire")
 --------------------------------------------------------------------
   offset size  field
-  0      1     version          WIRE_VERSION (2); any other value is refused (version 1
-                                carried a keyed BLAKE2b tag and is no longer accepted)
+  0      1     version          WIRE_VERSION (3); any other value is refused with
+                                WireVersionError (the transport counts it as old_version)
   1      1     kind             FRAME_MESSAGES (1) | FRAME_FRAGMENT (2)
-  2      8     cluster_id       must equal the receiver's cluster id
+  2      8     cluster_id       the sender's cluster id, or 0 from an unbound sender (a client
+                                not told the id); below, "Identities"
   10     8     sender_id        node or client id of the sender
   18     8     epoch            sender's boot epoch (strictly larger after every restart)
   26     8     counter          per-(sender, epoch) frame counter, for the ReplayWindow
-  34     ...   body             depends on kind, below
+  34     8     receiver_id      the id of the endpoint the frame is for, or 0 (any receiver:
+                                a client's first frame to an address whose node id it does
+                                not know yet); below, "Identities"
+  42     ...   body             depends on kind, below
   n-16   16    tag              AES-256-GCM tag (GMAC) over bytes [0, n-16), below
 
 Authentication (an AEAD used for integrity only: nothing is encrypted)
@@ -24,11 +28,11 @@ Authentication (an AEAD used for integrity only: nothing is encrypted)
   tag    = AESGCM(subkey).encrypt(nonce, b"", associated_data=bytes [0, n-16))
            = the GCM tag of an empty plaintext: GMAC over the whole header and body
 
-  Version, kind, cluster id, sender, epoch and counter are all authenticated (they are in
-  the associated data, and sender/epoch/counter/kind also select the key and nonce). The
-  receiver checks size, version, kind and cluster id (cheap header reads), then verifies the
-  tag (AESGCM.decrypt: OpenSSL compares in constant time) BEFORE it parses any byte of the
-  body. Derived AESGCM objects are cached per (sender_id, epoch), at most
+  Version, kind, cluster id, sender, epoch, counter and receiver are all authenticated (they
+  are in the associated data, and sender/epoch/counter/kind also select the key and nonce).
+  The receiver checks size, version, kind, receiver and cluster id (cheap header reads),
+  then verifies the tag (AESGCM.decrypt: OpenSSL compares in constant time) BEFORE it parses
+  any byte of the body. Derived AESGCM objects are cached per (sender_id, epoch), at most
   MAX_CACHED_SUBKEYS of them (the cache is emptied when full); a receiver caches a subkey
   only after a frame verified under it, so forged headers with random (sender, epoch) cost
   one derivation each (~1.5 us of the ~4 us a forged datagram costs) and never grow or
@@ -40,9 +44,12 @@ Authentication (an AEAD used for integrity only: nothing is encrypted)
     1. The subkey is a PRF of (cluster_id, sender_id, epoch) under the cluster key, so two
        encoders share a subkey only if they share cluster, sender id AND boot epoch. Node
        transports use their own node id and engine.aio.udp.new_boot_epoch(), which is
-       strictly increasing within a process and time.time_ns() across restarts; clients use
-       a random 63-bit id (or the caller's) and time.time_ns(). So distinct incarnations of a
-       sender have distinct subkeys.
+       strictly increasing within a process, and across restarts max(stored epoch + 1,
+       clock) with the epoch stored in the data dir before the socket binds
+       (engine.aio.identity; without a data dir, the clock); clients use a random id in
+       [2**32, 2**63) (or the caller's) and new_boot_epoch(), renewed with a fresh counter
+       after an unanswered attempt. So distinct incarnations of a sender have distinct
+       subkeys.
     2. Within one (sender, epoch), UdpTransport draws every counter from ONE
        itertools.count(1): each messages frame, each oversized frame that is then carried in
        fragments, and each of those fragments takes next(counter) exactly once, and each is
@@ -91,9 +98,23 @@ Message
   the leader, and a follower must accept any entry its leader accepted. Its size is bounded
   by the frame size.
 
+Identities
+----------
+  A codec has a cluster_id and a local_id (the id of the endpoint that decodes with it).
+  decode() refuses, before the tag is checked:
+    - a receiver_id that is neither local_id nor 0 (WrongReceiverError): a frame captured on
+      its way to one node cannot be replayed to another;
+  and, after the tag verified (so only a holder of the cluster key can cause it):
+    - a cluster_id that is neither this codec's nor 0 (WrongClusterError, carrying the
+      sender and its cluster id): a node of another cluster, e.g. one bootstrapped with a
+      different member list. A codec with cluster_id 0 (unbound: a client not told the id)
+      accepts any cluster id. Frame.cluster_id and Frame.receiver_id report the header's
+      values, so the transport can refuse 0 (unbound / any receiver) from cluster members.
+
 Errors
 ------
-  decode() raises engine.errors.DecodeError, and nothing else, for any datagram it refuses;
+  decode() raises engine.errors.DecodeError (or its subclasses WireVersionError,
+  WrongReceiverError, WrongClusterError), and nothing else, for any datagram it refuses;
   it validates every length against the bytes left before reading them. encode() raises
   ValueError for a local programming error (unknown type or kind, a limit exceeded),
   OverflowError for an integer outside its field and TypeError for a wrong Python type.
@@ -111,19 +132,25 @@ from typing import Any
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from engine.errors import ConfigError, DecodeError
+from engine.errors import (
+    ConfigError,
+    DecodeError,
+    WireVersionError,
+    WrongClusterError,
+    WrongReceiverError,
+)
 from engine.types import U64_MAX, Limits
 
-WIRE_VERSION = 2            # 1 was the keyed-BLAKE2b tag; 2 is the AES-256-GCM tag
+WIRE_VERSION = 3            # AES-256-GCM tag, receiver id in the header
 FRAME_MESSAGES = 1
 FRAME_FRAGMENT = 2
 
-HEADER_BYTES = 34           # version, kind, cluster_id, sender_id, epoch, counter
+HEADER_BYTES = 42           # version, kind, cluster_id, sender_id, epoch, counter, receiver_id
 TAG_BYTES = 16              # the AES-GCM tag (full length: truncated GCM tags are weaker)
 MESSAGE_COUNT_BYTES = 4
 FRAGMENT_HEADER_BYTES = 20  # fragment_id, part, parts, chunk length
-FRAME_OVERHEAD = HEADER_BYTES + MESSAGE_COUNT_BYTES + TAG_BYTES          # 54
-FRAGMENT_OVERHEAD = HEADER_BYTES + FRAGMENT_HEADER_BYTES + TAG_BYTES     # 70
+FRAME_OVERHEAD = HEADER_BYTES + MESSAGE_COUNT_BYTES + TAG_BYTES          # 62
+FRAGMENT_OVERHEAD = HEADER_BYTES + FRAGMENT_HEADER_BYTES + TAG_BYTES     # 78
 MESSAGE_FIXED_BYTES = 12    # type, flags, presence, entry count, context length
 ENTRY_FIXED_BYTES = 21      # term, index, kind, data length
 
@@ -132,11 +159,12 @@ MAX_KEY_BYTES = 64          # BLAKE2b's maximum key size (the cluster key keys t
 MAX_FRAME_BYTES = (1 << 31) - 1  # cryptography's AES-GCM refuses longer associated data
 
 # Authentication (module docstring, "Authentication").
-SUBKEY_LABEL = b"engine/wire-v2/frame-subkey/aes256gcm"  # domain separation of the KDF
+SUBKEY_LABEL = b"engine/wire-v3/frame-subkey/aes256gcm"  # domain separation of the KDF
 SUBKEY_BYTES = 32           # AES-256
 IDENTITY_AT = 2             # header bytes [2, 26): cluster_id, sender_id, epoch -> the subkey
 SENDER_EPOCH_AT = 10        # header bytes [10, 26): sender_id, epoch -> the cache key
 COUNTER_AT = 26             # header bytes [26, 34): counter -> the nonce's first 64 bits
+RECEIVER_AT = 34            # header bytes [34, 42): receiver_id
 MAX_CACHED_SUBKEYS = 4096   # derived AESGCM objects kept per codec (emptied when full)
 MIN_DATAGRAM_BYTES = 512    # same range as Limits.max_datagram_bytes
 MAX_DATAGRAM_BYTES = 65_507  # largest UDP payload over IPv4
@@ -149,7 +177,7 @@ U64_FIELDS = (
 FLAG_REJECT = 0x01
 _PRESENCE_MASK = (1 << len(U64_FIELDS)) - 1
 
-_HEADER = struct.Struct("<BBQQQQ")
+_HEADER = struct.Struct("<BBQQQQQ")
 _U32 = struct.Struct("<I")
 _MESSAGE_HEAD = struct.Struct("<BBH")
 _MESSAGE_COUNTS = struct.Struct("<II")
@@ -247,13 +275,13 @@ class Frame:
 
     __slots__ = (
         "kind", "sender_id", "epoch", "counter", "messages", "fragment_id", "part", "parts",
-        "chunk",
+        "chunk", "receiver_id", "cluster_id",
     )
 
     def __init__(
         self, kind: int, sender_id: int, epoch: int, counter: int,
         messages: list[Any] | None = None, fragment_id: int = 0, part: int = 0, parts: int = 0,
-        chunk: bytes = b"",
+        chunk: bytes = b"", receiver_id: int = 0, cluster_id: int = 0,
     ) -> None:
         self.kind = kind
         self.sender_id = sender_id
@@ -264,6 +292,8 @@ class Frame:
         self.part = part
         self.parts = parts
         self.chunk = chunk
+        self.receiver_id = receiver_id
+        self.cluster_id = cluster_id
 
     def __repr__(self) -> str:
         if self.kind == FRAME_FRAGMENT:
@@ -327,7 +357,7 @@ def _as_bytes(datagram: Any) -> bytes:
 
 def _nonce(header: bytes) -> bytes:
     """The 96-bit GCM nonce of a frame: counter (u64) || kind (u32), from its header."""
-    return header[COUNTER_AT:HEADER_BYTES] + header[1:2] + b"\x00\x00\x00"
+    return header[COUNTER_AT:RECEIVER_AT] + header[1:2] + b"\x00\x00\x00"
 
 
 def _truncated(need: int, offset: int, end: int) -> DecodeError:
@@ -341,18 +371,20 @@ class FrameCodec:
 
     `max_datagram_bytes` bounds a fragment datagram (and `max_chunk_bytes` follows from it);
     `max_frame_bytes` bounds a messages frame, which may be a reassembled one larger than a
-    datagram (default: Limits.max_reassembly_bytes).
+    datagram (default: Limits.max_reassembly_bytes). `local_id` is the id of the endpoint
+    decoding with this codec: frames for another receiver are refused (module docstring,
+    "Identities").
     """
 
     __slots__ = (
-        "cluster_id", "max_datagram_bytes", "max_frame_bytes", "max_chunk_bytes",
+        "cluster_id", "local_id", "max_datagram_bytes", "max_frame_bytes", "max_chunk_bytes",
         "max_messages_per_frame", "max_entries_per_message", "max_context_bytes",
         "_kdf", "_aeads", "_known_types", "_known_kinds",
     )
 
     def __init__(
         self, cluster_key: bytes, cluster_id: int = 0, max_datagram_bytes: int = 65_000,
-        *, limits: Limits | None = None, max_frame_bytes: int | None = None,
+        *, limits: Limits | None = None, max_frame_bytes: int | None = None, local_id: int = 0,
     ) -> None:
         # Imported here, not at module import: engine.messages imports this module at its
         # bottom, so a module-level import would be circular.
@@ -362,6 +394,8 @@ class FrameCodec:
         key = _check_key(cluster_key)
         if not isinstance(cluster_id, int) or not 0 <= cluster_id <= U64_MAX:
             raise ConfigError(f"cluster_id must be an int in [0, 2**64), got {cluster_id!r}")
+        if not isinstance(local_id, int) or not 0 <= local_id <= U64_MAX:
+            raise ConfigError(f"local_id must be an int in [0, 2**64), got {local_id!r}")
         if (
             not isinstance(max_datagram_bytes, int)
             or not MIN_DATAGRAM_BYTES <= max_datagram_bytes <= MAX_DATAGRAM_BYTES
@@ -379,6 +413,7 @@ class FrameCodec:
                 f"max_frame_bytes must be in [max_datagram_bytes, 2**31), got {max_frame_bytes!r}"
             )
         self.cluster_id = cluster_id
+        self.local_id = local_id
         self.max_datagram_bytes = max_datagram_bytes
         self.max_frame_bytes = max_frame_bytes
         self.max_chunk_bytes = max_datagram_bytes - FRAGMENT_OVERHEAD
@@ -394,9 +429,12 @@ class FrameCodec:
 
     # ---------------------------------------------------------------- encode
 
-    def encode(self, sender_id: int, epoch: int, counter: int, messages: Sequence[Any]) -> bytes:
-        """One authenticated messages frame carrying `messages` in order."""
-        header = self._header(FRAME_MESSAGES, sender_id, epoch, counter)
+    def encode(
+        self, sender_id: int, epoch: int, counter: int, messages: Sequence[Any],
+        receiver_id: int = 0,
+    ) -> bytes:
+        """One authenticated messages frame for `receiver_id` carrying `messages` in order."""
+        header = self._header(FRAME_MESSAGES, sender_id, epoch, counter, receiver_id)
         if len(messages) > self.max_messages_per_frame:
             raise ValueError(
                 f"{len(messages)} messages exceed "
@@ -415,10 +453,11 @@ class FrameCodec:
 
     def encode_fragment(
         self, sender_id: int, epoch: int, counter: int, fragment_id: int, part: int,
-        parts: int, chunk: bytes | bytearray | memoryview,
+        parts: int, chunk: bytes | bytearray | memoryview, receiver_id: int = 0,
     ) -> bytes:
-        """One authenticated fragment datagram carrying `chunk`, part `part` of `parts`."""
-        header = self._header(FRAME_FRAGMENT, sender_id, epoch, counter)
+        """One authenticated fragment datagram for `receiver_id` carrying `chunk`, part
+        `part` of `parts`."""
+        header = self._header(FRAME_FRAGMENT, sender_id, epoch, counter, receiver_id)
         fragment_id = _u64(fragment_id, "fragment_id")
         part = _u32(part, "part")
         parts = _u32(parts, "parts")
@@ -435,10 +474,12 @@ class FrameCodec:
         out += chunk_bytes
         return self._sealed(out)
 
-    def _header(self, kind: int, sender_id: int, epoch: int, counter: int) -> bytes:
+    def _header(
+        self, kind: int, sender_id: int, epoch: int, counter: int, receiver_id: int
+    ) -> bytes:
         return _HEADER.pack(
             WIRE_VERSION, kind, self.cluster_id, _u64(sender_id, "sender_id"),
-            _u64(epoch, "epoch"), _u64(counter, "counter"),
+            _u64(epoch, "epoch"), _u64(counter, "counter"), _u64(receiver_id, "receiver_id"),
         )
 
     def _sealed(self, out: bytearray) -> bytes:
@@ -511,13 +552,17 @@ class FrameCodec:
     def decode(self, datagram: bytes | bytearray | memoryview) -> Frame:
         """Authenticate and parse one frame; DecodeError for anything not acceptable."""
         data = _as_bytes(datagram)
-        kind, sender_id, epoch, counter = self._check_header(data)
+        kind, cluster_id, sender_id, epoch, counter, receiver_id = self._check_header(data)
         end = len(data) - TAG_BYTES
         if kind == FRAME_FRAGMENT:
-            return self._decode_fragment(data, end, sender_id, epoch, counter)
-        return Frame(kind, sender_id, epoch, counter, self._decode_messages(data, end))
+            frame = self._decode_fragment(data, end, sender_id, epoch, counter)
+        else:
+            frame = Frame(kind, sender_id, epoch, counter, self._decode_messages(data, end))
+        frame.receiver_id = receiver_id
+        frame.cluster_id = cluster_id
+        return frame
 
-    def _check_header(self, data: bytes) -> tuple[int, int, int, int]:
+    def _check_header(self, data: bytes) -> tuple[int, int, int, int, int, int]:
         """Cheap header checks, then the tag, before anything in the body is read."""
         size = len(data)
         if size > self.max_frame_bytes:
@@ -528,9 +573,11 @@ class FrameCodec:
             raise DecodeError(
                 f"truncated frame: {size} bytes, need at least {HEADER_BYTES + TAG_BYTES}"
             )
-        version, kind, cluster_id, sender_id, epoch, counter = _HEADER.unpack_from(data, 0)
+        version, kind, cluster_id, sender_id, epoch, counter, receiver_id = (
+            _HEADER.unpack_from(data, 0))
         if version != WIRE_VERSION:
-            raise DecodeError(f"unsupported wire version {version} (expected {WIRE_VERSION})")
+            raise WireVersionError(
+                f"unsupported wire version {version} (expected {WIRE_VERSION})")
         if kind != FRAME_MESSAGES and kind != FRAME_FRAGMENT:
             raise DecodeError(f"unknown frame kind {kind}")
         if kind == FRAME_FRAGMENT and size > self.max_datagram_bytes:
@@ -538,16 +585,23 @@ class FrameCodec:
                 f"fragment datagram of {size} bytes exceeds "
                 f"max_datagram_bytes={self.max_datagram_bytes}"
             )
-        if cluster_id != self.cluster_id:
-            raise DecodeError(f"wrong cluster id {cluster_id} (expected {self.cluster_id})")
+        if receiver_id != self.local_id and receiver_id != 0:
+            raise WrongReceiverError(
+                f"frame for receiver {receiver_id} (this is {self.local_id})")
+        if cluster_id != self.cluster_id and cluster_id != 0 and self.cluster_id != 0:
+            # Checked after the tag: only a holder of the cluster key can report a conflict.
+            self._verify(data, size - TAG_BYTES, own_cluster=False)
+            raise WrongClusterError(sender_id, cluster_id, self.cluster_id)
         self._verify(data, size - TAG_BYTES)
-        return kind, sender_id, epoch, counter
+        return kind, cluster_id, sender_id, epoch, counter, receiver_id
 
-    def _verify(self, data: bytes, end: int) -> None:
+    def _verify(self, data: bytes, end: int, own_cluster: bool = True) -> None:
         """Check the tag at [end, end + 16) over data[:end]; DecodeError if it is wrong.
-        A subkey is cached only once a frame verified under it (module docstring)."""
+        A subkey is cached only once a frame verified under it (module docstring); the
+        cache is keyed by (sender, epoch) of this cluster, so a frame of another cluster id
+        (own_cluster=False) is checked under a fresh derivation that is not kept."""
         sender_epoch = data[SENDER_EPOCH_AT:COUNTER_AT]
-        cached = self._aeads.get(sender_epoch)
+        cached = self._aeads.get(sender_epoch) if own_cluster else None
         aead = self._derive(data) if cached is None else cached
         try:
             # decrypt() of an empty ciphertext recomputes the tag and compares it in constant
@@ -556,7 +610,7 @@ class FrameCodec:
             aead.decrypt(_nonce(data), data[end:], memoryview(data)[:end])
         except InvalidTag:
             raise DecodeError("authentication failed (bad tag or wrong cluster key)") from None
-        if cached is None:
+        if cached is None and own_cluster:
             self._remember(sender_epoch, aead)
 
     def _decode_fragment(

@@ -32,7 +32,7 @@ from engine._core import codec
 from engine.aio.udp import new_boot_epoch
 from engine.kv import commands
 from engine.messages import ClientOp, ClientStatus, Message, MessageType, enum_members
-from engine.types import Limits, parse_address
+from engine.types import MIN_CLIENT_ID, Limits, check_client_id, parse_address
 
 # The enums' members as plain attributes (engine.messages.enum_members): read per request.
 _MT = enum_members(MessageType)
@@ -93,9 +93,16 @@ class Client:
         self.addresses = [parse_address(a) for a in addresses]
         self.timeout = timeout
         self.attempt_timeout = attempt_timeout
-        self.client_id = client_id if client_id is not None else random.getrandbits(63) | 1
+        # Client ids are disjoint from node ids (engine.types.MIN_CLIENT_ID): a client can
+        # never be taken for a member.
+        self.client_id = (check_client_id(client_id) if client_id is not None
+                          else random.randrange(MIN_CLIENT_ID, 1 << 63))
         limits = limits or Limits()
-        self._codec = codec.FrameCodec(cluster_key, cluster_id, limits.max_datagram_bytes)
+        # Replies may be as large as this (Message.commit of a request: the client opts into
+        # answers larger than Limits.max_reply_amplification x its request, e.g. a value).
+        self._max_reply_bytes = limits.max_reassembly_bytes
+        self._codec = codec.FrameCodec(cluster_key, cluster_id, limits.max_datagram_bytes,
+                                       local_id=self.client_id)
         self._frame_budget = limits.max_datagram_bytes - codec.FRAME_OVERHEAD
         self._max_messages = limits.max_messages_per_frame
         # Strictly increasing in this process: (client id, epoch, counter) never repeats, so
@@ -104,6 +111,9 @@ class Client:
         self._outbox: dict[tuple[str, int], list[Message]] = {}
         self._flush_handle: asyncio.Handle | None = None
         self._counter = 0
+        # Node ids learned from answers, by address: frames name their receiver (a frame
+        # for one node cannot be replayed to another); 0 until the node answered once.
+        self._node_ids: dict[tuple[str, int], int] = {}
         self._request_number = 0
         # Idle sessions: [session id, next seq]. A timed-out write keeps its seq consumed.
         self._idle_sessions: list[list[int]] = []
@@ -314,6 +324,10 @@ class Client:
             finally:
                 self._forget(seq, future, timer)
             attempt += 1
+            if response is None:
+                # No answer: perhaps the node restarted since this epoch began and refuses
+                # it as stale (engine.aio.udp, min_client_epoch); the retry uses a new one.
+                self._renew_epoch()
             if response is None or response.status == _STATUS.UNKNOWN:
                 # Lost, slow, or the node could not tell: retry (same seq: applied once).
                 ambiguous = True
@@ -469,7 +483,10 @@ class Client:
         """Send a membership ADMIN op to the leader, following NOT_LEADER hints. The node
         answers when the change is committed; an attempt unanswered for a while is sent
         again (to the next node), which is safe: the node-side operations are idempotent
-        outcomes ("node 4 is a voter"), not increments."""
+        outcomes ("node 4 is a voter"), not increments, and every attempt carries one
+        request id that the cluster records through its log, so a retry (or a replay) of
+        this operation is never applied again once it was."""
+        spec["request_id"] = random.getrandbits(64) | 1
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         candidates = list(self.addresses)
@@ -512,9 +529,12 @@ class Client:
         """Send one request; its answer, or None if none came within `wait` seconds."""
         future, timer = self._send_request(target, op, seq, payload, wait, kind, read_mode)
         try:
-            return await future
+            response = await future
         finally:
             self._forget(seq, future, timer)
+        if response is None:
+            self._renew_epoch()   # as in _request
+        return response
 
     def _forget(self, seq: int, future: asyncio.Future[Message | None],
                 timer: asyncio.TimerHandle) -> None:
@@ -537,7 +557,7 @@ class Client:
             outbox = self._outbox[target] = []
         outbox.append(Message(
             int(kind), src=self.client_id, seq=seq, status=int(op), context=payload,
-            index=read_mode,
+            index=read_mode, commit=self._max_reply_bytes,
         ))
         if len(self._waiting) == 1:
             # Nothing else outstanding (one caller, request after request): send now, not at
@@ -561,13 +581,19 @@ class Client:
             # One request (one caller, request after request) needs no packing.
             for batch in (messages,) if len(messages) == 1 else self._batches(messages):
                 self._counter += 1
-                frame = self._codec.encode(self.client_id, self._epoch, self._counter, batch)
+                frame = self._codec.encode(self.client_id, self._epoch, self._counter, batch,
+                                           self._node_ids.get(target, 0))
                 try:
                     transport.sendto(frame, target)
                 except OSError:   # e.g. no route: the request times out and is retried
                     self.counters["socket_errors"] += 1
                     continue
                 self.counters["datagrams_sent"] += 1
+
+    def _renew_epoch(self) -> None:
+        """A fresh epoch (and so a fresh subkey and counter: nonces never repeat)."""
+        self._epoch = new_boot_epoch()
+        self._counter = 0
 
     def _batches(self, messages: list[Message]) -> list[list[Message]]:
         budget = self._frame_budget
@@ -589,6 +615,8 @@ class Client:
         except errors.DecodeError:
             self.counters["dropped"] += 1
             return
+        if frame.messages:
+            self._node_ids[addr[:2]] = frame.sender_id
         for message in frame.messages:
             if message.type not in _RESPONSE_TYPES or message.dst != self.client_id:
                 self.counters["dropped"] += 1

@@ -228,7 +228,7 @@ class Node(_MembershipMixin, _SnapshotsMixin, _ReadsMixin, _ServingMixin, _Event
 
     def __init__(
         self, config: NodeConfig, state_machine: StateMachine | None = None, *,
-        storage: Any = None,
+        storage: Any = None, clock_ns: Callable[[], int] = time.time_ns,
     ) -> None:
         if state_machine is None:
             from engine.kv import KVStore
@@ -236,6 +236,7 @@ class Node(_MembershipMixin, _SnapshotsMixin, _ReadsMixin, _ServingMixin, _Event
             state_machine = KVStore(config.limits)
         self.config = config
         self.state_machine = state_machine
+        self._clock_ns = clock_ns  # wall clock for the boot epoch (injectable for tests)
         self._storage = storage
         self._core: Any = None
         self._transport: Any = None
@@ -293,7 +294,7 @@ class Node(_MembershipMixin, _SnapshotsMixin, _ReadsMixin, _ServingMixin, _Event
             "proposals": 0, "proposal_batches": 0, "applied": 0, "readies": 0, "saves": 0,
             "syncs": 0,
             "reads": 0, "read_rounds": 0, "forwarded": 0, "reforwarded": 0,
-            "client_requests": 0,
+            "client_requests": 0, "replies_too_large": 0,
         }
         # Snapshots (Raft and Paxos: the cores offer the same compact()/log surface): what was
         # applied since the last one; one snapshot at a time.
@@ -325,6 +326,7 @@ class Node(_MembershipMixin, _SnapshotsMixin, _ReadsMixin, _ServingMixin, _Event
 
     async def start(self) -> None:
         """Recover from storage, bind the UDP socket and start ticking."""
+        from engine.aio.identity import open_identity, store_cluster_id
         from engine.aio.udp import UdpTransport
 
         if self._running:
@@ -339,14 +341,20 @@ class Node(_MembershipMixin, _SnapshotsMixin, _ReadsMixin, _ServingMixin, _Event
         # Raft: the peers of the recovered configuration (thesis §4.1), not only the
         # bootstrap members; later configurations are followed in _handle_ready.
         peers = self._member_peers()
+        # Cluster id and boot epoch, stored durably before the socket binds (identity.py).
+        identity = await self._loop.run_in_executor(
+            None, open_identity, self.config, self._clock_ns)
         self._transport = UdpTransport(
             self.config.node_id,
             self.config.listen or self.config.address_of(self.config.node_id),
             peers,
             self.config.cluster_key,
-            cluster_id=self.config.cluster_id,
+            cluster_id=identity.cluster_id,
             limits=self.config.limits,
+            epoch=identity.epoch,
             on_messages=self._on_messages,
+            min_client_epoch=identity.min_client_epoch,
+            on_cluster_id=lambda cluster_id: store_cluster_id(self.config, cluster_id),
         )
         await self._transport.start()
         if self.config.data_dir is not None:

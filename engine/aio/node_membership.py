@@ -25,6 +25,20 @@ _MEMBERSHIP_ADMIN_OPS = frozenset(
 _REMOVAL_NOTICES = 20
 
 
+def admin_payload(message: Message) -> dict[str, Any]:
+    """The JSON object an ADMIN message carries ({} if empty); errors.DecodeError for
+    anything else: not UTF-8, not JSON, nested too deep (RecursionError), not an object.
+    Hostile input gets a typed error, never an exception into the datagram's other
+    messages (DESIGN.md §5 "Wire")."""
+    try:
+        spec = json.loads(message.context or b"{}")
+    except (ValueError, RecursionError) as exc:
+        raise errors.DecodeError(f"ADMIN payload is not JSON: {exc}") from None
+    if not isinstance(spec, dict):
+        raise errors.DecodeError("ADMIN payload must be a JSON object")
+    return spec
+
+
 def _error_payload(exc: BaseException) -> bytes:
     """An ADMIN_RESPONSE body naming the error's class, so a client re-raises the same type."""
     return json.dumps({"error": type(exc).__name__, "message": str(exc)}).encode()
@@ -101,8 +115,8 @@ class _MembershipMixin:
         return view
 
     async def add_member(self, node_id: int, address: str, *, learner: bool = False,
-                         witness: bool = False, timeout: float | None = None
-                         ) -> dict[str, Any]:
+                         witness: bool = False, timeout: float | None = None,
+                         request_id: int = 0) -> dict[str, Any]:
         """Add node `node_id` at `address` ("host:port"); returns members() once the final
         configuration is committed. Start the new node first with NodeConfig(join=True[,
         witness=True]) (or `serve --join`).
@@ -117,7 +131,8 @@ class _MembershipMixin:
         Leader only. Raises NotLeader (leader_id / leader_address hint), MembershipError
         (invalid or unsafe: already a different member, W1 broken, ...; nothing appended),
         Superseded (the entry was overwritten by a new leader: nothing changed), Timeout
-        (unknown: the change may still complete), Stopped.
+        (unknown: the change may still complete), Stopped. A non-zero `request_id` is recorded
+        with the first configuration entry this call appends (see _admin_membership).
         """
         from engine.raft import membership as changes
 
@@ -134,25 +149,28 @@ class _MembershipMixin:
             await self._wait_committed(lambda m: node_id in m.members, deadline)
         else:
             entry = await self._propose_membership(
-                changes.add_learner(node_id, address, witness=witness), deadline)
+                changes.add_learner(node_id, address, witness=witness), deadline, request_id)
+            request_id = 0  # recorded
             await self._wait_committed(lambda m: node_id in m.members, deadline, entry)
         if not learner:
             try:
-                await self._promote_when_caught_up(node_id, deadline)
+                await self._promote_when_caught_up(node_id, deadline, request_id)
             except errors.Rejected as exc:
                 # The learner this call added stays: not a "nothing changed".
                 raise errors.unfinished(exc, may_apply=appended) from None
         return self.members()
 
-    async def promote(self, node_id: int, *, timeout: float | None = None) -> dict[str, Any]:
+    async def promote(self, node_id: int, *, timeout: float | None = None,
+                      request_id: int = 0) -> dict[str, Any]:
         """Make learner `node_id` a voter once it is caught up (thesis §4.2.1, §4.3); returns
-        members() once C_new is committed. Errors as add_member."""
+        members() once C_new is committed. Errors and request_id as add_member."""
         self._membership_core()
-        await self._promote_when_caught_up(node_id, self._membership_deadline(timeout))
+        await self._promote_when_caught_up(
+            node_id, self._membership_deadline(timeout), request_id)
         return self.members()
 
-    async def remove_member(self, node_id: int, *, timeout: float | None = None
-                            ) -> dict[str, Any]:
+    async def remove_member(self, node_id: int, *, timeout: float | None = None,
+                            request_id: int = 0) -> dict[str, Any]:
         """Remove `node_id` (voter: through joint consensus, §4.3; learner: one entry);
         returns members() once the configuration without it is committed. Removing the
         leader itself is allowed: it manages the change without counting itself and steps
@@ -162,7 +180,7 @@ class _MembershipMixin:
 
         self._membership_core()
         deadline = self._membership_deadline(timeout)
-        entry = await self._propose_membership(changes.remove(node_id), deadline)
+        entry = await self._propose_membership(changes.remove(node_id), deadline, request_id)
         await self._wait_committed(lambda m: node_id not in m.members, deadline, entry)
         return self.members()
 
@@ -193,7 +211,8 @@ class _MembershipMixin:
                 f"node {node_id} is already a member ({kind} at {known or '?'}); remove it "
                 "first (and wipe its data) to add it differently")
 
-    async def _propose_membership(self, op: Any, deadline: float) -> tuple[int, int]:
+    async def _propose_membership(self, op: Any, deadline: float, request_id: int = 0
+                                  ) -> tuple[int, int]:
         """Propose one change on the leader, retrying while another is in flight (one change
         at a time, thesis §4.3); returns its CONFIG entry's (index, term)."""
         assert self._loop is not None
@@ -203,7 +222,7 @@ class _MembershipMixin:
             if str(self._core.role) != "leader":
                 raise self._not_leader()
             try:
-                entry: tuple[int, int] = self._core.propose_conf_change(op)
+                entry: tuple[int, int] = self._core.propose_conf_change(op, request_id)
             except (errors.ConfChangeInProgress, errors.Overloaded) as exc:
                 # Another change (or a leadership transfer) is in flight: retry shortly.
                 if self._loop.time() > deadline:
@@ -253,7 +272,8 @@ class _MembershipMixin:
         except errors.LogIndexError:
             return -1
 
-    async def _promote_when_caught_up(self, node_id: int, deadline: float) -> None:
+    async def _promote_when_caught_up(self, node_id: int, deadline: float,
+                                      request_id: int = 0) -> None:
         """Thesis §4.2.1: promote a learner only once its log is (nearly) the leader's; the
         core refuses earlier with MembershipError, which here means "wait"."""
         from engine.raft import membership as changes
@@ -272,7 +292,8 @@ class _MembershipMixin:
             try:
                 if self._catching_up(node_id):
                     raise errors.MembershipError(f"learner {node_id} is not caught up")
-                entry = await self._propose_membership(changes.promote(node_id), deadline)
+                entry = await self._propose_membership(
+                    changes.promote(node_id), deadline, request_id)
             except errors.MembershipError:
                 if not self._catching_up(node_id):
                     raise
@@ -305,11 +326,12 @@ class _MembershipMixin:
         """ADD_MEMBER / REMOVE_MEMBER / PROMOTE_MEMBER from an operator (Client, CLI):
         leader only (NOT_LEADER with the leader's address otherwise), answered when done."""
         try:
-            spec = json.loads(message.context or b"{}")
+            spec = admin_payload(message)
             node_id = int(spec["id"])
-            if not isinstance(spec, dict) or node_id <= 0:
+            request_id = int(spec.get("request_id", 0))
+            if node_id <= 0 or not 0 <= request_id < 1 << 64:
                 raise ValueError
-        except (ValueError, TypeError, KeyError):
+        except (ValueError, TypeError, KeyError, OverflowError):
             self._reply_admin(message, address, ClientStatus.REJECTED, _error_payload(
                 errors.MembershipError('membership ops need JSON {"id": positive node id}')))
             return
@@ -322,6 +344,9 @@ class _MembershipMixin:
             hint = self._address_of(self._core.leader_id or 0)
             self._reply_admin(message, address, ClientStatus.NOT_LEADER, hint.encode())
             return
+        if request_id and request_id in self._core.membership.requests:
+            self._answer_repeated_request(message, address)
+            return
         op = message.status
         try:  # the client's remaining time, so the answer comes before it gives up
             timeout: float | None = min(max(float(spec.get("timeout", 0)), 0.0), 3600.0) or None
@@ -332,10 +357,10 @@ class _MembershipMixin:
             if op == AdminOp.ADD_MEMBER:
                 return await self.add_member(
                     node_id, str(spec.get("address", "")), learner=bool(spec.get("learner")),
-                    witness=bool(spec.get("witness")), timeout=timeout)
+                    witness=bool(spec.get("witness")), timeout=timeout, request_id=request_id)
             if op == AdminOp.PROMOTE_MEMBER:
-                return await self.promote(node_id, timeout=timeout)
-            return await self.remove_member(node_id, timeout=timeout)
+                return await self.promote(node_id, timeout=timeout, request_id=request_id)
+            return await self.remove_member(node_id, timeout=timeout, request_id=request_id)
 
         async def run() -> None:
             try:
@@ -357,6 +382,18 @@ class _MembershipMixin:
 
         assert self._loop is not None
         self._loop.create_task(run())
+
+    def _answer_repeated_request(self, message: Message, address: Any) -> None:
+        """An ADMIN request whose id the log already records (Membership.requests): a
+        client's retry or a replay. Never applied twice: answered with the membership once
+        the configuration recording it is committed, as unknown while it is not."""
+        core = self._core
+        if core.membership_index <= core.commit_index:
+            self._reply_admin(message, address, ClientStatus.OK,
+                              json.dumps(self.members()).encode())
+        else:
+            self._reply_admin(message, address, ClientStatus.UNKNOWN, _error_payload(
+                errors.Timeout("this request's change is not committed yet; ask again")))
 
     def _address_of(self, node_id: int) -> str:
         """A member's "host:port": the configuration in force first (it may have been added
@@ -504,8 +541,8 @@ class _MembershipMixin:
         if not self._track_membership or self._removed or self._core is None:
             return
         try:
-            index = int(json.loads(message.context)["index"])
-        except (ValueError, TypeError, KeyError):
+            index = int(admin_payload(message)["index"])
+        except (ValueError, TypeError, KeyError, OverflowError):
             return
         core = self._core
         me = self.config.node_id

@@ -17,7 +17,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from engine import errors
-from engine.aio.node_membership import _MEMBERSHIP_ADMIN_OPS
+from engine._core import codec
+from engine.aio.node_membership import _MEMBERSHIP_ADMIN_OPS, admin_payload
 from engine.aio.node_reads import READ_MODES
 from engine.messages import (
     AdminOp,
@@ -254,7 +255,30 @@ class _ServingMixin:
         if request.src in self.config.members and request.src != self.config.node_id:
             self._transport.send([response])
         else:
-            self._transport.send_to_address(address, [response])
+            self._transport.send_to_address(address, [self._within_budget(request, response)])
+
+    def _within_budget(self, request: Message, response: Message) -> Message:
+        """`response`, or a short refusal if it is larger than the request allows: replies
+        do not amplify (docs/reliability.md). The bound is Limits.max_reply_amplification
+        times the request's encoded size, or Message.commit of the request if larger (the
+        client opted into big answers; engine.Client does for every request)."""
+        size = codec.encoded_size(response)
+        if size <= request.commit:
+            return response
+        allowed = self.config.limits.max_reply_amplification * (
+            codec.encoded_size(request) + codec.FRAME_OVERHEAD)
+        if size + codec.FRAME_OVERHEAD <= allowed:
+            return response
+        self.counters["replies_too_large"] += 1
+        # Only a read-only request may be told "rejected"; anything else may have taken
+        # effect, so its outcome stays unknown to this client (never a false "failed").
+        read_only = request.type == _MT.CLIENT_REQUEST and request.status in (
+            _OP.STATUS, _OP.READ)
+        response.status = int(_STATUS.REJECTED if read_only else _STATUS.UNKNOWN)
+        response.context = (
+            f"a reply of {size} bytes exceeds this request's {allowed}: set Message.commit "
+            "to the largest reply you accept").encode()
+        return response
 
     def _on_admin(self, message: Message, address: Any) -> None:
         """Fault injection for tests (engine.testing): switch the transport's fault filter
@@ -278,9 +302,7 @@ class _ServingMixin:
             return
         try:
             if message.status == _ADMIN.SET_FAULTS:
-                spec = json.loads(message.context or b"{}")
-                if not isinstance(spec, dict):
-                    raise ValueError("fault spec must be a JSON object")
+                spec = admin_payload(message)
                 # "tick_scale" (clock-rate skew): validated before anything changes; a spec
                 # with only it leaves the transport's filter (e.g. a partition) as it is.
                 skew_only = set(spec) == {"tick_scale"}
@@ -300,7 +322,7 @@ class _ServingMixin:
                 self._tick_scale = 1.0
             else:
                 raise ValueError(f"unknown admin op {message.status}")
-        except (ValueError, TypeError, errors.ConfigError) as exc:
+        except (ValueError, TypeError, OverflowError, errors.ConfigError) as exc:
             self._reply_admin(message, address, _STATUS.REJECTED, str(exc).encode())
             return
         self._reply_admin(message, address, _STATUS.OK, b"")
@@ -308,8 +330,8 @@ class _ServingMixin:
     def _admin_transfer(self, message: Message, address: Any) -> None:
         """Operator-requested leadership transfer; answered when it completes or fails."""
         try:
-            target = int(json.loads(message.context or b"{}")["to"])
-        except (ValueError, TypeError, KeyError):
+            target = int(admin_payload(message)["to"])
+        except (ValueError, TypeError, KeyError, OverflowError):
             self._reply_admin(message, address, _STATUS.REJECTED,
                               b'transfer needs JSON {"to": node_id}')
             return
@@ -332,7 +354,7 @@ class _ServingMixin:
         self._loop.create_task(transfer())
 
     def _reply_admin(self, request: Message, address: Any, status: int, context: bytes) -> None:
-        self._transport.send_to_address(address, [Message(
+        self._transport.send_to_address(address, [self._within_budget(request, Message(
             _MT.ADMIN_RESPONSE, src=self.config.node_id, dst=request.src,
             seq=request.seq, status=int(status), context=context,
-        )])
+        ))])

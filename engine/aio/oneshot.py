@@ -16,24 +16,30 @@ from engine import errors
 from engine._core import codec
 from engine.aio.udp import new_boot_epoch
 from engine.messages import Message
-from engine.types import Limits, parse_address
+from engine.types import MIN_CLIENT_ID, Limits, parse_address
 
 
 async def exchange(address: str, request: Message, cluster_key: bytes, *,
-                   cluster_id: int = 0, timeout: float = 1.0, attempts: int = 3) -> Message:
+                   cluster_id: int = 0, timeout: float = 1.0, attempts: int = 3,
+                   max_reply_bytes: int | None = None) -> Message:
     """Send `request` (its src is replaced by a random client id) to the node at `address`
-    and return the first authenticated answer with the same seq; engine.Timeout if none."""
-    frame_codec = codec.FrameCodec(cluster_key, cluster_id, Limits().max_datagram_bytes)
-    client_id = random.getrandbits(63) | 1
+    and return the first authenticated answer with the same seq; engine.Timeout if none.
+    The request opts into answers of up to `max_reply_bytes` (default: one datagram;
+    Message.commit, see engine.messages), e.g. a STATUS answer many times its size."""
+    limits = Limits()
+    client_id = random.randrange(MIN_CLIENT_ID, 1 << 63)
+    frame_codec = codec.FrameCodec(cluster_key, cluster_id, limits.max_datagram_bytes,
+                                   local_id=client_id)
     request.src = client_id
+    request.commit = limits.max_datagram_bytes if max_reply_bytes is None else max_reply_bytes
     stream = await asyncio_dgram.connect(parse_address(address))
     try:
         # Strictly increasing in this process: (client id, epoch, counter) never repeats,
         # so neither does an AES-GCM nonce under the derived key (engine/_core/codec_py).
-        epoch = new_boot_epoch()
-        for attempt in range(1, attempts + 1):
+        for _ in range(attempts):
+            epoch = new_boot_epoch()  # a fresh epoch per attempt: see Client._renew_epoch
             try:
-                await stream.send(frame_codec.encode(client_id, epoch, attempt, [request]))
+                await stream.send(frame_codec.encode(client_id, epoch, 1, [request]))
             except (OSError, asyncio_dgram.TransportClosed):
                 await asyncio.sleep(timeout / 10)  # nobody listens yet: try again shortly
                 continue

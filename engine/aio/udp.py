@@ -54,7 +54,13 @@ Replies have a queue of their own that a flush writes first: a client's answer n
 behind the same turn's peer traffic (the leader's commit notices), which the node queues
 before it applies (so a node that leaves the cluster while applying still sends them).
 
-Receiving. Every datagram is authenticated by the codec before any of its body is parsed.
+Receiving. Every datagram is authenticated by the codec before any of its body is parsed;
+the codec also refuses another wire version, a frame for another receiver and (after its tag
+verified) a frame of another cluster id, which is logged at WARNING as a conflict (rate
+limited). A node id (below engine.types.MIN_CLIENT_ID) that is not a current peer is refused
+as unknown_member (logged the same way); a client frame whose epoch is older than
+`min_client_epoch` (the node's boot time minus Limits.max_client_clock_skew_s) is refused as
+stale_epoch, so a request captured before a restart is not answered after it.
 Then the per-sender ReplayWindow refuses anything already seen or from an older boot epoch.
 Messages must name the frame's sender as `src` and this node (or 0) as `dst`. A datagram that
 fails anything is dropped and counted by reason in `stats()["dropped"]`; nothing from the
@@ -70,8 +76,11 @@ fragment passes the replay window itself, so the reassembled frame is not checke
 counter precedes its fragments'); it must come from the same sender and epoch.
 
 Epoch and counter. The boot epoch is time.time_ns() at construction, forced strictly above
-any epoch handed out before in this process, so a restarted node's frames supersede its old
-incarnation's at every receiver. The counter increments once per frame (and per fragment).
+any epoch handed out before in this process, or the epoch the node persisted in its data dir
+(engine.aio.node: max(persisted + 1, clock), fsynced before the socket binds), so a restarted
+node's frames supersede its old incarnation's at every receiver even after a backward clock
+step. The counter increments once per frame (and per fragment). Every frame names its
+receiver: the peer's id, or for a reply the client id the reply is for.
 
 Fault filter (tests only). `set_fault_filter()` drops messages to / frames from given node
 ids (partitions), and drops, duplicates or delays outgoing datagrams with a seeded RNG.
@@ -93,8 +102,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine._core import codec
-from engine.errors import ConfigError, DecodeError
-from engine.types import Limits, parse_address
+from engine.errors import (
+    ConfigError,
+    DecodeError,
+    WireVersionError,
+    WrongClusterError,
+    WrongReceiverError,
+)
+from engine.types import MIN_CLIENT_ID, Limits, parse_address
 
 logger = logging.getLogger("engine.aio.udp")
 
@@ -110,10 +125,18 @@ SOCKET_BUFFER_BYTES = 4 * 1024 * 1024
 DEFAULT_MAX_SEND_BUFFER_BYTES = 16 * 1024 * 1024
 # A partial frame with a part missing for this long is dropped (its part was lost).
 DEFAULT_REASSEMBLY_TIMEOUT_S = 5.0
+# Identity conflicts (another cluster id, a non-member node id) are logged at WARNING at most
+# once per this many seconds per kind, with the count so far: loud, but not a log flood.
+CONFLICT_LOG_INTERVAL_S = 10.0
 
 DROP_REASONS: tuple[str, ...] = (
     # receive side
-    "decode_error",         # malformed, truncated, wrong cluster id or key, bad tag
+    "decode_error",         # malformed, truncated, wrong key, bad tag
+    "old_version",          # another wire version (an older or newer release)
+    "wrong_receiver",       # addressed to another endpoint (e.g. replayed from another node)
+    "wrong_cluster",        # authenticated, but of another cluster id (logged as a conflict)
+    "unknown_member",       # a node id that is not a member of this node's configuration
+    "stale_epoch",          # a client epoch older than this node's boot minus the skew bound
     "replayed",             # seen before, or from an older boot epoch of its sender
     "unknown_sender",       # not a peer while accept_unknown_senders is False
     "reflected",            # claims to come from this node itself
@@ -138,15 +161,15 @@ DROP_REASONS: tuple[str, ...] = (
 _last_epoch = 0
 
 
-def new_boot_epoch() -> int:
+def new_boot_epoch(clock: Callable[[], int] = time.time_ns) -> int:
     """A boot epoch strictly above every one handed out before in this process.
 
-    time.time_ns() orders restarts across processes (the wall clock may step back, which is
-    why the caller can also pass a persisted epoch); the max() orders transports created
-    within the same clock tick.
+    The wall clock in ns orders restarts across processes (it may step back, which is why a
+    node with a data dir also persists its epoch: engine.aio.identity); the max() orders
+    transports created within the same clock tick.
     """
     global _last_epoch
-    _last_epoch = max(time.time_ns(), _last_epoch + 1)
+    _last_epoch = max(clock(), _last_epoch + 1)
     return _last_epoch
 
 
@@ -228,6 +251,8 @@ class UdpTransport:
         accept_unknown_senders: bool = True,
         reassembly_timeout_s: float = DEFAULT_REASSEMBLY_TIMEOUT_S,
         max_send_buffer_bytes: int = DEFAULT_MAX_SEND_BUFFER_BYTES,
+        min_client_epoch: int = 0,
+        on_cluster_id: Callable[[int], None] | None = None,
     ) -> None:
         if not isinstance(node_id, int) or not 0 < node_id < 1 << 64:
             raise ConfigError(f"node_id must be an int in (0, 2**64), got {node_id!r}")
@@ -242,8 +267,12 @@ class UdpTransport:
         self.accept_unknown_senders = accept_unknown_senders
         self.reassembly_timeout_s = reassembly_timeout_s
         self.max_send_buffer_bytes = max_send_buffer_bytes
+        self.min_client_epoch = min_client_epoch
+        self._is_node = node_id < MIN_CLIENT_ID
+        self.on_cluster_id = on_cluster_id
+        self._cluster_key = cluster_key
         self._codec = codec.FrameCodec(
-            cluster_key, cluster_id, limits.max_datagram_bytes, limits=limits)
+            cluster_key, cluster_id, limits.max_datagram_bytes, limits=limits, local_id=node_id)
         self._replay = codec.ReplayWindow(limits.replay_window_frames)
         self._peer_addresses: dict[int, Address] = {}
         self._configured_peers = {int(k): as_address(v) for k, v in peers.items()}
@@ -276,6 +305,7 @@ class UdpTransport:
         self._fragments_received = 0
         self._frames_reassembled = 0
         self._dropped = dict.fromkeys(DROP_REASONS, 0)
+        self._conflict_logged_at: dict[str, float] = {}
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -481,7 +511,9 @@ class UdpTransport:
                     self._write_messages(address, messages)
 
     def _write_messages(self, address: Address, messages: list[Any]) -> None:
-        """Pack messages, in order, into as few datagrams as possible.
+        """Pack messages, in order, into as few datagrams as possible, for the receiver
+        their first one names (one peer or one client per address: NodeConfig refuses two
+        members with one address, and a client owns its socket).
 
         Sizes come from one C-level map over codec.encoded_size (exact), so the common case,
         everything fits one datagram, costs no Python loop per message. A message too large
@@ -489,29 +521,32 @@ class UdpTransport:
         """
         sizes = list(map(codec.encoded_size, messages))
         budget = self._frame_budget
+        receiver = messages[0].dst
         if len(messages) <= self._max_messages and sum(sizes) <= budget:
-            self._write_frame(address, messages)   # the common case: one datagram
+            self._write_frame(address, messages, receiver)   # the common case: one datagram
             return
         if max(sizes) <= budget:
-            self._pack(address, messages, sizes)
+            self._pack(address, messages, sizes, receiver)
             return
         start = 0
         for i, size in enumerate(sizes):
             if size > budget:
                 if start < i:
-                    self._pack(address, messages[start:i], sizes[start:i])
-                self._write_fragmented(address, messages[i])
+                    self._pack(address, messages[start:i], sizes[start:i], receiver)
+                self._write_fragmented(address, messages[i], receiver)
                 start = i + 1
         if start < len(messages):
-            self._pack(address, messages[start:], sizes[start:])
+            self._pack(address, messages[start:], sizes[start:], receiver)
 
-    def _pack(self, address: Address, messages: list[Any], sizes: list[int]) -> None:
+    def _pack(
+        self, address: Address, messages: list[Any], sizes: list[int], receiver: int
+    ) -> None:
         """Greedy first-fit in order; every size is <= the frame budget."""
         budget = self._frame_budget
         max_messages = self._max_messages
         count = len(messages)
         if count <= max_messages and sum(sizes) <= budget:
-            self._write_frame(address, messages)
+            self._write_frame(address, messages, receiver)
             return
         ends = list(itertools.accumulate(sizes))  # ends[i] = bytes of messages[0..i]
         start = 0
@@ -519,13 +554,14 @@ class UdpTransport:
         while start < count:
             # The first message that would overflow this frame starts the next one.
             stop = min(bisect.bisect_right(ends, consumed + budget, start), start + max_messages)
-            self._write_frame(address, messages[start:stop])
+            self._write_frame(address, messages[start:stop], receiver)
             consumed = ends[stop - 1]
             start = stop
 
-    def _write_frame(self, address: Address, batch: list[Any]) -> None:
+    def _write_frame(self, address: Address, batch: list[Any], receiver: int) -> None:
         try:
-            data = self._codec.encode(self.node_id, self.epoch, next(self._counter), batch)
+            data = self._codec.encode(
+                self.node_id, self.epoch, next(self._counter), batch, receiver)
         except (ValueError, TypeError, OverflowError):
             logger.exception("udp %d: cannot encode a batch for %s", self.node_id, address)
             self._dropped["encode_error"] += len(batch)
@@ -536,11 +572,12 @@ class UdpTransport:
         else:
             self._write(data, address)
 
-    def _write_fragmented(self, address: Address, message: Any) -> None:
+    def _write_fragmented(self, address: Address, message: Any, receiver: int) -> None:
         """Carry one frame larger than a datagram as fragments (codec.encode_fragment)."""
         frame_counter = next(self._counter)
         try:
-            frame = self._codec.encode(self.node_id, self.epoch, frame_counter, [message])
+            frame = self._codec.encode(
+                self.node_id, self.epoch, frame_counter, [message], receiver)
         except ValueError as exc:
             # Larger than max_frame_bytes (the receivers' reassembly bound) or invalid.
             logger.warning("udp %d: message not sent to %s: %s", self.node_id, address, exc)
@@ -556,7 +593,8 @@ class UdpTransport:
         for part in range(parts):
             chunk = view[part * chunk_bytes:(part + 1) * chunk_bytes]
             data = self._codec.encode_fragment(
-                self.node_id, self.epoch, next(self._counter), frame_counter, part, parts, chunk)
+                self.node_id, self.epoch, next(self._counter), frame_counter, part, parts, chunk,
+                receiver)
             self._fragments_sent += 1
             self._write(data, address)
         self._messages_sent += 1
@@ -618,11 +656,11 @@ class UdpTransport:
         self._bytes_received += len(data)
         try:
             frame = self._codec.decode(data)
-        except DecodeError:
-            self._dropped["decode_error"] += 1
+        except DecodeError as exc:
+            self._count_refused(exc)
             return
         sender = frame.sender_id
-        if not self._accept_sender(sender):
+        if not self._accept_sender(sender, frame):
             return
         if not self._replay.accept(sender, frame.epoch, frame.counter):
             self._dropped["replayed"] += 1
@@ -632,12 +670,51 @@ class UdpTransport:
         else:
             self._deliver(frame.messages, sender, address)
 
-    def _accept_sender(self, sender: int) -> bool:
+    def _count_refused(self, exc: DecodeError) -> None:
+        """Count a frame the codec refused by reason; log an identity conflict loudly."""
+        if isinstance(exc, WrongClusterError):
+            self._dropped["wrong_cluster"] += 1
+            self._log_conflict(
+                "wrong_cluster",
+                "udp %d: refused %d frames of another cluster, the last from node %d of "
+                "cluster %#x (this is cluster %#x): a node holding this cluster key was "
+                "bootstrapped with a different member list, or joined another cluster",
+                exc.sender_id, exc.cluster_id, exc.expected_cluster_id)
+        elif isinstance(exc, WrongReceiverError):
+            self._dropped["wrong_receiver"] += 1
+        elif isinstance(exc, WireVersionError):
+            self._dropped["old_version"] += 1
+        else:
+            self._dropped["decode_error"] += 1
+
+    def _log_conflict(self, reason: str, text: str, *args: Any) -> None:
+        now = time.monotonic()
+        last = self._conflict_logged_at.get(reason)
+        if last is None or now - last >= CONFLICT_LOG_INTERVAL_S:
+            self._conflict_logged_at[reason] = now
+            logger.warning(text, self.node_id, self._dropped[reason], *args)
+
+    def _accept_sender(self, sender: int, frame: Any) -> bool:
         if sender == self.node_id:
             self._dropped["reflected"] += 1
             return False
-        if not self.accept_unknown_senders and sender not in self._peer_addresses:
+        if sender < MIN_CLIENT_ID and self._is_node:
+            # A node id: a node hears only the members of its configuration (a client hears
+            # whichever node answers it).
+            if sender not in self._peer_addresses:
+                self._dropped["unknown_member"] += 1
+                self._log_conflict(
+                    "unknown_member",
+                    "udp %d: refused %d frames from nodes that are not members, the last "
+                    "from node %d (members: %s)", sender, sorted(self._peer_addresses))
+                return False
+            if frame.cluster_id and not self._codec.cluster_id:
+                self._adopt_cluster_id(frame.cluster_id)
+        elif not self.accept_unknown_senders:
             self._dropped["unknown_sender"] += 1
+            return False
+        elif frame.epoch < self.min_client_epoch:
+            self._dropped["stale_epoch"] += 1
             return False
         fault = self._fault
         if fault is not None and sender in fault.drop_from:
@@ -769,6 +846,22 @@ class UdpTransport:
         self._frames_reassembled += 1
         self._deliver(frame.messages, sender, address)
 
+    def _adopt_cluster_id(self, cluster_id: int) -> None:
+        """An unbound node (one joining an existing cluster) takes the cluster id of the first
+        authenticated frame of a member; on_cluster_id persists it (engine.aio.node)."""
+        old = self._codec
+        self._codec = codec.FrameCodec(
+            self._cluster_key, cluster_id, old.max_datagram_bytes, limits=self.limits,
+            local_id=self.node_id)
+        logger.info("udp %d: joined cluster %#x", self.node_id, cluster_id)
+        if self.on_cluster_id is not None:
+            self.on_cluster_id(cluster_id)
+
+    @property
+    def cluster_id(self) -> int:
+        """The cluster id this endpoint sends (0 while unbound, see _adopt_cluster_id)."""
+        return self._codec.cluster_id
+
     def _on_error(self, exc: Exception) -> None:
         """asyncio's error_received (e.g. ICMP port unreachable): counted, never raised."""
         logger.debug("udp %d: socket error: %s", self.node_id, exc)
@@ -812,6 +905,8 @@ class UdpTransport:
     def stats(self) -> dict[str, Any]:
         """Counters since start; `dropped` maps every reason in DROP_REASONS to a count."""
         return {
+            "cluster_id": self._codec.cluster_id,
+            "epoch": self.epoch,
             "datagrams_sent": self._datagrams_sent,
             "bytes_sent": self._bytes_sent,
             "messages_sent": self._messages_sent,

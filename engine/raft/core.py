@@ -483,7 +483,9 @@ class RaftCore:
 
     # ------------------------------------------------------------------ membership API
 
-    def propose_conf_change(self, change: ConfChangeOp | Sequence[ConfChangeOp]) -> tuple[int, int]:
+    def propose_conf_change(
+        self, change: ConfChangeOp | Sequence[ConfChangeOp], request_id: int = 0
+    ) -> tuple[int, int]:
         """Appends a membership change on the leader; returns the (index, term) of its CONFIG
         entry. A change of voters appends C_old,new (thesis §4.3) and, once that commits, the
         leader appends C_new by itself; a learner-only change is one simple entry. The change
@@ -492,6 +494,8 @@ class RaftCore:
         Raises NotLeader; TransferInProgress; ConfChangeInProgress (another change is not
         committed yet, or this leader has not committed an entry of its term: retry);
         MembershipError for an invalid or unsafe change (definite, nothing appended).
+        A non-zero `request_id` (an ADMIN operation's) is recorded in the new configuration
+        (Membership.requests), so a replay of the operation is recognised through the log.
         """
         if self.role != _ROLE.LEADER:
             raise NotLeader(leader_id=self.leader_id or None)
@@ -510,7 +514,7 @@ class RaftCore:
         if self.commit_index < self._term_start_index:
             # etcd: a new leader may still hold an uncommitted config of an earlier term.
             raise ConfChangeInProgress("this leader has not committed an entry of its term yet")
-        new = apply_change(self.membership, ops)
+        new = apply_change(self.membership, ops).with_request(request_id)
         for op in ops:
             if op.type == ConfChangeType.PROMOTE:
                 self._check_caught_up(op.node_id)

@@ -41,6 +41,10 @@ from engine.types import parse_address
 ENCODING_VERSION = 1
 # A config entry is a handful of ids and addresses; refuse anything absurd from the wire.
 MAX_ENCODED_BYTES = 1 << 20
+# Request ids of the most recent ADMIN membership operations, carried in every configuration
+# (so in the log and in snapshots): a replayed or retried operation is recognised and not
+# applied again (engine.aio.node_membership). Bounded: the oldest is forgotten first.
+MAX_RECENT_REQUESTS = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +57,7 @@ class Membership:
     learners: frozenset[int] = frozenset()
     witnesses: frozenset[int] = frozenset()
     addresses: tuple[tuple[int, str], ...] = field(default=())
+    requests: tuple[int, ...] = ()   # recent ADMIN request ids, newest last (see above)
 
     @classmethod
     def of(
@@ -108,8 +113,16 @@ class Membership:
         members = self.voters | self.learners
         return Membership(
             self.voters, frozenset(), self.learners, self.witnesses & members,
-            tuple(pair for pair in self.addresses if pair[0] in members),
+            tuple(pair for pair in self.addresses if pair[0] in members), self.requests,
         )
+
+    def with_request(self, request_id: int) -> Membership:
+        """This configuration also recording ADMIN request `request_id` (0: none)."""
+        if not request_id:
+            return self
+        recent = (*self.requests, request_id)[-MAX_RECENT_REQUESTS:]
+        return Membership(self.voters, self.old_voters, self.learners, self.witnesses,
+                          self.addresses, recent)
 
     def validate(self) -> None:
         """Structural rules every configuration obeys; raises MembershipError."""
@@ -248,6 +261,7 @@ def apply_change(current: Membership, change: ConfChange) -> Membership:
         result = Membership(
             new_voters, frozenset(), frozenset(learners), frozenset(witnesses & members),
             tuple(sorted((i, a) for i, a in addresses.items() if i in members)),
+            current.requests,
         )
     else:
         # Voters change: joint consensus (thesis §4.3). Leaving members keep their address
@@ -256,6 +270,7 @@ def apply_change(current: Membership, change: ConfChange) -> Membership:
         result = Membership(
             new_voters, current.voters, frozenset(learners), frozenset(witnesses & members),
             tuple(sorted((i, a) for i, a in addresses.items() if i in members)),
+            current.requests,
         )
     result.validate()
     if result.joint:
@@ -277,6 +292,8 @@ def encode_membership(membership: Membership) -> bytes:
         "witnesses": sorted(membership.witnesses),
         "addresses": [[i, a] for i, a in membership.addresses],
     }
+    if membership.requests:  # absent when empty: older encodings stay byte-identical
+        body["requests"] = list(membership.requests)
     return json.dumps(body, separators=(",", ":"), sort_keys=True).encode()
 
 
@@ -306,9 +323,15 @@ def decode_membership(payload: bytes | bytearray | memoryview) -> Membership:
         for p in raw_addresses
     ):
         raise DecodeError("configuration addresses are malformed")
+    requests = body.get("requests", [])
+    if not isinstance(requests, list) or len(requests) > MAX_RECENT_REQUESTS or not all(
+        isinstance(i, int) and not isinstance(i, bool) and 0 < i < 1 << 64 for i in requests
+    ):
+        raise DecodeError("configuration requests are malformed")
     membership = Membership(
         _ids(body, "voters"), _ids(body, "old"), _ids(body, "learners"),
         _ids(body, "witnesses"), tuple(sorted((int(i), a) for i, a in raw_addresses)),
+        tuple(requests),
     )
     try:
         membership.validate()

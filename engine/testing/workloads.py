@@ -43,6 +43,7 @@ from typing import Any
 
 from engine import errors
 from engine.aio.client import Client
+from engine.types import MIN_CLIENT_ID
 
 REGISTER = "register"
 SET = "set"
@@ -160,7 +161,7 @@ class Workload:
         return Client(addresses or self.addresses, cluster_key=self.cluster_key,
                       timeout=self.config.timeout_s,
                       attempt_timeout=self.config.attempt_timeout_s,
-                      client_id=self.rng.getrandbits(63) | 1)
+                      client_id=self.rng.randrange(MIN_CLIENT_ID, 1 << 63))
 
     def start(self) -> None:
         for group in range(self.config.register_groups):

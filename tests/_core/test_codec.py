@@ -44,7 +44,7 @@ from test_codec_support import (
     seal,
 )
 
-from engine.errors import ConfigError, DecodeError
+from engine.errors import ConfigError, DecodeError, WrongClusterError, WrongReceiverError
 from engine.messages import EntryKind, MessageType
 from engine.types import Limits
 
@@ -68,9 +68,9 @@ def same_outcome(codecs: list[Any], datagram: bytes) -> tuple[str, Any]:
 
 def test_constants_match_the_spec(impl: SimpleNamespace) -> None:
     codec = impl.codec
-    assert (codec.WIRE_VERSION, codec.FRAME_MESSAGES, codec.FRAME_FRAGMENT) == (2, 1, 2)
-    assert codec.FRAME_OVERHEAD == 34 + 4 + 16
-    assert codec.FRAGMENT_OVERHEAD == 34 + 20 + 16
+    assert (codec.WIRE_VERSION, codec.FRAME_MESSAGES, codec.FRAME_FRAGMENT) == (3, 1, 2)
+    assert codec.FRAME_OVERHEAD == 42 + 4 + 16
+    assert codec.FRAGMENT_OVERHEAD == 42 + 20 + 16
     assert tuple(codec.U64_FIELDS) == FIELDS
 
 
@@ -363,7 +363,9 @@ def forged_cases() -> dict[str, bytes]:
     cases = {
         "truncated header": valid[:49],
         "empty": b"",
-        "wrong version": seal(oracle_header(1, 1, 1, 1, version=3) + struct.pack("<I", 0)),
+        "wrong version": seal(oracle_header(1, 1, 1, 1, version=4) + struct.pack("<I", 0)),
+        "retired version 2": seal(oracle_header(1, 1, 1, 1, version=2) + struct.pack("<I", 0)),
+        "wrong receiver": seal(oracle_header(1, 1, 1, 1, receiver=7) + struct.pack("<I", 0)),
         "retired version 1": blake2b_v1_seal(
             oracle_header(1, 1, 1, 1, version=1) + struct.pack("<I", 0)),
         "retired version 1 append": blake2b_v1_seal(  # a whole v1 frame, validly tagged
@@ -372,7 +374,7 @@ def forged_cases() -> dict[str, bytes]:
         "wrong cluster id": oracle_frame(1, 1, 1, [append_spec()], cluster_id=CLUSTER_ID + 1),
         "wrong key": messages_frame(body, 1, key=OTHER_KEY),
         "bad tag": valid[:-1] + bytes([valid[-1] ^ 1]),
-        "flipped body": valid[:40] + bytes([valid[40] ^ 0x10]) + valid[41:],
+        "flipped body": valid[:50] + bytes([valid[50] ^ 0x10]) + valid[51:],
         "tag only": seal(oracle_header(1, 1, 1, 1)),
         "too many messages": messages_frame(b"", limits.max_messages_per_frame + 1),
         "count beyond body": messages_frame(body, 2),
@@ -415,12 +417,15 @@ FORGED = forged_cases()
 # The error each forged frame must be refused with (which rule fired, not only that one did).
 EXPECTED = {
     "truncated header": "truncated frame: 49 bytes", "empty": "truncated frame: 0 bytes",
-    "wrong version": "unsupported wire version 3", "unknown frame kind": "unknown frame kind 3",
-    "retired version 1": "unsupported wire version 1 (expected 2)",
-    "retired version 1 append": "unsupported wire version 1 (expected 2)",
-    "wrong cluster id": "wrong cluster id", "wrong key": "authentication failed",
+    "wrong version": "unsupported wire version 4", "unknown frame kind": "unknown frame kind 3",
+    "retired version 1": "unsupported wire version 1 (expected 3)",
+    "retired version 1 append": "unsupported wire version 1 (expected 3)",
+    "retired version 2": "unsupported wire version 2 (expected 3)",
+    "wrong receiver": "frame for receiver 7 (this is 0)",
+    "wrong cluster id": "of cluster 0xc0ffef, this is cluster 0xc0ffee",
+    "wrong key": "authentication failed",
     "bad tag": "authentication failed", "flipped body": "authentication failed",
-    "tag only": "need 4 bytes at offset 34, 0 left",
+    "tag only": "need 4 bytes at offset 42, 0 left",
     "too many messages": "4097 messages exceed max_messages_per_frame",
     "count beyond body": "truncated frame", "trailing bytes": "1 trailing bytes",
     "unknown type": "unknown type 99", "unknown type zero": "unknown type 0",
@@ -430,13 +435,22 @@ EXPECTED = {
     "context too large": "exceeds max_context_bytes", "context beyond body": "need 9 bytes",
     "entry truncated": "need 21 bytes", "unknown entry kind": "entry 0: unknown kind 7",
     "entry data beyond body": "need 5 bytes", "huge entry data length": "need 4294967295",
-    "message head truncated": "need 4 bytes at offset 38", "count truncated": "need 4 bytes",
+    "message head truncated": "need 4 bytes at offset 46", "count truncated": "need 4 bytes",
     "fragment part not below parts": "part 2 not below parts 2",
     "fragment zero parts": "part 0 not below parts 0",
     "fragment empty chunk": "empty fragment chunk",
     "fragment chunk length short": "chunk of 3 bytes does not match the 4",
     "fragment chunk length long": "chunk of 5 bytes does not match the 4",
     "fragment head truncated": "need 20 bytes", "fragment oversized": "max_datagram_bytes",
+}
+
+
+# The DecodeError subclass a forged frame is refused with, where it is not DecodeError itself:
+# the transport counts these separately (old_version, wrong_receiver, wrong_cluster).
+EXPECTED_CLASS = {
+    "wrong version": "WireVersionError", "retired version 1": "WireVersionError",
+    "retired version 1 append": "WireVersionError", "retired version 2": "WireVersionError",
+    "wrong receiver": "WrongReceiverError", "wrong cluster id": "WrongClusterError",
 }
 
 
@@ -447,7 +461,9 @@ def test_forged_frames_raise_the_same_decode_error(
     codecs = [make_codec(impl) for impl in both_impls]
     result = same_outcome(codecs, FORGED[name])
     assert result[0] == "error", (name, result)
-    assert result[1].startswith("DecodeError: ") and EXPECTED[name] in result[1], result
+    error_class = result[1].split(":")[0]
+    assert error_class == EXPECTED_CLASS.get(name, "DecodeError"), result
+    assert EXPECTED[name] in result[1], result
 
 
 def test_authentication_is_checked_before_parsing(both_impls: list[SimpleNamespace]) -> None:
@@ -466,8 +482,32 @@ def test_wrong_key_and_wrong_cluster_are_refused(both_impls: list[SimpleNamespac
         with pytest.raises(DecodeError, match="authentication failed"):
             make_codec(impl).decode(datagram)
         other_cluster = impl.codec.FrameCodec(KEY, CLUSTER_ID + 1)
-        with pytest.raises(DecodeError, match="wrong cluster id"):
+        with pytest.raises(WrongClusterError, match="of cluster 0xc0ffee"):
             other_cluster.decode(make_codec(impl).encode(1, 1, 1, []))
+        # A forged frame naming another cluster id is an authentication failure, not a
+        # conflict to report: only a holder of the cluster key can name a foreign cluster.
+        forged = bytearray(make_codec(impl).encode(1, 1, 1, []))
+        forged[-1] ^= 1
+        with pytest.raises(DecodeError, match="authentication failed"):
+            other_cluster.decode(bytes(forged))
+
+
+def test_receiver_and_unbound_cluster_ids(both_impls: list[SimpleNamespace]) -> None:
+    """The receiver id is authenticated and checked once per frame; receiver 0 means any
+    receiver and cluster id 0 an unbound sender (codec_py docstring, "Identities")."""
+    for impl in both_impls:
+        node_2 = impl.codec.FrameCodec(KEY, CLUSTER_ID, local_id=2)
+        node_3 = impl.codec.FrameCodec(KEY, CLUSTER_ID, local_id=3)
+        sender = impl.codec.FrameCodec(KEY, CLUSTER_ID)
+        for_2 = sender.encode(1, 1, 1, [], 2)
+        frame = node_2.decode(for_2)
+        assert (frame.receiver_id, frame.cluster_id) == (2, CLUSTER_ID)
+        with pytest.raises(WrongReceiverError, match="frame for receiver 2 .this is 3."):
+            node_3.decode(for_2)
+        assert node_3.decode(sender.encode(1, 1, 2, [], 0)).receiver_id == 0
+        unbound = impl.codec.FrameCodec(KEY, 0, local_id=9)
+        assert node_2.decode(unbound.encode(9, 1, 1, [], 2)).cluster_id == 0
+        assert unbound.decode(sender.encode(1, 1, 3, [], 9)).cluster_id == CLUSTER_ID
 
 
 def test_oversized_frames_are_refused(both_impls: list[SimpleNamespace]) -> None:

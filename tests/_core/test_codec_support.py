@@ -23,9 +23,9 @@ from engine.messages import KNOWN_ENTRY_KINDS, KNOWN_MESSAGE_TYPES, MessageType
 KEY = bytes(range(32))
 OTHER_KEY = bytes(range(1, 33))
 CLUSTER_ID = 0xC0FFEE
-WIRE_VERSION = 2
+WIRE_VERSION = 3
 # The KDF's domain-separation label, restated from the spec on purpose (not imported).
-SUBKEY_LABEL = b"engine/wire-v2/frame-subkey/aes256gcm"
+SUBKEY_LABEL = b"engine/wire-v3/frame-subkey/aes256gcm"
 U64_MAX = (1 << 64) - 1
 # Presence-bitmap order of the spec, restated here on purpose (not imported).
 FIELDS = (
@@ -95,7 +95,7 @@ def oracle_tag(body: bytes, key: bytes = KEY) -> bytes:
     AES-256-GCM, key = BLAKE2b-256(key=cluster key, label || cluster id, sender, epoch),
     nonce = counter || kind as u32, the whole body as associated data, empty plaintext.
     A body shorter than a header is padded with zeros to name a key and nonce."""
-    header = body[:34].ljust(34, b"\x00")
+    header = body[:42].ljust(42, b"\x00")
     subkey = hashlib.blake2b(SUBKEY_LABEL + header[2:26], key=key, digest_size=32).digest()
     nonce = header[26:34] + struct.pack("<I", header[1])
     return AESGCM(subkey).encrypt(nonce, b"", body)
@@ -112,8 +112,9 @@ def blake2b_v1_seal(body: bytes, key: bytes = KEY) -> bytes:
 
 
 def oracle_header(kind: int, sender: int, epoch: int, counter: int,
-                  cluster_id: int = CLUSTER_ID, version: int = WIRE_VERSION) -> bytes:
-    return struct.pack("<BBQQQQ", version, kind, cluster_id, sender, epoch, counter)
+                  cluster_id: int = CLUSTER_ID, version: int = WIRE_VERSION,
+                  receiver: int = 0) -> bytes:
+    return struct.pack("<BBQQQQQ", version, kind, cluster_id, sender, epoch, counter, receiver)
 
 
 def oracle_message(spec: MessageSpec) -> bytes:

@@ -31,7 +31,7 @@ class ScriptedNode:
 
     def __init__(self, script: Sequence[tuple[int, bytes] | None]) -> None:
         self.script = list(script)
-        self.codec = codec.FrameCodec(KEY, 0)
+        self.codec = codec.FrameCodec(KEY, 0, local_id=NODE_ID)
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind(("127.0.0.1", 0))
         self.sock.setblocking(False)
@@ -64,8 +64,8 @@ class ScriptedNode:
                 self.counter += 1
                 response = Message(MessageType.CLIENT_RESPONSE, src=NODE_ID, dst=message.src,
                                    seq=message.seq, status=int(status), context=context)
-                await loop.sock_sendto(
-                    self.sock, self.codec.encode(NODE_ID, 1, self.counter, [response]), peer)
+                frame = self.codec.encode(NODE_ID, 1, self.counter, [response], message.src)
+                await loop.sock_sendto(self.sock, frame, peer)
 
     async def __aenter__(self) -> ScriptedNode:
         self.task = asyncio.ensure_future(self.serve())

@@ -27,11 +27,14 @@ from engine.aio.loop import new_event_loop, uvloop_available
 from engine.aio.udp import DROP_REASONS, UdpTransport, new_boot_epoch
 from engine.errors import ConfigError
 from engine.messages import Entry, Message, MessageType
-from engine.types import Limits
+from engine.types import MIN_CLIENT_ID, Limits
 
 KEY = b"test-cluster-key-0123456789abcdef"
 OTHER_KEY = b"another-cluster-key-0123456789ab"
 LOCAL = ("127.0.0.1", 0)
+# Client ids (engine.types.MIN_CLIENT_ID and above): senders a node hears without them being
+# peers. A node id that is not a peer is refused as unknown_member.
+C5, C6, C77 = MIN_CLIENT_ID + 5, MIN_CLIENT_ID + 6, MIN_CLIENT_ID + 77
 LOOPS = ["asyncio"] + (["uvloop"] if uvloop_available() else [])
 
 Received = list[tuple[list[Any], tuple[str, int]]]
@@ -252,18 +255,26 @@ def test_garbage_wrong_key_and_wrong_cluster_are_dropped_and_counted(
     run: Callable[..., Any],
 ) -> None:
     async def main() -> None:
-        one, two, _, got_2 = await pair()
-        wrong_key = codec.FrameCodec(OTHER_KEY).encode(1, 1, 1, [heartbeat(1, 2, 1)])
-        wrong_cluster = codec.FrameCodec(KEY, 9).encode(1, 1, 1, [heartbeat(1, 2, 1)])
-        valid = codec.FrameCodec(KEY).encode(1, 1, 1, [heartbeat(1, 2, 1)])
+        one, two, _, got_2 = await pair(cluster_id=5)
+        wrong_key = codec.FrameCodec(OTHER_KEY, 5).encode(1, 1, 1, [heartbeat(1, 2, 1)], 2)
+        wrong_cluster = codec.FrameCodec(KEY, 9).encode(1, 1, 1, [heartbeat(1, 2, 1)], 2)
+        wrong_receiver = codec.FrameCodec(KEY, 5).encode(1, 1, 2, [heartbeat(1, 2, 1)], 3)
+        valid = codec.FrameCodec(KEY, 5).encode(1, 1, 1, [heartbeat(1, 2, 1)], 2)
+        old_version = b"\x02" + valid[1:]
         flipped = bytearray(valid)
-        flipped[40] ^= 0x01
-        hostile = [b"", b"\x00", b"garbage" * 50, valid[:-1], valid[:30], bytes(flipped),
-                   wrong_key, wrong_cluster, b"\xff" * 2000]
+        flipped[50] ^= 0x01
+        garbage = [b"", b"\x00", valid[:-1], valid[:30], bytes(flipped), wrong_key]
+        # The version byte is read first: random bytes mostly count as another version.
+        other_version = [old_version, b"garbage" * 50, b"\xff" * 2000]
+        hostile = [*garbage, wrong_cluster, wrong_receiver, *other_version]
         with raw_socket() as sock:
             for datagram in hostile:
                 sock.sendto(datagram, two.address)
-        await until(lambda: dropped(two, "decode_error") == len(hostile))
+        await until(lambda: two.stats()["datagrams_received"] == len(hostile))
+        counts = two.stats()["dropped"]
+        assert counts["decode_error"] == len(garbage)
+        assert (counts["wrong_cluster"], counts["wrong_receiver"], counts["old_version"]) == (
+            1, 1, len(other_version))
         assert got_2 == []
         # The endpoint still works after all of it.
         one.send([heartbeat(1, 2, 5)])
@@ -278,9 +289,9 @@ def test_replayed_and_older_epoch_datagrams_are_refused(run: Callable[..., Any])
     async def main() -> None:
         one, two, _, got_2 = await pair()
         frames = codec.FrameCodec(KEY)
-        first = frames.encode(7, 100, 1, [heartbeat(7, 2, 1)])
-        second = frames.encode(7, 100, 2, [heartbeat(7, 2, 2)])
-        older_epoch = frames.encode(7, 99, 50, [heartbeat(7, 2, 3)])
+        first = frames.encode(1, 100, 1, [heartbeat(1, 2, 1)])
+        second = frames.encode(1, 100, 2, [heartbeat(1, 2, 2)])
+        older_epoch = frames.encode(1, 99, 50, [heartbeat(1, 2, 3)])
         with raw_socket() as sock:
             for datagram in (first, first, second, first, second, older_epoch):
                 sock.sendto(datagram, two.address)
@@ -327,16 +338,18 @@ def test_misaddressed_messages_and_senders_are_dropped(run: Callable[..., Any]) 
             heartbeat(1, 4, 3),   # addressed to node 4
             heartbeat(1, 0, 4),   # dst 0: to whoever receives it (e.g. a client request)
         ])
-        stranger = frames.encode(77, 5, 1, [heartbeat(77, 2, 1)])
+        stranger = frames.encode(C77, 5, 1, [heartbeat(C77, 2, 1)])
+        not_a_member = frames.encode(77, 5, 1, [heartbeat(77, 2, 1)])
         reflected = frames.encode(2, 5, 1, [heartbeat(2, 2, 1)])
         with raw_socket() as sock:
-            for datagram in (mixed, stranger, reflected):
+            for datagram in (mixed, stranger, not_a_member, reflected):
                 sock.sendto(datagram, node.address)
-        await until(lambda: node.stats()["datagrams_received"] == 3)
+        await until(lambda: node.stats()["datagrams_received"] == 4)
         assert [m.index for m in flat(got)] == [1, 4]
         counts = node.stats()["dropped"]
         assert (counts["src_mismatch"], counts["wrong_dst"]) == (1, 1)
         assert (counts["unknown_sender"], counts["reflected"]) == (1, 1)
+        assert counts["unknown_member"] == 1
         await close_all(node)
 
     run(main)
@@ -393,7 +406,7 @@ def test_incomplete_fragmented_frames_expire(run: Callable[..., Any]) -> None:
                             on_messages=lambda m, a: None)
         await node.start()
         with raw_socket() as sock:
-            for datagram in fragments(5, 1, fragment_id=1, parts=3, first_counter=1)[:2]:
+            for datagram in fragments(C5, 1, fragment_id=1, parts=3, first_counter=1)[:2]:
                 sock.sendto(datagram, node.address)
         await until(lambda: node.stats()["partial_frames"] == 1)
         await until(lambda: dropped(node, "reassembly_expired") == 1, timeout_s=2.0)
@@ -413,14 +426,14 @@ def test_reassembly_is_bounded_per_sender_and_in_bytes(run: Callable[..., Any]) 
             # Sender 5 starts three frames (4 parts, 4,000 bytes reserved each), one part of
             # each: the third evicts the first (per-sender bound).
             for fragment_id in (1, 2, 3):
-                sock.sendto(fragments(5, 1, fragment_id, 4, fragment_id * 10)[0], node.address)
+                sock.sendto(fragments(C5, 1, fragment_id, 4, fragment_id * 10)[0], node.address)
             await until(lambda: node.stats()["fragments_received"] == 3)
             assert dropped(node, "reassembly_evicted") == 1
             assert node.stats()["partial_frames"] == 2
             # Sender 6: 8,000 bytes are reserved, 4,000 more would pass 10,000 (byte bound).
-            sock.sendto(fragments(6, 1, 1, 4, 1)[0], node.address)
+            sock.sendto(fragments(C6, 1, 1, 4, 1)[0], node.address)
             # A frame claiming more parts than could ever be reassembled is refused outright.
-            sock.sendto(fragments(6, 1, 2, 11, 20)[0], node.address)
+            sock.sendto(fragments(C6, 1, 2, 11, 20)[0], node.address)
             await until(lambda: node.stats()["fragments_received"] == 5)
         counts = node.stats()["dropped"]
         assert (counts["reassembly_overflow"], counts["reassembly_invalid"]) == (1, 1)
@@ -436,15 +449,15 @@ def test_fragments_that_do_not_form_a_frame_are_refused(run: Callable[..., Any])
         node = UdpTransport(2, LOCAL, {}, KEY, on_messages=lambda m, a: got.append((m, a)))
         await node.start()
         with raw_socket() as sock:
-            for datagram in fragments(5, 1, fragment_id=1, parts=2, first_counter=1):
+            for datagram in fragments(C5, 1, fragment_id=1, parts=2, first_counter=1):
                 sock.sendto(datagram, node.address)  # joined chunks are not a frame
             await until(lambda: dropped(node, "reassembly_invalid") == 1)
             # A sender's chunks carrying another sender's frame are refused too.
-            inner = codec.FrameCodec(KEY).encode(6, 1, 1, [heartbeat(6, 2, 1)])
+            inner = codec.FrameCodec(KEY).encode(C6, 1, 1, [heartbeat(C6, 2, 1)])
             half = len(inner) // 2
             frames = codec.FrameCodec(KEY)
             for part, chunk in enumerate((inner[:half], inner[half:])):
-                sock.sendto(frames.encode_fragment(5, 1, 10 + part, 2, part, 2, chunk),
+                sock.sendto(frames.encode_fragment(C5, 1, 10 + part, 2, part, 2, chunk),
                             node.address)
             await until(lambda: dropped(node, "reassembly_invalid") == 2)
         assert got == [] and node.stats()["partial_frames"] == 0

@@ -31,7 +31,7 @@ Address = tuple[str, int]
 WIRE_VERSION = codec.WIRE_VERSION   # plausible headers reach the tag check
 FRAME_KINDS = (1, 2)             # messages, fragment (codec_py docstring)
 MAX_UDP_PAYLOAD = 65_507         # largest IPv4 UDP payload; sendto refuses more
-HEADER = struct.Struct("<BBQQQQ")  # version, kind, cluster id, sender, epoch, counter
+HEADER = struct.Struct("<BBQQQQQ")  # version, kind, cluster id, sender, epoch, counter, receiver
 
 # Flow control: datagrams (and bytes) in flight before waiting for the node to count them.
 # The node's socket asks for 4 MiB of receive buffer (udp.SOCKET_BUFFER_BYTES, which Linux
@@ -217,10 +217,11 @@ def _entry(term: int, index: int, data: bytes = b"\x01\x01\x00") -> Any:
 
 
 def plausible_headers(cluster_id: int, members: Sequence[int]) -> list[bytes]:
-    """Headers that pass every cheap check (version, kind, cluster id), so a datagram that
-    starts with one reaches the tag comparison: the expensive path an attacker would pick."""
+    """Headers that pass every cheap check (version, kind, cluster id, receiver 0 = any), so a
+    datagram that starts with one reaches the tag comparison: the expensive path an attacker
+    would pick."""
     return [
-        HEADER.pack(WIRE_VERSION, kind, cluster_id, sender, 1 << 62, counter)
+        HEADER.pack(WIRE_VERSION, kind, cluster_id, sender, 1 << 62, counter, 0)
         for kind in FRAME_KINDS for sender in (*members, 7) for counter in (1, 1 << 40)
     ]
 
@@ -276,7 +277,8 @@ def client_frames(
     """One frame per (ClientOp, context) request, as engine.Client would send them."""
     return [
         frame_codec.encode(client_id, epoch, seq, [Message(
-            MessageType.CLIENT_REQUEST, src=client_id, seq=seq, status=op, context=context)])
+            MessageType.CLIENT_REQUEST, src=client_id, seq=seq, status=op, context=context,
+            commit=1 << 16)])  # opts into replies up to 64 KiB, as engine.Client does
         for seq, (op, context) in enumerate(requests, start=first_seq)
     ]
 
@@ -296,5 +298,19 @@ def node_state(node: Any) -> dict[str, Any]:
     }
 
 
-def new_codec(cluster_key: bytes, cluster_id: int = 0) -> Any:
-    return codec.FrameCodec(cluster_key, cluster_id)
+def new_codec(cluster_key: bytes, cluster_id: int = 0, local_id: int = 0) -> Any:
+    return codec.FrameCodec(cluster_key, cluster_id, local_id=local_id)
+
+
+# The drop reasons of a datagram the codec refuses (engine.aio.udp.DROP_REASONS): a hostile
+# datagram lands in one of them depending on which header check fires first.
+DECODE_REASONS = ("decode_error", "old_version", "wrong_receiver")
+
+
+def decode_drops(deltas: dict[str, int]) -> dict[str, int]:
+    """`deltas` with the codec's refusal reasons summed under "decode_error"."""
+    merged = {k: v for k, v in deltas.items() if k not in DECODE_REASONS}
+    total = sum(deltas.get(reason, 0) for reason in DECODE_REASONS)
+    if total:
+        merged["decode_error"] = total
+    return merged

@@ -40,6 +40,7 @@ import os
 import random
 import socket
 import threading
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -48,6 +49,7 @@ from hostile_support import (
     Attacker,
     Sniffer,
     client_frames,
+    decode_drops,
     flipped_frames,
     genuine_pool,
     new_codec,
@@ -61,13 +63,14 @@ from hostile_support import (
 import engine
 from engine.kv import commands
 from engine.messages import ClientOp, ClientStatus, MessageType
+from engine.types import MIN_CLIENT_ID
 
 SEED = int(os.environ.get("ENGINE_FUZZ_SEED", "20261128"))
 RANDOM_COUNT = 100_000
 FLIP_COUNT = 100_000
 REPLAY_COUNT = 10_000
 OVERSIZED_COUNT = 200
-CLIENT_ID = 0xC11E_0001
+CLIENT_ID = MIN_CLIENT_ID + 0xC11E_0001
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -136,12 +139,12 @@ class HonestClient:
     it sent can be replayed verbatim later."""
 
     def __init__(self, cluster: engine.LocalCluster, node: engine.Node) -> None:
-        self.codec = new_codec(cluster.cluster_key)
+        self.codec = new_codec(cluster.cluster_key, local_id=CLIENT_ID)
         self.node = node
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind(("127.0.0.1", 0))
         self.sock.setblocking(False)
-        self.epoch = 1 << 60
+        self.epoch = time.time_ns()  # a client epoch is its clock at start (udp.py)
         self.seq = 0
 
     def close(self) -> None:
@@ -183,7 +186,7 @@ async def test_flood_is_refused_and_changes_no_state(
     follower = next(n for n in cluster.nodes.values() if n is not leader)
     targets = [leader, follower]
     members = sorted(cluster.nodes)
-    codec = new_codec(cluster.cluster_key)
+    codec = new_codec(cluster.cluster_key, leader.transport.cluster_id)
     pool = genuine_pool(codec, rng, members)
     headers = plausible_headers(0, members)
     max_datagram = leader.config.limits.max_datagram_bytes
@@ -229,7 +232,8 @@ async def test_flood_is_refused_and_changes_no_state(
     for attacker, target in zip(attackers, targets, strict=True):
         assert attacker.accepted == []
         assert attacker.kernel_dropped() == 0
-        deltas = drop_deltas(stats_before[target.node_id], target.transport.stats())
+        deltas = decode_drops(
+            drop_deltas(stats_before[target.node_id], target.transport.stats()))
         assert deltas == {
             "decode_error": (RANDOM_COUNT + FLIP_COUNT + OVERSIZED_COUNT) // 2,
             "replayed": REPLAY_COUNT // 2,
@@ -263,7 +267,7 @@ async def test_honest_writes_commit_during_flood(
     leader = await settle(cluster)
     follower = next(n for n in cluster.nodes.values() if n is not leader)
     members = sorted(cluster.nodes)
-    codec = new_codec(cluster.cluster_key)
+    codec = new_codec(cluster.cluster_key, leader.transport.cluster_id)
     pool = genuine_pool(codec, rng, members)
     headers = plausible_headers(0, members)
     applied_before = leader.status()["applied_index"]
@@ -315,10 +319,12 @@ async def test_honest_writes_commit_during_flood(
     written = await asyncio.gather(*writers)
     expected.update(acknowledged)
 
-    leader_deltas = drop_deltas(stats_before[leader.node_id], leader.transport.stats())
+    leader_deltas = decode_drops(
+        drop_deltas(stats_before[leader.node_id], leader.transport.stats()))
     assert leader_deltas == {"decode_error": (FLOOD_RANDOM + FLOOD_FLIPPED) // 2,
                              "replayed": CLIENT_WRITES * CLIENT_WRITE_REPLAYS}
-    follower_deltas = drop_deltas(stats_before[follower.node_id], follower.transport.stats())
+    follower_deltas = decode_drops(
+        drop_deltas(stats_before[follower.node_id], follower.transport.stats()))
     assert follower_deltas == {"decode_error": (FLOOD_RANDOM + FLOOD_FLIPPED) // 2}
     assert sum(a.sent for a in attackers) == sum(leader_deltas.values()) + sum(
         follower_deltas.values())
