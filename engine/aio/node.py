@@ -335,28 +335,34 @@ class Node(_MembershipMixin, _SnapshotsMixin, _ReadsMixin, _ServingMixin, _Event
         if self._storage is None:
             self._storage = _open_storage(self.config)
         recovered = await self._loop.run_in_executor(None, self._storage.open)
-        self._synced_vote = (recovered.hard_state.term, recovered.hard_state.vote)
-        self._applied = await self._restore_from(recovered)
-        self._core = _make_core(self.config, recovered, self._applied)
-        # Raft: the peers of the recovered configuration (thesis §4.1), not only the
-        # bootstrap members; later configurations are followed in _handle_ready.
-        peers = self._member_peers()
-        # Cluster id and boot epoch, stored durably before the socket binds (identity.py).
-        identity = await self._loop.run_in_executor(
-            None, open_identity, self.config, self._clock_ns)
-        self._transport = UdpTransport(
-            self.config.node_id,
-            self.config.listen or self.config.address_of(self.config.node_id),
-            peers,
-            self.config.cluster_key,
-            cluster_id=identity.cluster_id,
-            limits=self.config.limits,
-            epoch=identity.epoch,
-            on_messages=self._on_messages,
-            min_client_epoch=identity.min_client_epoch,
-            on_cluster_id=lambda cluster_id: store_cluster_id(self.config, cluster_id),
-        )
-        await self._transport.start()
+        try:
+            self._synced_vote = (recovered.hard_state.term, recovered.hard_state.vote)
+            self._applied = await self._restore_from(recovered)
+            self._core = _make_core(self.config, recovered, self._applied)
+            # Raft: the peers of the recovered configuration (thesis §4.1), not only the
+            # bootstrap members; later configurations are followed in _handle_ready.
+            peers = self._member_peers()
+            # Cluster id and boot epoch, stored durably before the socket binds (identity.py).
+            identity = await self._loop.run_in_executor(
+                None, open_identity, self.config, self._clock_ns)
+            self._transport = UdpTransport(
+                self.config.node_id,
+                self.config.listen or self.config.address_of(self.config.node_id),
+                peers,
+                self.config.cluster_key,
+                cluster_id=identity.cluster_id,
+                limits=self.config.limits,
+                epoch=identity.epoch,
+                on_messages=self._on_messages,
+                min_client_epoch=identity.min_client_epoch,
+                on_cluster_id=lambda cluster_id: store_cluster_id(self.config, cluster_id),
+            )
+            await self._transport.start()
+        except BaseException:
+            # A start that fails after the WAL opened (a corrupt snapshot, an address in use)
+            # releases it: the data directory stays free for the next attempt.
+            self._storage.close()
+            raise
         if self.config.data_dir is not None:
             self._storage_executor = ThreadPoolExecutor(1, thread_name_prefix="engine-wal")
         self._running = True
@@ -398,7 +404,12 @@ class Node(_MembershipMixin, _SnapshotsMixin, _ReadsMixin, _ServingMixin, _Event
         if self._transport is not None:
             self._transport.close()
         if self._storage_executor is not None:
-            self._storage_executor.shutdown(wait=False)
+            # The write in flight ends first (a killed process's write does too, or never
+            # starts): nothing of this incarnation touches the log once a restart opens it.
+            self._storage_executor.shutdown(wait=True)
+        abandon = getattr(self._storage, "abandon", None)
+        if abandon is not None:
+            abandon()   # file closed unsynced, data directory released, as at a process exit
 
     def attach_profiler(self, profiler: Any) -> None:
         """Report each proposal's stage timestamps to `profiler` (engine.profiling); None

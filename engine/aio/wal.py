@@ -73,6 +73,7 @@ Threading: one writer. save(), compact() and close() must be called from one thr
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import re
@@ -93,6 +94,7 @@ MAGIC = b"EWAL"
 FORMAT_VERSION = 1
 DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
 MAX_RECORD_BODY_BYTES = (1 << 32) - 1
+LOCK_NAME = "LOCK"   # flock held by the process that has the WAL open (one writer per directory)
 
 RECORD_HEADER = 1
 RECORD_SAVE = 2
@@ -311,6 +313,7 @@ class WriteAheadLog:
         self.segment_bytes = segment_bytes
         self.fsync = fsync
         self._fd: int | None = None
+        self._lock_fd: int | None = None   # flock on LOCK_NAME while open
         self._segments: list[_Segment] = []
         self._segment_size = 0
         self._failed: BaseException | None = None
@@ -361,9 +364,33 @@ class WriteAheadLog:
             make_directory_durably(self.directory)
         else:
             os.makedirs(self.directory, exist_ok=True)
-        self._remove_temporary_files()
-        recovered = self._open_log()
-        return self._attach_snapshot(recovered)
+        self._lock_directory()
+        try:
+            self._remove_temporary_files()
+            recovered = self._open_log()
+            return self._attach_snapshot(recovered)
+        except BaseException:
+            self._unlock_directory()
+            raise
+
+    def _lock_directory(self) -> None:
+        """Take the data directory for this WAL alone: two processes appending to one log
+        would interleave records and each would acknowledge writes the other overwrites."""
+        path = os.path.join(self.directory, LOCK_NAME)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise StorageError(
+                f"data directory {self.directory} is in use by another WAL (process or node): "
+                f"{path} is locked") from None
+        self._lock_fd = fd
+
+    def _unlock_directory(self) -> None:
+        if self._lock_fd is not None:
+            fd, self._lock_fd = self._lock_fd, None
+            os.close(fd)   # closing the descriptor releases the flock
 
     def inspect(self) -> RecoveredState:
         """Replay the log and verify the newest snapshot as open() does, changing nothing on
@@ -449,6 +476,15 @@ class WriteAheadLog:
                     self._unsynced = False
             finally:
                 os.close(fd)
+        self._unlock_directory()
+
+    def abandon(self) -> None:
+        """Close without the graceful sync, as a process exit would (a simulated crash):
+        what was written but not fsynced is only in the page cache."""
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)
+        self._unlock_directory()
 
     def __enter__(self) -> WriteAheadLog:
         return self

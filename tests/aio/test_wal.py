@@ -904,3 +904,18 @@ async def test_node_with_a_flipped_length_bit_refuses_to_start_and_loses_no_put(
         for i in range(200):
             query = commands.encode_get_query(b"k%d" % i)
             assert commands.decode_result(node.state_machine.query(query)).value == b"v"
+
+
+def test_a_second_wal_on_the_same_data_directory_is_refused(tmp_path: Path) -> None:
+    """Two writers on one log would interleave records, each acknowledging writes the other
+    overwrites: the directory is locked while a WAL has it open, and free again once closed."""
+    first = WriteAheadLog(tmp_path / "n1", fsync=False)
+    first.open()
+    try:
+        with pytest.raises(StorageError, match="in use by another WAL"):
+            WriteAheadLog(tmp_path / "n1", fsync=False).open()
+    finally:
+        first.close()
+    second = WriteAheadLog(tmp_path / "n1", fsync=False)
+    second.open()
+    second.close()
