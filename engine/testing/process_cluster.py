@@ -40,6 +40,9 @@ import subprocess
 import sys
 import tempfile
 import time
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +52,52 @@ from engine.aio.local_cluster import free_udp_ports
 from engine.messages import AdminOp
 
 _WAL_FRAME = struct.Struct("<IIB")  # length, crc, type: engine.aio.wal's record frame
+
+
+@dataclass(frozen=True)
+class TornTail:
+    """A damaged copy of a WAL record appended by ProcessCluster.append_torn_tail."""
+
+    segment: str    # file name of the segment
+    offset: int     # where the copy starts
+    data: bytes     # what was written there
+    kind: str       # "torn" (a prefix) or "bit-flip"
+
+
+def torn_prefix_length(record: bytes, rng: random.Random) -> int:
+    """A prefix length for a torn copy of `record`: at least its length field (non-zero) and
+    ending before the record's last non-zero byte, so the zeros that follow it on disk cannot
+    complete it into the whole record."""
+    last_nonzero = len(record.rstrip(b"\0")) - 1
+    return rng.randrange(4, last_nonzero) if last_nonzero > 4 else 4
+
+
+def _reads_as_record(data: bytes) -> bool:
+    """True if `data` starts with one whole record whose checksum verifies (engine.aio.wal's
+    frame: crc32 over the length field, the type byte and the body)."""
+    if len(data) < _WAL_FRAME.size:
+        return False
+    length, crc, _ = _WAL_FRAME.unpack_from(data)
+    end = _WAL_FRAME.size + length
+    return end <= len(data) and zlib.crc32(data[_WAL_FRAME.size:end], zlib.crc32(
+        data[:4] + data[8:9])) == crc
+
+
+def _bytes_at(path: Path, tail: TornTail) -> bytes:
+    """The bytes of `path` where `tail` was written, as long as the record its length field
+    claims (b"" if the file is gone or ends before the offset)."""
+    if not path.exists():
+        return b""
+    length = max(len(tail.data), _WAL_FRAME.size + _WAL_FRAME.unpack_from(
+        tail.data.ljust(_WAL_FRAME.size, b"\0"))[0])
+    with open(path, "rb") as stream:
+        stream.seek(tail.offset)
+        return stream.read(length)
+
+
+def _recovered_key(state: Any) -> tuple[Any, ...]:
+    return (state.hard_state, state.first_index, state.snapshot_index, state.snapshot_term,
+            [(e.index, e.term, e.kind, bytes(e.data)) for e in state.entries])
 
 
 def netns_available() -> bool:
@@ -328,9 +377,10 @@ class ProcessCluster:
 
     # ------------------------------------------------------------------ storage faults
 
-    def append_torn_tail(self, node_id: int, rng: random.Random) -> int:
+    def append_torn_tail(self, node_id: int, rng: random.Random) -> TornTail | None:
         """Append a damaged copy of the last record of the node's last WAL segment; return
-        the bytes appended. The node must not be running.
+        what was appended (None if the segment has no clean tail to append to). The node must
+        not be running.
 
         What this simulates: a crash while the WAL was writing a save that nobody has seen
         acknowledged — either torn (a prefix of the record reached the disk) or with a flipped
@@ -342,12 +392,16 @@ class ProcessCluster:
         Damaging it could erase a vote or an acknowledged entry, a fault Raft and Paxos do
         not claim to survive. For the same reason "loss of unsynced writes" cannot be
         produced with kill -9 at all (it needs a machine crash or a lazyfs-like filesystem).
+
+        The torn prefix always stops before the record's last non-zero byte: the tail is
+        written over preallocated zeros, so a prefix that lacks only zero bytes would be
+        completed by them into a valid copy, not a torn record.
         """
         if node_id in self.processes:
             raise errors.ConfigError(f"node {node_id} is running")
         segments = sorted(self.data_dir(node_id).glob("wal-*.log"))
         if not segments:
-            return 0
+            return None
         path = segments[-1]
         data = path.read_bytes()
         offset, last = 0, None
@@ -361,12 +415,11 @@ class ProcessCluster:
             last = (offset, end)
             offset = end
         if last is None or data[offset:].strip(b"\0"):
-            return 0  # not a clean tail: leave it to the WAL's own checks
+            return None  # not a clean tail: leave it to the WAL's own checks
         record = bytearray(data[last[0]:last[1]])
-        if rng.random() < 0.5:
-            # Torn: a strict prefix of the record, at least its (non-zero) length field and
-            # never all of it.
-            tail = bytes(record[:rng.randrange(_WAL_FRAME.size - 5, len(record))])
+        torn = rng.random() < 0.5
+        if torn:
+            tail = bytes(record[:torn_prefix_length(bytes(record), rng)])
         else:
             # Flipped bit anywhere but the length field (a shorter length would make the record
             # end before end of file: corruption by design, not a torn tail; wal.py docstring).
@@ -378,23 +431,47 @@ class ProcessCluster:
             stream.write(tail)
             stream.flush()
             os.fsync(stream.fileno())
-        # What the WAL must cut: zeros at the end of the damage are indistinguishable from the
-        # preallocated space after it (wal.py), which the WAL cuts without counting.
-        return len(tail.rstrip(b"\0"))
+        return TornTail(path.name, offset, tail, "torn" if torn else "bit-flip")
 
-    def wal_cut_check(self, node_id: int) -> int:
-        """Open a COPY of the node's WAL (engine.aio.wal) and return the bytes it cuts."""
+    def check_torn_tail(self, node_id: int, tail: TornTail,
+                        before: Any) -> str | None:
+        """Open a COPY of the node's WAL (engine.aio.wal) after append_torn_tail and say what
+        is wrong, or None: the WAL must recover exactly what it recovered before the damage
+        (`before`, from recovered_state) and no longer hold the damaged bytes in the segment
+        (cut, zeroed or moved aside: the mechanism is the WAL's). A tail the WAL reads as a
+        valid record is a duplicate of the last save, harmless if the recovered state is
+        unchanged (a save replaces the stored suffix from its first index, Raft §5.3)."""
+        state, on_disk = self.recovered_state(
+            node_id, keep_open=lambda copy: _bytes_at(copy / tail.segment, tail))
+        if _recovered_key(state) != _recovered_key(before):
+            return (f"{tail.kind} tail of {len(tail.data)} bytes at {tail.segment}:"
+                    f"{tail.offset}: the WAL recovered a different state (last index "
+                    f"{before.last_index} -> {state.last_index}, hard state "
+                    f"{before.hard_state} -> {state.hard_state})")
+        damage = tail.data.rstrip(b"\0")
+        if not on_disk.startswith(damage) or _reads_as_record(on_disk):
+            return None   # cut, zeroed or moved aside; or a valid duplicate, replayed above
+        return (
+            f"{tail.kind} tail of {len(tail.data)} bytes at {tail.segment}:{tail.offset} "
+            "is still in the segment after the WAL opened it")
+
+    def recovered_state(self, node_id: int,
+                        keep_open: Callable[[Path], bytes] | None = None) -> Any:
+        """Open a COPY of the node's WAL and return what it recovers (with keep_open: also
+        keep_open(copy directory) evaluated after the open, as a pair)."""
         from engine.aio.wal import WriteAheadLog
 
         with tempfile.TemporaryDirectory() as scratch:
             copy = Path(scratch) / "wal"
             shutil.copytree(self.data_dir(node_id), copy)
-            wal = WriteAheadLog(str(copy))
+            # Not preallocated: the copy is read once, its segment needs no reserved space.
+            wal = WriteAheadLog(str(copy), preallocate=False)
             try:
-                return int(wal.open().truncated_bytes)
+                state = wal.open()
             finally:
                 with contextlib.suppress(Exception):
                     wal.close()
+            return state if keep_open is None else (state, keep_open(copy))
 
     # ------------------------------------------------------------------ logs
 
