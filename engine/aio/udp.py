@@ -84,6 +84,7 @@ import bisect
 import ipaddress
 import itertools
 import logging
+import os
 import random
 import socket
 import time
@@ -137,6 +138,16 @@ DROP_REASONS: tuple[str, ...] = (
 
 _last_epoch = 0
 
+# Test hook: the wall clock this process reads, stepped by ENGINE_TEST_CLOCK_OFFSET_S seconds
+# (engine.testing.nemesis "clock-step" restarts a node with its clock an hour back). The boot
+# epoch is the engine's only wall-clock read; nothing else may read this variable.
+_CLOCK_OFFSET_NS = int(float(os.environ.get("ENGINE_TEST_CLOCK_OFFSET_S", "0")) * 1e9)
+
+
+def wall_clock_ns() -> int:
+    """time.time_ns(), stepped by the ENGINE_TEST_CLOCK_OFFSET_S test hook."""
+    return time.time_ns() + _CLOCK_OFFSET_NS
+
 
 def new_boot_epoch() -> int:
     """A boot epoch strictly above every one handed out before in this process.
@@ -146,7 +157,7 @@ def new_boot_epoch() -> int:
     within the same clock tick.
     """
     global _last_epoch
-    _last_epoch = max(time.time_ns(), _last_epoch + 1)
+    _last_epoch = max(wall_clock_ns(), _last_epoch + 1)
     return _last_epoch
 
 

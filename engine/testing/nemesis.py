@@ -73,6 +73,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import itertools
 import json
 import random
 import shutil
@@ -87,7 +89,7 @@ from typing import Any
 
 from engine import errors
 from engine.testing.linearizability import CheckResult, check_linearizable
-from engine.testing.process_cluster import ProcessCluster
+from engine.testing.process_cluster import ProcessCluster, free_udp_ports
 from engine.testing.workloads import (
     SET_PREFIX,
     History,
@@ -101,12 +103,14 @@ from engine.testing.workloads import (
 from engine.types import TimingConfig
 
 LOG_PATTERNS = ("Traceback", "InvariantViolation")
+IMPOSTOR_PREFIX = "impostor/"     # keys the wrong-members impostor writes
+CLOCK_STEP_PREFIX = "clock-step/"  # the write the clock-step nemesis waits for
 
 PROCESS_NEMESES = ["kill-one", "kill-leader", "kill-minority", "kill-all", "pause-one",
-                   "pause-leader", "kill-torn-wal"]
+                   "pause-leader", "kill-torn-wal", "wrong-members"]
 NETWORK_NEMESES = ["partition-majority", "partition-leader", "partition-bridge",
                    "partition-one-way", "packet-loss", "packet-duplicate", "packet-delay"]
-CLOCK_NEMESES = ["clock-skew", "clock-skew-partition-leader"]
+CLOCK_NEMESES = ["clock-skew", "clock-skew-partition-leader", "clock-step"]
 MIXES: dict[str, list[str]] = {
     "crash": PROCESS_NEMESES,
     "network": NETWORK_NEMESES,
@@ -216,7 +220,9 @@ class _Nemesis:
         self.log: list[str] = []
         self.crashed: list[tuple[int, int]] = []  # (node, exit code): exited on its own
         self.heals = 0                   # heals so far; a finding names the heal it came from
-        self.findings: list[str] = []    # what a nemesis saw go wrong while healing
+        self.findings: list[str] = []    # what a nemesis saw go wrong (checked by run())
+        self.impostor: _Impostor | None = None   # wrong-members: running until the heal
+        self.impostor_keys: list[str] = []       # what impostors acknowledged (read at the end)
 
     def reap(self) -> None:
         """Take nodes whose process ended on its own out of play (they stay down: a node
@@ -246,6 +252,9 @@ class _Nemesis:
         second heal (the run's final one) never damages the same WAL twice."""
         cluster = self.cluster
         self.heals += 1
+        if self.impostor is not None:
+            await self._stop_impostor(self.impostor)
+            self.impostor = None
         for node_id in sorted(cluster.paused):
             cluster.resume(node_id)
         if self.links_down:
@@ -286,6 +295,26 @@ class _Nemesis:
         problem = cluster.check_torn_tail(node_id, tail, before)
         if problem is not None:
             self.findings.append(f"heal {self.heals}, node {node_id}: {problem}")
+
+    async def _stop_impostor(self, impostor: _Impostor) -> None:
+        impostor.stop.set()
+        await asyncio.gather(impostor.writer, impostor.monitor, return_exceptions=True)
+        self.cluster.stop_impostor()
+        self.impostor_keys += impostor.acknowledged
+        self._note("impostor-stopped", {"acknowledged": len(impostor.acknowledged),
+                                        "heal": self.heals})
+        if impostor.acknowledged:
+            # Its own quorum needs a real member's acknowledgements (impostor_members).
+            self.findings.append(
+                f"split brain (wrong-members, heal {self.heals}): the impostor {impostor.what} "
+                f"committed {len(impostor.acknowledged)} writes, so real members accepted "
+                f"its log, e.g. {impostor.acknowledged[:3]}")
+        for term, leaders in sorted(impostor.leaders.items()):
+            if len(leaders) > 1:
+                self.findings.append(
+                    f"split brain (wrong-members, heal {self.heals}): real members "
+                    f"{sorted(leaders)} all led in term {term} while the impostor "
+                    f"{impostor.what} ran")
 
     # -- the faults
 
@@ -455,6 +484,119 @@ async def _netns_link_down(n: _Nemesis) -> None:
     n._note("link-down", targets)
 
 
+@dataclass
+class _Impostor:
+    """A wrong-members node while it runs: its writer and the leader monitor."""
+
+    what: str
+    stop: asyncio.Event
+    acknowledged: list[str]
+    leaders: dict[int, set[int]]    # term or ballot -> real members that said they led in it
+    writer: asyncio.Task[None] = field(init=False)
+    monitor: asyncio.Task[None] = field(init=False)
+
+
+def impostor_members(cluster: ProcessCluster, rng: random.Random,
+                     address: str) -> tuple[int, dict[int, str]]:
+    """The impostor's id and wrong member list: a real member's id reused on a new port, with
+    (a) a list of itself and one real member (a two-node cluster whose quorum needs that
+    member) or (b) itself plus every real member but the one whose id it took. Either way
+    it can commit nothing unless real members vote for it and accept its entries."""
+    ids = cluster.running()
+    reused = rng.choice(ids)
+    others = [i for i in cluster.node_ids if i != reused]
+    chosen = [rng.choice(others)] if rng.random() < 0.5 else others
+    return reused, {reused: address, **{i: cluster.members[i] for i in chosen}}
+
+
+async def _impostor_writer(impostor: _Impostor, cluster: ProcessCluster, address: str,
+                           tag: str) -> None:
+    async with cluster.client([address], attempt_timeout=0.1, timeout=0.3) as client:
+        for count in itertools.count():
+            if impostor.stop.is_set():
+                return
+            key = f"{IMPOSTOR_PREFIX}{tag}-{count}"
+            try:
+                await client.put(key.encode(), b"impostor")
+                impostor.acknowledged.append(key)
+            except errors.EngineError:
+                await asyncio.sleep(0.05)
+
+
+async def _leader_monitor(impostor: _Impostor, cluster: ProcessCluster) -> None:
+    """Every 100 ms: which real members say they lead, in which term (or ballot)."""
+    while not impostor.stop.is_set():
+        for node_id, status in (await cluster.statuses(wait=0.3)).items():
+            if status.get("role") == "leader":
+                term = int(status.get("term", status.get("ballot", 0)) or 0)
+                impostor.leaders.setdefault(term, set()).add(node_id)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(impostor.stop.wait(), 0.1)
+
+
+async def _wrong_members(n: _Nemesis) -> None:
+    """An extra node with the cluster's key and a wrong member list takes writes until the
+    heal; see impostor_members. The checks: it commits nothing, no two real members lead in
+    one term meanwhile, no real member ever holds its keys, and the usual history checks."""
+    cluster = n.cluster
+    if cluster.uses_netns or n.impostor is not None:
+        n._note("wrong-members-skipped", "netns" if cluster.uses_netns else "running")
+        return
+    address = f"127.0.0.1:{free_udp_ports(1)[0]}"
+    reused, members = impostor_members(cluster, n.rng, address)
+    cluster.start_impostor(reused, members)
+    what = f"node {reused} at {address} with members {sorted(members)}"
+    impostor = _Impostor(what, asyncio.Event(), [], {})
+    impostor.writer = asyncio.ensure_future(
+        _impostor_writer(impostor, cluster, address, str(cluster.impostor_starts)))
+    impostor.monitor = asyncio.ensure_future(_leader_monitor(impostor, cluster))
+    n.impostor = impostor
+    n._note("wrong-members", {"node": reused, "address": address,
+                              "members": sorted(members)})
+
+
+# An election round lasts at most 2T (timeouts randomized in [T, 2T), Raft §5.2; the Paxos
+# core's phase-1 timeouts likewise) and fails only on a split vote, which randomized timeouts
+# make the exception (Raft §9.3); the client retries every attempt timeout. 20 rounds.
+_T_MAX_S = 2 * TimingConfig().election_timeout_ticks * TimingConfig().tick_ms / 1000
+PROGRESS_DEADLINE_S = 20 * _T_MAX_S
+CLOCK_STEP_S = -3600.0
+
+
+async def _clock_step(n: _Nemesis) -> None:
+    """Restart one node with its wall clock an hour back (ENGINE_TEST_CLOCK_OFFSET_S), then
+    kill as many others as leave exactly a quorum that includes it: the cluster must elect a
+    leader and commit a write within PROGRESS_DEADLINE_S, or a finding says it did not."""
+    cluster = n.cluster
+    running = cluster.running()
+    quorum = len(cluster.node_ids) // 2 + 1
+    if len(running) < quorum:
+        n._note("clock-step-skipped", {"running": running})
+        return
+    stepped = n.rng.choice(running)
+    cluster.kill(stepped)
+    cluster.start(stepped, clock_offset_s=CLOCK_STEP_S)
+    n._note("clock-step", {"node": stepped, "offset_s": CLOCK_STEP_S})
+    await cluster.wait_serving([stepped])
+    others = [i for i in running if i != stepped]
+    victims = sorted(n.rng.sample(others, len(running) - quorum))
+    n._kill(victims)
+    n._note("kill", victims)
+    alive = [cluster.members[i] for i in cluster.running()]
+    started = time.monotonic()
+    async with cluster.client(alive, attempt_timeout=0.25,
+                              timeout=PROGRESS_DEADLINE_S) as client:
+        try:
+            await client.put(f"{CLOCK_STEP_PREFIX}{n.heals}".encode(), b"progress")
+        except errors.EngineError as exc:
+            n.findings.append(
+                f"clock-step (before heal {n.heals + 1}): node {stepped} restarted with its "
+                f"clock {CLOCK_STEP_S:+.0f} s, nodes {victims} down: no write committed "
+                f"within {PROGRESS_DEADLINE_S:.0f} s ({type(exc).__name__}: {exc})")
+            return
+    n._note("clock-step-progress", {"s": round(time.monotonic() - started, 2)})
+
+
 NEMESES: dict[str, Callable[[_Nemesis], Awaitable[None]]] = {
     "kill-one": _kill_one,
     "kill-leader": _kill_leader,
@@ -475,6 +617,8 @@ NEMESES: dict[str, Callable[[_Nemesis], Awaitable[None]]] = {
     "clock-skew-partition-leader": _clock_skew_partition_leader,
     "clock-skew-beyond": _clock_skew_beyond,
     "wipe-all": _wipe_all,
+    "wrong-members": _wrong_members,
+    "clock-step": _clock_step,
 }
 
 
@@ -496,6 +640,41 @@ def scan_logs(cluster: ProcessCluster, patterns: tuple[str, ...] = LOG_PATTERNS)
     return found
 
 
+def check_definite_failures_not_applied(events: list[dict[str, Any]]) -> list[str]:
+    """One line per operation answered with a definite failure (engine.errors.Rejected: the
+    work provably never entered a log, recorded "fail" with error "rejected: ...") whose
+    value was nevertheless seen applied: read by an acknowledged read (the final reads
+    included) or taken as the expected value of an acknowledged cas. Written values are
+    unique per key (engine.testing.workloads), so a sighting means it applied."""
+    invoked: dict[Any, dict[str, Any]] = {}
+    rejected: dict[tuple[str, str], dict[str, Any]] = {}
+    seen: dict[tuple[str, str], dict[str, Any]] = {}
+    for event in events:
+        if event["process"] == "nemesis":
+            continue
+        if event["type"] == "invoke":
+            invoked[event["process"]] = event
+            continue
+        invoke = invoked.pop(event["process"], None)
+        if invoke is None:
+            continue
+        f, key, value = invoke["f"], invoke["key"], invoke["value"]
+        if event["type"] == "fail" and str(event.get("error", "")).startswith("rejected"):
+            written = value[1] if f == "cas" else value
+            if f in ("write", "cas", "add"):
+                rejected[(key, str(written))] = invoke
+        elif event["type"] == "ok":
+            if f == "read" and event["value"] is not None:
+                seen.setdefault((key, str(event["value"])), event)
+            elif f == "cas":
+                seen.setdefault((key, str(value[0])), event)
+    return [f"{invoke['f']} {key}={written!r} (process {invoke['process']}) was answered "
+            f"Rejected but applied: seen by process {seen[(key, written)]['process']}"
+            + (f" on node {seen[(key, written)]['node']}" if "node" in seen[(key, written)]
+               else "")
+            for (key, written), invoke in rejected.items() if (key, written) in seen]
+
+
 def write_history(path: Path, events: list[dict[str, Any]]) -> None:
     with open(path, "w", encoding="utf-8") as stream:
         for event in events:
@@ -503,6 +682,17 @@ def write_history(path: Path, events: list[dict[str, Any]]) -> None:
 
 
 # ---------------------------------------------------------------------------- the run
+
+
+async def _impostor_keys_on_members(nemesis: _Nemesis, alive: dict[int, str]) -> list[str]:
+    """Read every key a wrong-members impostor acknowledged on every real member (outside
+    the run's history): a real member holding one applied the impostor's log."""
+    if not nemesis.impostor_keys:
+        return []
+    reads = await final_reads(History(), alive, nemesis.cluster.key, nemesis.impostor_keys)
+    return [f"split brain (wrong-members): node {node} holds the impostor's {key}"
+            for node, seen in sorted(reads.items()) for key, value in sorted(seen.items())
+            if value is not None]
 
 
 async def _sleep_until(deadline: float) -> None:
@@ -594,6 +784,9 @@ async def run(config: RunConfig) -> RunResult:
                       ("lost", "unexpected", "applied_despite_fail", "wrong_value",
                        "unreadable") if getattr(set_result, name)}
             failures.append(f"{set_result.summary()} {detail}")
+        failures += [f"definite failure applied: {line}"
+                     for line in check_definite_failures_not_applied(history.events)]
+        failures += await _impostor_keys_on_members(nemesis, alive)
         for name, (start, end) in (("before faults", quiet1), ("after recovery", quiet2)):
             answered, total = availability(history.events, start, end)
             windows[name] = (answered, total)

@@ -51,6 +51,8 @@ from engine.aio.client import Client
 from engine.aio.local_cluster import free_udp_ports
 from engine.messages import AdminOp
 
+# The test hook engine.aio.udp reads: the node's wall clock stepped by this many seconds.
+CLOCK_OFFSET_ENV = "ENGINE_TEST_CLOCK_OFFSET_S"
 _WAL_FRAME = struct.Struct("<IIB")  # length, crc, type: engine.aio.wal's record frame
 
 
@@ -189,6 +191,8 @@ class ProcessCluster:
         self.paused: set[int] = set()
         self.starts: dict[int, int] = dict.fromkeys(node_ids, 0)
         self.exit_codes: list[tuple[int, int]] = []  # (node, code) of processes that ended
+        self.impostor: tuple[str, subprocess.Popen[bytes]] | None = None   # start_impostor
+        self.impostor_starts = 0
 
     # ------------------------------------------------------------------ processes
 
@@ -202,27 +206,62 @@ class ProcessCluster:
     def data_dir(self, node_id: int) -> Path:
         return self.directory / f"n{node_id}"
 
-    def start(self, node_id: int) -> None:
-        """Start (or restart) a node on its data directory; its log is appended to."""
+    def start(self, node_id: int, *, clock_offset_s: float = 0.0) -> None:
+        """Start (or restart) a node on its data directory; its log is appended to.
+        clock_offset_s steps the wall clock the node reads (engine.aio.udp.wall_clock_ns)."""
         if node_id in self.processes:
             raise errors.ConfigError(f"node {node_id} is already running")
         self.starts[node_id] += 1
-        command = [
-            self.python, "-m", "engine", "-v", "serve", "--node-id", str(node_id),
-            "--members", self.members_arg, "--cluster-key-file", str(self.key_file),
-            "--data-dir", str(self.data_dir(node_id)), "--protocol", self.protocol,
-            "--allow-fault-injection",
-        ]
+        command = self._serve_command(node_id, self.members_arg, self.data_dir(node_id))
         if self._netns is not None:
             command = ["ip", "netns", "exec", self._netns.names[node_id], *command]
-        with open(self.log_path(node_id), "ab") as log:
-            log.write(f"=== harness: start {self.starts[node_id]} of node {node_id} at "
-                      f"{time.time():.3f} ===\n".encode())
+        env = {**self.env, CLOCK_OFFSET_ENV: str(clock_offset_s)} if clock_offset_s else None
+        self.processes[node_id] = self._spawn(
+            command, self.log_path(node_id),
+            f"start {self.starts[node_id]} of node {node_id}", env)
+
+    def _serve_command(self, node_id: int, members_arg: str, data_dir: Path) -> list[str]:
+        return [
+            self.python, "-m", "engine", "-v", "serve", "--node-id", str(node_id),
+            "--members", members_arg, "--cluster-key-file", str(self.key_file),
+            "--data-dir", str(data_dir), "--protocol", self.protocol,
+            "--allow-fault-injection",
+        ]
+
+    def _spawn(self, command: list[str], log_path: Path, what: str,
+               env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        with open(log_path, "ab") as log:
+            log.write(f"=== harness: {what} at {time.time():.3f} ===\n".encode())
             log.flush()
             # The child keeps its own descriptor of the log; ours closes with the block.
-            self.processes[node_id] = subprocess.Popen(
-                command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=self.env,
-            )
+            return subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                    env=env or self.env)
+
+    def start_impostor(self, node_id: int, members: dict[int, str]) -> str:
+        """Start a node that is NOT one of the cluster's: id `node_id` (a member's id reused),
+        the cluster's key, a fresh data directory and the wrong member list `members` (its
+        own entry is its address; the others may be real members' addresses). It stays out
+        of node_ids, running() and the checks; stop it with stop_impostor(). Returns its
+        address."""
+        if self.impostor is not None:
+            raise errors.ConfigError("an impostor is already running")
+        self.impostor_starts += 1
+        data_dir = self.directory / f"impostor{self.impostor_starts}"
+        members_arg = ",".join(f"{i}={a}" for i, a in members.items())
+        command = self._serve_command(node_id, members_arg, data_dir)
+        process = self._spawn(command, self.directory / "impostor.log",
+                              f"impostor {self.impostor_starts} as node {node_id}, members "
+                              f"{members_arg}")
+        self.impostor = (members[node_id], process)
+        return members[node_id]
+
+    def stop_impostor(self) -> None:
+        """kill -9 the impostor (its data directory stays, for the record)."""
+        if self.impostor is not None:
+            _, process = self.impostor
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+            self.impostor = None
 
     def start_all(self) -> None:
         for node_id in self.node_ids:
@@ -262,6 +301,7 @@ class ProcessCluster:
 
     def stop_all(self) -> None:
         """SIGTERM (a clean stop), SIGKILL after 5 s; then remove any network namespaces."""
+        self.stop_impostor()
         for node_id in list(self.processes):
             self.resume(node_id)
         for process in self.processes.values():

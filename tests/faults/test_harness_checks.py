@@ -8,6 +8,7 @@ loss of every node's data, which a run must report as lost writes.
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
 from pathlib import Path
@@ -17,7 +18,14 @@ import pytest
 from engine.aio.wal import WriteAheadLog
 from engine.messages import Entry
 from engine.testing import check_linearizable
-from engine.testing.nemesis import RunConfig, _Nemesis, run, scan_logs
+from engine.testing.nemesis import (
+    RunConfig,
+    _Impostor,
+    _Nemesis,
+    check_definite_failures_not_applied,
+    run,
+    scan_logs,
+)
 from engine.testing.process_cluster import (
     ProcessCluster,
     TornTail,
@@ -71,6 +79,24 @@ def test_set_check_reports_lost_phantom_and_applied_despite_fail() -> None:
     good = check_set({"e0": "ok", "e2": "info"}, ["e3"],
                      {1: {"s/e0": "e0", "s/e2": None, "s/e3": None}})
     assert good.valid and good.acknowledged == 1
+
+
+def test_definite_failure_check_reports_a_rejected_write_that_was_read_or_cas_matched() -> None:
+    history = History()
+    _op(history, 0, "write", "k", "0.1", "fail", error="rejected: removed")
+    _op(history, 1, "read", "k", None, "ok", out="0.1")        # it applied after all
+    _op(history, 2, "cas", "j", ["x", "2.1"], "fail", error="rejected: overloaded")
+    _op(history, 3, "cas", "j", ["2.1", "3.1"], "ok")           # matched the rejected value
+    _op(history, 4, "add", "s/e1", "e1", "fail", error="rejected: stopped")
+    _op(history, 5, "write", "k", "5.1", "fail", error="cas-mismatch")   # not a Rejected
+    _op(history, 6, "read", "k", None, "ok", out="5.1")
+    found = check_definite_failures_not_applied(history.events)
+    assert len(found) == 2 and "write k='0.1'" in found[0] and "cas j='2.1'" in found[1]
+    history = History()
+    _op(history, 0, "write", "k", "0.1", "fail", error="rejected: removed")
+    _op(history, 1, "read", "k", None, "ok", out=None)
+    _op(history, 2, "add", "s/e1", "e1", "fail", error="rejected: stopped")
+    assert check_definite_failures_not_applied(history.events) == []
 
 
 def test_availability_counts_definite_answers_in_the_window() -> None:
@@ -237,3 +263,22 @@ async def test_final_reads_give_up_on_a_dead_node_quickly() -> None:
     completions = [e for e in history.events if e["type"] != "invoke"]
     assert 32 <= len(completions) <= 48 and all(e["type"] == "fail" for e in completions)
     assert check_set({"e0": "ok"}, [], reads).unreadable == ["n1:e0"]
+
+
+async def test_impostor_that_commits_or_two_real_leaders_in_one_term_is_split_brain(
+        tmp_path: Path) -> None:
+    cluster = ProcessCluster(tmp_path, n=3)
+    nemesis = _Nemesis(cluster, History(), random.Random(0))
+
+    async def done() -> None:
+        return None
+
+    impostor = _Impostor("node 2 at 127.0.0.1:9 with members [1, 2]", asyncio.Event(),
+                         ["impostor/1-0"], {4: {1}, 5: {1, 3}})
+    impostor.writer = asyncio.ensure_future(done())
+    impostor.monitor = asyncio.ensure_future(done())
+    await nemesis._stop_impostor(impostor)
+    assert len(nemesis.findings) == 2, nemesis.findings
+    assert "committed 1 writes" in nemesis.findings[0]
+    assert "[1, 3] all led in term 5" in nemesis.findings[1]
+    assert nemesis.impostor_keys == ["impostor/1-0"]
