@@ -25,6 +25,10 @@ Checks (RunResult.failures lists every one that failed):
   * the grow-only set: no acknowledged element lost, nothing that was never attempted, nothing
     whose add definitely failed (workloads.check_set), read on every node;
   * no "Traceback" or "InvariantViolation" in any node's log, no node exited on its own;
+  * no operation answered with a definite failure (errors.Rejected) is seen applied
+    (check_definite_failures_not_applied);
+  * what the nemeses found (_Nemesis.findings): a torn WAL tail the WAL did not handle, a
+    wrong-members split brain, a clock step that left the cluster without progress;
   * availability: in each quiet window at least `min_availability` (99 %) of operations got a
     definite answer.
 
@@ -34,7 +38,12 @@ Nemeses (NEMESES; a mix is a list of their names, MIXES):
   pause-one, pause-leader                SIGSTOP; healed by SIGCONT
   kill-torn-wal                          kill -9 one node, append a torn or bit-flipped copy of
                                          its WAL's last record, restart (see
-                                         ProcessCluster.append_torn_tail for why a copy)
+                                         ProcessCluster.append_torn_tail for why a copy);
+                                         the WAL must recover what it held before
+  wrong-members                          an impostor reusing a member's id on a new port with
+                                         a wrong member list takes writes until the heal; it
+                                         must commit nothing, no two real members may lead in
+                                         one term, no real member may hold its keys
   partition-majority                     a random minority | the majority (both directions)
   partition-leader                       the leader alone | everybody else
   partition-bridge                       two halves that cannot talk, one node talks to both
@@ -50,6 +59,9 @@ Nemeses (NEMESES; a mix is a list of their names, MIXES):
   clock-skew-partition-leader            followers' clocks fast (within the bound), the
                                          leader slow or fast, then the leader isolated: the
                                          case where a lease read could be stale
+  clock-step                             restart a node with its wall clock an hour back, kill
+                                         others down to a quorum that needs it: a write must
+                                         commit within PROGRESS_DEADLINE_S
   clock-skew-beyond                      harness self-test, in no mix: the same with the
                                          followers' clocks 4x fast, far beyond the bound;
                                          with lease reads the checker must be able to catch
@@ -57,8 +69,9 @@ Nemeses (NEMESES; a mix is a list of their names, MIXES):
   wipe-all                               harness self-test, in no mix: kill -9 every node and
                                          delete its data; the checks must report the loss
 
-Clocks: the engine never reads the wall clock; what leases depend on is clock RATE (Raft
-thesis §6.4.1), so the clock nemeses skew rates, not offsets. Run them with lease reads
+Clocks: the engine reads the wall clock only for a transport's boot epoch (clock-step steps
+it); what leases depend on is clock RATE (Raft thesis §6.4.1), so the skew nemeses skew
+rates, not offsets. Run them with lease reads
 (WorkloadConfig(read_mode="lease"), mix "clock"); docs/reliability.md has the bound.
 
 Not here, on purpose: "lose unsynced writes on restart" (kill -9 cannot lose them: the page
