@@ -12,6 +12,7 @@ import asyncio
 import os
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +86,13 @@ def wal_segments(directory: Path) -> list[tuple[int, int]]:
     return [(int(name[4:14]), int(name[15:35])) for name in names]
 
 
+def settled(cluster: engine.LocalCluster, last: int) -> bool:
+    """Every node applied through `last` and has no snapshot in flight (Node._snapshotting:
+    a snapshot is being written or its WAL compaction is pending)."""
+    return all(node.status()["applied_index"] >= last and not node._snapshotting
+               for node in cluster.nodes.values())
+
+
 def wal_bound(live_slots: int, key_bytes: int) -> int:
     """The most a node's WAL can hold once its snapshot policy has caught up (see the test's
     docstring): the segment holding the compaction floor, whole (compaction deletes whole
@@ -136,11 +144,7 @@ async def test_paxos_wal_stays_bounded_and_a_whole_cluster_restart_keeps_every_w
         for _ in range(BATCHES):
             await put_batch(leader, written, BATCH, VALUE_BYTES)
             written += BATCH
-            last = leader.status()["applied_index"]
-            # Node._snapshotting: a snapshot is being written or its compaction is pending.
-            await wait_for(lambda: all(n.status()["applied_index"] >= last
-                                       and not n._snapshotting
-                                       for n in cluster.nodes.values()),
+            await wait_for(partial(settled, cluster, leader.status()["applied_index"]),
                            what="batch applied and snapshots written everywhere")
             for node_id, node in cluster.nodes.items():
                 status = node.status()
