@@ -120,15 +120,19 @@ IMPOSTOR_PREFIX = "impostor/"     # keys the wrong-members impostor writes
 CLOCK_STEP_PREFIX = "clock-step/"  # the write the clock-step nemesis waits for
 
 PROCESS_NEMESES = ["kill-one", "kill-leader", "kill-minority", "kill-all", "pause-one",
-                   "pause-leader", "kill-torn-wal", "wrong-members"]
+                   "pause-leader", "kill-torn-wal"]
 NETWORK_NEMESES = ["partition-majority", "partition-leader", "partition-bridge",
                    "partition-one-way", "packet-loss", "packet-duplicate", "packet-delay"]
-CLOCK_NEMESES = ["clock-skew", "clock-skew-partition-leader", "clock-step"]
+CLOCK_NEMESES = ["clock-skew", "clock-skew-partition-leader"]
+# Node identity: a wrong member list, a wall clock stepped back (boot epochs). In "all" only:
+# the "clock" mix is the lease-read mix (clock rates), "crash" the process faults.
+IDENTITY_NEMESES = ["wrong-members", "clock-step"]
 MIXES: dict[str, list[str]] = {
     "crash": PROCESS_NEMESES,
     "network": NETWORK_NEMESES,
     "clock": CLOCK_NEMESES,
-    "all": PROCESS_NEMESES + NETWORK_NEMESES + CLOCK_NEMESES,
+    "identity": IDENTITY_NEMESES,
+    "all": PROCESS_NEMESES + NETWORK_NEMESES + CLOCK_NEMESES + IDENTITY_NEMESES,
 }
 
 # The lease bound for the serve defaults (TimingConfig(), lease_drift_ticks=None): a leader
