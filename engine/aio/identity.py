@@ -18,19 +18,18 @@ is stored, fsynced (file and directory), before the socket binds.
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from engine import errors
-from engine.aio.udp import new_boot_epoch
+from engine.aio.udp import new_boot_epoch, wall_clock_ns
 from engine.types import U64_MAX, NodeConfig
 
 BOOT_EPOCH_FILE = "boot_epoch"
 CLUSTER_ID_FILE = "cluster_id"
 _TMP_SUFFIX = ".tmp"
 
-Clock = Callable[[], int]   # wall-clock nanoseconds, time.time_ns by default
+Clock = Callable[[], int]   # wall-clock nanoseconds, engine.aio.udp.wall_clock_ns by default
 
 
 @dataclass(frozen=True)
@@ -42,7 +41,7 @@ class WireIdentity:
     min_client_epoch: int
 
 
-def open_identity(config: NodeConfig, clock: Clock = time.time_ns) -> WireIdentity:
+def open_identity(config: NodeConfig, clock: Clock = wall_clock_ns) -> WireIdentity:
     """The cluster id and a fresh boot epoch, stored durably in the data dir first if any.
     Blocking (file I/O and fsync): run it in an executor."""
     now = clock()

@@ -228,7 +228,7 @@ class Node(_MembershipMixin, _SnapshotsMixin, _ReadsMixin, _ServingMixin, _Event
 
     def __init__(
         self, config: NodeConfig, state_machine: StateMachine | None = None, *,
-        storage: Any = None, clock_ns: Callable[[], int] = time.time_ns,
+        storage: Any = None, clock_ns: Callable[[], int] | None = None,
     ) -> None:
         if state_machine is None:
             from engine.kv import KVStore
@@ -236,7 +236,8 @@ class Node(_MembershipMixin, _SnapshotsMixin, _ReadsMixin, _ServingMixin, _Event
             state_machine = KVStore(config.limits)
         self.config = config
         self.state_machine = state_machine
-        self._clock_ns = clock_ns  # wall clock for the boot epoch (injectable for tests)
+        # The wall clock of the boot epoch (injectable for tests; engine.aio.udp.wall_clock_ns).
+        self._clock_ns = clock_ns
         self._storage = storage
         self._core: Any = None
         self._transport: Any = None
@@ -327,7 +328,7 @@ class Node(_MembershipMixin, _SnapshotsMixin, _ReadsMixin, _ServingMixin, _Event
     async def start(self) -> None:
         """Recover from storage, bind the UDP socket and start ticking."""
         from engine.aio.identity import open_identity, store_cluster_id
-        from engine.aio.udp import UdpTransport
+        from engine.aio.udp import UdpTransport, wall_clock_ns
 
         if self._running:
             raise errors.EngineError("node already started")
@@ -344,7 +345,7 @@ class Node(_MembershipMixin, _SnapshotsMixin, _ReadsMixin, _ServingMixin, _Event
             peers = self._member_peers()
             # Cluster id and boot epoch, stored durably before the socket binds (identity.py).
             identity = await self._loop.run_in_executor(
-                None, open_identity, self.config, self._clock_ns)
+                None, open_identity, self.config, self._clock_ns or wall_clock_ns)
             self._transport = UdpTransport(
                 self.config.node_id,
                 self.config.listen or self.config.address_of(self.config.node_id),

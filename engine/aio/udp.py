@@ -93,6 +93,7 @@ import bisect
 import ipaddress
 import itertools
 import logging
+import os
 import random
 import socket
 import time
@@ -160,8 +161,19 @@ DROP_REASONS: tuple[str, ...] = (
 
 _last_epoch = 0
 
+# Test hook: the wall clock this process reads, stepped by ENGINE_TEST_CLOCK_OFFSET_S seconds
+# (engine.testing.nemesis "clock-step" restarts a node with its clock an hour back). The boot
+# epoch (and the client-epoch bound derived from it, engine.aio.identity) is the engine's only
+# wall-clock read; nothing else may read this variable.
+_CLOCK_OFFSET_NS = int(float(os.environ.get("ENGINE_TEST_CLOCK_OFFSET_S", "0")) * 1e9)
 
-def new_boot_epoch(clock: Callable[[], int] = time.time_ns) -> int:
+
+def wall_clock_ns() -> int:
+    """time.time_ns(), stepped by the ENGINE_TEST_CLOCK_OFFSET_S test hook."""
+    return time.time_ns() + _CLOCK_OFFSET_NS
+
+
+def new_boot_epoch(clock: Callable[[], int] = wall_clock_ns) -> int:
     """A boot epoch strictly above every one handed out before in this process.
 
     The wall clock in ns orders restarts across processes (it may step back, which is why a

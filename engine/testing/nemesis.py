@@ -25,6 +25,10 @@ Checks (RunResult.failures lists every one that failed):
   * the grow-only set: no acknowledged element lost, nothing that was never attempted, nothing
     whose add definitely failed (workloads.check_set), read on every node;
   * no "Traceback" or "InvariantViolation" in any node's log, no node exited on its own;
+  * no operation answered with a definite failure (errors.Rejected) is seen applied
+    (rejected_operations_seen_applied);
+  * what the nemeses found (_Nemesis.findings): a torn WAL tail the WAL did not handle, a
+    wrong-members split brain, a clock step that left the cluster without progress;
   * availability: in each quiet window at least `min_availability` (99 %) of operations got a
     definite answer.
 
@@ -34,7 +38,12 @@ Nemeses (NEMESES; a mix is a list of their names, MIXES):
   pause-one, pause-leader                SIGSTOP; healed by SIGCONT
   kill-torn-wal                          kill -9 one node, append a torn or bit-flipped copy of
                                          its WAL's last record, restart (see
-                                         ProcessCluster.append_torn_tail for why a copy)
+                                         ProcessCluster.append_torn_tail for why a copy);
+                                         the WAL must recover what it held before
+  wrong-members                          an impostor reusing a member's id on a new port with
+                                         a wrong member list takes writes until the heal; it
+                                         must commit nothing, no two real members may lead in
+                                         one term, no real member may hold its keys
   partition-majority                     a random minority | the majority (both directions)
   partition-leader                       the leader alone | everybody else
   partition-bridge                       two halves that cannot talk, one node talks to both
@@ -50,6 +59,9 @@ Nemeses (NEMESES; a mix is a list of their names, MIXES):
   clock-skew-partition-leader            followers' clocks fast (within the bound), the
                                          leader slow or fast, then the leader isolated: the
                                          case where a lease read could be stale
+  clock-step                             restart a node with its wall clock an hour back, kill
+                                         others down to a quorum that needs it: a write must
+                                         commit within PROGRESS_DEADLINE_S
   clock-skew-beyond                      harness self-test, in no mix: the same with the
                                          followers' clocks 4x fast, far beyond the bound;
                                          with lease reads the checker must be able to catch
@@ -57,8 +69,9 @@ Nemeses (NEMESES; a mix is a list of their names, MIXES):
   wipe-all                               harness self-test, in no mix: kill -9 every node and
                                          delete its data; the checks must report the loss
 
-Clocks: the engine never reads the wall clock; what leases depend on is clock RATE (Raft
-thesis §6.4.1), so the clock nemeses skew rates, not offsets. Run them with lease reads
+Clocks: the engine reads the wall clock only for a transport's boot epoch (clock-step steps
+it); what leases depend on is clock RATE (Raft thesis §6.4.1), so the skew nemeses skew
+rates, not offsets. Run them with lease reads
 (WorkloadConfig(read_mode="lease"), mix "clock"); docs/reliability.md has the bound.
 
 Not here, on purpose: "lose unsynced writes on restart" (kill -9 cannot lose them: the page
@@ -73,6 +86,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import itertools
 import json
 import random
 import shutil
@@ -87,7 +102,7 @@ from typing import Any
 
 from engine import errors
 from engine.testing.linearizability import CheckResult, check_linearizable
-from engine.testing.process_cluster import ProcessCluster
+from engine.testing.process_cluster import ProcessCluster, free_udp_ports
 from engine.testing.workloads import (
     SET_PREFIX,
     History,
@@ -101,17 +116,23 @@ from engine.testing.workloads import (
 from engine.types import TimingConfig
 
 LOG_PATTERNS = ("Traceback", "InvariantViolation")
+IMPOSTOR_PREFIX = "impostor/"     # keys the wrong-members impostor writes
+CLOCK_STEP_PREFIX = "clock-step/"  # the write the clock-step nemesis waits for
 
 PROCESS_NEMESES = ["kill-one", "kill-leader", "kill-minority", "kill-all", "pause-one",
                    "pause-leader", "kill-torn-wal"]
 NETWORK_NEMESES = ["partition-majority", "partition-leader", "partition-bridge",
                    "partition-one-way", "packet-loss", "packet-duplicate", "packet-delay"]
 CLOCK_NEMESES = ["clock-skew", "clock-skew-partition-leader"]
+# Node identity: a wrong member list, a wall clock stepped back (boot epochs). In "all" only:
+# the "clock" mix is the lease-read mix (clock rates), "crash" the process faults.
+IDENTITY_NEMESES = ["wrong-members", "clock-step"]
 MIXES: dict[str, list[str]] = {
     "crash": PROCESS_NEMESES,
     "network": NETWORK_NEMESES,
     "clock": CLOCK_NEMESES,
-    "all": PROCESS_NEMESES + NETWORK_NEMESES + CLOCK_NEMESES,
+    "identity": IDENTITY_NEMESES,
+    "all": PROCESS_NEMESES + NETWORK_NEMESES + CLOCK_NEMESES + IDENTITY_NEMESES,
 }
 
 # The lease bound for the serve defaults (TimingConfig(), lease_drift_ticks=None): a leader
@@ -215,6 +236,10 @@ class _Nemesis:
         self.skewed: set[int] = set()     # nodes with a tick_scale set (healed by clear)
         self.log: list[str] = []
         self.crashed: list[tuple[int, int]] = []  # (node, exit code): exited on its own
+        self.heals = 0                   # heals so far; a finding names the heal it came from
+        self.findings: list[str] = []    # what a nemesis saw go wrong (checked by run())
+        self.impostor: _Impostor | None = None   # wrong-members: running until the heal
+        self.impostor_keys: list[str] = []       # what impostors acknowledged (read at the end)
 
     def reap(self) -> None:
         """Take nodes whose process ended on its own out of play (they stay down: a node
@@ -239,38 +264,74 @@ class _Nemesis:
         await NEMESES[name](self)
 
     async def heal(self) -> None:
+        """Undo every active fault. A torn WAL tail the WAL does not handle is a finding
+        (self.findings, naming this heal), not an exception: the node still restarts, and a
+        second heal (the run's final one) never damages the same WAL twice."""
         cluster = self.cluster
+        self.heals += 1
+        if self.impostor is not None:
+            await self._stop_impostor(self.impostor)
+            self.impostor = None
         for node_id in sorted(cluster.paused):
             cluster.resume(node_id)
         if self.links_down:
             cluster.link_down(sorted(self.links_down), down=False)
             self.links_down.clear()
         restarted = sorted(self.killed)
+        self.killed.clear()
         for node_id in restarted:
             if node_id in cluster.processes:
                 continue
             if node_id in self.torn:
-                appended = cluster.append_torn_tail(node_id, self.rng)
-                cut = cluster.wal_cut_check(node_id) if appended else 0
-                if cut != appended:  # the nemesis itself must have done what it says
-                    raise errors.InvariantViolation(
-                        f"torn tail of {appended} bytes on node {node_id}, the WAL cuts {cut}")
-                self._note("torn-wal-tail", {"node": node_id, "bytes": appended})
+                self.torn.discard(node_id)
+                self._tear_tail(node_id)
             cluster.start(node_id)
-        self.killed.clear()
         await asyncio.sleep(0.5)  # a node that cannot start dies within this
         self.reap()
         # The recovery period starts once the restarted processes serve: starting Python
         # takes seconds on a loaded 2-core machine (7 s seen in a CI-like run), which is not
         # the protocol's recovery. One that never serves is left to the checks.
         await cluster.wait_serving(restarted)
-        self.torn.clear()
         for node_id in sorted(self.filtered | self.skewed):
             if node_id in cluster.processes:
                 await cluster.clear_faults(node_id)
         self.filtered.clear()
         self.skewed.clear()
-        self._note("heal", None)
+        self._note("heal", self.heals)
+
+    def _tear_tail(self, node_id: int) -> None:
+        """Append a torn or bit-flipped copy of the node's last WAL record (stopped node) and
+        check, on a copy, that its WAL recovers exactly what it held before."""
+        cluster = self.cluster
+        before = cluster.recovered_state(node_id)
+        tail = cluster.append_torn_tail(node_id, self.rng)
+        if tail is None:
+            return
+        self._note("torn-wal-tail", {"node": node_id, "kind": tail.kind,
+                                     "bytes": len(tail.data), "heal": self.heals})
+        problem = cluster.check_torn_tail(node_id, tail, before)
+        if problem is not None:
+            self.findings.append(f"heal {self.heals}, node {node_id}: {problem}")
+
+    async def _stop_impostor(self, impostor: _Impostor) -> None:
+        impostor.stop.set()
+        await asyncio.gather(impostor.writer, impostor.monitor, return_exceptions=True)
+        self.cluster.stop_impostor()
+        self.impostor_keys += impostor.acknowledged
+        self._note("impostor-stopped", {"acknowledged": len(impostor.acknowledged),
+                                        "heal": self.heals})
+        if impostor.acknowledged:
+            # Its own quorum needs a real member's acknowledgements (impostor_members).
+            self.findings.append(
+                f"split brain (wrong-members, heal {self.heals}): the impostor {impostor.what} "
+                f"committed {len(impostor.acknowledged)} writes, so real members accepted "
+                f"its log, e.g. {impostor.acknowledged[:3]}")
+        for term, leaders in sorted(impostor.leaders.items()):
+            if len(leaders) > 1:
+                self.findings.append(
+                    f"split brain (wrong-members, heal {self.heals}): real members "
+                    f"{sorted(leaders)} all led in term {term} while the impostor "
+                    f"{impostor.what} ran")
 
     # -- the faults
 
@@ -440,6 +501,119 @@ async def _netns_link_down(n: _Nemesis) -> None:
     n._note("link-down", targets)
 
 
+@dataclass
+class _Impostor:
+    """A wrong-members node while it runs: its writer and the leader monitor."""
+
+    what: str
+    stop: asyncio.Event
+    acknowledged: list[str]
+    leaders: dict[int, set[int]]    # term or ballot -> real members that said they led in it
+    writer: asyncio.Task[None] = field(init=False)
+    monitor: asyncio.Task[None] = field(init=False)
+
+
+def impostor_members(cluster: ProcessCluster, rng: random.Random,
+                     address: str) -> tuple[int, dict[int, str]]:
+    """The impostor's id and wrong member list: a real member's id reused on a new port, with
+    (a) a list of itself and one real member (a two-node cluster whose quorum needs that
+    member) or (b) itself plus every real member but the one whose id it took. Either way
+    it can commit nothing unless real members vote for it and accept its entries."""
+    ids = cluster.running()
+    reused = rng.choice(ids)
+    others = [i for i in cluster.node_ids if i != reused]
+    chosen = [rng.choice(others)] if rng.random() < 0.5 else others
+    return reused, {reused: address, **{i: cluster.members[i] for i in chosen}}
+
+
+async def _impostor_writer(impostor: _Impostor, cluster: ProcessCluster, address: str,
+                           tag: str) -> None:
+    async with cluster.client([address], attempt_timeout=0.1, timeout=0.3) as client:
+        for count in itertools.count():
+            if impostor.stop.is_set():
+                return
+            key = f"{IMPOSTOR_PREFIX}{tag}-{count}"
+            try:
+                await client.put(key.encode(), b"impostor")
+                impostor.acknowledged.append(key)
+            except errors.EngineError:
+                await asyncio.sleep(0.05)
+
+
+async def _leader_monitor(impostor: _Impostor, cluster: ProcessCluster) -> None:
+    """Every 100 ms: which real members say they lead, in which term (or ballot)."""
+    while not impostor.stop.is_set():
+        for node_id, status in (await cluster.statuses(wait=0.3)).items():
+            if status.get("role") == "leader":
+                term = int(status.get("term", status.get("ballot", 0)) or 0)
+                impostor.leaders.setdefault(term, set()).add(node_id)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(impostor.stop.wait(), 0.1)
+
+
+async def _wrong_members(n: _Nemesis) -> None:
+    """An extra node with the cluster's key and a wrong member list takes writes until the
+    heal; see impostor_members. The checks: it commits nothing, no two real members lead in
+    one term meanwhile, no real member ever holds its keys, and the usual history checks."""
+    cluster = n.cluster
+    if cluster.uses_netns or n.impostor is not None:
+        n._note("wrong-members-skipped", "netns" if cluster.uses_netns else "running")
+        return
+    address = f"127.0.0.1:{free_udp_ports(1)[0]}"
+    reused, members = impostor_members(cluster, n.rng, address)
+    cluster.start_impostor(reused, members)
+    what = f"node {reused} at {address} with members {sorted(members)}"
+    impostor = _Impostor(what, asyncio.Event(), [], {})
+    impostor.writer = asyncio.ensure_future(
+        _impostor_writer(impostor, cluster, address, str(cluster.impostor_starts)))
+    impostor.monitor = asyncio.ensure_future(_leader_monitor(impostor, cluster))
+    n.impostor = impostor
+    n._note("wrong-members", {"node": reused, "address": address,
+                              "members": sorted(members)})
+
+
+# An election round lasts at most 2T (timeouts randomized in [T, 2T), Raft §5.2; the Paxos
+# core's phase-1 timeouts likewise) and fails only on a split vote, which randomized timeouts
+# make the exception (Raft §9.3); the client retries every attempt timeout. 20 rounds.
+_T_MAX_S = 2 * TimingConfig().election_timeout_ticks * TimingConfig().tick_ms / 1000
+PROGRESS_DEADLINE_S = 20 * _T_MAX_S
+CLOCK_STEP_S = -3600.0
+
+
+async def _clock_step(n: _Nemesis) -> None:
+    """Restart one node with its wall clock an hour back (ENGINE_TEST_CLOCK_OFFSET_S), then
+    kill as many others as leave exactly a quorum that includes it: the cluster must elect a
+    leader and commit a write within PROGRESS_DEADLINE_S, or a finding says it did not."""
+    cluster = n.cluster
+    running = cluster.running()
+    quorum = len(cluster.node_ids) // 2 + 1
+    if len(running) < quorum:
+        n._note("clock-step-skipped", {"running": running})
+        return
+    stepped = n.rng.choice(running)
+    cluster.kill(stepped)
+    cluster.start(stepped, clock_offset_s=CLOCK_STEP_S)
+    n._note("clock-step", {"node": stepped, "offset_s": CLOCK_STEP_S})
+    await cluster.wait_serving([stepped])
+    others = [i for i in running if i != stepped]
+    victims = sorted(n.rng.sample(others, len(running) - quorum))
+    n._kill(victims)
+    n._note("kill", victims)
+    alive = [cluster.members[i] for i in cluster.running()]
+    started = time.monotonic()
+    async with cluster.client(alive, attempt_timeout=0.25,
+                              timeout=PROGRESS_DEADLINE_S) as client:
+        try:
+            await client.put(f"{CLOCK_STEP_PREFIX}{n.heals}".encode(), b"progress")
+        except errors.EngineError as exc:
+            n.findings.append(
+                f"clock-step (before heal {n.heals + 1}): node {stepped} restarted with its "
+                f"clock {CLOCK_STEP_S:+.0f} s, nodes {victims} down: no write committed "
+                f"within {PROGRESS_DEADLINE_S:.0f} s ({type(exc).__name__}: {exc})")
+            return
+    n._note("clock-step-progress", {"s": round(time.monotonic() - started, 2)})
+
+
 NEMESES: dict[str, Callable[[_Nemesis], Awaitable[None]]] = {
     "kill-one": _kill_one,
     "kill-leader": _kill_leader,
@@ -460,6 +634,8 @@ NEMESES: dict[str, Callable[[_Nemesis], Awaitable[None]]] = {
     "clock-skew-partition-leader": _clock_skew_partition_leader,
     "clock-skew-beyond": _clock_skew_beyond,
     "wipe-all": _wipe_all,
+    "wrong-members": _wrong_members,
+    "clock-step": _clock_step,
 }
 
 
@@ -481,6 +657,41 @@ def scan_logs(cluster: ProcessCluster, patterns: tuple[str, ...] = LOG_PATTERNS)
     return found
 
 
+def rejected_operations_seen_applied(events: list[dict[str, Any]]) -> list[str]:
+    """One line per operation answered with a definite failure (engine.errors.Rejected: the
+    work provably never entered a log, recorded "fail" with error "rejected: ...") whose
+    value was nevertheless seen applied: read by an acknowledged read (the final reads
+    included) or taken as the expected value of an acknowledged cas. Written values are
+    unique per key (engine.testing.workloads), so a sighting means it applied."""
+    invoked: dict[Any, dict[str, Any]] = {}
+    rejected: dict[tuple[str, str], dict[str, Any]] = {}
+    seen: dict[tuple[str, str], dict[str, Any]] = {}
+    for event in events:
+        if event["process"] == "nemesis":
+            continue
+        if event["type"] == "invoke":
+            invoked[event["process"]] = event
+            continue
+        invoke = invoked.pop(event["process"], None)
+        if invoke is None:
+            continue
+        f, key, value = invoke["f"], invoke["key"], invoke["value"]
+        if event["type"] == "fail" and str(event.get("error", "")).startswith("rejected"):
+            written = value[1] if f == "cas" else value
+            if f in ("write", "cas", "add"):
+                rejected[(key, str(written))] = invoke
+        elif event["type"] == "ok":
+            if f == "read" and event["value"] is not None:
+                seen.setdefault((key, str(event["value"])), event)
+            elif f == "cas":
+                seen.setdefault((key, str(value[0])), event)
+    return [f"{invoke['f']} {key}={written!r} (process {invoke['process']}) was answered "
+            f"Rejected but applied: seen by process {seen[(key, written)]['process']}"
+            + (f" on node {seen[(key, written)]['node']}" if "node" in seen[(key, written)]
+               else "")
+            for (key, written), invoke in rejected.items() if (key, written) in seen]
+
+
 def write_history(path: Path, events: list[dict[str, Any]]) -> None:
     with open(path, "w", encoding="utf-8") as stream:
         for event in events:
@@ -488,6 +699,17 @@ def write_history(path: Path, events: list[dict[str, Any]]) -> None:
 
 
 # ---------------------------------------------------------------------------- the run
+
+
+async def _impostor_keys_on_members(nemesis: _Nemesis, alive: dict[int, str]) -> list[str]:
+    """Read every key a wrong-members impostor acknowledged on every real member (outside
+    the run's history): a real member holding one applied the impostor's log."""
+    if not nemesis.impostor_keys:
+        return []
+    reads = await final_reads(History(), alive, nemesis.cluster.key, nemesis.impostor_keys)
+    return [f"split brain (wrong-members): node {node} holds the impostor's {key}"
+            for node, seen in sorted(reads.items()) for key, value in sorted(seen.items())
+            if value is not None]
 
 
 async def _sleep_until(deadline: float) -> None:
@@ -579,6 +801,9 @@ async def run(config: RunConfig) -> RunResult:
                       ("lost", "unexpected", "applied_despite_fail", "wrong_value",
                        "unreadable") if getattr(set_result, name)}
             failures.append(f"{set_result.summary()} {detail}")
+        failures += [f"definite failure applied: {line}"
+                     for line in rejected_operations_seen_applied(history.events)]
+        failures += await _impostor_keys_on_members(nemesis, alive)
         for name, (start, end) in (("before faults", quiet1), ("after recovery", quiet2)):
             answered, total = availability(history.events, start, end)
             windows[name] = (answered, total)
@@ -594,6 +819,7 @@ async def run(config: RunConfig) -> RunResult:
         nemesis.reap()
         crashed = nemesis.crashed
         cluster.stop_all()
+    failures += nemesis.findings
     failures += [f"node {node} exited on its own with code {code}" for node, code in crashed]
     failures += [f"node {node} exited with code {code} on SIGTERM"
                  for node, code in cluster.exit_codes if (node, code) not in crashed

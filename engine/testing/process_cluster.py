@@ -40,6 +40,9 @@ import subprocess
 import sys
 import tempfile
 import time
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +51,55 @@ from engine.aio.client import Client
 from engine.aio.local_cluster import free_udp_ports
 from engine.messages import AdminOp
 
+# The test hook engine.aio.udp reads: the node's wall clock stepped by this many seconds.
+CLOCK_OFFSET_ENV = "ENGINE_TEST_CLOCK_OFFSET_S"
 _WAL_FRAME = struct.Struct("<IIB")  # length, crc, type: engine.aio.wal's record frame
+
+
+@dataclass(frozen=True)
+class TornTail:
+    """A damaged copy of a WAL record appended by ProcessCluster.append_torn_tail."""
+
+    segment: str    # file name of the segment
+    offset: int     # where the copy starts
+    data: bytes     # what was written there
+    kind: str       # "torn" (a prefix) or "bit-flip"
+
+
+def torn_prefix_length(record: bytes, rng: random.Random) -> int:
+    """A prefix length for a torn copy of `record`: at least its length field (non-zero) and
+    ending before the record's last non-zero byte, so the zeros that follow it on disk cannot
+    complete it into the whole record."""
+    last_nonzero = len(record.rstrip(b"\0")) - 1
+    return rng.randrange(4, last_nonzero) if last_nonzero > 4 else 4
+
+
+def _reads_as_record(data: bytes) -> bool:
+    """True if `data` starts with one whole record whose checksum verifies (engine.aio.wal's
+    frame: crc32 over the length field, the type byte and the body)."""
+    if len(data) < _WAL_FRAME.size:
+        return False
+    length, crc, _ = _WAL_FRAME.unpack_from(data)
+    end = _WAL_FRAME.size + length
+    return end <= len(data) and zlib.crc32(data[_WAL_FRAME.size:end], zlib.crc32(
+        data[:4] + data[8:9])) == crc
+
+
+def _bytes_at(path: Path, tail: TornTail) -> bytes:
+    """The bytes of `path` where `tail` was written, as long as the record its length field
+    claims (b"" if the file is gone or ends before the offset)."""
+    if not path.exists():
+        return b""
+    length = max(len(tail.data), _WAL_FRAME.size + _WAL_FRAME.unpack_from(
+        tail.data.ljust(_WAL_FRAME.size, b"\0"))[0])
+    with open(path, "rb") as stream:
+        stream.seek(tail.offset)
+        return stream.read(length)
+
+
+def _recovered_key(state: Any) -> tuple[Any, ...]:
+    return (state.hard_state, state.first_index, state.snapshot_index, state.snapshot_term,
+            [(e.index, e.term, e.kind, bytes(e.data)) for e in state.entries])
 
 
 def netns_available() -> bool:
@@ -140,6 +191,8 @@ class ProcessCluster:
         self.paused: set[int] = set()
         self.starts: dict[int, int] = dict.fromkeys(node_ids, 0)
         self.exit_codes: list[tuple[int, int]] = []  # (node, code) of processes that ended
+        self.impostor: tuple[str, subprocess.Popen[bytes]] | None = None   # start_impostor
+        self.impostor_starts = 0
 
     # ------------------------------------------------------------------ processes
 
@@ -153,27 +206,62 @@ class ProcessCluster:
     def data_dir(self, node_id: int) -> Path:
         return self.directory / f"n{node_id}"
 
-    def start(self, node_id: int) -> None:
-        """Start (or restart) a node on its data directory; its log is appended to."""
+    def start(self, node_id: int, *, clock_offset_s: float = 0.0) -> None:
+        """Start (or restart) a node on its data directory; its log is appended to.
+        clock_offset_s steps the wall clock the node reads (engine.aio.udp.wall_clock_ns)."""
         if node_id in self.processes:
             raise errors.ConfigError(f"node {node_id} is already running")
         self.starts[node_id] += 1
-        command = [
-            self.python, "-m", "engine", "-v", "serve", "--node-id", str(node_id),
-            "--members", self.members_arg, "--cluster-key-file", str(self.key_file),
-            "--data-dir", str(self.data_dir(node_id)), "--protocol", self.protocol,
-            "--allow-fault-injection",
-        ]
+        command = self._serve_command(node_id, self.members_arg, self.data_dir(node_id))
         if self._netns is not None:
             command = ["ip", "netns", "exec", self._netns.names[node_id], *command]
-        with open(self.log_path(node_id), "ab") as log:
-            log.write(f"=== harness: start {self.starts[node_id]} of node {node_id} at "
-                      f"{time.time():.3f} ===\n".encode())
+        env = {**self.env, CLOCK_OFFSET_ENV: str(clock_offset_s)} if clock_offset_s else None
+        self.processes[node_id] = self._spawn(
+            command, self.log_path(node_id),
+            f"start {self.starts[node_id]} of node {node_id}", env)
+
+    def _serve_command(self, node_id: int, members_arg: str, data_dir: Path) -> list[str]:
+        return [
+            self.python, "-m", "engine", "-v", "serve", "--node-id", str(node_id),
+            "--members", members_arg, "--cluster-key-file", str(self.key_file),
+            "--data-dir", str(data_dir), "--protocol", self.protocol,
+            "--allow-fault-injection",
+        ]
+
+    def _spawn(self, command: list[str], log_path: Path, what: str,
+               env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        with open(log_path, "ab") as log:
+            log.write(f"=== harness: {what} at {time.time():.3f} ===\n".encode())
             log.flush()
             # The child keeps its own descriptor of the log; ours closes with the block.
-            self.processes[node_id] = subprocess.Popen(
-                command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=self.env,
-            )
+            return subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                    env=env or self.env)
+
+    def start_impostor(self, node_id: int, members: dict[int, str]) -> str:
+        """Start a node that is NOT one of the cluster's: id `node_id` (a member's id reused),
+        the cluster's key, a fresh data directory and the wrong member list `members` (its
+        own entry is its address; the others may be real members' addresses). It stays out
+        of node_ids, running() and the checks; stop it with stop_impostor(). Returns its
+        address."""
+        if self.impostor is not None:
+            raise errors.ConfigError("an impostor is already running")
+        self.impostor_starts += 1
+        data_dir = self.directory / f"impostor{self.impostor_starts}"
+        members_arg = ",".join(f"{i}={a}" for i, a in members.items())
+        command = self._serve_command(node_id, members_arg, data_dir)
+        process = self._spawn(command, self.directory / "impostor.log",
+                              f"impostor {self.impostor_starts} as node {node_id}, members "
+                              f"{members_arg}")
+        self.impostor = (members[node_id], process)
+        return members[node_id]
+
+    def stop_impostor(self) -> None:
+        """kill -9 the impostor (its data directory stays, for the record)."""
+        if self.impostor is not None:
+            _, process = self.impostor
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+            self.impostor = None
 
     def start_all(self) -> None:
         for node_id in self.node_ids:
@@ -213,6 +301,7 @@ class ProcessCluster:
 
     def stop_all(self) -> None:
         """SIGTERM (a clean stop), SIGKILL after 5 s; then remove any network namespaces."""
+        self.stop_impostor()
         for node_id in list(self.processes):
             self.resume(node_id)
         for process in self.processes.values():
@@ -328,9 +417,10 @@ class ProcessCluster:
 
     # ------------------------------------------------------------------ storage faults
 
-    def append_torn_tail(self, node_id: int, rng: random.Random) -> int:
+    def append_torn_tail(self, node_id: int, rng: random.Random) -> TornTail | None:
         """Append a damaged copy of the last record of the node's last WAL segment; return
-        the bytes appended. The node must not be running.
+        what was appended (None if the segment has no clean tail to append to). The node must
+        not be running.
 
         What this simulates: a crash while the WAL was writing a save that nobody has seen
         acknowledged — either torn (a prefix of the record reached the disk) or with a flipped
@@ -342,12 +432,16 @@ class ProcessCluster:
         Damaging it could erase a vote or an acknowledged entry, a fault Raft and Paxos do
         not claim to survive. For the same reason "loss of unsynced writes" cannot be
         produced with kill -9 at all (it needs a machine crash or a lazyfs-like filesystem).
+
+        The torn prefix always stops before the record's last non-zero byte: the tail is
+        written over preallocated zeros, so a prefix that lacks only zero bytes would be
+        completed by them into a valid copy, not a torn record.
         """
         if node_id in self.processes:
             raise errors.ConfigError(f"node {node_id} is running")
         segments = sorted(self.data_dir(node_id).glob("wal-*.log"))
         if not segments:
-            return 0
+            return None
         path = segments[-1]
         data = path.read_bytes()
         offset, last = 0, None
@@ -361,12 +455,11 @@ class ProcessCluster:
             last = (offset, end)
             offset = end
         if last is None or data[offset:].strip(b"\0"):
-            return 0  # not a clean tail: leave it to the WAL's own checks
+            return None  # not a clean tail: leave it to the WAL's own checks
         record = bytearray(data[last[0]:last[1]])
-        if rng.random() < 0.5:
-            # Torn: a strict prefix of the record, at least its (non-zero) length field and
-            # never all of it.
-            tail = bytes(record[:rng.randrange(_WAL_FRAME.size - 5, len(record))])
+        torn = rng.random() < 0.5
+        if torn:
+            tail = bytes(record[:torn_prefix_length(bytes(record), rng)])
         else:
             # Flipped bit anywhere but the length field (a shorter length would make the record
             # end before end of file: corruption by design, not a torn tail; wal.py docstring).
@@ -378,23 +471,47 @@ class ProcessCluster:
             stream.write(tail)
             stream.flush()
             os.fsync(stream.fileno())
-        # What the WAL must cut: zeros at the end of the damage are indistinguishable from the
-        # preallocated space after it (wal.py), which the WAL cuts without counting.
-        return len(tail.rstrip(b"\0"))
+        return TornTail(path.name, offset, tail, "torn" if torn else "bit-flip")
 
-    def wal_cut_check(self, node_id: int) -> int:
-        """Open a COPY of the node's WAL (engine.aio.wal) and return the bytes it cuts."""
+    def check_torn_tail(self, node_id: int, tail: TornTail,
+                        before: Any) -> str | None:
+        """Open a COPY of the node's WAL (engine.aio.wal) after append_torn_tail and say what
+        is wrong, or None: the WAL must recover exactly what it recovered before the damage
+        (`before`, from recovered_state) and no longer hold the damaged bytes in the segment
+        (cut, zeroed or moved aside: the mechanism is the WAL's). A tail the WAL reads as a
+        valid record is a duplicate of the last save, harmless if the recovered state is
+        unchanged (a save replaces the stored suffix from its first index, Raft §5.3)."""
+        state, on_disk = self.recovered_state(
+            node_id, keep_open=lambda copy: _bytes_at(copy / tail.segment, tail))
+        if _recovered_key(state) != _recovered_key(before):
+            return (f"{tail.kind} tail of {len(tail.data)} bytes at {tail.segment}:"
+                    f"{tail.offset}: the WAL recovered a different state (last index "
+                    f"{before.last_index} -> {state.last_index}, hard state "
+                    f"{before.hard_state} -> {state.hard_state})")
+        damage = tail.data.rstrip(b"\0")
+        if not on_disk.startswith(damage) or _reads_as_record(on_disk):
+            return None   # cut, zeroed or moved aside; or a valid duplicate, replayed above
+        return (
+            f"{tail.kind} tail of {len(tail.data)} bytes at {tail.segment}:{tail.offset} "
+            "is still in the segment after the WAL opened it")
+
+    def recovered_state(self, node_id: int,
+                        keep_open: Callable[[Path], bytes] | None = None) -> Any:
+        """Open a COPY of the node's WAL and return what it recovers (with keep_open: also
+        keep_open(copy directory) evaluated after the open, as a pair)."""
         from engine.aio.wal import WriteAheadLog
 
         with tempfile.TemporaryDirectory() as scratch:
             copy = Path(scratch) / "wal"
             shutil.copytree(self.data_dir(node_id), copy)
-            wal = WriteAheadLog(str(copy))
+            # Not preallocated: the copy is read once, its segment needs no reserved space.
+            wal = WriteAheadLog(str(copy), preallocate=False)
             try:
-                return int(wal.open().truncated_bytes)
+                state = wal.open()
             finally:
                 with contextlib.suppress(Exception):
                     wal.close()
+            return state if keep_open is None else (state, keep_open(copy))
 
     # ------------------------------------------------------------------ logs
 

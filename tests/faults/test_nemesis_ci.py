@@ -8,6 +8,11 @@ checks linearizability of the register history, the grow-only set on every node,
 and availability in the quiet windows; a failing run prints its report and leaves the history
 (`python -m engine check DIR/history.jsonl`) and node logs in the pytest tmp dir.
 
+The wrong-members and clock-step nemeses run once per protocol and nemesis in a short run of
+their own (one injection and its heal): an impostor with a reused id and a wrong member list
+must commit nothing and leave no trace on the real members; a node restarted with its clock an
+hour back must still count in a quorum that needs it.
+
 The seed of each case is fixed so a failure can be re-run with the command in its message.
 """
 
@@ -45,3 +50,28 @@ async def test_nemesis_run(protocol: str, mix: str, nodes: int, tmp_path: Path) 
     assert sum(1 for f in result.faults if f != "heal") >= 3, result.report()
     assert result.outcomes.get("ok", 0) > 500, result.report()
     assert result.set_check is not None and result.set_check.acknowledged > 100
+
+
+# (protocol, nemesis) -> seed
+SINGLE_CASES = {
+    ("raft", "wrong-members"): 301, ("paxos", "wrong-members"): 302,
+    ("raft", "clock-step"): 303, ("paxos", "clock-step"): 304,
+}
+SINGLE_INTERVAL_S, SINGLE_QUIET_S = 2.5, 2.0
+SINGLE_FAULT_S = 2 * SINGLE_INTERVAL_S + 0.5   # one injection, then its heal
+
+
+@pytest.mark.parametrize(("protocol", "nemesis"), list(SINGLE_CASES),
+                         ids=[f"{p}-{m}" for p, m in SINGLE_CASES])
+async def test_nemesis_single_fault_run(protocol: str, nemesis: str, tmp_path: Path) -> None:
+    seed = SINGLE_CASES[(protocol, nemesis)]
+    config = RunConfig(protocol=protocol, nodes=3, mix=[nemesis], seed=seed,
+                       fault_s=SINGLE_FAULT_S, interval_s=SINGLE_INTERVAL_S,
+                       quiet_s=SINGLE_QUIET_S, recovery_s=SINGLE_QUIET_S, out_dir=tmp_path)
+    result = await run(config)
+    rerun = (f"python -m engine.testing.nemesis --protocol {protocol} --nodes 3 "
+             f"--mix {nemesis} --seed {seed} --fault-s {SINGLE_FAULT_S} "
+             f"--interval-s {SINGLE_INTERVAL_S} --quiet-s {SINGLE_QUIET_S} "
+             f"--recovery-s {SINGLE_QUIET_S} --out /tmp/rerun")
+    assert result.ok, f"{result.report()}\nre-run: {rerun}"
+    assert any(f.startswith(nemesis + ":") for f in result.faults), result.report()
