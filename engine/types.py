@@ -8,7 +8,7 @@ unbounded growth.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, NewType, Protocol, runtime_checkable
 
@@ -214,16 +214,20 @@ def check_client_id(client_id: int) -> int:
     return client_id
 
 
-def derive_cluster_id(member_ids: Iterable[int], cluster_key: bytes) -> int:
-    """The cluster id of a cluster bootstrapped with `member_ids` under `cluster_key`.
+def derive_cluster_id(members: Mapping[int, str], cluster_key: bytes) -> int:
+    """The cluster id of a cluster bootstrapped with `members` (id -> "host:port") under
+    `cluster_key`.
 
     Every bootstrap node computes the same id from its configuration without talking to the
-    others, and two clusters bootstrapped from different member lists (a node started with a
-    wrong list) get different ids, so their frames are refused (engine._core.codec_py,
-    "Identities"). Keyed by the cluster key: the id reveals nothing about the member list.
-    Never 0 (0 marks an unbound sender).
+    others, and two clusters bootstrapped from different member lists get different ids, so
+    their frames are refused (engine._core.codec_py, "Identities"). The addresses count too:
+    a process started with a member's id at another address (a wrong list, or a copy of a
+    node started twice) is of another cluster, so its newer boot epoch can never displace the
+    real member's at its peers. Keyed by the cluster key: the id reveals nothing about the
+    member list. Never 0 (0 marks an unbound sender).
     """
-    text = ",".join(str(member) for member in sorted(set(member_ids))).encode()
+    text = ",".join(f"{member}={host.lower()}:{port}" for member, (host, port) in sorted(
+        (member, parse_address(address)) for member, address in members.items())).encode()
     digest = hashlib.blake2b(CLUSTER_ID_LABEL + text, key=cluster_key, digest_size=8).digest()
     return int.from_bytes(digest, "little") or 1
 

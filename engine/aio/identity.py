@@ -2,7 +2,8 @@
 
 Cluster id (docs/reliability.md, "Authenticated wire and cluster identity"). Fixed when the
 node first starts and stored in `<data_dir>/cluster_id`: NodeConfig.cluster_id if set, else
-derived from the bootstrap member ids and the cluster key (engine.types.derive_cluster_id),
+derived from the bootstrap members (ids and addresses) and the cluster key
+(engine.types.derive_cluster_id),
 so every node of one bootstrap list agrees without talking and a node started with another
 list is refused by the others. A node started with join=True has none yet (0, unbound): its
 transport takes the id of the first authenticated frame of a member and `store_cluster_id`

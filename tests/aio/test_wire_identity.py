@@ -76,12 +76,17 @@ def test_a_client_id_equal_to_a_member_id_is_refused() -> None:
 def test_the_cluster_id_follows_the_bootstrap_member_list() -> None:
     right = NodeConfig(1, {1: "127.0.0.1:1", 2: "127.0.0.1:2", 3: "127.0.0.1:3"},
                        cluster_key=KEY)
-    same = NodeConfig(3, {3: "10.0.0.3:7", 1: "10.0.0.1:7", 2: "10.0.0.2:7"}, cluster_key=KEY)
+    same = NodeConfig(3, {3: "127.0.0.1:3", 1: "127.0.0.1:1", 2: "127.0.0.1:2"},
+                      cluster_key=KEY)
     alone = NodeConfig(3, {3: "127.0.0.1:3"}, cluster_key=KEY)
+    # A member's id at another address: a copy of node 2 started elsewhere, another cluster.
+    moved = NodeConfig(2, {1: "127.0.0.1:1", 2: "127.0.0.1:9", 3: "127.0.0.1:3"},
+                       cluster_key=KEY)
     joining = NodeConfig(4, {1: "127.0.0.1:1", 4: "127.0.0.1:4"}, cluster_key=KEY, join=True)
     assert right.bootstrap_cluster_id() == same.bootstrap_cluster_id() == derive_cluster_id(
-        [1, 2, 3], KEY) != 0
+        {1: "127.0.0.1:1", 2: "127.0.0.1:2", 3: "127.0.0.1:3"}, KEY) != 0
     assert alone.bootstrap_cluster_id() not in (0, right.bootstrap_cluster_id())
+    assert moved.bootstrap_cluster_id() not in (0, right.bootstrap_cluster_id())
     assert joining.bootstrap_cluster_id() == 0   # unbound: learned from the cluster
 
 
