@@ -95,8 +95,8 @@ from engine.types import StateMachine as StateMachine
 if TYPE_CHECKING:
     from engine.aio.metrics import NodeMetrics
 
-# The `X as X` imports above keep the names that lived in this module before it was split
-# importable from here (engine.aio.client imports READ_MODES; tests and tools the others).
+# The `X as X` imports above keep these names importable from here (engine.aio.client
+# imports READ_MODES; tests and tools the others).
 
 logger = logging.getLogger("engine.node")
 
@@ -510,9 +510,9 @@ class Node(_MembershipMixin, _SnapshotsMixin, _ReadsMixin, _ServingMixin, _Event
         Overloaded) is raised here, by the call itself. (`_answer`, for a remote client's
         write, is called with the future the moment it settles.)
         """
-        # The library's per-write hot path (a third of the leader's CPU in `engine bench`
-        # before it was flattened): the limits come from the frozen config once, the checks
-        # and the turn scheduling are inline, and propose's coroutine is skipped.
+        # The library's per-write hot path (docs/performance.md, where the time goes): the
+        # limits come from the frozen config once, the checks and the turn scheduling are
+        # inline, and propose's coroutine is skipped.
         answer = _answer
         if self._fatal is not None or not self._running or self._removed:
             self._check_running()
