@@ -145,12 +145,9 @@ def flood_pool(rng: random.Random, frame_pool: list[bytes], headers: list[bytes]
 
 
 # Distinct keys each honest worker cycles through. Bounded on purpose: with a fresh key per
-# write the KV store grew by ~100k keys per window, and every 100k applied entries each node
-# snapshots it; a LocalCluster has data_dir=None, and the driver then serialises the snapshot
-# ON THE EVENT LOOP (Node._start_snapshot), a stall that grew with the store (measured 0.1 s
-# at 100k keys to 0.76 s at 400k, three nodes back to back in one loop: up to 2.2 s, more
-# than a whole 2 s window). Those stalls landed in whichever windows crossed a 100k boundary,
-# flood or not: the falling baselines and the ZeroDivisionError. See the module docstring.
+# write the KV store would grow by ~100k keys per window and every snapshot with it, so the
+# windows that cross a snapshot boundary would measure the snapshot, not the flood (see the
+# module docstring).
 KEYS_PER_WORKER = 4
 
 
