@@ -1,4 +1,4 @@
-"""Disk usage under sustained writes stays bounded by snapshots + compaction (issue 6 item 1).
+"""Disk usage under sustained writes stays bounded by snapshots + compaction (Raft §7).
 
     python bench/bench_disk_bounded.py [--seconds 120] [--segment-mb 4]
 

@@ -11,7 +11,7 @@ waits until the node has read it: 100,000 random datagrams, then 100,000 bit-fli
 frames, to the leader. Prints datagrams refused per second: what one node's loop absorbs when
 the attacker is as fast as the node (the bound of the flow control).
 
-Part 2, "throughput" (issue 7 item 5: honest traffic keeps >= 90% of its throughput): the
+Part 2, "throughput" (the bar: honest traffic keeps >= 90% of its throughput): the
 same cluster; honest load = `--outstanding` coroutines each looping `await leader.propose(put)`
 (16-byte values over a fixed set of KEYS_PER_WORKER keys per coroutine, so the store and its
 snapshots stay the same size all run) for `--duration` s; committed proposals/s counted in that
@@ -36,16 +36,14 @@ with / without is what a user of such a box sees; sham / without is what the flo
 presence costs; with / sham, and the per-CPU-second ratios, are the node's own cost of
 refusing the flood. Report all of them, with the flood rate.
 
-Why the old numbers were unusable (measured, issue 7): baselines fell window after window
-(21k, 12k, 9.9k, 6k, 1.9k, then 0 and a ZeroDivisionError) while flood windows rose. Each
-honest write used a fresh key, so the store grew ~100k keys per window; every 100k applied
-entries each node snapshots it, and with data_dir=None the driver serialises that snapshot on
-the event loop (a node bug, tests/hostile/test_hostile_live.py::
-test_in_memory_snapshot_is_serialised_off_the_event_loop): stalls of 0.1 s (100k keys) to
-0.76 s (400k), three nodes back to back in one loop, landing in whichever window crossed a
-100k boundary. The flooder was also spawned per window (pickling ~40 MB of pools on the
-cluster's loop) and a flood's unread backlog (up to 8 MB of socket buffer) spilled into the
-next baseline.
+Why the load is shaped this way: with a fresh key per honest write the store would grow by
+~100k keys per window, and every 100k applied entries each node snapshots it (with
+data_dir=None off the event loop: tests/hostile/test_hostile_live.py::
+test_in_memory_snapshot_is_serialised_off_the_event_loop), so windows that cross a snapshot
+boundary would measure the snapshot, not the flood: hence a fixed set of keys. A flooder
+spawned per window would pickle ~40 MB of pools on the cluster's loop: hence one long-lived
+flooder. A flood's unread backlog (up to 8 MB of socket buffer) would spill into the next
+baseline: hence the drain after each flood window.
 
 The machine is shared: absolute figures move with its load; compare within one run.
 """
@@ -147,12 +145,9 @@ def flood_pool(rng: random.Random, frame_pool: list[bytes], headers: list[bytes]
 
 
 # Distinct keys each honest worker cycles through. Bounded on purpose: with a fresh key per
-# write the KV store grew by ~100k keys per window, and every 100k applied entries each node
-# snapshots it; a LocalCluster has data_dir=None, and the driver then serialises the snapshot
-# ON THE EVENT LOOP (Node._start_snapshot), a stall that grew with the store (measured 0.1 s
-# at 100k keys to 0.76 s at 400k, three nodes back to back in one loop: up to 2.2 s, more
-# than a whole 2 s window). Those stalls landed in whichever windows crossed a 100k boundary,
-# flood or not: the falling baselines and the ZeroDivisionError. See the module docstring.
+# write the KV store would grow by ~100k keys per window and every snapshot with it, so the
+# windows that cross a snapshot boundary would measure the snapshot, not the flood (see the
+# module docstring).
 KEYS_PER_WORKER = 4
 
 

@@ -7,7 +7,7 @@ Workload: 10,000 entries with 100-byte payloads appended to a fresh log, then re
 entries(1, 10_001). The Entry objects and payloads exist before timing starts (they come from
 the codec or the proposal queue in the real system); reading back builds new Entry objects.
 
-Memory (issue 2, <= 32 bytes per entry beyond the payload): 1,000,000 entries of 0, 100 and
+Memory (budget: <= 32 bytes per entry beyond the payload): 1,000,000 entries of 0, 100 and
 1,000 bytes appended in batches of 1,000, measured with tracemalloc. The script prints the
 bytes/entry for both implementations; test_memory_overhead_1m_entries_1000_bytes asserts the
 1 GB case, which the default test suite runs at 200,000 entries only.
@@ -28,7 +28,7 @@ ENTRIES = 10_000
 PAYLOAD_BYTES = 100
 MEMORY_ENTRIES = 1_000_000
 MEMORY_BATCH = 1_000
-OVERHEAD_LIMIT = 32  # bytes per entry beyond its payload (issue 2)
+OVERHEAD_LIMIT = 32  # bytes per entry beyond its payload (tests/_core/test_log.py's budget)
 
 
 def payloads() -> list[bytes]:

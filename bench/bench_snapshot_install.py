@@ -1,4 +1,4 @@
-"""Install rate of a large state-machine snapshot over loopback UDP (issue 6 item 1).
+"""Install rate of a large state-machine snapshot over loopback UDP (Raft §7, chunked).
 
     python bench/bench_snapshot_install.py [--mb 100] [--data-dir DIR] [--chunk-kb 60]
 

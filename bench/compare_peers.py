@@ -1,4 +1,5 @@
-"""Side-by-side: engine vs PySyncObj vs etcd, same machine, same run (issue 4 item 4).
+"""Side-by-side: engine vs PySyncObj vs etcd, same machine, same run
+(method and results: docs/performance.md).
 
     python bench/compare_peers.py            # 3 repetitions of 10 s each per system and scenario
     python bench/compare_peers.py --quick    # 1 repetition of 3 s (a smoke run, noisier)

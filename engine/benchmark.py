@@ -138,8 +138,6 @@ def check_arguments(args: argparse.Namespace) -> None:
     if args.data_dir is not None and not args.fsync:
         raise ConfigError("--data-dir needs --fsync (without it the nodes keep their log in "
                           "memory)")
-    if args.protocol == "paxos":
-        _check_paxos_available()
 
 
 def _check_point(point: argparse.Namespace, limits: Limits) -> None:
@@ -157,14 +155,6 @@ def _check_point(point: argparse.Namespace, limits: Limits) -> None:
         raise ConfigError(f"--client-processes {point.client_processes} exceeds --concurrency "
                           f"{point.concurrency}: each load generator needs at least one "
                           "outstanding write")
-
-
-def _check_paxos_available() -> None:
-    try:
-        from engine.paxos.core import PaxosCore  # noqa: F401
-    except ImportError as exc:
-        raise ConfigError(f"--protocol paxos: engine.paxos has no core yet ({exc}); "
-                          "use --protocol raft") from None
 
 
 def _with(args: argparse.Namespace, name: str, value: int) -> argparse.Namespace:
@@ -304,10 +294,7 @@ class BenchCluster:
                                 protocol=args.protocol, cluster_key=self.key,
                                 data_dir=self._data_dir(node_id))
             node = Node(config, KVStore())
-            try:
-                await node.start()
-            except ConfigError as exc:  # e.g. the driver has no core for this protocol yet
-                raise ConfigError(f"--protocol {args.protocol}: {exc}") from None
+            await node.start()
             self.nodes.append(node)
         self.leader = self.nodes[0]
         members_arg = ",".join(f"{i}={a}" for i, a in self.members.items())
@@ -518,7 +505,8 @@ async def measure(cluster: BenchCluster, args: argparse.Namespace) -> dict[str, 
             "processes": ("node 1 in this process, others as `python -m engine serve`"
                           if args.processes == "separate" else "all nodes in this process"),
             "profiled": bool(args.profile),
-            "implementation": engine.IMPLEMENTATION, "cpus": os.cpu_count(),
+            "implementation": engine.IMPLEMENTATION, "version": engine.__version__,
+            "cpus": os.cpu_count(),
             "python": platform.python_version(), "machine": platform.machine(),
         },
     }
@@ -790,7 +778,8 @@ def print_result(result: dict[str, Any]) -> None:
         return "n/a" if value is None else f"{value:.2f} ms"
 
     print()
-    print(f"engine bench: {c['protocol']}, {c['nodes']} nodes on loopback UDP, "
+    print(f"engine {c.get('version', '?')} bench: {c['protocol']}, {c['nodes']} nodes on "
+          "loopback UDP, "
           f"{c['payload_bytes']}-byte values, {c['concurrency']} outstanding, "
           f"fsync={'on' if c['fsync'] else 'off'}, {c['implementation']} core, "
           f"{c.get('event_loop', '?')} loop, {c['cpus']} CPUs")

@@ -16,7 +16,8 @@ bytes [_chunk_starts[k], _chunk_starts[k + 1]) (the last one up to the stream's 
 never spans two chunks, so its payload is one slice of one chunk. Only the last chunk has spare
 capacity: a chunk is trimmed to what it holds when the next one is opened, and a new chunk is at
 most CHUNK_BYTES (or exactly the size of a larger payload), so the spare capacity is bounded by one
-chunk instead of growing with the log (issue 2: <= 32 bytes per entry beyond the payload).
+chunk instead of growing with the log (the budget: <= 32 bytes per entry beyond the payload,
+tests/_core/test_log.py::test_memory_overhead_per_entry).
 
 `compact_prefix` only advances `head`: chunks whose bytes are all before the new first entry are
 dropped at once (the payload memory comes back a whole chunk at a time), and the dead prefix of

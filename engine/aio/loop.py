@@ -1,8 +1,8 @@
 """Event-loop selection: uvloop when importable, stock asyncio otherwise.
 
 uvloop is a dependency on Linux (pyproject.toml) because it carries UDP round trips several
-times faster than the stock selector loop (figures in engine/aio/udp.py and
-bench/bench_transport.py). It stays optional so the engine still runs where uvloop does not
+times faster than the stock selector loop (figures in docs/performance.md,
+"Transport"). It stays optional so the engine still runs where uvloop does not
 build (Windows, PyPy); `ENGINE_EVENT_LOOP=asyncio` forces the stock loop, e.g. to compare.
 """
 

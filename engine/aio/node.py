@@ -95,8 +95,8 @@ from engine.types import StateMachine as StateMachine
 if TYPE_CHECKING:
     from engine.aio.metrics import NodeMetrics
 
-# The `X as X` imports above keep the names that lived in this module before it was split
-# importable from here (engine.aio.client imports READ_MODES; tests and tools the others).
+# The `X as X` imports above keep these names importable from here (engine.aio.client
+# imports READ_MODES; tests and tools the others).
 
 logger = logging.getLogger("engine.node")
 
@@ -120,9 +120,9 @@ class _AnsweringFuture(asyncio.Future):  # type: ignore[type-arg]
     """The outcome of a remote client's request: answers the client the moment it settles.
 
     A plain future's done-callbacks run one loop turn later, after the rest of the turn that
-    settled it (the commit broadcast to the followers, the commit-index write). Measured with
-    one outstanding UDP write and fsync, that put 0.09 ms (p50) between apply and the reply.
-    Here the reply is queued synchronously, ahead of the turn's other datagrams.
+    settled it (the commit broadcast to the followers, the commit-index write), a delay on
+    every remote write's path (docs/performance.md, "Reply path"). Here the reply is queued
+    synchronously, ahead of the turn's other datagrams.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop,
@@ -510,9 +510,9 @@ class Node(_MembershipMixin, _SnapshotsMixin, _ReadsMixin, _ServingMixin, _Event
         Overloaded) is raised here, by the call itself. (`_answer`, for a remote client's
         write, is called with the future the moment it settles.)
         """
-        # The library's per-write hot path (a third of the leader's CPU in `engine bench`
-        # before it was flattened): the limits come from the frozen config once, the checks
-        # and the turn scheduling are inline, and propose's coroutine is skipped.
+        # The library's per-write hot path (docs/performance.md, where the time goes): the
+        # limits come from the frozen config once, the checks and the turn scheduling are
+        # inline, and propose's coroutine is skipped.
         answer = _answer
         if self._fatal is not None or not self._running or self._removed:
             self._check_running()
@@ -648,9 +648,8 @@ class Node(_MembershipMixin, _SnapshotsMixin, _ReadsMixin, _ServingMixin, _Event
                 and self._turn_deferrals < _MAX_TURN_DEFERRALS):
             # Group commit: a burst of datagrams arrived since this turn was scheduled, so
             # more are probably waiting in the socket (the loop reads at most 32 per wake-up,
-            # libuv's batch). Let the loop read them first: one Ready, one fsync, for all.
-            # Measured, 1,000 outstanding UDP clients with fsync: ~30 requests per fsync
-            # without this, ~200 with it.
+            # libuv's batch). Let the loop read them first: one Ready, one fsync, for all
+            # (docs/performance.md, "Group commit").
             self._received_since_turn = 0
             self._turn_deferrals += 1
             self._schedule_turn()
@@ -766,12 +765,12 @@ class Node(_MembershipMixin, _SnapshotsMixin, _ReadsMixin, _ServingMixin, _Event
         """Persist the Ready's entries and hard state: one write and, unless nothing in it
         needs one, one fdatasync. Returns False if the write failed (the node is dead).
 
-        The write runs on the loop thread. Measured on this 2-core machine, handing it to a
-        storage thread cost more than the fdatasync itself (leader write p50 0.62 ms through
-        run_in_executor vs 0.15 ms for a bare write + fdatasync: the thread hop, its wake-up
-        and the GIL hand-back), and the loop has nothing else to do meanwhile: the core is not
-        stepped while its Ready is unpersisted. The Ready's messages are already on their way,
-        so followers write in parallel with the leader (Raft thesis §10.2.1).
+        The write runs on the loop thread: handing it to a storage thread costs more than the
+        fdatasync itself (the thread hop, its wake-up and the GIL hand-back;
+        docs/performance.md, "WAL write on the loop thread"), and the loop has nothing else to
+        do meanwhile: the core is not stepped while its Ready is unpersisted. The Ready's
+        messages are already on their way, so followers write in parallel with the leader
+        (Raft thesis §10.2.1).
         """
         hard_state = ready.hard_state
         # etcd's MustSync: entries, a new term or a new vote must be durable before anything

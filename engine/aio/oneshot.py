@@ -2,7 +2,8 @@
 
 Not a hot path, so it uses asyncio-dgram's stream API for readability (DESIGN.md §4: the hot
 send/receive path of engine/aio/udp.py is a bare DatagramProtocol because asyncio-dgram
-measured 38-42% slower there; here one datagram each way is all there is).
+measured slower there: docs/performance.md, "Transport"; here one datagram each way is all
+there is).
 """
 
 from __future__ import annotations

@@ -1,43 +1,13 @@
 """UDP transport: authenticated, batched, fragmenting datagram endpoint of one node or client.
 
-Measured choice of the hot path (DESIGN.md §4: "keep the hot receive/send path on whichever of
-asyncio-dgram and a bare DatagramProtocol is faster, measured, and say so in the code")
---------------------------------------------------------------------------------------------
-`python bench/bench_transport.py --only raw --repeats 5` on this 2-core Xeon (Linux 6.18,
-Python 3.11.7, uvloop 0.23.0, asyncio-dgram 3.0.0), client and echo server in two processes on
-127.0.0.1, 4 MiB socket buffers, 32 datagrams in flight, median of 5 x 1 s, 0 datagrams lost:
-
-    loop     endpoint         100 B round trips/s  (p50 / p99 us)   32 KiB one way
-    uvloop   DatagramProtocol        278,000         114 / 161     114,000 dgram/s 3.7 GB/s
-    uvloop   asyncio-dgram           171,000         178 / 267      49,000 dgram/s 1.6 GB/s
-    asyncio  DatagramProtocol        133,000         236 / 336      25,000 dgram/s 0.8 GB/s
-    asyncio  asyncio-dgram            77,000         384 / 991      21,000 dgram/s 0.7 GB/s
-
-asyncio-dgram costs 38-42% of the round-trip rate under both loops and 17-57% of the 32 KiB
-throughput: its stream API puts every datagram through an asyncio.Queue and a coroutine
-wake-up, and awaits a drain event per send. That is far above the 10% the design allows, so
-this module uses a bare asyncio.DatagramProtocol for both directions and asyncio-dgram for
-nothing: datagram_received decodes in place and delivers the batch in the same callback. The
-machine is shared, so absolute figures move with its load (stock asyncio round trips measured
-47k-133k/s in different runs); the ratios within a run were stable. uvloop is 2-6x stock
-asyncio here, hence engine.aio.loop prefers it.
-
-The transport's own cost: `python bench/bench_transport.py --only transport --repeats 5`
-(same set-up, load average 4-6 from other work, so +-30% between runs; cython codec),
-messages/s echoed with 32 requests in flight, 100-byte-context HEARTBEAT_RESPONSEs:
-
-    loop     msgs/request  bare echo   transport, flush() per request   transport as used
-    uvloop        1          102,000        32,000 (0.31x)               255,000 (2.5x)
-    uvloop       32        3,030,000       480,000 (0.16x)               579,000 (0.19x)
-    asyncio       1           25,000        25,000 (1.0x)                235,000 (9.4x)
-    asyncio      32          538,000       309,000 (0.57x)               390,000 (0.72x)
-
-"As used" packs what a loop turn produces into one datagram per peer, which is why it beats
-a bare one-datagram-per-message echo. With 32 messages per datagram the codec dominates: CPU
-per datagram (process_time, stub socket) is 12.4 us to send (6.0 of it encode) and 9.9 us to
-receive (7.6 of it decode and authenticate); with 1 message, 4.0 us and 1.4 us. (Measured with
-the keyed-BLAKE2b tag of wire version 1; the AES-GCM tag of version 2 costs ~0.9 us per 11 KB
-frame instead of ~12 us, see bench/bench_codec.py.)
+Choice of the hot path (DESIGN.md §4: the faster of asyncio-dgram and a bare
+DatagramProtocol, measured): a bare asyncio.DatagramProtocol for both directions and
+asyncio-dgram for nothing. asyncio-dgram's stream API puts every datagram through an
+asyncio.Queue and a coroutine wake-up and awaits a drain event per send, which costs 38-42% of
+the round-trip rate, far above the 10% the design allows; datagram_received decodes in place
+and delivers the batch in the same callback. Sends are packed per peer per loop turn, which
+beats a bare one-datagram-per-message echo. The figures (`python bench/bench_transport.py`)
+and their conditions: docs/performance.md, "Transport".
 
 Theory of operation
 -------------------

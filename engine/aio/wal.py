@@ -41,15 +41,15 @@ Limit (shared with every WAL): damage confined to the last record of the last se
 leaves it looking torn (its tail zeroed or cut off, a flipped bit in its body) cannot be told
 from a crash during that save; its bytes are then moved aside and logged, never destroyed.
 
-Checksum choice: zlib.crc32 (stdlib). The `crc32c` package is ~5x faster per byte here
-(30 vs 5.7 GB/s at 1 MiB, 1.5x at 100 B) but the checksum is far below 1% of a save (an fsync
-costs milliseconds) and of replay (dominated by building Entry objects), so it is not worth a
-new dependency; the format has one checksum and never falls back to another.
+Checksum choice: zlib.crc32 (stdlib). A faster crc32c is not worth a new dependency: the
+checksum is far below 1% of a save (an fsync costs milliseconds) and of replay (dominated by
+building Entry objects; docs/performance.md, "WAL checksum"); the format has one checksum
+and never falls back to another.
 
 Segments are preallocated to segment_bytes (posix_fallocate, when fsync=True): records are
 written in place and the zeros after them mark the end, which replay cuts like a torn tail
 of the last segment; a full segment is truncated to its records before the next one is
-created, so only the last segment ever ends in zeros (see _preallocate for the measured why).
+created, so only the last segment ever ends in zeros (see _preallocate for why).
 
 `fsync=False` skips every fsync: fast, for benchmarks only, and NOT durable (a process crash
 loses nothing, but after a machine crash several unsynced records may be torn, which open()
@@ -613,9 +613,9 @@ class WriteAheadLog:
         """Give the segment its whole size up front (zeros after the records; replay reads an
         all-zero tail of the last segment as its end). An fdatasync after a write inside the
         file need not commit a new file size and block allocation to the filesystem journal
-        as an append does, and the journal is shared by every process on the disk: measured
-        here, 3 processes syncing 200-byte records at once, p50 0.2 ms (p90 0.3) vs 0.3-0.56
-        ms (p90 up to 3.4) for appends. etcd's WAL preallocates its segments the same way."""
+        as an append does, and the journal is shared by every process on the disk
+        (docs/performance.md, "WAL preallocation"). etcd's WAL preallocates its segments the
+        same way."""
         self._preallocated = False
         if not (self.fsync and self.preallocate) or used >= self.segment_bytes:
             return

@@ -1083,12 +1083,11 @@ class RaftCore:
         would tell us nothing new and cost both sides a datagram per commit. The notice is
         not sent now but on the next tick, and only if no append or heartbeat carried the
         commit meanwhile: under a steady load the next append always does, and a follower
-        woken for nothing takes a core from the processes on the write path (measured, one
-        client with fsync on 2 cores: p50 lower in 5 of 6 interleaved runs, followers' CPU
-        37% -> 31%). An idle follower learns the commit at most a tick late; a read at it
-        waits for a heartbeat round, which carries the commit anyway (§6.4). One still behind
-        learns the commit with its next append, or from the notice its ack earns when it
-        reaches the commit index.
+        woken for nothing takes a core from the processes on the write path
+        (docs/performance.md, "Commit notices"). An idle follower learns the commit at most a
+        tick late; a read at it waits for a heartbeat round, which carries the commit anyway
+        (§6.4). One still behind learns the commit with its next append, or from the notice its
+        ack earns when it reaches the commit index.
         """
         for peer in self.peers:
             pr = self._progress.get(peer)

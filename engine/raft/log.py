@@ -1,10 +1,9 @@
-"""RaftLog: the Raft log as the core sees it (etcd's raftLog), over a plain entry store.
+"""RaftLog: the Raft log as the core sees it (etcd's raftLog), over an entry store.
 
-The entry store is the seam to `engine._core.log.EntryLog` (term/offset arrays + payload
-arena, compiled). Until that module is complete this file carries `_ListEntryStore`, a small
-list-backed store with the same surface; `make_entry_store` picks one. Everything Raft-specific
-(matching, conflicts, the up-to-date rule, the persisted/unstable watermarks) lives here, on top
-of that surface, so switching the store changes no behaviour.
+The entry store is `engine._core.log.EntryLog` (term/offset arrays + payload arena; compiled,
+or its pure-Python twin under ENGINE_NO_EXTENSIONS). Everything Raft-specific (matching,
+conflicts, the up-to-date rule, the persisted/unstable watermarks) lives here, on top of the
+store's surface (`EntryStore`).
 
 Compaction (Raft §7): the log may start after a snapshot; `first_index - 1` is then the
 last index the snapshot (or an older compaction) covers and `term(first_index - 1)` still
@@ -21,30 +20,9 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from engine._core import flag
 from engine._core import log as _core_log
 from engine.errors import LogIndexError
-from engine.messages import Entry
 from engine.types import U64_MAX
-
-_STORE_API = (
-    "first_index",
-    "last_index",
-    "last_term",
-    "term_at",
-    "append",
-    "append_payloads",
-    "payload_between",
-    "entries",
-    "truncate_suffix",
-    "compact_prefix",
-)
-# ENGINE_RAFT_LIST_LOG=1 forces the list fallback (for differential runs of the simulator).
-_USE_CORE_LOG = (
-    hasattr(_core_log, "EntryLog")
-    and not flag("ENGINE_RAFT_LIST_LOG")
-    and all(hasattr(_core_log.EntryLog, name) for name in _STORE_API)
-)
 
 
 class EntryStore(Protocol):
@@ -65,94 +43,11 @@ class EntryStore(Protocol):
     def compact_prefix(self, index: int) -> None: ...
 
 
-class _ListEntryStore:
-    """A list-backed entry store (the fallback twin of EntryLog; no compaction needed yet)."""
-
-    __slots__ = ("_first_index", "_prev_term", "_entries")
-
-    def __init__(self, first_index: int = 1, prev_term: int = 0) -> None:
-        self._first_index = first_index
-        self._prev_term = prev_term
-        self._entries: list[Any] = []
-
-    @property
-    def first_index(self) -> int:
-        return self._first_index
-
-    @property
-    def last_index(self) -> int:
-        return self._first_index + len(self._entries) - 1
-
-    @property
-    def last_term(self) -> int:
-        return self._entries[-1].term if self._entries else self._prev_term
-
-    def term_at(self, index: int) -> int:
-        offset = index - self._first_index
-        if offset == -1:
-            return self._prev_term
-        if not 0 <= offset < len(self._entries):
-            raise LogIndexError(
-                f"index {index} outside [{self._first_index - 1}, {self.last_index}]"
-            )
-        return int(self._entries[offset].term)
-
-    def append(self, entries: list[Any]) -> None:
-        if entries and entries[0].index != self.last_index + 1:
-            raise LogIndexError(f"append at {entries[0].index}, expected {self.last_index + 1}")
-        self._entries.extend(entries)
-
-    def append_payloads(self, term: int, kind: int, payloads: list[bytes]) -> tuple[int, int]:
-        first = self.last_index + 1
-        self._entries.extend(
-            Entry(term, first + offset, payload, kind) for offset, payload in enumerate(payloads)
-        )
-        return first, self.last_index
-
-    def payload_between(self, lo: int, hi: int) -> int:
-        return sum(len(entry.data) for entry in self.entries(lo, hi))
-
-    def entries(self, lo: int, hi: int, max_bytes: int = U64_MAX) -> list[Any]:
-        if lo < self._first_index or hi > self.last_index + 1 or lo > hi:
-            raise LogIndexError(
-                f"entries [{lo}, {hi}) outside [{self._first_index}, {self.last_index + 1})"
-            )
-        base = self._first_index
-        if max_bytes >= U64_MAX:
-            return self._entries[lo - base : hi - base]
-        out: list[Any] = []
-        size = 0
-        for offset in range(lo - base, hi - base):
-            entry = self._entries[offset]
-            size += len(entry.data)
-            if out and size > max_bytes:
-                break
-            out.append(entry)
-        return out
-
-    def truncate_suffix(self, index: int) -> None:
-        if index < self._first_index:
-            raise LogIndexError(f"truncate at {index} below first index {self._first_index}")
-        del self._entries[index - self._first_index :]
-
-    def compact_prefix(self, index: int) -> None:
-        if not self._first_index <= index <= self.last_index + 1:
-            raise LogIndexError(
-                f"compact_prefix at {index} outside [{self._first_index}, {self.last_index + 1}]"
-            )
-        if index > self._first_index:
-            self._prev_term = self.term_at(index - 1)
-            del self._entries[: index - self._first_index]
-            self._first_index = index
-
-
 def make_entry_store(first_index: int = 1, prev_term: int = 0) -> EntryStore:
-    """The entry store behind RaftLog: engine._core.log.EntryLog (compiled or its Python twin,
-    per ENGINE_NO_EXTENSIONS) when it is available, else the list fallback above."""
-    if _USE_CORE_LOG:
-        store: EntryStore = _core_log.EntryLog(first_index, prev_term)
-        return store
-    return _ListEntryStore(first_index, prev_term)
+    """An empty entry store whose first entry will be `first_index`, after (first_index - 1,
+    prev_term)."""
+    store: EntryStore = _core_log.EntryLog(first_index, prev_term)
+    return store
 
 
 class RaftLog:

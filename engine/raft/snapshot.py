@@ -12,7 +12,7 @@ engine.raft.membership.Membership); a snapshot without one is written as version
 version-1 envelopes and their bytes stay exactly as before and remain readable.
 `decode_snapshot` refuses any envelope whose digest, magic, version or length does not
 check out (engine.errors.DecodeError), so a follower never installs a corrupt or truncated
-snapshot (issue 6 item 1).
+snapshot (Raft §7: a follower installs only the leader's state).
 
 Chunked transfer (Raft Figure 13 InstallSnapshot, over a lossy datagram network). The leader
 sends SNAPSHOT messages (index + log_term = the snapshot's last entry, seq = chunk offset,

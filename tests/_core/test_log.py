@@ -244,12 +244,12 @@ def traced_bytes(build: Callable[[], Any]) -> tuple[int, Any]:
 
 @pytest.mark.parametrize("size, entries", [(0, 1_000_000), (100, 1_000_000), (1000, 200_000)])
 def test_memory_overhead_per_entry(impl: SimpleNamespace, size: int, entries: int) -> None:
-    """Issue 2: at most 32 bytes per entry beyond its payload (payloads of 0, 100 and 1,000 bytes,
-    appended in leader batches of 1,000). Measured with tracemalloc: the C twin allocates with
-    PyMem_Malloc/Realloc, the Python twin with array/bytes/bytearray, so both are seen the same
-    way, and the input payload objects exist before the measurement starts.
+    """The budget: at most 32 bytes per entry beyond its payload (payloads of 0, 100 and 1,000
+    bytes, appended in leader batches of 1,000). Measured with tracemalloc: the C twin allocates
+    with PyMem_Malloc/Realloc, the Python twin with array/bytes/bytearray, so both are seen the
+    same way, and the input payload objects exist before the measurement starts.
 
-    0 and 100 bytes run at the issue's 1,000,000 entries. 1,000-byte payloads run at 200,000
+    0 and 100 bytes run at 1,000,000 entries. 1,000-byte payloads run at 200,000
     entries (200 MB) here: at 1,000,000 (1 GB) a run takes 0.5-3 s (C) and 2.4-6 s (Python) on
     this 2-core machine depending on load, so that case is asserted by
     bench/bench_log.py::test_memory_overhead_1m_entries_1000_bytes and printed by

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+import engine
 from engine.__main__ import build_parser, main
 from engine.benchmark import check_arguments
 from engine.errors import ConfigError
@@ -76,6 +77,10 @@ def test_library_run_in_one_process(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert result["conditions"]["processes"] == "all nodes in this process"
     out = capsys.readouterr().out
     assert "committed:" in out and "latency:" in out and "CPU (% of one core)" in out
+    # The header names what ran: the version and the core (compiled or the pure twins).
+    assert f"engine {engine.__version__} bench:" in out
+    assert f"{engine.IMPLEMENTATION} core" in out
+    assert result["conditions"]["version"] == engine.__version__
 
 
 def test_udp_clients_and_fsync(tmp_path: Path) -> None:

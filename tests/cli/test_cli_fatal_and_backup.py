@@ -54,7 +54,8 @@ def test_serve_exits_with_the_storage_code_after_a_failed_wal_write_and_restarts
     marker.touch()
     failed = run("kv", *common, "--timeout", "2", "put", "lost", "x")
     assert failed.returncode != 0
-    # The node stops and the process exits (it used to idle with its port closed).
+    # The node stops and the process exits, so a supervisor restarts it (a process idling
+    # with its port closed would serve nothing and look alive).
     code = node.wait(timeout=EXIT_BOUND_S)
     stderr = node.stderr.read().decode() if node.stderr else ""
     assert code == exitcodes.STORAGE, stderr

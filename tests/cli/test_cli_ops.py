@@ -23,7 +23,7 @@ def members_of(ports: list[int]) -> str:
 def test_status_exit_code_is_the_cluster_health(key_file: Path, nodes: Nodes) -> None:
     members = members_of(free_udp_ports(3))
     common = ("--members", members, "--cluster-key-file", str(key_file))
-    # Nobody serving: every member unreachable (it used to exit 0).
+    # Nobody serving: every member unreachable, which is not a healthy cluster (exit code 4).
     nobody = run("status", *common)
     assert nobody.returncode == exitcodes.UNREACHABLE, nobody.stdout
     assert all("error" in s for s in json.loads(nobody.stdout).values())

@@ -1,4 +1,4 @@
-"""Issue 6 over real loopback UDP: snapshots and chunked installs, leadership transfer, and
+"""Over real loopback UDP: snapshots and chunked installs, leadership transfer, and
 the three read modes, driven through the public Node / LocalCluster API."""
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ control is what makes the accounting exact: without
 it a tight sendto loop in the node's own process outruns the receive loop, the kernel drops
 the excess silently (the transport never sees it) and "0 accepted" would be vacuous for those.
 
-Generators build the four kinds of hostile traffic of issue 7 item 5 (anchors-testing.md
+Generators build the four kinds of hostile traffic (anchors-testing.md
 "Hostile UDP"): random datagrams, bit-flipped valid frames, replayed genuine frames and
 oversized datagrams. Valid frames are built with the cluster key as a client or a peer would
 (engine._core.codec.FrameCodec), in shapes that WOULD change state if a corrupted copy were

@@ -1,5 +1,5 @@
-"""Every input in fuzz/corpus/crashes/ is a unit test (issue 7 item 5: the fuzzer's crash
-inputs become unit tests by being kept there; see fuzz/README.md).
+"""Every input in fuzz/corpus/crashes/ is a unit test (the fuzzer's crash inputs become
+unit tests by being kept there; see fuzz/README.md).
 
 Each file is run through fuzz/fuzz_codec.py's own `check_input`: decode with every available
 implementation, only DecodeError may escape, the implementations agree, and an accepted frame

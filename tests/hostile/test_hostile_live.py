@@ -1,4 +1,4 @@
-"""Hostile network against LIVE nodes (issue 7 item 5; anchors-testing.md "Hostile UDP").
+"""Hostile network against LIVE nodes (anchors-testing.md "Hostile UDP").
 
 A LocalCluster of 3 Raft nodes on real loopback UDP. A raw socket in the test process sends,
 per run of `test_flood_is_refused_and_changes_no_state`, half to the leader and half to a

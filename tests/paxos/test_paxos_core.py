@@ -113,9 +113,10 @@ def test_promise_reports_accepted_slots_with_their_ballots() -> None:
 
 
 def test_a_promise_larger_than_one_message_is_sent_in_parts_and_counts_once_whole() -> None:
-    # Regression (swarm seed 257 at a shorter chaos phase): every acceptor held more
-    # uncommitted slots than one message may carry and refused to promise, so no candidate
-    # could ever win. Now the promise is split and the candidate waits for every part.
+    # Found by the swarm (seed 257 at a shorter chaos phase): when every acceptor holds more
+    # uncommitted slots than one message may carry, a promise that must fit one message is
+    # never sent and no candidate can win; the promise is split and the candidate waits for
+    # every part.
     limits = Limits(max_entries_per_message=4)
     acceptor = make(2, limits=limits)
     b1 = make_ballot(1, 1)

@@ -24,7 +24,7 @@ from sim_helpers import seeds_from_env
 from engine.paxos import Role
 from engine.testing.sim import FaultConfig, Simulation, SimulationFailure, SwarmResult, run_swarm
 
-# Issue 5 item 4: at least 500 seeds per CI run. Each seed runs 2.5 s of simulated faults
+# At least 500 seeds per CI run. Each seed runs 2.5 s of simulated faults
 # (250 ticks, 17-31 election timeouts; capped at 5,000 events as the Raft swarm) under a
 # heavy client load, then the healed phase. Over seeds 0-199 that drives 704 leader changes,
 # 7,209 re-proposals, 64 no-op fills, 3,171 catch-up entries, 235 snapshot installs, 219

@@ -1,4 +1,4 @@
-"""The write-once register (engine.aio.register) over real loopback UDP (issue 5 item 1).
+"""The write-once register (engine.aio.register) over real loopback UDP.
 
 Three acceptors on 127.0.0.1; some tests play one member with a raw UdpTransport speaking the
 synod messages directly, to see exactly what a (restarted) acceptor answers.

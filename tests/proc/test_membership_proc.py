@@ -70,7 +70,7 @@ async def test_add_a_fourth_node_by_cli_then_kill_an_original(tmp_path: Path) ->
 
 
 async def test_two_full_nodes_and_a_witness_survive_a_full_node_killed(tmp_path: Path) -> None:
-    """Witness members (issue 6 item 5) over real processes: 2 full `serve` nodes, a third
+    """Witness members over real processes: 2 full `serve` nodes, a third
     joins by `members add --witness`; kill -9 the full follower: the leader and the witness
     keep committing (after rule W2's election-timeout wait) and no acknowledged write is lost."""
     cluster = ProcessCluster(tmp_path, n=2)

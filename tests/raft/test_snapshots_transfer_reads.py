@@ -1,4 +1,4 @@
-"""Rule tests for issue 6 on one RaftCore, plus simulator scenarios.
+"""Rule tests on one RaftCore, plus simulator scenarios.
 
 Snapshots (Raft §7, Figure 13, chunked over a lossy network), leadership transfer (thesis
 §3.10) and lease reads (§6.4.1). Method as in test_paper.py: hand-written messages in, the

@@ -1,4 +1,5 @@
-"""Seeded swarm simulation of membership changes under faults (issue 6, items 2 and 5).
+"""Seeded swarm simulation of membership changes under faults (Raft thesis §4.3,
+learners and witnesses).
 
 Goal: the Jepsen "lost updates during a membership change" class and its relatives - two
 leaders in one term across joint configurations, a second change decided while one is in
