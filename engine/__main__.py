@@ -27,7 +27,7 @@ import engine
 from engine.cli import exitcodes, output
 from engine.cli.settings import add_config_flag, add_setting, require, resolve
 from engine.errors import ConfigError, EngineError, Timeout
-from engine.types import NodeConfig, TimingConfig, parse_address
+from engine.types import NodeConfig, StateMachine, TimingConfig, parse_address
 
 # `status` calls a member lagging when its applied index trails the leader's commit index by
 # more than this many entries (--max-lag).
@@ -136,12 +136,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from engine.aio.server import serve
 
     config = _node_config(args)
+    machine = _state_machine(args)
     loop = new_event_loop()
     try:
-        loop.run_until_complete(serve(config, campaign=args.campaign))
+        loop.run_until_complete(serve(config, campaign=args.campaign, state_machine=machine))
     finally:
         loop.close()
     return exitcodes.OK
+
+
+def _state_machine(args: argparse.Namespace) -> StateMachine | None:
+    """The user's state machine of --state-machine MODULE:CLASS (None: the KV store)."""
+    if args.state_machine is None:
+        return None
+    from engine.cli.state_machine import load_state_machine
+
+    return load_state_machine(args.state_machine)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -390,6 +400,9 @@ def add_serve_parser(sub: Any) -> argparse.ArgumentParser:
     serve.add_argument("--campaign", action="store_true", help="start an election at once")
     add_setting(serve, "--metrics-addr", metavar="HOST:PORT",
                 help="serve Prometheus metrics at http://HOST:PORT/metrics")
+    add_setting(serve, "--state-machine", metavar="MODULE:CLASS",
+                help="serve this engine.StateMachine (instantiated with no arguments) "
+                     "instead of the KV store; reach it with engine.Client.call / query")
     serve.add_argument("--allow-fault-injection", action="store_true",
                        help="obey authenticated ADMIN fault-filter messages (tests only)")
     serve.add_argument("--join", action="store_true",
