@@ -466,8 +466,43 @@ def add_members_parser(sub: Any) -> argparse.ArgumentParser:
         op = member_ops.add_parser(name, help=text)
         op.add_argument("--id", type=int, required=True)
     member_ops.add_parser("list", help="print the membership")
+    add_force_new_cluster_parser(member_ops)
     members.set_defaults(func=cmd_members)
     return members
+
+
+def add_force_new_cluster_parser(member_ops: Any) -> argparse.ArgumentParser:
+    """`members force-new-cluster`: offline, on a stopped node's data dir (its own handler,
+    which overrides `members`'s: no cluster is reachable)."""
+    force = member_ops.add_parser(
+        "force-new-cluster", help="UNSAFE disaster recovery: make a stopped node's data dir "
+                                  "a one-node cluster (a quorum lost for good; Raft)")
+    add_setting(force, "--data-dir", help="the surviving node's data dir (node stopped)")
+    add_setting(force, "--node-id", type=int, help="that node's id")
+    force.add_argument("--address", metavar="HOST:PORT",
+                       help="its address (default: the one its data dir records)")
+    add_setting(force, "--protocol", choices=["raft", "paxos"], help="raft only")
+    force.add_argument("--yes", action="store_true",
+                       help="I understand: writes only the lost members had are lost, and "
+                            "no other member may be alive")
+    force.set_defaults(func=cmd_force_new_cluster)
+    return force
+
+
+def cmd_force_new_cluster(args: argparse.Namespace) -> int:
+    from engine.cli import recovery
+
+    if args.protocol == "paxos":
+        raise ConfigError("force-new-cluster supports Raft data dirs only (a Paxos group "
+                          "that lost its quorum has no forced recovery)")
+    data_dir, node_id = require(args, "data_dir"), require(args, "node_id")
+    print(recovery.WARNING.format(node=node_id, data_dir=data_dir), file=sys.stderr)
+    if not args.yes:
+        raise ConfigError("refusing without --yes (read the warning above and "
+                          "docs/operations.md first)")
+    result = recovery.force_new_cluster(data_dir, node_id, args.address)
+    output.emit(result, args.output, tuple(result), [tuple(result.values())])
+    return exitcodes.OK
 
 
 def add_snapshot_parser(sub: Any) -> argparse.ArgumentParser:
