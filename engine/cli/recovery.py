@@ -21,8 +21,14 @@ from typing import Any
 
 from engine.errors import ConfigError, DecodeError
 from engine.messages import Entry, EntryKind
+from engine.paxos.ballot import make_ballot
 from engine.raft.membership import Membership, decode_membership, encode_membership
 from engine.types import HardState, parse_address
+
+# Every Paxos ballot is at least this (round >= 1 above the node id's bits,
+# engine.paxos.ballot); a Raft term gets there only after 65536 elections. The WAL does not
+# record its protocol, so this tells a Paxos data dir apart before anything is written.
+PAXOS_BALLOT_FLOOR = make_ballot(1, 1)
 
 WARNING = (
     "WARNING: force-new-cluster makes node {node} the only member of a new cluster with "
@@ -40,10 +46,16 @@ def force_new_cluster(data_dir: str, node_id: int, address: str | None = None
 
     if not os.path.isdir(data_dir):
         raise ConfigError(f"data dir {data_dir} is not a directory")
+    if not any(name.startswith("wal-") for name in os.listdir(data_dir)):
+        raise ConfigError(f"data dir {data_dir} holds no WAL")
+    # Opening changes nothing a refusal below would need undone (as a node start, it only
+    # cuts a torn tail and preallocates the last segment).
     with WriteAheadLog(data_dir) as wal:
         recovered = wal.open()
-        if recovered.last_index == 0 and recovered.hard_state.term == 0:
-            raise ConfigError(f"data dir {data_dir} holds no Raft state")
+        if recovered.hard_state.term >= PAXOS_BALLOT_FLOOR:
+            raise ConfigError(f"data dir {data_dir} holds Paxos ballots (term "
+                              f"{recovered.hard_state.term}), not Raft terms: "
+                              "force-new-cluster supports Raft data dirs only")
         current = _stored_membership(recovered)
         new = _single_voter(current, node_id, address)
         last_term = (recovered.entries[-1].term if recovered.entries

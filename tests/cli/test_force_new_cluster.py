@@ -23,6 +23,7 @@ from engine.aio.local_cluster import free_udp_ports
 from engine.aio.wal import WriteAheadLog
 from engine.cli import exitcodes
 from engine.messages import Entry
+from engine.paxos.ballot import make_ballot
 from engine.types import HardState
 
 APPLY_WAIT_S = 60   # a follower applies what the leader committed within heartbeats
@@ -106,11 +107,11 @@ def test_a_survivor_of_a_lost_quorum_becomes_a_one_node_cluster_with_its_data(
     assert until_ok("status", *both).returncode == exitcodes.OK
 
 
-def make_data_dir(path: Path) -> None:
+def make_data_dir(path: Path, term: int = 1) -> None:
     """A data dir whose log holds no configuration (a cluster never changed, no snapshot)."""
     with WriteAheadLog(path, fsync=False) as wal:
         wal.open()
-        wal.save([Entry(1, 1, b"", 0)], HardState(term=1, vote=1, commit=1))
+        wal.save([Entry(term, 1, b"", 0)], HardState(term=term, vote=1, commit=1))
 
 
 def test_force_new_cluster_asks_for_an_address_it_cannot_find(tmp_path: Path) -> None:
@@ -128,7 +129,7 @@ def test_force_new_cluster_asks_for_an_address_it_cannot_find(tmp_path: Path) ->
 
 @pytest.mark.parametrize(("extra", "says"), [
     (("--protocol", "paxos"), "Raft data dirs only"),
-    (("--node-id", "9", "--address", "127.0.0.1:7001"), "not a directory"),
+    (("--address", "127.0.0.1:7001"), "not a directory"),
 ])
 def test_force_new_cluster_refusals_are_usage_errors(tmp_path: Path, extra: tuple[str, ...],
                                                      says: str) -> None:
@@ -137,3 +138,23 @@ def test_force_new_cluster_refusals_are_usage_errors(tmp_path: Path, extra: tupl
     result = run(*args)
     assert result.returncode == exitcodes.USAGE
     assert says in result.stderr.strip().splitlines()[-1]
+
+
+def test_force_new_cluster_refuses_a_paxos_data_dir(tmp_path: Path) -> None:
+    make_data_dir(tmp_path / "d", term=make_ballot(3, 2))   # what a Paxos acceptor stores
+    before = WriteAheadLog(tmp_path / "d").inspect()
+    result = run("members", "force-new-cluster", "--data-dir", str(tmp_path / "d"),
+                 "--node-id", "2", "--address", "127.0.0.1:7001", "--yes")
+    assert result.returncode == exitcodes.USAGE
+    assert "Raft data dirs only" in result.stderr.strip().splitlines()[-1]
+    after = WriteAheadLog(tmp_path / "d").inspect()   # nothing was written
+    assert (after.hard_state, after.entries) == (before.hard_state, before.entries)
+
+
+def test_force_new_cluster_leaves_a_data_dir_without_a_wal_untouched(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    result = run("members", "force-new-cluster", "--data-dir", str(tmp_path / "empty"),
+                 "--node-id", "1", "--address", "127.0.0.1:7001", "--yes")
+    assert result.returncode == exitcodes.USAGE
+    assert "holds no WAL" in result.stderr.strip().splitlines()[-1]
+    assert list((tmp_path / "empty").iterdir()) == []
