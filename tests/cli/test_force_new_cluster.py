@@ -22,8 +22,9 @@ from engine.aio.client import Client
 from engine.aio.local_cluster import free_udp_ports
 from engine.aio.wal import WriteAheadLog
 from engine.cli import exitcodes
-from engine.messages import Entry
+from engine.messages import Entry, EntryKind
 from engine.paxos.ballot import make_ballot
+from engine.raft.membership import Membership, encode_membership
 from engine.types import HardState
 
 APPLY_WAIT_S = 60   # a follower applies what the leader committed within heartbeats
@@ -158,3 +159,20 @@ def test_force_new_cluster_leaves_a_data_dir_without_a_wal_untouched(tmp_path: P
     assert result.returncode == exitcodes.USAGE
     assert "holds no WAL" in result.stderr.strip().splitlines()[-1]
     assert list((tmp_path / "empty").iterdir()) == []
+
+
+@pytest.mark.parametrize(("node_id", "says"), [(3, "is a witness"),
+                                               (5, "not a member of the stored configuration")])
+def test_force_new_cluster_refuses_a_node_without_the_data(tmp_path: Path, node_id: int,
+                                                           says: str) -> None:
+    stored = Membership.of({1, 2, 3}, witnesses={3},
+                           addresses={i: f"127.0.0.1:{7000 + i}" for i in (1, 2, 3)})
+    with WriteAheadLog(tmp_path / "d", fsync=False) as wal:
+        wal.open()
+        wal.save([Entry(1, 1, encode_membership(stored), int(EntryKind.CONFIG))],
+                 HardState(term=1, vote=1, commit=1))
+    result = run("members", "force-new-cluster", "--data-dir", str(tmp_path / "d"),
+                 "--node-id", str(node_id), "--yes")
+    assert result.returncode == exitcodes.USAGE
+    assert says in result.stderr.strip().splitlines()[-1]
+    assert len(WriteAheadLog(tmp_path / "d").inspect().entries) == 1   # nothing appended
