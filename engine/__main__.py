@@ -27,7 +27,7 @@ import engine
 from engine.cli import exitcodes, output
 from engine.cli.settings import add_config_flag, add_setting, require, resolve
 from engine.errors import ConfigError, EngineError, Timeout
-from engine.types import NodeConfig, TimingConfig, parse_address
+from engine.types import NodeConfig, StateMachine, TimingConfig, parse_address
 
 # `status` calls a member lagging when its applied index trails the leader's commit index by
 # more than this many entries (--max-lag).
@@ -136,12 +136,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from engine.aio.server import serve
 
     config = _node_config(args)
+    machine = _state_machine(args)
     loop = new_event_loop()
     try:
-        loop.run_until_complete(serve(config, campaign=args.campaign))
+        loop.run_until_complete(serve(config, campaign=args.campaign, state_machine=machine))
     finally:
         loop.close()
     return exitcodes.OK
+
+
+def _state_machine(args: argparse.Namespace) -> StateMachine | None:
+    """The user's state machine of --state-machine MODULE:CLASS (None: the KV store)."""
+    if args.state_machine is None:
+        return None
+    from engine.cli.state_machine import load_state_machine
+
+    return load_state_machine(args.state_machine)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -390,6 +400,9 @@ def add_serve_parser(sub: Any) -> argparse.ArgumentParser:
     serve.add_argument("--campaign", action="store_true", help="start an election at once")
     add_setting(serve, "--metrics-addr", metavar="HOST:PORT",
                 help="serve Prometheus metrics at http://HOST:PORT/metrics")
+    add_setting(serve, "--state-machine", metavar="MODULE:CLASS",
+                help="serve this engine.StateMachine (instantiated with no arguments) "
+                     "instead of the KV store; reach it with engine.Client.call / query")
     serve.add_argument("--allow-fault-injection", action="store_true",
                        help="obey authenticated ADMIN fault-filter messages (tests only)")
     serve.add_argument("--join", action="store_true",
@@ -453,8 +466,43 @@ def add_members_parser(sub: Any) -> argparse.ArgumentParser:
         op = member_ops.add_parser(name, help=text)
         op.add_argument("--id", type=int, required=True)
     member_ops.add_parser("list", help="print the membership")
+    add_force_new_cluster_parser(member_ops)
     members.set_defaults(func=cmd_members)
     return members
+
+
+def add_force_new_cluster_parser(member_ops: Any) -> argparse.ArgumentParser:
+    """`members force-new-cluster`: offline, on a stopped node's data dir (its own handler,
+    which overrides `members`'s: no cluster is reachable)."""
+    force = member_ops.add_parser(
+        "force-new-cluster", help="UNSAFE disaster recovery: make a stopped node's data dir "
+                                  "a one-node cluster (a quorum lost for good; Raft)")
+    add_setting(force, "--data-dir", help="the surviving node's data dir (node stopped)")
+    add_setting(force, "--node-id", type=int, help="that node's id")
+    force.add_argument("--address", metavar="HOST:PORT",
+                       help="its address (default: the one its data dir records)")
+    add_setting(force, "--protocol", choices=["raft", "paxos"], help="raft only")
+    force.add_argument("--yes", action="store_true",
+                       help="I understand: writes only the lost members had are lost, and "
+                            "no other member may be alive")
+    force.set_defaults(func=cmd_force_new_cluster)
+    return force
+
+
+def cmd_force_new_cluster(args: argparse.Namespace) -> int:
+    from engine.cli import recovery
+
+    if args.protocol == "paxos":
+        raise ConfigError("force-new-cluster supports Raft data dirs only (a Paxos group "
+                          "that lost its quorum has no forced recovery)")
+    data_dir, node_id = require(args, "data_dir"), require(args, "node_id")
+    print(recovery.WARNING.format(node=node_id, data_dir=data_dir), file=sys.stderr)
+    if not args.yes:
+        raise ConfigError("refusing without --yes (read the warning above and "
+                          "docs/operations.md first)")
+    result = recovery.force_new_cluster(data_dir, node_id, args.address)
+    output.emit(result, args.output, tuple(result), [tuple(result.values())])
+    return exitcodes.OK
 
 
 def add_snapshot_parser(sub: Any) -> argparse.ArgumentParser:

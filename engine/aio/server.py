@@ -9,7 +9,7 @@ import signal
 
 from engine.aio.node import Node
 from engine.errors import ConfigError, StorageError
-from engine.types import NodeConfig
+from engine.types import NodeConfig, StateMachine
 
 logger = logging.getLogger("engine.server")
 
@@ -18,8 +18,10 @@ logger = logging.getLogger("engine.server")
 FATAL_POLL_S = 0.1
 
 
-async def serve(config: NodeConfig, *, campaign: bool = False) -> None:
-    """Start a KV node, run until SIGTERM or SIGINT, then stop cleanly.
+async def serve(config: NodeConfig, *, campaign: bool = False,
+                state_machine: StateMachine | None = None) -> None:
+    """Start a node of `state_machine` (default: a KV store), run until SIGTERM or SIGINT,
+    then stop cleanly.
 
     A fatal error (a failed WAL write or fsync: nothing that depends on it may be
     acknowledged, DESIGN.md §5) stops the node; serve then raises it (StorageError) so the
@@ -27,9 +29,7 @@ async def serve(config: NodeConfig, *, campaign: bool = False) -> None:
     port. SIGKILL needs no handling: everything acknowledged was fsynced (with a data_dir),
     and the next start replays the WAL.
     """
-    from engine.kv import KVStore
-
-    node = Node(config, KVStore(config.limits))
+    node = Node(config, state_machine)
     await _start(node, config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
