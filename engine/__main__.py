@@ -124,6 +124,7 @@ def _node_config(args: argparse.Namespace) -> NodeConfig:
         witness=args.witness,
         metrics_addr=args.metrics_addr,
         listen=args.listen,
+        encrypt_payloads=args.encrypt,
         **tuning,
     )
 
@@ -155,7 +156,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     async def one(address: str) -> dict[str, Any]:
         request = Message(MessageType.CLIENT_REQUEST, seq=1, status=ClientOp.STATUS)
         try:
-            answer = await exchange(address, request, key)
+            answer = await exchange(address, request, key, encrypt_payloads=args.encrypt)
         except EngineError as exc:
             return {"error": str(exc), "address": address}
         return dict(json.loads(answer.context))
@@ -207,7 +208,8 @@ def cmd_kv(args: argparse.Namespace) -> int:
         expected = output.decode_arg(args.expected, hex_input=args.hex, what="expected value")
 
     async def run() -> Any:
-        async with Client(list(members.values()), cluster_key=key, timeout=timeout) as c:
+        async with Client(list(members.values()), cluster_key=key, timeout=timeout,
+                          encrypt_payloads=args.encrypt) as c:
             if args.op == "put":
                 await c.put(name, value)
                 return "ok"
@@ -237,7 +239,8 @@ def cmd_transfer(args: argparse.Namespace) -> int:
     timeout = 10.0 if args.timeout is None else args.timeout
 
     async def run() -> None:
-        async with Client(list(members.values()), cluster_key=key) as client:
+        async with Client(list(members.values()), cluster_key=key,
+                          encrypt_payloads=args.encrypt) as client:
             await client.transfer_leadership(args.to, timeout=timeout)
 
     asyncio.run(run())
@@ -256,7 +259,8 @@ def cmd_members(args: argparse.Namespace) -> int:
         parse_address(args.address)
 
     async def run() -> dict[str, Any]:
-        async with Client(list(members.values()), cluster_key=key) as client:
+        async with Client(list(members.values()), cluster_key=key,
+                          encrypt_payloads=args.encrypt) as client:
             if args.op == "add":
                 return await client.add_member(args.id, args.address, learner=args.learner,
                                                witness=args.witness, timeout=timeout)
@@ -355,6 +359,9 @@ def _cluster_args(p: argparse.ArgumentParser, *, with_output: bool = True) -> No
     add_config_flag(p)
     add_setting(p, "--members", help="1=HOST:PORT,2=HOST:PORT,...")
     add_setting(p, "--cluster-key-file", help="file written by keygen")
+    p.add_argument("--encrypt", action="store_true",
+                   help="encrypt payloads (AES-256-GCM); the nodes and every client of a "
+                        "cluster must all use it or all not (docs/security.md)")
     if with_output:
         p.add_argument("--output", choices=output.OUTPUTS, default="json",
                        help="json (default) or a table for people")
