@@ -22,8 +22,8 @@ Frame (every integer little-endian, fixed width; DESIGN.md §5 "Wire")
   n-16   16    tag              AES-256-GCM tag (GMAC) over bytes [0, n-16), below; of an
                                 encrypted frame, over the header and the encrypted body
 
-Authentication (an AEAD used for integrity only: nothing is encrypted)
----------------------------------------------------------------------
+Authentication (by default an AEAD used for integrity only; "Payload encryption" below)
+---------------------------------------------------------------------------------------
   subkey = BLAKE2b-256(key=cluster_key, data=SUBKEY_LABEL || bytes [2, 26) of the header)
            i.e. one AES-256 key per (cluster_id, sender_id, epoch), all fields fixed width
   nonce  = counter (u64, bytes [26, 34) of the header) || kind (u32)          (96 bits)
