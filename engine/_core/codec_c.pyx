@@ -381,7 +381,7 @@ cdef class FrameCodec:
     cdef uint8_t _fragment_kind
     cdef object _kdf              # BLAKE2b keyed with the cluster key, label absorbed
     # (sender_id, epoch) header bytes -> AESGCM of its subkey (codec_py._remember). Readable
-    # from Python only so bench_codec.py can time the codec without the tag (a null AEAD).
+    # from Python only so bench/test_micro.py can time the codec without the tag (a null AEAD).
     cdef readonly dict _aeads
     cdef uint8_t _type_known[256]
     cdef uint8_t _kind_known[256]

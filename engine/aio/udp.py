@@ -37,7 +37,7 @@ a bare one-datagram-per-message echo. With 32 messages per datagram the codec do
 per datagram (process_time, stub socket) is 12.4 us to send (6.0 of it encode) and 9.9 us to
 receive (7.6 of it decode and authenticate); with 1 message, 4.0 us and 1.4 us. (Measured with
 the keyed-BLAKE2b tag of wire version 1; the AES-GCM tag of version 2 costs ~0.9 us per 11 KB
-frame instead of ~12 us, see bench/bench_codec.py.)
+frame instead of ~12 us, see the codec rows of bench/test_micro.py.)
 
 Theory of operation
 -------------------
