@@ -63,15 +63,16 @@ Authentication (by default an AEAD used for integrity only; "Payload encryption"
     4. The encryption bit is part of the kind, hence of the nonce: an encrypted and an
        authenticated-only frame never share a nonce, even for equal counters (a mode mixup
        by a caller, or a test encoding both under one sender and epoch).
-  The same argument covers encrypted frames (next section): GCM's confidentiality needs the
-  same one thing, a (subkey, nonce) never used for two different plaintexts, and a frame's
-  plaintext is fixed by its (sender, epoch, counter, kind) as its associated data is.
-  Encoding the SAME frame twice under the same nonce gives the same tag (GCM is
-  deterministic), so retransmitting identical bytes is harmless. The precondition callers
-  must keep: never encode two DIFFERENT frames of one kind under one (sender_id, epoch,
-  counter), e.g. never reuse a sender id with a boot epoch another live encoder uses. A
-  breach exposes only that one (sender, epoch)'s subkey, never the cluster key or other
-  senders' traffic, and the next epoch starts a fresh subkey.
+  The same argument covers encrypted frames (next section), whose confidentiality needs the
+  same one thing: by 1-4 a (subkey, nonce) belongs to one encoded frame, hence to one
+  plaintext body, the frame's own (a reused nonce with two plaintexts would reuse the CTR
+  keystream and reveal their XOR, besides H). Encoding the SAME frame twice under the same
+  nonce gives the same tag and ciphertext (GCM is deterministic), so retransmitting
+  identical bytes is harmless. The precondition callers must keep: never encode two
+  DIFFERENT frames of one kind under one (sender_id, epoch, counter), e.g. never reuse a
+  sender id with a boot epoch another live encoder uses. A breach exposes only that one
+  (sender, epoch)'s subkey and the frames under it, never the cluster key or other senders'
+  traffic, and the next epoch starts a fresh subkey.
 
 Payload encryption (FrameCodec(encrypt=True); NodeConfig.encrypt_payloads)
 -------------------------------------------------------------------------
@@ -655,30 +656,34 @@ class FrameCodec:
         A subkey is cached only once a frame verified under it (module docstring); the
         cache is keyed by (sender, epoch) of this cluster, so a frame of another cluster id
         (own_cluster=False) is checked under a fresh derivation that is not kept."""
-        # decrypt() of an empty ciphertext recomputes the tag and compares it in constant
-        # time; InvalidTag is all it raises for a 16-byte tag, a 12-byte nonce and
-        # associated data under 2**31 bytes (max_frame_bytes <= MAX_FRAME_BYTES).
-        self._decrypt(data, data[end:], memoryview(data)[:end], own_cluster)
-
-    def _open(self, data: bytes, end: int, own_cluster: bool = True) -> bytes:
-        """Verify and decrypt an encrypted frame ("Payload encryption"): the header and the
-        plaintext body, `end` bytes (the tag's place left out), as _verify checks a tag."""
-        plaintext = self._decrypt(
-            data, memoryview(data)[HEADER_BYTES:], memoryview(data)[:HEADER_BYTES], own_cluster)
-        return data[:HEADER_BYTES] + plaintext
-
-    def _decrypt(self, data: bytes, sealed: Any, associated: Any, own_cluster: bool) -> bytes:
-        """AESGCM.decrypt under the subkey of data's header (cached, see _verify)."""
         sender_epoch = data[SENDER_EPOCH_AT:COUNTER_AT]
         cached = self._aeads.get(sender_epoch) if own_cluster else None
         aead = self._derive(data) if cached is None else cached
         try:
-            plaintext: bytes = aead.decrypt(_nonce(data), sealed, associated)
+            # decrypt() of an empty ciphertext recomputes the tag and compares it in constant
+            # time; InvalidTag is all it raises for a 16-byte tag, a 12-byte nonce and
+            # associated data under 2**31 bytes (max_frame_bytes <= MAX_FRAME_BYTES).
+            aead.decrypt(_nonce(data), data[end:], memoryview(data)[:end])
         except InvalidTag:
             raise DecodeError("authentication failed (bad tag or wrong cluster key)") from None
         if cached is None and own_cluster:
             self._remember(sender_epoch, aead)
-        return plaintext
+
+    def _open(self, data: bytes, end: int, own_cluster: bool = True) -> bytes:
+        """Verify and decrypt an encrypted frame ("Payload encryption"): the header and the
+        plaintext body, `end` bytes (the tag's place left out); the subkey cached as by
+        _verify."""
+        sender_epoch = data[SENDER_EPOCH_AT:COUNTER_AT]
+        cached = self._aeads.get(sender_epoch) if own_cluster else None
+        aead = self._derive(data) if cached is None else cached
+        try:
+            plaintext: bytes = aead.decrypt(
+                _nonce(data), memoryview(data)[HEADER_BYTES:], memoryview(data)[:HEADER_BYTES])
+        except InvalidTag:
+            raise DecodeError("authentication failed (bad tag or wrong cluster key)") from None
+        if cached is None and own_cluster:
+            self._remember(sender_epoch, aead)
+        return data[:HEADER_BYTES] + plaintext
 
     def _decode_fragment(
         self, data: bytes, end: int, sender_id: int, epoch: int, counter: int
