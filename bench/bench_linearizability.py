@@ -1,6 +1,6 @@
 """Check time of the linearizability checker (engine/testing/linearizability.py).
 
-    pytest bench/bench_linearizability.py          # pytest-benchmark rows
+    pytest bench/bench_linearizability.py -p benchmark   # pytest-benchmark rows
     python bench/bench_linearizability.py          # the table below, over many seeds
     python bench/bench_linearizability.py --profile   # cProfile of the slowest invalid case
 

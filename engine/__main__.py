@@ -25,7 +25,7 @@ from typing import Any
 
 import engine
 from engine.cli import exitcodes, output
-from engine.cli.settings import add_config_flag, add_setting, require, resolve
+from engine.cli.settings import add_config_flag, add_setting, add_switch, require, resolve
 from engine.errors import ConfigError, EngineError, Timeout
 from engine.types import NodeConfig, StateMachine, TimingConfig, parse_address
 
@@ -124,6 +124,7 @@ def _node_config(args: argparse.Namespace) -> NodeConfig:
         witness=args.witness,
         metrics_addr=args.metrics_addr,
         listen=args.listen,
+        encrypt_payloads=bool(args.encrypt),
         **tuning,
     )
 
@@ -165,7 +166,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     async def one(address: str) -> dict[str, Any]:
         request = Message(MessageType.CLIENT_REQUEST, seq=1, status=ClientOp.STATUS)
         try:
-            answer = await exchange(address, request, key)
+            answer = await exchange(address, request, key, encrypt_payloads=bool(args.encrypt))
         except EngineError as exc:
             return {"error": str(exc), "address": address}
         return dict(json.loads(answer.context))
@@ -217,7 +218,8 @@ def cmd_kv(args: argparse.Namespace) -> int:
         expected = output.decode_arg(args.expected, hex_input=args.hex, what="expected value")
 
     async def run() -> Any:
-        async with Client(list(members.values()), cluster_key=key, timeout=timeout) as c:
+        async with Client(list(members.values()), cluster_key=key, timeout=timeout,
+                          encrypt_payloads=bool(args.encrypt)) as c:
             if args.op == "put":
                 await c.put(name, value)
                 return "ok"
@@ -247,7 +249,8 @@ def cmd_transfer(args: argparse.Namespace) -> int:
     timeout = 10.0 if args.timeout is None else args.timeout
 
     async def run() -> None:
-        async with Client(list(members.values()), cluster_key=key) as client:
+        async with Client(list(members.values()), cluster_key=key,
+                          encrypt_payloads=bool(args.encrypt)) as client:
             await client.transfer_leadership(args.to, timeout=timeout)
 
     asyncio.run(run())
@@ -266,7 +269,8 @@ def cmd_members(args: argparse.Namespace) -> int:
         parse_address(args.address)
 
     async def run() -> dict[str, Any]:
-        async with Client(list(members.values()), cluster_key=key) as client:
+        async with Client(list(members.values()), cluster_key=key,
+                          encrypt_payloads=bool(args.encrypt)) as client:
             if args.op == "add":
                 return await client.add_member(args.id, args.address, learner=args.learner,
                                                witness=args.witness, timeout=timeout)
@@ -365,6 +369,9 @@ def _cluster_args(p: argparse.ArgumentParser, *, with_output: bool = True) -> No
     add_config_flag(p)
     add_setting(p, "--members", help="1=HOST:PORT,2=HOST:PORT,...")
     add_setting(p, "--cluster-key-file", help="file written by keygen")
+    add_switch(p, "--encrypt",
+               help="encrypt payloads (AES-256-GCM); the nodes and every client of a "
+                    "cluster must all use it or all not (docs/security.md)")
     if with_output:
         p.add_argument("--output", choices=output.OUTPUTS, default="json",
                        help="json (default) or a table for people")

@@ -189,12 +189,22 @@ def run_bench(args: argparse.Namespace) -> int:
                 args, [_with(args, name, value) for value in values], started, workdirs))
             for result in results:
                 print_result(result)
-            paths = write_sweep(results, name, args.out)
-            print(f"\nsweep over {name}: wrote {', '.join(paths)}")
             output: Any = {"sweep": name, "points": results}
+            # The results are on disk before plotting starts: a plotting failure never
+            # loses a run.
+            write_json(args.json, output)
+            paths = [write_sweep_json(results, name, args.out)]
+            try:
+                paths += plot_sweep(results, name, args.out)
+            except Exception:
+                print(f"the plots failed; the results are in {', '.join(paths)}",
+                      file=sys.stderr)
+                raise
+            print(f"\nsweep over {name}: wrote {', '.join(paths)}")
         else:
             output = _run(loop, _run_points(args, [args], started, workdirs))[0]
             print_result(output)
+            write_json(args.json, output)
     finally:
         # Normally BenchCluster.close already did this; after an interrupt (Ctrl-C, SIGTERM)
         # the coroutines never resume, so stop every process by PID and remove the dirs here.
@@ -202,10 +212,14 @@ def run_bench(args: argparse.Namespace) -> int:
         for workdir in workdirs:
             shutil.rmtree(workdir, ignore_errors=True)
         loop.close()
-    if args.json:
-        with open(args.json, "w") as handle:
-            json.dump(output, handle, indent=2)
     return 0
+
+
+def write_json(path: str | None, output: Any) -> None:
+    """--json FILE: the result (or the sweep), if asked for."""
+    if path:
+        with open(path, "w") as handle:
+            json.dump(output, handle, indent=2)
 
 
 def _run(loop: asyncio.AbstractEventLoop, coroutine: Any) -> Any:
@@ -528,7 +542,7 @@ class _Window:
 
 async def _run_window(window: _Window, on_measure: Callable[[], None],
                       on_stop: Callable[[], None], done: Callable[[], int]) -> None:
-    """Sleep through the schedule (with a progress bar on a terminal) calling the hooks."""
+    """Sleep through the schedule (showing progress, _Progress) calling the hooks."""
     loop = asyncio.get_running_loop()
     with _Progress(window.stop_at - window.start) as progress:
         measuring = False
@@ -683,13 +697,20 @@ async def _drive_udp(cluster: BenchCluster, args: argparse.Namespace,
         stop_processes(generators)
 
 
+# Without a terminal (CI logs, `2> file`) progress is one line per this many seconds.
+PROGRESS_LINE_INTERVAL_S = 5.0
+
+
 class _Progress:
-    """A rich progress bar on a terminal (stderr), nothing otherwise."""
+    """A rich progress bar on a terminal (stderr); otherwise a plain line on stderr when the
+    phase changes and every PROGRESS_LINE_INTERVAL_S seconds, so a long run in a log is
+    visibly alive."""
 
     def __init__(self, total_s: float) -> None:
         self.total_s = total_s
         self._progress: Any = None
         self._task: Any = None
+        self._last_line: tuple[str, float] | None = None   # phase, elapsed of the last line
 
     def __enter__(self) -> _Progress:
         if sys.stderr.isatty():
@@ -708,6 +729,12 @@ class _Progress:
     def update(self, elapsed_s: float, phase: str, ops: int) -> None:
         if self._progress is not None:
             self._progress.update(self._task, completed=elapsed_s, description=phase, ops=ops)
+            return
+        last = self._last_line
+        if last is None or last[0] != phase or elapsed_s - last[1] >= PROGRESS_LINE_INTERVAL_S:
+            self._last_line = (phase, elapsed_s)
+            print(f"bench: {phase} {elapsed_s:.0f}/{self.total_s:.0f} s, {ops:,} ops",
+                  file=sys.stderr, flush=True)
 
     def __exit__(self, *exc_info: object) -> None:
         if self._progress is not None:
@@ -803,24 +830,35 @@ def print_result(result: dict[str, Any]) -> None:
         print(format_summary(result["profile"]))
 
 
-def write_sweep(results: list[dict[str, Any]], name: str, out_dir: str) -> list[str]:
-    """sweep.json plus throughput, latency-vs-throughput and CDF plots (PNG) in out_dir."""
+def _swept_values(results: list[dict[str, Any]], name: str) -> list[Any]:
+    key = {"concurrency": "concurrency", "payload": "payload_bytes"}[name]
+    return [r["conditions"][key] for r in results]
+
+
+def write_sweep_json(results: list[dict[str, Any]], name: str, out_dir: str) -> str:
+    """out_dir/sweep.json: a table of the sweep plus every point's full result; its path."""
+    os.makedirs(out_dir, exist_ok=True)
+    table = [{name: x, "ops_per_s": r["ops_per_s"], "mb_per_s": r["mb_per_s"],
+              **{f"{p}_ms": r["latency_ms"][p] for p in ("p50", "p90", "p99", "p99.9", "max")},
+              "cpu_percent": r["cpu_percent"]}
+             for x, r in zip(_swept_values(results, name), results, strict=True)]
+    path = os.path.join(out_dir, "sweep.json")
+    with open(path, "w") as handle:
+        json.dump({"sweep": name, "table": table, "points": results}, handle, indent=2)
+    return path
+
+
+def plot_sweep(results: list[dict[str, Any]], name: str, out_dir: str) -> list[str]:
+    """Throughput, latency-vs-throughput and CDF plots (PNG) in out_dir; their paths."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     os.makedirs(out_dir, exist_ok=True)
-    key = {"concurrency": "concurrency", "payload": "payload_bytes"}[name]
-    xs = [r["conditions"][key] for r in results]
+    xs = _swept_values(results, name)
     throughput = [r["ops_per_s"] for r in results]
-    table = [{name: x, "ops_per_s": r["ops_per_s"], "mb_per_s": r["mb_per_s"],
-              **{f"{p}_ms": r["latency_ms"][p] for p in ("p50", "p90", "p99", "p99.9", "max")},
-              "cpu_percent": r["cpu_percent"]}
-             for x, r in zip(xs, results, strict=True)]
-    paths = [os.path.join(out_dir, "sweep.json")]
-    with open(paths[0], "w") as handle:
-        json.dump({"sweep": name, "table": table, "points": results}, handle, indent=2)
+    paths: list[str] = []
     c = results[0]["conditions"]
     title = (f"{c['protocol']}, {c['nodes']} nodes, fsync={'on' if c['fsync'] else 'off'}, "
              f"{c['clients'].split(' ')[0]} clients")

@@ -42,6 +42,11 @@ class WrongReceiverError(DecodeError):
     """A frame addressed to another endpoint (e.g. replayed from one node to another)."""
 
 
+class WrongModeError(DecodeError):
+    """An authenticated-only frame where payload encryption is required, or an encrypted one
+    where it is not: both ends of a cluster must agree on the mode (docs/security.md)."""
+
+
 class WrongClusterError(DecodeError):
     """An authenticated frame of another cluster id: a node of a different cluster holds the
     same key (e.g. one bootstrapped with a different member list). Never accepted."""

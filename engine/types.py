@@ -303,6 +303,10 @@ class NodeConfig:
     # The "host:port" the UDP socket binds (e.g. "0.0.0.0:7001" behind NAT or in a
     # container); None binds the member address, which is what the others send to.
     listen: str | None = None
+    # Encrypt every frame's payload (AES-256-GCM under the frame's authentication subkey,
+    # engine/_core/codec_py "Payload encryption"); every member and client of the cluster must
+    # use the same setting: frames of the other mode are dropped and counted (wrong_mode).
+    encrypt_payloads: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.node_id, int) or not 0 < self.node_id <= MAX_NODE_ID:

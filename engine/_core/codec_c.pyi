@@ -3,6 +3,7 @@ from engine._core.codec_py import ENTRY_FIXED_BYTES as ENTRY_FIXED_BYTES
 from engine._core.codec_py import FLAG_REJECT as FLAG_REJECT
 from engine._core.codec_py import FRAGMENT_HEADER_BYTES as FRAGMENT_HEADER_BYTES
 from engine._core.codec_py import FRAGMENT_OVERHEAD as FRAGMENT_OVERHEAD
+from engine._core.codec_py import FRAME_ENCRYPTED as FRAME_ENCRYPTED
 from engine._core.codec_py import FRAME_FRAGMENT as FRAME_FRAGMENT
 from engine._core.codec_py import FRAME_MESSAGES as FRAME_MESSAGES
 from engine._core.codec_py import FRAME_OVERHEAD as FRAME_OVERHEAD

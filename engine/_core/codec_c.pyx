@@ -9,7 +9,8 @@ against the bytes left before reading it, and builds Message/Entry via __new__ w
 attribute stores. Python is called once per frame (the AES-GCM tag: one dict lookup and one
 `cryptography` call), once per message/entry object and once per bytes payload, never per
 field. Authentication, its key derivation and the nonce-uniqueness argument are specified in
-codec_py's docstring ("Authentication").
+codec_py's docstring ("Authentication"), the optional body encryption in its "Payload
+encryption".
 """
 
 cimport cython
@@ -39,6 +40,7 @@ from engine.errors import (
 WIRE_VERSION = _py.WIRE_VERSION
 FRAME_MESSAGES = _py.FRAME_MESSAGES
 FRAME_FRAGMENT = _py.FRAME_FRAGMENT
+FRAME_ENCRYPTED = _py.FRAME_ENCRYPTED
 HEADER_BYTES = _py.HEADER_BYTES
 TAG_BYTES = _py.TAG_BYTES
 MESSAGE_COUNT_BYTES = _py.MESSAGE_COUNT_BYTES
@@ -55,6 +57,7 @@ cdef enum:
     C_VERSION = 3
     C_KIND_MESSAGES = 1
     C_KIND_FRAGMENT = 2
+    C_KIND_ENCRYPTED = 0x80
     C_HEADER = 42
     C_TAG = 16
     C_COUNT = 4
@@ -373,21 +376,24 @@ cdef class FrameCodec:
     cdef readonly Py_ssize_t max_messages_per_frame
     cdef readonly Py_ssize_t max_entries_per_message
     cdef readonly Py_ssize_t max_context_bytes
+    cdef readonly bint encrypt
+    cdef uint8_t _messages_kind    # the kinds written and accepted: the mode is a kind bit
+    cdef uint8_t _fragment_kind
     cdef object _kdf              # BLAKE2b keyed with the cluster key, label absorbed
     # (sender_id, epoch) header bytes -> AESGCM of its subkey (codec_py._remember). Readable
-    # from Python only so bench_codec.py can time the codec without the tag (a null AEAD).
+    # from Python only so bench/test_micro.py can time the codec without the tag (a null AEAD).
     cdef readonly dict _aeads
     cdef uint8_t _type_known[256]
     cdef uint8_t _kind_known[256]
 
     def __init__(
         self, cluster_key, cluster_id=0, max_datagram_bytes=65_000, *, limits=None,
-        max_frame_bytes=None, local_id=0,
+        max_frame_bytes=None, local_id=0, encrypt=False,
     ):
         # Same validation, same errors: the spec twin's constructor checks the arguments.
         spec = _py.FrameCodec(
             cluster_key, cluster_id, max_datagram_bytes, limits=limits,
-            max_frame_bytes=max_frame_bytes, local_id=local_id,
+            max_frame_bytes=max_frame_bytes, local_id=local_id, encrypt=encrypt,
         )
         from engine.messages import KNOWN_ENTRY_KINDS, KNOWN_MESSAGE_TYPES
 
@@ -399,6 +405,9 @@ cdef class FrameCodec:
         self.max_messages_per_frame = spec.max_messages_per_frame
         self.max_entries_per_message = spec.max_entries_per_message
         self.max_context_bytes = spec.max_context_bytes
+        self.encrypt = spec.encrypt
+        self._messages_kind = spec._messages_kind
+        self._fragment_kind = spec._fragment_kind
         self._kdf = hashlib.blake2b(
             _py.SUBKEY_LABEL, key=bytes(cluster_key), digest_size=_py.SUBKEY_BYTES
         )
@@ -445,7 +454,7 @@ cdef class FrameCodec:
         # Pass 2: write into one bytes object of the exact size; nothing can fail from here.
         out = PyBytes_FromStringAndSize(NULL, size)
         p = <uint8_t*>PyBytes_AS_STRING(out)
-        self._write_header(p, C_KIND_MESSAGES, sender_id, epoch, counter, receiver_id)
+        self._write_header(p, self._messages_kind, sender_id, epoch, counter, receiver_id)
         store_u32(p + C_HEADER, <uint32_t>count)
         offset = C_HEADER + C_COUNT
         for i in range(count):
@@ -475,7 +484,7 @@ cdef class FrameCodec:
         size = C_HEADER + C_FRAGMENT_HEAD + length + C_TAG
         out = PyBytes_FromStringAndSize(NULL, size)
         p = <uint8_t*>PyBytes_AS_STRING(out)
-        self._write_header(p, C_KIND_FRAGMENT, sender_id, epoch, counter, receiver_id)
+        self._write_header(p, self._fragment_kind, sender_id, epoch, counter, receiver_id)
         store_u64(p + C_HEADER, fragment_id)
         store_u32(p + C_HEADER + 8, part)
         store_u32(p + C_HEADER + 12, parts)
@@ -529,19 +538,31 @@ cdef class FrameCodec:
 
     cdef int _seal(self, bytes out, uint8_t* p, Py_ssize_t size) except -1:
         """Write the tag over bytes [0, size - 16) into the last 16 bytes of `out` (which
-        nobody else references yet, so filling it in place is safe)."""
-        cdef bytes tag
+        nobody else references yet, so filling it in place is safe); in encrypting mode,
+        replace the body by its ciphertext too (codec_py._sealed)."""
+        cdef bytes sealed
+        cdef Py_ssize_t length
         sender_epoch = PyBytes_FromStringAndSize(<char*>p + C_SENDER_EPOCH_AT, 16)
         aead = self._aeads.get(sender_epoch)
         if aead is None:
             aead = self._derive(p)
             self._remember(sender_epoch, aead)
-        tag = aead.encrypt(
-            nonce_of(p), b"", PyMemoryView_FromMemory(<char*>p, size - C_TAG, PyBUF_READ)
-        )
-        if PyBytes_GET_SIZE(tag) != C_TAG:
-            raise ValueError("the AEAD returned a tag of the wrong size")
-        memcpy(p + size - C_TAG, PyBytes_AS_STRING(tag), C_TAG)
+        if self.encrypt:
+            # ciphertext || tag over the body; the header is the associated data.
+            length = size - C_HEADER
+            sealed = aead.encrypt(
+                nonce_of(p),
+                PyMemoryView_FromMemory(<char*>p + C_HEADER, length - C_TAG, PyBUF_READ),
+                PyMemoryView_FromMemory(<char*>p, C_HEADER, PyBUF_READ),
+            )
+        else:
+            length = C_TAG
+            sealed = aead.encrypt(
+                nonce_of(p), b"", PyMemoryView_FromMemory(<char*>p, size - C_TAG, PyBUF_READ)
+            )
+        if PyBytes_GET_SIZE(sealed) != length:
+            raise ValueError("the AEAD returned a result of the wrong size")
+        memcpy(p + size - length, PyBytes_AS_STRING(sealed), length)
         return 0
 
     cdef object _derive(self, const uint8_t* header):
@@ -576,6 +597,34 @@ cdef class FrameCodec:
             self._remember(sender_epoch, aead)
         return 0
 
+    cdef bytes _open(self, const uint8_t* p, Py_ssize_t end, bint own_cluster=True):
+        """Verify and decrypt an encrypted frame (codec_py._open): a new frame of the same
+        size with the plaintext body in place (its tag bytes left as they were)."""
+        cdef bint derived
+        cdef bytes plaintext, opened
+        sender_epoch = PyBytes_FromStringAndSize(<const char*>p + C_SENDER_EPOCH_AT, 16)
+        aead = self._aeads.get(sender_epoch) if own_cluster else None
+        derived = aead is None
+        if derived:
+            aead = self._derive(p)
+        try:
+            plaintext = aead.decrypt(
+                nonce_of(p),
+                PyMemoryView_FromMemory(<char*>p + C_HEADER, end + C_TAG - C_HEADER, PyBUF_READ),
+                PyMemoryView_FromMemory(<char*>p, C_HEADER, PyBUF_READ),
+            )
+        except InvalidTag:
+            raise DecodeError("authentication failed (bad tag or wrong cluster key)") from None
+        if PyBytes_GET_SIZE(plaintext) != end - C_HEADER:
+            raise ValueError("the AEAD returned a plaintext of the wrong size")
+        if derived and own_cluster:
+            self._remember(sender_epoch, aead)
+        opened = PyBytes_FromStringAndSize(NULL, end + C_TAG)
+        memcpy(PyBytes_AS_STRING(opened), p, C_HEADER)
+        memcpy(PyBytes_AS_STRING(opened) + C_HEADER, PyBytes_AS_STRING(plaintext), end - C_HEADER)
+        memcpy(PyBytes_AS_STRING(opened) + end, p + end, C_TAG)
+        return opened
+
     # ------------------------------------------------------------ decode
 
     def decode(self, datagram):
@@ -604,9 +653,9 @@ cdef class FrameCodec:
         if p[0] != C_VERSION:
             raise WireVersionError(f"unsupported wire version {p[0]} (expected {C_VERSION})")
         kind = p[1]
-        if kind != C_KIND_MESSAGES and kind != C_KIND_FRAGMENT:
-            raise DecodeError(f"unknown frame kind {kind}")
-        if kind == C_KIND_FRAGMENT and size > self.max_datagram_bytes:
+        if kind != self._messages_kind and kind != self._fragment_kind:
+            raise _py._refused_kind(kind, self.encrypt)
+        if kind == self._fragment_kind and size > self.max_datagram_bytes:
             raise DecodeError(
                 f"fragment datagram of {size} bytes exceeds "
                 f"max_datagram_bytes={self.max_datagram_bytes}"
@@ -618,10 +667,18 @@ cdef class FrameCodec:
         cluster_id = load_u64(p + 2)
         if cluster_id != self.cluster_id and cluster_id != 0 and self.cluster_id != 0:
             # Checked after the tag: only a holder of the cluster key can report a conflict.
-            self._verify(p, size - C_TAG, False)
+            if self.encrypt:
+                self._open(p, size - C_TAG, False)
+            else:
+                self._verify(p, size - C_TAG, False)
             raise WrongClusterError(load_u64(p + 10), cluster_id, self.cluster_id)
-        self._verify(p, size - C_TAG)
+        if self.encrypt:
+            data = self._open(p, size - C_TAG)
+            p = <const uint8_t*>PyBytes_AS_STRING(data)
+        else:
+            self._verify(p, size - C_TAG)
 
+        kind &= <uint8_t>~C_KIND_ENCRYPTED
         frame = Frame.__new__(Frame)
         frame.kind = kind
         frame.sender_id = load_u64(p + 10)

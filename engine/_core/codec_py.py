@@ -8,7 +8,8 @@ Frame (every integer little-endian, fixed width; DESIGN.md §5 "Wire")
   offset size  field
   0      1     version          WIRE_VERSION (3); any other value is refused with
                                 WireVersionError (the transport counts it as old_version)
-  1      1     kind             FRAME_MESSAGES (1) | FRAME_FRAGMENT (2)
+  1      1     kind             FRAME_MESSAGES (1) | FRAME_FRAGMENT (2), plus FRAME_ENCRYPTED
+                                (0x80) when the body is encrypted; below, "Payload encryption"
   2      8     cluster_id       the sender's cluster id, or 0 from an unbound sender (a client
                                 not told the id); below, "Identities"
   10     8     sender_id        node or client id of the sender
@@ -18,10 +19,11 @@ Frame (every integer little-endian, fixed width; DESIGN.md §5 "Wire")
                                 a client's first frame to an address whose node id it does
                                 not know yet); below, "Identities"
   42     ...   body             depends on kind, below
-  n-16   16    tag              AES-256-GCM tag (GMAC) over bytes [0, n-16), below
+  n-16   16    tag              AES-256-GCM tag (GMAC) over bytes [0, n-16), below; of an
+                                encrypted frame, over the header and the encrypted body
 
-Authentication (an AEAD used for integrity only: nothing is encrypted)
----------------------------------------------------------------------
+Authentication (by default an AEAD used for integrity only; "Payload encryption" below)
+---------------------------------------------------------------------------------------
   subkey = BLAKE2b-256(key=cluster_key, data=SUBKEY_LABEL || bytes [2, 26) of the header)
            i.e. one AES-256 key per (cluster_id, sender_id, epoch), all fields fixed width
   nonce  = counter (u64, bytes [26, 34) of the header) || kind (u32)          (96 bits)
@@ -58,12 +60,34 @@ Authentication (an AEAD used for integrity only: nothing is encrypted)
        (engine.aio.client) and oneshot likewise take a new counter for every frame.
     3. The kind in the nonce separates messages frames from fragment frames even for a
        caller that numbered the two kinds independently.
-  Encoding the SAME frame twice under the same nonce gives the same tag (GCM is
-  deterministic), so retransmitting identical bytes is harmless. The precondition callers
-  must keep: never encode two DIFFERENT frames of one kind under one (sender_id, epoch,
-  counter), e.g. never reuse a sender id with a boot epoch another live encoder uses. A
-  breach exposes only that one (sender, epoch)'s subkey, never the cluster key or other
-  senders' traffic, and the next epoch starts a fresh subkey.
+    4. The encryption bit is part of the kind, hence of the nonce: an encrypted and an
+       authenticated-only frame never share a nonce, even for equal counters (a mode mixup
+       by a caller, or a test encoding both under one sender and epoch).
+  The same argument covers encrypted frames (next section), whose confidentiality needs the
+  same one thing: by 1-4 a (subkey, nonce) belongs to one encoded frame, hence to one
+  plaintext body, the frame's own (a reused nonce with two plaintexts would reuse the CTR
+  keystream and reveal their XOR, besides H). Encoding the SAME frame twice under the same
+  nonce gives the same tag and ciphertext (GCM is deterministic), so retransmitting
+  identical bytes is harmless. The precondition callers must keep: never encode two
+  DIFFERENT frames of one kind under one (sender_id, epoch, counter), e.g. never reuse a
+  sender id with a boot epoch another live encoder uses. A breach exposes only that one
+  (sender, epoch)'s subkey and the frames under it, never the cluster key or other senders'
+  traffic, and the next epoch starts a fresh subkey.
+
+Payload encryption (FrameCodec(encrypt=True); NodeConfig.encrypt_payloads)
+-------------------------------------------------------------------------
+  A codec in encrypting mode sets FRAME_ENCRYPTED in the kind of every frame it encodes and
+  encrypts the body with the same subkey and nonce as above:
+    bytes [42, n) = AESGCM(subkey).encrypt(nonce, body, associated_data=header)
+                  = the body XOR the GCM keystream (same length), then the 16-byte tag
+  so an encrypted frame has the size of its cleartext twin, the header stays readable (the
+  receiver needs it to pick the subkey) and authenticated, and the tag covers header and
+  ciphertext. The receiver decrypts (which verifies the tag first, in constant time) before
+  it parses any byte of the plaintext body. A codec accepts frames of its own mode only:
+  a cleartext frame at an encrypting codec, or an encrypted one at a cleartext codec, is
+  refused with WrongModeError before the tag is checked (the mode bit is authenticated, so
+  flipping it only gets the frame refused). The size, the header fields (sender, receiver,
+  counter, kind) and the timing of frames stay visible to an observer.
 
   Messages body (kind 1):
     u32 message count  (<= Limits.max_messages_per_frame)
@@ -137,6 +161,7 @@ from engine.errors import (
     DecodeError,
     WireVersionError,
     WrongClusterError,
+    WrongModeError,
     WrongReceiverError,
 )
 from engine.types import U64_MAX, Limits
@@ -144,6 +169,7 @@ from engine.types import U64_MAX, Limits
 WIRE_VERSION = 3            # AES-256-GCM tag, receiver id in the header
 FRAME_MESSAGES = 1
 FRAME_FRAGMENT = 2
+FRAME_ENCRYPTED = 0x80      # kind bit: the body is encrypted ("Payload encryption")
 
 HEADER_BYTES = 42           # version, kind, cluster_id, sender_id, epoch, counter, receiver_id
 TAG_BYTES = 16              # the AES-GCM tag (full length: truncated GCM tags are weaker)
@@ -360,6 +386,16 @@ def _nonce(header: bytes) -> bytes:
     return header[COUNTER_AT:RECEIVER_AT] + header[1:2] + b"\x00\x00\x00"
 
 
+def _refused_kind(kind: int, encrypt: bool) -> DecodeError:
+    """The error for a frame kind a codec does not accept: a known kind of the other mode
+    ("Payload encryption") or an unknown kind."""
+    if kind & ~FRAME_ENCRYPTED in (FRAME_MESSAGES, FRAME_FRAGMENT):
+        if encrypt:
+            return WrongModeError("cleartext frame refused: payload encryption is required")
+        return WrongModeError("encrypted frame refused: payload encryption is not enabled")
+    return DecodeError(f"unknown frame kind {kind}")
+
+
 def _truncated(need: int, offset: int, end: int) -> DecodeError:
     return DecodeError(
         f"truncated frame: need {need} bytes at offset {offset}, {end - offset} left"
@@ -379,12 +415,14 @@ class FrameCodec:
     __slots__ = (
         "cluster_id", "local_id", "max_datagram_bytes", "max_frame_bytes", "max_chunk_bytes",
         "max_messages_per_frame", "max_entries_per_message", "max_context_bytes",
-        "_kdf", "_aeads", "_known_types", "_known_kinds",
+        "encrypt", "_kdf", "_aeads", "_known_types", "_known_kinds", "_messages_kind",
+        "_fragment_kind",
     )
 
     def __init__(
         self, cluster_key: bytes, cluster_id: int = 0, max_datagram_bytes: int = 65_000,
         *, limits: Limits | None = None, max_frame_bytes: int | None = None, local_id: int = 0,
+        encrypt: bool = False,
     ) -> None:
         # Imported here, not at module import: engine.messages imports this module at its
         # bottom, so a module-level import would be circular.
@@ -404,6 +442,8 @@ class FrameCodec:
                 f"max_datagram_bytes must be in [{MIN_DATAGRAM_BYTES}, {MAX_DATAGRAM_BYTES}], "
                 f"got {max_datagram_bytes!r}"
             )
+        if not isinstance(encrypt, bool):
+            raise ConfigError(f"encrypt must be a bool, got {encrypt!r}")
         if max_frame_bytes is None:
             max_frame_bytes = max(limits.max_reassembly_bytes, max_datagram_bytes)
         if not isinstance(max_frame_bytes, int) or not (
@@ -420,6 +460,11 @@ class FrameCodec:
         self.max_messages_per_frame = limits.max_messages_per_frame
         self.max_entries_per_message = limits.max_entries_per_message
         self.max_context_bytes = limits.max_context_bytes
+        self.encrypt = encrypt
+        # The kinds this codec writes and accepts: the mode is one bit of the kind.
+        mode = FRAME_ENCRYPTED if encrypt else 0
+        self._messages_kind = FRAME_MESSAGES | mode
+        self._fragment_kind = FRAME_FRAGMENT | mode
         # The KDF keyed once with the label absorbed; a subkey is derived from a .copy().
         self._kdf = hashlib.blake2b(SUBKEY_LABEL, key=key, digest_size=SUBKEY_BYTES)
         # (sender_id, epoch) header bytes -> AESGCM of its subkey; bounded, see _remember.
@@ -434,7 +479,7 @@ class FrameCodec:
         receiver_id: int = 0,
     ) -> bytes:
         """One authenticated messages frame for `receiver_id` carrying `messages` in order."""
-        header = self._header(FRAME_MESSAGES, sender_id, epoch, counter, receiver_id)
+        header = self._header(self._messages_kind, sender_id, epoch, counter, receiver_id)
         if len(messages) > self.max_messages_per_frame:
             raise ValueError(
                 f"{len(messages)} messages exceed "
@@ -457,7 +502,7 @@ class FrameCodec:
     ) -> bytes:
         """One authenticated fragment datagram for `receiver_id` carrying `chunk`, part
         `part` of `parts`."""
-        header = self._header(FRAME_FRAGMENT, sender_id, epoch, counter, receiver_id)
+        header = self._header(self._fragment_kind, sender_id, epoch, counter, receiver_id)
         fragment_id = _u64(fragment_id, "fragment_id")
         part = _u32(part, "part")
         parts = _u32(parts, "parts")
@@ -483,13 +528,16 @@ class FrameCodec:
         )
 
     def _sealed(self, out: bytearray) -> bytes:
-        """Append the tag (module docstring, "Authentication") to a frame without one."""
+        """Append the tag (module docstring, "Authentication") to a frame without one; in
+        encrypting mode, encrypt its body too ("Payload encryption")."""
         header = bytes(out[:HEADER_BYTES])
         sender_epoch = header[SENDER_EPOCH_AT:COUNTER_AT]
         aead = self._aeads.get(sender_epoch)
         if aead is None:
             aead = self._derive(header)
             self._remember(sender_epoch, aead)
+        if self.encrypt:
+            return header + aead.encrypt(_nonce(header), memoryview(out)[HEADER_BYTES:], header)
         out += aead.encrypt(_nonce(header), b"", out)
         return bytes(out)
 
@@ -554,6 +602,11 @@ class FrameCodec:
         data = _as_bytes(datagram)
         kind, cluster_id, sender_id, epoch, counter, receiver_id = self._check_header(data)
         end = len(data) - TAG_BYTES
+        if self.encrypt:
+            data = self._open(data, end)
+        else:
+            self._verify(data, end)
+        kind &= ~FRAME_ENCRYPTED
         if kind == FRAME_FRAGMENT:
             frame = self._decode_fragment(data, end, sender_id, epoch, counter)
         else:
@@ -563,7 +616,8 @@ class FrameCodec:
         return frame
 
     def _check_header(self, data: bytes) -> tuple[int, int, int, int, int, int]:
-        """Cheap header checks, then the tag, before anything in the body is read."""
+        """Cheap header checks; decode() then checks the tag (or decrypts) before anything
+        in the body is read."""
         size = len(data)
         if size > self.max_frame_bytes:
             raise DecodeError(
@@ -578,9 +632,9 @@ class FrameCodec:
         if version != WIRE_VERSION:
             raise WireVersionError(
                 f"unsupported wire version {version} (expected {WIRE_VERSION})")
-        if kind != FRAME_MESSAGES and kind != FRAME_FRAGMENT:
-            raise DecodeError(f"unknown frame kind {kind}")
-        if kind == FRAME_FRAGMENT and size > self.max_datagram_bytes:
+        if kind != self._messages_kind and kind != self._fragment_kind:
+            raise _refused_kind(kind, self.encrypt)
+        if kind == self._fragment_kind and size > self.max_datagram_bytes:
             raise DecodeError(
                 f"fragment datagram of {size} bytes exceeds "
                 f"max_datagram_bytes={self.max_datagram_bytes}"
@@ -590,9 +644,11 @@ class FrameCodec:
                 f"frame for receiver {receiver_id} (this is {self.local_id})")
         if cluster_id != self.cluster_id and cluster_id != 0 and self.cluster_id != 0:
             # Checked after the tag: only a holder of the cluster key can report a conflict.
-            self._verify(data, size - TAG_BYTES, own_cluster=False)
+            if self.encrypt:
+                self._open(data, size - TAG_BYTES, own_cluster=False)
+            else:
+                self._verify(data, size - TAG_BYTES, own_cluster=False)
             raise WrongClusterError(sender_id, cluster_id, self.cluster_id)
-        self._verify(data, size - TAG_BYTES)
         return kind, cluster_id, sender_id, epoch, counter, receiver_id
 
     def _verify(self, data: bytes, end: int, own_cluster: bool = True) -> None:
@@ -612,6 +668,22 @@ class FrameCodec:
             raise DecodeError("authentication failed (bad tag or wrong cluster key)") from None
         if cached is None and own_cluster:
             self._remember(sender_epoch, aead)
+
+    def _open(self, data: bytes, end: int, own_cluster: bool = True) -> bytes:
+        """Verify and decrypt an encrypted frame ("Payload encryption"): the header and the
+        plaintext body, `end` bytes (the tag's place left out); the subkey cached as by
+        _verify."""
+        sender_epoch = data[SENDER_EPOCH_AT:COUNTER_AT]
+        cached = self._aeads.get(sender_epoch) if own_cluster else None
+        aead = self._derive(data) if cached is None else cached
+        try:
+            plaintext: bytes = aead.decrypt(
+                _nonce(data), memoryview(data)[HEADER_BYTES:], memoryview(data)[:HEADER_BYTES])
+        except InvalidTag:
+            raise DecodeError("authentication failed (bad tag or wrong cluster key)") from None
+        if cached is None and own_cluster:
+            self._remember(sender_epoch, aead)
+        return data[:HEADER_BYTES] + plaintext
 
     def _decode_fragment(
         self, data: bytes, end: int, sender_id: int, epoch: int, counter: int
@@ -776,7 +848,8 @@ class ReplayWindow:
 
 __all__ = [
     "Entry", "Message", "Frame", "FrameCodec", "ReplayWindow", "encoded_size",
-    "WIRE_VERSION", "FRAME_MESSAGES", "FRAME_FRAGMENT", "FRAME_OVERHEAD", "FRAGMENT_OVERHEAD",
+    "WIRE_VERSION", "FRAME_MESSAGES", "FRAME_FRAGMENT", "FRAME_ENCRYPTED", "FRAME_OVERHEAD",
+    "FRAGMENT_OVERHEAD",
     "HEADER_BYTES", "TAG_BYTES", "MESSAGE_FIXED_BYTES", "ENTRY_FIXED_BYTES", "U64_FIELDS",
     "MAX_CACHED_SUBKEYS",
 ]

@@ -86,7 +86,7 @@ class Client:
     def __init__(
         self, addresses: list[str], *, cluster_key: bytes, cluster_id: int = 0,
         timeout: float = 10.0, attempt_timeout: float = 0.5, client_id: int | None = None,
-        limits: Limits | None = None,
+        limits: Limits | None = None, encrypt_payloads: bool = False,
     ) -> None:
         if not addresses:
             raise errors.ConfigError("Client needs at least one node address")
@@ -101,8 +101,10 @@ class Client:
         # Replies may be as large as this (Message.commit of a request: the client opts into
         # answers larger than Limits.max_reply_amplification x its request, e.g. a value).
         self._max_reply_bytes = limits.max_reassembly_bytes
+        # encrypt_payloads: as the cluster's nodes (NodeConfig.encrypt_payloads), or every
+        # frame is refused (engine/_core/codec_py "Payload encryption").
         self._codec = codec.FrameCodec(cluster_key, cluster_id, limits.max_datagram_bytes,
-                                       local_id=self.client_id)
+                                       local_id=self.client_id, encrypt=encrypt_payloads)
         self._frame_budget = limits.max_datagram_bytes - codec.FRAME_OVERHEAD
         self._max_messages = limits.max_messages_per_frame
         # Strictly increasing in this process: (client id, epoch, counter) never repeats, so

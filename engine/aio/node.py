@@ -357,6 +357,7 @@ class Node(_MembershipMixin, _SnapshotsMixin, _ReadsMixin, _ServingMixin, _Event
                 on_messages=self._on_messages,
                 min_client_epoch=identity.min_client_epoch,
                 on_cluster_id=lambda cluster_id: store_cluster_id(self.config, cluster_id),
+                encrypt_payloads=self.config.encrypt_payloads,
             )
             await self._transport.start()
         except BaseException:

@@ -22,7 +22,8 @@ from engine.types import MIN_CLIENT_ID, Limits, parse_address
 
 async def exchange(address: str, request: Message, cluster_key: bytes, *,
                    cluster_id: int = 0, timeout: float = 1.0, attempts: int = 3,
-                   max_reply_bytes: int | None = None) -> Message:
+                   max_reply_bytes: int | None = None,
+                   encrypt_payloads: bool = False) -> Message:
     """Send `request` (its src is replaced by a random client id) to the node at `address`
     and return the first authenticated answer with the same seq; engine.Timeout if none.
     The request opts into answers of up to `max_reply_bytes` (default: one datagram;
@@ -30,7 +31,7 @@ async def exchange(address: str, request: Message, cluster_key: bytes, *,
     limits = Limits()
     client_id = random.randrange(MIN_CLIENT_ID, 1 << 63)
     frame_codec = codec.FrameCodec(cluster_key, cluster_id, limits.max_datagram_bytes,
-                                   local_id=client_id)
+                                   local_id=client_id, encrypt=encrypt_payloads)
     request.src = client_id
     request.commit = limits.max_datagram_bytes if max_reply_bytes is None else max_reply_bytes
     stream = await asyncio_dgram.connect(parse_address(address))

@@ -78,6 +78,7 @@ from engine.errors import (
     DecodeError,
     WireVersionError,
     WrongClusterError,
+    WrongModeError,
     WrongReceiverError,
 )
 from engine.types import MIN_CLIENT_ID, Limits, parse_address
@@ -106,6 +107,7 @@ DROP_REASONS: tuple[str, ...] = (
     "old_version",          # another wire version (an older or newer release)
     "wrong_receiver",       # addressed to another endpoint (e.g. replayed from another node)
     "wrong_cluster",        # authenticated, but of another cluster id (logged as a conflict)
+    "wrong_mode",           # cleartext where payload encryption is required, or the reverse
     "unknown_member",       # a node id that is not a member of this node's configuration
     "stale_epoch",          # a client epoch older than this node's boot minus the skew bound
     "replayed",             # seen before, or from an older boot epoch of its sender
@@ -235,6 +237,7 @@ class UdpTransport:
         max_send_buffer_bytes: int = DEFAULT_MAX_SEND_BUFFER_BYTES,
         min_client_epoch: int = 0,
         on_cluster_id: Callable[[int], None] | None = None,
+        encrypt_payloads: bool = False,
     ) -> None:
         if not isinstance(node_id, int) or not 0 < node_id < 1 << 64:
             raise ConfigError(f"node_id must be an int in (0, 2**64), got {node_id!r}")
@@ -254,7 +257,8 @@ class UdpTransport:
         self.on_cluster_id = on_cluster_id
         self._cluster_key = cluster_key
         self._codec = codec.FrameCodec(
-            cluster_key, cluster_id, limits.max_datagram_bytes, limits=limits, local_id=node_id)
+            cluster_key, cluster_id, limits.max_datagram_bytes, limits=limits, local_id=node_id,
+            encrypt=encrypt_payloads)
         self._replay = codec.ReplayWindow(limits.replay_window_frames)
         self._peer_addresses: dict[int, Address] = {}
         self._configured_peers = {int(k): as_address(v) for k, v in peers.items()}
@@ -666,6 +670,8 @@ class UdpTransport:
             self._dropped["wrong_receiver"] += 1
         elif isinstance(exc, WireVersionError):
             self._dropped["old_version"] += 1
+        elif isinstance(exc, WrongModeError):
+            self._dropped["wrong_mode"] += 1
         else:
             self._dropped["decode_error"] += 1
 
@@ -834,7 +840,7 @@ class UdpTransport:
         old = self._codec
         self._codec = codec.FrameCodec(
             self._cluster_key, cluster_id, old.max_datagram_bytes, limits=self.limits,
-            local_id=self.node_id)
+            local_id=self.node_id, encrypt=old.encrypt)
         logger.info("udp %d: joined cluster %#x", self.node_id, cluster_id)
         if self.on_cluster_id is not None:
             self.on_cluster_id(cluster_id)

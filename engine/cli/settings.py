@@ -41,6 +41,24 @@ def add_setting(parser: argparse.ArgumentParser, flag: str, *, type: Callable[[s
                         help=f"{help_text} {suffix}".strip(), **kwargs)
 
 
+def add_switch(parser: argparse.ArgumentParser, flag: str, *, help: str) -> None:
+    """A flag without a value (`--encrypt`) that may also come from ENGINE_* (1/0, true/false,
+    yes/no, on/off) or the file (`encrypt = true`); unset everywhere, it stays None (off)."""
+    dest = flag.lstrip("-").replace("-", "_")
+    _SETTINGS[dest] = parse_switch
+    parser.add_argument(flag, dest=dest, action="store_const", const=True, default=None,
+                        help=f"{help} [env {env_name(dest)}]")
+
+
+def parse_switch(text: str) -> bool:
+    word = text.strip().lower()
+    if word in ("1", "true", "yes", "on"):
+        return True
+    if word in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"not a switch value: {text!r}")
+
+
 def add_config_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="FILE", default=None,
                         help=f"TOML file of settings, keys named like the flags "
@@ -96,6 +114,8 @@ def load_config_file(path: str) -> dict[str, Any]:
 def _from_toml(convert: Callable[[str], Any], value: Any, where: str) -> Any:
     if isinstance(value, dict):   # [members] table: id = "host:port"
         value = ",".join(f"{k}={v}" for k, v in value.items())
+    if isinstance(value, bool) and convert is parse_switch:
+        return value
     if isinstance(value, bool) or not isinstance(value, str | int | float):
         raise ConfigError(f"{where}: expected a string or a number, got {value!r}")
     return _convert(convert, str(value), where)

@@ -252,8 +252,8 @@ def test_memory_overhead_per_entry(impl: SimpleNamespace, size: int, entries: in
     0 and 100 bytes run at 1,000,000 entries. 1,000-byte payloads run at 200,000
     entries (200 MB) here: at 1,000,000 (1 GB) a run takes 0.5-3 s (C) and 2.4-6 s (Python) on
     this 2-core machine depending on load, so that case is asserted by
-    bench/bench_log.py::test_memory_overhead_1m_entries_1000_bytes and printed by
-    `python bench/bench_log.py` (17.4-17.6 B/entry for both twins)."""
+    bench/test_log_memory.py, which prints the figure (`python -m pytest
+    bench/test_log_memory.py -s`: 17.4-17.6 B/entry for both twins)."""
     batch = 1_000
     payloads = [bytes([k % 256]) * size for k in range(batch)]
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 import engine
+from engine import benchmark
 from engine.__main__ import build_parser, main
 from engine.benchmark import check_arguments
 from engine.errors import ConfigError
@@ -104,6 +106,44 @@ def test_sweep_writes_json_and_plots(tmp_path: Path) -> None:
     for name in ("throughput_vs_concurrency.png", "latency_vs_throughput.png",
                  "latency_cdf.png"):
         assert (out_dir / name).read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+
+
+def test_a_plotting_failure_keeps_the_sweeps_json(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The results are written before plotting starts: a plot that fails loses nothing."""
+    from matplotlib.figure import Figure
+
+    def broken_savefig(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("no display for the plots")
+
+    monkeypatch.setattr(Figure, "savefig", broken_savefig)
+    out_dir, result = tmp_path / "sweep", tmp_path / "result.json"
+    with pytest.raises(RuntimeError, match="no display"):
+        main(["bench", "--processes", "one", "--warmup", "0", "--duration", "0.3",
+              "--sweep", "concurrency=1,2", "--out", str(out_dir), "--json", str(result)])
+    assert [row["concurrency"] for row in
+            json.loads((out_dir / "sweep.json").read_text())["table"]] == [1, 2]
+    assert len(json.loads(result.read_text())["points"]) == 2
+    assert "the plots failed; the results are in" in capsys.readouterr().err
+
+
+def test_progress_without_a_terminal_is_a_line_every_few_seconds(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """stderr is not a terminal here (captured): plain lines, on each phase change and then
+    every PROGRESS_LINE_INTERVAL_S of the run's schedule, not one per update."""
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False)
+    interval = benchmark.PROGRESS_LINE_INTERVAL_S
+    with benchmark._Progress(4 * interval) as progress:
+        for tenth in range(41):
+            elapsed = tenth * interval / 10
+            progress.update(elapsed, "warmup" if elapsed < interval / 2 else "measuring",
+                            ops=tenth * 100)
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split()[1] for line in lines] == ["warmup"] + ["measuring"] * 4
+    assert lines[0] == f"bench: warmup 0/{4 * interval:.0f} s, 0 ops"
+    assert lines[-1].endswith(", 3,500 ops")
 
 
 def test_profile_reports_every_stage(tmp_path: Path, capsys: pytest.CaptureFixture[str]

@@ -304,7 +304,7 @@ def new_codec(cluster_key: bytes, cluster_id: int = 0, local_id: int = 0) -> Any
 
 # The drop reasons of a datagram the codec refuses (engine.aio.udp.DROP_REASONS): a hostile
 # datagram lands in one of them depending on which header check fires first.
-DECODE_REASONS = ("decode_error", "old_version", "wrong_receiver")
+DECODE_REASONS = ("decode_error", "old_version", "wrong_receiver", "wrong_mode")
 
 
 def decode_drops(deltas: dict[str, int]) -> dict[str, int]:
