@@ -24,11 +24,11 @@ from dataclasses import dataclass
 
 from engine import errors
 from engine.aio.udp import new_boot_epoch, wall_clock_ns
+from engine.aio.wal import replace_file_durably
 from engine.types import U64_MAX, NodeConfig
 
 BOOT_EPOCH_FILE = "boot_epoch"
 CLUSTER_ID_FILE = "cluster_id"
-_TMP_SUFFIX = ".tmp"
 
 Clock = Callable[[], int]   # wall-clock nanoseconds, engine.aio.udp.wall_clock_ns by default
 
@@ -95,21 +95,6 @@ def _read_int(path: str) -> int:
 
 
 def _write_int(directory: str, name: str, value: int, fsync: bool) -> None:
-    """Durably replace `<directory>/<name>` (tmp + fsync + rename + directory fsync)."""
-    path = os.path.join(directory, name)
-    tmp_path = path + _TMP_SUFFIX
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0)
-    fd = os.open(tmp_path, flags, 0o644)
-    try:
-        os.write(fd, f"{value}\n".encode("ascii"))
-        if fsync:
-            os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.rename(tmp_path, path)
-    if fsync:
-        dir_fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+    """Durably replace `<directory>/<name>` with `value` in decimal."""
+    replace_file_durably(os.path.join(directory, name), f"{value}\n".encode("ascii"),
+                         fsync=fsync)

@@ -143,23 +143,30 @@ def _list_snapshots(directory: str) -> list[tuple[int, int, str]]:
     return found
 
 
-def write_snapshot_file(directory: str, index: int, term: int, envelope: bytes,
-                        fsync: bool = True) -> str:
-    """Durably writes a snapshot envelope (tmp + fsync + rename + directory fsync) and then
-    deletes older snapshot files. Safe to call from a thread other than the WAL's."""
-    path = os.path.join(directory, snapshot_name(index, term))
+def replace_file_durably(path: str, data: bytes, *, fsync: bool = True) -> None:
+    """Replace the file at `path` with `data` so that a crash leaves the old or the new
+    content, never a mix: write a temporary file, fsync it, rename it over `path`, fsync the
+    directory (the rename is durable only once its directory is)."""
     tmp_path = path + _TMP_SUFFIX
     flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0)
     fd = os.open(tmp_path, flags, 0o644)
     try:
-        _write_all(fd, envelope)
+        _write_all(fd, data)
         if fsync:
             os.fsync(fd)
     finally:
         os.close(fd)
     os.rename(tmp_path, path)
     if fsync:
-        _fsync_directory(directory)
+        _fsync_directory(os.path.dirname(path) or ".")
+
+
+def write_snapshot_file(directory: str, index: int, term: int, envelope: bytes,
+                        fsync: bool = True) -> str:
+    """Durably writes a snapshot envelope (tmp + fsync + rename + directory fsync) and then
+    deletes older snapshot files. Safe to call from a thread other than the WAL's."""
+    path = os.path.join(directory, snapshot_name(index, term))
+    replace_file_durably(path, envelope, fsync=fsync)
     for old_index, _, old_path in _list_snapshots(directory):
         if old_index < index:
             try:
