@@ -143,19 +143,23 @@ def _list_snapshots(directory: str) -> list[tuple[int, int, str]]:
     return found
 
 
-def replace_file_durably(path: str, data: bytes, *, fsync: bool = True) -> None:
-    """Replace the file at `path` with `data` so that a crash leaves the old or the new
-    content, never a mix: write a temporary file, fsync it, rename it over `path`, fsync the
-    directory (the rename is durable only once its directory is)."""
-    tmp_path = path + _TMP_SUFFIX
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0)
-    fd = os.open(tmp_path, flags, 0o644)
+def _write_and_close(fd: int, data: bytes, fsync: bool) -> None:
+    """Write all of `data` to the new file `fd`, fsync it if asked, close it."""
     try:
         _write_all(fd, data)
         if fsync:
             os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def replace_file_durably(path: str, data: bytes, *, fsync: bool = True) -> None:
+    """Replace the file at `path` with `data` so that a crash leaves the old or the new
+    content, never a mix: write a temporary file, fsync it, rename it over `path`, fsync the
+    directory (the rename is durable only once its directory is)."""
+    tmp_path = path + _TMP_SUFFIX
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0)
+    _write_and_close(os.open(tmp_path, flags, 0o644), data, fsync)
     os.rename(tmp_path, path)
     if fsync:
         _fsync_directory(os.path.dirname(path) or ".")
@@ -1118,12 +1122,7 @@ def move_aside(path: str, offset: int, data: bytes, *, fsync: bool = True) -> st
         except FileExistsError:
             attempt += 1
             broken = f"{base}-{attempt}{_BROKEN_SUFFIX}"
-    try:
-        _write_all(fd, data)
-        if fsync:
-            os.fsync(fd)
-    finally:
-        os.close(fd)
+    _write_and_close(fd, data, fsync)
     if fsync:
         _fsync_directory(os.path.dirname(broken) or ".")
     return broken
