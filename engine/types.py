@@ -134,6 +134,11 @@ class Ready:
       3. apply `committed_entries` in order, serve `read_states` once applied >= index;
       4. call `core.advance(ready)`.
 
+    `must_sync` (set by the core, never inferred by a driver): the write of step 1 must be
+    fsynced before anything in steps 2-4 happens — true when there are entries or the
+    hard state's term or vote changed (etcd's MustSync; Raft Figure 2, persistent state).
+    A hard state that only moves the commit index is volatile and written without a sync.
+
     `snapshot` (None unless one arrived) is a snapshot received from the leader (Raft) or
     from a replica answering a catch-up request (Paxos; its `term` is then the ballot this
     replica stores at that slot, 0 for a hole — what the WAL's compaction marker needs): before
@@ -149,6 +154,7 @@ class Ready:
     committed_entries: list[Any] = field(default_factory=list)
     read_states: list[ReadState] = field(default_factory=list)
     snapshot: Snapshot | None = None
+    must_sync: bool = False
 
     def is_empty(self) -> bool:
         return not (

@@ -255,7 +255,6 @@ class Node(_MembershipMixin, _SnapshotsMixin, _ReadsMixin, _ServingMixin, _Event
         # not touch the WAL, so turns wait (inputs queue and form the next batch).
         self._persisting = 0   # WAL jobs in flight
         self._storage_executor: ThreadPoolExecutor | None = None
-        self._synced_vote: tuple[int, int] = (-1, -1)   # (term, vote) last fdatasynced
         self._inbox: list[Message] = []
         # Proposals queued this turn: (command, future, deadline).
         self._proposal_queue: list[tuple[bytes, asyncio.Future[bytes], float]] = []
@@ -337,7 +336,6 @@ class Node(_MembershipMixin, _SnapshotsMixin, _ReadsMixin, _ServingMixin, _Event
             self._storage = _open_storage(self.config)
         recovered = await self._loop.run_in_executor(None, self._storage.open)
         try:
-            self._synced_vote = (recovered.hard_state.term, recovered.hard_state.vote)
             self._applied = await self._restore_from(recovered)
             self._core = _make_core(self.config, recovered, self._applied)
             # Raft: the peers of the recovered configuration (thesis §4.1), not only the
@@ -774,12 +772,7 @@ class Node(_MembershipMixin, _SnapshotsMixin, _ReadsMixin, _ServingMixin, _Event
         (Raft thesis §10.2.1).
         """
         hard_state = ready.hard_state
-        # etcd's MustSync: entries, a new term or a new vote must be durable before anything
-        # that depends on them goes out (Raft Figure 2, persistent state); the commit index is
-        # volatile state, written along but never waited for.
-        sync = bool(ready.entries) or (
-            hard_state is not None and (hard_state.term, hard_state.vote) != self._synced_vote
-        )
+        sync = ready.must_sync   # set by the core (engine.types.Ready)
         metrics = self._metrics
         timed = sync and metrics is not None and metrics.durable
         started = time.perf_counter() if timed else 0.0
@@ -794,8 +787,6 @@ class Node(_MembershipMixin, _SnapshotsMixin, _ReadsMixin, _ServingMixin, _Event
             metrics.wal_save_seconds.observe(time.perf_counter() - started)
         if sync:
             self.counters["syncs"] += 1
-            if hard_state is not None:
-                self._synced_vote = (hard_state.term, hard_state.vote)
         if self._profiler is not None:  # profiler hook: appended locally
             self._profiler.persisted(ready)
         return True

@@ -125,6 +125,7 @@ from collections import deque
 from enum import StrEnum
 from typing import Any, NoReturn
 
+from engine.core import Core
 from engine.errors import (
     ConfigError,
     DecodeError,
@@ -556,6 +557,9 @@ class PaxosCore:
             ready.snapshot, self._pending_snapshot = self._pending_snapshot, None
         hard_state = self._hard_state()
         if hard_state != self._hard_state_emitted:
+            # A promise must be durable before anything depends on it (Paxos Made Simple
+            # §2.3); the commit index alone is volatile.
+            ready.must_sync = hard_state.term != self._hard_state_emitted.term
             ready.hard_state = hard_state
             self._hard_state_emitted = hard_state
         log = self._log
@@ -570,6 +574,7 @@ class PaxosCore:
             leading = self.ballot if self.role == Role.LEADER else NO_BALLOT
             self._persist_marks.append((lo, last, leading))
             self._unstable_from = last + 1
+            ready.must_sync = True
         ready.messages, self._messages = self._messages, []
         ready.messages_after_persist, self._messages_after_persist = (
             self._messages_after_persist, [])
@@ -1594,3 +1599,7 @@ class PaxosCore:
             if self.role == Role.CANDIDATE and (
                     self.ballot != self.promised or ballot_node(self.ballot) != self.node_id):
                 fail("candidate does not hold the promise of its own ballot")
+
+
+# The driver's view of this core (engine.core): mypy checks that PaxosCore satisfies it.
+_CORE: type[Core] = PaxosCore

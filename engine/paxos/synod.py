@@ -225,6 +225,7 @@ class Synod:
         if hard_state != self._emitted:
             ready.hard_state = hard_state
             self._emitted = hard_state
+            ready.must_sync = True   # a promise or the chosen value (Paxos Made Simple §2.3)
         if self._dirty:
             ready.entries = [Entry(self.accepted_ballot, _ACCEPTED_SLOT, self.accepted_value,
                                    int(EntryKind.NORMAL) if self.accepted_ballot
@@ -232,6 +233,7 @@ class Synod:
             if self.chosen is not None:
                 ready.entries.append(Entry(self.chosen_ballot, _CHOSEN_SLOT, self.chosen))
             self._dirty = False
+            ready.must_sync = True
         ready.messages, self._messages = self._messages, []
         ready.messages_after_persist, self._after_persist = self._after_persist, []
         if self._learned_unreported and self.chosen is not None:

@@ -112,6 +112,7 @@ from collections.abc import Sequence
 from enum import StrEnum
 from typing import Any
 
+from engine.core import Core, LeadershipTransfer, LeaseReads, MembershipChanges
 from engine.errors import (
     ConfChangeInProgress,
     ConfigError,
@@ -606,8 +607,11 @@ class RaftCore:
             self._bcast_heartbeat()
         snapshot, self._pending_snapshot = self._pending_snapshot, None
         hard_state = None
+        must_sync = False
         if self._hard_state_changed():
+            emitted = self._hard_state_emitted
             hard_state = self._hard_state_emitted = self._hard_state()
+            must_sync = hard_state.term != emitted.term or hard_state.vote != emitted.vote
         committed: list[Any] = []
         if self.commit_index > self._applying:
             hi = min(self.commit_index, self._applying + self._limits.max_apply_batch)
@@ -618,6 +622,7 @@ class RaftCore:
             messages_after_persist=self._messages_after_persist, committed_entries=committed,
             read_states=self._read_states, snapshot=snapshot,
         )
+        ready.must_sync = must_sync or bool(ready.entries)
         self._messages, self._messages_after_persist, self._read_states = [], [], []
         return ready
 
@@ -1861,3 +1866,10 @@ class RaftCore:
                 fail("candidate did not vote for itself")
             if self.role != _ROLE.FOLLOWER and self.leader_id != _NONE:
                 fail(f"{self.role} with a leader")
+
+
+# The driver's view of this core (engine.core): mypy checks that RaftCore satisfies each.
+_CORE: type[Core] = RaftCore
+_MEMBERSHIP: type[MembershipChanges] = RaftCore
+_TRANSFER: type[LeadershipTransfer] = RaftCore
+_LEASE_READS: type[LeaseReads] = RaftCore
