@@ -172,7 +172,6 @@ async def test_concurrent_saves_under_writes_all_complete() -> None:
 
 async def test_a_paxos_cluster_refuses_online_snapshots() -> None:
     async with engine.LocalCluster(n=1, protocol="paxos") as cluster:
-        await asyncio.sleep(0)
         async with client_of(cluster, timeout=10) as client:
             await client.put(b"k", b"v")
             with pytest.raises(errors.Rejected, match="Raft"):
