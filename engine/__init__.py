@@ -28,6 +28,7 @@ from engine.errors import (
     OutcomeUnknown,
     Overloaded,
     Rejected,
+    SnapshotCorrupt,
     StateMachineError,
     Stopped,
     StoppedOutcomeUnknown,
@@ -78,6 +79,7 @@ __all__ = [
     "TimingConfig",
     "ConfigError", "DecodeError", "EngineError", "EntryTooLarge", "InvariantViolation",
     "LogIndexError", "MembershipError", "ConfChangeInProgress",
-    "NotLeader", "Overloaded", "Rejected", "StateMachineError", "StorageError", "Superseded",
+    "NotLeader", "Overloaded", "Rejected", "SnapshotCorrupt", "StateMachineError",
+    "StorageError", "Superseded",
     "Stopped", "Timeout", "OutcomeUnknown", "StoppedOutcomeUnknown",
 ]

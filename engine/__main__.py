@@ -291,16 +291,52 @@ def cmd_members(args: argparse.Namespace) -> int:
 
 
 def cmd_snapshot(args: argparse.Namespace) -> int:
-    """`snapshot save FILE --data-dir DIR` / `snapshot restore FILE --data-dir DIR`."""
+    """`snapshot save FILE --data-dir DIR` (offline) or `snapshot save FILE --members ...`
+    (online, from the running cluster's leader) / `snapshot restore FILE --data-dir DIR`."""
     from engine.cli import backup
 
-    data_dir = require(args, "data_dir")
-    if args.op == "save":
-        result = backup.save(data_dir, args.file)
+    if args.op == "save" and _online(args):
+        result = _save_online(args)
+    elif args.op == "save":
+        result = backup.save(args.data_dir, args.file)
     else:
-        result = backup.restore(args.file, data_dir)
+        result = backup.restore(args.file, require(args, "data_dir"))
     output.emit(result, args.output, tuple(result), [tuple(result.values())])
     return exitcodes.OK
+
+
+def _online(args: argparse.Namespace) -> bool:
+    """`snapshot save` goes to the running cluster unless it names a data dir: a flag
+    decides first (--data-dir: offline, --members: online), then ENGINE_* or the --config
+    file, where a data dir wins (a node's own settings name both)."""
+    flags: frozenset[str] = getattr(args, "given_as_flags", frozenset())
+    if "data_dir" in flags or "members" in flags:
+        return "data_dir" not in flags
+    return args.data_dir is None
+
+
+def _save_online(args: argparse.Namespace) -> dict[str, Any]:
+    """A consistent snapshot fetched from the leader (engine.Client.snapshot) into FILE."""
+    from engine.aio.client import Client
+    from engine.cli.backup import check_backup_path
+    from engine.raft.snapshot import peek_snapshot_header
+
+    if args.members is None:
+        raise ConfigError("snapshot save needs --data-dir DIR (a member's data dir, offline) "
+                          "or --members (the running cluster, online)")
+    members = cluster_members(args)
+    key = cluster_key(args)
+    check_backup_path(args.file)
+    timeout = 60.0 if args.timeout is None else args.timeout
+
+    async def run() -> bytes:
+        async with Client(list(members.values()), cluster_key=key, timeout=timeout,
+                          encrypt_payloads=bool(args.encrypt)) as client:
+            return await client.snapshot(os.path.abspath(args.file))
+
+    envelope = asyncio.run(run())
+    index, term, _ = peek_snapshot_header(envelope)
+    return {"file": args.file, "index": index, "term": term, "bytes": len(envelope)}
 
 
 def cmd_keygen(args: argparse.Namespace) -> int:
@@ -365,8 +401,10 @@ def _bench_extra_missing(exc: ImportError) -> ConfigError:
 # ---------------------------------------------------------------------------- parser
 
 
-def _cluster_args(p: argparse.ArgumentParser, *, with_output: bool = True) -> None:
-    add_config_flag(p)
+def _cluster_args(p: argparse.ArgumentParser, *, with_output: bool = True,
+                  with_config: bool = True) -> None:
+    if with_config:
+        add_config_flag(p)
     add_setting(p, "--members", help="1=HOST:PORT,2=HOST:PORT,...")
     add_setting(p, "--cluster-key-file", help="file written by keygen")
     add_switch(p, "--encrypt",
@@ -513,13 +551,19 @@ def cmd_force_new_cluster(args: argparse.Namespace) -> int:
 
 
 def add_snapshot_parser(sub: Any) -> argparse.ArgumentParser:
-    snapshot = sub.add_parser("snapshot", help="back up a data dir / restore a backup (Raft)")
+    snapshot = sub.add_parser("snapshot", help="back up a cluster or a data dir / restore a "
+                                               "backup (Raft)")
     add_config_flag(snapshot)
     snapshot.add_argument("--output", choices=output.OUTPUTS, default="json")
     ops = snapshot.add_subparsers(dest="op", required=True)
-    save = ops.add_parser("save", help="write the committed state of --data-dir to FILE")
+    save = ops.add_parser(
+        "save", help="write a consistent snapshot to FILE: from the running cluster's leader "
+                     "(--members), or the committed state of a data dir (--data-dir)")
     save.add_argument("file")
-    add_setting(save, "--data-dir", help="a member's data dir (stopped, or the leader's)")
+    add_setting(save, "--data-dir", help="offline: a member's data dir (stopped, or the "
+                                         "leader's); takes precedence over --members")
+    _cluster_args(save, with_output=False, with_config=False)   # --config: on `snapshot`
+    _timeout_arg(save, 60.0)
     restore = ops.add_parser("restore", help="initialise a new, empty --data-dir from FILE")
     restore.add_argument("file")
     add_setting(restore, "--data-dir", help="the new node's data dir (must be empty)")

@@ -79,6 +79,12 @@ class WalCorruptError(StorageError):
         self.offset = offset
 
 
+class SnapshotCorrupt(DecodeError, StorageError):
+    """A snapshot fetched from a running cluster (engine.Client.snapshot, `snapshot save`)
+    failed its checksum or its framing: nothing was written. Malformed data (a DecodeError)
+    about stored state (a StorageError: the exit code of a corrupt data dir)."""
+
+
 class NotLeader(EngineError):
     """This node is not the leader; `leader_id` / `leader_address` hint at who is (or None)."""
 

@@ -127,6 +127,10 @@ class AdminOp(IntEnum):
     # Leader -> a node it removed (which never hears that its removal committed, thesis
     # §4.2.3): context = JSON {"index": index of the committed configuration without it}.
     MEMBER_REMOVED = 7
+    # Online backup (engine.aio.snapshot_serving): context = JSON {"index", "term", "offset",
+    # "size"}; index = term = 0 asks the leader for a fresh snapshot. The answer's context is
+    # a 32-byte header (index, term, total envelope size, offset) and the chunk's bytes.
+    SNAPSHOT_CHUNK = 8
 
 
 def enum_members(enum_class: type[Enum]) -> Any:

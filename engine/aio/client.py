@@ -82,6 +82,9 @@ class Client:
     # one up to twice as long, never more than retry_cap_s.
     retry_base_s: float = 0.01
     retry_cap_s: float = 1.0
+    # snapshot(): a chunk request unanswered this many times in a row starts the fetch again
+    # (the node holding the snapshot may be down).
+    snapshot_chunk_attempts: int = 4
 
     def __init__(
         self, addresses: list[str], *, cluster_key: bytes, cluster_id: int = 0,
@@ -98,6 +101,7 @@ class Client:
         self.client_id = (check_client_id(client_id) if client_id is not None
                           else random.randrange(MIN_CLIENT_ID, 1 << 63))
         limits = limits or Limits()
+        self._limits = limits
         # Replies may be as large as this (Message.commit of a request: the client opts into
         # answers larger than Limits.max_reply_amplification x its request, e.g. a value).
         self._max_reply_bytes = limits.max_reassembly_bytes
@@ -223,6 +227,122 @@ class Client:
         if response is None:
             raise errors.Timeout(f"no status from {target[0]}:{target[1]}")
         return dict(json.loads(response.context))
+
+    async def snapshot(self, path: str | None = None, *,
+                       timeout: float | None = None) -> bytes:
+        """A consistent snapshot of the running cluster (Raft): the checksummed envelope
+        `snapshot save --data-dir` writes and `snapshot restore` reads, holding every write
+        acknowledged before the call. With `path`, also written there durably (temporary
+        file, fsync, rename, directory fsync). The leader takes it after a ReadIndex round
+        and the client fetches it in chunks of one datagram each
+        (engine.aio.snapshot_serving), retrying a chunk that got no answer and starting
+        again if the snapshot changed meanwhile (the leader changed, or dropped it idle).
+
+        Raises SnapshotCorrupt if what arrived fails its checksum (nothing is written),
+        Timeout if no whole snapshot arrived in time, Rejected if the cluster refuses
+        (e.g. a Paxos cluster)."""
+        from engine.aio import snapshot_serving as serving
+        from engine.aio.wal import replace_file_durably
+
+        loop = asyncio.get_running_loop()
+        budget = self.timeout if timeout is None else timeout
+        deadline = loop.time() + budget
+        want = serving.max_chunk_bytes(self._limits)
+        while True:
+            target, reply = await self._snapshot_begin(want, deadline, budget)
+            assembly = serving.SnapshotAssembly(reply[0], reply[1], reply[2],
+                                                self._limits.max_snapshot_bytes)
+            assembly.add(reply[3], reply[4])
+            while not assembly.complete:
+                chunk = await self._snapshot_chunk(
+                    target, assembly.index, assembly.term, assembly.received, want, deadline,
+                    budget)
+                if chunk is None or chunk[:3] != (assembly.index, assembly.term,
+                                                  assembly.total):
+                    break   # gone from that node, or replaced: start again
+                assembly.add(chunk[3], chunk[4])
+            if not assembly.complete:
+                self.counters["snapshot_restarts"] = self.counters.get("snapshot_restarts", 0) + 1
+                continue
+            envelope = assembly.envelope()
+            if path is not None:
+                await loop.run_in_executor(None, replace_file_durably, path, envelope)
+            return envelope
+
+    async def _snapshot_begin(self, want: int, deadline: float, budget: float
+                              ) -> tuple[tuple[str, int], tuple[int, int, int, int, bytes]]:
+        """Ask the leader for a fresh snapshot (following NOT_LEADER hints): the node that
+        holds it and the first chunk's answer."""
+        from engine.aio import snapshot_serving as serving
+        from engine.messages import AdminOp
+
+        loop = asyncio.get_running_loop()
+        payload = serving.encode_request(0, 0, 0, want)
+        hint: tuple[str, int] | None = None
+        attempt = 0
+        while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise errors.Timeout(f"no snapshot from the cluster within {budget:.3g} s")
+            target = hint or self._leader or self.addresses[
+                self._next_address % len(self.addresses)]
+            hint = None
+            attempt += 1
+            # The leader answers after a ReadIndex round and serialising the state machine
+            # (about a second per 500k keys): more than one request's worth of waiting.
+            response = await self._exchange(
+                target, AdminOp.SNAPSHOT_CHUNK, self._next_request_number(), payload,
+                min(remaining, max(5.0, 4 * self.attempt_timeout)), _MT.ADMIN)
+            if response is not None and response.status == _STATUS.OK:
+                self._leader = target
+                reply = serving.decode_reply(response.context)
+                if reply[0] != 0:
+                    return target, reply
+            elif response is not None and response.status == _STATUS.NOT_LEADER:
+                self.counters["redirects"] += 1
+                text = response.context.decode(errors="replace")
+                try:
+                    hint = parse_address(text) if text else None
+                except errors.ConfigError:
+                    hint = None
+                if hint is not None:
+                    continue
+            elif response is not None and response.status == _STATUS.REJECTED:
+                raise errors.Rejected(response.context.decode(errors="replace"))
+            # No answer, busy, or no leader known: the next node, after a backoff.
+            self._leader = None
+            self._next_address += 1
+            self.counters["retries"] += 1
+            await self._back_off(attempt, deadline)
+
+    async def _snapshot_chunk(self, target: tuple[str, int], index: int, term: int,
+                              offset: int, want: int, deadline: float, budget: float
+                              ) -> tuple[int, int, int, int, bytes] | None:
+        """The chunk at `offset` from `target`, asked again while unanswered; None if the
+        node did not answer SNAPSHOT_CHUNK_ATTEMPTS times in a row (it may be down: the
+        caller starts again, at the leader)."""
+        from engine.aio import snapshot_serving as serving
+        from engine.messages import AdminOp
+
+        loop = asyncio.get_running_loop()
+        payload = serving.encode_request(index, term, offset, want)
+        for attempt in range(1, self.snapshot_chunk_attempts + 1):
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise errors.Timeout(f"no whole snapshot from the cluster within {budget:.3g} s")
+            response = await self._exchange(
+                target, AdminOp.SNAPSHOT_CHUNK, self._next_request_number(), payload,
+                min(remaining, self.attempt_timeout), _MT.ADMIN)
+            if response is None or response.status == _STATUS.UNKNOWN:
+                self.counters["retries"] += 1
+                await self._back_off(attempt, deadline)
+                continue
+            if response.status == _STATUS.OK:
+                return serving.decode_reply(response.context)
+            if response.status == _STATUS.REJECTED:
+                raise errors.Rejected(response.context.decode(errors="replace"))
+            return None
+        return None
 
     # ------------------------------------------------------------------ plumbing
 

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from engine import errors
 from engine._core import codec
+from engine.aio import snapshot_serving
 from engine.aio.node_membership import _MEMBERSHIP_ADMIN_OPS, admin_payload
 from engine.aio.node_reads import READ_MODES
 from engine.messages import (
@@ -295,6 +296,9 @@ class _ServingMixin:
             return
         if message.status == _ADMIN.MEMBER_REMOVED:
             self._on_removal_notice(message)
+            return
+        if message.status == _ADMIN.SNAPSHOT_CHUNK:   # online backups: their own module
+            snapshot_serving.on_request(self, message, address)  # type: ignore[arg-type]
             return
         if not self.config.allow_fault_injection:
             self._reply_admin(message, address, _STATUS.REJECTED,

@@ -95,6 +95,9 @@ class SyncClient:
                timeout: float | None = None) -> dict[str, Any]:
         return self._run(self._client.status(address, timeout=timeout))
 
+    def snapshot(self, path: str | None = None, *, timeout: float | None = None) -> bytes:
+        return self._run(self._client.snapshot(path, timeout=timeout))
+
     def members(self, *, timeout: float | None = None) -> dict[str, Any]:
         return self._run(self._client.members(timeout=timeout))
 

@@ -12,6 +12,11 @@ stopped node, or from the leader's directory: a follower's recorded commit index
 the cluster's, and the leader records its commit index just after it answers, so a write
 acknowledged in the same instant a node is killed can be missing from that node's backup.
 
+`snapshot save FILE --members ...` (engine/__main__.py) takes the same file from the running
+cluster instead: the leader snapshots its state machine after a ReadIndex round, so the file
+holds every write acknowledged before the command started (engine.aio.snapshot_serving,
+engine.Client.snapshot). Both write the version-1 envelope (no membership).
+
 restore initialises an empty data dir of a node of a NEW cluster: the snapshot (without the
 old membership: the new cluster's members are the --members its nodes are started with) and
 a hard state at the snapshot's term, so the new cluster's terms continue above it. Restore the
@@ -105,11 +110,19 @@ def restore(path: str, data_dir: str) -> dict[str, Any]:
     return {"data_dir": data_dir, "index": snapshot.index, "term": snapshot.term}
 
 
+def check_backup_path(path: str) -> None:
+    """One-line errors for a backup file path that cannot be written, before any work."""
+    if os.path.isdir(path):
+        raise ConfigError(f"backup file {path} is a directory")
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise ConfigError(f"backup file {path}: directory {directory} does not exist")
+
+
 def _write_durably(path: str, data: bytes) -> None:
     """tmp + fsync + rename + fsync of the directory: a crash leaves the old file or the new."""
     directory = os.path.dirname(os.path.abspath(path))
-    if os.path.isdir(path):
-        raise ConfigError(f"backup file {path} is a directory")
+    check_backup_path(path)
     tmp = f"{path}.tmp"
     with open(tmp, "wb") as file:
         file.write(data)

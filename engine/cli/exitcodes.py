@@ -15,7 +15,9 @@ A script or supervisor can branch on them; `status` uses them as a health check.
     6   LAGGING      `status`: a member's applied index trails the leader's commit index by
                      more than --max-lag entries
     7   STORAGE      `serve`: a fatal storage error (a failed WAL write or fsync, a corrupt
-                     data dir); the node stopped, restart it once the disk is fixed
+                     data dir); the node stopped, restart it once the disk is fixed.
+                     `snapshot save`: the snapshot failed its checksum (nothing written),
+                     or the disk refused FILE
     70  INTERNAL     an unexpected error (a bug: the traceback is printed)
     130 INTERRUPTED  SIGINT
 """

@@ -72,6 +72,10 @@ def env_name(dest: str) -> str:
 def resolve(args: argparse.Namespace, environ: dict[str, str] | None = None) -> None:
     """Fill every setting the flags left unset from the environment, then the config file."""
     environ = dict(os.environ) if environ is None else environ
+    # What the command line itself said, for a command whose mode follows the flags first
+    # (`snapshot save`: --data-dir offline, --members online).
+    args.given_as_flags = frozenset(
+        dest for dest in _SETTINGS if getattr(args, dest, None) is not None)
     path = getattr(args, "config", None) or environ.get(CONFIG_ENV)
     file_values = load_config_file(path) if path else {}
     for dest, convert in _SETTINGS.items():
