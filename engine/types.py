@@ -99,7 +99,7 @@ class Snapshot:
     """A state-machine snapshot covering the log through (index, term).
 
     `data` is the state machine's own bytes (StateMachine.snapshot()). The checksummed
-    envelope used on disk and on the wire is engine.raft.snapshot.encode_snapshot /
+    envelope used on disk and on the wire is engine.replication.snapshot.encode_snapshot /
     decode_snapshot.
     """
 

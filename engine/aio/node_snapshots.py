@@ -165,7 +165,7 @@ class _SnapshotsMixin:
                         serialize: Callable[[], bytes] | None,
                         configuration: bytes = b"") -> Snapshot:
         """On the snapshot thread: serialise (if forked), checksum, write durably."""
-        from engine.raft.snapshot import encode_snapshot
+        from engine.replication.snapshot import encode_snapshot
 
         started = time.perf_counter()
         if serialize is not None:
@@ -216,7 +216,7 @@ class _SnapshotsMixin:
         assert snapshot is not None
 
         def install() -> None:
-            from engine.raft.snapshot import encode_snapshot
+            from engine.replication.snapshot import encode_snapshot
 
             envelope = snapshot.envelope or encode_snapshot(snapshot)
             self._storage.save_snapshot(snapshot, envelope)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from engine.messages import EntryKind
 from engine.paxos.config import PaxosConfig
 from engine.paxos.core import IDENTITY_BYTES, PaxosCore, Role
-from engine.raft.snapshot import encode_snapshot
+from engine.replication.snapshot import encode_snapshot
 from engine.testing.paxos_invariants import (
     PaxosChecker,
     decode_values,

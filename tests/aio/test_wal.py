@@ -575,7 +575,7 @@ def test_random_histories_replay_to_the_oracle(tmp_path_factory: pytest.TempPath
 
 
 def _snapshot(index: int, term: int, data: bytes = b"state") -> tuple[object, bytes]:
-    from engine.raft.snapshot import encode_snapshot
+    from engine.replication.snapshot import encode_snapshot
     from engine.types import Snapshot
 
     snapshot = Snapshot(index, term, data)

@@ -18,7 +18,7 @@ from engine.messages import Entry, Message, MessageType
 from engine.paxos import PaxosConfig, PaxosCore, Role
 from engine.paxos.ballot import make_ballot
 from engine.paxos.core import IDENTITY_BYTES
-from engine.raft.snapshot import decode_snapshot, encode_snapshot
+from engine.replication.snapshot import decode_snapshot, encode_snapshot
 from engine.types import HardState, Limits, Snapshot, TimingConfig
 
 MT = MessageType

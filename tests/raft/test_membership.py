@@ -30,7 +30,7 @@ from engine.raft.membership import (
     promote,
     remove,
 )
-from engine.raft.snapshot import decode_snapshot, encode_snapshot
+from engine.replication.snapshot import decode_snapshot, encode_snapshot
 from engine.testing.sim import Simulation
 from engine.types import HardState, Snapshot, TimingConfig
 

@@ -16,7 +16,7 @@ from engine.messages import Entry, Message, MessageType
 from engine.raft import RaftConfig, RaftCore, Role
 from engine.raft.core import TransferInProgress
 from engine.raft.progress import ProgressState
-from engine.raft.snapshot import (
+from engine.replication.snapshot import (
     SnapshotReceiver,
     SnapshotSender,
     decode_snapshot,
