@@ -30,9 +30,10 @@ from typing import Any
 from engine import errors
 from engine._core import codec
 from engine.aio.udp import new_boot_epoch
+from engine.config import Limits
 from engine.kv import commands
 from engine.messages import ClientOp, ClientStatus, Message, MessageType, enum_members
-from engine.types import MIN_CLIENT_ID, Limits, check_client_id, parse_address
+from engine.types import MIN_CLIENT_ID, check_client_id, parse_address
 
 # The enums' members as plain attributes (engine.messages.enum_members): read per request.
 _MT = enum_members(MessageType)

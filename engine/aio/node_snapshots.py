@@ -16,8 +16,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from engine import errors
+from engine.config import NodeConfig
 from engine.logs import log_event
-from engine.types import NodeConfig, Ready, Snapshot
+from engine.types import Ready, Snapshot
 
 if TYPE_CHECKING:
     from engine.aio.node import StateMachine

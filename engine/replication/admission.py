@@ -5,7 +5,7 @@ everything"), checked before a batch enters the log. Exceeding one is a definite
 from __future__ import annotations
 
 from engine.errors import EntryTooLarge, Overloaded
-from engine.types import Limits
+from engine.limits import Limits
 
 
 def admit_batch(

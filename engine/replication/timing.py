@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import random
 
-from engine.types import TimingConfig
+from engine.limits import TimingConfig
 
 
 def retransmit_ticks(timing: TimingConfig) -> int:

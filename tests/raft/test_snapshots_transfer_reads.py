@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from engine.config import Limits, TimingConfig
 from engine.errors import ConfigError, DecodeError, NotLeader
 from engine.messages import Entry, Message, MessageType
 from engine.raft import RaftConfig, RaftCore, Role
@@ -23,7 +24,7 @@ from engine.replication.snapshot import (
     encode_snapshot,
 )
 from engine.testing.sim import FaultConfig, Simulation
-from engine.types import HardState, Limits, Snapshot, TimingConfig
+from engine.types import HardState, Snapshot
 
 MT = MessageType
 TIMING = TimingConfig(tick_ms=10, heartbeat_interval_ticks=2, election_timeout_ticks=10)
