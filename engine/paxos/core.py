@@ -135,6 +135,7 @@ from engine.messages import Entry, EntryKind, Message, MessageType
 from engine.paxos.ballot import NO_BALLOT, ballot_node, format_ballot, next_ballot
 from engine.paxos.config import PaxosConfig
 from engine.replication.admission import admit_batch
+from engine.replication.outbox import Outbox
 from engine.replication.reads import ReadIndexQueue
 from engine.replication.snapshot import (
     SNAPSHOT_REFUSED,
@@ -329,8 +330,8 @@ class PaxosCore:
         self.leader_id = _NONE
         self.ballot = NO_BALLOT        # our own ballot while candidate or leader
         self._max_seen = self.promised
-        self._messages: list[Any] = []
-        self._messages_after_persist: list[Any] = []
+        self._outbox = Outbox(_AFTER_PERSIST)
+        self._send = self._outbox.send
 
         self._ticks = 0
         self._election_elapsed = 0
@@ -493,19 +494,16 @@ class PaxosCore:
         if self.role == Role.LEADER:
             self._reads.check_local()
             self._start_read(self.node_id, context)
-        elif self.leader_id == _NONE:
-            raise NotLeader("no leader known", leader_id=None)
         else:
-            self._send(Message(_MT.READ_INDEX, self.node_id, self.leader_id, self.promised,
-                               context=context))
+            self._reads.forward(self.leader_id, self.promised, context)
         self._maybe_check_invariants()
 
     def has_ready(self) -> bool:
         return bool(
             self._pending_snapshot is not None
             or self._reads.heartbeat_due
-            or self._messages
-            or self._messages_after_persist
+            or self._outbox.messages
+            or self._outbox.messages_after_persist
             or self._reads.states
             or self._unstable_from <= self.last_index
             or self.commit_index > self._applying
@@ -543,9 +541,7 @@ class PaxosCore:
             self._persist_marks.append((lo, last, leading))
             self._unstable_from = last + 1
             ready.must_sync = True
-        ready.messages, self._messages = self._messages, []
-        ready.messages_after_persist, self._messages_after_persist = (
-            self._messages_after_persist, [])
+        ready.messages, ready.messages_after_persist = self._outbox.take()
         if self.commit_index > self._applying:
             hi = min(self.commit_index, self._applying + self._limits.max_apply_batch)
             ready.committed_entries = [
@@ -1005,9 +1001,9 @@ class PaxosCore:
                 if size > max_bytes:
                     break
                 hi += 1
-            self._messages.append(Message(_MT.ACCEPT, self.node_id, peer, self.ballot,
-                                          commit=self.commit_index,
-                                          entries=log[lo - 1 - floor:hi - floor]))
+            self._outbox.messages.append(Message(
+                _MT.ACCEPT, self.node_id, peer, self.ballot, commit=self.commit_index,
+                entries=log[lo - 1 - floor:hi - floor]))
             pr.inflight.append(hi)
             pr.next = hi + 1
             sent = True
@@ -1069,8 +1065,8 @@ class PaxosCore:
                 self._start_read(requester, context)
         for peer in self.peers:
             if not self._send_accepts(peer):
-                self._messages.append(Message(_MT.CHOSEN, self.node_id, peer, self.ballot,
-                                              commit=chosen))
+                self._outbox.messages.append(
+                    Message(_MT.CHOSEN, self.node_id, peer, self.ballot, commit=chosen))
         return True
 
     def _tick_leader(self) -> None:
@@ -1108,8 +1104,9 @@ class PaxosCore:
             self._send_heartbeat(peer, context)
 
     def _send_heartbeat(self, peer: int, context: bytes) -> None:
-        self._messages.append(Message(_MT.ACCEPT, self.node_id, peer, self.ballot,
-                                      commit=self.commit_index, context=context))
+        self._outbox.messages.append(Message(
+            _MT.ACCEPT, self.node_id, peer, self.ballot, commit=self.commit_index,
+            context=context))
 
     # ------------------------------------------------------------------ catch-up (learners)
 
@@ -1120,8 +1117,9 @@ class PaxosCore:
             return
         self._catchup_sent_tick = self._ticks
         self.counters["catchup_requests"] += 1
-        self._messages.append(Message(_MT.CATCHUP_REQUEST, self.node_id, target,
-                                      self.promised, index=self.commit_index + 1, commit=hi))
+        self._outbox.messages.append(Message(
+            _MT.CATCHUP_REQUEST, self.node_id, target, self.promised,
+            index=self.commit_index + 1, commit=hi))
 
     def _maybe_retry_catchup(self) -> None:
         if (self._catchup_sent_tick is not None and self.commit_index < self._known_commit
@@ -1154,8 +1152,9 @@ class PaxosCore:
                 if entries and size > budget:
                     break
                 entries.append(entry)
-        self._messages.append(Message(_MT.CATCHUP_RESPONSE, self.node_id, m.src, self.promised,
-                                      index=lo, commit=self.commit_index, entries=entries))
+        self._outbox.messages.append(Message(
+            _MT.CATCHUP_RESPONSE, self.node_id, m.src, self.promised, index=lo,
+            commit=self.commit_index, entries=entries))
 
     def _on_catchup_response(self, m: Any) -> None:
         if self.role == Role.LEADER:
@@ -1243,7 +1242,7 @@ class PaxosCore:
     def _send_snapshot_chunks(self, peer: int, sender: SnapshotSender) -> None:
         chunks = sender.chunk_messages(self.node_id, peer, self.promised)
         self.counters["snapshot_chunks_sent"] += len(chunks)
-        self._messages.extend(chunks)
+        self._outbox.messages.extend(chunks)
 
     def _tick_snapshot_senders(self) -> None:
         if not self._snapshot_senders:
@@ -1300,8 +1299,9 @@ class PaxosCore:
             # Nothing to install (or already received): tell the sender to stop.
             self._snapshot_inbox.receiver = None
             if m.index <= self.commit_index:
-                self._messages.append(Message(_MT.SNAPSHOT_RESPONSE, self.node_id, m.src,
-                                              self.promised, index=m.index, seq=m.status))
+                self._outbox.messages.append(Message(
+                    _MT.SNAPSHOT_RESPONSE, self.node_id, m.src, self.promised, index=m.index,
+                    seq=m.status))
             return
         # A refused second sender stops; it starts over if our next catch-up request still
         # falls below its first slot.
@@ -1310,7 +1310,7 @@ class PaxosCore:
         if ignored is not None:
             self._count_ignored(ignored)
         if snapshot is None:
-            self._messages.append(reply)
+            self._outbox.messages.append(reply)
             return
         self._snapshot_waiting = (snapshot, m.src)
         self._maybe_install_waiting_snapshot()
@@ -1365,7 +1365,7 @@ class PaxosCore:
         self._pending_snapshot = snapshot
         self.counters["snapshots_installed"] += 1
         # Answered once the snapshot is durable: ends the sender's transfer.
-        self._messages_after_persist.append(Message(
+        self._outbox.messages_after_persist.append(Message(
             _MT.SNAPSHOT_RESPONSE, self.node_id, source, self.promised, index=index,
             seq=total))
         if self._known_commit > index:
@@ -1420,12 +1420,6 @@ class PaxosCore:
     def _mark_unstable(self, slot: int) -> None:
         if slot < self._unstable_from:
             self._unstable_from = slot
-
-    def _send(self, m: Any) -> None:
-        if m.type in _AFTER_PERSIST:
-            self._messages_after_persist.append(m)
-        else:
-            self._messages.append(m)
 
     def _hard_state(self) -> HardState:
         return HardState(self.promised, _NONE, self.commit_index)

@@ -136,6 +136,7 @@ from engine.raft.membership import (
 )
 from engine.raft.progress import Progress, ProgressState
 from engine.replication.admission import admit_batch
+from engine.replication.outbox import Outbox
 from engine.replication.reads import ReadIndexQueue
 from engine.replication.snapshot import (
     CORRUPT_SNAPSHOT,
@@ -293,8 +294,8 @@ class RaftCore:
         self.role = _ROLE.FOLLOWER
         self._hard_state_emitted = HardState(self.term, self.vote, self.commit_index)
 
-        self._messages: list[Any] = []
-        self._messages_after_persist: list[Any] = []
+        self._outbox = Outbox(_AFTER_PERSIST)
+        self._send = self._outbox.send
 
         self._election_elapsed = 0
         self._heartbeat_elapsed = 0
@@ -392,13 +393,8 @@ class RaftCore:
         if self.role == _ROLE.LEADER:
             self._reads.check_local()
             self._start_read(self.node_id, context)
-        elif self.leader_id == _NONE:
-            raise NotLeader("no leader known", leader_id=None)
         else:
-            # §6.4: a follower asks the leader for the read index.
-            self._send(
-                Message(_MT.READ_INDEX, self.node_id, self.leader_id, self.term, context=context)
-            )
+            self._reads.forward(self.leader_id, self.term, context)
         self._maybe_check_invariants()
 
     @property
@@ -558,8 +554,8 @@ class RaftCore:
         return bool(
             self._pending_snapshot is not None
             or self._reads.heartbeat_due
-            or self._messages
-            or self._messages_after_persist
+            or self._outbox.messages
+            or self._outbox.messages_after_persist
             or self._reads.states
             or self.log.unstable_index <= self.log.last_index
             or self.commit_index > self._applying
@@ -589,13 +585,14 @@ class RaftCore:
             hi = min(self.commit_index, self._applying + self._limits.max_apply_batch)
             committed = self.log.slice(self._applying + 1, hi + 1)
             self._applying = hi
+        messages, messages_after_persist = self._outbox.take()
         ready = Ready(
-            hard_state=hard_state, entries=self.log.take_unstable(), messages=self._messages,
-            messages_after_persist=self._messages_after_persist, committed_entries=committed,
+            hard_state=hard_state, entries=self.log.take_unstable(), messages=messages,
+            messages_after_persist=messages_after_persist, committed_entries=committed,
             read_states=reads.states, snapshot=snapshot,
         )
         ready.must_sync = must_sync or bool(ready.entries)
-        self._messages, self._messages_after_persist, reads.states = [], [], []
+        reads.states = []
         return ready
 
     def advance(self, ready: Ready) -> None:
@@ -1380,7 +1377,7 @@ class RaftCore:
     def _send_snapshot_chunks(self, peer: int, sender: SnapshotSender) -> None:
         chunks = sender.chunk_messages(self.node_id, peer, self.term)
         self.snapshot_stats["chunks_sent"] += len(chunks)
-        self._messages.extend(chunks)
+        self._outbox.messages.extend(chunks)
 
     def _retransmit_snapshots(self) -> None:
         # Lost chunks or acks: go back to the acknowledged offset (UDP, not TCP).
@@ -1413,7 +1410,7 @@ class RaftCore:
         self._send_snapshot_chunks(m.src, sender)
 
     def _on_snapshot(self, m: Any) -> None:
-        """A chunk of the leader's snapshot (Raft Figure 13, chunked; see snapshot.py)."""
+        """A chunk of the leader's snapshot (Raft Figure 13, in chunks: replication.snapshot)."""
         if malformed_chunk(m) or not 0 < m.log_term <= m.term:
             self._count_ignored("malformed snapshot chunk")
             return
@@ -1438,7 +1435,7 @@ class RaftCore:
                 self.snapshot_stats["corrupt"] += 1
             self._count_ignored(ignored)
         if snapshot is None:
-            self._messages.append(reply)
+            self._outbox.messages.append(reply)
             return
         self._install_snapshot(snapshot, snapshot.envelope)
         # Sent only after the Ready carrying the snapshot is persisted (_AFTER_PERSIST).
@@ -1584,7 +1581,7 @@ class RaftCore:
         Completeness) and every voter finds it up to date. Leases (§4.2.3, §6.4.1): its votes
         carry the transfer context and bypass them; _send_timeout_now ends our lease reads for
         this term, and we stop leading in the same step anyway. The message survives the
-        step-down: _become_follower keeps self._messages, and ready() hands it out - usually
+        step-down: _become_follower keeps the outbox, and ready() hands it out - usually
         in the Ready that also carries C_new to apply, so a driver that goes quiet when it
         applies its own removal must send that Ready's messages first."""
         if (
@@ -1657,12 +1654,6 @@ class RaftCore:
         return self._halves == (frozenset((self.node_id,)),)
 
     # ------------------------------------------------------------------ helpers
-
-    def _send(self, m: Any) -> None:
-        if m.type in _AFTER_PERSIST:
-            self._messages_after_persist.append(m)
-        else:
-            self._messages.append(m)
 
     def _hard_state(self) -> HardState:
         return HardState(self.term, self.vote, self.commit_index)

@@ -20,10 +20,11 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from engine.errors import Overloaded
+from engine.errors import NotLeader, Overloaded
 from engine.messages import Message, MessageType
 from engine.types import ReadState
 
+_READ_INDEX = MessageType.READ_INDEX
 _READ_INDEX_RESPONSE = MessageType.READ_INDEX_RESPONSE
 
 
@@ -69,6 +70,13 @@ class ReadIndexQueue:
         """Overloaded if a read started on this leader would exceed the bound."""
         if self.full():
             raise Overloaded(f"max_pending_proposals={self.limit} reads pending")
+
+    def forward(self, leader_id: int, term: int, context: bytes) -> None:
+        """A read started on a follower asks the leader for the read index (thesis §6.4);
+        NotLeader when no leader is known."""
+        if not leader_id:
+            raise NotLeader("no leader known", leader_id=None)
+        self.send(Message(_READ_INDEX, self.node_id, leader_id, term, context=context))
 
     def wait(self, round_: int, index: int, requester: int, context: bytes) -> None:
         self.pending.append(PendingRead(round_, index, requester, context))
