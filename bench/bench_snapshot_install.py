@@ -18,8 +18,8 @@ import tempfile
 import time
 
 import engine
+from engine.config import Limits
 from engine.kv import commands
-from engine.types import Limits
 
 
 async def main(args: argparse.Namespace) -> None:

@@ -15,6 +15,7 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
 from engine._core import IMPLEMENTATION
+from engine.config import Limits, NodeConfig, TimingConfig
 from engine.errors import (
     ConfChangeInProgress,
     ConfigError,
@@ -36,7 +37,7 @@ from engine.errors import (
     Superseded,
     Timeout,
 )
-from engine.types import Limits, NodeConfig, StateMachine, TimingConfig
+from engine.types import StateMachine
 
 if TYPE_CHECKING:
     from engine.aio.client import Client

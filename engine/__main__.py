@@ -26,8 +26,9 @@ from typing import Any
 import engine
 from engine.cli import exitcodes, output
 from engine.cli.settings import add_config_flag, add_setting, add_switch, require, resolve
+from engine.config import NodeConfig, TimingConfig
 from engine.errors import ConfigError, EngineError, Timeout
-from engine.types import NodeConfig, StateMachine, TimingConfig, parse_address
+from engine.types import StateMachine, parse_address
 
 # `status` calls a member lagging when its applied index trails the leader's commit index by
 # more than this many entries (--max-lag).
@@ -319,7 +320,7 @@ def _save_online(args: argparse.Namespace) -> dict[str, Any]:
     """A consistent snapshot fetched from the leader (engine.Client.snapshot) into FILE."""
     from engine.aio.client import Client
     from engine.cli.backup import check_backup_path
-    from engine.raft.snapshot import peek_snapshot_header
+    from engine.replication.snapshot import peek_snapshot_header
 
     if args.members is None:
         raise ConfigError("snapshot save needs --data-dir DIR (a member's data dir, offline) "

@@ -48,8 +48,8 @@ from typing import Any
 import numpy as np
 from hdrh.histogram import HdrHistogram
 
+from engine.config import Limits
 from engine.errors import ConfigError, EngineError
-from engine.types import Limits
 
 # Latency histograms are in microseconds: 1 us .. 100 s, 3 significant digits.
 _HIST_HIGHEST_US = 100_000_000
@@ -288,8 +288,8 @@ class BenchCluster:
     async def _start(self) -> None:
         from engine.aio.local_cluster import free_udp_ports
         from engine.aio.node import Node
+        from engine.config import NodeConfig
         from engine.kv import KVStore
-        from engine.types import NodeConfig
 
         args = self.args
         base = args.data_dir if args.data_dir is not None else None

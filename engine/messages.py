@@ -1,5 +1,8 @@
 """The one message vocabulary shared by the codec, the protocol cores and the drivers.
 
+The codes themselves (MessageType, EntryKind, ClientOp, ClientStatus, AdminOp) live in the
+leaf module engine/wire.py, which the codec imports; they are re-exported here.
+
 A `Message` is one record with etcd's shape (raftpb.Message): a type and a fixed set of
 integer fields whose meaning depends on the type, plus a batch of `Entry` and an opaque
 `context`. One shape for every protocol keeps the codec a single fast loop and lets one
@@ -48,89 +51,19 @@ Admin
 
 from __future__ import annotations
 
-from enum import Enum, IntEnum
+from enum import Enum
 from typing import Any
 
-
-class MessageType(IntEnum):
-    # Raft
-    VOTE = 1
-    VOTE_RESPONSE = 2
-    PRE_VOTE = 3
-    PRE_VOTE_RESPONSE = 4
-    APPEND = 5
-    APPEND_RESPONSE = 6
-    HEARTBEAT = 7
-    HEARTBEAT_RESPONSE = 8
-    SNAPSHOT = 9
-    SNAPSHOT_RESPONSE = 10
-    TIMEOUT_NOW = 11
-    READ_INDEX = 12
-    READ_INDEX_RESPONSE = 13
-    # Multi-Paxos
-    PREPARE = 32
-    PROMISE = 33
-    ACCEPT = 34
-    ACCEPTED = 35
-    CHOSEN = 36
-    CATCHUP_REQUEST = 37
-    CATCHUP_RESPONSE = 38
-    # Client
-    CLIENT_REQUEST = 64
-    CLIENT_RESPONSE = 65
-    # Admin (status queries, fault filter for tests)
-    ADMIN = 80
-    ADMIN_RESPONSE = 81
-
-
-# The codec refuses any other type code with DecodeError.
-KNOWN_MESSAGE_TYPES: frozenset[int] = frozenset(int(t) for t in MessageType)
-
-
-class EntryKind(IntEnum):
-    NORMAL = 0   # a state-machine command
-    NOOP = 1     # Raft §5.4.2 / §8: the empty entry a new leader appends; Paxos gap filler
-    CONFIG = 2   # membership change (Raft thesis §4.3)
-
-
-KNOWN_ENTRY_KINDS: frozenset[int] = frozenset(int(k) for k in EntryKind)
-
-
-class ClientOp(IntEnum):
-    WRITE = 1    # context = state-machine command; goes through the log
-    READ = 2     # context = query; linearizable read (ReadIndex), no log write
-    STATUS = 3   # node status as JSON
-
-
-class ClientStatus(IntEnum):
-    OK = 0
-    NOT_LEADER = 1      # reject_hint = leader id if known; definite: not applied
-    REJECTED = 2        # definite no (overload, too large, ...); context = reason
-    ERROR = 3           # the state machine raised; context = message
-    UNKNOWN = 4         # outcome unknown (e.g. leadership lost while pending)
-
-
-class AdminOp(IntEnum):
-    """ADMIN ops (authenticated with the cluster key like all traffic)."""
-
-    # Fault injection: honoured only by nodes started with allow_fault_injection=True.
-    SET_FAULTS = 1       # context = JSON {drop_to, drop_from, loss, duplicate, delay_ms, ...}
-    CLEAR_FAULTS = 2
-    # Operator: the leader hands leadership to context = JSON {"to": node_id} (Raft §3.10).
-    TRANSFER_LEADER = 3
-    # Membership (Raft thesis ch. 4), leader only, answered when the change is committed (OK,
-    # context = JSON membership) or failed (REJECTED / UNKNOWN, context = JSON {"error",
-    # "message"}); NOT_LEADER carries the leader's address.
-    ADD_MEMBER = 4       # context = JSON {"id", "address", "learner": bool, "witness": bool}
-    REMOVE_MEMBER = 5    # context = JSON {"id"}
-    PROMOTE_MEMBER = 6   # context = JSON {"id"}: learner -> voter once caught up
-    # Leader -> a node it removed (which never hears that its removal committed, thesis
-    # §4.2.3): context = JSON {"index": index of the committed configuration without it}.
-    MEMBER_REMOVED = 7
-    # Online backup (engine.aio.snapshot_serving): context = JSON {"index", "term", "offset",
-    # "size"}; index = term = 0 asks the leader for a fresh snapshot. The answer's context is
-    # a 32-byte header (index, term, total envelope size, offset) and the chunk's bytes.
-    SNAPSHOT_CHUNK = 8
+from engine._core import codec as _codec
+from engine.wire import (
+    KNOWN_ENTRY_KINDS,
+    KNOWN_MESSAGE_TYPES,
+    AdminOp,
+    ClientOp,
+    ClientStatus,
+    EntryKind,
+    MessageType,
+)
 
 
 def enum_members(enum_class: type[Enum]) -> Any:
@@ -142,10 +75,7 @@ def enum_members(enum_class: type[Enum]) -> Any:
 
 
 # Message and Entry come from the selected implementation (compiled or pure Python): both
-# have the same constructor, attributes and equality. Imported last because the codec
-# modules read KNOWN_MESSAGE_TYPES / KNOWN_ENTRY_KINDS from this module.
-from engine._core import codec as _codec  # noqa: E402
-
+# have the same constructor, attributes and equality.
 Message = _codec.Message
 Entry = _codec.Entry
 

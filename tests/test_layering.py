@@ -1,94 +1,451 @@
-"""Layering (DESIGN.md §2): the protocol cores are sans-IO.
+"""Layering (DESIGN.md §2): the allowed-imports graph of engine/, sans-IO layers, no cycles.
 
-Method: parse every module of the core packages with `ast` and refuse imports of I/O, clock,
-thread and process modules, calls of the built-in `open`, and module-level `random` functions
-(a core may only use a seeded `random.Random` it was given or built from its seed).
+Method: parse every module of engine/ with `ast` (Cython sources: their import lines) and check
+three rules.
+
+1. Imports between units (a top-level module or package of engine/, e.g. `raft`, `types`)
+   follow ALLOWED: the cores (raft, paxos) import no I/O and not each other; replication
+   imports no core; `_core` imports only errors and wire codes; state machines (kv and the
+   packages to come: shard, txn, coord, fs) never import aio. Imports under `if
+   TYPE_CHECKING:` count too: a layer that names another's types depends on it. A unit missing
+   from ALLOWED is an error, so a new package declares its place before it lands.
+2. Only aio, cli, benchmark, testing and __main__ (plus logs and profiling, see IO_ALLOWED)
+   touch sockets, files, clocks, threads or processes: everywhere else the I/O modules, the
+   built-in `open` and the unseeded module-level `random` functions are refused (a core uses
+   only a seeded `random.Random` it was given or built from its seed).
+3. The module graph, function-level imports included (TYPE_CHECKING blocks excluded: they
+   never run), has no cycle. A function-level import may defer an optional dependency or keep
+   `import engine` cheap; it must never hide a cycle.
+
+Each rule is proven able to fail on a small synthetic tree with a planted violation.
 """
 
 from __future__ import annotations
 
 import ast
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent / "engine"
-CORE_PACKAGES = ["_core", "raft", "paxos", "twopc", "kv", "lock"]
-FORBIDDEN_MODULES = {
+REPOSITORY = Path(__file__).resolve().parent.parent
+
+# --------------------------------------------------------------------------- the graph
+
+FOUNDATION = frozenset({"errors", "wire", "types", "limits"})
+# What a consensus core may use: the foundation, the message vocabulary, the compiled hot
+# paths, the Core protocol and the protocol-neutral machinery.
+CORE_DEPS = FOUNDATION | {"messages", "_core", "core", "replication"}
+# Deterministic state machines (applied on every replica): never aio, never a core.
+STATE_MACHINE_DEPS = FOUNDATION | {"messages", "_core"}
+UNITS = frozenset({
+    "engine", "__main__", "errors", "wire", "types", "limits", "config", "messages", "core",
+    "_core", "replication", "raft", "paxos", "driver", "kv", "shard", "txn", "coord", "fs",
+    "aio", "cli", "testing", "benchmark", "logs", "profiling",
+})
+ALLOWED: dict[str, frozenset[str]] = {
+    "errors": frozenset(),
+    "wire": frozenset(),  # the wire codes: a leaf
+    "types": frozenset({"errors", "wire"}),
+    "limits": frozenset({"errors", "wire"}),
+    "_core": frozenset({"errors", "wire"}),
+    "messages": frozenset({"wire", "_core"}),
+    "core": frozenset({"errors", "types", "messages"}),
+    "replication": FOUNDATION | {"messages", "_core"},
+    "raft": CORE_DEPS,
+    "paxos": CORE_DEPS,
+    # Above the cores: a NodeConfig is checked against what its protocol's core needs.
+    "config": FOUNDATION | {"raft", "paxos"},
+    "kv": STATE_MACHINE_DEPS,
+    "shard": STATE_MACHINE_DEPS | {"kv"},
+    "txn": STATE_MACHINE_DEPS | {"kv", "shard"},
+    "coord": STATE_MACHINE_DEPS | {"kv"},
+    "fs": STATE_MACHINE_DEPS | {"kv", "shard", "txn"},
+    # The driver runs cores and state machines against interfaces: no aio, no I/O.
+    "driver": CORE_DEPS | {"config", "raft", "paxos", "kv", "shard", "txn", "coord", "fs"},
+    "logs": frozenset({"errors"}),
+    "profiling": frozenset({"messages"}),
+    "aio": UNITS - {"testing", "benchmark", "__main__"},
+    "cli": UNITS - {"testing", "benchmark", "__main__"},
+    "testing": UNITS - {"benchmark", "__main__"},
+    "benchmark": UNITS - {"__main__"},
+    "__main__": UNITS,
+    "engine": UNITS - {"testing", "benchmark", "cli", "__main__"},  # the public re-exports
+}
+# The units that may touch sockets, files, clocks, threads and processes.
+IO_ALLOWED = frozenset({
+    "aio", "cli", "benchmark", "testing", "__main__",
+    "logs",        # the log formatter stamps records with the wall clock and writes stderr
+    "profiling",   # the benchmark's latency profiler reads the monotonic clock
+})
+FORBIDDEN_MODULES = frozenset({
     "asyncio", "socket", "time", "threading", "multiprocessing", "subprocess", "select",
     "selectors", "io", "pathlib", "shutil", "tempfile", "os", "signal", "datetime", "uvloop",
     "asyncio_dgram", "concurrent",
-}
+})
 # engine/_core/__init__.py reads ENGINE_NO_EXTENSIONS / ENGINE_REQUIRE_EXTENSIONS from
 # os.environ once at import to pick an implementation; that is configuration, not I/O.
-ALLOWED = {("_core/__init__.py", "os")}
-RANDOM_ALLOWED_ATTRIBUTES = {"Random"}
+IO_EXCEPTIONS = frozenset({("engine._core", "os")})
+RANDOM_ALLOWED_ATTRIBUTES = frozenset({"Random"})
+
+# --------------------------------------------------------------------------- the scan
 
 
-def core_files() -> list[Path]:
-    files: list[Path] = []
-    for package in CORE_PACKAGES:
-        directory = ROOT / package
-        if directory.is_dir():
-            files.extend(sorted(directory.rglob("*.py")) + sorted(directory.rglob("*.pyx")))
-    return files
+@dataclass(frozen=True)
+class Import:
+    source: str          # importing module, dotted ("engine.raft.core")
+    target: str          # imported module, dotted (an engine module, or the top of another)
+    line: int
+    function_level: bool
+    type_checking: bool
 
 
-def violations(path: Path, relative: str | None = None) -> list[str]:
-    relative = relative or str(path.relative_to(ROOT))
-    source = path.read_text()
-    if path.suffix == ".pyx":
-        # Cython syntax is not Python: check import lines only.
-        found = []
-        for number, line in enumerate(source.splitlines(), 1):
-            words = line.replace(",", " ").split()
-            if words[:1] in (["import"], ["from"]) and len(words) > 1:
-                top = words[1].split(".")[0]
-                if top in FORBIDDEN_MODULES and (relative, top) not in ALLOWED:
-                    found.append(f"{relative}:{number}: imports {top}")
-        return found
+@dataclass
+class Tree:
+    modules: dict[str, Path] = field(default_factory=dict)
+    imports: list[Import] = field(default_factory=list)
+    io_uses: list[tuple[str, int, str]] = field(default_factory=list)   # module, line, what
+
+
+def module_name(root: Path, path: Path) -> str:
+    parts = list(path.relative_to(root).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def unit_of(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else parts[0]
+
+
+def _resolve(modules: dict[str, Path], base: str, names: list[str]) -> list[str]:
+    """`from base import a, b`: the submodules named, else `base` itself."""
+    found = [f"{base}.{name}" for name in names if f"{base}.{name}" in modules]
+    return found if len(found) == len(names) else [*found, base]
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    return "TYPE_CHECKING" in ast.unparse(test)
+
+
+def scan(root: Path) -> Tree:
+    """Every import and I/O use of the package `root / "engine"`."""
+    tree = Tree()
+    files = sorted((root / "engine").rglob("*.py")) + sorted((root / "engine").rglob("*.pyx"))
+    for path in files:
+        tree.modules[module_name(root, path)] = path
+    for name, path in tree.modules.items():
+        if path.suffix == ".pyx":
+            _scan_cython(tree, name, path)
+        else:
+            _scan_python(tree, name, path)
+    return tree
+
+
+def _scan_cython(tree: Tree, name: str, path: Path) -> None:
+    # Cython syntax is not Python: import lines only (cimports are C-level, not modules).
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        words = line.replace(",", " ").split()
+        indented = line[:1].isspace()
+        if words[:1] == ["import"] and len(words) > 1:
+            targets = [words[1]]
+        elif words[:1] == ["from"] and len(words) > 3 and words[2] == "import":
+            targets = _resolve(tree.modules, words[1], words[3:]) if words[1].startswith(
+                "engine") else [words[1]]
+        else:
+            continue
+        for target in targets:
+            _record(tree, name, target, number, indented, False)
+
+
+def _scan_python(tree: Tree, name: str, path: Path) -> None:
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+
+    def visit(node: ast.AST, in_function: bool, type_checking: bool) -> None:
+        for child in ast.iter_child_nodes(node):
+            function = in_function or isinstance(
+                child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
+            guarded = type_checking or (
+                isinstance(child, ast.If) and _is_type_checking(child.test))
+            targets: list[str] = []
+            if isinstance(child, ast.Import):
+                targets = [alias.name for alias in child.names]
+            elif isinstance(child, ast.ImportFrom):
+                base = child.module or ""
+                if child.level:
+                    anchor = package.split(".")[: len(package.split(".")) - child.level + 1]
+                    base = ".".join([*anchor, *([base] if base else [])])
+                names = [alias.name for alias in child.names]
+                targets = _resolve(tree.modules, base, names) if base.startswith(
+                    "engine") else [base]
+                if base == "random":
+                    bad = sorted(set(names) - RANDOM_ALLOWED_ATTRIBUTES)
+                    if bad:
+                        tree.io_uses.append((name, child.lineno, f"from random import {bad}"))
+            for target in targets:
+                _record(tree, name, target, child.lineno, function, guarded)
+            if (isinstance(child, ast.Call) and isinstance(child.func, ast.Name)
+                    and child.func.id == "open"):
+                tree.io_uses.append((name, child.lineno, "calls open()"))
+            if (isinstance(child, ast.Attribute) and isinstance(child.value, ast.Name)
+                    and child.value.id == "random"
+                    and child.attr not in RANDOM_ALLOWED_ATTRIBUTES):
+                tree.io_uses.append((name, child.lineno, f"uses random.{child.attr} (unseeded)"))
+            visit(child, function, guarded)
+
+    visit(ast.parse(path.read_text(), filename=str(path)), False, False)
+
+
+def _record(tree: Tree, name: str, target: str, line: int, function: bool, guarded: bool) -> None:
+    tree.imports.append(Import(name, target, line, function, guarded))
+    top = target.split(".")[0]
+    if top in FORBIDDEN_MODULES and not guarded:
+        tree.io_uses.append((name, line, f"imports {target}"))
+
+
+# --------------------------------------------------------------------------- the rules
+
+
+def graph_violations(tree: Tree) -> list[str]:
+    """Rule 1: imports between units outside ALLOWED, and units not in it."""
     found = []
-    tree = ast.parse(source, filename=str(path))
-    for node in ast.walk(tree):
-        names: list[str] = []
-        if isinstance(node, ast.Import):
-            names = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names = [node.module]
-            if node.module == "random":
-                bad = [a.name for a in node.names if a.name not in RANDOM_ALLOWED_ATTRIBUTES]
-                if bad:
-                    found.append(f"{relative}:{node.lineno}: from random import {bad}")
-        for name in names:
-            top = name.split(".")[0]
-            if top in FORBIDDEN_MODULES and (relative, top) not in ALLOWED:
-                found.append(f"{relative}:{node.lineno}: imports {name}")
-        is_call = isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
-        if is_call and node.func.id == "open":
-            found.append(f"{relative}:{node.lineno}: calls open()")
-        if (
-            isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
-            and node.value.id == "random" and node.attr not in RANDOM_ALLOWED_ATTRIBUTES
-        ):
-            found.append(f"{relative}:{node.lineno}: uses random.{node.attr} (unseeded)")
+    for unit in sorted({unit_of(module) for module in tree.modules}):
+        if unit not in ALLOWED:
+            found.append(f"engine unit {unit!r} is not in the allowed-imports graph")
+    for imp in tree.imports:
+        if not imp.target.startswith("engine"):
+            continue
+        source, target = unit_of(imp.source), unit_of(imp.target)
+        if source != target and source in ALLOWED and target not in ALLOWED[source]:
+            found.append(f"{imp.source}:{imp.line}: {source} may not import {imp.target}")
     return found
 
 
-@pytest.mark.parametrize("path", core_files(), ids=lambda p: str(p.relative_to(ROOT)))
-def test_core_module_is_sans_io(path: Path) -> None:
-    assert violations(path) == []
+def io_violations(tree: Tree) -> list[str]:
+    """Rule 2: I/O, clocks and unseeded randomness outside IO_ALLOWED."""
+    found = []
+    for module, line, what in tree.io_uses:
+        if unit_of(module) in IO_ALLOWED:
+            continue
+        top = what.removeprefix("imports ").split(".")[0]
+        if (module, top) in IO_EXCEPTIONS:
+            continue
+        found.append(f"{module}:{line}: {what}")
+    return found
 
 
-def test_scanner_catches_forbidden_imports(tmp_path: Path) -> None:
-    """The scan itself must be able to fail: feed it a module that breaks every rule."""
-    bad = tmp_path / "probe.py"
-    bad.write_text(
-        "import asyncio\nfrom time import monotonic\nimport random\nx = random.random()\n"
-        "open('f')\n"
-    )
-    found = violations(bad, relative="raft/probe.py")
-    assert len(found) == 4, found
+def cycle_violations(tree: Tree) -> list[str]:
+    """Rule 3: cycles among engine modules, function-level imports included."""
+    edges: dict[str, dict[str, Import]] = {}
+    for imp in tree.imports:
+        if imp.type_checking or not imp.target.startswith("engine"):
+            continue
+        parts = imp.target.split(".")
+        # Importing a.b.c runs the __init__ of a.b first; the importer's own packages are
+        # already initialising, so they add no edge.
+        for i in range(2, len(parts) + 1):
+            target = ".".join(parts[:i])
+            if (target in tree.modules and target != imp.source
+                    and not imp.source.startswith(target + ".")):
+                edges.setdefault(imp.source, {}).setdefault(target, imp)
+    found = []
+    for component in _strongly_connected(sorted(tree.modules), edges):
+        members = set(component)
+        links = []
+        for source in component:
+            for target, imp in sorted(edges.get(source, {}).items()):
+                if target in members:
+                    where = " (function-level)" if imp.function_level else ""
+                    links.append(f"{source}:{imp.line} -> {target}{where}")
+        found.append(f"import cycle among {component}: " + "; ".join(links))
+    return found
 
 
-def test_core_packages_exist() -> None:
-    assert len(core_files()) >= 6
+def _strongly_connected(nodes: list[str], edges: dict[str, dict[str, Import]]) -> list[list[str]]:
+    """Tarjan's algorithm, iterative; the components of more than one module."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    components: list[list[str]] = []
+    for start in nodes:
+        if start in index:
+            continue
+        work = [(start, iter(sorted(edges.get(start, {}))))]
+        index[start] = low[start] = len(index)
+        stack.append(start)
+        on_stack.add(start)
+        while work:
+            node, successors = work[-1]
+            advanced = False
+            for successor in successors:
+                if successor not in index:
+                    index[successor] = low[successor] = len(index)
+                    stack.append(successor)
+                    on_stack.add(successor)
+                    work.append((successor, iter(sorted(edges.get(successor, {})))))
+                    advanced = True
+                    break
+                if successor in on_stack:
+                    low[node] = min(low[node], index[successor])
+            if advanced:
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.append(member)
+                    if member == node:
+                        break
+                if len(component) > 1:
+                    components.append(sorted(component))
+    return components
+
+
+# --------------------------------------------------------------------------- engine/
+
+
+@pytest.fixture(scope="module")
+def engine_tree() -> Tree:
+    return scan(REPOSITORY)
+
+
+def test_imports_follow_the_allowed_graph(engine_tree: Tree) -> None:
+    assert graph_violations(engine_tree) == []
+
+
+def test_only_the_io_layers_touch_io_clocks_or_unseeded_randomness(engine_tree: Tree) -> None:
+    assert io_violations(engine_tree) == []
+
+
+def test_no_import_cycle_not_even_behind_a_function_level_import(engine_tree: Tree) -> None:
+    assert cycle_violations(engine_tree) == []
+
+
+def test_the_scan_sees_the_layers(engine_tree: Tree) -> None:
+    units = {unit_of(module) for module in engine_tree.modules}
+    assert {"raft", "paxos", "replication", "_core", "kv", "aio", "config", "wire"} <= units
+    assert len(engine_tree.imports) > 300
+
+
+def test_the_graph_states_the_design_rules() -> None:
+    """DESIGN.md §2, checked on ALLOWED itself so that loosening it fails here."""
+    cores = {"raft", "paxos"}
+    state_machines = {"kv", "shard", "txn", "coord", "fs"}
+    for core in cores:
+        assert not ALLOWED[core] & (cores | {"aio", "config", "driver", "testing"}), core
+    assert not ALLOWED["replication"] & cores
+    assert ALLOWED["_core"] <= {"errors", "wire"}
+    assert ALLOWED["wire"] == frozenset()
+    for machine in state_machines:
+        assert "aio" not in ALLOWED[machine] and not ALLOWED[machine] & cores, machine
+    for unit, allowed in ALLOWED.items():
+        if unit not in IO_ALLOWED | {"engine"}:
+            assert not allowed & {"aio", "cli", "testing", "benchmark"}, unit
+
+
+# --------------------------------------------------------------------------- planted faults
+
+
+def _plant(tmp_path: Path, files: dict[str, str]) -> Tree:
+    """A synthetic engine/ of the given files (path -> source); every package gets an
+    __init__.py."""
+    for relative, source in files.items():
+        path = tmp_path / "engine" / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(source)
+        for parent in path.relative_to(tmp_path).parents:
+            init = tmp_path / parent / "__init__.py"
+            if parent != Path(".") and not init.exists():
+                init.write_text("")
+    return scan(tmp_path)
+
+
+def test_a_core_importing_the_other_core_is_caught(tmp_path: Path) -> None:
+    tree = _plant(tmp_path, {"raft/core.py": "", "paxos/core.py": "from engine.raft import core\n"})
+    assert graph_violations(tree) == ["engine.paxos.core:1: paxos may not import engine.raft.core"]
+
+
+def test_replication_importing_a_core_is_caught(tmp_path: Path) -> None:
+    tree = _plant(tmp_path, {
+        "raft/log.py": "", "replication/reads.py": "def f():\n    import engine.raft.log\n"})
+    assert graph_violations(tree) == [
+        "engine.replication.reads:2: replication may not import engine.raft.log"]
+
+
+def test_core_compiled_code_importing_beyond_errors_and_wire_is_caught(tmp_path: Path) -> None:
+    tree = _plant(tmp_path, {
+        "messages.py": "", "wire.py": "", "errors.py": "",
+        "_core/codec_c.pyx": "from engine.wire import KNOWN_MESSAGE_TYPES\n"
+                             "from engine.errors import DecodeError\n"
+                             "    from engine.messages import Message\n",
+        "_core/codec_py.py": "from engine import messages\n"})
+    assert sorted(graph_violations(tree)) == [
+        "engine._core.codec_c:3: _core may not import engine.messages",
+        "engine._core.codec_py:1: _core may not import engine.messages",
+    ]
+
+
+def test_a_state_machine_importing_aio_is_caught_even_for_types(tmp_path: Path) -> None:
+    tree = _plant(tmp_path, {
+        "aio/node.py": "",
+        "kv/store.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
+                       "    from engine.aio.node import Node\n"})
+    assert graph_violations(tree) == ["engine.kv.store:3: kv may not import engine.aio.node"]
+
+
+def test_an_undeclared_package_is_caught(tmp_path: Path) -> None:
+    tree = _plant(tmp_path, {"gossip/peer.py": ""})
+    assert graph_violations(tree) == ["engine unit 'gossip' is not in the allowed-imports graph"]
+
+
+def test_io_in_a_sans_io_layer_is_caught(tmp_path: Path) -> None:
+    tree = _plant(tmp_path, {
+        "raft/probe.py": "import asyncio\nfrom time import monotonic\nimport random\n"
+                         "x = random.random()\nopen('f')\nfrom random import choice\n",
+        "replication/clock.py": "def now():\n    import time\n    return time.time()\n",
+        "aio/udp.py": "import socket\nimport time\n",
+        "_core/__init__.py": "import os\n"})
+    assert io_violations(tree) == [
+        "engine.raft.probe:1: imports asyncio",
+        "engine.raft.probe:2: imports time",
+        "engine.raft.probe:4: uses random.random (unseeded)",
+        "engine.raft.probe:5: calls open()",
+        "engine.raft.probe:6: from random import ['choice']",
+        "engine.replication.clock:2: imports time",
+    ]
+
+
+def test_a_function_level_import_hiding_a_cycle_is_caught(tmp_path: Path) -> None:
+    tree = _plant(tmp_path, {
+        "types.py": "def check():\n    from engine.paxos.config import PaxosConfig\n",
+        "paxos/config.py": "from engine.types import Limits\n"})
+    assert cycle_violations(tree) == [
+        "import cycle among ['engine.paxos.config', 'engine.types']: "
+        "engine.paxos.config:1 -> engine.types; "
+        "engine.types:2 -> engine.paxos.config (function-level)"
+    ]
+
+
+def test_a_cycle_through_a_package_init_is_caught(tmp_path: Path) -> None:
+    tree = _plant(tmp_path, {
+        "paxos/__init__.py": "from engine.paxos.config import PaxosConfig\n",
+        "paxos/config.py": "from engine.config import Limits\n",
+        "config.py": "def f():\n    from engine.paxos.quorums import check\n",
+        "paxos/quorums.py": ""})
+    [cycle] = cycle_violations(tree)
+    assert "engine.config:2 -> engine.paxos (function-level)" in cycle
+
+
+def test_type_checking_imports_and_deferred_imports_without_a_cycle_pass(tmp_path: Path) -> None:
+    tree = _plant(tmp_path, {
+        "aio/node.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
+                       "    from engine.aio.metrics import Metrics\n",
+        "aio/metrics.py": "from engine.aio.node import Node\n",
+        "benchmark.py": "def run():\n    from engine.aio.node import Node\n"})
+    assert cycle_violations(tree) == [] and graph_violations(tree) == []

@@ -28,6 +28,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from engine._core import codec_py as _py
+from engine.wire import KNOWN_ENTRY_KINDS, KNOWN_MESSAGE_TYPES
 from engine.errors import (
     ConfigError,
     DecodeError,
@@ -395,8 +396,6 @@ cdef class FrameCodec:
             cluster_key, cluster_id, max_datagram_bytes, limits=limits,
             max_frame_bytes=max_frame_bytes, local_id=local_id, encrypt=encrypt,
         )
-        from engine.messages import KNOWN_ENTRY_KINDS, KNOWN_MESSAGE_TYPES
-
         self.cluster_id = spec.cluster_id
         self.local_id = spec.local_id
         self.max_datagram_bytes = spec.max_datagram_bytes

@@ -164,7 +164,16 @@ from engine.errors import (
     WrongModeError,
     WrongReceiverError,
 )
-from engine.types import U64_MAX, Limits
+from engine.wire import (
+    KNOWN_ENTRY_KINDS,
+    KNOWN_MESSAGE_TYPES,
+    MAX_CONTEXT_BYTES,
+    MAX_ENTRIES_PER_MESSAGE,
+    MAX_MESSAGES_PER_FRAME,
+    MAX_REASSEMBLY_BYTES,
+    U64_MAX,
+    WireLimits,
+)
 
 WIRE_VERSION = 3            # AES-256-GCM tag, receiver id in the header
 FRAME_MESSAGES = 1
@@ -421,14 +430,19 @@ class FrameCodec:
 
     def __init__(
         self, cluster_key: bytes, cluster_id: int = 0, max_datagram_bytes: int = 65_000,
-        *, limits: Limits | None = None, max_frame_bytes: int | None = None, local_id: int = 0,
-        encrypt: bool = False,
+        *, limits: WireLimits | None = None, max_frame_bytes: int | None = None,
+        local_id: int = 0, encrypt: bool = False,
     ) -> None:
-        # Imported here, not at module import: engine.messages imports this module at its
-        # bottom, so a module-level import would be circular.
-        from engine.messages import KNOWN_ENTRY_KINDS, KNOWN_MESSAGE_TYPES
-
-        limits = Limits() if limits is None else limits
+        if limits is None:
+            messages_per_frame = MAX_MESSAGES_PER_FRAME
+            entries_per_message = MAX_ENTRIES_PER_MESSAGE
+            context_bytes = MAX_CONTEXT_BYTES
+            reassembly_bytes = MAX_REASSEMBLY_BYTES
+        else:
+            messages_per_frame = limits.max_messages_per_frame
+            entries_per_message = limits.max_entries_per_message
+            context_bytes = limits.max_context_bytes
+            reassembly_bytes = limits.max_reassembly_bytes
         key = _check_key(cluster_key)
         if not isinstance(cluster_id, int) or not 0 <= cluster_id <= U64_MAX:
             raise ConfigError(f"cluster_id must be an int in [0, 2**64), got {cluster_id!r}")
@@ -445,7 +459,7 @@ class FrameCodec:
         if not isinstance(encrypt, bool):
             raise ConfigError(f"encrypt must be a bool, got {encrypt!r}")
         if max_frame_bytes is None:
-            max_frame_bytes = max(limits.max_reassembly_bytes, max_datagram_bytes)
+            max_frame_bytes = max(reassembly_bytes, max_datagram_bytes)
         if not isinstance(max_frame_bytes, int) or not (
             max_datagram_bytes <= max_frame_bytes <= MAX_FRAME_BYTES
         ):
@@ -457,9 +471,9 @@ class FrameCodec:
         self.max_datagram_bytes = max_datagram_bytes
         self.max_frame_bytes = max_frame_bytes
         self.max_chunk_bytes = max_datagram_bytes - FRAGMENT_OVERHEAD
-        self.max_messages_per_frame = limits.max_messages_per_frame
-        self.max_entries_per_message = limits.max_entries_per_message
-        self.max_context_bytes = limits.max_context_bytes
+        self.max_messages_per_frame = messages_per_frame
+        self.max_entries_per_message = entries_per_message
+        self.max_context_bytes = context_bytes
         self.encrypt = encrypt
         # The kinds this codec writes and accepts: the mode is one bit of the kind.
         mode = FRAME_ENCRYPTED if encrypt else 0

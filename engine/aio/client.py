@@ -30,9 +30,10 @@ from typing import Any
 from engine import errors
 from engine._core import codec
 from engine.aio.udp import new_boot_epoch
+from engine.config import Limits
 from engine.kv import commands
-from engine.messages import ClientOp, ClientStatus, Message, MessageType, enum_members
-from engine.types import MIN_CLIENT_ID, Limits, check_client_id, parse_address
+from engine.messages import AdminOp, ClientOp, ClientStatus, Message, MessageType, enum_members
+from engine.types import MIN_CLIENT_ID, check_client_id, parse_address
 
 # The enums' members as plain attributes (engine.messages.enum_members): read per request.
 _MT = enum_members(MessageType)
@@ -532,8 +533,6 @@ class Client:
 
     async def transfer_leadership(self, to: int, *, timeout: float = 10.0) -> None:
         """Ask the current leader to hand leadership to node `to` (Raft thesis §3.10)."""
-        from engine.messages import AdminOp
-
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         candidates = [_format_address(host, port) for host, port in self.addresses]
@@ -561,8 +560,6 @@ class Client:
         """Ask the leader to add node `node_id` at `address` (engine.Node.add_member: as a
         learner, then promoted once caught up unless learner=True); returns the committed
         membership. Start that node first with NodeConfig(join=True) / `serve --join`."""
-        from engine.messages import AdminOp
-
         parse_address(address)
         return await self._membership_op(AdminOp.ADD_MEMBER, {
             "id": node_id, "address": address, "learner": learner, "witness": witness,
@@ -570,14 +567,10 @@ class Client:
 
     async def remove_member(self, node_id: int, *, timeout: float = 60.0) -> dict[str, Any]:
         """Ask the leader to remove node `node_id`; returns the committed membership."""
-        from engine.messages import AdminOp
-
         return await self._membership_op(AdminOp.REMOVE_MEMBER, {"id": node_id}, timeout)
 
     async def promote(self, node_id: int, *, timeout: float = 60.0) -> dict[str, Any]:
         """Ask the leader to make learner `node_id` a voter once it is caught up."""
-        from engine.messages import AdminOp
-
         return await self._membership_op(AdminOp.PROMOTE_MEMBER, {"id": node_id}, timeout)
 
     async def members(self, *, timeout: float | None = None) -> dict[str, Any]:

@@ -3,7 +3,7 @@
 Cluster id (docs/reliability.md, "Authenticated wire and cluster identity"). Fixed when the
 node first starts and stored in `<data_dir>/cluster_id`: NodeConfig.cluster_id if set, else
 derived from the bootstrap members (ids and addresses) and the cluster key
-(engine.types.derive_cluster_id),
+(engine.config.derive_cluster_id),
 so every node of one bootstrap list agrees without talking and a node started with another
 list is refused by the others. A node started with join=True has none yet (0, unbound): its
 transport takes the id of the first authenticated frame of a member and `store_cluster_id`
@@ -25,7 +25,8 @@ from dataclasses import dataclass
 from engine import errors
 from engine.aio.udp import new_boot_epoch, wall_clock_ns
 from engine.aio.wal import replace_file_durably
-from engine.types import U64_MAX, NodeConfig
+from engine.config import NodeConfig
+from engine.types import U64_MAX
 
 BOOT_EPOCH_FILE = "boot_epoch"
 CLUSTER_ID_FILE = "cluster_id"

@@ -29,7 +29,7 @@ from typing import Any
 from engine import errors
 from engine.aio.memory_storage import MemoryStorage
 from engine.aio.node import Node
-from engine.types import NodeConfig
+from engine.config import NodeConfig
 
 
 def free_udp_ports(count: int, host: str = "127.0.0.1") -> list[int]:

@@ -27,6 +27,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram,
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from engine import __version__
+from engine._core import IMPLEMENTATION
 from engine.types import parse_address
 
 if TYPE_CHECKING:
@@ -162,9 +164,6 @@ class _NodeCollector(Collector):
 
     @staticmethod
     def _identity(node: Node) -> Iterator[Metric]:
-        from engine import __version__
-        from engine._core import IMPLEMENTATION
-
         info = GaugeMetricFamily("engine_node_info", "This node (value 1)",
                                  labels=["node_id", "protocol", "version", "core"])
         info.add_metric([str(node.config.node_id), node.config.protocol, __version__,

@@ -88,8 +88,9 @@ from engine.aio.node_reads import _ReadsMixin
 from engine.aio.node_serving import _ServingMixin
 from engine.aio.node_snapshots import _SnapshotsMixin
 from engine.aio.node_snapshots import _state_machine_fork as _state_machine_fork
+from engine.config import NodeConfig
 from engine.messages import EntryKind, Message, MessageType
-from engine.types import NodeConfig, Ready, Snapshot
+from engine.types import Ready, Snapshot
 from engine.types import StateMachine as StateMachine
 
 if TYPE_CHECKING:

@@ -23,8 +23,8 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
+from engine.config import NodeConfig
 from engine.logs import log_event
-from engine.types import NodeConfig
 
 if TYPE_CHECKING:
     from engine.aio.metrics import NodeMetrics

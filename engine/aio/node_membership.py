@@ -11,9 +11,10 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from engine import errors
+from engine.config import NodeConfig
 from engine.logs import log_event
 from engine.messages import AdminOp, ClientStatus, Message, MessageType
-from engine.types import NodeConfig, parse_address
+from engine.types import parse_address
 
 logger = logging.getLogger("engine.node")
 

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from engine import errors
-from engine.types import NodeConfig
+from engine.config import NodeConfig
 
 if TYPE_CHECKING:
     from engine.aio.node import StateMachine

@@ -21,6 +21,7 @@ from engine._core import codec
 from engine.aio import snapshot_serving
 from engine.aio.node_membership import _MEMBERSHIP_ADMIN_OPS, admin_payload
 from engine.aio.node_reads import READ_MODES
+from engine.config import NodeConfig
 from engine.messages import (
     AdminOp,
     ClientOp,
@@ -29,7 +30,6 @@ from engine.messages import (
     MessageType,
     enum_members,
 )
-from engine.types import NodeConfig
 
 # The enums' members as plain attributes (engine.messages.enum_members): read per request.
 _MT = enum_members(MessageType)

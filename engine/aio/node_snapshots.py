@@ -16,8 +16,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from engine import errors
+from engine.config import NodeConfig
 from engine.logs import log_event
-from engine.types import NodeConfig, Ready, Snapshot
+from engine.types import Ready, Snapshot
 
 if TYPE_CHECKING:
     from engine.aio.node import StateMachine
@@ -165,7 +166,7 @@ class _SnapshotsMixin:
                         serialize: Callable[[], bytes] | None,
                         configuration: bytes = b"") -> Snapshot:
         """On the snapshot thread: serialise (if forked), checksum, write durably."""
-        from engine.raft.snapshot import encode_snapshot
+        from engine.replication.snapshot import encode_snapshot
 
         started = time.perf_counter()
         if serialize is not None:
@@ -216,7 +217,7 @@ class _SnapshotsMixin:
         assert snapshot is not None
 
         def install() -> None:
-            from engine.raft.snapshot import encode_snapshot
+            from engine.replication.snapshot import encode_snapshot
 
             envelope = snapshot.envelope or encode_snapshot(snapshot)
             self._storage.save_snapshot(snapshot, envelope)

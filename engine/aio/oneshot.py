@@ -16,8 +16,9 @@ import asyncio_dgram
 from engine import errors
 from engine._core import codec
 from engine.aio.udp import new_boot_epoch
+from engine.config import Limits
 from engine.messages import Message
-from engine.types import MIN_CLIENT_ID, Limits, parse_address
+from engine.types import MIN_CLIENT_ID, parse_address
 
 
 async def exchange(address: str, request: Message, cluster_key: bytes, *,

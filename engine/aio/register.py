@@ -46,9 +46,10 @@ from typing import Any
 from engine import errors
 from engine.aio.udp import UdpTransport, as_address
 from engine.aio.wal import make_directory_durably
+from engine.config import Limits
 from engine.messages import Entry
 from engine.paxos.synod import Synod, SynodConfig
-from engine.types import HardState, Limits, Ready
+from engine.types import HardState, Ready
 
 _MAGIC = b"EPXR"
 _VERSION = 1

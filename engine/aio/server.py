@@ -8,8 +8,9 @@ import logging
 import signal
 
 from engine.aio.node import Node
+from engine.config import NodeConfig
 from engine.errors import ConfigError, StorageError
-from engine.types import NodeConfig, StateMachine
+from engine.types import StateMachine
 
 logger = logging.getLogger("engine.server")
 

@@ -28,7 +28,7 @@ from the state machine (snapshot_fork() when it has one: frozen on the loop, ser
 it), not read from the newest snapshot file, which covers the log only up to the last
 snapshot threshold and so misses recent acknowledged writes. A leader never installs a
 snapshot from another node, so the state machine does not change under the fork except by
-apply on this loop. The envelope is engine.raft.snapshot's version 1 (no membership), exactly
+apply on this loop. The envelope is engine.replication.snapshot's version 1 (no membership), exactly
 what the offline `snapshot save --data-dir` writes, so `snapshot restore` takes either.
 
 Bounded memory: one held snapshot per node. A begin reuses the held one when it covers the
@@ -51,9 +51,10 @@ from typing import TYPE_CHECKING, Any
 
 from engine import errors
 from engine._core import codec
+from engine.limits import Limits
 from engine.messages import ClientStatus, Message, MessageType, enum_members
-from engine.raft.snapshot import ENVELOPE_OVERHEAD, decode_snapshot, encode_snapshot
-from engine.types import U64_MAX, Limits, Snapshot
+from engine.replication.snapshot import ENVELOPE_OVERHEAD, decode_snapshot, encode_snapshot
+from engine.types import U64_MAX, Snapshot
 
 if TYPE_CHECKING:
     from engine.aio.node import Node
@@ -128,7 +129,7 @@ class SnapshotAssembly:
     Every error is SnapshotCorrupt (nothing is returned): a total outside
     [ENVELOPE_OVERHEAD, max_bytes], a chunk at another offset than the next one, an empty
     chunk before the end, bytes past the total, and an envelope that fails decode_snapshot
-    (the BLAKE2b digest over header and data, engine.raft.snapshot)."""
+    (the BLAKE2b digest over header and data, engine.replication.snapshot)."""
 
     def __init__(self, index: int, term: int, total: int, max_bytes: int) -> None:
         if not ENVELOPE_OVERHEAD <= total <= max_bytes:

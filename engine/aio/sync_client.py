@@ -16,6 +16,7 @@ from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 from engine.aio.client import Client
+from engine.errors import Stopped
 from engine.kv import commands
 
 T = TypeVar("T")
@@ -60,8 +61,6 @@ class SyncClient:
     def _run(self, coroutine: Coroutine[Any, Any, T]) -> T:
         if self._loop.is_closed():
             coroutine.close()
-            from engine.errors import Stopped
-
             raise Stopped("SyncClient is closed")
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
 

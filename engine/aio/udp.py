@@ -73,6 +73,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine._core import codec
+from engine.config import Limits
 from engine.errors import (
     ConfigError,
     DecodeError,
@@ -81,7 +82,7 @@ from engine.errors import (
     WrongModeError,
     WrongReceiverError,
 )
-from engine.types import MIN_CLIENT_ID, Limits, parse_address
+from engine.types import MIN_CLIENT_ID, parse_address
 
 logger = logging.getLogger("engine.aio.udp")
 

@@ -56,7 +56,7 @@ loses nothing, but after a machine crash several unsynced records may be torn, w
 then reports as corruption).
 
 Snapshots. State-machine snapshots live beside the segments as ``snap-<index:020d>-<term:020d>
-.snap`` files holding the checksummed envelope of engine.raft.snapshot (BLAKE2b-256 over
+.snap`` files holding the checksummed envelope of engine.replication.snapshot (BLAKE2b-256 over
 header and data). `write_snapshot_file` writes one to a temporary file, fsyncs it, renames it
 into place and fsyncs the directory, then deletes older snapshot files; it touches no WAL
 state, so a node may run it on another thread while saves continue. The driver then calls
@@ -87,7 +87,7 @@ import numpy as np
 
 from engine.errors import DecodeError, StorageError, WalCorruptError
 from engine.messages import Entry
-from engine.raft.snapshot import decode_snapshot
+from engine.replication.snapshot import decode_snapshot
 from engine.types import HardState, Snapshot
 
 MAGIC = b"EWAL"

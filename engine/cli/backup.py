@@ -1,7 +1,7 @@
 """`snapshot save FILE --data-dir DIR` and `snapshot restore FILE --data-dir DIR`: backups of
 the KV state machine as one checksummed file.
 
-The file is a snapshot envelope (engine.raft.snapshot: magic, index, term, data, BLAKE2b-256
+The file is a snapshot envelope (engine.replication.snapshot: magic, index, term, data, BLAKE2b-256
 digest), the same bytes a leader sends a follower, so a backup that was damaged on its way
 is refused at restore, never half-restored.
 
@@ -50,7 +50,7 @@ def save(data_dir: str, path: str) -> dict[str, Any]:
     from engine.aio.wal import WriteAheadLog
     from engine.kv import KVStore
     from engine.messages import EntryKind
-    from engine.raft.snapshot import encode_snapshot
+    from engine.replication.snapshot import encode_snapshot
 
     if not os.path.isdir(data_dir):
         raise ConfigError(f"data dir {data_dir} is not a directory")
@@ -87,7 +87,7 @@ def save(data_dir: str, path: str) -> dict[str, Any]:
 def restore(path: str, data_dir: str) -> dict[str, Any]:
     """Initialise the empty `data_dir` from the backup at `path`."""
     from engine.aio.wal import WriteAheadLog, write_snapshot_file
-    from engine.raft.snapshot import decode_snapshot, encode_snapshot
+    from engine.replication.snapshot import decode_snapshot, encode_snapshot
 
     try:
         with open(path, "rb") as file:

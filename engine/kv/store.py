@@ -56,7 +56,7 @@ from engine.kv.commands import (
     encode_result,
     strip_result,
 )
-from engine.types import Limits
+from engine.limits import Limits
 
 _SNAPSHOT_MAGIC = b"EKV1"
 _SNAPSHOT_HEAD = struct.Struct("<4sQQQ")   # magic, applied_index, n_keys, n_sessions

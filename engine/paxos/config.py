@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from engine.errors import ConfigError
+from engine.limits import Limits, TimingConfig
 from engine.paxos.ballot import MAX_NODE_ID
-from engine.types import Limits, TimingConfig
 
 
 @dataclass(frozen=True, slots=True)

@@ -80,9 +80,9 @@ decides).
 Snapshots and log trimming (the RaftCore surface, so engine.Node's snapshot path drives both).
 The driver snapshots the state machine at its applied slot and, once the snapshot is durable,
 calls `compact(snapshot, compact_to)`: the core keeps the snapshot (its envelope,
-engine.raft.snapshot) and drops its slots through compact_to (<= the snapshot's slot, <= the
-persisted prefix). Slot s then lives at self._log[s - 1 - self._floor]; `log` is the small view
-the driver reads (first_index, persisted_index, term(i)). A Paxos snapshot's `term` is the
+engine.replication.snapshot) and drops its slots through compact_to (<= the snapshot's slot, <=
+the persisted prefix). Slot s then lives at self._log[s - 1 - self._floor]; `log` is the small
+view the driver reads (first_index, persisted_index, term(i)). A Paxos snapshot's `term` is the
 ballot this replica's stored copy of slot `index` was accepted in (0: nothing stored): it only
 serves the WAL's compaction marker, which keeps the stored slots after `index` iff the WAL
 holds slot `index` with that ballot.
@@ -104,15 +104,14 @@ discards its suffix on a ballot mismatch; a forgotten accepted vote could let a 
 choose another value). If slot S has a change not yet handed to the driver, the install waits
 until it is persisted, so the ballot on disk at S is known.
 
-Snapshot transfer reuses Raft's chunked SNAPSHOT / SNAPSHOT_RESPONSE messages and
-engine.raft.snapshot's SnapshotSender / SnapshotReceiver (term = the sender's promised ballot,
-index + log_term = the snapshot's slot and ballot, seq = offset, status = total size, context =
-chunk). Any replica serves it, to a CATCHUP_REQUEST whose first slot it has trimmed (the values
-are chosen, so no ballot is needed). The receiver answers SNAPSHOT_RESPONSE(seq = total) once
-the snapshot is durable (after persist), which ends the transfer, then asks for the chosen slots
-after it. A leader does not send ACCEPTs for slots it has trimmed: a lagging acceptor's
-progress skips to the first retained slot (those slots are chosen; it learns them from the
-snapshot).
+Snapshot transfer is engine.replication.snapshot's chunked SNAPSHOT / SNAPSHOT_RESPONSE
+exchange (term = the sender's promised ballot, index + log_term = the snapshot's slot and
+ballot, seq = offset, status = total size, context = chunk). Any replica serves it, to a
+CATCHUP_REQUEST whose first slot it has trimmed (the values are chosen, so no ballot is
+needed). The receiver answers SNAPSHOT_RESPONSE(seq = total) once the snapshot is durable
+(after persist), which ends the transfer, then asks for the chosen slots after it. A leader
+does not send ACCEPTs for slots it has trimmed: a lagging acceptor's progress skips to the
+first retained slot (those slots are chosen; it learns them from the snapshot).
 
 Not implemented yet: reconfiguration.
 """
@@ -128,23 +127,29 @@ from typing import Any, NoReturn
 from engine.core import Core
 from engine.errors import (
     ConfigError,
-    DecodeError,
-    EntryTooLarge,
     InvariantViolation,
     LogIndexError,
     NotLeader,
-    Overloaded,
 )
 from engine.messages import Entry, EntryKind, Message, MessageType
 from engine.paxos.ballot import NO_BALLOT, ballot_node, format_ballot, next_ballot
 from engine.paxos.config import PaxosConfig
-from engine.raft.snapshot import (
-    ENVELOPE_OVERHEAD,
-    SnapshotReceiver,
+from engine.replication.admission import admit_batch
+from engine.replication.outbox import Outbox
+from engine.replication.reads import ReadIndexQueue
+from engine.replication.snapshot import (
+    SNAPSHOT_REFUSED,
+    SnapshotInbox,
     SnapshotSender,
     encode_snapshot,
+    malformed_chunk,
 )
-from engine.types import HardState, ReadState, Ready, Snapshot
+from engine.replication.timing import (
+    randomized_election_timeout,
+    retransmit_ticks,
+    retry_ticks,
+)
+from engine.types import HardState, Ready, Snapshot
 
 _MT = MessageType
 _NONE = 0
@@ -156,9 +161,6 @@ _FORCE = b"force"
 # candidate buffer: parts x max_entries_per_message entries).
 _MAX_PROMISE_PARTS = 4_096
 _EMPTY_HARD_STATE = HardState()
-# SNAPSHOT_RESPONSE status: the receiver refuses this snapshot for good (too large); the same
-# code engine.raft.core uses.
-_SNAPSHOT_REFUSED = 1
 
 _PAXOS_TYPES = frozenset({
     _MT.PREPARE, _MT.PROMISE, _MT.ACCEPT, _MT.ACCEPTED, _MT.CHOSEN,
@@ -276,16 +278,6 @@ class SlotLogView:
         return self._core._stored_ballot(index)
 
 
-class _PendingRead:
-    __slots__ = ("round", "index", "requester", "context")
-
-    def __init__(self, round_: int, index: int, requester: int, context: bytes) -> None:
-        self.round = round_
-        self.index = index
-        self.requester = requester
-        self.context = context
-
-
 class PaxosCore:
     """One Multi-Paxos replica, restartable from its persisted HardState and slots."""
 
@@ -338,9 +330,8 @@ class PaxosCore:
         self.leader_id = _NONE
         self.ballot = NO_BALLOT        # our own ballot while candidate or leader
         self._max_seen = self.promised
-        self._messages: list[Any] = []
-        self._messages_after_persist: list[Any] = []
-        self._read_states: list[ReadState] = []
+        self._outbox = Outbox(_AFTER_PERSIST)
+        self._send = self._outbox.send
 
         self._ticks = 0
         self._election_elapsed = 0
@@ -358,10 +349,9 @@ class PaxosCore:
         self._phase2_start = 0
         self._recovered_end = 0
         self._uncommitted_bytes = 0
-        self._read_round = 0
-        self._read_heartbeat_due = False
-        self._pending_reads: deque[_PendingRead] = deque()
-        self._reads_awaiting_recovery: list[tuple[int, bytes]] = []
+        # Quorum reads: a round per read; reads wait in `deferred` until every slot
+        # recovered in phase 1 is chosen (see "Reads").
+        self._reads = ReadIndexQueue(self.node_id, self._send, config.limits.max_pending_proposals)
         # Learner catch-up: the highest chosen-through announced to us and the tick of the
         # outstanding request (one at a time, retried).
         self._known_commit = self.commit_index
@@ -371,12 +361,10 @@ class PaxosCore:
         # persisted (see "Snapshots"), and the one for the driver to install (Ready.snapshot)
         # with the replica that sent it (answered once the install is durable).
         self._snapshot_senders: dict[int, SnapshotSender] = {}
-        self._snapshot_receiver: SnapshotReceiver | None = None
-        # Who sends the transfer in progress and when it last advanced: a second sender (the
-        # leader and a replica answering our catch-up request) is refused while it does, or
-        # the two would reset each other's progress forever (sim seed 159, paxos swarm).
-        self._snapshot_source = 0
-        self._snapshot_progress_tick = 0
+        # A second sender (the leader and a replica answering our catch-up request) is
+        # refused while the transfer in progress advanced within an election timeout.
+        self._snapshot_inbox = SnapshotInbox(config.limits.max_snapshot_bytes,
+                                             exclusive_ticks=config.timing.election_timeout_ticks)
         self._snapshot_waiting: tuple[Snapshot, int] | None = None
         self._pending_snapshot: Snapshot | None = None
 
@@ -486,25 +474,8 @@ class PaxosCore:
             raise NotLeader(leader_id=self.leader_id or None)
         if not commands:
             raise ValueError("propose needs at least one command")
-        limits = self._limits
-        batch_bytes = 0
-        for command in commands:
-            if len(command) > limits.max_entry_bytes:
-                raise EntryTooLarge(
-                    f"entry of {len(command)} bytes > max_entry_bytes={limits.max_entry_bytes}"
-                )
-            batch_bytes += len(command)
-        pending = self.last_index - self.commit_index
-        if pending + len(commands) > limits.max_pending_proposals:
-            raise Overloaded(
-                f"{pending} slots pending; max_pending_proposals={limits.max_pending_proposals}"
-            )
-        if (self._uncommitted_bytes
-                and self._uncommitted_bytes + batch_bytes > limits.max_uncommitted_bytes):
-            raise Overloaded(
-                f"{self._uncommitted_bytes} uncommitted bytes; "
-                f"max_uncommitted_bytes={limits.max_uncommitted_bytes}"
-            )
+        batch_bytes = admit_batch(self._limits, commands, self.last_index - self.commit_index,
+                                  self._uncommitted_bytes, "slots")
         ballot = self.ballot
         prefix = ballot.to_bytes(IDENTITY_BYTES, "little")
         first = self.last_index + 1
@@ -521,25 +492,19 @@ class PaxosCore:
     def read_index(self, context: bytes) -> None:
         """Starts a linearizable quorum read; the answer arrives as a ReadState."""
         if self.role == Role.LEADER:
-            if self._reads_pending() >= self._limits.max_pending_proposals:
-                raise Overloaded(
-                    f"max_pending_proposals={self._limits.max_pending_proposals} reads pending"
-                )
+            self._reads.check_local()
             self._start_read(self.node_id, context)
-        elif self.leader_id == _NONE:
-            raise NotLeader("no leader known", leader_id=None)
         else:
-            self._send(Message(_MT.READ_INDEX, self.node_id, self.leader_id, self.promised,
-                               context=context))
+            self._reads.forward(self.leader_id, self.promised, context)
         self._maybe_check_invariants()
 
     def has_ready(self) -> bool:
         return bool(
             self._pending_snapshot is not None
-            or self._read_heartbeat_due
-            or self._messages
-            or self._messages_after_persist
-            or self._read_states
+            or self._reads.heartbeat_due
+            or self._outbox.messages
+            or self._outbox.messages_after_persist
+            or self._reads.states
             or self._unstable_from <= self.last_index
             or self.commit_index > self._applying
             or self.promised != self._hard_state_emitted.term
@@ -548,7 +513,8 @@ class PaxosCore:
 
     def ready(self) -> Ready:
         """Everything the driver must persist, send and apply (engine.types.Ready)."""
-        if self._read_heartbeat_due:
+        reads = self._reads
+        if reads.heartbeat_due:
             self._bcast_heartbeat()
         ready = Ready()
         if self._pending_snapshot is not None:
@@ -575,9 +541,7 @@ class PaxosCore:
             self._persist_marks.append((lo, last, leading))
             self._unstable_from = last + 1
             ready.must_sync = True
-        ready.messages, self._messages = self._messages, []
-        ready.messages_after_persist, self._messages_after_persist = (
-            self._messages_after_persist, [])
+        ready.messages, ready.messages_after_persist = self._outbox.take()
         if self.commit_index > self._applying:
             hi = min(self.commit_index, self._applying + self._limits.max_apply_batch)
             ready.committed_entries = [
@@ -586,7 +550,7 @@ class PaxosCore:
                 for e in log[self._applying - floor:hi - floor]
             ]
             self._applying = hi
-        ready.read_states, self._read_states = self._read_states, []
+        ready.read_states, reads.states = reads.states, []
         return ready
 
     def advance(self, ready: Ready) -> None:
@@ -660,7 +624,7 @@ class PaxosCore:
             }
             status["recovered_end"] = self._recovered_end
             status["uncommitted_bytes"] = self._uncommitted_bytes
-            status["pending_reads"] = self._reads_pending()
+            status["pending_reads"] = self._reads.count()
         return status
 
     def slot(self, index: int) -> Any:
@@ -727,7 +691,7 @@ class PaxosCore:
         elif kind == _MT.SNAPSHOT_RESPONSE:
             self._on_snapshot_response(m)
         else:
-            self._on_read_index_response(m)
+            self._reads.on_response(m)
 
     def _on_higher_ballot(self, ballot: int) -> None:
         """A ballot above ours exists: a candidate or leader of a lower ballot cannot win
@@ -1037,9 +1001,9 @@ class PaxosCore:
                 if size > max_bytes:
                     break
                 hi += 1
-            self._messages.append(Message(_MT.ACCEPT, self.node_id, peer, self.ballot,
-                                          commit=self.commit_index,
-                                          entries=log[lo - 1 - floor:hi - floor]))
+            self._outbox.messages.append(Message(
+                _MT.ACCEPT, self.node_id, peer, self.ballot, commit=self.commit_index,
+                entries=log[lo - 1 - floor:hi - floor]))
             pr.inflight.append(hi)
             pr.next = hi + 1
             sent = True
@@ -1063,7 +1027,7 @@ class PaxosCore:
         pr = self._peers[m.src]
         pr.recent_active = True
         if m.index == 0:  # a heartbeat ack
-            if len(m.context) == 8 and self._pending_reads:
+            if len(m.context) == 8 and self._reads.pending:
                 pr.read_ack = max(pr.read_ack, int.from_bytes(m.context, "little"))
                 self._advance_reads()
             if pr.match < self.last_index and not pr.inflight:
@@ -1096,14 +1060,13 @@ class PaxosCore:
             self._uncommitted_bytes = max(0, self._uncommitted_bytes - sum(
                 len(e.data) - IDENTITY_BYTES
                 for e in self._log[own_from - self._floor:chosen - self._floor]))
-        if self._reads_awaiting_recovery and chosen >= self._recovered_end:
-            waiting, self._reads_awaiting_recovery = self._reads_awaiting_recovery, []
-            for requester, context in waiting:
+        if self._reads.deferred and chosen >= self._recovered_end:
+            for requester, context in self._reads.take_deferred():
                 self._start_read(requester, context)
         for peer in self.peers:
             if not self._send_accepts(peer):
-                self._messages.append(Message(_MT.CHOSEN, self.node_id, peer, self.ballot,
-                                              commit=chosen))
+                self._outbox.messages.append(
+                    Message(_MT.CHOSEN, self.node_id, peer, self.ballot, commit=chosen))
         return True
 
     def _tick_leader(self) -> None:
@@ -1126,7 +1089,7 @@ class PaxosCore:
             self._bcast_heartbeat()
 
     def _recover_stalled(self) -> None:
-        stall_ticks = 2 * self._timing.heartbeat_interval_ticks
+        stall_ticks = retry_ticks(self._timing)
         for peer, pr in self._peers.items():
             if pr.match < pr.next - 1 and self._ticks - pr.progress_tick >= stall_ticks:
                 pr.go_back(self._ticks)
@@ -1134,26 +1097,29 @@ class PaxosCore:
                 self._send_accepts(peer)
 
     def _bcast_heartbeat(self) -> None:
-        self._read_heartbeat_due = False
-        context = self._read_round.to_bytes(8, "little") if self._pending_reads else b""
+        reads = self._reads
+        reads.heartbeat_due = False
+        context = reads.round.to_bytes(8, "little") if reads.pending else b""
         for peer in self.peers:
             self._send_heartbeat(peer, context)
 
     def _send_heartbeat(self, peer: int, context: bytes) -> None:
-        self._messages.append(Message(_MT.ACCEPT, self.node_id, peer, self.ballot,
-                                      commit=self.commit_index, context=context))
+        self._outbox.messages.append(Message(
+            _MT.ACCEPT, self.node_id, peer, self.ballot, commit=self.commit_index,
+            context=context))
 
     # ------------------------------------------------------------------ catch-up (learners)
 
     def _request_catchup(self, target: int, hi: int, force: bool) -> None:
         sent = self._catchup_sent_tick
-        retry = 2 * self._timing.heartbeat_interval_ticks
+        retry = retry_ticks(self._timing)
         if not force and sent is not None and self._ticks - sent < retry:
             return
         self._catchup_sent_tick = self._ticks
         self.counters["catchup_requests"] += 1
-        self._messages.append(Message(_MT.CATCHUP_REQUEST, self.node_id, target,
-                                      self.promised, index=self.commit_index + 1, commit=hi))
+        self._outbox.messages.append(Message(
+            _MT.CATCHUP_REQUEST, self.node_id, target, self.promised,
+            index=self.commit_index + 1, commit=hi))
 
     def _maybe_retry_catchup(self) -> None:
         if (self._catchup_sent_tick is not None and self.commit_index < self._known_commit
@@ -1186,8 +1152,9 @@ class PaxosCore:
                 if entries and size > budget:
                     break
                 entries.append(entry)
-        self._messages.append(Message(_MT.CATCHUP_RESPONSE, self.node_id, m.src, self.promised,
-                                      index=lo, commit=self.commit_index, entries=entries))
+        self._outbox.messages.append(Message(
+            _MT.CATCHUP_RESPONSE, self.node_id, m.src, self.promised, index=lo,
+            commit=self.commit_index, entries=entries))
 
     def _on_catchup_response(self, m: Any) -> None:
         if self.role == Role.LEADER:
@@ -1273,11 +1240,9 @@ class PaxosCore:
         self._send_snapshot_chunks(peer, sender)
 
     def _send_snapshot_chunks(self, peer: int, sender: SnapshotSender) -> None:
-        for offset, chunk in sender.next_chunks():
-            self.counters["snapshot_chunks_sent"] += 1
-            self._messages.append(Message(
-                _MT.SNAPSHOT, self.node_id, peer, self.promised, log_term=sender.term,
-                index=sender.index, seq=offset, status=sender.total, context=chunk))
+        chunks = sender.chunk_messages(self.node_id, peer, self.promised)
+        self.counters["snapshot_chunks_sent"] += len(chunks)
+        self._outbox.messages.extend(chunks)
 
     def _tick_snapshot_senders(self) -> None:
         if not self._snapshot_senders:
@@ -1285,7 +1250,7 @@ class PaxosCore:
         # Lost chunks or acks: go back to the acknowledged offset (UDP). Longer than a round
         # trip; a transfer with no progress for many election timeouts is given up (the
         # receiver's next catch-up request starts a new one).
-        retransmit = self._snapshot_retransmit_ticks()
+        retransmit = retransmit_ticks(self._timing)
         give_up = 8 * self._timing.election_timeout_ticks
         for peer, sender in list(self._snapshot_senders.items()):
             if self._ticks - sender.progress_tick >= give_up:
@@ -1294,16 +1259,12 @@ class PaxosCore:
                 self.counters["snapshot_retransmits"] += 1
                 self._send_snapshot_chunks(peer, sender)
 
-    def _snapshot_retransmit_ticks(self) -> int:
-        timing = self._timing
-        return max(2 * timing.heartbeat_interval_ticks, timing.election_timeout_ticks // 2)
-
     def _on_snapshot_response(self, m: Any) -> None:
         sender = self._snapshot_senders.get(m.src)
         if sender is None or m.index != sender.index:
             self._count_ignored("stale snapshot response")
             return
-        if m.status == _SNAPSHOT_REFUSED:
+        if m.status == SNAPSHOT_REFUSED:
             # It will never take this snapshot (Limits.max_snapshot_bytes): stop streaming.
             del self._snapshot_senders[m.src]
             self._count_ignored("snapshot refused by receiver")
@@ -1314,22 +1275,18 @@ class PaxosCore:
             if self.role == Role.LEADER:
                 self._resume_peer(m.src, m.index)
             return
-        if m.reject and m.seq < sender.acked and not sender.restart_from(
-                m.seq, self._ticks, self._snapshot_retransmit_ticks()):
-            # Start over at most once per offset and retransmit interval (sim seed 355,
-            # paxos swarm: rewinding on every reject was a storm of 50,000 events).
-            self._count_ignored("repeated snapshot rewind")
-            return
-        if not sender.on_ack(m.seq, m.reject, self._ticks):
-            self._count_ignored("bogus snapshot response")
+        # Any replica may answer a catch-up request with a transfer, so rejects of several
+        # chunks can ask for the same offset: start over at most once per offset and
+        # retransmit interval, or every chunk of the resent window would rewind it again.
+        ignored = sender.on_response(m, self._ticks, retransmit_ticks(self._timing))
+        if ignored is not None:
+            self._count_ignored(ignored)
             return
         self._send_snapshot_chunks(m.src, sender)
 
     def _on_snapshot(self, m: Any) -> None:
-        """A chunk of a peer's snapshot (chunked transfer: engine.raft.snapshot)."""
-        total, offset, chunk = m.status, m.seq, m.context
-        if (m.index <= 0 or total < ENVELOPE_OVERHEAD or not 0 <= offset < total
-                or not chunk or offset + len(chunk) > total):
+        """A chunk of a peer's snapshot (chunked transfer: engine.replication.snapshot)."""
+        if malformed_chunk(m):
             self._count_ignored("malformed snapshot chunk")
             return
         if self.role == Role.LEADER:
@@ -1340,50 +1297,22 @@ class PaxosCore:
         if m.index <= self.commit_index or (waiting is not None
                                             and waiting[0].index >= m.index):
             # Nothing to install (or already received): tell the sender to stop.
-            self._snapshot_receiver = None
+            self._snapshot_inbox.receiver = None
             if m.index <= self.commit_index:
-                self._messages.append(Message(_MT.SNAPSHOT_RESPONSE, self.node_id, m.src,
-                                              self.promised, index=m.index, seq=total))
-            return
-        receiver = self._snapshot_receiver
-        if receiver is None or not receiver.matches(m.index, m.log_term, total):
-            if (receiver is not None and m.src != self._snapshot_source
-                    and self._ticks - self._snapshot_progress_tick
-                    < self._timing.election_timeout_ticks):
-                # Another transfer is advancing: this sender stops (it starts over if our
-                # next catch-up request still falls below its first slot).
-                self._count_ignored("snapshot chunk from a second sender")
-                self._messages.append(Message(
+                self._outbox.messages.append(Message(
                     _MT.SNAPSHOT_RESPONSE, self.node_id, m.src, self.promised, index=m.index,
-                    reject=True, status=_SNAPSHOT_REFUSED))
-                return
-            if total > self._limits.max_snapshot_bytes:
-                self._count_ignored("snapshot above max_snapshot_bytes")
-                self._messages.append(Message(
-                    _MT.SNAPSHOT_RESPONSE, self.node_id, m.src, self.promised, index=m.index,
-                    reject=True, status=_SNAPSHOT_REFUSED))
-                return
-            receiver = self._snapshot_receiver = SnapshotReceiver(m.index, m.log_term, total)
-            self._snapshot_source = m.src
-        in_order = receiver.add(offset, chunk)
-        if in_order:
-            self._snapshot_progress_tick = self._ticks
-        if not receiver.complete:
-            self._messages.append(Message(_MT.SNAPSHOT_RESPONSE, self.node_id, m.src,
-                                          self.promised, index=m.index, seq=receiver.received,
-                                          reject=not in_order))
+                    seq=m.status))
             return
-        self._snapshot_receiver = None
-        try:
-            snapshot = receiver.finish()
-        except DecodeError:
-            # Never install a corrupt snapshot: ask for it again from the start.
-            self._count_ignored("snapshot checksum mismatch")
-            self._messages.append(Message(_MT.SNAPSHOT_RESPONSE, self.node_id, m.src,
-                                          self.promised, index=m.index, seq=0, reject=True))
+        # A refused second sender stops; it starts over if our next catch-up request still
+        # falls below its first slot.
+        reply, snapshot, ignored = self._snapshot_inbox.offer(
+            m, self.node_id, self.promised, self._ticks)
+        if ignored is not None:
+            self._count_ignored(ignored)
+        if snapshot is None:
+            self._outbox.messages.append(reply)
             return
-        envelope = bytes(receiver.buffer)
-        self._snapshot_waiting = (dataclasses.replace(snapshot, envelope=envelope), m.src)
+        self._snapshot_waiting = (snapshot, m.src)
         self._maybe_install_waiting_snapshot()
         if self._snapshot_waiting is not None:
             self.counters["snapshot_installs_deferred"] += 1
@@ -1436,7 +1365,7 @@ class PaxosCore:
         self._pending_snapshot = snapshot
         self.counters["snapshots_installed"] += 1
         # Answered once the snapshot is durable: ends the sender's transfer.
-        self._messages_after_persist.append(Message(
+        self._outbox.messages_after_persist.append(Message(
             _MT.SNAPSHOT_RESPONSE, self.node_id, source, self.promised, index=index,
             seq=total))
         if self._known_commit > index:
@@ -1445,69 +1374,35 @@ class PaxosCore:
 
     # ------------------------------------------------------------------ reads
 
-    def _reads_pending(self) -> int:
-        return len(self._pending_reads) + len(self._reads_awaiting_recovery)
-
     def _on_read_index(self, m: Any) -> None:
-        if self.role != Role.LEADER or self._reads_pending() >= self._limits.max_pending_proposals:
-            self._reject_read(m.src, m.context)
+        if self.role != Role.LEADER or self._reads.full():
+            self._reads.reject(m.src, m.context, self.promised)
             return
         self._start_read(m.src, m.context)
 
     def _start_read(self, requester: int, context: bytes) -> None:
+        reads = self._reads
         if self.commit_index < self._recovered_end:
             # Slots chosen by earlier leaders may still be unknown to us: wait for recovery.
-            self._reads_awaiting_recovery.append((requester, context))
+            reads.deferred.append((requester, context))
             return
-        self._read_round += 1
-        self._pending_reads.append(
-            _PendingRead(self._read_round, self.commit_index, requester, context))
+        reads.round += 1
+        reads.wait(reads.round, self.commit_index, requester, context)
         if self._read_quorum <= 1:
             self._advance_reads()
         else:
-            self._read_heartbeat_due = True
+            reads.heartbeat_due = True
 
     def _advance_reads(self) -> None:
-        acks = [self._read_round]
+        acks = [self._reads.round]
         acks.extend(pr.read_ack for pr in self._peers.values())
         acks.sort(reverse=True)
-        confirmed = acks[self._read_quorum - 1]
-        pending = self._pending_reads
-        while pending and pending[0].round <= confirmed:
-            read = pending.popleft()
-            self._answer_read(read.requester, read.index, read.context)
-
-    def _answer_read(self, requester: int, index: int, context: bytes) -> None:
-        if requester == self.node_id:
-            self._read_states.append(ReadState(index, context))
-        else:
-            self._messages.append(Message(_MT.READ_INDEX_RESPONSE, self.node_id, requester,
-                                          self.ballot, index=index, context=context))
-
-    def _reject_read(self, requester: int, context: bytes) -> None:
-        if requester == self.node_id:
-            self._read_states.append(ReadState(0, context))
-        else:
-            self._messages.append(Message(_MT.READ_INDEX_RESPONSE, self.node_id, requester,
-                                          self.promised, reject=True, context=context))
-
-    def _fail_pending_reads(self) -> None:
-        for read in self._pending_reads:
-            self._reject_read(read.requester, read.context)
-        for requester, context in self._reads_awaiting_recovery:
-            self._reject_read(requester, context)
-        self._pending_reads.clear()
-        self._reads_awaiting_recovery = []
-        self._read_heartbeat_due = False
-
-    def _on_read_index_response(self, m: Any) -> None:
-        index = 0 if m.reject or m.index <= 0 else m.index
-        self._read_states.append(ReadState(index, m.context))
+        self._reads.confirm(acks[self._read_quorum - 1], self.ballot)
 
     # ------------------------------------------------------------------ roles and helpers
 
     def _become_follower(self, leader_id: int) -> None:
-        self._fail_pending_reads()
+        self._reads.fail_all(self.promised)
         self.role = Role.FOLLOWER
         self.leader_id = leader_id
         self.ballot = NO_BALLOT
@@ -1520,18 +1415,11 @@ class PaxosCore:
         self._reset_election_timeout()
 
     def _reset_election_timeout(self) -> None:
-        timeout = self._timing.election_timeout_ticks
-        self._randomized_election_timeout = timeout + self._rng.randrange(timeout)
+        self._randomized_election_timeout = randomized_election_timeout(self._timing, self._rng)
 
     def _mark_unstable(self, slot: int) -> None:
         if slot < self._unstable_from:
             self._unstable_from = slot
-
-    def _send(self, m: Any) -> None:
-        if m.type in _AFTER_PERSIST:
-            self._messages_after_persist.append(m)
-        else:
-            self._messages.append(m)
 
     def _hard_state(self) -> HardState:
         return HardState(self.promised, _NONE, self.commit_index)
@@ -1592,7 +1480,7 @@ class PaxosCore:
             if self._self_match > last:
                 fail(f"self match {self._self_match} beyond the log")
         else:
-            if self._peers or self._pending_reads or self._reads_awaiting_recovery:
+            if self._peers or self._reads.count():
                 fail(f"{self.role} keeps leader state")
             if self.leader_id == self.node_id:
                 fail(f"{self.role} names itself leader")

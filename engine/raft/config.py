@@ -6,8 +6,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from engine.errors import ConfigError, MembershipError
+from engine.limits import Limits, TimingConfig
 from engine.raft.membership import Membership
-from engine.types import Limits, TimingConfig
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,7 +25,7 @@ is ignored and counted in `ignored[reason]`; step() never raises on remote input
 
 Snapshots and compaction (Raft §7, Figure 13). The driver snapshots the state machine at
 some applied index and, once the snapshot is durable, calls `compact(snapshot, compact_to)`:
-the core keeps the snapshot (its checksummed envelope, engine.raft.snapshot) to send to
+the core keeps the snapshot (its checksummed envelope, engine.replication.snapshot) to send to
 followers whose next entry was compacted away, and drops its log through compact_to (<= the
 snapshot's index, so trailing entries can stay for followers slightly behind). Such a follower
 gets the snapshot in chunks (SnapshotSender / SnapshotReceiver); once the envelope is complete
@@ -117,7 +117,6 @@ from engine.errors import (
     ConfChangeInProgress,
     ConfigError,
     DecodeError,
-    EntryTooLarge,
     InvariantViolation,
     MembershipError,
     NotLeader,
@@ -136,14 +135,20 @@ from engine.raft.membership import (
     encode_membership,
 )
 from engine.raft.progress import Progress, ProgressState
-from engine.raft.snapshot import (
-    ENVELOPE_OVERHEAD,
-    SnapshotReceiver,
+from engine.replication.admission import admit_batch
+from engine.replication.outbox import Outbox
+from engine.replication.reads import ReadIndexQueue
+from engine.replication.snapshot import (
+    CORRUPT_SNAPSHOT,
+    SNAPSHOT_REFUSED,
+    SnapshotInbox,
     SnapshotSender,
     encode_snapshot,
+    malformed_chunk,
     with_configuration,
 )
-from engine.types import HardState, ReadState, Ready, Snapshot
+from engine.replication.timing import randomized_election_timeout, retransmit_ticks
+from engine.types import HardState, Ready, Snapshot
 
 _NORMAL = int(EntryKind.NORMAL)
 _CONFIG = int(EntryKind.CONFIG)  # plain ints: compared per appended entry
@@ -178,8 +183,12 @@ _TRANSFER_CONTEXT = b"transfer"
 _PEER_RESPONSES = frozenset(
     {_MT.APPEND_RESPONSE, _MT.HEARTBEAT_RESPONSE, _MT.SNAPSHOT_RESPONSE}
 )
-# SNAPSHOT_RESPONSE status: the follower refuses this snapshot for good (too large).
-_SNAPSHOT_REFUSED = 1
+
+
+def _check_configuration(snapshot: Snapshot) -> None:
+    """A received snapshot's configuration must decode (DecodeError otherwise)."""
+    if snapshot.configuration:
+        decode_membership(snapshot.configuration)
 
 
 def _metadata_only(entry: Any) -> Any:
@@ -206,18 +215,6 @@ class Role(StrEnum):
 
 
 _ROLE = enum_members(Role)  # Role's members as plain attributes (hot path)
-
-
-class _PendingRead:
-    """A ReadIndex request waiting for its heartbeat round (thesis §6.4 step 3)."""
-
-    __slots__ = ("round", "index", "requester", "context")
-
-    def __init__(self, round_: int, index: int, requester: int, context: bytes) -> None:
-        self.round = round_
-        self.index = index
-        self.requester = requester
-        self.context = context
 
 
 class RaftCore:
@@ -297,9 +294,8 @@ class RaftCore:
         self.role = _ROLE.FOLLOWER
         self._hard_state_emitted = HardState(self.term, self.vote, self.commit_index)
 
-        self._messages: list[Any] = []
-        self._messages_after_persist: list[Any] = []
-        self._read_states: list[ReadState] = []
+        self._outbox = Outbox(_AFTER_PERSIST)
+        self._send = self._outbox.send
 
         self._election_elapsed = 0
         self._heartbeat_elapsed = 0
@@ -314,12 +310,10 @@ class RaftCore:
         # Leader: followers owed a commit notice (see _bcast_commit), sent on the next tick
         # unless an append or a heartbeat tells them first.
         self._notices_due: set[int] = set()
-        # ReadIndex (thesis §6.4): heartbeat rounds are numbered for the life of the core; a
-        # read started while round r was the last sent needs an ack of round >= r + 1.
-        self._read_round = 0
-        self._read_heartbeat_due = False
-        self._pending_reads: deque[_PendingRead] = deque()
-        self._reads_awaiting_commit: list[tuple[int, bytes]] = []
+        # ReadIndex (thesis §6.4): every heartbeat broadcast is a numbered round; a read
+        # started while round r was the last sent needs an ack of round >= r + 1. Reads wait
+        # in `deferred` until this leader's term has a committed entry (§6.4 step 1).
+        self._reads = ReadIndexQueue(self.node_id, self._send, config.limits.max_pending_proposals)
         # Lease reads (§6.4.1): the tick each recent heartbeat round was sent.
         self._round_ticks: deque[tuple[int, int]] = deque()
         timing = self._timing
@@ -331,7 +325,7 @@ class RaftCore:
         self._timeout_now_term = 0
         # Snapshot install: the partial envelope being received, the snapshot for the next
         # Ready, and counters for tests and the simulator's coverage.
-        self._snapshot_receiver: SnapshotReceiver | None = None
+        self._snapshot_inbox = SnapshotInbox(config.limits.max_snapshot_bytes)
         self._pending_snapshot: Snapshot | None = None
         self.snapshot_stats = {"sent": 0, "installed": 0, "chunks_sent": 0,
                                "retransmits": 0, "corrupt": 0}
@@ -374,29 +368,10 @@ class RaftCore:
             raise TransferInProgress(
                 f"leadership transfer to {self.lead_transferee} in progress; retry shortly"
             )
-        limits = self._limits
-        sizes = list(map(len, commands))  # C-level passes: this runs once per leader turn
-        batch_bytes = sum(sizes)
-        if max(sizes) > limits.max_entry_bytes:
-            raise EntryTooLarge(
-                f"entry of {max(sizes)} bytes > max_entry_bytes={limits.max_entry_bytes}"
-            )
         # Entries of earlier terms are not this leader's proposals (etcd counts the same way).
         pending = self.log.last_index - max(self.commit_index, self._term_start_index - 1)
-        if pending + len(commands) > limits.max_pending_proposals:
-            raise Overloaded(
-                f"{pending} entries pending; max_pending_proposals={limits.max_pending_proposals}"
-            )
-        # etcd MaxUncommittedEntriesSize: a batch is always admitted into an empty budget, so
-        # one large entry cannot be refused forever.
-        if (
-            self._uncommitted_bytes
-            and self._uncommitted_bytes + batch_bytes > limits.max_uncommitted_bytes
-        ):
-            raise Overloaded(
-                f"{self._uncommitted_bytes} uncommitted bytes; "
-                f"max_uncommitted_bytes={limits.max_uncommitted_bytes}"
-            )
+        batch_bytes = admit_batch(
+            self._limits, commands, pending, self._uncommitted_bytes, "entries")
         term = self.term
         # The store's fast path: no Entry object per command (the log keeps terms and payloads
         # in arrays and chunks; Entry objects are made only when entries are read).
@@ -416,18 +391,10 @@ class RaftCore:
     def read_index(self, context: bytes) -> None:
         """Starts a linearizable read (thesis §6.4); the answer arrives as a ReadState."""
         if self.role == _ROLE.LEADER:
-            if self._reads_pending_count() >= self._limits.max_pending_proposals:
-                raise Overloaded(
-                    f"max_pending_proposals={self._limits.max_pending_proposals} reads pending"
-                )
+            self._reads.check_local()
             self._start_read(self.node_id, context)
-        elif self.leader_id == _NONE:
-            raise NotLeader("no leader known", leader_id=None)
         else:
-            # §6.4: a follower asks the leader for the read index.
-            self._send(
-                Message(_MT.READ_INDEX, self.node_id, self.leader_id, self.term, context=context)
-            )
+            self._reads.forward(self.leader_id, self.term, context)
         self._maybe_check_invariants()
 
     @property
@@ -586,10 +553,10 @@ class RaftCore:
     def has_ready(self) -> bool:
         return bool(
             self._pending_snapshot is not None
-            or self._read_heartbeat_due
-            or self._messages
-            or self._messages_after_persist
-            or self._read_states
+            or self._reads.heartbeat_due
+            or self._outbox.messages
+            or self._outbox.messages_after_persist
+            or self._reads.states
             or self.log.unstable_index <= self.log.last_index
             or self.commit_index > self._applying
             or self._hard_state_changed()
@@ -603,7 +570,8 @@ class RaftCore:
 
     def ready(self) -> Ready:
         """Collects everything the driver must persist, send and apply (see module docstring)."""
-        if self._read_heartbeat_due:
+        reads = self._reads
+        if reads.heartbeat_due:
             self._bcast_heartbeat()
         snapshot, self._pending_snapshot = self._pending_snapshot, None
         hard_state = None
@@ -617,13 +585,14 @@ class RaftCore:
             hi = min(self.commit_index, self._applying + self._limits.max_apply_batch)
             committed = self.log.slice(self._applying + 1, hi + 1)
             self._applying = hi
+        messages, messages_after_persist = self._outbox.take()
         ready = Ready(
-            hard_state=hard_state, entries=self.log.take_unstable(), messages=self._messages,
-            messages_after_persist=self._messages_after_persist, committed_entries=committed,
-            read_states=self._read_states, snapshot=snapshot,
+            hard_state=hard_state, entries=self.log.take_unstable(), messages=messages,
+            messages_after_persist=messages_after_persist, committed_entries=committed,
+            read_states=reads.states, snapshot=snapshot,
         )
         ready.must_sync = must_sync or bool(ready.entries)
-        self._messages, self._messages_after_persist, self._read_states = [], [], []
+        reads.states = []
         return ready
 
     def advance(self, ready: Ready) -> None:
@@ -674,7 +643,7 @@ class RaftCore:
                 for peer, pr in self._progress.items()
             }
             status["uncommitted_bytes"] = self._uncommitted_bytes
-            status["pending_reads"] = self._reads_pending_count()
+            status["pending_reads"] = self._reads.count()
             status["lead_transferee"] = self.lead_transferee
             status["lease"] = self.lease_read_index() is not None
         return status
@@ -719,7 +688,7 @@ class RaftCore:
         if m.type in (_MT.VOTE, _MT.PRE_VOTE):
             self._on_vote(m)
         elif m.type == _MT.READ_INDEX_RESPONSE:
-            self._on_read_index_response(m)
+            self._reads.on_response(m)
         elif self.role == _ROLE.LEADER:
             self._step_leader(m)
         elif self.role == _ROLE.FOLLOWER:
@@ -788,7 +757,7 @@ class RaftCore:
             self._on_timeout_now(m)
         elif m.type == _MT.READ_INDEX:
             # Only the leader serves reads; one hop only, so refuse and let the asker retry.
-            self._reject_read(m.src, m.context)
+            self._reads.reject(m.src, m.context, self.term)
         else:
             self._count_ignored(f"{MessageType(m.type).name} as follower")
 
@@ -808,7 +777,7 @@ class RaftCore:
         elif m.type == my_response:
             self._on_vote_response(m)
         elif m.type == _MT.READ_INDEX:
-            self._reject_read(m.src, m.context)
+            self._reads.reject(m.src, m.context, self.term)
         else:
             self._count_ignored(f"{MessageType(m.type).name} as {self.role}")
 
@@ -886,7 +855,7 @@ class RaftCore:
         if term != self.term:
             self.term = term
             self.vote = _NONE
-        self._fail_pending_reads()
+        self._reads.fail_all(self.term)
         self.leader_id = _NONE
         self._election_elapsed = 0
         self._heartbeat_elapsed = 0
@@ -906,7 +875,7 @@ class RaftCore:
 
     def _become_pre_candidate(self) -> None:
         # Thesis §9.6: no term change and no vote until a quorum says we could win.
-        self._fail_pending_reads()
+        self._reads.fail_all(self.term)
         self._votes = quorum.JointTally(self._halves)
         self.leader_id = _NONE
         self.role = _ROLE.PRE_CANDIDATE
@@ -936,8 +905,7 @@ class RaftCore:
         self._bcast_append()
 
     def _reset_randomized_election_timeout(self) -> None:
-        timeout = self._timing.election_timeout_ticks
-        self._randomized_election_timeout = timeout + self._rng.randrange(timeout)
+        self._randomized_election_timeout = randomized_election_timeout(self._timing, self._rng)
 
     # ------------------------------------------------------------------ follower: log
 
@@ -1064,9 +1032,7 @@ class RaftCore:
     def _recover_stalled_windows(self) -> None:
         """A REPLICATE window whose appends were all lost would never be acked: fall back to
         PROBE (resend from match + 1) when acks stopped for the stall period (UDP, not TCP)."""
-        stall_ticks = max(
-            2 * self._timing.heartbeat_interval_ticks, self._timing.election_timeout_ticks // 2
-        )
+        stall_ticks = retransmit_ticks(self._timing)
         for pr in self._progress.values():
             if (
                 pr.state == _PS.REPLICATE
@@ -1168,11 +1134,12 @@ class RaftCore:
         return True
 
     def _bcast_heartbeat(self) -> None:
-        self._read_heartbeat_due = False
+        reads = self._reads
+        reads.heartbeat_due = False
         # Every broadcast is a numbered round (ReadIndex confirmation and lease, §6.4).
-        self._read_round += 1
+        reads.round += 1
         self._record_round_tick()
-        context = self._read_round.to_bytes(8, "little")
+        context = reads.round.to_bytes(8, "little")
         for peer in self.peers:
             pr = self._progress[peer]
             if pr.match >= self.commit_index:
@@ -1260,9 +1227,9 @@ class RaftCore:
             self._maybe_send_append(m.src, send_if_empty=True)
         if len(m.context) == 8:
             acked = int.from_bytes(m.context, "little")
-            if acked <= self._read_round:  # never trust a round we did not send
+            if acked <= self._reads.round:  # never trust a round we did not send
                 pr.read_ack = max(pr.read_ack, acked)
-            if self._pending_reads:
+            if self._reads.pending:
                 self._advance_reads()
 
     def _maybe_commit(self) -> bool:
@@ -1289,98 +1256,45 @@ class RaftCore:
             self._uncommitted_bytes = max(self._uncommitted_bytes, 0)
         if previous < self._term_start_index <= self.commit_index:
             # §6.4 step 1: reads wait for the first commit of this leader's term.
-            waiting, self._reads_awaiting_commit = self._reads_awaiting_commit, []
-            for requester, context in waiting:
+            for requester, context in self._reads.take_deferred():
                 self._start_read(requester, context)
         self._maybe_leave_joint()
 
     # ------------------------------------------------------------------ ReadIndex (§6.4)
 
-    def _reads_pending_count(self) -> int:
-        return len(self._pending_reads) + len(self._reads_awaiting_commit)
-
     def _on_read_index(self, m: Any) -> None:
-        if self._reads_pending_count() >= self._limits.max_pending_proposals:
-            self._reject_read(m.src, m.context)
+        if self._reads.full():
+            self._reads.reject(m.src, m.context, self.term)
             return
         self._start_read(m.src, m.context)
 
     def _start_read(self, requester: int, context: bytes) -> None:
+        reads = self._reads
         if self.log.term(self.commit_index) != self.term:
-            self._reads_awaiting_commit.append((requester, context))
+            reads.deferred.append((requester, context))
             return
         if self._sole_voter():
-            self._answer_read(requester, self.commit_index, context)
+            reads.answer(requester, self.commit_index, context, self.term)
             return
         # §6.4 steps 2-3: record the commit index, then confirm leadership with a heartbeat
         # round; one round (sent in the next ready()) serves every read started before it.
-        self._pending_reads.append(
-            _PendingRead(self._read_round + 1, self.commit_index, requester, context)
-        )
-        self._read_heartbeat_due = True
+        reads.wait(reads.round + 1, self.commit_index, requester, context)
+        reads.heartbeat_due = True
 
     def _advance_reads(self) -> None:
-        confirmed = self._confirmed_round()
-        pending = self._pending_reads
-        while pending and pending[0].round <= confirmed:
-            read = pending.popleft()
-            self._answer_read(read.requester, read.index, read.context)
+        self._reads.confirm(self._confirmed_round(), self.term)
 
     def _confirmed_round(self) -> int:
         """The newest heartbeat round acknowledged by a quorum (of both halves, §4.3)."""
         acks = {peer: pr.read_ack for peer, pr in self._progress.items()}
-        acks[self.node_id] = self._read_round
+        acks[self.node_id] = self._reads.round
         return int(quorum.config_committed_index(self._halves, acks))
-
-    def _answer_read(self, requester: int, index: int, context: bytes) -> None:
-        if requester == self.node_id:
-            self._read_states.append(ReadState(index, context))
-        else:
-            self._send(
-                Message(
-                    _MT.READ_INDEX_RESPONSE,
-                    self.node_id,
-                    requester,
-                    self.term,
-                    index=index,
-                    context=context,
-                )
-            )
-
-    def _reject_read(self, requester: int, context: bytes) -> None:
-        if requester == self.node_id:
-            self._read_states.append(ReadState(0, context))
-        else:
-            self._send(
-                Message(
-                    _MT.READ_INDEX_RESPONSE,
-                    self.node_id,
-                    requester,
-                    self.term,
-                    reject=True,
-                    context=context,
-                )
-            )
-
-    def _fail_pending_reads(self) -> None:
-        """Leadership is lost or changing: refuse every read not yet confirmed."""
-        for read in self._pending_reads:
-            self._reject_read(read.requester, read.context)
-        for requester, context in self._reads_awaiting_commit:
-            self._reject_read(requester, context)
-        self._pending_reads.clear()
-        self._reads_awaiting_commit = []
-        self._read_heartbeat_due = False
-
-    def _on_read_index_response(self, m: Any) -> None:
-        index = 0 if m.reject or m.index <= 0 else m.index
-        self._read_states.append(ReadState(index, m.context))
 
     # ------------------------------------------------------------------ lease (§6.4.1)
 
     def _record_round_tick(self) -> None:
         ticks = self._round_ticks
-        ticks.append((self._read_round, self._ticks))
+        ticks.append((self._reads.round, self._ticks))
         # Rounds older than the lease are useless; keep at most one election timeout of them.
         horizon = self._ticks - self._timing.election_timeout_ticks
         while len(ticks) > 1 and ticks[0][1] < horizon:
@@ -1461,24 +1375,16 @@ class RaftCore:
         return True
 
     def _send_snapshot_chunks(self, peer: int, sender: SnapshotSender) -> None:
-        for offset, chunk in sender.next_chunks():
-            self.snapshot_stats["chunks_sent"] += 1
-            self._send(
-                Message(
-                    _MT.SNAPSHOT, self.node_id, peer, self.term, log_term=sender.term,
-                    index=sender.index, seq=offset, status=sender.total, context=chunk,
-                )
-            )
+        chunks = sender.chunk_messages(self.node_id, peer, self.term)
+        self.snapshot_stats["chunks_sent"] += len(chunks)
+        self._outbox.messages.extend(chunks)
 
     def _retransmit_snapshots(self) -> None:
         # Lost chunks or acks: go back to the acknowledged offset (UDP, not TCP).
-        # Longer than a round trip (fast go-back on a gap covers losses mid-window).
-        retransmit_ticks = max(
-            2 * self._timing.heartbeat_interval_ticks, self._timing.election_timeout_ticks // 2
-        )
+        ticks = retransmit_ticks(self._timing)
         for peer, pr in self._progress.items():
             sender = pr.snapshot
-            if sender is not None and sender.maybe_retransmit(self._ticks, retransmit_ticks):
+            if sender is not None and sender.maybe_retransmit(self._ticks, ticks):
                 self.snapshot_stats["retransmits"] += 1
                 self._send_snapshot_chunks(peer, sender)
 
@@ -1490,32 +1396,27 @@ class RaftCore:
         if sender is None or m.index != sender.index:
             self._count_ignored("stale snapshot response")
             return
-        if m.status == _SNAPSHOT_REFUSED:
+        if m.status == SNAPSHOT_REFUSED:
             # The follower will never take this snapshot (Limits.max_snapshot_bytes): stop
             # streaming; the next append attempt (heartbeat response) offers it again.
             self._count_ignored("snapshot refused by follower")
             pr.become_probe()
             pr.probe_sent = True
             return
-        if m.reject and m.seq < sender.acked:
-            sender.restart_from(m.seq, self._ticks)
-        if not sender.on_ack(m.seq, m.reject, self._ticks):
-            self._count_ignored("bogus snapshot response")
+        ignored = sender.on_response(m, self._ticks)
+        if ignored is not None:
+            self._count_ignored(ignored)
             return
         self._send_snapshot_chunks(m.src, sender)
 
     def _on_snapshot(self, m: Any) -> None:
-        """A chunk of the leader's snapshot (Raft Figure 13, chunked; see snapshot.py)."""
-        total, offset, chunk = m.status, m.seq, m.context
-        if (
-            m.index <= 0 or not 0 < m.log_term <= m.term or total < ENVELOPE_OVERHEAD
-            or not 0 <= offset < total or not chunk or offset + len(chunk) > total
-        ):
+        """A chunk of the leader's snapshot (Raft Figure 13, in chunks: replication.snapshot)."""
+        if malformed_chunk(m) or not 0 < m.log_term <= m.term:
             self._count_ignored("malformed snapshot chunk")
             return
         if m.index <= self.commit_index:
             # Figure 13: nothing to install; tell the leader where we are.
-            self._snapshot_receiver = None
+            self._snapshot_inbox.receiver = None
             self._send(
                 Message(_MT.APPEND_RESPONSE, self.node_id, m.src, self.term,
                         index=self.commit_index)
@@ -1523,41 +1424,20 @@ class RaftCore:
             return
         if self.log.match_term(m.index, m.log_term):
             # Figure 13 step 6: our log holds the snapshot's last entry; keep what follows.
-            self._snapshot_receiver = None
+            self._snapshot_inbox.receiver = None
             self._commit_to(m.index)
             self._send(Message(_MT.APPEND_RESPONSE, self.node_id, m.src, self.term, index=m.index))
             return
-        receiver = self._snapshot_receiver
-        if receiver is None or not receiver.matches(m.index, m.log_term, total):
-            if total > self._limits.max_snapshot_bytes:
-                self._count_ignored("snapshot above max_snapshot_bytes")
-                self._send(Message(_MT.SNAPSHOT_RESPONSE, self.node_id, m.src, self.term,
-                                   index=m.index, reject=True, status=_SNAPSHOT_REFUSED))
-                return
-            receiver = self._snapshot_receiver = SnapshotReceiver(m.index, m.log_term, total)
-        in_order = receiver.add(offset, chunk)
-        if not receiver.complete:
-            self._send(Message(_MT.SNAPSHOT_RESPONSE, self.node_id, m.src, self.term,
-                               index=m.index, seq=receiver.received, reject=not in_order))
+        reply, snapshot, ignored = self._snapshot_inbox.offer(
+            m, self.node_id, self.term, self._ticks, _check_configuration)
+        if ignored is not None:
+            if ignored == CORRUPT_SNAPSHOT:
+                self.snapshot_stats["corrupt"] += 1
+            self._count_ignored(ignored)
+        if snapshot is None:
+            self._outbox.messages.append(reply)
             return
-        self._snapshot_receiver = None
-        try:
-            snapshot = receiver.finish()
-            if snapshot.configuration:
-                decode_membership(snapshot.configuration)
-        except DecodeError:
-            # Never install a corrupt snapshot: ask for it again from the start.
-            self.snapshot_stats["corrupt"] += 1
-            self._count_ignored("snapshot checksum mismatch")
-            self._send(Message(_MT.SNAPSHOT_RESPONSE, self.node_id, m.src, self.term,
-                               index=m.index, seq=0, reject=True))
-            return
-        envelope = bytes(receiver.buffer)
-        self._install_snapshot(
-            Snapshot(snapshot.index, snapshot.term, snapshot.data, envelope,
-                     configuration=snapshot.configuration),
-            envelope,
-        )
+        self._install_snapshot(snapshot, snapshot.envelope)
         # Sent only after the Ready carrying the snapshot is persisted (_AFTER_PERSIST).
         self._send(Message(_MT.APPEND_RESPONSE, self.node_id, m.src, self.term, index=m.index))
 
@@ -1701,7 +1581,7 @@ class RaftCore:
         Completeness) and every voter finds it up to date. Leases (§4.2.3, §6.4.1): its votes
         carry the transfer context and bypass them; _send_timeout_now ends our lease reads for
         this term, and we stop leading in the same step anyway. The message survives the
-        step-down: _become_follower keeps self._messages, and ready() hands it out - usually
+        step-down: _become_follower keeps the outbox, and ready() hands it out - usually
         in the Ready that also carries C_new to apply, so a driver that goes quiet when it
         applies its own removal must send that Ready's messages first."""
         if (
@@ -1774,12 +1654,6 @@ class RaftCore:
         return self._halves == (frozenset((self.node_id,)),)
 
     # ------------------------------------------------------------------ helpers
-
-    def _send(self, m: Any) -> None:
-        if m.type in _AFTER_PERSIST:
-            self._messages_after_persist.append(m)
-        else:
-            self._messages.append(m)
 
     def _hard_state(self) -> HardState:
         return HardState(self.term, self.vote, self.commit_index)
@@ -1858,7 +1732,7 @@ class RaftCore:
                         f"progress of {peer}: match {pr.match} next {pr.next} last {log.last_index}"
                     )
         else:
-            if self._progress or self._pending_reads or self._reads_awaiting_commit:
+            if self._progress or self._reads.count():
                 fail(f"{self.role} keeps leader state")
             if self.leader_id == self.node_id:
                 fail(f"{self.role} names itself leader")

@@ -9,7 +9,7 @@ A leader keeps one Progress per peer. Two states (etcd design.md):
              optimistically (next advances on send), bounded by the in-flight window
              (Limits.max_inflight_messages / max_inflight_bytes): pipelining, thesis §10.2.2.
   SNAPSHOT   the entries the follower needs were compacted away (Raft §7): the leader
-             streams a snapshot in chunks (engine.raft.snapshot.SnapshotSender) and sends no
+             streams a snapshot in chunks (engine.replication.snapshot.SnapshotSender) and sends no
              appends until the follower reports it installed (APPEND_RESPONSE >= its index).
 
 UDP loses appends, so REPLICATE can stall with a full window of lost messages. The leader
@@ -99,7 +99,7 @@ class Progress:
         self.progress_tick = 0
         # Highest heartbeat round (§6.4 ReadIndex, §6.4.1 lease) this peer has acknowledged.
         self.read_ack = 0
-        # SNAPSHOT only: the transfer in progress (engine.raft.snapshot.SnapshotSender).
+        # SNAPSHOT only: the transfer in progress (engine.replication.snapshot.SnapshotSender).
         self.snapshot: Any = None
         # Leader tick at which this peer last answered anything (witness rule W2 in core.py).
         self.heard_tick = 0

@@ -101,6 +101,7 @@ from pathlib import Path
 from typing import Any
 
 from engine import errors
+from engine.config import TimingConfig
 from engine.testing.linearizability import CheckResult, check_linearizable
 from engine.testing.process_cluster import ProcessCluster, free_udp_ports
 from engine.testing.workloads import (
@@ -113,7 +114,6 @@ from engine.testing.workloads import (
     check_set,
     final_reads,
 )
-from engine.types import TimingConfig
 
 LOG_PATTERNS = ("Traceback", "InvariantViolation")
 IMPOSTOR_PREFIX = "impostor/"     # keys the wrong-members impostor writes

@@ -73,6 +73,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple, NoReturn, Protocol
 
+from engine.config import Limits, TimingConfig
 from engine.errors import (
     ConfChangeInProgress,
     ConfigError,
@@ -100,7 +101,7 @@ from engine.testing.invariants import ClusterChecker, check_definite_failures_no
 from engine.testing.sim_disk import SimDisk
 from engine.testing.sim_paxos import PaxosProtocol
 from engine.testing.sim_raft import RaftProtocol, decode_applied, encode_applied
-from engine.types import HardState, Limits, Ready, Snapshot, TimingConfig
+from engine.types import HardState, Ready, Snapshot
 
 _TICK, _DELIVER, _PERSIST, _CLIENT, _NEMESIS = range(5)
 _CRASH, _RESTART = 4, 5  # trace codes

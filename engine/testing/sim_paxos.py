@@ -11,10 +11,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from engine.config import Limits, TimingConfig
 from engine.messages import EntryKind
 from engine.paxos.config import PaxosConfig
 from engine.paxos.core import IDENTITY_BYTES, PaxosCore, Role
-from engine.raft.snapshot import encode_snapshot
+from engine.replication.snapshot import encode_snapshot
 from engine.testing.paxos_invariants import (
     PaxosChecker,
     decode_values,
@@ -22,7 +23,7 @@ from engine.testing.paxos_invariants import (
     encode_values,
     next_digest,
 )
-from engine.types import Limits, Ready, Snapshot, TimingConfig
+from engine.types import Ready, Snapshot
 
 if TYPE_CHECKING:
     from engine.testing.sim import Proposal, SimNode, Simulation

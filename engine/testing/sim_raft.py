@@ -10,12 +10,13 @@ from __future__ import annotations
 import struct
 from typing import TYPE_CHECKING, Any
 
+from engine.config import Limits, TimingConfig
 from engine.messages import EntryKind
 from engine.raft.config import RaftConfig
 from engine.raft.core import RaftCore, Role
 from engine.raft.membership import Membership, decode_membership, encode_membership
 from engine.testing.invariants import ClusterChecker
-from engine.types import Limits, Ready, Snapshot, TimingConfig
+from engine.types import Ready, Snapshot
 
 if TYPE_CHECKING:
     from engine.testing.sim import Proposal, SimNode, Simulation

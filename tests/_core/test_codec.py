@@ -44,9 +44,9 @@ from test_codec_support import (
     seal,
 )
 
+from engine.config import Limits
 from engine.errors import ConfigError, DecodeError, WrongClusterError, WrongReceiverError
 from engine.messages import EntryKind, MessageType
-from engine.types import Limits
 
 FUZZ = settings(
     max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]

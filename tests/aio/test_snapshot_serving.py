@@ -8,9 +8,10 @@ import pytest
 from engine import errors
 from engine._core import codec
 from engine.aio import snapshot_serving as serving
+from engine.limits import Limits
 from engine.messages import AdminOp, Message, MessageType
-from engine.raft.snapshot import ENVELOPE_OVERHEAD, decode_snapshot, encode_snapshot
-from engine.types import Limits, Snapshot
+from engine.replication.snapshot import ENVELOPE_OVERHEAD, decode_snapshot, encode_snapshot
+from engine.types import Snapshot
 
 ENVELOPE = encode_snapshot(Snapshot(42, 3, bytes(range(256)) * 40))
 

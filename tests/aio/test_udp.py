@@ -25,9 +25,10 @@ import pytest
 from engine._core import codec
 from engine.aio.loop import new_event_loop, uvloop_available
 from engine.aio.udp import DROP_REASONS, UdpTransport, new_boot_epoch
+from engine.config import Limits
 from engine.errors import ConfigError
 from engine.messages import Entry, Message, MessageType
-from engine.types import MIN_CLIENT_ID, Limits
+from engine.types import MIN_CLIENT_ID
 
 KEY = b"test-cluster-key-0123456789abcdef"
 OTHER_KEY = b"another-cluster-key-0123456789ab"

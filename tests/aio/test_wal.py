@@ -575,7 +575,7 @@ def test_random_histories_replay_to_the_oracle(tmp_path_factory: pytest.TempPath
 
 
 def _snapshot(index: int, term: int, data: bytes = b"state") -> tuple[object, bytes]:
-    from engine.raft.snapshot import encode_snapshot
+    from engine.replication.snapshot import encode_snapshot
     from engine.types import Snapshot
 
     snapshot = Snapshot(index, term, data)
@@ -807,7 +807,7 @@ def test_node_and_register_data_directories_are_created_durably(
         owner: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from engine.aio.node import _open_storage
     from engine.aio.register import RegisterFile
-    from engine.types import NodeConfig
+    from engine.config import NodeConfig
 
     synced: list[str] = []
     real_fsync = os.fsync

@@ -23,10 +23,11 @@ from engine.aio.identity import open_identity
 from engine.aio.local_cluster import free_udp_ports
 from engine.aio.node import Node
 from engine.aio.udp import UdpTransport
+from engine.config import Limits, NodeConfig, derive_cluster_id
 from engine.errors import ConfigError
 from engine.kv import commands
 from engine.messages import AdminOp, ClientOp, ClientStatus, Message, MessageType
-from engine.types import MIN_CLIENT_ID, Limits, NodeConfig, derive_cluster_id
+from engine.types import MIN_CLIENT_ID
 
 KEY = os.urandom(32)
 HOUR_NS = 3600 * 1_000_000_000

@@ -14,7 +14,7 @@ import engine
 from engine.__main__ import read_cluster_key
 from engine.aio.local_cluster import free_udp_ports
 from engine.cli import exitcodes
-from engine.raft.snapshot import decode_snapshot
+from engine.replication.snapshot import decode_snapshot
 
 
 def test_online_backup_of_a_running_cluster_restores_into_a_new_cluster(

@@ -14,9 +14,9 @@ from collections.abc import Callable
 import pytest
 
 import engine
+from engine.config import TimingConfig
 from engine.kv import commands
 from engine.messages import ClientStatus, Message, MessageType
-from engine.types import TimingConfig
 
 put = commands.encode_put
 TIMING = TimingConfig()   # the default: elections after 300-600 ms of silence

@@ -17,9 +17,10 @@ from engine import errors
 from engine.aio import snapshot_serving
 from engine.cli import backup
 from engine.kv import KVStore, commands
+from engine.limits import Limits
 from engine.messages import AdminOp, ClientStatus, MessageType
-from engine.raft.snapshot import decode_snapshot, encode_snapshot
-from engine.types import Limits, Snapshot
+from engine.replication.snapshot import decode_snapshot, encode_snapshot
+from engine.types import Snapshot
 
 
 def client_of(cluster: engine.LocalCluster, *, addresses: list[str] | None = None,

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 import engine
+from engine.config import Limits
 from engine.kv import commands
-from engine.types import Limits
 
 put = commands.encode_put
 

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from engine.config import Limits
 from engine.errors import DecodeError
 from engine.kv import KVStore
 from engine.kv.commands import (
@@ -23,7 +24,6 @@ from engine.kv.commands import (
     encode_put,
     encode_register,
 )
-from engine.types import Limits
 
 MIB = 1 << 20
 SESSIONS = 50

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from engine.config import Limits
 from engine.errors import DecodeError, InvariantViolation
 from engine.kv import KVStore
 from engine.kv.commands import (
@@ -25,7 +26,6 @@ from engine.kv.commands import (
     encode_register,
     encode_result,
 )
-from engine.types import Limits
 
 
 class Applier:

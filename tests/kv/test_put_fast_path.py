@@ -9,10 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from engine.config import Limits
 from engine.errors import DecodeError
 from engine.kv import KVStore, commands
 from engine.kv import store as store_module
-from engine.types import Limits
 
 _keys = st.binary(max_size=6)
 _sessions = st.one_of(st.none(), st.tuples(st.integers(1, 3), st.integers(1, 4)))

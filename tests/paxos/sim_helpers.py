@@ -20,12 +20,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from engine.config import Limits, TimingConfig
 from engine.errors import InvariantViolation
 from engine.paxos.synod import Synod, SynodConfig
 from engine.testing.paxos_invariants import decode_values, encode_values
 from engine.testing.sim import FaultConfig, SimNode, Simulation, SimulationFailure
 from engine.testing.sim_disk import SimDisk
-from engine.types import Limits, TimingConfig
 
 TICK_US = 10
 _TICK, _DELIVER = range(2)

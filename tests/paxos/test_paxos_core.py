@@ -6,12 +6,13 @@ from typing import Any
 
 import pytest
 
+from engine.config import Limits, TimingConfig
 from engine.errors import ConfigError, EntryTooLarge, NotLeader, Overloaded
 from engine.messages import Entry, EntryKind, Message, MessageType
 from engine.paxos import PaxosConfig, PaxosCore, Role
 from engine.paxos.ballot import ballot_node, ballot_round, make_ballot, next_ballot
 from engine.paxos.core import IDENTITY_BYTES
-from engine.types import HardState, Limits, Ready, TimingConfig
+from engine.types import HardState, Ready
 
 MT = MessageType
 TIMING = TimingConfig(tick_ms=1, heartbeat_interval_ticks=2, election_timeout_ticks=10)

@@ -13,13 +13,14 @@ from typing import Any
 import pytest
 from sim_helpers import Disk, Faults, PaxosSim, decode_values
 
+from engine.config import Limits, TimingConfig
 from engine.errors import ConfigError
 from engine.messages import Entry, Message, MessageType
 from engine.paxos import PaxosConfig, PaxosCore, Role
 from engine.paxos.ballot import make_ballot
 from engine.paxos.core import IDENTITY_BYTES
-from engine.raft.snapshot import decode_snapshot, encode_snapshot
-from engine.types import HardState, Limits, Snapshot, TimingConfig
+from engine.replication.snapshot import decode_snapshot, encode_snapshot
+from engine.types import HardState, Snapshot
 
 MT = MessageType
 TIMING = TimingConfig(tick_ms=1, heartbeat_interval_ticks=2, election_timeout_ticks=10)

@@ -22,9 +22,9 @@ import engine
 from engine.aio import node as node_module
 from engine.aio import wal as wal_module
 from engine.aio.wal import WriteAheadLog
+from engine.config import Limits
 from engine.kv import commands
 from engine.paxos.core import IDENTITY_BYTES
-from engine.types import Limits
 
 SEGMENT_BYTES = 32 * 1024
 

@@ -36,11 +36,11 @@ from typing import Any
 import pytest
 from sim_helpers import seeds_from_env
 
+from engine.config import TimingConfig
 from engine.errors import InvariantViolation
 from engine.messages import EntryKind
 from engine.paxos import PaxosConfig, PaxosCore, Role
 from engine.testing.sim import Simulation, SimulationFailure, paxos_swarm_simulation
-from engine.types import TimingConfig
 
 TIMING = TimingConfig(tick_ms=1, heartbeat_interval_ticks=2, election_timeout_ticks=10)
 OLD, NEW = b"x=old", b"x=new"

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from engine.config import TimingConfig
 from engine.errors import (
     ConfChangeInProgress,
     ConfigError,
@@ -30,9 +31,9 @@ from engine.raft.membership import (
     promote,
     remove,
 )
-from engine.raft.snapshot import decode_snapshot, encode_snapshot
+from engine.replication.snapshot import decode_snapshot, encode_snapshot
 from engine.testing.sim import Simulation
-from engine.types import HardState, Snapshot, TimingConfig
+from engine.types import HardState, Snapshot
 
 MT = MessageType
 TIMING = TimingConfig(tick_ms=10, heartbeat_interval_ticks=2, election_timeout_ticks=10)

@@ -12,11 +12,12 @@ from typing import Any
 
 import pytest
 
+from engine.config import Limits, TimingConfig
 from engine.errors import EntryTooLarge, NotLeader, Overloaded
 from engine.messages import Entry, EntryKind, Message, MessageType
 from engine.raft import RaftConfig, RaftCore, Role
 from engine.raft.progress import ProgressState
-from engine.types import HardState, Limits, ReadState, TimingConfig
+from engine.types import HardState, ReadState
 
 MT = MessageType
 TIMING = TimingConfig(tick_ms=10, heartbeat_interval_ticks=2, election_timeout_ticks=10)

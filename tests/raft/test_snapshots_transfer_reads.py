@@ -11,19 +11,20 @@ from typing import Any
 
 import pytest
 
+from engine.config import Limits, TimingConfig
 from engine.errors import ConfigError, DecodeError, NotLeader
 from engine.messages import Entry, Message, MessageType
 from engine.raft import RaftConfig, RaftCore, Role
 from engine.raft.core import TransferInProgress
 from engine.raft.progress import ProgressState
-from engine.raft.snapshot import (
+from engine.replication.snapshot import (
     SnapshotReceiver,
     SnapshotSender,
     decode_snapshot,
     encode_snapshot,
 )
 from engine.testing.sim import FaultConfig, Simulation
-from engine.types import HardState, Limits, Snapshot, TimingConfig
+from engine.types import HardState, Snapshot
 
 MT = MessageType
 TIMING = TimingConfig(tick_ms=10, heartbeat_interval_ticks=2, election_timeout_ticks=10)

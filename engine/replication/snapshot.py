@@ -1,4 +1,4 @@
-"""Snapshots for the Raft core: the checksummed envelope and the chunked transfer over UDP.
+"""Snapshots for every core: the checksummed envelope and the chunked transfer over UDP.
 
 Envelope (the same bytes on disk and on the wire), little-endian::
 
@@ -7,39 +7,44 @@ Envelope (the same bytes on disk and on the wire), little-endian::
                | u32 configuration length | configuration | data | digest
 
 digest = 32-byte BLAKE2b-256 over everything before it. Version 2 carries the cluster
-configuration as of the snapshot's index (Snapshot.configuration, the encoded
-engine.raft.membership.Membership); a snapshot without one is written as version 1, so
-version-1 envelopes and their bytes stay exactly as before and remain readable.
-`decode_snapshot` refuses any envelope whose digest, magic, version or length does not
-check out (engine.errors.DecodeError), so a follower never installs a corrupt or truncated
+configuration as of the snapshot's index (Snapshot.configuration: opaque bytes here; the Raft
+core stores its encoded engine.raft.membership.Membership); a snapshot without one is written
+as version 1, so version-1 envelopes and their bytes stay exactly as before and remain
+readable. `decode_snapshot` refuses any envelope whose digest, magic, version or length does
+not check out (engine.errors.DecodeError), so a replica never installs a corrupt or truncated
 snapshot (Raft §7: a follower installs only the leader's state).
 
-Chunked transfer (Raft Figure 13 InstallSnapshot, over a lossy datagram network). The leader
+Chunked transfer (Raft Figure 13 InstallSnapshot, over a lossy datagram network). The sender
 sends SNAPSHOT messages (index + log_term = the snapshot's last entry, seq = chunk offset,
-status = total envelope size, context = chunk bytes). The follower appends chunks that extend
+status = total envelope size, context = chunk bytes). The receiver appends chunks that extend
 its contiguous prefix and answers SNAPSHOT_RESPONSE with seq = the next offset it wants
-(reject = True when a chunk arrived beyond a gap, asking the leader to go back at once).
-Once the envelope is complete and verified, the follower installs it and, only after the
-snapshot is durable (messages_after_persist), answers APPEND_RESPONSE(index = snapshot index),
-which moves the leader's progress out of the SNAPSHOT state.
+(reject = True when a chunk arrived beyond a gap, asking the sender to go back at once;
+status = SNAPSHOT_REFUSED when it will never take this snapshot). What ends a transfer (the
+acknowledgement of the installed snapshot) is each core's own (engine/raft/core.py,
+engine/paxos/core.py).
 
   * bounded: at most Limits.max_snapshot_chunk_bytes per message and
-    Limits.max_snapshot_inflight_chunks unacknowledged chunks per follower; the follower
+    Limits.max_snapshot_inflight_chunks unacknowledged chunks per receiver; the receiver
     refuses envelopes above Limits.max_snapshot_bytes;
   * retransmission: go-back-N from the acknowledged offset, at once on a gap signal and after
-    `retransmit_ticks` without acknowledgement progress (lost chunks or lost acks);
-  * resume: the follower keeps its partial envelope across leader retries and even across a
-    new transfer of the same snapshot (same index, term, size), and asks for the next offset.
+    `retransmit_ticks` (engine.replication.timing) without acknowledgement progress (lost
+    chunks or lost acks);
+  * resume: the receiver keeps its partial envelope across retries and even across a new
+    transfer of the same snapshot (same index, term, size), and asks for the next offset.
 
-This module is pure (no I/O, no clock): the core calls it from step() and tick().
+This module is pure (no I/O, no clock): the cores call it from step() and tick().
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import struct
+from collections.abc import Callable
+from typing import Any
 
 from engine.errors import DecodeError
+from engine.messages import Message, MessageType
 from engine.types import Snapshot
 
 MAGIC = b"ESNP"
@@ -50,6 +55,11 @@ _CONFIG_LENGTH = struct.Struct("<I")
 DIGEST_BYTES = 32
 # The smallest envelope (version 1, no data).
 ENVELOPE_OVERHEAD = _HEAD.size + DIGEST_BYTES
+# SNAPSHOT_RESPONSE.status: the receiver will never take this snapshot (above its
+# Limits.max_snapshot_bytes, or another transfer is advancing): stop streaming it.
+SNAPSHOT_REFUSED = 1
+_SNAPSHOT = MessageType.SNAPSHOT
+_SNAPSHOT_RESPONSE = MessageType.SNAPSHOT_RESPONSE
 
 
 def _digest(*parts: bytes | memoryview) -> bytes:
@@ -157,6 +167,24 @@ class SnapshotSender:
             self.next_offset = end
         return chunks
 
+    def chunk_messages(self, src: int, dst: int, term: int) -> list[Any]:
+        """The SNAPSHOT messages of next_chunks() from `src` to `dst` in `term`."""
+        return [
+            Message(_SNAPSHOT, src, dst, term, log_term=self.term, index=self.index,
+                    seq=offset, status=self.total, context=chunk)
+            for offset, chunk in self.next_chunks()
+        ]
+
+    def on_response(self, m: Any, now_tick: int, min_restart_ticks: int = 0) -> str | None:
+        """A SNAPSHOT_RESPONSE that is neither stale nor a refusal nor the end of the
+        transfer: None if chunk_messages() should be sent now, else why it is ignored."""
+        if m.reject and m.seq < self.acked and not self.restart_from(
+                m.seq, now_tick, min_restart_ticks):
+            return "repeated snapshot rewind"
+        if not self.on_ack(m.seq, m.reject, now_tick):
+            return "bogus snapshot response"
+        return None
+
     def on_ack(self, offset: int, gap: bool, now_tick: int) -> bool:
         """The follower wants `offset` next. Returns False for a useless (stale/bogus) ack."""
         if not 0 <= offset <= self.total:
@@ -240,7 +268,76 @@ class SnapshotReceiver:
         return snapshot
 
 
+def malformed_chunk(m: Any) -> bool:
+    """A SNAPSHOT message whose fields cannot describe a chunk of an envelope."""
+    total, offset, chunk = m.status, m.seq, m.context
+    return (m.index <= 0 or total < ENVELOPE_OVERHEAD or not 0 <= offset < total or not chunk
+            or offset + len(chunk) > total)
+
+
+class SnapshotInbox:
+    """A receiver's side of chunked transfers: at most one partial envelope at a time.
+
+    `exclusive_ticks`: while the transfer in progress advanced within that many ticks, a
+    chunk of another snapshot from another sender is refused (SNAPSHOT_REFUSED) instead of
+    starting over, or two senders would reset each other's progress forever; 0 lets every
+    new snapshot replace the partial one (a single sender, the leader)."""
+
+    __slots__ = ("receiver", "source", "progress_tick", "max_bytes", "exclusive_ticks")
+
+    def __init__(self, max_bytes: int, exclusive_ticks: int = 0) -> None:
+        self.receiver: SnapshotReceiver | None = None
+        self.source = 0
+        self.progress_tick = 0
+        self.max_bytes = max_bytes
+        self.exclusive_ticks = exclusive_ticks
+
+    def offer(
+        self, m: Any, node_id: int, term: int, now_tick: int,
+        check: Callable[[Snapshot], object] | None = None,
+    ) -> tuple[Any, Snapshot | None, str | None]:
+        """Takes one well-formed SNAPSHOT chunk (malformed_chunk(m) is False).
+
+        Returns (reply, snapshot, ignored): the SNAPSHOT_RESPONSE to send from `node_id` in
+        `term` (None once complete), the verified snapshot with its envelope once the last
+        chunk arrived, and why the chunk was ignored or the envelope refused (to count).
+        `check` may refuse a verified snapshot's contents by raising DecodeError."""
+        total = m.status
+        receiver = self.receiver
+        if receiver is None or not receiver.matches(m.index, m.log_term, total):
+            ignored = None
+            if (receiver is not None and m.src != self.source
+                    and now_tick - self.progress_tick < self.exclusive_ticks):
+                ignored = "snapshot chunk from a second sender"
+            elif total > self.max_bytes:
+                ignored = "snapshot above max_snapshot_bytes"
+            if ignored is not None:
+                return Message(_SNAPSHOT_RESPONSE, node_id, m.src, term, index=m.index,
+                               reject=True, status=SNAPSHOT_REFUSED), None, ignored
+            receiver = self.receiver = SnapshotReceiver(m.index, m.log_term, total)
+            self.source = m.src
+        in_order = receiver.add(m.seq, m.context)
+        if in_order:
+            self.progress_tick = now_tick
+        if not receiver.complete:
+            return Message(_SNAPSHOT_RESPONSE, node_id, m.src, term, index=m.index,
+                           seq=receiver.received, reject=not in_order), None, None
+        self.receiver = None
+        try:
+            snapshot = receiver.finish()
+            if check is not None:
+                check(snapshot)
+        except DecodeError:
+            # Never install a corrupt snapshot: ask for it again from the start.
+            return Message(_SNAPSHOT_RESPONSE, node_id, m.src, term, index=m.index, seq=0,
+                           reject=True), None, CORRUPT_SNAPSHOT
+        return None, dataclasses.replace(snapshot, envelope=bytes(receiver.buffer)), None
+
+
+CORRUPT_SNAPSHOT = "snapshot checksum mismatch"
+
 __all__ = [
     "encode_snapshot", "decode_snapshot", "peek_snapshot_header", "with_configuration",
-    "SnapshotSender", "SnapshotReceiver", "ENVELOPE_OVERHEAD",
+    "SnapshotSender", "SnapshotReceiver", "SnapshotInbox", "ENVELOPE_OVERHEAD",
+    "SNAPSHOT_REFUSED", "CORRUPT_SNAPSHOT", "malformed_chunk",
 ]
