@@ -1,8 +1,8 @@
 """Linearizability checker for Jepsen-style histories (Wing & Gong / Lowe search, as Porcupine).
 
-    result = check_linearizable(history, model="kv", time_limit_s=10.0)
-    result.valid            True, False or "unknown" (the time limit was hit first)
-    result.key              for False: the first key (partition) that is not linearizable
+    result = check_linearizable(history, model="kv", time_limit_s=10.0, memo_limit=MEMO_LIMIT)
+    result.valid            True, False or "unknown" (a limit was hit first: result.reason)
+    result.key              for False: the first key (partition) proven not linearizable
     result.explanation      for False: the longest linearizable prefix found for that key and
                             the operations that cannot be ordered after it
 
@@ -23,8 +23,16 @@ of the list, push it and restart from the head; at a return of an op not yet lin
 current order is dead: pop the last linearized op, "unlift" it and try the next call after it.
 Success when every completed op is linearized; failure when the stack is empty at a return.
 The memo of (bitset, state) makes the search polynomial for bounded concurrency.
-P-compositionality (Horn & Kroening, arXiv 1504.00204): the model partitions the history (one
-part per key for "kv" and "set") and each part is searched on its own.
+P-compositionality (Horn & Kroening, arXiv 1504.00204; locality, Herlihy & Wing 1990,
+Theorem 1): the model partitions the history (one part per key for "kv" and "set"); the history
+is linearizable iff every part is, so one illegal part decides the whole.
+
+Scheduling (check_operations): the parts are searched interleaved, round robin, with a step
+budget per part doubled every round, and the check ends at the first part proven illegal. A part
+that is costly to decide therefore cannot starve a cheap illegal one, whatever the key order.
+Memory is bounded by memo_limit, the memo entries held at once over all parts (a decided part
+frees its memo); at the limit the part holding the most is given up as "unknown". The memo only
+prunes revisits, so giving up never turns into a wrong verdict, and neither does the time limit.
 """
 
 from __future__ import annotations
@@ -635,12 +643,16 @@ def main(argv: list[str] | None = None) -> int:
                              "register, set")
     parser.add_argument("--time-limit", type=float, default=10.0, metavar="SECONDS",
                         help="search budget over all keys (default 10); then 'unknown'")
+    parser.add_argument("--memo-limit", type=int, default=MEMO_LIMIT, metavar="ENTRIES",
+                        help="most memo entries held at once over all keys (default "
+                             f"{MEMO_LIMIT}, ~300 bytes each); beyond it a key is 'unknown'")
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse already printed a one-line usage error
         return 0 if exc.code == 0 else 2
     try:
-        result = check_linearizable(read_jsonl(args.history), args.model, args.time_limit)
+        result = check_linearizable(read_jsonl(args.history), args.model, args.time_limit,
+                                    args.memo_limit)
     except (HistoryError, OSError, UnicodeDecodeError) as exc:
         message = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
         print(f"error: {args.history}: {message}", file=sys.stderr)
