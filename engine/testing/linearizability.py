@@ -81,11 +81,12 @@ COMPLETIONS = ("ok", "fail", "info")
 DEADLINE_STRIDE = 1024
 # Steps each undecided partition gets in the first round of the interleaved search; every
 # round doubles it, so a key that needs s steps is decided before any other key has been
-# given more than about 4 * s steps.
+# given more than 2 * s + INITIAL_STEP_BUDGET (the total before its last round was below s).
 INITIAL_STEP_BUDGET = 1024
-# The most memo entries held at once over all partitions. An entry costs ~300 bytes with a
-# register's state (a (bitset, state) key, its list of info-op sets, the dict slot), more when
-# the model's state is large (a string or list it appends to): ~600 MB at this limit.
+# The most memo entries held at once over all partitions. An entry is a (bitset, state) key,
+# its list of info-op sets and a dict slot: measured with tracemalloc, ~200 bytes for a 23-op
+# register key, ~330 bytes for a 230-op key of Porcupine's c50 kv history (string states); more
+# for larger model states. So 0.4-0.7 GB at this limit.
 MEMO_LIMIT = 2_000_000
 
 
@@ -645,7 +646,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="search budget over all keys (default 10); then 'unknown'")
     parser.add_argument("--memo-limit", type=int, default=MEMO_LIMIT, metavar="ENTRIES",
                         help="most memo entries held at once over all keys (default "
-                             f"{MEMO_LIMIT}, ~300 bytes each); beyond it a key is 'unknown'")
+                             f"{MEMO_LIMIT}, 200-350 bytes each); beyond it a key is 'unknown'")
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse already printed a one-line usage error
