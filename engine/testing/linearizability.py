@@ -225,12 +225,12 @@ class CheckResult:
         if self.valid is True:
             return f"linearizable: {where}, checked in {took}"
         if self.valid is False:
-            if keys > 1 or self.key is not None:
+            if keys > 1:
                 good = sum(p.valid is True for p in self.partitions)
                 which = (f"key {self.key!r} (the first key proven illegal; {good} of {keys} "
-                         "keys linearizable, the search stopped there)")
+                         "keys found linearizable before it)")
             else:
-                which = "no valid order"
+                which = "no valid order" if self.key is None else f"key {self.key!r}"
             return f"NOT linearizable: {which}; {where}, {took}"
         return (f"unknown: {self.reason}; {len(self.unknown_keys)} of {keys} keys undecided "
                 f"(no violation found); {where}, {took}")
