@@ -372,6 +372,11 @@ class _Search:
                 if not stack:
                     self.verdict = False
                     break
+                if len(stack) > len(best):
+                    # The deepest stack so far is about to shrink: keep it as the longest
+                    # linearizable prefix (copied here, at its first pop, not at every push).
+                    best = [e.op for e, _, _ in stack]
+                    self.best_state = state
                 entry, state, horizon = stack.pop()
                 ret = entry.match
                 if ret is not None:
@@ -427,9 +432,6 @@ class _Search:
                             ret.prev.next = ret.next
                             ret.next.prev = ret.prev
                             remaining -= 1
-                        if len(stack) > len(best):
-                            best = [e.op for e, _, _ in stack]
-                            self.best_state = state
                         entry = head.next
                         horizon = 0
                         continue

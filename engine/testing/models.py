@@ -128,6 +128,17 @@ def partition_by_key(ops: Sequence[Operation]) -> dict[Hashable, list[Operation]
     return parts
 
 
+def _append(state: Any, value: Any) -> tuple[bool, Any]:
+    """KVModel's append (see there): string concatenation or a new last list element."""
+    if state is None:
+        state = "" if isinstance(value, str) else ()
+    if isinstance(state, str):
+        return (True, state + value) if isinstance(value, str) else (False, state)
+    if isinstance(state, tuple):
+        return True, state + (value,)
+    return False, state
+
+
 class RegisterModel(Model):
     """One register: read, write, cas [expected, new]; initial value None (Jepsen's register)."""
 
@@ -164,12 +175,14 @@ class RegisterModel(Model):
             return op_output == state, state
         if f == "write":
             return True, value
-        # cas: an "ok" cas succeeded, so the register held `expected`; an unknown cas may only
-        # be linearized where it could have succeeded (not taking effect = leaving it out).
-        expected, new = value
-        if state == expected:
-            return True, new
-        return False, state
+        if f == "cas":
+            # An "ok" cas succeeded, so the register held `expected`; an unknown cas may only
+            # be linearized where it could have succeeded (not taking effect = leaving it out).
+            expected, new = value
+            if state == expected:
+                return True, new
+            return False, state
+        return _append(state, value)  # only KVModel.op_input lets an append through
 
     def describe_op(self, op: Operation) -> str:
         if op.f == "read":
@@ -212,18 +225,6 @@ class KVModel(RegisterModel):
         if f in ("write", "append"):
             return (f, op.value)
         return super().op_input(op)  # cas: checks its [expected, new]
-
-    def step(self, state: Any, op_input: Any, op_output: Any) -> tuple[bool, Any]:
-        f, value = op_input
-        if f != "append":
-            return super().step(state, op_input, op_output)
-        if state is None:
-            state = "" if isinstance(value, str) else ()
-        if isinstance(state, str):
-            return (True, state + value) if isinstance(value, str) else (False, state)
-        if isinstance(state, tuple):
-            return True, state + (value,)
-        return False, state
 
     def describe_op(self, op: Operation) -> str:
         if op.f in ("append", "put"):
