@@ -285,7 +285,7 @@ def _build_lists(ops: Sequence[Operation]) -> tuple[_Entry, _Entry]:
     return _link(main), _link(info)
 
 
-# What Search.run stopped on.
+# What _Search.run stopped on.
 _DECIDED, _BUDGET, _TIME, _MEMO = "decided", "budget", "time", "memo"
 
 
