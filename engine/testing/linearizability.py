@@ -1,8 +1,8 @@
 """Linearizability checker for Jepsen-style histories (Wing & Gong / Lowe search, as Porcupine).
 
-    result = check_linearizable(history, model="kv", time_limit_s=10.0)
-    result.valid            True, False or "unknown" (the time limit was hit first)
-    result.key              for False: the first key (partition) that is not linearizable
+    result = check_linearizable(history, model="kv", time_limit_s=10.0, memo_limit=MEMO_LIMIT)
+    result.valid            True, False or "unknown" (a limit was hit first: result.reason)
+    result.key              for False: the first key (partition) proven not linearizable
     result.explanation      for False: the longest linearizable prefix found for that key and
                             the operations that cannot be ordered after it
 
@@ -23,8 +23,16 @@ of the list, push it and restart from the head; at a return of an op not yet lin
 current order is dead: pop the last linearized op, "unlift" it and try the next call after it.
 Success when every completed op is linearized; failure when the stack is empty at a return.
 The memo of (bitset, state) makes the search polynomial for bounded concurrency.
-P-compositionality (Horn & Kroening, arXiv 1504.00204): the model partitions the history (one
-part per key for "kv" and "set") and each part is searched on its own.
+P-compositionality (Horn & Kroening, arXiv 1504.00204; locality, Herlihy & Wing 1990,
+Theorem 1): the model partitions the history (one part per key for "kv" and "set"); the history
+is linearizable iff every part is, so one illegal part decides the whole.
+
+Scheduling (check_operations): the parts are searched interleaved, round robin, with a step
+budget per part doubled every round, and the check ends at the first part proven illegal. A part
+that is costly to decide therefore cannot starve a cheap illegal one, whatever the key order.
+Memory is bounded by memo_limit, the memo entries held at once over all parts (a decided part
+frees its memo); at the limit the part holding the most is given up as "unknown". The memo only
+prunes revisits, so giving up never turns into a wrong verdict, and neither does the time limit.
 """
 
 from __future__ import annotations
@@ -62,6 +70,7 @@ __all__ = [
     "UNKNOWN",
     "check_linearizable",
     "check_operations",
+    "MEMO_LIMIT",
     "main",
     "parse_history",
 ]
@@ -70,6 +79,15 @@ UNKNOWN_VERDICT = "unknown"
 COMPLETIONS = ("ok", "fail", "info")
 # How many search steps run between two looks at the clock (a look costs ~50 ns; a step ~1 us).
 DEADLINE_STRIDE = 1024
+# Steps each undecided partition gets in the first round of the interleaved search; every
+# round doubles it, so a key that needs s steps is decided before any other key has been
+# given more than 2 * s + INITIAL_STEP_BUDGET (the total before its last round was below s).
+INITIAL_STEP_BUDGET = 1024
+# The most memo entries held at once over all partitions. An entry is a (bitset, state) key,
+# its list of info-op sets and a dict slot: measured with tracemalloc, ~200 bytes for a 23-op
+# register key, ~330 bytes for a 230-op key of Porcupine's c50 kv history (string states); more
+# for larger model states. So 0.4-0.7 GB at this limit.
+MEMO_LIMIT = 2_000_000
 
 
 # -- history parsing -------------------------------------------------------------------------------
@@ -147,13 +165,18 @@ def parse_history(history: Iterable[Mapping[str, Any]]) -> list[Operation]:
 
 @dataclass
 class PartitionResult:
-    """The verdict for one partition (key) of the history."""
+    """The verdict for one partition (key) of the history.
+
+    valid is "unknown" when the partition was not decided; `reason` then says why: the time
+    limit, the memo limit, or that the search stopped at another key's violation first.
+    """
 
     key: Hashable
     valid: bool | str
     ops: int
     steps: int = 0
-    cache_size: int = 0
+    cache_size: int = 0  # memo entries held when the search ended
+    reason: str = ""
     prefix: list[tuple[Operation, Any]] = field(default_factory=list)  # (op, state after it)
     prefix_start: Any = None  # the model state before the prefix (the initial state)
     blocked: list[tuple[Operation, bool]] = field(default_factory=list)  # (op, legal next?)
@@ -162,7 +185,13 @@ class PartitionResult:
 
 @dataclass
 class CheckResult:
-    """valid is True, False or "unknown". bool(result) is True only for valid is True."""
+    """valid is True, False or "unknown". bool(result) is True only for valid is True.
+
+    For False, `key` and `explanation` are the first partition proven illegal (the search
+    stops there: other partitions may be left undecided). For "unknown", `reason` names the
+    limit that was hit. `memo_peak` is the most memo entries held at once over all partitions
+    (never more than `memo_limit`).
+    """
 
     valid: bool | str
     model: str
@@ -171,6 +200,11 @@ class CheckResult:
     ops: int = 0
     elapsed_s: float = 0.0
     partitions: list[PartitionResult] = field(default_factory=list)
+    reason: str = ""
+    steps: int = 0
+    rounds: int = 0
+    memo_peak: int = 0
+    memo_limit: int | None = None
 
     def __bool__(self) -> bool:
         return self.valid is True
@@ -191,11 +225,14 @@ class CheckResult:
         if self.valid is True:
             return f"linearizable: {where}, checked in {took}"
         if self.valid is False:
-            bad = len(self.illegal_keys)
-            which = f"key {self.key!r} ({bad} of {keys} keys illegal)" if keys > 1 or \
-                self.key is not None else "no valid order"
+            if keys > 1:
+                good = sum(p.valid is True for p in self.partitions)
+                which = (f"key {self.key!r} (the first key proven illegal; {good} of {keys} "
+                         "keys found linearizable before it)")
+            else:
+                which = "no valid order" if self.key is None else f"key {self.key!r}"
             return f"NOT linearizable: {which}; {where}, {took}"
-        return (f"unknown: time limit hit on {len(self.unknown_keys)} of {keys} keys "
+        return (f"unknown: {self.reason}; {len(self.unknown_keys)} of {keys} keys undecided "
                 f"(no violation found); {where}, {took}")
 
 
@@ -248,10 +285,12 @@ def _build_lists(ops: Sequence[Operation]) -> tuple[_Entry, _Entry]:
     return _link(main), _link(info)
 
 
-def _search(ops: Sequence[Operation], model: Model, deadline: float | None
-            ) -> tuple[bool | str, int, int, list[int], Any]:
-    """Lowe's search over one partition. Returns (verdict, steps, cache size, longest prefix
-    as local op indexes, state after that prefix).
+# What _Search.run stopped on.
+_DECIDED, _BUDGET, _TIME, _MEMO = "decided", "budget", "time", "memo"
+
+
+class _Search:
+    """Lowe's search over one partition, resumable: run() advances it by a number of steps.
 
     Info ops (no return) live in a second list. At each node the candidates are the calls
     before the first unlinearized return R: completed ops first (walking the main list up to
@@ -265,94 +304,144 @@ def _search(ops: Sequence[Operation], model: Model, deadline: float | None
     cut: an info op lifted right after another info op is skipped when it alone, from the
     state before the first, reaches the same state (that sibling spends fewer info ops).
     Both prunings are checked against a brute-force oracle in the tests.
+
+    The memo only prunes: it never decides a verdict, so a search stopped when the memo is
+    full has proven nothing either way ("unknown"), and one resumed later continues exactly
+    where it stopped (the linked lists, the stack and the memo are its whole state).
     """
-    inputs = [model.op_input(op) for op in ops]
-    outputs = [op.output for op in ops]
-    bits = [1 << local for local in range(len(ops))]
-    step = model.step
-    head, info_head = _build_lists(ops)
-    state = model.init()
-    done = 0  # bitset of linearized completed ops
-    optional = 0  # bitset of linearized info ops
-    remaining = sum(op.ret is not None for op in ops)
-    stack: list[tuple[_Entry, Any, int]] = []  # (lifted call, state before it, horizon)
-    cache: dict[tuple[int, Any], list[int]] = {}
-    best: list[int] = []
-    best_state = state
-    steps = 0
-    horizon = 0  # position of the first unlinearized return (valid while walking info ops)
-    entry = head.next
-    while remaining:
-        steps += 1
-        if deadline is not None and steps % DEADLINE_STRIDE == 0 and time.monotonic() > deadline:
-            return UNKNOWN_VERDICT, steps, len(cache), best, best_state
-        ret = entry.match
-        if not entry.is_call:
-            # The first unlinearized return: completed candidates are exhausted; now the info
-            # ops called before it.
-            horizon = entry.pos
-            entry = info_head.next
-        elif ret is None and entry.pos >= horizon:
-            # Past the info candidates (or the info tail): this node is exhausted. Backtrack.
-            if not stack:
-                return False, steps, len(cache), best, best_state
-            entry, state, horizon = stack.pop()
+
+    def __init__(self, ops: Sequence[Operation], model: Model) -> None:
+        self.ops = ops
+        self.model = model
+        self.inputs = [model.op_input(op) for op in ops]
+        self.outputs = [op.output for op in ops]
+        self.bits = [1 << local for local in range(len(ops))]
+        self.head, self.info_head = _build_lists(ops)
+        self.entry = self.head.next
+        self.state = model.init()
+        self.done = 0  # bitset of linearized completed ops
+        self.optional = 0  # bitset of linearized info ops
+        self.remaining = sum(op.ret is not None for op in ops)
+        self.horizon = 0  # position of the first unlinearized return (while walking info ops)
+        self.stack: list[tuple[_Entry, Any, int]] = []  # (lifted call, state before, horizon)
+        self.cache: dict[tuple[int, Any], list[int]] = {}
+        self.entries = 0  # info-op sets held by the cache: what the memo limit counts
+        self.best: list[int] = []
+        self.best_state = self.state
+        self.steps = 0
+        self.verdict: bool | None = None
+
+    def release(self) -> None:
+        """Drop the memo (the search cannot resume after this)."""
+        self.cache = {}
+        self.stack = []
+        self.entries = 0
+
+    def run(self, budget: int, deadline: float | None, memo_room: int) -> str:
+        """At most `budget` more steps, stopping at the deadline or before the memo would hold
+        more than `memo_room` entries. Returns _DECIDED (self.verdict is set), _BUDGET, _TIME
+        or _MEMO; after any of the last three, run() may be called again."""
+        step = self.model.step
+        inputs, outputs, bits = self.inputs, self.outputs, self.bits
+        head, info_head, stack, cache = self.head, self.info_head, self.stack, self.cache
+        entry, state, done, optional = self.entry, self.state, self.done, self.optional
+        remaining, horizon, entries, steps = self.remaining, self.horizon, self.entries, self.steps
+        best = self.best
+        stop = steps + budget
+        checkpoint = steps  # the next step at which the budget and the clock are looked at
+        outcome = _DECIDED
+        while remaining:
+            if steps >= checkpoint:
+                if steps >= stop:
+                    outcome = _BUDGET
+                    break
+                if deadline is not None and time.monotonic() > deadline:
+                    outcome = _TIME
+                    break
+                checkpoint = min(stop, steps + DEADLINE_STRIDE)
+            steps += 1
             ret = entry.match
-            if ret is not None:
-                done ^= bits[entry.op]
-                ret.prev.next = ret  # unlift, in reverse order of the lift
-                ret.next.prev = ret
-                remaining += 1
-            else:
-                optional ^= bits[entry.op]
-            entry.prev.next = entry
-            entry.next.prev = entry
-            entry = entry.next
-        else:
-            local = entry.op
-            legal, new_state = step(state, inputs[local], outputs[local])
-            if legal and ret is None and stack and stack[-1][0].match is None:
-                # Info op y right after info op x: if y alone, from the state before x, gives
-                # the same state, this node is dominated by that sibling (same completed ops,
-                # fewer info ops spent, y is a candidate there too): skip it.
-                legal_alone, alone = step(stack[-1][1], inputs[local], outputs[local])
-                if legal_alone and alone == new_state:
-                    legal = False
-            if legal:
+            if not entry.is_call:
+                # The first unlinearized return: completed candidates are exhausted; now the
+                # info ops called before it.
+                horizon = entry.pos
+                entry = info_head.next
+            elif ret is None and entry.pos >= horizon:
+                # Past the info candidates (or the info tail): this node is exhausted.
+                # Backtrack.
+                if not stack:
+                    self.verdict = False
+                    break
+                if len(stack) > len(best):
+                    # The deepest stack so far is about to shrink: keep it as the longest
+                    # linearizable prefix (copied here, at its first pop, not at every push).
+                    best = [e.op for e, _, _ in stack]
+                    self.best_state = state
+                entry, state, horizon = stack.pop()
+                ret = entry.match
                 if ret is not None:
-                    new_done, new_optional = done | bits[local], optional
+                    done ^= bits[entry.op]
+                    ret.prev.next = ret  # unlift, in reverse order of the lift
+                    ret.next.prev = ret
+                    remaining += 1
                 else:
-                    new_done, new_optional = done, optional | bits[local]
-                memo = (new_done, new_state)
-                seen = cache.get(memo)
-                fresh = True
-                if seen is None:
-                    cache[memo] = [new_optional]
-                else:
-                    for mask in seen:
-                        if mask & new_optional == mask:
-                            fresh = False
-                            break
-                    if fresh:
-                        seen.append(new_optional)
-                if fresh:
-                    stack.append((entry, state, horizon))
-                    state, done, optional = new_state, new_done, new_optional
-                    # lift: unlink the call and its return (Lowe §3)
-                    entry.prev.next = entry.next
-                    entry.next.prev = entry.prev
+                    optional ^= bits[entry.op]
+                entry.prev.next = entry
+                entry.next.prev = entry
+                entry = entry.next
+            else:
+                local = entry.op
+                legal, new_state = step(state, inputs[local], outputs[local])
+                if legal and ret is None and stack and stack[-1][0].match is None:
+                    # Info op y right after info op x: if y alone, from the state before x,
+                    # gives the same state, this node is dominated by that sibling (same
+                    # completed ops, fewer info ops spent, y is a candidate there too): skip it.
+                    legal_alone, alone = step(stack[-1][1], inputs[local], outputs[local])
+                    if legal_alone and alone == new_state:
+                        legal = False
+                if legal:
                     if ret is not None:
-                        ret.prev.next = ret.next
-                        ret.next.prev = ret.prev
-                        remaining -= 1
-                    if len(stack) > len(best):
-                        best = [e.op for e, _, _ in stack]
-                        best_state = state
-                    entry = head.next
-                    horizon = 0
-                    continue
-            entry = entry.next
-    return True, steps, len(cache), best, best_state
+                        new_done, new_optional = done | bits[local], optional
+                    else:
+                        new_done, new_optional = done, optional | bits[local]
+                    memo = (new_done, new_state)
+                    seen = cache.get(memo)
+                    fresh = True
+                    if seen is not None:
+                        for mask in seen:
+                            if mask & new_optional == mask:
+                                fresh = False
+                                break
+                    if fresh:
+                        if entries >= memo_room:
+                            # Stop before this entry is stored; a resumed run retries it.
+                            steps -= 1
+                            outcome = _MEMO
+                            break
+                        entries += 1
+                        if seen is None:
+                            cache[memo] = [new_optional]
+                        else:
+                            seen.append(new_optional)
+                        stack.append((entry, state, horizon))
+                        state, done, optional = new_state, new_done, new_optional
+                        # lift: unlink the call and its return (Lowe §3)
+                        entry.prev.next = entry.next
+                        entry.next.prev = entry.prev
+                        if ret is not None:
+                            ret.prev.next = ret.next
+                            ret.next.prev = ret.prev
+                            remaining -= 1
+                        entry = head.next
+                        horizon = 0
+                        continue
+                entry = entry.next
+        else:
+            self.verdict = True
+        self.entry, self.state, self.done, self.optional = entry, state, done, optional
+        self.remaining, self.horizon, self.entries, self.steps = remaining, horizon, entries, steps
+        self.best = best
+        return outcome
 
 
 def _blocked(ops: Sequence[Operation], model: Model, inputs: Sequence[Any],
@@ -399,55 +488,130 @@ def _explain(part: PartitionResult, model: Model) -> str:
     return "\n".join(lines)
 
 
-def check_partition(key: Hashable, ops: Sequence[Operation], model: Model,
-                    deadline: float | None = None) -> PartitionResult:
-    """Search one partition; for a violation also build its explanation."""
-    ops = [op for op in ops if model.op_input(op) is not DROP]
-    verdict, steps, cache_size, best, best_state = _search(ops, model, deadline)
-    part = PartitionResult(key, verdict, len(ops), steps, cache_size)
-    if verdict is False:
-        inputs = [model.op_input(op) for op in ops]
-        state = part.prefix_start = model.init()
-        for local in best:
-            _, state = model.step(state, inputs[local], ops[local].output)
-            part.prefix.append((ops[local], state))
-        # An info op that is not legal here is simply left out: it explains nothing.
-        part.blocked = [(ops[local], legal)
-                        for local, legal in _blocked(ops, model, inputs, best, best_state)
-                        if legal or ops[local].ret is not None]
-        part.explanation = _explain(part, model)
-    return part
+def _illegal(part: PartitionResult, search: _Search, model: Model) -> None:
+    """Fill in the evidence of a violation: the longest linearizable prefix the search found
+    and the ops that could come next after it, none of which leads anywhere."""
+    ops, inputs = search.ops, search.inputs
+    state = part.prefix_start = model.init()
+    for local in search.best:
+        _, state = model.step(state, inputs[local], ops[local].output)
+        part.prefix.append((ops[local], state))
+    # An info op that is not legal here is simply left out: it explains nothing.
+    part.blocked = [(ops[local], legal)
+                    for local, legal in _blocked(ops, model, inputs, search.best,
+                                                 search.best_state)
+                    if legal or ops[local].ret is not None]
+    part.explanation = _explain(part, model)
+
+
+def _reasons(partitions: Sequence[PartitionResult]) -> str:
+    """Why the undecided partitions are undecided, grouped: "memo limit ... (keys '0', '5')"."""
+    keys: dict[str, list[Hashable]] = {}
+    for part in partitions:
+        if part.valid == UNKNOWN_VERDICT:
+            keys.setdefault(part.reason, []).append(part.key)
+    shown = []
+    for reason, which in keys.items():
+        if which != [None]:
+            names = ", ".join(map(repr, which[:3])) + ("..." if len(which) > 3 else "")
+            reason += f" (key{'s' if len(which) > 1 else ''} {names})"
+        shown.append(reason)
+    return "; ".join(shown)
 
 
 def check_operations(ops: Sequence[Operation], model: Any = "register",
-                     time_limit_s: float | None = 10.0) -> CheckResult:
-    """Check already parsed operations (see parse_history) against a model."""
+                     time_limit_s: float | None = 10.0,
+                     memo_limit: int | None = MEMO_LIMIT) -> CheckResult:
+    """Check already parsed operations (see parse_history) against a model.
+
+    The partitions are searched interleaved, round robin, each given INITIAL_STEP_BUDGET
+    steps in the first round and twice its last budget in every next one, so a key that is
+    hard to decide delays the others by at most a constant factor instead of starving them;
+    the first key proven illegal ends the whole check (one illegal part is enough:
+    P-compositionality). A decided key frees its memo. When the memos of the keys still
+    searched would hold more than `memo_limit` entries in all, the key holding the most is
+    given up ("unknown", reason "memo limit") and its memo freed; the others go on, and can
+    still prove a violation. At the time limit every key not decided is "unknown".
+    """
     start = time.monotonic()
     deadline = None if time_limit_s is None else start + time_limit_s
+    room_total = sys.maxsize if memo_limit is None else memo_limit
     chosen = get_model(model)
     parts = chosen.partition(ops)
-    result = CheckResult(True, chosen.name, ops=len(ops))
+    result = CheckResult(True, chosen.name, ops=len(ops), memo_limit=memo_limit)
+    live: dict[Hashable, tuple[PartitionResult, _Search]] = {}
     for key in sorted(parts, key=repr):
-        part = check_partition(key, parts[key], chosen, deadline)
+        kept = [op for op in parts[key] if chosen.op_input(op) is not DROP]
+        part = PartitionResult(key, UNKNOWN_VERDICT, len(kept))
         result.partitions.append(part)
-        if part.valid is False and result.valid is not False:
-            result.valid, result.key, result.explanation = False, key, part.explanation
-        elif part.valid == UNKNOWN_VERDICT and result.valid is True:
-            result.valid = UNKNOWN_VERDICT
+        live[key] = (part, _Search(kept, chosen))
+
+    def give_up(key: Hashable, reason: str) -> None:
+        part, search = live.pop(key)
+        part.reason, part.steps, part.cache_size = reason, search.steps, search.entries
+        search.release()
+
+    held = 0  # memo entries over every key in `live`
+    budget = INITIAL_STEP_BUDGET
+    while live and result.valid is not False:
+        result.rounds += 1
+        for key in list(live):
+            if key not in live:
+                continue  # given up for the memo limit earlier in this round
+            part, search = live[key]
+            before = search.entries
+            outcome = search.run(budget, deadline, room_total - (held - before))
+            held += search.entries - before
+            result.memo_peak = max(result.memo_peak, held)
+            if outcome == _DECIDED:
+                held -= search.entries
+                part.valid, part.steps, part.cache_size = \
+                    search.verdict is True, search.steps, search.entries
+                del live[key]
+                if part.valid is False:
+                    _illegal(part, search, chosen)
+                    result.valid, result.key, result.explanation = \
+                        False, key, part.explanation
+                    search.release()
+                    break
+                search.release()
+            elif outcome == _TIME:
+                for other in list(live):
+                    give_up(other, f"time limit ({time_limit_s:g} s) hit")
+                break
+            elif outcome == _MEMO:
+                # Give up the key holding the most entries (this one on a tie): it frees the
+                # most, and the memo limit stays a bound on the whole check.
+                victim = max(live, key=lambda k: (live[k][1].entries, k == key))
+                held -= live[victim][1].entries
+                give_up(victim, f"memo limit ({memo_limit} entries) hit")
+        budget *= 2
+    if result.valid is False:
+        for key in list(live):
+            give_up(key, "not decided: the search stopped at the first illegal key")
+    elif any(part.valid == UNKNOWN_VERDICT for part in result.partitions):
+        result.valid = UNKNOWN_VERDICT
+        result.reason = _reasons(result.partitions)
+    result.steps = sum(part.steps for part in result.partitions)
     result.elapsed_s = time.monotonic() - start
     return result
 
 
 def check_linearizable(history: Iterable[Mapping[str, Any]], model: Any = "register",
-                       time_limit_s: float | None = 10.0) -> CheckResult:
+                       time_limit_s: float | None = 10.0,
+                       memo_limit: int | None = MEMO_LIMIT) -> CheckResult:
     """Is the Jepsen-style history linearizable with respect to the model?
 
-    model: "register" (one register, initial None), "kv" (a register per key), "set" (a
-    grow-only set per key), a Model instance, or any object with init() and step().
+    model: "register" (one register, initial None), "kv" (a value per key: read/get,
+    write/put, cas, append), "set" (a grow-only set per key), a Model instance, or any object
+    with init() and step().
     time_limit_s: total budget over all partitions (None: no limit); when it runs out before a
     violation is found the verdict is "unknown".
+    memo_limit: the most memo entries held at once over all partitions (None: no limit);
+    beyond it a partition is given up and the verdict, unless another partition is proven
+    illegal, is "unknown". Never a wrong verdict: the memo only prunes the search.
     """
-    return check_operations(parse_history(history), model, time_limit_s)
+    return check_operations(parse_history(history), model, time_limit_s, memo_limit)
 
 
 # -- command line ----------------------------------------------------------------------------------
@@ -482,12 +646,16 @@ def main(argv: list[str] | None = None) -> int:
                              "register, set")
     parser.add_argument("--time-limit", type=float, default=10.0, metavar="SECONDS",
                         help="search budget over all keys (default 10); then 'unknown'")
+    parser.add_argument("--memo-limit", type=int, default=MEMO_LIMIT, metavar="ENTRIES",
+                        help="most memo entries held at once over all keys (default "
+                             f"{MEMO_LIMIT}, 200-350 bytes each); beyond it a key is 'unknown'")
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse already printed a one-line usage error
         return 0 if exc.code == 0 else 2
     try:
-        result = check_linearizable(read_jsonl(args.history), args.model, args.time_limit)
+        result = check_linearizable(read_jsonl(args.history), args.model, args.time_limit,
+                                    args.memo_limit)
     except (HistoryError, OSError, UnicodeDecodeError) as exc:
         message = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
         print(f"error: {args.history}: {message}", file=sys.stderr)

@@ -17,8 +17,9 @@ completion, or UNKNOWN when the completion was "info" (the op may or may not hav
 the checker may also leave such an op out of the linearization entirely, so `step` only has to
 say whether the op *can* take effect in `state`, and how).
 
-Built in: RegisterModel ("register"), KVModel ("kv": a register per key) and SetModel ("set": a
-grow-only set per key). Subclass Model for your own state machine.
+Built in: RegisterModel ("register"), KVModel ("kv": a value per key with read/get, write/put,
+cas and append) and SetModel ("set": a grow-only set per key). Subclass Model for your own
+state machine.
 """
 
 from __future__ import annotations
@@ -127,11 +128,22 @@ def partition_by_key(ops: Sequence[Operation]) -> dict[Hashable, list[Operation]
     return parts
 
 
+def _append(state: Any, value: Any) -> tuple[bool, Any]:
+    """KVModel's append (see there): string concatenation or a new last list element."""
+    if state is None:
+        state = "" if isinstance(value, str) else ()
+    if isinstance(state, str):
+        return (True, state + value) if isinstance(value, str) else (False, state)
+    if isinstance(state, tuple):
+        return True, state + (value,)
+    return False, state
+
+
 class RegisterModel(Model):
     """One register: read, write, cas [expected, new]; initial value None (Jepsen's register)."""
 
     name = "register"
-    OPS = ("read", "write", "cas")
+    OPS: tuple[str, ...] = ("read", "write", "cas")
 
     def init(self) -> Hashable:
         return None
@@ -163,12 +175,14 @@ class RegisterModel(Model):
             return op_output == state, state
         if f == "write":
             return True, value
-        # cas: an "ok" cas succeeded, so the register held `expected`; an unknown cas may only
-        # be linearized where it could have succeeded (not taking effect = leaving it out).
-        expected, new = value
-        if state == expected:
-            return True, new
-        return False, state
+        if f == "cas":
+            # An "ok" cas succeeded, so the register held `expected`; an unknown cas may only
+            # be linearized where it could have succeeded (not taking effect = leaving it out).
+            expected, new = value
+            if state == expected:
+                return True, new
+            return False, state
+        return _append(state, value)  # only KVModel.op_input lets an append through
 
     def describe_op(self, op: Operation) -> str:
         if op.f == "read":
@@ -180,9 +194,44 @@ class RegisterModel(Model):
 
 
 class KVModel(RegisterModel):
-    """A register per key (Jepsen's independent keys); each key is checked on its own."""
+    """A value per key (Jepsen's independent keys); each key is checked on its own.
+
+    Ops: read/get, write/put, cas [expected, new] (as RegisterModel) and append v, as in
+    Porcupine's kv model: a string value gets v concatenated, a list value (a tuple once
+    frozen) gets v as its new last element (Jepsen's list-append); on a missing value (the
+    initial state) it starts from "" for a string v and from [] otherwise. An append to any
+    other value is not legal (it cannot have succeeded). `initial` is every key's value before
+    the first write: None (missing) by default, "" for Porcupine's kv histories.
+    """
 
     name = "kv"
+    OPS: tuple[str, ...] = ("read", "write", "cas", "get", "put", "append")
+    ALIASES = {"get": "read", "put": "write"}
+
+    def __init__(self, initial: Hashable = None) -> None:
+        self.initial = initial
+
+    def init(self) -> Hashable:
+        return self.initial
+
+    def op_input(self, op: Operation) -> Any:
+        if op.f not in self.OPS:
+            raise HistoryError(
+                f"{self.name} model: unknown op f={op.f!r} (want read/get, write/put, cas, append)"
+            )
+        f = self.ALIASES.get(op.f, op.f)
+        if f == "read":
+            return DROP if op.output is UNKNOWN else ("read", None)
+        if f in ("write", "append"):
+            return (f, op.value)
+        return super().op_input(op)  # cas: checks its [expected, new]
+
+    def describe_op(self, op: Operation) -> str:
+        if op.f in ("append", "put"):
+            return f"{op.f} {op.value!r}" + (" (info)" if op.output is UNKNOWN else "")
+        if op.f == "get":
+            return f"get -> {'?' if op.output is UNKNOWN else repr(op.output)}"
+        return super().describe_op(op)
 
     def partition(self, ops: Sequence[Operation]) -> dict[Hashable, list[Operation]]:
         return partition_by_key(ops)

@@ -29,8 +29,10 @@ from engine.testing.history_gen import (
     mutate_unwritten_read,
 )
 from engine.testing.linearizability import (
+    INITIAL_STEP_BUDGET,
     UNKNOWN,
     HistoryError,
+    KVModel,
     Model,
     Operation,
     check_linearizable,
@@ -270,6 +272,57 @@ def test_kv_bytes_keys_and_independence() -> None:
         check_linearizable(history, model="register")
 
 
+def G(p: int, v: Any, key: Any) -> list[dict[str, Any]]:  # noqa: N802
+    return [inv(p, "get", None, key), ok(p, "get", v)]
+
+
+def test_kv_append_strings_and_lists() -> None:
+    # Porcupine's kv: values start as "", append concatenates, get reads, put overwrites.
+    porcupine = KVModel(initial="")
+    history = (seq(0, "append", "x", key="k") + seq(1, "append", "y", key="k")
+               + G(0, "xy", "k") + seq(1, "put", "a", key="k")
+               + G(0, "a", "k") + G(0, "", "j"))
+    assert check_linearizable(history, model=porcupine).valid is True
+    # With the default initial value (missing) a string append starts from "" as well.
+    assert check_linearizable(history[:6], model="kv").valid is True
+    # Appends are not commutative: reading "yx" after the appends completed in order is not.
+    swapped = history[:4] + G(0, "yx", "k")
+    result = check_linearizable(swapped, model=porcupine)
+    assert result.valid is False and result.key == "k"
+    assert "get -> 'yx'" in result.explanation and "append 'y'" in result.explanation
+    # Jepsen's list-append: a list value gets the element at its end.
+    lists = (seq(0, "append", 1, key="l") + seq(1, "append", 2, key="l")
+             + seq(0, "read", None, [1, 2], key="l"))
+    assert check_linearizable(lists, model="kv").valid is True
+    assert check_linearizable(lists + seq(1, "read", None, [2, 1], key="l"),
+                              model="kv").valid is False
+
+
+def test_kv_concurrent_and_info_appends() -> None:
+    porcupine = KVModel(initial="")
+    overlap = [inv(0, "append", "x", key="k"), inv(1, "append", "y", key="k"),
+               ok(0, "append", "x"), ok(1, "append", "y")]
+    assert check_linearizable(overlap + G(2, "yx", "k"),
+                              model=porcupine).valid is True
+    assert check_linearizable(overlap + G(2, "y", "k"),
+                              model=porcupine).valid is False
+    # An append whose outcome is unknown may land, later, or never.
+    maybe = seq(0, "append", "x", key="k") + [inv(1, "append", "y", key="k"),
+                                              info(1, "append", "y")]
+    for seen in ("x", "xy"):
+        assert check_linearizable(maybe + G(0, seen, "k"),
+                                  model=porcupine).valid is True
+    assert check_linearizable(maybe + G(0, "yx", "k"),
+                              model=porcupine).valid is False
+
+
+def test_kv_append_to_a_number_is_not_legal() -> None:
+    assert check_linearizable(W(0, 5, key="k") + seq(1, "append", "x", key="k"),
+                              model="kv").valid is False
+    with pytest.raises(HistoryError, match="append"):
+        check_linearizable(seq(0, "incr", 1, key="k"), model="kv")
+
+
 # -- set -------------------------------------------------------------------------------------------
 
 
@@ -426,6 +479,114 @@ def test_violation_beats_unknown_across_keys() -> None:
     result = check_linearizable(history, model="kv", time_limit_s=0.05)
     # Keys are checked in sorted order: "bad" before "slow".
     assert result.valid is False and result.key == "bad"
+
+
+def hard_but_linearizable(writers: int, key: Any) -> list[dict[str, Any]]:
+    """`writers` fully concurrent writes, then a read of the first one's value: linearizable
+    (that write went last), but the search tries the orders that start with it first and must
+    work through every (subset, last write) of the others before it finds one ending in it."""
+    return ([inv(p, "write", p, key) for p in range(writers)]
+            + [dict(ok(p, "write", p), key=key) for p in range(writers)] + R(writers, 0, key=key))
+
+
+def test_hard_first_key_does_not_starve_an_illegal_second_key() -> None:
+    # Key 1 sorts first and needs ~10^8 search steps; key 2 is illegal and needs ~10^4 (9
+    # concurrent writes, then a read of a value none of them wrote). Searched one key after
+    # the other under one deadline, key 2 gets only what is left after the deadline and the
+    # answer is "unknown"; interleaved, key 2 is proven illegal after key 1 had about as many
+    # steps as key 2 needed.
+    illegal = [dict(event, key=2) for event in explosive_history(9)]
+    alone = check_linearizable(illegal, model="kv", time_limit_s=None)
+    assert alone.valid is False and alone.steps > 4 * INITIAL_STEP_BUDGET
+    result = check_linearizable(hard_but_linearizable(22, key=1) + illegal, model="kv")
+    assert result.valid is False, result.summary()
+    assert result.key == 2 and result.illegal_keys == [2]
+    # The same evidence as key 2 alone (the events' positions in the history differ).
+    found, own = result.partitions[1], alone.partitions[0]
+    assert [(op.process, op.value, after) for op, after in found.prefix] == \
+        [(op.process, op.value, after) for op, after in own.prefix]
+    assert [(op.process, legal) for op, legal in found.blocked] == \
+        [(op.process, legal) for op, legal in own.blocked]
+    hard = result.partitions[0]
+    assert hard.key == 1 and hard.valid == "unknown"
+    assert hard.reason == "not decided: the search stopped at the first illegal key"
+    # Both keys had the same budgets until key 2 was decided, in the first round whose total
+    # reached its steps: the total before that round was below them, and each round's budget
+    # is the total of the rounds before it plus the first budget.
+    assert hard.steps <= 2 * alone.steps + INITIAL_STEP_BUDGET
+    assert "the first key proven illegal" in result.summary()
+
+
+def test_hard_key_is_linearizable_given_the_steps() -> None:
+    # The same shape, small enough to finish: it is linearizable, only costly.
+    result = check_linearizable(hard_but_linearizable(10, key=1), model="kv", time_limit_s=None)
+    assert result.valid is True
+    assert result.steps > 10 * INITIAL_STEP_BUDGET
+
+
+def test_interleaving_stops_at_the_first_illegal_key_whatever_the_order() -> None:
+    # Several illegal keys: the check ends at the first proven (the cheapest, in rounds), and
+    # leaves the rest undecided rather than searching them.
+    stale = W(0, 1) + W(1, 2) + R(2, 1)
+    history = [dict(e, key=k) for k in ("a", "b", "c") for e in stale]
+    result = check_linearizable(history, model="kv")
+    assert result.valid is False and result.key == "a"
+    assert [p.valid for p in result.partitions] == [False, "unknown", "unknown"]
+
+
+def test_memo_limit_gives_unknown_never_a_wrong_verdict() -> None:
+    # Linearizable, but deciding it needs more memo entries than allowed: "unknown".
+    history = hard_but_linearizable(10, key=1)
+    result = check_linearizable(history, model="kv", time_limit_s=None, memo_limit=100)
+    assert result.valid == "unknown" and not result
+    assert result.reason == "memo limit (100 entries) hit (key 1)"
+    assert result.memo_peak <= 100
+    assert result.partitions[0].cache_size == 100  # it stopped at the limit, not past it
+    assert result.summary().startswith("unknown: memo limit (100 entries) hit")
+    # Illegal, and deciding it needs more entries than allowed: "unknown" too, not False.
+    explosive = explosive_history(10)
+    capped = check_linearizable(explosive, time_limit_s=None, memo_limit=100)
+    assert capped.valid == "unknown" and capped.memo_peak <= 100
+    assert check_linearizable(explosive, time_limit_s=None).valid is False
+    # With room enough, the verdict is the one the unlimited search gives.
+    roomy = check_linearizable(history, model="kv", time_limit_s=None, memo_limit=100_000)
+    assert roomy.valid is True and roomy.memo_peak <= 100_000
+
+
+def test_memo_limit_over_all_keys_gives_up_the_largest_and_goes_on() -> None:
+    # Key 1 fills the memo and is given up; key 2's violation is still found, and a proven
+    # violation is a verdict whatever the other keys are.
+    # Key 2 needs ~450 entries at most; key 1 holds ~250 after the first round and ~600 after
+    # the second, in which key 2 is decided.
+    illegal = [dict(event, key=2) for event in explosive_history(7)]
+    result = check_linearizable(hard_but_linearizable(22, key=1) + illegal, model="kv",
+                                memo_limit=600)
+    assert result.valid is False and result.key == 2
+    assert result.partitions[0].reason == "memo limit (600 entries) hit"
+    assert result.memo_peak <= 600
+    # Without a violation anywhere, the given-up key makes the answer unknown and says why.
+    clean = hard_but_linearizable(22, key=1) + W(0, 1, key=2) + R(1, 1, key=2)
+    result = check_linearizable(clean, model="kv", memo_limit=500)
+    assert result.valid == "unknown"
+    assert [p.valid for p in result.partitions] == ["unknown", True]
+    assert result.partitions[0].reason == "memo limit (500 entries) hit"
+    assert result.memo_peak <= 500
+
+
+def test_memo_limit_resumes_a_key_that_was_not_the_largest() -> None:
+    # Key "big" holds most of the memo when key "small" reaches the limit: "big" is given up,
+    # "small" resumes where it stopped and is decided exactly as it is alone.
+    big = hard_but_linearizable(22, key="big")
+    small = hard_but_linearizable(9, key="small")
+    alone = check_linearizable(small, model="kv", time_limit_s=None)
+    assert alone.valid is True
+    limit = alone.memo_peak + 2 * INITIAL_STEP_BUDGET
+    result = check_linearizable(big + small, model="kv", memo_limit=limit)
+    assert result.memo_peak <= limit
+    verdicts = {p.key: (p.valid, p.reason) for p in result.partitions}
+    assert verdicts["small"] == (True, "")
+    assert verdicts["big"] == ("unknown", f"memo limit ({limit} entries) hit")
+    assert result.partitions[1].steps == alone.steps
 
 
 # -- brute-force oracle ----------------------------------------------------------------------------
@@ -592,6 +753,14 @@ def test_cli_unknown(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
     path = write_jsonl(tmp_path / "h.jsonl", explosive_history())
     assert main([path, "--time-limit", "0.05", "--model", "register"]) == 3
     assert capsys.readouterr().out.startswith("unknown")
+
+
+def test_cli_memo_limit(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write_jsonl(tmp_path / "h.jsonl", explosive_history(10))
+    assert main([path, "--memo-limit", "50", "--model", "register"]) == 3
+    assert capsys.readouterr().out.startswith("unknown: memo limit (50 entries) hit")
+    assert main([path, "--model", "register"]) == 1
+    capsys.readouterr()
 
 
 def test_cli_set_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
