@@ -149,7 +149,13 @@ def _micro_ops(value: Any, model: str, status: str, where: str) -> tuple[Op, ...
                     arg = []   # a key never written reads as nil in some stores
                 if not isinstance(arg, list | tuple):
                     raise HistoryError(f"{where}: a list-append read returns a list, got {arg!r}")
-                ops.append(("r", key, tuple(_hashable(v, f"{where}: an element") for v in arg)))
+                read = tuple(arg)
+                try:
+                    hash(read)   # one C-level pass: any unhashable element raises
+                except TypeError:
+                    raise HistoryError(f"{where}: list elements must be strings or numbers, "
+                                       f"got {arg!r}") from None
+                ops.append(("r", key, read))
             else:
                 ops.append(("r", key, _hashable(arg, f"{where}: a read value")))
         else:
