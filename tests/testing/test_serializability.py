@@ -168,10 +168,19 @@ def test_incompatible_order() -> None:
 
 
 def test_garbage_read() -> None:
-    history = [txn([["append", "x", 1]]), txn([["r", "x", [1, 9]]])]
+    # 9 was never appended; T1 is the first (shortest) read to show it, T3 shows it again.
+    history = [
+        txn([["append", "x", 1]]),
+        txn([["r", "x", [1, 9]]]),
+        txn([["append", "x", 2]]),
+        txn([["r", "x", [1, 9, 2]]]),
+        txn([["r", "x", [1]]]),
+    ]
     result = check_serializable(history, "list-append")
     assert_anomaly(result, "garbage-read")
-    assert "9" in next(a for a in result.anomalies if a.kind == "garbage-read").explanation
+    garbage = [a for a in result.anomalies if a.kind == "garbage-read"]
+    assert len(garbage) == 1 and garbage[0].txns == (1,)
+    assert "9" in garbage[0].explanation
 
 
 def test_duplicate_append() -> None:
@@ -400,6 +409,7 @@ def test_jepsen_event_pairs() -> None:
     [txn([["put", "x", 1]])],                                            # unknown micro-op
     [txn([["r", "x", 3]])],                                              # a list read not a list
     [txn([["append", "x"]])],                                            # wrong arity
+    [txn([["r", "x", [[1]]]])],                                          # unhashable element
     [{"process": 0, "type": "maybe", "value": []}],                      # unknown status
     [{"process": 0, "type": "ok", "value": [], "invoke": 5, "complete": 1}],  # ends before start
 ])
