@@ -865,22 +865,46 @@ class _Search:
             return self._single(members, extra | {"ww", "wr"})
         return self._through(members, "rw", extra | {"ww", "wr"})
 
+    def _any_cycle(self, component: list[int], allowed: frozenset[str]) -> list[Step]:
+        """Some cycle of the component: it is strongly connected, so every edge inside it
+        closes one (one breadth-first search)."""
+        members = set(component)
+        u = component[0]
+        v = next(v for v, labels in self.out[u].items()
+                 if v in members and any(label[0] in allowed for label in labels))
+        rest = self._path(v, u, members, allowed)
+        assert rest is not None, "a strongly connected component without a cycle"
+        return [self._label(u, v, allowed), *rest]
+
     def classify(self, component: list[int], levels: list[tuple[str, frozenset[str]]]
-                 ) -> list[tuple[str, list[Step]]]:
+                 ) -> tuple[list[tuple[str, list[Step]]], bool]:
         """The cycles of one component: at most one per class, each at the first level (data
-        edges alone, then with process order, then with real-time order) where it exists."""
+        edges alone, then with process order, then with real-time order) where it exists; and
+        whether the search budget ran out first (then at least one cycle, if the budget allowed
+        the first search, so the component is still proven cyclic)."""
         members = set(component)
         found: dict[str, list[Step]] = {}
-        for _, extra in levels:
-            for target in ("G0", "G1c", "G-single", "G2"):
-                if target in found or (target == "G2" and "G-single" in found):
-                    continue
-                cycle = self._search(target, members, extra)
-                if cycle is not None:
-                    base = _base_class(cycle)
-                    if base not in found:
-                        found[base] = cycle
-        return [(_class(cycle), cycle) for cycle in found.values()]
+        top = frozenset(DATA_KINDS) | levels[-1][1]
+        try:
+            fallback = self._any_cycle(component, top)
+        except _Exhausted:
+            return [], True
+        exhausted = False
+        try:
+            for _, extra in levels:
+                for target in ("G0", "G1c", "G-single", "G2"):
+                    if target in found or (target == "G2" and "G-single" in found):
+                        continue
+                    cycle = self._search(target, members, extra)
+                    if cycle is not None:
+                        base = _base_class(cycle)
+                        if base not in found:
+                            found[base] = cycle
+        except _Exhausted:
+            exhausted = True
+        if not found:
+            found[_base_class(fallback)] = fallback
+        return [(_class(cycle), cycle) for cycle in found.values()], exhausted
 
 
 def _base_class(cycle: Sequence[Step]) -> str:
@@ -960,12 +984,12 @@ def check_serializable(history: Iterable[Any], model: str = "list-append", *,
     anomalies = analysis.anomalies
     unclassified = 0
     for number, component in enumerate(components):
-        try:
-            for kind, cycle in search.classify(component, levels):
-                involved = tuple(step.source for step in cycle)
-                anomalies.append(Anomaly(kind, involved,
-                                         _explain_cycle(kind, cycle, txns, model), tuple(cycle)))
-        except _Exhausted:
+        cycles, exhausted = search.classify(component, levels)
+        for kind, cycle in cycles:
+            involved = tuple(step.source for step in cycle)
+            anomalies.append(Anomaly(kind, involved, _explain_cycle(kind, cycle, txns, model),
+                                     tuple(cycle)))
+        if exhausted:
             unclassified = len(components) - number
             break
     result.anomalies = anomalies

@@ -376,6 +376,31 @@ def test_search_budget_exhausted_before_a_cycle_is_unknown() -> None:
     assert "max_search_steps" in result.reason
 
 
+def ring(n: int) -> list[dict[str, Any]]:
+    """T_i read key i empty and appended to key i+1: T_i rw-> T_(i-1) all round, a G2 cycle of
+    n transactions; a last transaction reads every key's append, fixing the version orders."""
+    history = [txn([["r", i, []], ["append", (i + 1) % n, 1]]) for i in range(n)]
+    return history + [txn([["r", i, [1]] for i in range(n)])]
+
+
+def test_a_cycle_deeper_than_the_recursion_limit() -> None:
+    n = 3000
+    result = check_serializable(ring(n), "list-append")
+    assert_cycle(result, "G2", {"rw"}, n)
+    assert kinds(result) == {"G2"}
+
+
+def test_budget_out_after_a_cycle_is_proven_is_invalid_with_a_note() -> None:
+    # A budget of the graph's edge count pays for one breadth-first search, which proves the
+    # component cyclic; classifying it (a Tarjan pass per class) needs more.
+    history = ring(50)
+    edges = check_serializable(history, "list-append").stats["edges"]
+    result = check_serializable(history, "list-append", max_search_steps=edges)
+    assert result.valid is False
+    assert "max_search_steps" in result.reason and "note" in result.explain()
+    assert len(result.anomalies) == 1 and result.anomalies[0].cycle
+
+
 def test_direct_anomalies_need_no_search_budget() -> None:
     history = [txn([["append", "x", 1]], status="fail"), txn([["r", "x", [1]]])]
     result = check_serializable(history, "list-append", max_search_steps=0)
