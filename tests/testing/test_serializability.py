@@ -617,6 +617,30 @@ def test_planted_anomalies_are_caught(seed: int, how: str) -> None:
     assert kinds(result) & expected, (how, result.explain())
 
 
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**32))
+def test_planted_stale_register_read_is_caught(seed: int) -> None:
+    # A read turned into nil (the initial state) although a write of that key committed before
+    # the reader was invoked: the reader precedes every write of the key (rw) and follows that
+    # one in real time.
+    rng = random.Random(seed)
+    history = generate(seed, 40, "rw-register", concurrency=3, info_rate=0.0, fail_rate=0.0)
+    candidates = []
+    for record in history:
+        for i, (f, key, value) in enumerate(record["value"]):
+            first = all(op[1] != key for op in record["value"][:i])
+            writes = [r for r in history if r["complete"] < record["invoke"]
+                      and any(op[0] == "w" and op[1] == key for op in r["value"])]
+            if f == "r" and value is not None and first and writes:
+                candidates.append((record, i))
+    if not candidates:
+        return   # no place to plant it in this history
+    record, i = rng.choice(candidates)
+    record["value"][i][2] = None
+    result = check_serializable(history, "rw-register")
+    assert result.valid is False, result.explain()
+
+
 def test_large_clean_history_is_checked_in_linear_graph_size() -> None:
     # 10,000 transactions, 8 processes: the real-time edges are a transitive reduction, so the
     # graph stays within (concurrency + data edges per txn) edges per transaction.
