@@ -538,10 +538,12 @@ class _ListAppend(_Analysis):
         """ww along each key's longest read; wr and rw from each external read."""
         for key, longest in self.longest.items():
             previous: tuple[int, Any] | None = None
+            placed: set[Any] = set()
             for value in longest:
                 writer = self.writer.get((key, value))
-                if writer is None or not self.committed(writer[0]):
-                    continue
+                if writer is None or not self.committed(writer[0]) or value in placed:
+                    continue   # a repeated element (reported) keeps its first position
+                placed.add(value)
                 if previous is not None:
                     self.graph.add(previous[0], writer[0], "ww", key, previous[1], value)
                 previous = (writer[0], value)
