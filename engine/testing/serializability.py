@@ -454,6 +454,7 @@ class _ListAppend(_Analysis):
             state: dict[Key, tuple[Any, ...]] = {}   # what the next read must show, if known
             own: dict[Key, list[Any]] = {}
             touched: set[Key] = set()
+            appended = {key for f, key, _ in txn.ops if f == "append"}
             for f, key, value in txn.ops:
                 if f == "append":
                     own.setdefault(key, []).append(value)
@@ -471,7 +472,7 @@ class _ListAppend(_Analysis):
                             "after its own appends", key, value, (..., *mine)))
                 if key not in touched:
                     self.external.append((txn.index, key, value))
-                    if any(f2 == "append" and k2 == key for f2, k2, _ in txn.ops):
+                    if key in appended:
                         self.lost.setdefault((key, value), []).append(txn.index)
                 touched.add(key)
                 state[key] = value
