@@ -322,8 +322,9 @@ class Result:
     def summary(self) -> str:
         """The one-line verdict the CLI prints."""
         claim = "strictly serializable" if self.realtime else "serializable"
-        where = (f"{self.stats.get('transactions', 0)} transactions, "
-                 f"{self.stats.get('edges', 0)} edges, model {self.model}, "
+        n, edges = self.stats.get("transactions", 0), self.stats.get("edges", 0)
+        where = (f"{n} transaction{'s' if n != 1 else ''}, "
+                 f"{edges} edge{'s' if edges != 1 else ''}, model {self.model}, "
                  f"checked in {self.elapsed_s:.3f} s")
         if self.valid is True:
             return f"{claim}: {where}"
@@ -468,8 +469,9 @@ class _ListAppend(_Analysis):
                 elif key not in state and key in own:
                     mine = tuple(own[key])
                     if value[len(value) - len(mine):] != mine or len(value) < len(mine):
-                        self.report("internal", [txn.index], f"T{txn.index} " + _internal_error(
-                            "after its own appends", key, value, (..., *mine)))
+                        self.report("internal", [txn.index],
+                                    f"T{txn.index} read {key!r} = {_show(value)} after its own "
+                                    f"appends, expected a list ending with {_show(mine)}")
                 if key not in touched:
                     self.external.append((txn.index, key, value))
                     if key in appended:
