@@ -581,9 +581,32 @@ def add_keygen_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 def add_check_parser(sub: Any) -> argparse.ArgumentParser:
-    # Dispatched in main() to engine.testing.linearizability.main (its own parser).
+    # Dispatched in main() by cmd_check to the checker's own parser (engine.testing).
     return sub.add_parser(  # type: ignore[no-any-return]
-        "check", help="check a Jepsen-style history (JSON lines) for linearizability")
+        "check", help="check a Jepsen-style history (JSON lines) for linearizability, or "
+                      "with --model list-append|rw-register for serializability")
+
+
+# The transactional models, checked by engine.testing.serializability (Elle-style cycles); every
+# other --model is a linearizability model.
+SERIALIZABILITY_MODELS = ("list-append", "rw-register")
+
+
+def cmd_check(argv: list[str]) -> int:
+    """Both checkers exit 0 valid, 1 invalid, 3 unknown, 2 bad input."""
+    model = None
+    for i, arg in enumerate(argv):
+        if arg == "--model" and i + 1 < len(argv):
+            model = argv[i + 1]
+        elif arg.startswith("--model="):
+            model = arg.partition("=")[2]
+    if model in SERIALIZABILITY_MODELS:
+        from engine.testing.serializability import main as serializability_main
+
+        return serializability_main(argv)
+    from engine.testing.linearizability import main as check_main
+
+    return check_main(argv)
 
 
 def add_bench_parser(sub: Any) -> argparse.ArgumentParser:
@@ -633,10 +656,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["check"]:  # the checker has its own parser (engine.testing)
-        from engine.testing.linearizability import main as check_main
-
-        return check_main(argv[1:])
+    if argv[:1] == ["check"]:  # the checkers have their own parsers (engine.testing)
+        return cmd_check(argv[1:])
     if argv[:1] == ["bench"]:
         try:
             import engine.benchmark  # noqa: F401  (hdrh, numpy)

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 from engine.testing.linearizability import CheckResult, check_linearizable
 from engine.testing.models import HistoryError, KVModel, Model, RegisterModel, SetModel
+from engine.testing.serializability import Result as SerializabilityResult
+from engine.testing.serializability import check_serializable
 
 if TYPE_CHECKING:
     from engine.testing.nemesis import RunConfig, RunResult, run
@@ -35,6 +37,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
-    "check_linearizable", "CheckResult", "HistoryError", "Model", "RegisterModel", "KVModel",
+    "check_linearizable", "CheckResult", "check_serializable", "SerializabilityResult",
+    "HistoryError", "Model", "RegisterModel", "KVModel",
     "SetModel", "RunConfig", "RunResult", "run", "ProcessCluster",
 ]
