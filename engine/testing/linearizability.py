@@ -639,6 +639,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m engine check",
         description="Check a Jepsen-style JSONL history for linearizability.",
+        epilog="Transactional histories: --model list-append or --model rw-register checks "
+               "serializability instead (engine.testing.serializability; "
+               "`python -m engine check --model list-append --help`).",
     )
     parser.add_argument("history", help="JSON lines: {process, type, f, key, value, time}")
     parser.add_argument("--model", default="kv", choices=sorted(["register", "kv", "set"]),
