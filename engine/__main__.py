@@ -264,7 +264,7 @@ def _kv_scan(args: argparse.Namespace) -> int:
                           timeout=timeout, encrypt_payloads=bool(args.encrypt)) as c:
             return await c.scan(start, end, limit=args.limit)
 
-    rows = [(output.show_value(k, hex_output=args.hex, key=k),
+    rows = [(output.show_value(k, hex_output=args.hex, key=k, what="key"),
              output.show_value(v, hex_output=args.hex, key=k)) for k, v in asyncio.run(run())]
     output.emit([{"key": k, "value": v} for k, v in rows], args.output, ("key", "value"), rows)
     return exitcodes.OK
