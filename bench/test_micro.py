@@ -32,6 +32,11 @@ Workloads:
             a plain Python loop over the rows (lists, or the ndarray's rows).
   kvput     10,000 session-less PUTs of 100-byte values over 4,096 keys applied with
             apply_put; the same with a session header parsed with parse_put.
+  kvstore   KVStore.apply of 10,000 session-less PUTs of 100-byte values: into a fresh store
+            (each creates its key: the map and the key order, engine/kv/store.py), and again
+            into the store holding them (overwrites: the map alone); a SCAN query of 100 keys
+            of 100,000, decoded. Run with the core engine.kv loaded (the compiled one when
+            built): one row each.
 Inputs are built before timing starts (they come from the log or the network in the system).
 tests/bench/test_micro_bodies.py runs every body once, untimed, in the test suite.
 """
@@ -271,6 +276,63 @@ def kvput_parse(impl: SimpleNamespace) -> Body:
     return lambda: sum(parse_put(command)[3] for command in batch)
 
 
+# ---------------------------------------------------------------- kvstore
+
+SCAN_STORE_KEYS = 100_000
+
+
+def store_puts() -> list[bytes]:
+    """PUTS session-less PUTs of 100-byte values to distinct keys in no order."""
+    value = bytes(PAYLOAD_BYTES)
+    return [commands.encode_put(b"user/%09d" % (k * 7919 % 10**9), value)
+            for k in range(1, PUTS + 1)]
+
+
+def kvstore_new_keys(impl: SimpleNamespace) -> Body:
+    """Every PUT creates its key (the map and the key order), into a fresh store."""
+    from engine.kv import KVStore
+
+    batch = store_puts()
+
+    def run() -> int:
+        store = KVStore()
+        apply = store.apply
+        for index, command in enumerate(batch, 1):
+            apply(index, command)
+        return len(store)
+
+    return run
+
+
+def kvstore_existing_keys(impl: SimpleNamespace) -> Body:
+    """Every PUT overwrites a key the store holds (the map alone)."""
+    from engine.kv import KVStore
+
+    batch = store_puts()
+    store = KVStore()
+    for index, command in enumerate(batch, 1):
+        store.apply(index, command)
+
+    def run() -> int:
+        apply = store.apply
+        for index, command in enumerate(batch, store.applied_index + 1):
+            apply(index, command)
+        return len(store)
+
+    return run
+
+
+def kvstore_scan(impl: SimpleNamespace) -> Body:
+    from engine.kv import KVStore
+
+    store = KVStore()
+    value = bytes(PAYLOAD_BYTES)
+    for index in range(1, SCAN_STORE_KEYS + 1):
+        store.apply(index, commands.encode_put(b"user/%09d" % (index * 7919 % 10**9), value))
+    query = commands.encode_scan(b"user/5", None, limit=100)
+    return lambda: commands.decode_scan_result(commands.decode_result(store.query(query)))
+
+
 # ---------------------------------------------------------------- the table
 
 CASES: dict[str, Case] = {
@@ -295,6 +357,14 @@ CASES: dict[str, Case] = {
                         lambda data: len(data) == KEYS),
     "kvput_parse_session": Case("kvput: parse_put 10k with a session", kvput_parse,
                                 lambda total: total == PUTS * (PUTS + 1) // 2),
+    "kvstore_apply_existing_keys": Case(
+        "kvstore: apply 10k PUTs (100 B)", kvstore_existing_keys, lambda n: n == PUTS,
+        twins=False),
+    "kvstore_apply_new_keys": Case(
+        "kvstore: apply 10k PUTs (100 B)", kvstore_new_keys, lambda n: n == PUTS, twins=False),
+    "kvstore_scan_100": Case(
+        "kvstore: SCAN of 100 keys in 100k", kvstore_scan,
+        lambda page: len(page.items) == 100 and page.more, twins=False),
 }
 
 

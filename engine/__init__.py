@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from engine.aio.node import Node
     from engine.aio.register import WriteOnceRegister
     from engine.aio.sync_client import SyncClient
-    from engine.kv import KVStore, WriteResult
+    from engine.kv import KeyValue, KVStore, ScanPage, WriteResult
 
 try:
     __version__ = version("engine")   # the one version: pyproject.toml's, as installed
@@ -61,6 +61,8 @@ _LAZY = {
     "KV": "engine.aio.kv",
     "KVStore": "engine.kv",
     "WriteResult": "engine.kv",
+    "KeyValue": "engine.kv",
+    "ScanPage": "engine.kv",
     "WriteOnceRegister": "engine.aio.register",
 }
 
@@ -76,7 +78,8 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "IMPLEMENTATION", "__version__", "Node", "NodeConfig", "LocalCluster", "Client", "KVStore",
-    "SyncClient", "KV", "StateMachine", "WriteOnceRegister", "WriteResult", "Limits",
+    "SyncClient", "KV", "StateMachine", "WriteOnceRegister", "WriteResult", "KeyValue",
+    "ScanPage", "Limits",
     "TimingConfig",
     "ConfigError", "DecodeError", "EngineError", "EntryTooLarge", "InvariantViolation",
     "LogIndexError", "MembershipError", "ConfChangeInProgress",

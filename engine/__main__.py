@@ -207,6 +207,8 @@ def _health(statuses: dict[str, dict[str, Any]], max_lag: int) -> tuple[int, set
 def cmd_kv(args: argparse.Namespace) -> int:
     from engine.aio.client import Client
 
+    if args.op == "scan":
+        return _kv_scan(args)
     members = cluster_members(args)
     key = cluster_key(args)
     timeout = 10.0 if args.timeout is None else args.timeout
@@ -237,6 +239,34 @@ def cmd_kv(args: argparse.Namespace) -> int:
 
     result = asyncio.run(run())
     output.emit(result, args.output)
+    return exitcodes.OK
+
+
+def _kv_scan(args: argparse.Namespace) -> int:
+    """`kv scan START [END]` / `kv scan --prefix PREFIX`: the keys in order, with values."""
+    from engine.aio.client import Client
+    from engine.kv.commands import check_scan_range, prefix_end
+
+    start = output.decode_arg(args.start, hex_input=args.hex, what="start key")
+    if args.prefix:
+        if args.end is not None:
+            raise ConfigError("kv scan --prefix takes one argument, the prefix")
+        end = prefix_end(start)
+    else:
+        end = (b"" if args.end is None
+               else output.decode_arg(args.end, hex_input=args.hex, what="end key"))
+    check_scan_range(start, end, args.limit)   # before any connection: a usage error
+    members = cluster_members(args)
+    timeout = 10.0 if args.timeout is None else args.timeout
+
+    async def run() -> list[Any]:
+        async with Client(list(members.values()), cluster_key=cluster_key(args),
+                          timeout=timeout, encrypt_payloads=bool(args.encrypt)) as c:
+            return await c.scan(start, end, limit=args.limit)
+
+    rows = [(output.show_value(k, hex_output=args.hex, key=k, what="key"),
+             output.show_value(v, hex_output=args.hex, key=k)) for k, v in asyncio.run(run())]
+    output.emit([{"key": k, "value": v} for k, v in rows], args.output, ("key", "value"), rows)
     return exitcodes.OK
 
 
@@ -471,7 +501,7 @@ def add_status_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 def add_kv_parser(sub: Any) -> argparse.ArgumentParser:
-    kv = sub.add_parser("kv", help="put/get/delete/cas against a running cluster")
+    kv = sub.add_parser("kv", help="put/get/delete/cas/scan against a running cluster")
     _cluster_args(kv)
     _timeout_arg(kv, 10.0)
     kv.add_argument("--hex", action="store_true",
@@ -485,6 +515,13 @@ def add_kv_parser(sub: Any) -> argparse.ArgumentParser:
         if name in ("put", "cas"):
             op.add_argument("value", nargs="?", help="the value, or - to read it from stdin")
             op.add_argument("--file", help="read the value from this file")
+    scan = kv_ops.add_parser("scan", help="keys of [START, END) in order, with their values "
+                             "(no END: to the end of the key space)")
+    scan.add_argument("start")
+    scan.add_argument("end", nargs="?")
+    scan.add_argument("--prefix", action="store_true",
+                      help="START is a prefix: every key that starts with it")
+    scan.add_argument("--limit", type=int, help="at most this many keys")
     kv.set_defaults(func=cmd_kv)
     return kv
 

@@ -135,9 +135,10 @@ def put_result(uint64_t revision, previous, bint want_previous):
     return _put_result(revision, previous, want_previous)
 
 
-def apply_put(dict data not None, command, uint64_t index):
+def apply_put(dict data not None, command, uint64_t index, created=None):
     """Apply a well-formed PUT without a session, at log index `index`, to `data` and return
-    its encoded result; None, with `data` untouched, for any other command."""
+    its encoded result; None, with `data` untouched, for any other command. `created` is
+    called with the key, after the store, when the PUT creates it (not when it overwrites)."""
     cdef Py_ssize_t key_at, key_len, value_at, value_len
     cdef int has_session, want_previous
     cdef uint64_t client_id, seq
@@ -154,4 +155,6 @@ def apply_put(dict data not None, command, uint64_t index):
     if found is not NULL:
         previous = <object>found   # a new reference, held across the store below
     PyDict_SetItem(data, key, value)
+    if found is NULL and created is not None:
+        created(key)
     return _put_result(index, previous, want_previous)

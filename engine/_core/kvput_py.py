@@ -21,6 +21,7 @@ nor a session's cached copy of it grows with the values a write replaces.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 
 VERSION = 1
 OP_PUT = 1
@@ -82,13 +83,18 @@ def put_result(revision: int, previous: bytes | None, want_previous: bool) -> by
     ))
 
 
-def apply_put(data: dict[bytes, bytes], command: bytes, index: int) -> bytes | None:
+def apply_put(data: dict[bytes, bytes], command: bytes, index: int,
+              created: Callable[[bytes], object] | None = None) -> bytes | None:
     """Apply a well-formed PUT without a session, at log index `index`, to `data` and return
-    its encoded result; None, with `data` untouched, for any other command."""
+    its encoded result; None, with `data` untouched, for any other command. `created` is
+    called with the key, after the store, when the PUT creates it (not when it overwrites):
+    KVStore keeps its key order with it, so an overwrite costs nothing more."""
     put = parse_put(command)
     if put is None or put[2] is not None:
         return None
     key = put[0]
     previous = data.get(key)
     data[key] = put[1]
+    if previous is None and created is not None:
+        created(key)
     return put_result(index, previous, put[4])

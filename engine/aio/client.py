@@ -106,6 +106,10 @@ class Client:
         # Replies may be as large as this (Message.commit of a request: the client opts into
         # answers larger than Limits.max_reply_amplification x its request, e.g. a value).
         self._max_reply_bytes = limits.max_reassembly_bytes
+        # A SCAN page must fit one datagram (the client does not reassemble a reply): the
+        # datagram less the frame and the largest response message header around the result.
+        self._max_scan_page_bytes = (limits.max_datagram_bytes - codec.FRAME_OVERHEAD
+                                     - codec.MESSAGE_FIXED_BYTES - 8 * len(codec.U64_FIELDS))
         # encrypt_payloads: as the cluster's nodes (NodeConfig.encrypt_payloads), or every
         # frame is refused (engine/_core/codec_py "Payload encryption").
         self._codec = codec.FrameCodec(cluster_key, cluster_id, limits.max_datagram_bytes,
@@ -199,6 +203,64 @@ class Client:
         if result.status != _KV_STATUS.CAS_MISMATCH:
             self._check_write(result)
         return bool(result.ok)
+
+    async def scan(self, start: bytes, end: bytes | None = None, *, limit: int | None = None,
+                   mode: str = "linearizable", timeout: float | None = None
+                   ) -> list[commands.KeyValue]:
+        """The keys in [start, end) in byte order with their values, at most `limit` of them
+        (None: all); end None or b"": to the end of the key space. Pages of one datagram
+        each are fetched one after the other (scan_page); each page is a read in `mode`
+        (as for get: linearizable by default, after a ReadIndex round), so a scan sees every
+        write acknowledged before it began, but pages are read at different moments: it is
+        not one atomic read of the range. `timeout` covers every page. ConfigError for a
+        limit below 1 or a start after a non-empty end."""
+        commands.check_scan_range(start, end, limit)
+        loop = asyncio.get_running_loop()
+        budget = self.timeout if timeout is None else timeout
+        deadline = loop.time() + budget
+        found: list[commands.KeyValue] = []
+        cursor: bytes | None = start
+        while cursor is not None and (limit is None or len(found) < limit):
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise errors.Timeout(f"scan not finished within {budget:.3g} s "
+                                     f"({len(found)} keys read)")
+            page = await self.scan_page(
+                cursor, end, limit=None if limit is None else limit - len(found),
+                mode=mode, timeout=remaining)
+            found += page.items
+            cursor = page.resume_key
+        return found
+
+    async def scan_prefix(self, prefix: bytes, *, limit: int | None = None,
+                          mode: str = "linearizable", timeout: float | None = None
+                          ) -> list[commands.KeyValue]:
+        """The keys that start with `prefix`, in order: scan(prefix, prefix_end(prefix))."""
+        if not isinstance(prefix, bytes):
+            raise errors.ConfigError("scan_prefix takes a bytes prefix")
+        return await self.scan(prefix, commands.prefix_end(prefix), limit=limit, mode=mode,
+                               timeout=timeout)
+
+    async def scan_page(self, start: bytes, end: bytes | None = None, *,
+                        limit: int | None = None, max_bytes: int | None = None,
+                        mode: str = "linearizable", timeout: float | None = None
+                        ) -> commands.ScanPage:
+        """One SCAN round trip: the first keys of [start, end) that fit one reply datagram
+        (max_bytes: at most that many bytes of result, capped at the datagram's room) and
+        `limit`. page.resume_key is the next page's start (None: the range is done). The
+        building block of scan, for callers that page themselves (e.g. range by range)."""
+        room = self._max_scan_page_bytes
+        query = commands.encode_scan(
+            start, end, limit=commands.U32_MAX if limit is None else limit,
+            max_bytes=room if max_bytes is None else min(max_bytes, room))
+        result = await self._request(_OP.READ, query, _read_mode(mode), timeout)
+        if not result.ok:
+            raise errors.Rejected(str(result.error or result.status))   # never in a log
+        try:
+            return commands.decode_scan_result(result)
+        except errors.DecodeError as exc:
+            raise errors.StateMachineError(
+                f"the cluster's state machine does not answer scans: {exc}") from exc
 
     async def call(self, command: bytes, *, timeout: float | None = None,
                    idempotent: bool = False) -> bytes:

@@ -5,6 +5,7 @@
     await kv.get(b"k")                   # b"v" (linearizable: ReadIndex, no log write)
     await kv.cas(b"k", b"v", b"w")       # True: swapped
     (await kv.delete(b"k")).existed      # True: it existed
+    await kv.scan(b"a", b"b")            # [KeyValue(key, value), ...] of [a, b), in order
 
 The commands are encoded here (engine.kv.commands), replicated with Node.propose and read
 with Node.read, so errors are Node's: engine.Timeout (unknown outcome), engine.Rejected and
@@ -62,6 +63,33 @@ class KV:
         result = await self._write(commands.encode_cas(key, expected, new), timeout,
                                    allow=commands.Status.CAS_MISMATCH)
         return result.ok
+
+    async def scan(self, start: bytes, end: bytes | None = None, *, limit: int | None = None,
+                   mode: str | None = None, timeout: float | None = None
+                   ) -> list[commands.KeyValue]:
+        """The keys of [start, end) in order with their values (end None or b"": to the end
+        of the key space), at most `limit`; paged like engine.Client.scan (each page one
+        read in `mode`, not one atomic read of the range)."""
+        commands.check_scan_range(start, end, limit)
+        found: list[commands.KeyValue] = []
+        cursor: bytes | None = start
+        page_bytes = self.node.config.limits.max_datagram_bytes
+        while cursor is not None and (limit is None or len(found) < limit):
+            query = commands.encode_scan(
+                cursor, end, limit=commands.U32_MAX if limit is None else limit - len(found),
+                max_bytes=page_bytes)
+            answer = await self.node.read(query, mode=mode or self.read_mode, timeout=timeout)
+            page = commands.decode_scan_result(_checked(commands.decode_result(answer)))
+            found += page.items
+            cursor = page.resume_key
+        return found
+
+    async def scan_prefix(self, prefix: bytes, *, limit: int | None = None,
+                          mode: str | None = None, timeout: float | None = None
+                          ) -> list[commands.KeyValue]:
+        """The keys that start with `prefix`, in order."""
+        return await self.scan(prefix, commands.prefix_end(prefix), limit=limit, mode=mode,
+                               timeout=timeout)
 
     async def _write(self, command: bytes, timeout: float | None,
                      allow: commands.Status | None = None) -> commands.KVResult:

@@ -82,6 +82,18 @@ class SyncClient:
             timeout: float | None = None) -> bool:
         return self._run(self._client.cas(key, expected, new, timeout=timeout))
 
+    def scan(self, start: bytes, end: bytes | None = None, *, limit: int | None = None,
+             mode: str = "linearizable", timeout: float | None = None
+             ) -> list[commands.KeyValue]:
+        return self._run(self._client.scan(start, end, limit=limit, mode=mode,
+                                           timeout=timeout))
+
+    def scan_prefix(self, prefix: bytes, *, limit: int | None = None,
+                    mode: str = "linearizable", timeout: float | None = None
+                    ) -> list[commands.KeyValue]:
+        return self._run(self._client.scan_prefix(prefix, limit=limit, mode=mode,
+                                                  timeout=timeout))
+
     def call(self, command: bytes, *, timeout: float | None = None,
              idempotent: bool = False) -> bytes:
         return self._run(self._client.call(command, timeout=timeout, idempotent=idempotent))

@@ -41,8 +41,10 @@ def read_value(text: str | None, path: str | None, *, hex_input: bool) -> bytes:
     return decode_arg(text, hex_input=hex_input, what="value")
 
 
-def show_value(value: bytes | None, *, hex_output: bool, key: bytes) -> Any:
-    """A value as JSON can carry it: a hex string with --hex, else UTF-8 text."""
+def show_value(value: bytes | None, *, hex_output: bool, key: bytes, what: str = "value"
+               ) -> Any:
+    """A value (or, what="key", a key) as JSON can carry it: a hex string with --hex, else
+    UTF-8 text."""
     if value is None:
         return None
     if hex_output:
@@ -50,7 +52,8 @@ def show_value(value: bytes | None, *, hex_output: bool, key: bytes) -> Any:
     try:
         return value.decode()
     except UnicodeDecodeError:
-        raise ConfigError(f"the value of {key!r} is not UTF-8 text ({len(value)} bytes): "
+        subject = f"the key {key!r}" if what == "key" else f"the value of {key!r}"
+        raise ConfigError(f"{subject} is not UTF-8 text ({len(value)} bytes): "
                           "use --hex") from None
 
 

@@ -16,7 +16,17 @@ Command (goes through the log):
     flags & WANT_PREVIOUS (PUT and DELETE only): the result carries the value the key held.
     Without it the result says only whether the key existed, so a result (and the copy a
     session keeps for retries) does not grow with the size of the values it replaced.
-Query (ReadIndex read, never changes state): the GET command layout without a session.
+Query (ReadIndex read, never changes state): the GET command layout without a session, or
+    SCAN (a query only, never a command): u8 version | u8 op = SCAN | u8 flags (= 0)
+    | u32 limit (most keys, >= 1) | u32 max_bytes (most bytes of the encoded result)
+    | u32 start_len | start | u32 end_len | end
+    The keys in [start, end) in byte order (an empty end: to the end of the key space). The
+    result is OK with the store's applied index as revision and the page as value:
+        u8 more | u32 count | count x (u32 key_len | key | u32 value_len | value)
+    A page holds at most `limit` keys and is at most max_bytes long, except that it always
+    holds the first key in range (so paging makes progress whatever the bound). more = 1:
+    keys in range follow the last one; the next page starts at last key + b"\x00" (the
+    smallest key after it), so a caller pages without a continuation token of its own.
 Result:
     u8 version (=1) | u8 status | u8 flags
     | [u64 revision] if flags & REVISION | [u32 len | value] if flags & VALUE
@@ -42,8 +52,9 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import NamedTuple
 
-from engine.errors import DecodeError
+from engine.errors import ConfigError, DecodeError
 
 VERSION = 1
 
@@ -57,6 +68,7 @@ class Op(IntEnum):
     DELETE = 3
     CAS = 4
     REGISTER = 5   # open a client session (Raft thesis §6.3 RegisterClient)
+    SCAN = 6       # a query only: keys of a range in order (never in a log)
 
 
 class Status(IntEnum):
@@ -90,7 +102,8 @@ _SESSION = struct.Struct("<QQ")
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
 
-_KNOWN_OPS = frozenset(int(op) for op in Op)
+# Ops a command may carry: SCAN is a query, and a SCAN in the log is MALFORMED on every replica.
+_KNOWN_OPS = frozenset(int(op) for op in Op if op != Op.SCAN)
 _STATUS_OF: dict[int, Status] = {int(status): status for status in Status}  # not Status(n)
 _PUT_SESSION_HEAD = struct.Struct("<BBBQQI")   # head, session, key length: a client's PUT
 STRIPPED_RESULT_BYTES = _HEAD.size + _U64.size   # the most strip_result keeps
@@ -136,6 +149,31 @@ class KVResult:
     def error(self) -> str:
         """Why the command did not take effect ("" when ok or a plain CAS mismatch)."""
         return "" if self.ok else self.message
+
+
+class KeyValue(NamedTuple):
+    """One key of a scan and its value (a tuple: `for key, value in await c.scan(...)`)."""
+
+    key: bytes
+    value: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ScanPage:
+    """One SCAN answer (one datagram): `items` in key order, `more` if keys in range follow
+    the last item, `revision` the store's applied index when it was read (each page is
+    linearizable on its own; a scan of many pages is not one atomic read). `resume_key` is
+    where the next page starts (None when the range is done)."""
+
+    items: list[KeyValue]
+    more: bool
+    revision: int | None = None
+
+    @property
+    def resume_key(self) -> bytes | None:
+        if not self.more or not self.items:
+            return None
+        return self.items[-1].key + b"\x00"   # the smallest key after the last one
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,6 +271,100 @@ def encode_query(key: bytes) -> bytes:
 
 # The name engine.aio.client uses.
 encode_get_query = encode_query
+
+_SCAN_HEAD = struct.Struct("<BBBII")   # version, op, flags, limit, max_bytes
+# Bytes of a SCAN result around its rows: head, revision, value length, more, count.
+SCAN_RESULT_OVERHEAD_BYTES = _HEAD.size + _U64.size + _U32.size + 1 + _U32.size
+SCAN_ROW_OVERHEAD_BYTES = 2 * _U32.size   # the two lengths before a row's key and value
+
+
+def prefix_end(prefix: bytes) -> bytes:
+    """The smallest key above every key that starts with `prefix`, b"" (the end of the key
+    space) when there is none (an empty prefix, or only 0xff bytes): scan(prefix,
+    prefix_end(prefix)) is the prefix's keys (etcd's clientv3.GetPrefixRangeEnd)."""
+    trimmed = prefix.rstrip(b"\xff")
+    if not trimmed:
+        return b""
+    return trimmed[:-1] + bytes((trimmed[-1] + 1,))
+
+
+def check_scan_range(start: bytes, end: bytes | None, limit: int | None) -> None:
+    """ConfigError for a scan's bad arguments: limit below 1, start after a non-empty end."""
+    if not isinstance(start, bytes) or not isinstance(end, bytes | None):
+        raise ConfigError("scan start and end must be bytes (end None: to the end)")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)
+                              or limit < 1):
+        raise ConfigError(f"scan limit must be an int >= 1, got {limit!r}")
+    if end and start > end:
+        raise ConfigError(f"scan start {start!r} is after its end {end!r}")
+
+
+def encode_scan(start: bytes, end: bytes | None = None, *, limit: int = U32_MAX,
+                max_bytes: int = U32_MAX) -> bytes:
+    """A SCAN query: at most `limit` keys of [start, end) (end None or b"": to the end of the
+    key space) in a result of at most `max_bytes` (see the module docstring)."""
+    check_scan_range(start, end, limit)
+    if not 1 <= limit <= U32_MAX or not 1 <= max_bytes <= U32_MAX:
+        raise ConfigError(f"scan limit and max_bytes must be in [1, 2**32), got "
+                          f"{limit}, {max_bytes}")
+    return b"".join((_SCAN_HEAD.pack(VERSION, Op.SCAN, 0, limit, max_bytes),
+                     _blob(start), _blob(end or b"")))
+
+
+def decode_scan(data: bytes) -> tuple[bytes, bytes, int, int]:
+    """(start, end, limit, max_bytes) of a SCAN query; DecodeError for anything else."""
+    if len(data) < _SCAN_HEAD.size:
+        raise DecodeError(f"scan query of {len(data)} bytes is shorter than its header")
+    version, op, flags, limit, max_bytes = _SCAN_HEAD.unpack_from(data, 0)
+    if version != VERSION or op != Op.SCAN:
+        raise DecodeError(f"not a scan query: version {version}, op {op}")
+    if flags:
+        raise DecodeError(f"unknown scan flags {flags:#x}")
+    if limit == 0 or max_bytes == 0:
+        raise DecodeError("scan limit and max_bytes must be at least 1")
+    start, offset = _read_blob(data, _SCAN_HEAD.size, "scan start")
+    end, offset = _read_blob(data, offset, "scan end")
+    if offset != len(data):
+        raise DecodeError(f"{len(data) - offset} trailing bytes after scan query")
+    return start, end, limit, max_bytes
+
+
+def is_scan(query: bytes) -> bool:
+    """True if `query` is a SCAN (KVStore.query's dispatch; decode_scan checks the rest)."""
+    return len(query) >= 2 and query[1] == Op.SCAN
+
+
+def encode_scan_page(items: list[tuple[bytes, bytes]], more: bool) -> bytes:
+    """The value of a SCAN result (see the module docstring)."""
+    parts = [bytes((1 if more else 0,)), _U32.pack(len(items))]
+    pack = _U32.pack
+    for key, value in items:
+        parts += (pack(len(key)), key, pack(len(value)), value)
+    return b"".join(parts)
+
+
+def decode_scan_result(result: KVResult) -> ScanPage:
+    """The page a SCAN's KVResult carries; DecodeError if it carries none."""
+    data = result.value
+    if result.status != Status.OK or data is None or len(data) < 1 + _U32.size:
+        raise DecodeError(f"not a scan result: {result!r}")
+    more = data[0]
+    if more > 1:
+        raise DecodeError(f"bad scan 'more' byte {more}")
+    (count,) = _U32.unpack_from(data, 1)
+    if count * SCAN_ROW_OVERHEAD_BYTES > len(data):
+        raise DecodeError("scan result count exceeds its size")
+    offset = 1 + _U32.size
+    items: list[KeyValue] = []
+    for _ in range(count):
+        key, offset = _read_blob(data, offset, "scan key")
+        value, offset = _read_blob(data, offset, "scan value")
+        items.append(KeyValue(key, value))
+    if offset != len(data):
+        raise DecodeError(f"{len(data) - offset} trailing bytes after scan page")
+    if any(a.key >= b.key for a, b in zip(items, items[1:], strict=False)):
+        raise DecodeError("scan page keys are not in increasing order")
+    return ScanPage(items, bool(more), result.revision)
 
 
 def encode_result(status: Status, value: bytes | None = None, previous: bytes | None = None,
@@ -391,7 +523,10 @@ def decode_result(data: bytes) -> KVResult:
 __all__ = [
     "VERSION", "Op", "Status", "Command", "KVResult", "WriteResult",
     "encode_put", "encode_get", "encode_delete", "encode_cas", "encode_register", "encode_query",
-    "encode_get_query", "encode_result", "strip_result", "STRIPPED_RESULT_BYTES",
+    "encode_get_query", "encode_result", "KeyValue", "ScanPage", "encode_scan", "decode_scan",
+    "is_scan", "encode_scan_page", "decode_scan_result", "prefix_end", "check_scan_range",
+    "SCAN_RESULT_OVERHEAD_BYTES", "SCAN_ROW_OVERHEAD_BYTES", "strip_result",
+    "STRIPPED_RESULT_BYTES",
     "encode_client_id",
     "decode_command", "decode_query", "decode_result", "decode_client_id",
 ]

@@ -27,6 +27,13 @@ used (by log index, identical on every replica) is evicted. Replicas must share 
 they should share max_session_result_bytes too (a retry's answer depends on it, the data never
 does).
 
+Key order. Beside the map the store keeps its keys sorted (sortedcontainers.SortedList: a
+list of sorted lists, O(log n) insert and delete, O(log n + k) for k keys of a range) so a
+SCAN costs O(log n + k). The order changes only when a key is created or deleted: an
+overwrite, nearly every write of a steady workload, touches the map alone (the PUT fast path
+reports a created key through its `created` callback). Snapshots stay the sorted rows they
+were; restore rebuilds the order from them.
+
 Memory and snapshot size: the live data, plus at most max_client_sessions sessions of
 SESSION_ROW_BYTES + max(max_session_result_bytes, STRIPPED_RESULT_BYTES) bytes each
 (session_bytes_bound()). A
@@ -41,10 +48,14 @@ import struct
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 
+from sortedcontainers import SortedList
+
 from engine._core import kvput as _kvput
 from engine.errors import DecodeError, InvariantViolation
 from engine.kv.commands import (
     FLAG_SESSION,
+    SCAN_RESULT_OVERHEAD_BYTES,
+    SCAN_ROW_OVERHEAD_BYTES,
     STRIPPED_RESULT_BYTES,
     VERSION,
     Command,
@@ -52,8 +63,11 @@ from engine.kv.commands import (
     Status,
     decode_command,
     decode_query,
+    decode_scan,
     encode_client_id,
     encode_result,
+    encode_scan_page,
+    is_scan,
     strip_result,
 )
 from engine.limits import Limits
@@ -101,7 +115,12 @@ class KVStore:
         limits = limits or Limits()
         self._max_sessions = limits.max_client_sessions
         self._max_result_bytes = limits.max_session_result_bytes
+        # A SCAN page is at most one datagram, whatever the query asks (Limits).
+        self._max_page_bytes = limits.max_datagram_bytes
         self._data: dict[bytes, bytes] = {}
+        # The keys of _data in byte order (see the module docstring, "Key order").
+        self._keys: SortedList = SortedList()
+        self._key_created = self._keys.add
         # client_id -> _Session, ordered from least to most recently used (by log index).
         self._sessions: OrderedDict[int, _Session] = OrderedDict()
         self._applied_index = 0
@@ -124,7 +143,7 @@ class KVStore:
             )
         self._applied_index = index
         # The hot path: a well-formed PUT, no Command object (engine._core.kvput).
-        result = _apply_put(self._data, command, index)
+        result = _apply_put(self._data, command, index, self._key_created)
         if result is not None:
             return result  # a PUT without a session, applied
         put = _parse_put(command)
@@ -136,6 +155,8 @@ class KVStore:
             data = self._data
             previous = data.get(key)
             data[key] = value
+            if previous is None:
+                self._key_created(key)
             return self._record(client_id, seq, index,
                                 _put_result(index, previous, want_previous))
         try:
@@ -166,11 +187,47 @@ class KVStore:
 
     def query(self, query: bytes) -> bytes:
         """A read served after ReadIndex (Raft §6.4); never changes state."""
+        if is_scan(query):
+            return self._scan_query(query)
         try:
             key = decode_query(query)
         except DecodeError as exc:
             return encode_result(Status.MALFORMED, message=f"malformed query: {exc}")
         return encode_result(Status.OK, value=self._data.get(key))
+
+    def scan(self, start: bytes, end: bytes = b"", limit: int | None = None,
+             max_bytes: int | None = None) -> tuple[list[tuple[bytes, bytes]], bool]:
+        """(rows, more): at most `limit` (key, value) rows of [start, end) in key order (an
+        empty end: to the end of the key space), their encoded page at most `max_bytes` long
+        (engine.kv.commands, SCAN) but never empty while a key is in range; more: keys in
+        range follow the last row. A local read; SCAN queries come here after ReadIndex."""
+        keys = self._keys
+        first = keys.bisect_left(start)
+        stop = keys.bisect_left(end) if end else len(keys)
+        if limit is not None:
+            stop_at = min(stop, first + limit)
+        else:
+            stop_at = stop
+        budget = (max_bytes if max_bytes is not None else self._max_page_bytes)
+        used = SCAN_RESULT_OVERHEAD_BYTES
+        data = self._data
+        rows: list[tuple[bytes, bytes]] = []
+        for key in keys.islice(first, max(first, stop_at)):
+            value = data[key]
+            used += SCAN_ROW_OVERHEAD_BYTES + len(key) + len(value)
+            if used > budget and rows:
+                break   # this row would overflow the page: it opens the next one
+            rows.append((key, value))
+        return rows, first + len(rows) < stop
+
+    def _scan_query(self, query: bytes) -> bytes:
+        try:
+            start, end, limit, max_bytes = decode_scan(query)
+        except DecodeError as exc:
+            return encode_result(Status.MALFORMED, message=f"malformed query: {exc}")
+        rows, more = self.scan(start, end, limit, min(max_bytes, self._max_page_bytes))
+        return encode_result(Status.OK, value=encode_scan_page(rows, more),
+                             revision=self._applied_index)
 
     # ------------------------------------------------------------------ snapshots
 
@@ -200,7 +257,8 @@ class KVStore:
         frozen = KVStore.__new__(KVStore)
         frozen._max_sessions = self._max_sessions
         frozen._max_result_bytes = self._max_result_bytes
-        frozen._data = self._data.copy()
+        frozen._max_page_bytes = self._max_page_bytes
+        frozen._data = self._data.copy()   # snapshot() sorts the rows: no key order needed
         frozen._sessions = OrderedDict(
             (client_id, copy.copy(session)) for client_id, session in self._sessions.items()
         )
@@ -214,6 +272,8 @@ class KVStore:
         for _, session in sessions:   # a snapshot written under a larger limit
             session.result = self._retainable(session.result)
         self._data = dict(items)
+        self._keys = SortedList(self._data)   # the rows come sorted: timsort is linear
+        self._key_created = self._keys.add
         # Rebuild the LRU order from the log indexes (client id breaks ties; never equal in
         # practice since one command has one index) so eviction continues identically.
         ordered = sorted(sessions, key=lambda row: (row[1].index, row[0]))
@@ -234,7 +294,12 @@ class KVStore:
         return self._data.get(key)
 
     def items(self) -> list[tuple[bytes, bytes]]:
-        return sorted(self._data.items())
+        data = self._data
+        return [(key, data[key]) for key in self._keys]
+
+    def keys_in_order(self) -> list[bytes]:
+        """Every key in byte order (the order a SCAN reads)."""
+        return list(self._keys)
 
     @property
     def session_count(self) -> int:
@@ -323,16 +388,23 @@ class KVStore:
                 raise InvariantViolation("PUT without a value")
             previous = data.get(cmd.key)
             data[cmd.key] = value
+            if previous is None:
+                self._key_created(cmd.key)
             return _write_result(index, previous, cmd.previous)
         if op == Op.GET:
             return encode_result(Status.OK, value=data.get(cmd.key))
         if op == Op.DELETE:
-            return _write_result(index, data.pop(cmd.key, None), cmd.previous)
+            previous = data.pop(cmd.key, None)
+            if previous is not None:
+                self._keys.remove(cmd.key)
+            return _write_result(index, previous, cmd.previous)
         if op == Op.CAS:
             current = data.get(cmd.key)
             if current != cmd.expected or cmd.value is None:
                 return encode_result(Status.CAS_MISMATCH, value=current)
             data[cmd.key] = cmd.value
+            if current is None:
+                self._key_created(cmd.key)
             # The previous value is the expected one, which the client sent: not repeated.
             return encode_result(Status.OK, revision=index, existed=current is not None)
         raise InvariantViolation(f"op {op} passed decoding but has no handler")

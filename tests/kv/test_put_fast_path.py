@@ -90,11 +90,16 @@ def test_apply_put_twins_agree_result_for_result(both_impls: list[SimpleNamespac
     maps: list[dict[bytes, bytes]] = [{b"k": b"old"} for _ in both_impls]
     for index, data in enumerate(batch, 1):
         before = dict(maps[0])
-        results = [impl.kvput.apply_put(m, data, index) for impl, m in zip(both_impls, maps,
-                                                                           strict=True)]
+        created: list[list[bytes]] = [[] for _ in both_impls]
+        results = [impl.kvput.apply_put(m, data, index, seen.append)
+                   for impl, m, seen in zip(both_impls, maps, created, strict=True)]
         assert all(r == results[0] for r in results), (data, results)
         assert all(m == maps[0] for m in maps)
+        assert all(seen == created[0] for seen in created)
         parsed = both_impls[0].kvput.parse_put(data)
+        # `created` hears of a key the PUT created, never of an overwrite (KVStore's order).
+        assert created[0] == ([parsed[0]] if parsed is not None and parsed[2] is None
+                              and parsed[0] not in before else [])
         if parsed is None or parsed[2] is not None:
             assert results[0] is None and maps[0] == before
         else:
@@ -103,6 +108,14 @@ def test_apply_put_twins_agree_result_for_result(both_impls: list[SimpleNamespac
             assert results[0] == commands.encode_result(
                 commands.Status.OK, previous=previous if parsed[4] else None, revision=index,
                 existed=previous is not None)
+
+
+def test_apply_put_created_callback_is_optional(impl: SimpleNamespace) -> None:
+    """Without `created` (or with None) a PUT applies as ever, new key or not."""
+    data: dict[bytes, bytes] = {}
+    assert impl.kvput.apply_put(data, commands.encode_put(b"k", b"v"), 1) is not None
+    assert impl.kvput.apply_put(data, commands.encode_put(b"k", b"w"), 2, None) is not None
+    assert data == {b"k": b"w"}
 
 
 def test_apply_put_refuses_what_is_not_bytes(impl: SimpleNamespace) -> None:
@@ -126,10 +139,17 @@ def test_apply_results_and_state_match_the_slow_path(batch: list[bytes],
     slow_store = KVStore(limits)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(store_module, "_parse_put", lambda data: None)
-        patch.setattr(store_module, "_apply_put", lambda data, command, index: None)
+        patch.setattr(store_module, "_apply_put", lambda data, command, index, created: None)
         slow = [slow_store.apply(index, data) for index, data in enumerate(batch, 1)]
     assert fast == slow
     assert fast_store == slow_store
+    # Both paths keep the key order (the SCAN index) in step with the map, whose rows a
+    # snapshot holds (sorted from the map itself).
+    for store in (fast_store, slow_store):
+        rows = KVStore()
+        rows.restore(store.snapshot())
+        assert store.keys_in_order() == rows.keys_in_order()
+        assert store.scan(b"")[0] == rows.items()
 
 
 @settings(max_examples=500, deadline=None)
