@@ -31,8 +31,11 @@ Key order. Beside the map the store keeps its keys sorted (sortedcontainers.Sort
 list of sorted lists, O(log n) insert and delete, O(log n + k) for k keys of a range) so a
 SCAN costs O(log n + k). The order changes only when a key is created or deleted: an
 overwrite, nearly every write of a steady workload, touches the map alone (the PUT fast path
-reports a created key through its `created` callback). Snapshots stay the sorted rows they
-were; restore rebuilds the order from them.
+reports a created key through its `created` callback). A created key is only appended to a
+list of new keys (as cheap as the dict insert); the first ordered read or delete after them
+merges that list into the order in one sorted batch (`_settle_order`), so a write-heavy
+workload pays for ordering once per key, in bulk, and only if something reads in order.
+Snapshots stay the sorted rows they were; restore rebuilds the order from them.
 
 Memory and snapshot size: the live data, plus at most max_client_sessions sessions of
 SESSION_ROW_BYTES + max(max_session_result_bytes, STRIPPED_RESULT_BYTES) bytes each
@@ -120,7 +123,10 @@ class KVStore:
         self._data: dict[bytes, bytes] = {}
         # The keys of _data in byte order (see the module docstring, "Key order").
         self._keys: SortedList = SortedList()
-        self._key_created = self._keys.add
+        # Keys created since the order was last settled (see "Key order"): never in _keys,
+        # each at most once (a delete settles first), so at most len(_data) of them.
+        self._new_keys: list[bytes] = []
+        self._key_created = self._new_keys.append
         # client_id -> _Session, ordered from least to most recently used (by log index).
         self._sessions: OrderedDict[int, _Session] = OrderedDict()
         self._applied_index = 0
@@ -201,7 +207,7 @@ class KVStore:
         empty end: to the end of the key space), their encoded page at most `max_bytes` long
         (engine.kv.commands, SCAN) but never empty while a key is in range; more: keys in
         range follow the last row. A local read; SCAN queries come here after ReadIndex."""
-        keys = self._keys
+        keys = self._settle_order()
         first = keys.bisect_left(start)
         stop = keys.bisect_left(end) if end else len(keys)
         if limit is not None:
@@ -219,6 +225,14 @@ class KVStore:
                 break   # this row would overflow the page: it opens the next one
             rows.append((key, value))
         return rows, first + len(rows) < stop
+
+    def _settle_order(self) -> SortedList:
+        """The key order with every created key merged in (one sorted batch)."""
+        new_keys = self._new_keys
+        if new_keys:
+            self._keys.update(new_keys)
+            new_keys.clear()
+        return self._keys
 
     def _scan_query(self, query: bytes) -> bytes:
         try:
@@ -273,7 +287,8 @@ class KVStore:
             session.result = self._retainable(session.result)
         self._data = dict(items)
         self._keys = SortedList(self._data)   # the rows come sorted: timsort is linear
-        self._key_created = self._keys.add
+        self._new_keys = []
+        self._key_created = self._new_keys.append
         # Rebuild the LRU order from the log indexes (client id breaks ties; never equal in
         # practice since one command has one index) so eviction continues identically.
         ordered = sorted(sessions, key=lambda row: (row[1].index, row[0]))
@@ -295,11 +310,11 @@ class KVStore:
 
     def items(self) -> list[tuple[bytes, bytes]]:
         data = self._data
-        return [(key, data[key]) for key in self._keys]
+        return [(key, data[key]) for key in self._settle_order()]
 
     def keys_in_order(self) -> list[bytes]:
         """Every key in byte order (the order a SCAN reads)."""
-        return list(self._keys)
+        return list(self._settle_order())
 
     @property
     def session_count(self) -> int:
@@ -396,7 +411,7 @@ class KVStore:
         if op == Op.DELETE:
             previous = data.pop(cmd.key, None)
             if previous is not None:
-                self._keys.remove(cmd.key)
+                self._settle_order().remove(cmd.key)
             return _write_result(index, previous, cmd.previous)
         if op == Op.CAS:
             current = data.get(cmd.key)

@@ -116,11 +116,27 @@ def test_overwrites_leave_the_order_alone() -> None:
     store = KVStore()
     for index, key in enumerate((b"b", b"a", b"c"), 1):
         store.apply(index, commands.encode_put(key, b"1"))
+    assert store.keys_in_order() == [b"a", b"b", b"c"]
     order = store._keys   # the very object: an overwrite must not rebuild or touch it
-    before = list(order)
     store.apply(4, commands.encode_put(b"a", b"2"))
-    assert store._keys is order and list(order) == before == [b"a", b"b", b"c"]
+    assert store._keys is order and store._new_keys == [] and list(order) == [b"a", b"b", b"c"]
     assert store.scan(b"a", b"b") == ([(b"a", b"2")], False)
+
+
+def test_created_keys_are_ordered_in_one_batch_at_the_next_ordered_read() -> None:
+    """A create only appends to the new-key list; a scan or a delete merges it into the
+    order, so every path that reads the order sees every key exactly once."""
+    store = KVStore()
+    for index, key in enumerate((b"d", b"b", b"a", b"c"), 1):
+        store.apply(index, commands.encode_put(key, b"1"))
+    assert list(store._keys) == [] and sorted(store._new_keys) == [b"a", b"b", b"c", b"d"]
+    store.apply(5, commands.encode_delete(b"b"))        # a delete settles first
+    assert store._new_keys == [] and list(store._keys) == [b"a", b"c", b"d"]
+    store.apply(6, commands.encode_put(b"b", b"2"))     # created again: once, not twice
+    store.apply(7, commands.encode_put(b"b", b"3"))     # an overwrite: not created
+    assert store._new_keys == [b"b"]
+    assert store.scan(b"", b"") == ([(b"a", b"1"), (b"b", b"3"), (b"c", b"1"),
+                                     (b"d", b"1")], False)
 
 
 @settings(max_examples=60, deadline=None)
