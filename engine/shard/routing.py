@@ -153,25 +153,44 @@ class RangeCache:
     # ------------------------------------------------------------------ writing
 
     def insert(self, descriptor: RangeDescriptor) -> bool:
-        """Cache `descriptor`; False (nothing changed) if an overlapping entry, live or a
-        tombstone, has an equal or greater epoch (it is not older than what was seen)."""
+        """Cache `descriptor`; False if it was not cached because an overlapping entry,
+        live or a tombstone, has an equal or greater epoch (it is not newer than what was
+        seen). Either way every older entry it overlaps stops being served: what the
+        descriptor covers becomes its own, or a tombstone at its epoch where something
+        newer is not cached (so nothing older than it is ever cached there again)."""
         overlapping = self._overlapping(descriptor.start, descriptor.end)
         for entry in overlapping:
             if entry.descriptor == descriptor:
                 self._entries.move_to_end(entry.start)
                 return False
-            if entry.epoch >= descriptor.epoch:
-                return False
+        newer = [e for e in overlapping if e.epoch >= descriptor.epoch]
         for entry in overlapping:
+            if entry.epoch >= descriptor.epoch:
+                continue
             self._remove(entry)
-            # What the newer descriptor does not cover stays known-stale at the old epoch.
+            # The old entry is stale; what lies outside the descriptor stays known-stale at
+            # the old epoch.
             if entry.start < descriptor.start:
                 self._add(_Entry(entry.start, descriptor.start, entry.epoch, None))
             if _before(descriptor.end, entry.end):
                 assert descriptor.end is not None
                 self._add(_Entry(descriptor.end, entry.end, entry.epoch, None))
-        self._add(_Entry(descriptor.start, descriptor.end, descriptor.epoch, descriptor))
-        return True
+        if not newer:
+            self._add(_Entry(descriptor.start, descriptor.end, descriptor.epoch, descriptor))
+            return True
+        # Not the newest: its span outside the newer entries is stale up to its epoch.
+        position: bytes | None = descriptor.start
+        for entry in newer:   # in key order, disjoint
+            if _before(position, entry.start):
+                assert position is not None
+                self._add(_Entry(position, entry.start, descriptor.epoch, None))
+            position = entry.end if _before(position, entry.end) or entry.end is None \
+                else position
+            if position is None:
+                break
+        if position is not None and _before(position, descriptor.end):
+            self._add(_Entry(position, descriptor.end, descriptor.epoch, None))
+        return False
 
     def insert_all(self, descriptors: Iterable[RangeDescriptor]) -> int:
         """Insert each; the number inserted."""
