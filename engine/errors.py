@@ -181,6 +181,11 @@ class WrongShard(Rejected):
         self.epoch = epoch
         self.descriptors = descriptors
 
+    def __reduce__(self) -> tuple[object, ...]:
+        # copy.copy (unfinished()) and pickle rebuild from the keyword fields.
+        return (_rebuild, (type(self), (self.key,), {
+            "range_id": self.range_id, "epoch": self.epoch, "descriptors": self.descriptors}))
+
 
 class EpochMismatch(Rejected):
     """A shard-map change named an epoch of its range that is no longer current (another
@@ -196,12 +201,21 @@ class EpochMismatch(Rejected):
         self.expected_epoch = expected_epoch
         self.current_epoch = current_epoch
 
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild, (type(self), (self.range_id,), {
+            "expected_epoch": self.expected_epoch, "current_epoch": self.current_epoch}))
+
 
 class InvalidShardChange(Rejected, ValueError):
     """A shard-map change the meta group refuses whatever the epochs (a split key outside
     the range, a merge of ranges that are not adjacent or whose replica sets differ,
     removing the last voter, a reused range or group id, a malformed command, ...):
     definite, nothing changed."""
+
+
+def _rebuild(kind: type[EngineError], args: tuple[object, ...],
+             keywords: dict[str, object]) -> EngineError:
+    return kind(*args, **keywords)
 
 
 def unfinished(cause: EngineError, *, may_apply: bool) -> EngineError:

@@ -366,3 +366,20 @@ class MetaMachine(RuleBasedStateMachine):
 MetaMachine.TestCase.settings = settings(max_examples=150, stateful_step_count=40,
                                          deadline=None)
 TestMetaMachine = MetaMachine.TestCase
+
+
+def test_the_shard_errors_copy_and_pickle_with_their_fields() -> None:
+    import copy
+    import pickle
+
+    from engine.errors import Rejected, WrongShard, unfinished
+
+    wrong = WrongShard(b"k", range_id=3, epoch=7, descriptors=())
+    mismatch = EpochMismatch(3, expected_epoch=6, current_epoch=7)
+    for error in (wrong, mismatch):
+        assert isinstance(error, Rejected)
+        for clone in (copy.copy(error), pickle.loads(pickle.dumps(error)),
+                      unfinished(error, may_apply=False)):
+            assert type(clone) is type(error) and str(clone) == str(error)
+            assert vars(clone) == vars(error)
+    assert "no longer exists" in str(EpochMismatch(3, expected_epoch=1, current_epoch=0))
