@@ -12,6 +12,6 @@ Nothing here does I/O; the multi-group runtime that runs these is engine's drive
 
 from __future__ import annotations
 
-from engine.shard.map import RangeDescriptor, Replica, ReplicaRole, ShardMap, voters
+from engine.shard.map import RangeDescriptor, Replica, ReplicaRole, ShardMap, check_owner, voters
 
-__all__ = ["RangeDescriptor", "Replica", "ReplicaRole", "ShardMap", "voters"]
+__all__ = ["RangeDescriptor", "Replica", "ReplicaRole", "ShardMap", "check_owner", "voters"]

@@ -39,7 +39,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
 
-from engine.errors import ConfigError, DecodeError
+from engine.errors import ConfigError, DecodeError, WrongShard
 from engine.types import MAX_NODE_ID
 
 FORMAT_VERSION = 1
@@ -150,6 +150,18 @@ class RangeDescriptor:
         if not self._voters:
             return f"{where}: no voter (a group without a voter can commit nothing)"
         return None
+
+
+def check_owner(descriptor: RangeDescriptor, key: bytes, *,
+                hints: Sequence[RangeDescriptor] = ()) -> None:
+    """What a replica of `descriptor`'s range does before proposing a write of `key`, and
+    again when applying it: WrongShard (with the range's current epoch and `hints`, the
+    descriptors it knows around the key) unless the range owns the key. The check at apply
+    time is what makes "no write applied by a range that did not own its key" hold across a
+    split that commits between a write's proposal and its application."""
+    if not descriptor.contains(key):
+        raise WrongShard(key, range_id=descriptor.range_id, epoch=descriptor.epoch,
+                         descriptors=tuple(hints))
 
 
 def voters(*node_ids: int) -> tuple[Replica, ...]:

@@ -173,3 +173,17 @@ def test_random_bytes_resealed_never_escape_as_another_error(body: bytes) -> Non
         ShardMap.decode(reseal(b"ESHM\x01\x00" + body))
     except DecodeError:
         pass
+
+
+def test_check_owner_raises_wrong_shard_with_the_current_epoch() -> None:
+    from engine.errors import Rejected, WrongShard
+    from engine.shard.map import check_owner
+
+    left, right = ShardMap.presplit([b"m"], voters(1)).replace([], []).ranges
+    check_owner(left, b"a")
+    with pytest.raises(WrongShard) as caught:
+        check_owner(left, b"m", hints=[right])
+    error = caught.value
+    assert isinstance(error, Rejected)
+    assert (error.key, error.range_id, error.epoch, error.descriptors) == (
+        b"m", left.range_id, left.epoch, (right,))
