@@ -87,6 +87,7 @@ class RangeCache:
         self._capacity = capacity
         self._starts: list[bytes] = []
         self._entries: OrderedDict[bytes, _Entry] = OrderedDict()   # LRU order
+        self._start_of: dict[int, bytes] = {}   # range id -> start of its live entry
 
     # ------------------------------------------------------------------ reading
 
@@ -202,13 +203,16 @@ class RangeCache:
     def invalidate(self, range_id: int, epoch: int) -> bool:
         """Range `range_id` is at `epoch` now: a cached descriptor of it with a smaller
         epoch becomes a tombstone (never served again). True if one did."""
-        for entry in list(self._entries.values()):
-            d = entry.descriptor
-            if d is not None and d.range_id == range_id and d.epoch < epoch:
-                self._remove(entry)
-                self._add(_Entry(entry.start, entry.end, entry.epoch, None))
-                return True
-        return False
+        start = self._start_of.get(range_id)
+        if start is None:
+            return False
+        entry = self._entries[start]
+        assert entry.descriptor is not None
+        if entry.descriptor.epoch >= epoch:
+            return False
+        self._remove(entry)
+        self._add(_Entry(entry.start, entry.end, entry.epoch, None))
+        return True
 
     def on_wrong_shard(self, error: WrongShard) -> bool:
         """Apply a WrongShard answer: invalidate the stale descriptor, insert the ones it
@@ -223,6 +227,7 @@ class RangeCache:
     def clear(self) -> None:
         self._starts.clear()
         self._entries.clear()
+        self._start_of.clear()
 
     # ------------------------------------------------------------------ internals
 
@@ -241,10 +246,17 @@ class RangeCache:
     def _remove(self, entry: _Entry) -> None:
         del self._entries[entry.start]
         del self._starts[bisect.bisect_left(self._starts, entry.start)]
+        if (entry.descriptor is not None
+                and self._start_of.get(entry.descriptor.range_id) == entry.start):
+            del self._start_of[entry.descriptor.range_id]
 
     def _add(self, entry: _Entry) -> None:
         bisect.insort(self._starts, entry.start)
         self._entries[entry.start] = entry
+        if entry.descriptor is not None:
+            # Live entries never overlap, and one range id's descriptors always overlap
+            # (its start key stays in it, engine.shard.meta): one live entry per range id.
+            self._start_of[entry.descriptor.range_id] = entry.start
         while len(self._entries) > self._capacity:
             oldest = next(iter(self._entries.values()))
             self._remove(oldest)
