@@ -22,6 +22,8 @@ from engine.errors import (
     DecodeError,
     EngineError,
     EntryTooLarge,
+    EpochMismatch,
+    InvalidShardChange,
     InvariantViolation,
     LogIndexError,
     MembershipError,
@@ -36,6 +38,7 @@ from engine.errors import (
     StorageError,
     Superseded,
     Timeout,
+    WrongShard,
 )
 from engine.types import StateMachine
 
@@ -86,4 +89,5 @@ __all__ = [
     "NotLeader", "Overloaded", "Rejected", "SnapshotCorrupt", "StateMachineError",
     "StorageError", "Superseded",
     "Stopped", "Timeout", "OutcomeUnknown", "StoppedOutcomeUnknown",
+    "WrongShard", "EpochMismatch", "InvalidShardChange",
 ]

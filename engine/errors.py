@@ -160,6 +160,64 @@ class ConfChangeInProgress(Rejected):
     entry of its term): only one change may be in flight. Definite; retry once it commits."""
 
 
+class WrongShard(Rejected):
+    """The key is outside the range this replica serves (the range split, merged or moved
+    since the sender's descriptor): nothing was applied. `key` is the key asked for,
+    `range_id` and `epoch` name the range that answered as this replica knows it now (the
+    epoch is newer than the one the sender used), and `descriptors` carry the descriptors
+    it knows for the key's neighbourhood (engine.shard.map.RangeDescriptor; may be empty),
+    so a routing cache (engine.shard.routing.RangeCache) replaces its entry without a meta
+    lookup (CockroachDB's RangeKeyMismatchError, TiKV's EpochNotMatch). Definite: the check
+    runs before the write is proposed, and again when it applies, where a refused write
+    changes nothing on any replica."""
+
+    def __init__(
+        self, key: bytes, *, range_id: int, epoch: int, descriptors: tuple[object, ...] = (),
+    ) -> None:
+        super().__init__(
+            f"key {key!r} is outside range {range_id} at epoch {epoch}: refresh the range")
+        self.key = key
+        self.range_id = range_id
+        self.epoch = epoch
+        self.descriptors = descriptors
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # copy.copy (unfinished()) and pickle rebuild from the keyword fields.
+        return (_rebuild, (type(self), (self.key,), {
+            "range_id": self.range_id, "epoch": self.epoch, "descriptors": self.descriptors}))
+
+
+class EpochMismatch(Rejected):
+    """A shard-map change named an epoch of its range that is no longer current (another
+    split, merge or replica change won): the meta group refused it and changed nothing.
+    `current_epoch` is the range's epoch now (0: the range no longer exists); re-read the
+    descriptor and decide again (optimistic concurrency, CockroachDB's descriptor CPut)."""
+
+    def __init__(self, range_id: int, *, expected_epoch: int, current_epoch: int) -> None:
+        now = f"now {current_epoch}" if current_epoch else "it no longer exists"
+        super().__init__(
+            f"range {range_id}: change expected epoch {expected_epoch}, {now}")
+        self.range_id = range_id
+        self.expected_epoch = expected_epoch
+        self.current_epoch = current_epoch
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild, (type(self), (self.range_id,), {
+            "expected_epoch": self.expected_epoch, "current_epoch": self.current_epoch}))
+
+
+class InvalidShardChange(Rejected, ValueError):
+    """A shard-map change the meta group refuses whatever the epochs (a split key outside
+    the range, a merge of ranges that are not adjacent or whose replica sets differ,
+    removing the last voter, a reused range or group id, a malformed command, ...):
+    definite, nothing changed."""
+
+
+def _rebuild(kind: type[EngineError], args: tuple[object, ...],
+             keywords: dict[str, object]) -> EngineError:
+    return kind(*args, **keywords)
+
+
 def unfinished(cause: EngineError, *, may_apply: bool) -> EngineError:
     """The error for a request that ends without its result (see the module docstring).
 

@@ -66,6 +66,16 @@ class Limits:
     # Replies do not amplify: an answer to a client may be at most this many times the size
     # of its request unless the request opted into more (Message.index = max reply bytes).
     max_reply_amplification: int = 4
+    # Sharding (docs/sharding.md). A range is split once its data passes range_split_bytes
+    # (a range is snapshotted and moved whole, in memory: 64 MiB is ~1,100 snapshot chunks,
+    # the original CockroachDB range size) or its load passes range_split_ops_per_s (the
+    # default of CockroachDB's kv.range_split.load_qps_threshold); the split key is the
+    # median of at most max_split_key_samples sampled keys.
+    range_split_bytes: int = 64 * 1024 * 1024
+    range_split_ops_per_s: int = 2_500
+    max_split_key_samples: int = 1_024
+    # Range descriptors (and the stale spans it remembers) a client's routing cache holds.
+    max_range_cache_entries: int = 65_536
 
     def __post_init__(self) -> None:
         for name in self.__dataclass_fields__:
