@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from engine import errors
+from engine.aio.client import Client
 from engine.aio.memory_storage import MemoryStorage
 from engine.aio.node import Node
 from engine.config import NodeConfig
@@ -83,6 +84,14 @@ class LocalCluster:
         self._configs: dict[int, NodeConfig] = {}
         self.nodes: dict[int, Node] = {}
         self._groups: list[set[int]] | None = None
+
+    def client(self, **options: Any) -> Client:
+        """An engine.Client for this cluster: its members' addresses and key, and payload
+        encryption when the nodes use it (`async with cluster.client() as c: ...`); options
+        are Client's keywords (timeout=, attempt_timeout=, ...)."""
+        options.setdefault("encrypt_payloads",
+                           bool(self._node_options.get("encrypt_payloads", False)))
+        return Client(list(self.members.values()), cluster_key=self.cluster_key, **options)
 
     def config(self, node_id: int) -> NodeConfig:
         """The NodeConfig node `node_id` starts (or started) with."""
