@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from engine._core import IMPLEMENTATION
 from engine.config import Limits, NodeConfig, TimingConfig
 from engine.errors import (
+    ClockOffsetError,
     ConfChangeInProgress,
     ConfigError,
     DecodeError,
@@ -79,7 +80,7 @@ __all__ = [
     "SyncClient", "KV", "StateMachine", "WriteOnceRegister", "WriteResult", "Limits",
     "TimingConfig",
     "ConfigError", "DecodeError", "EngineError", "EntryTooLarge", "InvariantViolation",
-    "LogIndexError", "MembershipError", "ConfChangeInProgress",
+    "LogIndexError", "MembershipError", "ConfChangeInProgress", "ClockOffsetError",
     "NotLeader", "Overloaded", "Rejected", "SnapshotCorrupt", "StateMachineError",
     "StorageError", "Superseded",
     "Stopped", "Timeout", "OutcomeUnknown", "StoppedOutcomeUnknown",

@@ -66,6 +66,11 @@ class Limits:
     # Replies do not amplify: an answer to a client may be at most this many times the size
     # of its request unless the request opted into more (Message.index = max reply bytes).
     max_reply_amplification: int = 4
+    # Hybrid logical clocks (engine.txn.hlc): the largest offset between two nodes' physical
+    # clocks that is tolerated. A timestamp received from further ahead than this is refused
+    # (engine.ClockOffsetError) and a read's uncertainty interval is this wide. 500 ms is
+    # CockroachDB's --max-offset default; NTP-synchronised hosts are typically within a few ms.
+    max_clock_offset_ms: int = 500
 
     def __post_init__(self) -> None:
         for name in self.__dataclass_fields__:
