@@ -364,14 +364,18 @@ class Participant:
         self._outcomes: OrderedDict[str, bool] = OrderedDict()
         self._ready = Ready()
         prepared: dict[str, PreparedRecord] = {}
+        # Every outcome in the log, not only the remembered tail: a commit forgotten from
+        # memory must never be taken for a lost abort below.
+        logged: dict[str, bool] = {}
         for record in records:
             if isinstance(record, PreparedRecord):
                 prepared[record.txid] = record
             elif isinstance(record, OutcomeRecord):
+                logged[record.txid] = record.commit
                 self._remember(record.txid, record.commit)
         recovered = {xid.global_transaction_id for xid in in_doubt}
         for txid in sorted(recovered):
-            known = self._outcomes.get(txid)
+            known = logged.get(txid)
             if known is not None:
                 # Decided before the crash, not yet applied to the resource: apply it now.
                 self._call("commit" if known else "rollback", txid)
@@ -386,7 +390,7 @@ class Participant:
                 self._call("rollback", txid)
                 self._decide(txid, False, apply=False)
         for txid in prepared:
-            if txid not in recovered and txid not in self._outcomes:
+            if txid not in recovered and txid not in logged:
                 # The resource no longer holds it and no commit Outcome was forced: it was
                 # rolled back (its unforced abort record was lost).
                 self._remember(txid, False)
