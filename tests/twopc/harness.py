@@ -127,8 +127,10 @@ class Cluster:
                 method = getattr(resource, f"tpc_{call.op}")
                 try:
                     method(call.xid)
-                except RuntimeError:
-                    assert call.op == "prepare"
+                except Exception:
+                    if call.op != "prepare":
+                        raise
+                    # tpc_prepare raising is the "no" vote.
                     self.prepare_refused.add(call.xid.global_transaction_id)
                     core.prepare_result(call.xid.global_transaction_id, False)
                 else:
