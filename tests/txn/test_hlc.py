@@ -37,7 +37,7 @@ timestamps = st.builds(Timestamp, st.integers(0, 2**64 - 1), st.integers(0, MAX_
 # `argument % n` (delivered at once or later); 2: deliver a pending message; 3: move the node's
 # physical clock by `argument` ns (negative: steps backwards).
 steps = st.lists(
-    st.tuples(st.integers(0, 2), st.integers(0, 3), st.integers(-3 * MS, 3 * MS)),
+    st.tuples(st.integers(0, 2), st.integers(0, 3), st.integers(-12 * MS, 12 * MS)),
     max_size=120)
 
 
@@ -50,6 +50,7 @@ def _run(steps: list[tuple[int, int, int]], max_logical: int = MAX_LOGICAL) -> N
     last = [hlc.last for hlc in hlcs]
     pending: list[tuple[int, Timestamp]] = []
     max_physical = max(c.ns for c in clocks)
+    read_by = [c.ns for c in clocks]      # the largest physical time each node has read
     carries = 0
     for node, kind, argument in steps:
         before = hlcs[node].last
@@ -75,6 +76,10 @@ def _run(steps: list[tuple[int, int, int]], max_logical: int = MAX_LOGICAL) -> N
             clocks[node].ns = max(0, clocks[node].ns + argument)
             max_physical = max(max_physical, clocks[node].ns)
             continue
+        read_by[node] = max(read_by[node], clocks[node].ns)
+        # Within max_offset of the largest physical time this node has read: a timestamp
+        # further ahead was refused (the offset guard, Theorem 2's premise).
+        assert ts.wall_ns <= read_by[node] + offset + carries
         # Monotonic per node, and never below its own physical clock.
         assert ts > last[node] and ts == hlcs[node].last
         assert ts.wall_ns >= clocks[node].ns
