@@ -319,9 +319,9 @@ class Coordinator:
     def _abort(self, txid: str) -> None:
         txn = self._txns.pop(txid)
         # Presumed abort: nothing logged, no acks; a participant that misses this asks and
-        # gets "abort" from the absence of a record.
-        if txn.phase == "voting":
-            self._send_decision(txid, False, txn.participants, after_persist=False)
+        # gets "abort" from the absence of a record. Sent in the open phase too, so active
+        # branches are released without waiting for their application.
+        self._send_decision(txid, False, txn.participants, after_persist=False)
         self._ready.outcomes.append((txid, False))
 
     def _send_prepare(self, txid: str, txn: _CoordinatorTxn, to: Iterable[int]) -> None:

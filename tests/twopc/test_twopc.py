@@ -299,3 +299,20 @@ def test_atomicity_over_many_seeds_with_loss_reorder_duplicates_and_crashes() ->
         aborts += not_committed
     # Both outcomes occur often (else the property would be vacuous).
     assert commits > 300 and aborts > 300, (commits, aborts)
+
+
+def test_a_rollback_before_commit_releases_the_participants_branches() -> None:
+    cluster = Cluster(2)
+    assert cluster.coordinator is not None
+    cluster.coordinator.begin("t", [P1, P2])
+    for node in (P1, P2):
+        participant = cluster.participants[node]
+        assert participant is not None
+        participant.begin("t")
+        cluster.process(node)
+    cluster.coordinator.rollback("t")
+    cluster.process(COORDINATOR)
+    cluster.settle(2)
+    assert cluster.coordinator_outcomes == {"t": False}
+    assert all(resource(cluster, n).rolled_back == {"t"} for n in (P1, P2))
+    assert cluster.storage[COORDINATOR].durable == []
