@@ -42,6 +42,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from engine.errors import ClockOffsetError, ConfigError, DecodeError
+from engine.limits import Limits
 
 ENCODED_BYTES = 12
 MAX_WALL_NS = (1 << 64) - 1
@@ -118,6 +119,13 @@ class HybridLogicalClock:
         # max_offset, CockroachDB's rule, so its clock never goes back across a restart).
         self._wall_ns = last.wall_ns
         self._logical = last.logical
+
+    @classmethod
+    def for_limits(cls, physical_ns: Callable[[], int], limits: Limits, *,
+                   node_id: int | None = None, last: Timestamp = ZERO) -> HybridLogicalClock:
+        """A node's HLC with the offset bound of its Limits.max_clock_offset_ms."""
+        return cls(physical_ns, max_offset_ns=limits.max_clock_offset_ms * 1_000_000,
+                   node_id=node_id, last=last)
 
     @property
     def last(self) -> Timestamp:

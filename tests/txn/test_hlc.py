@@ -142,7 +142,8 @@ def test_receive_follows_the_papers_rules() -> None:
 
 def test_a_peer_beyond_the_offset_bound_is_refused_and_says_why() -> None:
     clock = Clock(1_000 * MS)
-    hlc = HybridLogicalClock(clock, max_offset_ns=MAX_OFFSET_NS, node_id=1)
+    hlc = HybridLogicalClock.for_limits(clock, Limits(), node_id=1)
+    assert hlc.max_offset_ns == MAX_OFFSET_NS == 500 * MS
     before = hlc.now()
     with pytest.raises(ClockOffsetError) as caught:
         hlc.update(Timestamp(1_000 * MS + MAX_OFFSET_NS + 750 * MS), from_node=3)
