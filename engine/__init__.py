@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from engine._core import IMPLEMENTATION
 from engine.config import Limits, NodeConfig, TimingConfig
 from engine.errors import (
+    ClockOffsetError,
     ConfChangeInProgress,
     ConfigError,
     DecodeError,
@@ -85,7 +86,7 @@ __all__ = [
     "ScanPage", "Limits",
     "TimingConfig",
     "ConfigError", "DecodeError", "EngineError", "EntryTooLarge", "InvariantViolation",
-    "LogIndexError", "MembershipError", "ConfChangeInProgress",
+    "LogIndexError", "MembershipError", "ConfChangeInProgress", "ClockOffsetError",
     "NotLeader", "Overloaded", "Rejected", "SnapshotCorrupt", "StateMachineError",
     "StorageError", "Superseded",
     "Stopped", "Timeout", "OutcomeUnknown", "StoppedOutcomeUnknown",

@@ -121,6 +121,23 @@ class EntryTooLarge(Rejected, ValueError):
     """A proposal is larger than max_entry_bytes."""
 
 
+class ClockOffsetError(Rejected):
+    """A peer's hybrid logical clock is further ahead of this node's physical clock than
+    Limits.max_clock_offset_ms allows (Kulkarni et al. 2014 assume a bound; CockroachDB's
+    --max-offset): the message carrying it is refused and the HLC is not advanced, so one
+    bad clock cannot drag every node's timestamps into the future. Definite: nothing was
+    done with the message. `node_id` names the peer, `offset_ns` how far ahead it is."""
+
+    def __init__(self, node_id: int | None, offset_ns: int, max_clock_offset_ms: int) -> None:
+        who = "an unnamed peer" if node_id is None else f"node {node_id}"
+        super().__init__(
+            f"clock of {who} is {offset_ns / 1e6:.3f} ms ahead, beyond "
+            f"max_clock_offset_ms={max_clock_offset_ms}: refusing to serve it")
+        self.node_id = node_id
+        self.offset_ns = offset_ns
+        self.max_clock_offset_ms = max_clock_offset_ms
+
+
 class Timeout(EngineError, TimeoutError):
     """No answer in time: the outcome is unknown (the command may or may not have been applied)."""
 

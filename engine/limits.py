@@ -76,6 +76,11 @@ class Limits:
     max_split_key_samples: int = 1_024
     # Range descriptors (and the stale spans it remembers) a client's routing cache holds.
     max_range_cache_entries: int = 65_536
+    # Hybrid logical clocks (engine.txn.hlc): the largest offset between two nodes' physical
+    # clocks that is tolerated. A timestamp received from further ahead than this is refused
+    # (engine.ClockOffsetError) and a read's uncertainty interval is this wide. 500 ms is
+    # CockroachDB's --max-offset default; NTP-synchronised hosts are typically within a few ms.
+    max_clock_offset_ms: int = 500
 
     def __post_init__(self) -> None:
         for name in self.__dataclass_fields__:

@@ -41,7 +41,7 @@ STATE_MACHINE_DEPS = FOUNDATION | {"messages", "_core"}
 UNITS = frozenset({
     "engine", "__main__", "errors", "wire", "types", "limits", "config", "messages", "core",
     "_core", "replication", "raft", "paxos", "driver", "kv", "shard", "txn", "coord", "fs",
-    "aio", "cli", "testing", "benchmark", "logs", "profiling",
+    "aio", "cli", "testing", "benchmark", "logs", "profiling", "twopc",
 })
 ALLOWED: dict[str, frozenset[str]] = {
     "errors": frozenset(),
@@ -61,6 +61,8 @@ ALLOWED: dict[str, frozenset[str]] = {
     "txn": STATE_MACHINE_DEPS | {"kv", "shard"},
     "coord": STATE_MACHINE_DEPS | {"kv"},
     "fs": STATE_MACHINE_DEPS | {"kv", "shard", "txn"},
+    # Classic 2PC, a sans-IO protocol of its own: the foundation only, no core, no aio.
+    "twopc": FOUNDATION,
     # The driver runs cores and state machines against interfaces: no aio, no I/O.
     "driver": CORE_DEPS | {"config", "raft", "paxos", "kv", "shard", "txn", "coord", "fs"},
     "logs": frozenset({"errors"}),
@@ -341,6 +343,7 @@ def test_the_graph_states_the_design_rules() -> None:
         assert not ALLOWED[core] & (cores | {"aio", "config", "driver", "testing"}), core
     assert not ALLOWED["replication"] & cores
     assert ALLOWED["_core"] <= {"errors", "wire"}
+    assert ALLOWED["twopc"] <= FOUNDATION
     assert ALLOWED["wire"] == frozenset()
     for machine in state_machines:
         assert "aio" not in ALLOWED[machine] and not ALLOWED[machine] & cores, machine
