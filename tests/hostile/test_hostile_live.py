@@ -52,13 +52,13 @@ from hostile_support import (
     decode_drops,
     flipped_frames,
     genuine_pool,
-    retired_version_frames,
     new_codec,
     node_state,
     oversized_datagrams,
     plausible_headers,
     random_datagrams,
     replays,
+    retired_version_frames,
 )
 
 import engine
