@@ -26,7 +26,8 @@ Workloads:
             `cryptography` call in both twins), a fixed cost that bounds the ratio: rows
             "gmac" (the tag alone, one computed and one verified) and "null-aead" (the codec's
             own work, a constant tag) show its share; "encrypted" is the same round trip with
-            payload encryption (FrameCodec(encrypt=True)).
+            payload encryption (FrameCodec(encrypt=True)); "groups" the same round trip with
+            every APPEND in its own consensus group (ids from 10,000: a 2-byte varint each).
   log       10,000 entries of 100 bytes appended to a fresh log and read back; 10,000 term_at.
   quorum    committed_index of 5 voters; the batched index of 10,000 groups x 5 voters, beside
             a plain Python loop over the rows (lists, or the ndarray's rows).
@@ -102,8 +103,8 @@ class NullAead:
         return b""
 
 
-def codec_body(operation: str, shape: str, *, encrypt: bool = False, null_aead: bool = False
-               ) -> Callable[[SimpleNamespace], Body]:
+def codec_body(operation: str, shape: str, *, encrypt: bool = False, null_aead: bool = False,
+               groups: bool = False) -> Callable[[SimpleNamespace], Body]:
     def prepare(impl: SimpleNamespace) -> Body:
         codec = impl.codec.FrameCodec(KEY, CLUSTER_ID, encrypt=encrypt)
         if null_aead:
@@ -111,6 +112,9 @@ def codec_body(operation: str, shape: str, *, encrypt: bool = False, null_aead: 
             # entry is used as is (codec_py._remember): this swaps sender 1, epoch 1's AEAD.
             codec._aeads[struct.pack("<QQ", 1, 1)] = NullAead()
         messages = append_messages(impl.codec, *SHAPES[shape])
+        if groups:
+            for number, message in enumerate(messages):
+                message.group = 10_000 + number
         datagram = codec.encode(1, 1, 1, messages)
         if operation == "encode":
             return lambda: codec.encode(1, 1, 1, messages)
@@ -162,6 +166,8 @@ def _codec_cases() -> dict[str, Case]:
             round_trip, codec_body("round trip", shape, encrypt=True), decoded)
         cases[f"codec_roundtrip_{shape}_null-aead"] = Case(
             round_trip, codec_body("round trip", shape, null_aead=True), decoded)
+        cases[f"codec_roundtrip_{shape}_groups"] = Case(
+            round_trip, codec_body("round trip", shape, groups=True), decoded)
         cases[f"codec_roundtrip_{shape}_gmac"] = Case(
             round_trip, gmac_body(shape), lambda plaintext: plaintext == b"", twins=False)
     return cases

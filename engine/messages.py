@@ -8,6 +8,10 @@ integer fields whose meaning depends on the type, plus a batch of `Entry` and an
 `context`. One shape for every protocol keeps the codec a single fast loop and lets one
 transport carry Raft, Paxos, client and admin traffic.
 
+Every message also names its consensus `group` (u64, keyword only, default 0: the group of a
+single-group process), carried per message inside the authenticated frame; the driver routes
+on it. Group 0 costs no byte on the wire (engine/_core/codec_py.py, "Message").
+
 Field meanings by type (unused fields stay 0 / empty and cost no bytes on the wire):
 
 Raft (Raft thesis ch. 3, §9.6 pre-vote, §6.4 ReadIndex, §3.10 leadership transfer)

@@ -44,7 +44,7 @@ KEY = bytes(range(32))
 CLUSTER_ID = 0xC0FFEE
 TAG_BYTES = 16
 HEADER_BYTES = 42
-WIRE_VERSION = 3
+WIRE_VERSION = 4
 # The KDF's domain-separation label, restated from the spec (codec_py "Authentication").
 SUBKEY_LABEL = b"engine/wire-v3/frame-subkey/aes256gcm"
 SEED_DIR = HERE / "corpus" / "seed"

@@ -79,6 +79,13 @@ def seeds() -> dict[str, bytes]:
         "paxos": codec.encode(3, 1, 1, [m(
             MessageType.PROMISE, src=3, dst=1, term=1 << 20,
             entries=[e(1 << 19, 4, b"v")])]),
+        # Many consensus groups in one frame: group 0 (no byte), every varint length, 2**64-1.
+        "groups": codec.encode(1, 1, 3, [
+            m(MessageType.HEARTBEAT, src=1, dst=2, term=2, commit=k, group=group)
+            for k, group in enumerate((0, 1, 127, 128, 16_384, 1 << 21, 1 << 63, 2**64 - 1))]),
+        "one_group": codec.encode(1, 1, 4, [
+            m(MessageType.APPEND, src=1, dst=2, term=2, index=k, group=300,
+              entries=[e(2, k + 1, b"v")]) for k in range(4)]),
         "fragment": codec.encode_fragment(1, 1, 5, 77, 0, 3, b"chunk-bytes"),
         "fragment_last": codec.encode_fragment(1, 1, 6, 77, 2, 3, b"z"),
     }
@@ -117,7 +124,23 @@ def edges() -> dict[str, bytes]:
         "presence-unknown-bit": SEALED + header() + U32.pack(1)
         + message_head(MessageType.APPEND, 0, 1 << 12) + U32.pack(0) + U32.pack(0),
         "unknown-flag-bit": SEALED + header() + U32.pack(1)
-        + message_head(MessageType.APPEND, 2, 0) + U32.pack(0) + U32.pack(0),
+        + message_head(MessageType.APPEND, 4, 0) + U32.pack(0) + U32.pack(0),
+        # The group varint (flag bit 1): cut off, zero, non-minimal, past 64 bits, 2**64-1.
+        "group-varint-cut-off": SEALED + header() + U32.pack(1)
+        + message_head(MessageType.APPEND, 2, 0) + b"\xff\xff",
+        "group-varint-zero": SEALED + header() + U32.pack(1)
+        + message_head(MessageType.APPEND, 2, 0) + b"\x00" + U32.pack(0) + U32.pack(0),
+        "group-varint-not-minimal": SEALED + header() + U32.pack(1)
+        + message_head(MessageType.APPEND, 2, 0) + b"\x85\x80\x00" + U32.pack(0) + U32.pack(0),
+        "group-varint-65-bits": SEALED + header() + U32.pack(1)
+        + message_head(MessageType.APPEND, 2, 0) + b"\xff" * 9 + b"\x03"
+        + U32.pack(0) + U32.pack(0),
+        "group-varint-11-bytes": SEALED + header() + U32.pack(1)
+        + message_head(MessageType.APPEND, 2, 0) + b"\x80" * 10 + b"\x01"
+        + U32.pack(0) + U32.pack(0),
+        "group-u64-max-reject-flag": SEALED + header() + U32.pack(1)
+        + message_head(MessageType.APPEND, 3, 0b100) + b"\xff" * 9 + b"\x01" + U64.pack(5)
+        + U32.pack(0) + U32.pack(0),
         "unknown-message-type": SEALED + header() + U32.pack(1) + message_head(200)
         + U32.pack(0) + U32.pack(0),
         "trailing-byte": SEALED + header() + U32.pack(0) + b"\x00",
@@ -128,7 +151,11 @@ def edges() -> dict[str, bytes]:
         "fragment-chunk-length-mismatch": SEALED + header(kind=2)
         + struct.pack("<QIII", 1, 0, 2, u32_max) + b"xyz",
         "unknown-frame-kind": SEALED + header(kind=3) + U32.pack(0),
-        "wire-version-4": SEALED + HEADER.pack(4, 1, CLUSTER_ID, 2, 3, 4, 0) + U32.pack(0),
+        "wire-version-5": SEALED + HEADER.pack(5, 1, CLUSTER_ID, 2, 3, 4, 0) + U32.pack(0),
+        # A whole frame of the retired version 3 (no group flag), validly tagged.
+        "retired-wire-version-3": SEALED + HEADER.pack(3, 1, CLUSTER_ID, 2, 3, 4, 0)
+        + U32.pack(1) + message_head(MessageType.HEARTBEAT, 0, 0b100) + U64.pack(5)
+        + U32.pack(0) + U32.pack(0),
         "retired-wire-version-2": SEALED + struct.pack("<BBQQQQ", 2, 1, CLUSTER_ID, 2, 3, 4)
         + U32.pack(0),
         "wrong-receiver": SEALED + header(receiver=5) + U32.pack(0),

@@ -24,6 +24,7 @@ cdef class Message:
     cdef public uint64_t status
     cdef public list entries
     cdef public bytes context
+    cdef public uint64_t group
 
 
 # Build an Entry without Python argument parsing (data must be bytes, not None).

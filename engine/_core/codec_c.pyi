@@ -1,5 +1,6 @@
 # The compiled twin has the same public surface as codec_py (DESIGN.md §6).
 from engine._core.codec_py import ENTRY_FIXED_BYTES as ENTRY_FIXED_BYTES
+from engine._core.codec_py import FLAG_GROUP as FLAG_GROUP
 from engine._core.codec_py import FLAG_REJECT as FLAG_REJECT
 from engine._core.codec_py import FRAGMENT_HEADER_BYTES as FRAGMENT_HEADER_BYTES
 from engine._core.codec_py import FRAGMENT_OVERHEAD as FRAGMENT_OVERHEAD

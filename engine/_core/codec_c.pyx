@@ -52,10 +52,11 @@ MESSAGE_FIXED_BYTES = _py.MESSAGE_FIXED_BYTES
 ENTRY_FIXED_BYTES = _py.ENTRY_FIXED_BYTES
 U64_FIELDS = _py.U64_FIELDS
 FLAG_REJECT = _py.FLAG_REJECT
+FLAG_GROUP = _py.FLAG_GROUP
 MAX_CACHED_SUBKEYS = _py.MAX_CACHED_SUBKEYS
 
 cdef enum:
-    C_VERSION = 3
+    C_VERSION = 4
     C_KIND_MESSAGES = 1
     C_KIND_FRAGMENT = 2
     C_KIND_ENCRYPTED = 0x80
@@ -67,6 +68,7 @@ cdef enum:
     C_ENTRY_FIXED = 21
     C_FIELDS = 10
     C_FLAG_REJECT = 1
+    C_FLAG_GROUP = 2
     C_PRESENCE_MASK = 0x3FF
     C_IDENTITY_AT = 2           # cluster_id, sender_id, epoch: the KDF input
     C_SENDER_EPOCH_AT = 10      # sender_id, epoch: the subkey cache key
@@ -81,12 +83,13 @@ if (
     or ENTRY_FIXED_BYTES != C_ENTRY_FIXED or len(U64_FIELDS) != C_FIELDS
     or _py.IDENTITY_AT != C_IDENTITY_AT or _py.SENDER_EPOCH_AT != C_SENDER_EPOCH_AT
     or _py.COUNTER_AT != C_COUNTER_AT or _py.RECEIVER_AT != C_RECEIVER_AT
+    or _py.FLAG_REJECT != C_FLAG_REJECT or _py.FLAG_GROUP != C_FLAG_GROUP
 ):
     raise ImportError("engine._core.codec_c is out of date with codec_py; rebuild it")
 
 _FIELD_NAMES = (
     "type", "src", "dst", "term", "log_term", "index", "commit", "reject",
-    "reject_hint", "reject_term", "seq", "status", "entries", "context",
+    "reject_hint", "reject_term", "seq", "status", "entries", "context", "group",
 )
 
 
@@ -178,7 +181,7 @@ cdef class Message:
         self, int type, uint64_t src=0, uint64_t dst=0, uint64_t term=0, uint64_t log_term=0,
         uint64_t index=0, uint64_t commit=0, reject=False, uint64_t reject_hint=0,
         uint64_t reject_term=0, uint64_t seq=0, uint64_t status=0, list entries=None,
-        bytes context=b"",
+        bytes context=b"", *, uint64_t group=0,
     ):
         self.type = type
         self.src = src
@@ -194,6 +197,7 @@ cdef class Message:
         self.status = status
         self.entries = [] if entries is None else entries
         self.context = context
+        self.group = group
 
     def __eq__(self, other):
         cdef Message that
@@ -205,8 +209,8 @@ cdef class Message:
                 and self.index == that.index and self.commit == that.commit
                 and self.reject == that.reject and self.reject_hint == that.reject_hint
                 and self.reject_term == that.reject_term and self.seq == that.seq
-                and self.status == that.status and self.context == that.context
-                and self.entries == that.entries
+                and self.status == that.status and self.group == that.group
+                and self.context == that.context and self.entries == that.entries
             )
         if not isinstance(other, _py._MESSAGE_TYPES):
             return NotImplemented
@@ -301,6 +305,7 @@ cdef Message as_plain_message(object obj):
     return Message(
         obj.type, obj.src, obj.dst, obj.term, obj.log_term, obj.index, obj.commit, obj.reject,
         obj.reject_hint, obj.reject_term, obj.seq, obj.status, entries, obj.context,
+        group=obj.group,
     )
 
 
@@ -342,8 +347,20 @@ cdef inline Py_ssize_t present_bytes(Message message) noexcept:
     return size
 
 
+cdef inline Py_ssize_t group_bytes(uint64_t group) noexcept nogil:
+    """Bytes the group adds to its message: 0 for group 0, else its minimal varint."""
+    cdef Py_ssize_t size = 0
+    while group:
+        size += 1
+        group >>= 7
+    return size
+
+
 cdef Py_ssize_t plain_encoded_size(Message message) except -1:
-    cdef Py_ssize_t size = C_MESSAGE_FIXED + present_bytes(message) + len(message.context)
+    cdef Py_ssize_t size = (
+        C_MESSAGE_FIXED + present_bytes(message) + group_bytes(message.group)
+        + len(message.context)
+    )
     cdef Entry entry
     for item in message.entries:
         entry = <Entry>item
@@ -513,7 +530,10 @@ cdef class FrameCodec:
                 f"context of {PyBytes_GET_SIZE(message.context)} bytes exceeds "
                 f"max_context_bytes={self.max_context_bytes}"
             )
-        size = C_MESSAGE_FIXED + present_bytes(message) + PyBytes_GET_SIZE(message.context)
+        size = (
+            C_MESSAGE_FIXED + present_bytes(message) + group_bytes(message.group)
+            + PyBytes_GET_SIZE(message.context)
+        )
         for item in message.entries:
             entry = <Entry>item
             if entry.kind < 0 or entry.kind > 255 or not self._kind_known[entry.kind]:
@@ -752,7 +772,9 @@ cdef class FrameCodec:
         cdef Py_ssize_t need
         cdef uint32_t entry_count, context_length, data_length, entry_number
         cdef uint64_t term, index
-        cdef int bit
+        cdef uint64_t group = 0
+        cdef uint8_t byte
+        cdef int bit, shift
         cdef Message message
         cdef list entries
         if end - offset < 4:
@@ -763,10 +785,27 @@ cdef class FrameCodec:
         offset += 4
         if not self._type_known[type_code]:
             raise DecodeError(f"message {number}: unknown type {type_code}")
-        if flags & ~C_FLAG_REJECT:
+        if flags & ~(C_FLAG_REJECT | C_FLAG_GROUP):
             raise DecodeError(f"message {number}: unknown flag bits 0x{flags:02x}")
         if presence & ~C_PRESENCE_MASK:
             raise DecodeError(f"message {number}: unknown field bits 0x{presence:04x}")
+        if flags & C_FLAG_GROUP:
+            # Minimal LEB128, non-zero, at most 64 bits (codec_py._read_group).
+            shift = 0
+            while True:
+                if offset >= end:
+                    raise truncated(1, offset, end)
+                byte = p[offset]
+                offset += 1
+                if shift == 63 and byte > 1:
+                    raise DecodeError(f"message {number}: group varint exceeds 64 bits")
+                group |= (<uint64_t>(byte & 0x7F)) << shift
+                if not byte & 0x80:
+                    break
+                shift += 7
+            if byte == 0:
+                raise DecodeError(
+                    f"message {number}: group varint is zero or not minimal (non-canonical)")
         need = 0
         for bit in range(C_FIELDS):
             if presence >> bit & 1:
@@ -804,6 +843,7 @@ cdef class FrameCodec:
         message = Message.__new__(Message)
         message.type = type_code
         message.reject = flags & C_FLAG_REJECT
+        message.group = group
         store_fields(message, fields)
         message.context = PyBytes_FromStringAndSize(<const char*>p + offset, context_length)
         offset += context_length
@@ -838,10 +878,19 @@ cdef Py_ssize_t write_message(uint8_t* p, Py_ssize_t offset, Message message) no
     cdef Py_ssize_t length
     cdef Entry entry
     cdef uint8_t* head = p + offset
+    cdef uint64_t group = message.group
     load_fields(message, fields)
     head[0] = <uint8_t>message.type
     head[1] = C_FLAG_REJECT if message.reject else 0
     offset += 4
+    if group:
+        head[1] |= C_FLAG_GROUP
+        while group >= 0x80:
+            p[offset] = <uint8_t>(group & 0x7F | 0x80)
+            group >>= 7
+            offset += 1
+        p[offset] = <uint8_t>group
+        offset += 1
     for bit in range(C_FIELDS):
         if fields[bit]:
             presence |= <uint16_t>(1 << bit)

@@ -6,7 +6,7 @@ error (class and text). This docstring is the specification; codec_c.pyx follows
 Frame (every integer little-endian, fixed width; DESIGN.md §5 "Wire")
 --------------------------------------------------------------------
   offset size  field
-  0      1     version          WIRE_VERSION (3); any other value is refused with
+  0      1     version          WIRE_VERSION (4); any other value is refused with
                                 WireVersionError (the transport counts it as old_version)
   1      1     kind             FRAME_MESSAGES (1) | FRAME_FRAGMENT (2), plus FRAME_ENCRYPTED
                                 (0x80) when the body is encrypted; below, "Payload encryption"
@@ -108,8 +108,12 @@ Payload encryption (FrameCodec(encrypt=True); NodeConfig.encrypt_payloads)
 Message
 -------
     u8  type           engine.messages.MessageType; unknown codes are refused
-    u8  flags          bit 0 = reject; other bits must be 0
+    u8  flags          bit 0 = reject, bit 1 = group present; other bits must be 0
     u16 presence       bit i set <=> field U64_FIELDS[i] is non-zero; bits 10..15 must be 0
+    varint group       only if flags bit 1: the consensus group the message belongs to,
+                       non-zero, unsigned LEB128 (7 bits a byte, low first, high bit = more
+                       follow), minimal (the last byte is non-zero), at most 10 bytes and at
+                       most 64 bits; group 0 (a single-group process) is the absent field
     u64 * popcount(presence)   the present fields, in U64_FIELDS order; a present field must
                                be non-zero (one canonical encoding per message)
     u32 entry count    <= Limits.max_entries_per_message
@@ -117,6 +121,12 @@ Message
     context bytes
     entry * entry count:
         u64 term, u64 index, u8 kind (engine.messages.EntryKind), u32 data length, data bytes
+
+  The group is inside the tagged bytes like every other field, so a message cannot be moved
+  to another group without the cluster key. It costs nothing for group 0 and 1 byte for
+  groups below 2**7, 2 below 2**14, 3 below 2**21: a message's size stays a function of the
+  message alone (encoded_size), so a sender packs datagrams exactly without knowing which
+  other messages share the frame.
 
   Entry data is not capped by Limits.max_entry_bytes here: that is a proposal-time limit of
   the leader, and a follower must accept any entry its leader accepted. Its size is bounded
@@ -175,7 +185,7 @@ from engine.wire import (
     WireLimits,
 )
 
-WIRE_VERSION = 3            # AES-256-GCM tag, receiver id in the header
+WIRE_VERSION = 4            # AES-256-GCM tag, receiver id in the header, group per message
 FRAME_MESSAGES = 1
 FRAME_FRAGMENT = 2
 FRAME_ENCRYPTED = 0x80      # kind bit: the body is encrypted ("Payload encryption")
@@ -210,6 +220,9 @@ U64_FIELDS = (
     "seq", "status",
 )
 FLAG_REJECT = 0x01
+FLAG_GROUP = 0x02           # a varint group follows the message head
+_KNOWN_FLAGS = FLAG_REJECT | FLAG_GROUP
+MAX_GROUP_VARINT_BYTES = 10  # ceil(64 / 7)
 _PRESENCE_MASK = (1 << len(U64_FIELDS)) - 1
 
 _HEADER = struct.Struct("<BBQQQQQ")
@@ -258,14 +271,14 @@ class Message:
 
     __slots__ = (
         "type", "src", "dst", "term", "log_term", "index", "commit", "reject",
-        "reject_hint", "reject_term", "seq", "status", "entries", "context",
+        "reject_hint", "reject_term", "seq", "status", "entries", "context", "group",
     )
 
     def __init__(
         self, type: int, src: int = 0, dst: int = 0, term: int = 0, log_term: int = 0,
         index: int = 0, commit: int = 0, reject: bool = False, reject_hint: int = 0,
         reject_term: int = 0, seq: int = 0, status: int = 0, entries: list[Any] | None = None,
-        context: bytes = b"",
+        context: bytes = b"", *, group: int = 0,
     ) -> None:
         self.type = type
         self.src = src
@@ -281,6 +294,7 @@ class Message:
         self.status = status
         self.entries = [] if entries is None else entries
         self.context = context
+        self.group = group
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, _MESSAGE_TYPES):
@@ -346,7 +360,7 @@ class Frame:
 
 def encoded_size(message: Any) -> int:
     """Exact number of bytes `message` adds to a messages frame (for packing datagrams)."""
-    size = MESSAGE_FIXED_BYTES + len(message.context)
+    size = MESSAGE_FIXED_BYTES + len(message.context) + _group_bytes(message.group)
     for name in U64_FIELDS:
         if getattr(message, name):
             size += 8
@@ -361,6 +375,41 @@ def _u64(value: Any, name: str) -> int:
     if not 0 <= number <= U64_MAX:
         raise OverflowError(f"{name}={number} does not fit in an unsigned 64-bit field")
     return number
+
+
+def _group_bytes(group: Any) -> int:
+    """Bytes the group adds to its message: 0 for group 0, else its minimal varint."""
+    return (_u64(group, "group").bit_length() + 6) // 7
+
+
+def _varint(value: int) -> bytes:
+    """`value` (> 0) as a minimal unsigned LEB128 varint."""
+    out = bytearray()
+    while value >= 0x80:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _read_group(data: bytes, offset: int, end: int, number: int) -> tuple[int, int]:
+    """The group varint at `offset` (module docstring, "Message") and the offset after it."""
+    value = 0
+    shift = 0
+    while True:
+        if offset >= end:
+            raise _truncated(1, offset, end)
+        byte = data[offset]
+        offset += 1
+        if shift == 63 and byte > 1:
+            raise DecodeError(f"message {number}: group varint exceeds 64 bits")
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            break
+        shift += 7
+    if byte == 0:
+        raise DecodeError(f"message {number}: group varint is zero or not minimal (non-canonical)")
+    return value, offset
 
 
 def _u32(value: Any, name: str) -> int:
@@ -572,6 +621,7 @@ class FrameCodec:
         # Validation order is part of the spec: codec_c raises the same error first.
         if message.type not in self._known_types:
             raise ValueError(f"unknown message type {message.type!r}")
+        group = _u64(message.group, "group")
         presence = 0
         values = []
         for bit, name in enumerate(U64_FIELDS):
@@ -594,7 +644,11 @@ class FrameCodec:
                 f"max_context_bytes={self.max_context_bytes}"
             )
         flags = FLAG_REJECT if message.reject else 0
+        if group:
+            flags |= FLAG_GROUP
         out += _MESSAGE_HEAD.pack(message.type, flags, presence)
+        if group:
+            out += _varint(group)
         out += _U64S[len(values)].pack(*values)
         out += _MESSAGE_COUNTS.pack(len(entries), len(context))
         out += context
@@ -746,17 +800,20 @@ class FrameCodec:
         offset += 4
         if type_code not in self._known_types:
             raise DecodeError(f"message {number}: unknown type {type_code}")
-        if flags & ~FLAG_REJECT:
+        if flags & ~_KNOWN_FLAGS:
             raise DecodeError(f"message {number}: unknown flag bits 0x{flags:02x}")
         if presence & ~_PRESENCE_MASK:
             raise DecodeError(f"message {number}: unknown field bits 0x{presence:04x}")
+        group = 0
+        if flags & FLAG_GROUP:
+            group, offset = _read_group(data, offset, end, number)
         names = _PRESENT_NAMES[presence]
         need = 8 * len(names)
         if end - offset < need:
             raise _truncated(need, offset, end)
         values = _U64S[len(names)].unpack_from(data, offset)
         offset += need
-        message = Message(type_code, reject=bool(flags & FLAG_REJECT))
+        message = Message(type_code, reject=bool(flags & FLAG_REJECT), group=group)
         for name, value in zip(names, values, strict=True):
             if not value:
                 raise DecodeError(
@@ -865,5 +922,5 @@ __all__ = [
     "WIRE_VERSION", "FRAME_MESSAGES", "FRAME_FRAGMENT", "FRAME_ENCRYPTED", "FRAME_OVERHEAD",
     "FRAGMENT_OVERHEAD",
     "HEADER_BYTES", "TAG_BYTES", "MESSAGE_FIXED_BYTES", "ENTRY_FIXED_BYTES", "U64_FIELDS",
-    "MAX_CACHED_SUBKEYS",
+    "MAX_CACHED_SUBKEYS", "FLAG_REJECT", "FLAG_GROUP",
 ]

@@ -68,7 +68,7 @@ def same_outcome(codecs: list[Any], datagram: bytes) -> tuple[str, Any]:
 
 def test_constants_match_the_spec(impl: SimpleNamespace) -> None:
     codec = impl.codec
-    assert (codec.WIRE_VERSION, codec.FRAME_MESSAGES, codec.FRAME_FRAGMENT) == (3, 1, 2)
+    assert (codec.WIRE_VERSION, codec.FRAME_MESSAGES, codec.FRAME_FRAGMENT) == (4, 1, 2)
     assert codec.FRAME_OVERHEAD == 42 + 4 + 16
     assert codec.FRAGMENT_OVERHEAD == 42 + 20 + 16
     assert tuple(codec.U64_FIELDS) == FIELDS
@@ -363,7 +363,10 @@ def forged_cases() -> dict[str, bytes]:
     cases = {
         "truncated header": valid[:49],
         "empty": b"",
-        "wrong version": seal(oracle_header(1, 1, 1, 1, version=4) + struct.pack("<I", 0)),
+        "wrong version": seal(oracle_header(1, 1, 1, 1, version=5) + struct.pack("<I", 0)),
+        "retired version 3": seal(oracle_header(1, 1, 1, 1, version=3) + struct.pack("<I", 0)),
+        "retired version 3 append": seal(  # a whole v3 frame (no group), validly tagged
+            b"\x03" + oracle_frame(1, 2, 3, [append_spec()])[1:-16]),
         "retired version 2": seal(oracle_header(1, 1, 1, 1, version=2) + struct.pack("<I", 0)),
         "wrong receiver": seal(oracle_header(1, 1, 1, 1, receiver=7) + struct.pack("<I", 0)),
         "retired version 1": blake2b_v1_seal(
@@ -381,7 +384,7 @@ def forged_cases() -> dict[str, bytes]:
         "trailing bytes": messages_frame(body + b"\x00", 1),
         "unknown type": messages_frame(bytes([99]) + body[1:], 1),
         "unknown type zero": messages_frame(bytes([0]) + body[1:], 1),
-        "unknown flag bits": messages_frame(body[:1] + bytes([0x02]) + body[2:], 1),
+        "unknown flag bits": messages_frame(body[:1] + bytes([0x04]) + body[2:], 1),
         "unknown field bits": messages_frame(body[:2] + struct.pack("<H", 0x0400) + body[4:], 1),
         "present zero field": messages_frame(
             struct.pack("<BBH", 5, 0, 1) + struct.pack("<Q", 0) + struct.pack("<II", 0, 0), 1),
@@ -400,6 +403,18 @@ def forged_cases() -> dict[str, bytes]:
             struct.pack("<BBHII", 5, 0, 0, 1, 0) + struct.pack("<QQBI", 1, 1, 0, 0xFFFFFFFF), 1),
         "message head truncated": messages_frame(b"\x05\x00", 1),
         "count truncated": seal(oracle_header(1, 1, 1, 1) + b"\x01\x00"),
+        "group truncated": messages_frame(struct.pack("<BBH", 5, 2, 0) + b"\x80", 1),
+        "group missing": messages_frame(struct.pack("<BBH", 5, 2, 0), 1),
+        "group flag with group zero": messages_frame(
+            struct.pack("<BBH", 5, 2, 0) + b"\x00" + struct.pack("<II", 0, 0), 1),
+        "group not minimal": messages_frame(
+            struct.pack("<BBH", 5, 2, 0) + b"\x81\x00" + struct.pack("<II", 0, 0), 1),
+        "group of 65 bits": messages_frame(
+            struct.pack("<BBH", 5, 2, 0) + b"\xff" * 9 + b"\x02" + struct.pack("<II", 0, 0), 1),
+        "group of 11 bytes": messages_frame(
+            struct.pack("<BBH", 5, 2, 0) + b"\xff" * 10 + b"\x01" + struct.pack("<II", 0, 0), 1),
+        "group then fields truncated": messages_frame(
+            struct.pack("<BBH", 5, 2, 1) + b"\x07" + b"\x01" * 7, 1),
         "fragment part not below parts": oracle_fragment(1, 1, 1, 1, 2, 2, b"x"),
         "fragment zero parts": oracle_fragment(1, 1, 1, 1, 0, 0, b"x"),
         "fragment empty chunk": oracle_fragment(1, 1, 1, 1, 0, 1, b""),
@@ -417,10 +432,12 @@ FORGED = forged_cases()
 # The error each forged frame must be refused with (which rule fired, not only that one did).
 EXPECTED = {
     "truncated header": "truncated frame: 49 bytes", "empty": "truncated frame: 0 bytes",
-    "wrong version": "unsupported wire version 4", "unknown frame kind": "unknown frame kind 3",
-    "retired version 1": "unsupported wire version 1 (expected 3)",
-    "retired version 1 append": "unsupported wire version 1 (expected 3)",
-    "retired version 2": "unsupported wire version 2 (expected 3)",
+    "wrong version": "unsupported wire version 5", "unknown frame kind": "unknown frame kind 3",
+    "retired version 1": "unsupported wire version 1 (expected 4)",
+    "retired version 1 append": "unsupported wire version 1 (expected 4)",
+    "retired version 2": "unsupported wire version 2 (expected 4)",
+    "retired version 3": "unsupported wire version 3 (expected 4)",
+    "retired version 3 append": "unsupported wire version 3 (expected 4)",
     "wrong receiver": "frame for receiver 7 (this is 0)",
     "wrong cluster id": "of cluster 0xc0ffef, this is cluster 0xc0ffee",
     "wrong key": "authentication failed",
@@ -429,13 +446,20 @@ EXPECTED = {
     "too many messages": "4097 messages exceed max_messages_per_frame",
     "count beyond body": "truncated frame", "trailing bytes": "1 trailing bytes",
     "unknown type": "unknown type 99", "unknown type zero": "unknown type 0",
-    "unknown flag bits": "unknown flag bits 0x02", "unknown field bits": "unknown field bits",
+    "unknown flag bits": "unknown flag bits 0x04", "unknown field bits": "unknown field bits",
     "present zero field": "field src is present but zero",
     "fields truncated": "need 80 bytes", "too many entries": "exceed max_entries_per_message",
     "context too large": "exceeds max_context_bytes", "context beyond body": "need 9 bytes",
     "entry truncated": "need 21 bytes", "unknown entry kind": "entry 0: unknown kind 7",
     "entry data beyond body": "need 5 bytes", "huge entry data length": "need 4294967295",
     "message head truncated": "need 4 bytes at offset 46", "count truncated": "need 4 bytes",
+    "group truncated": "need 1 bytes at offset 51, 0 left",
+    "group missing": "need 1 bytes at offset 50, 0 left",
+    "group flag with group zero": "message 0: group varint is zero or not minimal",
+    "group not minimal": "message 0: group varint is zero or not minimal",
+    "group of 65 bits": "message 0: group varint exceeds 64 bits",
+    "group of 11 bytes": "message 0: group varint exceeds 64 bits",
+    "group then fields truncated": "need 8 bytes at offset 51, 7 left",
     "fragment part not below parts": "part 2 not below parts 2",
     "fragment zero parts": "part 0 not below parts 0",
     "fragment empty chunk": "empty fragment chunk",
@@ -449,6 +473,7 @@ EXPECTED = {
 # the transport counts these separately (old_version, wrong_receiver, wrong_cluster).
 EXPECTED_CLASS = {
     "wrong version": "WireVersionError", "retired version 1": "WireVersionError",
+    "retired version 3": "WireVersionError", "retired version 3 append": "WireVersionError",
     "retired version 1 append": "WireVersionError", "retired version 2": "WireVersionError",
     "wrong receiver": "WrongReceiverError", "wrong cluster id": "WrongClusterError",
 }
@@ -785,3 +810,79 @@ def test_replay_window_drives_frames(both_impls: list[SimpleNamespace]) -> None:
         replays = [codec.decode(d) for d in datagrams]
         assert not any(window.accept(f.sender_id, f.epoch, f.counter) for f in replays)
         assert frame_tuple(frames[0]) == frame_tuple(replays[0])
+
+
+# ---------------------------------------------------------------- consensus group ids
+
+GROUP_BOUNDARIES = [0, 1, 127, 128, 16_383, 16_384, (1 << 21) - 1, 1 << 21, (1 << 56) - 1,
+                    1 << 56, (1 << 63) - 1, 1 << 63, U64_MAX - 1, U64_MAX]
+
+
+@pytest.mark.parametrize("group", GROUP_BOUNDARIES)
+def test_group_ids_match_the_oracle_at_every_varint_length(
+    both_impls: list[SimpleNamespace], group: int
+) -> None:
+    specs = [MessageSpec(type=int(MessageType.HEARTBEAT), fields={"term": 3}, group=group),
+             append_spec()]
+    expected = oracle_frame(1, 2, 3, specs)
+    for impl in both_impls:
+        codec = make_codec(impl)
+        messages = build_all(impl.codec, specs)
+        assert codec.encode(1, 2, 3, messages) == expected, impl.name
+        decoded = codec.decode(expected).messages
+        assert [m.group for m in decoded] == [group, 0]
+        assert decoded == messages
+        assert impl.codec.encoded_size(messages[0]) == len(oracle_message(specs[0]))
+
+
+def test_group_zero_costs_no_byte(both_impls: list[SimpleNamespace]) -> None:
+    # A single-group process's frames are exactly the group-less layout plus nothing.
+    for impl in both_impls:
+        plain = impl.codec.Message(int(MessageType.HEARTBEAT), 1, 2, 3)
+        assert impl.codec.encoded_size(plain) == impl.codec.MESSAGE_FIXED_BYTES + 3 * 8
+        assert impl.codec.encoded_size(
+            impl.codec.Message(int(MessageType.HEARTBEAT), 1, 2, 3, group=127)) \
+            == impl.codec.encoded_size(plain) + 1
+
+
+def test_mixed_groups_in_one_frame_keep_their_order(both_impls: list[SimpleNamespace]) -> None:
+    specs = [MessageSpec(type=int(MessageType.HEARTBEAT), fields={"term": g % 1000 + 1}, group=g)
+             for g in (5, 0, 5, U64_MAX, 300, 0)]
+    expected = oracle_frame(9, 9, 9, specs)
+    for impl in both_impls:
+        decoded = make_codec(impl).decode(expected).messages
+        assert [m.group for m in decoded] == [5, 0, 5, U64_MAX, 300, 0]
+        assert decoded == build_all(impl.codec, specs)
+
+
+def test_group_is_authenticated(both_impls: list[SimpleNamespace]) -> None:
+    # Moving a message to another group without the cluster key is refused.
+    frame = bytearray(oracle_frame(1, 1, 1, [MessageSpec(type=5, group=5)]))
+    assert frame[50] == 5  # header 42, count 4, type, flags, presence: the varint
+    frame[50] = 6
+    for impl in both_impls:
+        with pytest.raises(DecodeError, match="authentication failed"):
+            make_codec(impl).decode(bytes(frame))
+
+
+def test_group_is_keyword_only_and_part_of_equality(both_impls: list[SimpleNamespace]) -> None:
+    for impl in both_impls:
+        Message = impl.codec.Message
+        # Every positional construction of the group-less Message still means the same.
+        message = Message(5, 1, 2, 3, 4, 5, 6, True, 7, 8, 9, 10, [], b"c")
+        assert (message.group, message.context, message.status) == (0, b"c", 10)
+        with pytest.raises(TypeError):
+            Message(5, 1, 2, 3, 4, 5, 6, True, 7, 8, 9, 10, [], b"c", 11)
+        assert Message(5, group=1) != Message(5, group=2)
+        assert "group=7" in repr(Message(5, group=7))
+        for other in both_impls:
+            assert Message(5, group=U64_MAX) == other.codec.Message(5, group=U64_MAX)
+            assert Message(5, group=1) != other.codec.Message(5)
+
+
+@pytest.mark.parametrize("group", [-1, U64_MAX + 1])
+def test_out_of_range_group_is_an_overflow_error(impl: SimpleNamespace, group: int) -> None:
+    # codec_py checks when encoding, codec_c when the field is set: both refuse before a byte
+    # goes out.
+    with pytest.raises(OverflowError):
+        make_codec(impl).encode(1, 1, 1, [impl.codec.Message(5, group=group)])

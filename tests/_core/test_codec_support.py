@@ -23,7 +23,7 @@ from engine.messages import KNOWN_ENTRY_KINDS, KNOWN_MESSAGE_TYPES, MessageType
 KEY = bytes(range(32))
 OTHER_KEY = bytes(range(1, 33))
 CLUSTER_ID = 0xC0FFEE
-WIRE_VERSION = 3
+WIRE_VERSION = 4
 # The KDF's domain-separation label, restated from the spec on purpose (not imported).
 SUBKEY_LABEL = b"engine/wire-v3/frame-subkey/aes256gcm"
 U64_MAX = (1 << 64) - 1
@@ -41,11 +41,12 @@ class MessageSpec:
     reject: bool = False
     entries: tuple[tuple[int, int, bytes, int], ...] = ()  # (term, index, data, kind)
     context: bytes = b""
+    group: int = 0
 
     def build(self, codec: ModuleType) -> Any:
         """This message as codec.Message (codec_c or codec_py)."""
         return codec.Message(
-            self.type, reject=self.reject, context=self.context,
+            self.type, reject=self.reject, context=self.context, group=self.group,
             entries=[codec.Entry(t, i, d, k) for t, i, d, k in self.entries], **self.fields,
         )
 
@@ -59,6 +60,12 @@ u64 = st.one_of(
     st.sampled_from([1, (1 << 32) - 1, 1 << 32, U64_MAX - 1, U64_MAX]),
 )
 small_bytes = st.binary(max_size=48)
+# Group ids: 0 (a single-group process), every varint length boundary and the extremes.
+groups = st.one_of(
+    st.just(0), st.integers(1, 1 << 21), st.integers(0, U64_MAX),
+    st.sampled_from([1, 127, 128, 16_383, 16_384, (1 << 21) - 1, 1 << 21, (1 << 63) - 1,
+                     1 << 63, U64_MAX - 1, U64_MAX]),
+)
 
 
 @st.composite
@@ -71,6 +78,7 @@ def message_specs(draw: st.DrawFn) -> MessageSpec:
     return MessageSpec(
         type=draw(st.sampled_from(sorted(KNOWN_MESSAGE_TYPES))), fields=fields,
         reject=draw(st.booleans()), entries=tuple(entries), context=draw(small_bytes),
+        group=draw(groups),
     )
 
 
@@ -117,12 +125,23 @@ def oracle_header(kind: int, sender: int, epoch: int, counter: int,
     return struct.pack("<BBQQQQQ", version, kind, cluster_id, sender, epoch, counter, receiver)
 
 
+def oracle_varint(value: int) -> bytes:
+    """Unsigned LEB128 of `value`, written from the spec's definition."""
+    out = b""
+    while True:
+        low, value = value % 128, value // 128
+        if value == 0:
+            return out + bytes([low])
+        out += bytes([low + 128])
+
+
 def oracle_message(spec: MessageSpec) -> bytes:
     present = [(bit, spec.fields.get(name, 0)) for bit, name in enumerate(FIELDS)]
     present = [(bit, value) for bit, value in present if value]
-    out = struct.pack(
-        "<BBH", spec.type, 1 if spec.reject else 0, sum(1 << bit for bit, _ in present)
-    )
+    flags = (1 if spec.reject else 0) + (2 if spec.group else 0)
+    out = struct.pack("<BBH", spec.type, flags, sum(1 << bit for bit, _ in present))
+    if spec.group:
+        out += oracle_varint(spec.group)
     out += b"".join(struct.pack("<Q", value) for _, value in present)
     out += struct.pack("<II", len(spec.entries), len(spec.context)) + spec.context
     for term, index, data, kind in spec.entries:
@@ -171,7 +190,7 @@ def frame_tuple(frame: Any) -> tuple[Any, ...]:
 
 def message_tuple(message: Any) -> tuple[Any, ...]:
     return (
-        message.type, bool(message.reject), message.context,
+        message.type, bool(message.reject), message.context, message.group,
         tuple(getattr(message, name) for name in FIELDS),
         [(e.term, e.index, e.data, e.kind) for e in message.entries],
     )

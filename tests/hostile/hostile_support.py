@@ -200,6 +200,11 @@ def genuine_pool(frame_codec: Any, rng: random.Random, members: Sequence[int]) -
                           entries=[_entry(1 << 40, 2, rng.randbytes(16_000))])]),
         (leader, [Message(MessageType.HEARTBEAT, src=leader, term=1 << 40, commit=k)
                   for k in range(1, 65)]),
+        # Many consensus groups in one frame: every varint length of the group id.
+        (leader, [Message(MessageType.HEARTBEAT, src=leader, term=1 << 40, commit=k,
+                          group=(1 << (k % 64)) - 1) for k in range(1, 65)]),
+        (leader, [Message(MessageType.APPEND, src=leader, term=1 << 40, log_term=1, index=1,
+                          group=(1 << 64) - 1, entries=[_entry(1 << 40, 2)])]),
     ]
     frames = [
         frame_codec.encode(sender, 1 << 62, counter, messages)
@@ -262,6 +267,13 @@ def oversized_datagrams(
             yield header + rng.randbytes(size - len(header))
         else:
             yield rng.randbytes(size)
+
+
+def retired_version_frames(pool: Sequence[bytes], count: int) -> Iterator[bytes]:
+    """Genuine frames stamped with the retired wire version 3 (a node of an older release):
+    the version is checked before the tag, so each is one counted old_version drop."""
+    for number in range(count):
+        yield b"\x03" + pool[number % len(pool)][1:]
 
 
 def replays(frames: Sequence[bytes], count: int) -> Iterator[bytes]:
