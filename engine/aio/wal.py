@@ -1,9 +1,13 @@
-"""Segmented write-ahead log: the durable Raft (later Paxos) state of one node.
+"""Segmented write-ahead log: the durable Raft / Paxos state of one node, for every consensus
+group the node hosts (one log, one fsync per driver turn for all groups: group commit across
+groups). The single-group calls (save, compact, save_snapshot, load_snapshot, open) are group
+0's; save_many, compact(group=), open_groups() reach any group id in 0..2**32-1.
 
 Layout. The directory holds segments named ``wal-<seq:010d>-<first_index:020d>.log``: `seq`
 numbers segments consecutively (replay order); `first_index` is the log's last index + 1 when
 the segment was created. (Truncate-on-conflict can move the log's end backwards, so the index
 alone would not order segments; etcd names its segments seq-index for the same reason.)
+first_index is group 0's; the header holds every group's.
 
 Each segment is a sequence of records, little-endian::
 
@@ -11,19 +15,32 @@ Each segment is a sequence of records, little-endian::
 
 where crc = zlib.crc32 over the length field, the type byte and the body. Record types:
 
-  HEADER    first record of every segment: magic, version, seq, first_index, and a copy of the
-            snapshot marker and hard state at creation, so deleting older segments (compaction)
-            never loses them (etcd writes its state at the head of each new segment too).
-  SAVE      one whole save(): optional hard state (term, vote, commit) and optional entries
-            as columns: first index, count, terms[u64], kinds[u8], lengths[u32], then data.
-            Entries replace the stored suffix from their first index (Raft §5.3 conflicts).
-  SNAPSHOT  compaction marker (index, term, keep_suffix): entries <= index are covered by a
-            state-machine snapshot; keep_suffix says whether the entries after it survive
-            (Raft Figure 13, InstallSnapshot steps 6-7).
+  HEADER (1)  first record of every segment: magic, version, seq, first_index, and a copy of
+            the snapshot marker and hard state at creation, so deleting older segments
+            (compaction) never loses them (etcd writes its state at the head of each new
+            segment too). Group 0's in fixed fields; version 2 then adds u32 count and one
+            row per other group: group u32, first_index (its last index + 1 then), snapshot
+            index/term, hard state term/vote/commit, in increasing group order.
+  SAVE (2)  one whole save() of group 0: optional hard state (term, vote, commit) and
+            optional entries as columns: first index, count, terms[u64], kinds[u8],
+            lengths[u32], then data. Entries replace the stored suffix from their first index
+            (Raft §5.3 conflicts).
+  SNAPSHOT (3)  group 0's compaction marker (index, term, keep_suffix): entries <= index are
+            covered by a state-machine snapshot; keep_suffix says whether the entries after
+            it survive (Raft Figure 13, InstallSnapshot steps 6-7).
+  GROUP_BATCH (4)  one whole save_many(): u32 count, then per group u32 group, u32 length and
+            a SAVE body. A save_many of group 0 alone is written as a SAVE.
+  GROUP_SNAPSHOT (5)  u32 group, then a SNAPSHOT body.
 
-One save() is ONE record, written with one os.write and made durable with one fdatasync
-(group commit). Because a record never spans two saves, a crash can only tear the last record
-of the last segment, and replay tells a torn tail from corruption (scan_segment_bytes):
+Versions: version 1 (one group) has only types 1-3 and a header without group rows; it is
+read as group 0, and the segments written after it are version 2. A version 1 engine refuses
+a version 2 segment ("version 2; expected version 1"): downgrading needs `wal check` on the
+new engine and a wipe-and-catch-up of the node (or a snapshot backup restored).
+
+One save() or save_many() is ONE record, written with one os.write and made durable with one
+fdatasync (group commit, across groups too). Because a record never spans two saves, a crash
+can only tear the last record of the last segment, and replay tells a torn tail from
+corruption (scan_segment_bytes):
 
   * a bad record (short header, length running past end of file, bad checksum) is a torn
     tail only if it is in the last segment, NO valid record follows it anywhere in that
@@ -55,20 +72,32 @@ created, so only the last segment ever ends in zeros (see _preallocate for why).
 loses nothing, but after a machine crash several unsynced records may be torn, which open()
 then reports as corruption).
 
-Snapshots. State-machine snapshots live beside the segments as ``snap-<index:020d>-<term:020d>
-.snap`` files holding the checksummed envelope of engine.replication.snapshot (BLAKE2b-256 over
-header and data). `write_snapshot_file` writes one to a temporary file, fsyncs it, renames it
-into place and fsyncs the directory, then deletes older snapshot files; it touches no WAL
-state, so a node may run it on another thread while saves continue. The driver then calls
-`compact(index, term)` (on the WAL's thread) with an index at or below the snapshot's, and
-only then trims the in-memory log. open() loads the newest snapshot file (RecoveredState
-.snapshot), verifies its checksum (a corrupt newest snapshot is a StorageError, never
-silently skipped) and, if the log stops short of it (a crash between the snapshot and the
-entries it covers reaching the log), compacts the WAL at the snapshot so the next save
-follows it without a gap.
+Groups. Each group has its own log, hard state and compaction floor; replay rebuilds them
+independently (the torn-tail rule is the file's: a torn batch loses every group's part of
+that one unacknowledged save). A segment is deleted only when no group needs a record in it:
+every group's first index in the next segment's header is at or below that group's floor
++ 1. So a group that is never compacted pins every segment from its oldest uncompacted entry
+on, whatever the others compact: disk use is bounded only if the driver compacts idle groups
+too. groups_pinning_segments() names the groups holding the oldest segment; the driver
+snapshots each (an idle state machine's snapshot is cheap, and a quiesced group's log can be
+compacted through its last index) when the WAL holds more segments than its budget.
 
-Threading: one writer. save(), compact() and close() must be called from one thread at a time
-(the node's storage executor); they are not safe against each other.
+Snapshots. State-machine snapshots live beside the segments as
+``snap-<index:020d>-<term:020d>.snap`` files (group 0) and
+``snap-g<group:010d>-<index:020d>-<term:020d>.snap`` (other groups), holding the checksummed
+envelope of engine.replication.snapshot (BLAKE2b-256 over header and data).
+`write_snapshot_file` writes one to a temporary file, fsyncs it, renames it into place and
+fsyncs the directory, then deletes the group's older snapshot files; it touches no WAL state,
+so a node may run it on another thread while saves continue. The driver then calls
+`compact(index, term, group=)` (on the WAL's thread) with an index at or below the
+snapshot's, and only then trims the in-memory log. open() loads each group's newest snapshot
+file (RecoveredState.snapshot), verifies its checksum (a corrupt newest snapshot is a
+StorageError, never silently skipped) and, if the log stops short of it (a crash between the
+snapshot and the entries it covers reaching the log), compacts the WAL at the snapshot so the
+next save follows it without a gap.
+
+Threading: one writer. save(), save_many(), compact() and close() must be called from one
+thread at a time (the node's storage executor); they are not safe against each other.
 """
 
 from __future__ import annotations
