@@ -503,6 +503,7 @@ class _GroupReplay:
         if not flags & _SAVE_ENTRIES:
             if offset != len(body):
                 raise ValueError("trailing bytes after hard state")
+            self.log_end = max(self.log_end, self.floor)
             return
         start, count = _ENTRIES_HEAD.unpack_from(body, offset)
         offset += _ENTRIES_HEAD.size
@@ -815,9 +816,17 @@ class WriteAheadLog:
             return
         self._check_usable()
         log = self._log0
+        # _save_body, inlined: this is the single-group hot path.
+        if hard_state is not None:
+            flags = _SAVE_HARD_STATE | (_SAVE_ENTRIES if entries else 0)
+            body = _FLAGS_HARD_STATE.pack(flags, hard_state.term, hard_state.vote,
+                                          hard_state.commit)
+        else:
+            body = _ENTRIES_FLAG
         if entries:
             log.check_entries(entries)
-        record = _frame(RECORD_SAVE, _save_body(entries, hard_state))
+            body += _encode_entries(entries)
+        record = _frame(RECORD_SAVE, body)
         if sync:
             self._guarded(self._append_durably, record)
         else:
