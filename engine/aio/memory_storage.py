@@ -5,14 +5,21 @@ the state it had persisted (as a disk would), while nothing survives the process
 and compaction follow the WAL's semantics (engine.aio.wal): save_snapshot keeps the newest
 snapshot, compact(index, term) drops the entries through index (all of them if the log does
 not hold (index, term)), open() returns the snapshot and the log after the compaction floor.
+
+Like the WAL it holds many consensus groups: save_many([(group, entries, hard_state), ...]),
+compact(..., group=), save_snapshot(..., group=), open_groups(); the single-group calls are
+group 0's.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from engine.types import HardState, Snapshot
+
+MAX_GROUP = (1 << 32) - 1   # the WAL's group id range (engine.aio.wal.MAX_GROUP)
 
 
 @dataclass
@@ -24,9 +31,14 @@ class RecoveredMemoryState:
     snapshot_term: int = 0
     snapshot: Snapshot | None = None
 
+    @property
+    def last_index(self) -> int:
+        return self.first_index + len(self.entries) - 1
 
-class MemoryStorage:
-    """save() replaces the suffix from the first saved index (Raft truncate-on-conflict)."""
+
+class _MemoryGroup:
+    """One group's persisted state: save() replaces the suffix from the first saved index
+    (Raft truncate-on-conflict)."""
 
     def __init__(self) -> None:
         self.hard_state = HardState()
@@ -34,7 +46,6 @@ class MemoryStorage:
         self.first_index = 1
         self.floor_term = 0
         self.snapshot: Snapshot | None = None
-        self.saves = 0
 
     def open(self) -> RecoveredMemoryState:
         snapshot = self.snapshot
@@ -45,8 +56,7 @@ class MemoryStorage:
             self.floor_term, snapshot,
         )
 
-    def save(self, entries: list[Any], hard_state: HardState | None, *,
-             sync: bool = True) -> None:
+    def save(self, entries: list[Any], hard_state: HardState | None) -> None:
         if entries:
             skip = max(self.first_index - entries[0].index, 0)  # under the compaction floor
             entries = entries[skip:]
@@ -57,14 +67,10 @@ class MemoryStorage:
             self.entries.extend(entries)
         if hard_state is not None:
             self.hard_state = hard_state
-        self.saves += 1
 
-    def save_snapshot(self, snapshot: Snapshot, envelope: bytes = b"") -> None:
+    def save_snapshot(self, snapshot: Snapshot) -> None:
         if self.snapshot is None or snapshot.index > self.snapshot.index:
             self.snapshot = snapshot
-
-    def load_snapshot(self) -> Snapshot | None:
-        return self.snapshot
 
     def compact(self, index: int, term: int) -> None:
         floor = self.first_index - 1
@@ -77,6 +83,89 @@ class MemoryStorage:
             self.entries = []
         self.first_index = index + 1
         self.floor_term = term
+
+
+def _check_group(group: int) -> None:
+    if not 0 <= group <= MAX_GROUP:
+        raise ValueError(f"group id {group} is outside 0..{MAX_GROUP}")
+
+
+class MemoryStorage:
+    """The WAL's surface in memory; the attributes hard_state, entries, first_index,
+    floor_term and snapshot are group 0's."""
+
+    def __init__(self) -> None:
+        self._group0 = _MemoryGroup()
+        self._groups: dict[int, _MemoryGroup] = {0: self._group0}
+        self.saves = 0
+
+    # group 0's state, as the single-group storage exposed it
+    @property
+    def hard_state(self) -> HardState:
+        return self._group0.hard_state
+
+    @property
+    def entries(self) -> list[Any]:
+        return self._group0.entries
+
+    @property
+    def first_index(self) -> int:
+        return self._group0.first_index
+
+    @property
+    def floor_term(self) -> int:
+        return self._group0.floor_term
+
+    @property
+    def snapshot(self) -> Snapshot | None:
+        return self._group0.snapshot
+
+    @property
+    def groups(self) -> list[int]:
+        return sorted(self._groups)
+
+    def _group(self, group: int) -> _MemoryGroup:
+        state = self._groups.get(group)
+        if state is None:
+            _check_group(group)
+            state = self._groups[group] = _MemoryGroup()
+        return state
+
+    def open(self) -> RecoveredMemoryState:
+        return self._group0.open()
+
+    def open_groups(self) -> dict[int, RecoveredMemoryState]:
+        return {group: state.open() for group, state in sorted(self._groups.items())}
+
+    def save(self, entries: list[Any], hard_state: HardState | None, *,
+             sync: bool = True) -> None:
+        self._group0.save(entries, hard_state)
+        self.saves += 1
+
+    def save_many(self, saves: Iterable[tuple[int, list[Any], HardState | None]], *,
+                  sync: bool = True) -> None:
+        """Every group's save at once (the WAL writes them as one record, one fsync)."""
+        batch = list(saves)
+        groups = [group for group, _, _ in batch]
+        if len(set(groups)) != len(groups):
+            raise ValueError("a group appears twice in one save_many")
+        for group in groups:
+            _check_group(group)
+        for group, entries, hard_state in batch:
+            if entries or hard_state is not None:
+                self._group(group).save(entries, hard_state)
+        self.saves += 1
+
+    def save_snapshot(self, snapshot: Snapshot, envelope: bytes = b"", *,
+                      group: int = 0) -> None:
+        self._group(group).save_snapshot(snapshot)
+
+    def load_snapshot(self, group: int = 0) -> Snapshot | None:
+        state = self._groups.get(group)
+        return state.snapshot if state is not None else None
+
+    def compact(self, index: int, term: int, *, group: int = 0) -> None:
+        self._group(group).compact(index, term)
 
     def close(self) -> None:
         pass

@@ -1,9 +1,13 @@
-"""Segmented write-ahead log: the durable Raft (later Paxos) state of one node.
+"""Segmented write-ahead log: the durable Raft / Paxos state of one node, for every consensus
+group the node hosts (one log, one fsync per driver turn for all groups: group commit across
+groups). The single-group calls (save, compact, save_snapshot, load_snapshot, open) are group
+0's; save_many, compact(group=), open_groups() reach any group id in 0..2**32-1.
 
 Layout. The directory holds segments named ``wal-<seq:010d>-<first_index:020d>.log``: `seq`
 numbers segments consecutively (replay order); `first_index` is the log's last index + 1 when
 the segment was created. (Truncate-on-conflict can move the log's end backwards, so the index
 alone would not order segments; etcd names its segments seq-index for the same reason.)
+first_index is group 0's; the header holds every group's.
 
 Each segment is a sequence of records, little-endian::
 
@@ -11,19 +15,32 @@ Each segment is a sequence of records, little-endian::
 
 where crc = zlib.crc32 over the length field, the type byte and the body. Record types:
 
-  HEADER    first record of every segment: magic, version, seq, first_index, and a copy of the
-            snapshot marker and hard state at creation, so deleting older segments (compaction)
-            never loses them (etcd writes its state at the head of each new segment too).
-  SAVE      one whole save(): optional hard state (term, vote, commit) and optional entries
-            as columns: first index, count, terms[u64], kinds[u8], lengths[u32], then data.
-            Entries replace the stored suffix from their first index (Raft §5.3 conflicts).
-  SNAPSHOT  compaction marker (index, term, keep_suffix): entries <= index are covered by a
-            state-machine snapshot; keep_suffix says whether the entries after it survive
-            (Raft Figure 13, InstallSnapshot steps 6-7).
+  HEADER (1)  first record of every segment: magic, version, seq, first_index, and a copy of
+            the snapshot marker and hard state at creation, so deleting older segments
+            (compaction) never loses them (etcd writes its state at the head of each new
+            segment too). Group 0's in fixed fields; version 2 then adds u32 count and one
+            row per other group: group u32, first_index (its last index + 1 then), snapshot
+            index/term, hard state term/vote/commit, in increasing group order.
+  SAVE (2)  one whole save() of group 0: optional hard state (term, vote, commit) and
+            optional entries as columns: first index, count, terms[u64], kinds[u8],
+            lengths[u32], then data. Entries replace the stored suffix from their first index
+            (Raft §5.3 conflicts).
+  SNAPSHOT (3)  group 0's compaction marker (index, term, keep_suffix): entries <= index are
+            covered by a state-machine snapshot; keep_suffix says whether the entries after
+            it survive (Raft Figure 13, InstallSnapshot steps 6-7).
+  GROUP_BATCH (4)  one whole save_many(): u32 count, then per group u32 group, u32 length and
+            a SAVE body. A save_many of group 0 alone is written as a SAVE.
+  GROUP_SNAPSHOT (5)  u32 group, then a SNAPSHOT body.
 
-One save() is ONE record, written with one os.write and made durable with one fdatasync
-(group commit). Because a record never spans two saves, a crash can only tear the last record
-of the last segment, and replay tells a torn tail from corruption (scan_segment_bytes):
+Versions: version 1 (one group) has only types 1-3 and a header without group rows; it is
+read as group 0, and the segments written after it are version 2. A version 1 engine refuses
+a version 2 segment ("version 2; expected version 1"): downgrading needs `wal check` on the
+new engine and a wipe-and-catch-up of the node (or a snapshot backup restored).
+
+One save() or save_many() is ONE record, written with one os.write and made durable with one
+fdatasync (group commit, across groups too). Because a record never spans two saves, a crash
+can only tear the last record of the last segment, and replay tells a torn tail from
+corruption (scan_segment_bytes):
 
   * a bad record (short header, length running past end of file, bad checksum) is a torn
     tail only if it is in the last segment, NO valid record follows it anywhere in that
@@ -55,20 +72,32 @@ created, so only the last segment ever ends in zeros (see _preallocate for why).
 loses nothing, but after a machine crash several unsynced records may be torn, which open()
 then reports as corruption).
 
-Snapshots. State-machine snapshots live beside the segments as ``snap-<index:020d>-<term:020d>
-.snap`` files holding the checksummed envelope of engine.replication.snapshot (BLAKE2b-256 over
-header and data). `write_snapshot_file` writes one to a temporary file, fsyncs it, renames it
-into place and fsyncs the directory, then deletes older snapshot files; it touches no WAL
-state, so a node may run it on another thread while saves continue. The driver then calls
-`compact(index, term)` (on the WAL's thread) with an index at or below the snapshot's, and
-only then trims the in-memory log. open() loads the newest snapshot file (RecoveredState
-.snapshot), verifies its checksum (a corrupt newest snapshot is a StorageError, never
-silently skipped) and, if the log stops short of it (a crash between the snapshot and the
-entries it covers reaching the log), compacts the WAL at the snapshot so the next save
-follows it without a gap.
+Groups. Each group has its own log, hard state and compaction floor; replay rebuilds them
+independently (the torn-tail rule is the file's: a torn batch loses every group's part of
+that one unacknowledged save). A segment is deleted only when no group needs a record in it:
+every group's first index in the next segment's header is at or below that group's floor
++ 1. So a group that is never compacted pins every segment from its oldest uncompacted entry
+on, whatever the others compact: disk use is bounded only if the driver compacts idle groups
+too. groups_pinning_segments() names the groups holding the oldest segment; the driver
+snapshots each (an idle state machine's snapshot is cheap, and a quiesced group's log can be
+compacted through its last index) when the WAL holds more segments than its budget.
 
-Threading: one writer. save(), compact() and close() must be called from one thread at a time
-(the node's storage executor); they are not safe against each other.
+Snapshots. State-machine snapshots live beside the segments as
+``snap-<index:020d>-<term:020d>.snap`` files (group 0) and
+``snap-g<group:010d>-<index:020d>-<term:020d>.snap`` (other groups), holding the checksummed
+envelope of engine.replication.snapshot (BLAKE2b-256 over header and data).
+`write_snapshot_file` writes one to a temporary file, fsyncs it, renames it into place and
+fsyncs the directory, then deletes the group's older snapshot files; it touches no WAL state,
+so a node may run it on another thread while saves continue. The driver then calls
+`compact(index, term, group=)` (on the WAL's thread) with an index at or below the
+snapshot's, and only then trims the in-memory log. open() loads each group's newest snapshot
+file (RecoveredState.snapshot), verifies its checksum (a corrupt newest snapshot is a
+StorageError, never silently skipped) and, if the log stops short of it (a crash between the
+snapshot and the entries it covers reaching the log), compacts the WAL at the snapshot so the
+next save follows it without a gap.
+
+Threading: one writer. save(), save_many(), compact() and close() must be called from one
+thread at a time (the node's storage executor); they are not safe against each other.
 """
 
 from __future__ import annotations
@@ -80,6 +109,7 @@ import re
 import struct
 import zlib
 from array import array
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -91,7 +121,11 @@ from engine.replication.snapshot import decode_snapshot
 from engine.types import HardState, Snapshot
 
 MAGIC = b"EWAL"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# Versions open() reads: version 1 (one group) is read as group 0; new segments are written
+# in FORMAT_VERSION.
+READABLE_VERSIONS = (1, 2)
+MAX_GROUP = (1 << 32) - 1
 DEFAULT_SEGMENT_BYTES = 64 * 1024 * 1024
 MAX_RECORD_BODY_BYTES = (1 << 32) - 1
 LOCK_NAME = "LOCK"   # flock held by the process that has the WAL open (one writer per directory)
@@ -99,6 +133,10 @@ LOCK_NAME = "LOCK"   # flock held by the process that has the WAL open (one writ
 RECORD_HEADER = 1
 RECORD_SAVE = 2
 RECORD_SNAPSHOT = 3
+RECORD_GROUP_BATCH = 4
+RECORD_GROUP_SNAPSHOT = 5
+RECORD_TYPES = (RECORD_HEADER, RECORD_SAVE, RECORD_SNAPSHOT, RECORD_GROUP_BATCH,
+                RECORD_GROUP_SNAPSHOT)
 
 _SAVE_HARD_STATE = 0x01
 _SAVE_ENTRIES = 0x02
@@ -115,9 +153,14 @@ _ENTRIES_HEAD = struct.Struct("<QI")          # first index, count
 _ONE_ENTRY = struct.Struct("<QIQBI")           # _ENTRIES_HEAD + the columns of one entry
 _LENGTH_TYPE = struct.Struct("<IB")            # what a frame's crc covers before the body
 _SNAPSHOT_BODY = struct.Struct("<QQB")        # index, term, keep_suffix
+_GROUP_SNAPSHOT_BODY = struct.Struct("<IQQB")  # group, index, term, keep_suffix
+_GROUP_ITEM = struct.Struct("<II")             # a batch item's group and save-body length
+_GROUP_HEADER = struct.Struct("<IQQQQQQ")      # a header's group row: group, first_index,
+                                              # snapshot index/term, hard state
 
 _SEGMENT_RE = re.compile(r"^wal-(\d{10})-(\d{20})\.log$")
-_SNAPSHOT_RE = re.compile(r"^snap-(\d{20})-(\d{20})\.snap$")
+# Group 0's snapshots keep the single-group name; group g's carry it: snap-g<g:010d>-....
+_SNAPSHOT_RE = re.compile(r"^snap-(?:g(\d{10})-)?(\d{20})-(\d{20})\.snap$")
 _TMP_SUFFIX = ".tmp"
 _BROKEN_SUFFIX = ".broken"
 _SCAN_WINDOW = 1 << 20   # candidate offsets checked per vectorized pass (find_valid_frame)
@@ -127,20 +170,33 @@ RECOVERY_HINT = ("inspect it with `python -m engine wal check --data-dir {direct
 logger = logging.getLogger(__name__)
 
 
-def snapshot_name(index: int, term: int) -> str:
+def snapshot_name(index: int, term: int, group: int = 0) -> str:
+    if group:
+        return f"snap-g{group:010d}-{index:020d}-{term:020d}.snap"
     return f"snap-{index:020d}-{term:020d}.snap"
 
 
-def _list_snapshots(directory: str) -> list[tuple[int, int, str]]:
-    """(index, term, path) of every snapshot file, oldest first."""
+def _list_snapshots(directory: str, group: int | None = 0) -> list[tuple[int, int, str]]:
+    """(index, term, path) of every snapshot file of `group` (every group: None), oldest
+    first."""
     found = []
     for name in os.listdir(directory):
         match = _SNAPSHOT_RE.match(name)
-        if match:
-            found.append((int(match.group(1)), int(match.group(2)),
+        if match and (group is None or int(match.group(1) or 0) == group):
+            found.append((int(match.group(2)), int(match.group(3)),
                           os.path.join(directory, name)))
     found.sort()
     return found
+
+
+def _snapshot_groups(directory: str) -> set[int]:
+    """The groups that have a snapshot file."""
+    groups = set()
+    for name in os.listdir(directory):
+        match = _SNAPSHOT_RE.match(name)
+        if match:
+            groups.add(int(match.group(1) or 0))
+    return groups
 
 
 def _write_and_close(fd: int, data: bytes, fsync: bool) -> None:
@@ -166,12 +222,13 @@ def replace_file_durably(path: str, data: bytes, *, fsync: bool = True) -> None:
 
 
 def write_snapshot_file(directory: str, index: int, term: int, envelope: bytes,
-                        fsync: bool = True) -> str:
-    """Durably writes a snapshot envelope (tmp + fsync + rename + directory fsync) and then
-    deletes older snapshot files. Safe to call from a thread other than the WAL's."""
-    path = os.path.join(directory, snapshot_name(index, term))
+                        fsync: bool = True, *, group: int = 0) -> str:
+    """Durably writes a snapshot envelope of `group` (tmp + fsync + rename + directory
+    fsync) and then deletes that group's older snapshot files. Safe to call from a thread
+    other than the WAL's."""
+    path = os.path.join(directory, snapshot_name(index, term, group))
     replace_file_durably(path, envelope, fsync=fsync)
-    for old_index, _, old_path in _list_snapshots(directory):
+    for old_index, _, old_path in _list_snapshots(directory, group):
         if old_index < index:
             try:
                 os.unlink(old_path)
@@ -189,7 +246,7 @@ def read_snapshot_file(path: str) -> Snapshot:
     except DecodeError as exc:
         raise StorageError(f"snapshot file {path} is corrupt: {exc}") from exc
     match = _SNAPSHOT_RE.match(os.path.basename(path))
-    if match and (int(match.group(1)), int(match.group(2))) != (snapshot.index, snapshot.term):
+    if match and (int(match.group(2)), int(match.group(3))) != (snapshot.index, snapshot.term):
         raise StorageError(f"snapshot file {path} holds ({snapshot.index}, {snapshot.term})")
     return Snapshot(snapshot.index, snapshot.term, snapshot.data, envelope,
                     configuration=snapshot.configuration)
@@ -238,14 +295,6 @@ def _frame(record_type: int, body: bytes) -> bytes:
     # of their concatenation.
     crc = zlib.crc32(body, zlib.crc32(_LENGTH_TYPE.pack(size, record_type)))
     return _FRAME.pack(size, crc, record_type) + body
-
-
-def _header_body(seq: int, first_index: int, snapshot_index: int, snapshot_term: int,
-                 hard_state: HardState) -> bytes:
-    return _HEADER_BODY.pack(
-        MAGIC, FORMAT_VERSION, seq, first_index, snapshot_index, snapshot_term,
-        hard_state.term, hard_state.vote, hard_state.commit,
-    )
 
 
 def _encode_entries(entries: list[Any]) -> bytes:
@@ -297,6 +346,9 @@ class _Segment:
     seq: int
     first_index: int
     path: str
+    # Every group's first index when the segment was created (its header's rows): what
+    # compaction needs to know whether older segments still hold a record a group needs.
+    firsts: dict[int, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -310,6 +362,189 @@ class _Record:
     @property
     def body(self) -> memoryview:
         return memoryview(self.data)[self.body_start:self.body_end]
+
+
+class _GroupLog:
+    """The live view of one group's stored log: enough to validate its saves and decide
+    compaction. terms holds the terms of entries snapshot_index+1 .. last_index."""
+
+    __slots__ = ("terms", "snapshot_index", "snapshot_term", "hard_state")
+
+    def __init__(self) -> None:
+        self.terms: array[int] = array("Q")
+        self.snapshot_index = 0
+        self.snapshot_term = 0
+        self.hard_state = HardState()
+
+    @property
+    def first_index(self) -> int:
+        return self.snapshot_index + 1
+
+    @property
+    def last_index(self) -> int:
+        return self.snapshot_index + len(self.terms)
+
+    def check_entries(self, entries: list[Any]) -> None:
+        first = entries[0].index
+        for offset, entry in enumerate(entries):
+            if entry.index != first + offset:
+                raise ValueError(
+                    f"entries to save must be contiguous: index {entry.index} at position "
+                    f"{offset} after first index {first}"
+                )
+        if first > self.last_index + 1:
+            raise ValueError(
+                f"entries start at {first} but the log ends at {self.last_index}: a gap"
+            )
+        if first < 1:
+            raise ValueError(f"entry index must be >= 1, got {first}")
+
+    def replace_suffix(self, entries: list[Any]) -> None:
+        # Raft §5.3: entries from `first` on replace whatever is stored from there.
+        keep = max(entries[0].index - self.first_index, 0)
+        skip = max(self.first_index - entries[0].index, 0)   # already under the snapshot
+        if keep == len(self.terms) and not skip and len(entries) == 1:
+            self.terms.append(entries[0].term)   # the common case: one entry at the end
+            return
+        del self.terms[keep:]
+        self.terms.extend(entry.term for entry in entries[skip:])
+
+
+def _header_body(seq: int, groups: dict[int, _GroupLog]) -> bytes:
+    """Group 0's row in the fixed fields (the version 1 layout), then every other group's."""
+    zero = groups.get(0) or _GroupLog()
+    hard_state = zero.hard_state
+    head = _HEADER_BODY.pack(
+        MAGIC, FORMAT_VERSION, seq, zero.last_index + 1, zero.snapshot_index,
+        zero.snapshot_term, hard_state.term, hard_state.vote, hard_state.commit,
+    )
+    rows = [_GROUP_HEADER.pack(group, log.last_index + 1, log.snapshot_index,
+                               log.snapshot_term, log.hard_state.term, log.hard_state.vote,
+                               log.hard_state.commit)
+            for group, log in sorted(groups.items()) if group]
+    return head + _U32.pack(len(rows)) + b"".join(rows)
+
+
+@dataclass
+class _HeaderRow:
+    group: int
+    first_index: int     # the group's last index + 1 when the segment was created
+    snapshot_index: int
+    snapshot_term: int
+    hard_state: HardState
+
+
+def _parse_header(body: memoryview | bytes) -> tuple[int, int, int, list[_HeaderRow]]:
+    """magic-checked fields of a header: version, seq, first_index and every group's row
+    (group 0 first). ValueError if its shape does not match its version."""
+    (magic, version, seq, first_index, snapshot_index, snapshot_term, term, vote,
+     commit) = _HEADER_BODY.unpack_from(body, 0)
+    rows = [_HeaderRow(0, first_index, snapshot_index, snapshot_term,
+                       HardState(term, vote, commit))]
+    if magic != MAGIC or version not in READABLE_VERSIONS:
+        return version, seq, first_index, rows
+    if version == 1:
+        if len(body) != _HEADER_BODY.size:
+            raise ValueError(f"version 1 header of {len(body)} bytes")
+        return version, seq, first_index, rows
+    offset = _HEADER_BODY.size
+    count = _U32.unpack_from(body, offset)[0]
+    offset += _U32.size
+    if len(body) != offset + count * _GROUP_HEADER.size:
+        raise ValueError(f"header of {len(body)} bytes for {count} group rows")
+    previous = 0
+    for _ in range(count):
+        group, first, snap_index, snap_term, term, vote, commit = \
+            _GROUP_HEADER.unpack_from(body, offset)
+        offset += _GROUP_HEADER.size
+        if group <= previous:
+            raise ValueError(f"header group rows out of order at group {group}")
+        previous = group
+        rows.append(_HeaderRow(group, first, snap_index, snap_term,
+                               HardState(term, vote, commit)))
+    return version, seq, first_index, rows
+
+
+def _save_body(entries: list[Any], hard_state: HardState | None) -> bytes:
+    """A save's body: flags, the hard state if present, the entries if any."""
+    if hard_state is not None:
+        flags = _SAVE_HARD_STATE | (_SAVE_ENTRIES if entries else 0)
+        body = _FLAGS_HARD_STATE.pack(flags, hard_state.term, hard_state.vote,
+                                      hard_state.commit)
+    else:
+        body = _ENTRIES_FLAG
+    if entries:
+        body += _encode_entries(entries)
+    return body
+
+
+class _GroupReplay:
+    """One group's log as replay rebuilds it (see WriteAheadLog._replay)."""
+
+    def __init__(self, snapshot_index: int, snapshot_term: int) -> None:
+        self.snapshot_index = snapshot_index
+        self.snapshot_term = snapshot_term
+        self.first_index = snapshot_index + 1
+        self.entries: list[Any] = []
+        self.hard_state = HardState()
+        self.log_end = 0     # the group's last index after the records replayed so far
+        self.floor = 0       # the newest snapshot marker replayed so far
+
+    def save(self, data: bytes, body_start: int, body_end: int) -> None:
+        """Apply one save body (a SAVE record's, or one item of a batch)."""
+        body = memoryview(data)[body_start:body_end]
+        flags = body[0]
+        if flags & ~(_SAVE_HARD_STATE | _SAVE_ENTRIES):
+            raise ValueError(f"unknown save flags {flags:#x}")
+        offset = 1
+        if flags & _SAVE_HARD_STATE:
+            self.hard_state = HardState(*_HARD_STATE.unpack_from(body, offset))
+            offset += _HARD_STATE.size
+        if not flags & _SAVE_ENTRIES:
+            if offset != len(body):
+                raise ValueError("trailing bytes after hard state")
+            self.log_end = max(self.log_end, self.floor)
+            return
+        start, count = _ENTRIES_HEAD.unpack_from(body, offset)
+        offset += _ENTRIES_HEAD.size
+        terms = struct.unpack_from(f"<{count}Q", body, offset)
+        offset += 8 * count
+        kinds = struct.unpack_from(f"<{count}B", body, offset)
+        offset += count
+        lengths = struct.unpack_from(f"<{count}I", body, offset)
+        offset += 4 * count
+        if offset + sum(lengths) != len(body):
+            raise ValueError("entry lengths do not add up to the record size")
+        entries, first_index = self.entries, self.first_index
+        last_index = first_index + len(entries) - 1
+        if start > last_index + 1:
+            raise ValueError(f"entries start at {start} but the log ends at {last_index}")
+        # Raft §5.3: these entries replace the stored suffix from `start`; those at or below
+        # the snapshot floor are already covered by the snapshot.
+        del entries[max(start - first_index, 0):]
+        base = body_start + offset   # slicing the file's bytes makes each entry's own bytes
+        index = start
+        for term, kind, length in zip(terms, kinds, lengths, strict=True):
+            if index >= first_index:
+                entries.append(Entry(term, index, data[base:base + length], kind))
+            base += length
+            index += 1
+        # entries at or below the snapshot floor do not move the log's end
+        self.log_end = max(int(start + count - 1), self.floor)
+
+    def snapshot(self, index: int, keep_suffix: int) -> None:
+        if keep_suffix not in (0, 1):
+            raise ValueError(f"keep_suffix flag {keep_suffix}")
+        self.floor = max(self.floor, index)
+        if not keep_suffix:
+            self.entries.clear()   # the log was discarded at this snapshot
+            self.log_end = index
+
+    def result(self) -> RecoveredState:
+        return RecoveredState(
+            hard_state=self.hard_state, entries=self.entries, first_index=self.first_index,
+            snapshot_index=self.snapshot_index, snapshot_term=self.snapshot_term,
+        )
 
 
 class WriteAheadLog:
@@ -328,12 +563,9 @@ class WriteAheadLog:
         self._segments: list[_Segment] = []
         self._segment_size = 0
         self._failed: BaseException | None = None
-        # Live view of the stored log, enough to validate saves and decide compaction:
-        # terms of entries snapshot_index+1 .. last_index.
-        self._terms: array[int] = array("Q")
-        self._snapshot_index = 0
-        self._snapshot_term = 0
-        self._hard_state = HardState()
+        # Live view of every group's stored log; group 0 is the single-group API's.
+        self._log0 = _GroupLog()
+        self._groups: dict[int, _GroupLog] = {0: self._log0}
         # Counters for benchmarks and tests.
         self.syncs = 0
         self._unsynced = False   # a record was written since the last fdatasync
@@ -345,21 +577,57 @@ class WriteAheadLog:
 
     # ------------------------------------------------------------------ properties
 
+    # Group 0's log (the single-group API); last_index_of() and friends for any group.
+
     @property
     def last_index(self) -> int:
-        return self._snapshot_index + len(self._terms)
+        return self._log0.last_index
 
     @property
     def first_index(self) -> int:
-        return self._snapshot_index + 1
+        return self._log0.first_index
 
     @property
     def snapshot_index(self) -> int:
-        return self._snapshot_index
+        return self._log0.snapshot_index
 
     @property
     def hard_state(self) -> HardState:
-        return self._hard_state
+        return self._log0.hard_state
+
+    @property
+    def groups(self) -> list[int]:
+        """Every group this WAL holds state of, in order."""
+        return sorted(self._groups)
+
+    def last_index_of(self, group: int) -> int:
+        log = self._groups.get(group)
+        return log.last_index if log is not None else 0
+
+    def snapshot_index_of(self, group: int) -> int:
+        log = self._groups.get(group)
+        return log.snapshot_index if log is not None else 0
+
+    def hard_state_of(self, group: int) -> HardState:
+        log = self._groups.get(group)
+        return log.hard_state if log is not None else HardState()
+
+    def groups_pinning_segments(self) -> list[int]:
+        """The groups whose uncompacted records keep the oldest segment on disk (none when
+        only the current segment is left). Segments are deleted only below every group's
+        floor, so an idle group that is never compacted keeps every segment since its last
+        uncompacted entry: the driver snapshots and compacts these groups (through their
+        last index, which costs one snapshot of an idle state machine) when the WAL holds
+        more segments than it wants to keep."""
+        if len(self._segments) < 2:
+            return []
+        successor = self._segments[1]
+        return sorted(group for group, first in successor.firsts.items()
+                      if first > self._floor_of(group) + 1)
+
+    def _floor_of(self, group: int) -> int:
+        log = self._groups.get(group)
+        return log.snapshot_index if log is not None else 0
 
     @property
     def segment_paths(self) -> list[str]:
@@ -368,7 +636,14 @@ class WriteAheadLog:
     # ------------------------------------------------------------------ open / close
 
     def open(self) -> RecoveredState:
-        """Replay every segment (cutting a torn tail) and get ready to append."""
+        """Replay every segment (cutting a torn tail) and get ready to append; group 0's
+        recovered state (open_groups() has every group's)."""
+        return self.open_groups()[0]
+
+    def open_groups(self) -> dict[int, RecoveredState]:
+        """Replay every segment (cutting a torn tail) and get ready to append: every group's
+        recovered state (always with group 0; a group with only a snapshot file too).
+        truncated_bytes concerns the file, not a group: it is reported on group 0."""
         if self._fd is not None:
             raise StorageError(f"WAL in {self.directory} is already open")
         if self.fsync:
@@ -379,7 +654,7 @@ class WriteAheadLog:
         try:
             self._remove_temporary_files()
             recovered = self._open_log()
-            return self._attach_snapshot(recovered)
+            return self._attach_snapshots(recovered)
         except BaseException:
             self._unlock_directory()
             raise
@@ -404,33 +679,45 @@ class WriteAheadLog:
             os.close(fd)   # closing the descriptor releases the flock
 
     def inspect(self) -> RecoveredState:
-        """Replay the log and verify the newest snapshot as open() does, changing nothing on
-        disk (no cut, no compaction, no new segment): what `wal check` runs. A torn tail that
-        open() would cut shows in truncated_bytes; corruption raises WalCorruptError."""
+        """inspect_groups()'s group 0."""
+        return self.inspect_groups()[0]
+
+    def inspect_groups(self) -> dict[int, RecoveredState]:
+        """Replay the log and verify every group's newest snapshot as open() does, changing
+        nothing on disk (no cut, no compaction, no new segment): what `wal check` runs. A
+        torn tail that open() would cut shows in group 0's truncated_bytes; corruption raises
+        WalCorruptError."""
         if not os.path.isdir(self.directory):
             raise StorageError(f"WAL directory {self.directory} does not exist")
         self._read_only = True
         try:
             segments = self._list_segments()
-            recovered = self._replay(segments) if segments else RecoveredState()
-            return self._attach_snapshot(recovered)
+            recovered = self._replay(segments) if segments else {0: RecoveredState()}
+            return self._attach_snapshots(recovered)
         finally:
             self._read_only = False
 
-    def load_snapshot(self) -> Snapshot | None:
-        """The newest snapshot file, verified; None if there is none."""
-        snapshots = _list_snapshots(self.directory)
+    def load_snapshot(self, group: int = 0) -> Snapshot | None:
+        """The group's newest snapshot file, verified; None if there is none."""
+        snapshots = _list_snapshots(self.directory, group)
         if not snapshots:
             return None
         return read_snapshot_file(snapshots[-1][2])
 
-    def save_snapshot(self, snapshot: Snapshot, envelope: bytes) -> None:
+    def save_snapshot(self, snapshot: Snapshot, envelope: bytes, *, group: int = 0) -> None:
         """write_snapshot_file into this WAL's directory (any thread)."""
         write_snapshot_file(self.directory, snapshot.index, snapshot.term, envelope,
-                            fsync=self.fsync)
+                            fsync=self.fsync, group=group)
 
-    def _attach_snapshot(self, recovered: RecoveredState) -> RecoveredState:
-        snapshot = self.load_snapshot()
+    def _attach_snapshots(self, recovered: dict[int, RecoveredState]
+                          ) -> dict[int, RecoveredState]:
+        for group in sorted(_snapshot_groups(self.directory) | set(recovered)):
+            state = recovered.setdefault(group, RecoveredState())
+            self._attach_snapshot(state, group)
+        return dict(sorted(recovered.items()))
+
+    def _attach_snapshot(self, recovered: RecoveredState, group: int) -> RecoveredState:
+        snapshot = self.load_snapshot(group)
         if snapshot is None:
             # A log compacted with no snapshot file is the driver's to judge (engine.Node
             # refuses to start from it: the state below the floor would be missing).
@@ -439,6 +726,7 @@ class WriteAheadLog:
             raise StorageError(
                 f"WAL in {self.directory} is compacted through {recovered.snapshot_index} but "
                 f"the newest snapshot is at {snapshot.index}"
+                + (f" (group {group})" if group else "")
             )
         recovered.snapshot = snapshot
         if snapshot.index == recovered.snapshot_index or _log_holds(recovered, snapshot):
@@ -448,28 +736,33 @@ class WriteAheadLog:
         # (Figure 13, InstallSnapshot step 7) discards a log that conflicts with the snapshot.
         # Restart the log after it so the next save has no gap.
         if not self._read_only:
-            self.compact(snapshot.index, snapshot.term)
+            self.compact(snapshot.index, snapshot.term, group=group)
         recovered.entries = []
         recovered.first_index = snapshot.index + 1
         recovered.snapshot_index, recovered.snapshot_term = snapshot.index, snapshot.term
         return recovered
 
-    def _open_log(self) -> RecoveredState:
+    def _open_log(self) -> dict[int, RecoveredState]:
         segments = self._list_segments()
         if not segments:
             self._segments = []
             self._create_segment(seq=0, first_index=1)
-            return RecoveredState()
+            return {0: RecoveredState()}
         recovered = self._replay(segments)   # drops a last segment whose header was torn
         self._segments = segments
         if not segments:
             # Nothing durable was ever written (the first header was torn): start afresh.
             self._create_segment(seq=0, first_index=1)
             return recovered
-        self._snapshot_index = recovered.snapshot_index
-        self._snapshot_term = recovered.snapshot_term
-        self._hard_state = recovered.hard_state
-        self._terms = array("Q", [entry.term for entry in recovered.entries])
+        self._groups = {}
+        for group, state in recovered.items():
+            log = _GroupLog()
+            log.snapshot_index = state.snapshot_index
+            log.snapshot_term = state.snapshot_term
+            log.hard_state = state.hard_state
+            log.terms = array("Q", [entry.term for entry in state.entries])
+            self._groups[group] = log
+        self._log0 = self._groups.setdefault(0, _GroupLog())
         last = segments[-1]
         # Not O_APPEND: the segment's space is preallocated, records go at _segment_size.
         self._fd = os.open(last.path, os.O_WRONLY | getattr(os, "O_CLOEXEC", 0))
@@ -522,7 +815,8 @@ class WriteAheadLog:
         if not entries and hard_state is None:
             return
         self._check_usable()
-        # Body: flags, the hard state if present, the entries if any.
+        log = self._log0
+        # _save_body, inlined: this is the single-group hot path.
         if hard_state is not None:
             flags = _SAVE_HARD_STATE | (_SAVE_ENTRIES if entries else 0)
             body = _FLAGS_HARD_STATE.pack(flags, hard_state.term, hard_state.vote,
@@ -530,7 +824,7 @@ class WriteAheadLog:
         else:
             body = _ENTRIES_FLAG
         if entries:
-            self._check_entries(entries)
+            log.check_entries(entries)
             body += _encode_entries(entries)
         record = _frame(RECORD_SAVE, body)
         if sync:
@@ -538,32 +832,88 @@ class WriteAheadLog:
         else:
             self._guarded(self._append, record)
         if entries:
-            self._replace_suffix(entries)
+            log.replace_suffix(entries)
         if hard_state is not None:
-            self._hard_state = hard_state
+            log.hard_state = hard_state
         self.saves += 1
 
-    def compact(self, index: int, term: int) -> None:
-        """Record that a state-machine snapshot covers the log through (index, term), then
-        delete the segments holding only entries <= index.
+    def save_many(self, saves: Iterable[tuple[int, list[Any], HardState | None]], *,
+                  sync: bool = True) -> None:
+        """Persist the Readies of many groups, [(group, entries, hard_state), ...], as ONE
+        record, one write and (sync=True) one fsync: group commit across groups. Each
+        group's part means what save() means for one group; a group appears at most once.
+        The batch is one record so that, like one save(), a crash can tear only it, never
+        leave a valid record after a torn one (the torn-tail rule of scan_segment_bytes).
+        """
+        items: list[tuple[int, list[Any], HardState | None, bytes]] = []
+        seen: set[int] = set()
+        for group, entries, hard_state in saves:
+            if not 0 <= group <= MAX_GROUP:
+                raise ValueError(f"group id {group} is outside 0..{MAX_GROUP}")
+            if group in seen:
+                raise ValueError(f"group {group} appears twice in one save_many")
+            seen.add(group)
+            if not entries and hard_state is None:
+                continue
+            if entries:
+                (self._groups.get(group) or _GroupLog()).check_entries(entries)
+            items.append((group, entries, hard_state, _save_body(entries, hard_state)))
+        if not items:
+            return
+        self._check_usable()
+        if len(items) == 1 and items[0][0] == 0:
+            record = _frame(RECORD_SAVE, items[0][3])   # exactly what save() writes
+        else:
+            parts = [_U32.pack(len(items))]
+            for group, _, _, body in items:
+                parts.append(_GROUP_ITEM.pack(group, len(body)))
+                parts.append(body)
+            record = _frame(RECORD_GROUP_BATCH, b"".join(parts))
+        if sync:
+            self._guarded(self._append_durably, record)
+        else:
+            self._guarded(self._append, record)
+        for group, entries, hard_state, _ in items:
+            log = self._groups.get(group)
+            if log is None:
+                log = self._groups[group] = _GroupLog()
+            if entries:
+                log.replace_suffix(entries)
+            if hard_state is not None:
+                log.hard_state = hard_state
+        self.saves += 1
+
+    def compact(self, index: int, term: int, *, group: int = 0) -> None:
+        """Record that a state-machine snapshot covers the group's log through (index, term),
+        then delete the segments holding no record any group still needs (below every
+        group's floor; see groups_pinning_segments).
 
         Raft Figure 13 (InstallSnapshot 6-7): if the log holds (index, term), the entries after
         it stay; otherwise the whole log is discarded and the next entry is index + 1.
         A snapshot at or below the current one is ignored.
         """
         self._check_usable()
-        if index <= self._snapshot_index:
+        if not 0 <= group <= MAX_GROUP:
+            raise ValueError(f"group id {group} is outside 0..{MAX_GROUP}")
+        log = self._groups.get(group) or _GroupLog()
+        if index <= log.snapshot_index:
             return
-        keep_suffix = index <= self.last_index and self._term_at(index) == term
-        record = _frame(RECORD_SNAPSHOT, _SNAPSHOT_BODY.pack(index, term, int(keep_suffix)))
-        self._guarded(self._append_durably, record)
-        if keep_suffix:
-            del self._terms[:index - self._snapshot_index]
+        keep_suffix = index <= log.last_index and \
+            log.terms[index - log.first_index] == term
+        if group:
+            record = _frame(RECORD_GROUP_SNAPSHOT,
+                            _GROUP_SNAPSHOT_BODY.pack(group, index, term, int(keep_suffix)))
         else:
-            self._terms = array("Q")
-        self._snapshot_index = index
-        self._snapshot_term = term
-        self._guarded(self._delete_segments_below, index)
+            record = _frame(RECORD_SNAPSHOT, _SNAPSHOT_BODY.pack(index, term, int(keep_suffix)))
+        self._guarded(self._append_durably, record)
+        self._groups[group] = log
+        if keep_suffix:
+            del log.terms[:index - log.snapshot_index]
+        else:
+            log.terms = array("Q")
+        log.snapshot_index = index
+        log.snapshot_term = term
+        self._guarded(self._delete_segments_below)
 
     # ------------------------------------------------------------------ internals: writing
 
@@ -583,34 +933,6 @@ class WriteAheadLog:
             # have dropped the data; never retry and report success. Stop here.
             self._failed = exc
             raise StorageError(f"WAL write in {self.directory} failed: {exc}") from exc
-
-    def _check_entries(self, entries: list[Any]) -> None:
-        first = entries[0].index
-        for offset, entry in enumerate(entries):
-            if entry.index != first + offset:
-                raise ValueError(
-                    f"entries to save must be contiguous: index {entry.index} at position "
-                    f"{offset} after first index {first}"
-                )
-        if first > self.last_index + 1:
-            raise ValueError(
-                f"entries start at {first} but the log ends at {self.last_index}: a gap"
-            )
-        if first < 1:
-            raise ValueError(f"entry index must be >= 1, got {first}")
-
-    def _replace_suffix(self, entries: list[Any]) -> None:
-        # Raft §5.3: entries from `first` on replace whatever is stored from there.
-        keep = max(entries[0].index - self.first_index, 0)
-        skip = max(self.first_index - entries[0].index, 0)   # already under the snapshot
-        if keep == len(self._terms) and not skip and len(entries) == 1:
-            self._terms.append(entries[0].term)   # the common case: one entry at the end
-            return
-        del self._terms[keep:]
-        self._terms.extend(entry.term for entry in entries[skip:])
-
-    def _term_at(self, index: int) -> int:
-        return self._terms[index - self.first_index]
 
     def _append_durably(self, record: bytes) -> None:
         fd = self._append(record)
@@ -676,9 +998,7 @@ class WriteAheadLog:
         name = segment_name(seq, first_index)
         path = os.path.join(self.directory, name)
         tmp_path = path + _TMP_SUFFIX
-        header = _frame(RECORD_HEADER, _header_body(
-            seq, first_index, self._snapshot_index, self._snapshot_term, self._hard_state,
-        ))
+        header = _frame(RECORD_HEADER, _header_body(seq, self._groups))
         flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0)
         fd = os.open(tmp_path, flags, 0o644)
         try:
@@ -698,17 +1018,21 @@ class WriteAheadLog:
         self._fd = new_fd
         self._segment_size = len(header)
         self.bytes_written += len(header)
-        self._segments.append(_Segment(seq, first_index, path))
+        self._segments.append(_Segment(seq, first_index, path, {
+            group: log.last_index + 1 for group, log in self._groups.items()}))
 
-    def _delete_segments_below(self, index: int) -> None:
-        """Delete segments 0..k where k is the last one whose successor starts at or below
-        index + 1. Every entry >= the successor's first_index was written after the successor
-        was created, so the survivors hold every entry > index; the successor's header holds
-        the hard state. The current segment is never deleted."""
+    def _delete_segments_below(self) -> None:
+        """Delete segments 0..k where k is the last one whose successor's header has, for
+        every group in it, a first index at or below that group's floor + 1. Every entry of a
+        group >= the successor's first index for it was written after the successor was
+        created, and a group missing from the successor's header has no record before it, so
+        the survivors hold every entry above every floor; the successor's header holds every
+        group's hard state and snapshot marker. The current segment is never deleted."""
         segments = self._segments
         cut = 0
         for position in range(len(segments) - 1):
-            if segments[position + 1].first_index <= index + 1:
+            firsts = segments[position + 1].firsts
+            if all(first <= self._floor_of(group) + 1 for group, first in firsts.items()):
                 cut = position + 1
         if cut == 0:
             return
@@ -755,12 +1079,12 @@ class WriteAheadLog:
                 )
         return segments
 
-    def _replay(self, segments: list[_Segment]) -> RecoveredState:
+    def _replay(self, segments: list[_Segment]) -> dict[int, RecoveredState]:
         # Pass 1: frame and checksum every record (cutting a torn tail of the last segment)
-        # and find the newest snapshot marker, which is the floor of the recovered log.
+        # and find each group's newest snapshot marker, the floor of its recovered log.
         scanned: list[tuple[_Segment, list[_Record]]] = []
         truncated = 0
-        snapshot_index = snapshot_term = 0
+        markers: dict[int, tuple[int, int]] = {}
         for position, segment in enumerate(segments):
             is_last = position == len(segments) - 1
             records, cut = self._scan_segment(segment, is_last)
@@ -773,94 +1097,74 @@ class WriteAheadLog:
                 segments.pop()
                 break
             for record in records:
-                marker = self._snapshot_of(segment, record)
-                if marker is not None and marker[0] > snapshot_index:
-                    snapshot_index, snapshot_term = marker
+                for group, index, term in self._snapshots_of(segment, record):
+                    if index > markers.get(group, (0, 0))[0]:
+                        markers[group] = (index, term)
             scanned.append((segment, records))
         if not segments:
-            return RecoveredState(truncated_bytes=truncated)
+            return {0: RecoveredState(truncated_bytes=truncated)}
 
-        # Pass 2: apply records in order to a log that starts after the newest snapshot.
-        first_index = snapshot_index + 1
-        entries: list[Any] = []
-        hard_state = HardState()
-        log_end = scanned[0][0].first_index - 1 if scanned else 0
-        floor = 0   # the newest snapshot marker replayed so far
+        # Pass 2: apply records in order to each group's log, which starts after its newest
+        # snapshot marker.
+        groups: dict[int, _GroupReplay] = {}
+
+        def replay_of(group: int) -> _GroupReplay:
+            replay = groups.get(group)
+            if replay is None:
+                replay = groups[group] = _GroupReplay(*markers.get(group, (0, 0)))
+            return replay
+
         previous: tuple[_Segment, list[_Record]] | None = None
         for segment, records in scanned:
-            if previous is not None and log_end != segment.first_index - 1:
-                # A segment is created when the log ends at its first_index - 1 (_roll), so
-                # the older one lost records from its end (cut at a record boundary).
-                raise _corrupt(previous[0].path, previous[1][-1].body_end,
-                               f"WAL corrupt: the log ends at index {log_end} after this "
-                               f"segment but the next one starts at {segment.first_index}: "
-                               "records missing from its end")
+            for row in _parse_header(records[0].body)[3]:
+                replay = replay_of(row.group)
+                if previous is not None and replay.log_end != row.first_index - 1:
+                    # A segment is created when each group's log ends at its first index - 1
+                    # (_roll), so the older one lost records from its end (cut at a record
+                    # boundary).
+                    raise _corrupt(previous[0].path, previous[1][-1].body_end,
+                                   f"WAL corrupt: the log of group {row.group} ends at index "
+                                   f"{replay.log_end} after this segment but the next one "
+                                   f"starts it at {row.first_index}: records missing from "
+                                   "its end")
+                replay.log_end = row.first_index - 1
+                replay.hard_state = row.hard_state
+                replay.floor = max(replay.floor, row.snapshot_index)
             previous = (segment, records)
-            for record in records:
+            for record in records[1:]:
                 try:
-                    if record.type == RECORD_HEADER:
-                        header = _HEADER_BODY.unpack(record.body)
-                        hard_state = HardState(*header[6:9])
-                        floor = max(floor, header[4])
-                    elif record.type == RECORD_SAVE:
-                        hard_state = self._replay_save(record, first_index, entries,
-                                                       hard_state)
-                        # entries at or below the snapshot floor do not move the log's end
-                        log_end = max(_save_log_end(record, log_end), floor)
+                    data, start, end = record.data, record.body_start, record.body_end
+                    if record.type == RECORD_SAVE:
+                        replay_of(0).save(data, start, end)
+                    elif record.type == RECORD_GROUP_BATCH:
+                        count = _U32.unpack_from(data, start)[0]
+                        offset = start + _U32.size
+                        seen: set[int] = set()
+                        for _ in range(count):
+                            group, length = _GROUP_ITEM.unpack_from(data, offset)
+                            offset += _GROUP_ITEM.size
+                            if group in seen:
+                                raise ValueError(f"group {group} twice in one batch")
+                            seen.add(group)
+                            if offset + length > end:
+                                raise ValueError("batch item runs past the record")
+                            replay_of(group).save(data, offset, offset + length)
+                            offset += length
+                        if offset != end:
+                            raise ValueError("trailing bytes after the batch items")
                     elif record.type == RECORD_SNAPSHOT:
                         index, _, keep_suffix = _SNAPSHOT_BODY.unpack(record.body)
-                        floor = max(floor, index)
-                        if not keep_suffix:
-                            entries.clear()   # the log was discarded at this snapshot
-                            log_end = index
+                        replay_of(0).snapshot(index, keep_suffix)
+                    elif record.type == RECORD_GROUP_SNAPSHOT:
+                        group, index, _, keep_suffix = _GROUP_SNAPSHOT_BODY.unpack(record.body)
+                        replay_of(group).snapshot(index, keep_suffix)
+                    else:
+                        raise ValueError("header record misplaced")
                 except (struct.error, ValueError) as exc:
                     raise _invalid_record(segment, record, exc) from exc
-        return RecoveredState(
-            hard_state=hard_state, entries=entries, first_index=first_index,
-            snapshot_index=snapshot_index, snapshot_term=snapshot_term,
-            truncated_bytes=truncated,
-        )
-
-    @staticmethod
-    def _replay_save(record: _Record, first_index: int, entries: list[Any],
-                     hard_state: HardState) -> HardState:
-        body = record.body
-        flags = body[0]
-        if flags & ~(_SAVE_HARD_STATE | _SAVE_ENTRIES):
-            raise ValueError(f"unknown save flags {flags:#x}")
-        offset = 1
-        if flags & _SAVE_HARD_STATE:
-            hard_state = HardState(*_HARD_STATE.unpack_from(body, offset))
-            offset += _HARD_STATE.size
-        if not flags & _SAVE_ENTRIES:
-            if offset != len(body):
-                raise ValueError("trailing bytes after hard state")
-            return hard_state
-        start, count = _ENTRIES_HEAD.unpack_from(body, offset)
-        offset += _ENTRIES_HEAD.size
-        terms = struct.unpack_from(f"<{count}Q", body, offset)
-        offset += 8 * count
-        kinds = struct.unpack_from(f"<{count}B", body, offset)
-        offset += count
-        lengths = struct.unpack_from(f"<{count}I", body, offset)
-        offset += 4 * count
-        if offset + sum(lengths) != len(body):
-            raise ValueError("entry lengths do not add up to the record size")
-        last_index = first_index + len(entries) - 1
-        if start > last_index + 1:
-            raise ValueError(f"entries start at {start} but the log ends at {last_index}")
-        # Raft §5.3: these entries replace the stored suffix from `start`; those at or below
-        # the snapshot floor are already covered by the snapshot.
-        del entries[max(start - first_index, 0):]
-        data = record.data   # slicing the file's bytes makes each entry's own bytes
-        base = record.body_start + offset
-        index = start
-        for term, kind, length in zip(terms, kinds, lengths, strict=True):
-            if index >= first_index:
-                entries.append(Entry(term, index, data[base:base + length], kind))
-            base += length
-            index += 1
-        return hard_state
+        recovered = {group: replay.result() for group, replay in sorted(groups.items())}
+        recovered.setdefault(0, RecoveredState()).truncated_bytes = truncated
+        return recovered
 
     def _scan_segment(self, segment: _Segment, is_last: bool) -> tuple[list[_Record], int]:
         """Frame and checksum a segment. Returns its records and how many tail bytes were cut
@@ -891,32 +1195,46 @@ class WriteAheadLog:
 
     @staticmethod
     def _check_header(segment: _Segment, record: _Record) -> None:
-        magic, version, seq, first_index = _HEADER_BODY.unpack(record.body)[:4]
-        if magic != MAGIC or version != FORMAT_VERSION:
+        try:
+            version, seq, first_index, rows = _parse_header(record.body)
+            magic = _HEADER_BODY.unpack_from(record.body, 0)[0]
+        except (struct.error, ValueError) as exc:
+            raise _invalid_record(segment, record, exc) from exc
+        if magic != MAGIC or version not in READABLE_VERSIONS:
+            upgrade = (f"; it was written by a newer engine (this one writes version "
+                       f"{FORMAT_VERSION}): open it with that version"
+                       if magic == MAGIC and version > FORMAT_VERSION else "")
             raise WalCorruptError(
                 f"WAL segment {segment.path} has magic {magic!r} version {version}; "
-                f"expected {MAGIC!r} version {FORMAT_VERSION}", path=segment.path, offset=0,
+                f"expected {MAGIC!r} version {' or '.join(map(str, READABLE_VERSIONS))}"
+                + upgrade, path=segment.path, offset=0,
             )
         if (seq, first_index) != (segment.seq, segment.first_index):
             raise WalCorruptError(
                 f"WAL segment {segment.path} header says seq {seq} first index {first_index}",
                 path=segment.path, offset=0,
             )
+        segment.firsts = {row.group: row.first_index for row in rows}
 
     @staticmethod
-    def _snapshot_of(segment: _Segment, record: _Record) -> tuple[int, int] | None:
+    def _snapshots_of(segment: _Segment, record: _Record) -> list[tuple[int, int, int]]:
+        """The (group, index, term) snapshot markers a record carries."""
         try:
             if record.type == RECORD_HEADER:
-                index, term = _HEADER_BODY.unpack(record.body)[4:6]
-                return index, term
+                return [(row.group, row.snapshot_index, row.snapshot_term)
+                        for row in _parse_header(record.body)[3]]
             if record.type == RECORD_SNAPSHOT:
                 index, term, keep = _SNAPSHOT_BODY.unpack(record.body)
-                if keep not in (0, 1):
-                    raise ValueError(f"keep_suffix flag {keep}")
-                return index, term
+                group = 0
+            elif record.type == RECORD_GROUP_SNAPSHOT:
+                group, index, term, keep = _GROUP_SNAPSHOT_BODY.unpack(record.body)
+            else:
+                return []
+            if keep not in (0, 1):
+                raise ValueError(f"keep_suffix flag {keep}")
+            return [(group, index, term)]
         except (struct.error, ValueError) as exc:
             raise _invalid_record(segment, record, exc) from exc
-        return None
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -933,16 +1251,6 @@ def _sync_data(fd: int) -> None:
     # Looked up at call time so tests can count calls by patching os.fdatasync / os.fsync.
     sync = getattr(os, "fdatasync", None) or os.fsync
     sync(fd)
-
-
-def _save_log_end(record: _Record, log_end: int) -> int:
-    """The log's last index after a (replayed, so well-formed) save record."""
-    body = record.body
-    if not body[0] & _SAVE_ENTRIES:
-        return log_end
-    offset = 1 + (_HARD_STATE.size if body[0] & _SAVE_HARD_STATE else 0)
-    start, count = _ENTRIES_HEAD.unpack_from(body, offset)
-    return int(start + count - 1)
 
 
 def _invalid_record(segment: _Segment, record: _Record, exc: Exception) -> WalCorruptError:
@@ -983,7 +1291,7 @@ def scan_segment_bytes(data: bytes, path: str, is_last: bool) -> SegmentScan:
         if reason:
             break
         length, _, record_type = _FRAME.unpack_from(data, offset)
-        if record_type not in (RECORD_HEADER, RECORD_SAVE, RECORD_SNAPSHOT):
+        if record_type not in RECORD_TYPES:
             raise _corrupt(path, offset, f"WAL record of unknown type {record_type}")
         if (record_type == RECORD_HEADER) != (offset == 0):
             raise _corrupt(path, offset, f"WAL segment {path}: header record misplaced")
@@ -1061,10 +1369,15 @@ def _plausible_frames(data: np.ndarray[Any, Any], start: int, stop: int) -> np.n
     length that ends within the data and a body shaped like the type's (sorted)."""
     size = len(data)
     types = data[start + 8:stop + 8]
-    offsets = np.flatnonzero((types == RECORD_SAVE) | (types == RECORD_SNAPSHOT)) + start
+    offsets = np.flatnonzero((types == RECORD_SAVE) | (types == RECORD_SNAPSHOT)
+                             | (types == RECORD_GROUP_BATCH)
+                             | (types == RECORD_GROUP_SNAPSHOT)) + start
     lengths = _u32_at(data, offsets)
     keep = offsets + _FRAME_SIZE + lengths <= size
     offsets, lengths = offsets[keep], lengths[keep]
+    groups = _plausible_group_frames(data, offsets, lengths)
+    plain = (data[offsets + 8] == RECORD_SAVE) | (data[offsets + 8] == RECORD_SNAPSHOT)
+    offsets, lengths = offsets[plain], lengths[plain]
     is_snapshot = data[offsets + 8] == RECORD_SNAPSHOT
     snapshots = offsets[is_snapshot & (lengths == _SNAPSHOT_BODY.size)]
     saves = ~is_snapshot & (lengths > 0)
@@ -1079,7 +1392,25 @@ def _plausible_frames(data: np.ndarray[Any, Any], start: int, stop: int) -> np.n
     counts = _u32_at(data, offsets + _FRAME_SIZE + head + 8)   # after the first index
     # terms u64, kinds u8 and lengths u32 per entry
     entries = offsets[(counts > 0) & (head + _ENTRIES_HEAD.size + 13 * counts <= lengths)]
-    return np.sort(np.concatenate((snapshots, hard_states, entries)))
+    return np.sort(np.concatenate((snapshots, hard_states, entries, groups)))
+
+
+def _plausible_group_frames(data: np.ndarray[Any, Any], offsets: np.ndarray[Any, Any],
+                            lengths: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    """Of frames that fit the data, the group records shaped like one: a group snapshot of
+    its size, a batch with items whose first one fits and has known save flags."""
+    types = data[offsets + 8]
+    snapshots = offsets[(types == RECORD_GROUP_SNAPSHOT)
+                        & (lengths == _GROUP_SNAPSHOT_BODY.size)]
+    head = _U32.size + _GROUP_ITEM.size
+    batch = (types == RECORD_GROUP_BATCH) & (lengths > head)
+    offsets, lengths = offsets[batch], lengths[batch]
+    counts = _u32_at(data, offsets + _FRAME_SIZE)
+    items = _u32_at(data, offsets + _FRAME_SIZE + _U32.size + 4)   # the first item's length
+    flags = data[np.minimum(offsets + _FRAME_SIZE + head, len(data) - 1)]
+    fits = (counts > 0) & (items > 0) & (head + items <= lengths) \
+        & (flags >= 1) & (flags <= (_SAVE_HARD_STATE | _SAVE_ENTRIES))
+    return np.concatenate((snapshots, offsets[fits]))
 
 
 def _u32_at(data: np.ndarray[Any, Any], offsets: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:

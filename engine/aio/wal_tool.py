@@ -2,7 +2,8 @@
 
 check   Frames and checksums every segment and replays the log exactly as a starting node
         does, changing nothing. Prints each segment (and with --records each record), then
-        the recovered log. Exit 0 when the log is clean (a torn tail that a start would cut
+        the recovered log of each consensus group the WAL holds (group 0 is the
+        single-group log). Exit 0 when the log is clean (a torn tail that a start would cut
         is reported, not an error), 7 when it is corrupt (the message names file and offset).
 
 repair  Never drops a record silently. A torn tail is moved to a ``.broken`` file beside its
@@ -27,9 +28,12 @@ from typing import TextIO
 from engine.aio.wal import (
     _FRAME,
     _FRAME_SIZE,
+    RECORD_GROUP_BATCH,
+    RECORD_GROUP_SNAPSHOT,
     RECORD_HEADER,
     RECORD_SAVE,
     RECORD_SNAPSHOT,
+    RecoveredState,
     WriteAheadLog,
     find_valid_frame,
     move_aside,
@@ -43,7 +47,19 @@ EXIT_CLEAN = exitcodes.OK
 EXIT_CORRUPT = exitcodes.STORAGE
 EXIT_USAGE = exitcodes.USAGE
 
-_TYPE_NAMES = {RECORD_HEADER: "header", RECORD_SAVE: "save", RECORD_SNAPSHOT: "snapshot"}
+_TYPE_NAMES = {RECORD_HEADER: "header", RECORD_SAVE: "save", RECORD_SNAPSHOT: "snapshot",
+               RECORD_GROUP_BATCH: "group batch", RECORD_GROUP_SNAPSHOT: "group snapshot"}
+
+
+def _report_groups(recovered: dict[int, RecoveredState], out: TextIO) -> None:
+    """One line per group: its log, hard state and snapshot (group 0's line reads as the
+    single-group log's always has)."""
+    for group, state in recovered.items():
+        snapshot = state.snapshot
+        name = f"group {group}: " if group else ""
+        print(f"OK: {name}log {state.first_index}..{state.last_index}, hard state "
+              f"{state.hard_state}, snapshot "
+              f"{(snapshot.index, snapshot.term) if snapshot else None}", file=out)
 
 
 def check(directory: str, out: TextIO, *, records: bool = False) -> int:
@@ -78,14 +94,11 @@ def check(directory: str, out: TextIO, *, records: bool = False) -> int:
     if corrupt:
         return EXIT_CORRUPT
     try:
-        recovered = wal.inspect()
+        recovered = wal.inspect_groups()
     except StorageError as exc:
         print(f"CORRUPT: {exc}", file=out)
         return EXIT_CORRUPT
-    snapshot = recovered.snapshot
-    print(f"OK: log {recovered.first_index}..{recovered.last_index}, hard state "
-          f"{recovered.hard_state}, snapshot "
-          f"{(snapshot.index, snapshot.term) if snapshot else None}", file=out)
+    _report_groups(recovered, out)
     return EXIT_CLEAN
 
 
@@ -103,7 +116,7 @@ def repair(directory: str, out: TextIO, *, truncate_at_corruption: bool = False)
     moved = _Moved()
     while True:
         try:
-            WriteAheadLog(directory, fsync=False).inspect()
+            WriteAheadLog(directory, fsync=False).inspect_groups()
             break
         except WalCorruptError as exc:
             if not truncate_at_corruption:
@@ -121,15 +134,15 @@ def repair(directory: str, out: TextIO, *, truncate_at_corruption: bool = False)
     # Cuts a torn tail, moving its bytes aside (logged). No preallocation: the node's own
     # start preallocates its segment.
     wal = WriteAheadLog(directory, preallocate=False)
-    recovered = wal.open()
+    recovered = wal.open_groups()
     wal.close()
-    if recovered.truncated_bytes:
-        print(f"torn tail: {recovered.truncated_bytes} bytes moved to a .broken file", file=out)
+    truncated = recovered[0].truncated_bytes   # the file's, reported with group 0
+    if truncated:
+        print(f"torn tail: {truncated} bytes moved to a .broken file", file=out)
     if moved.bytes:
         print(f"moved aside in total: {moved.records} records, {moved.bytes} bytes "
               "(kept in the .broken files)", file=out)
-    print(f"OK: log {recovered.first_index}..{recovered.last_index}, hard state "
-          f"{recovered.hard_state}", file=out)
+    _report_groups(recovered, out)
     return EXIT_CLEAN
 
 

@@ -46,13 +46,13 @@ def test_check_reports_every_segment_and_exits_0_when_clean(tmp_path: Path) -> N
 def test_mid_log_corruption_is_reported_and_only_cut_when_asked(tmp_path: Path) -> None:
     segments = build(tmp_path)
     damaged = bytearray(segments[2].read_bytes())
-    damaged[100] ^= 0x10            # inside the second save of the third segment (offset 71)
+    damaged[104] ^= 0x10            # inside the second save of the third segment (offset 75)
     segments[2].write_bytes(bytes(damaged))
     before = files(tmp_path)
 
     result = run("check", "--data-dir", str(tmp_path))
     assert result.returncode == exitcodes.STORAGE
-    assert f"{segments[2]} at offset 71" in result.stdout, result.stdout
+    assert f"{segments[2]} at offset 75" in result.stdout, result.stdout
 
     result = run("repair", "--data-dir", str(tmp_path))
     assert result.returncode == exitcodes.STORAGE and "--truncate-at-corruption" in result.stdout
@@ -62,10 +62,10 @@ def test_mid_log_corruption_is_reported_and_only_cut_when_asked(tmp_path: Path) 
     result = run("repair", "--data-dir", str(tmp_path), "--truncate-at-corruption")
     assert result.returncode == 0, result.stdout + result.stderr
     # the damaged save, the 5 after it in its segment and 6 + 6 * 5 + 5 in the later ones
-    assert "moved aside in total: 47 records, 4210 bytes" in result.stdout, result.stdout
+    assert "moved aside in total: 47 records, 4238 bytes" in result.stdout, result.stdout
     assert "OK: log 1..12" in result.stdout
     broken = {p.name: p.read_bytes() for p in tmp_path.glob("*.broken")}
-    assert broken[f"{segments[2].name}.71.broken"] == bytes(damaged[71:])
+    assert broken[f"{segments[2].name}.75.broken"] == bytes(damaged[75:])
     for path in segments[3:]:
         assert broken[f"{path.name}.0.broken"] == before[path.name]
     assert sorted(tmp_path.glob("wal-*.log")) == segments[:3]
