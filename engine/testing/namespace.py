@@ -10,9 +10,9 @@ exception types. tests/testing/test_namespace_model.py holds it against the loca
 
 Paths are absolute in the model ("/a/b"); empty components are skipped; "." and ".." are
 followed in the middle of a path. Symbolic links are followed in intermediate components and,
-for read_file, write_file, append, listdir, stat and link, in the last one (a write through a
+for read_file, write_file, append, listdir and stat, in the last one (a write through a
 dangling link creates its target, as open(O_CREAT) does); never for lstat, readlink, unlink,
-rmdir, rename or symlink. Directory sizes are 0 (real file systems report block sizes);
+rmdir, rename, link or symlink. Directory sizes are 0 (real file systems report block sizes);
 directory nlink is 2 + subdirectories (ext4, tmpfs). Permission bits are kept (mode & ~umask)
 but not enforced.
 
@@ -278,8 +278,8 @@ class PosixModel:
         self._drop_link(ino)
 
     def link(self, src: str, dst: str) -> None:
-        """os.link(src, dst) (follows a symbolic link src, as os.link does by default)."""
-        _, _, ino = self._resolve(src, follow_last=True)
+        """link(2): a symbolic link src is linked itself, not followed (Linux link(2))."""
+        _, _, ino = self._resolve(src, follow_last=False)
         if ino is None:
             raise _error(errno.ENOENT, src)
         parent, name, existing = self._resolve(dst, follow_last=False)
