@@ -176,11 +176,12 @@ def _check_one(
             continue
         later = position_of.get(item)
         if later is not None and later > matched:
+            # The change owed now: delivered further on (out of order) or never (a gap).
             skipped = owed[matched]
-            if skipped.revision == item.revision:
+            if skipped in watcher.received[position + 1:]:
                 return diverge("out-of-order", position, item,
-                               f"within revision {item.revision}, key {item.key!r} came before "
-                               f"key {skipped.key!r}")
+                               f"revision {item.revision} key {item.key!r} came before "
+                               f"revision {skipped.revision} key {skipped.key!r}")
             return diverge("gap", position, item,
                            f"revision {skipped.revision} key {skipped.key!r} was skipped")
         if item.revision < watcher.start_revision and ident in committed_ids:
