@@ -48,13 +48,23 @@ from engine.testing.locks import (  # noqa: E402
     lock_handover_delays,
 )
 from engine.testing.namespace import (  # noqa: E402
+    InodeRecord,
+    NamespaceCheckResult,
     PosixModel,
     check_acknowledged_effects,
     check_namespace_tree,
 )
-from engine.testing.watches import Change, Watcher, check_watch_history  # noqa: E402
+from engine.testing.watches import (  # noqa: E402
+    Change,
+    Compacted,
+    Overflow,
+    WatchCheckResult,
+    Watcher,
+    check_watch_history,
+)
 
 __all__ += [
     "check_mutual_exclusion", "LockCheckResult", "lock_handover_delays", "check_watch_history",
-    "Change", "Watcher", "PosixModel", "check_namespace_tree", "check_acknowledged_effects",
+    "Change", "Compacted", "Overflow", "Watcher", "WatchCheckResult", "PosixModel",
+    "check_namespace_tree", "check_acknowledged_effects", "InodeRecord", "NamespaceCheckResult",
 ]
