@@ -324,8 +324,7 @@ class PosixModel:
         src_parent, src_name, src_ino = self._resolve(src, follow_last=False)
         dst_parent, dst_name, dst_ino = self._resolve(dst, follow_last=False)
         if src_name in ("", ".", "..") or dst_name in ("", ".", ".."):
-            if src_ino is None:
-                raise _error(errno.ENOENT, src)
+            # Refused on the names alone, before the source is looked up.
             raise _error(errno.EBUSY, src if src_name in ("", ".", "..") else dst)
         if src_ino is None:
             raise _error(errno.ENOENT, src)

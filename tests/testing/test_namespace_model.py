@@ -289,3 +289,10 @@ def test_root_cannot_be_removed_or_renamed() -> None:
     with pytest.raises(OSError) as renamed:
         model.rename("/", "/a/b")
     assert renamed.value.errno == errno.EBUSY
+
+
+def test_rename_of_dot_names_is_ebusy_before_the_source_is_looked_up(both: Any) -> None:
+    results = run_both(both, [("rename", "/missing", "/."), ("mkdir", "/a"),
+                              ("rename", "/a/.", "/b"), ("rename", "/a", "/a/..")])
+    busy = ("error", (OSError, errno.EBUSY))
+    assert [results[0], results[2], results[3]] == [busy] * 3
