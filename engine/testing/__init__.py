@@ -5,6 +5,9 @@
 - sim: the deterministic simulator (seeded network, disk and clock) for the protocol cores.
 - nemesis: Jepsen-style fault injection against real `serve` processes (kill -9, pauses,
   partitions, packet faults, WAL-tail damage) with register and set workloads.
+- check_mutual_exclusion, check_watch_history, check_namespace_tree, PosixModel: checkers
+  for locks with fencing tokens, watches and a file-system namespace (locks.py, watches.py,
+  namespace.py), and the POSIX namespace oracle for model-based tests.
 """
 
 from __future__ import annotations
@@ -40,4 +43,31 @@ __all__ = [
     "check_linearizable", "CheckResult", "check_serializable", "SerializabilityResult",
     "HistoryError", "Model", "RegisterModel", "KVModel",
     "SetModel", "RunConfig", "RunResult", "run", "ProcessCluster",
+]
+
+from engine.testing.locks import (  # noqa: E402
+    LockCheckResult,
+    check_mutual_exclusion,
+    lock_handover_delays,
+)
+from engine.testing.namespace import (  # noqa: E402
+    InodeRecord,
+    NamespaceCheckResult,
+    PosixModel,
+    check_acknowledged_effects,
+    check_namespace_tree,
+)
+from engine.testing.watches import (  # noqa: E402
+    Change,
+    Compacted,
+    Overflow,
+    WatchCheckResult,
+    Watcher,
+    check_watch_history,
+)
+
+__all__ += [
+    "check_mutual_exclusion", "LockCheckResult", "lock_handover_delays", "check_watch_history",
+    "Change", "Compacted", "Overflow", "Watcher", "WatchCheckResult", "PosixModel",
+    "check_namespace_tree", "check_acknowledged_effects", "InodeRecord", "NamespaceCheckResult",
 ]
