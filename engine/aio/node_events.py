@@ -61,12 +61,15 @@ class _LeaderWatch:
 
 class _EventsMixin:
     """Node's leadership observer (see the module docstring). Node attributes it uses:
-    config, _core, _applied; it owns _seen_term, _seen_leader, _leader_watch, _leader_callbacks,
-    leader_changes_total."""
+    config, _core, _applied (properties over the driver); it owns _seen_term, _seen_leader,
+    _leader_watch, _leader_callbacks, leader_changes_total."""
 
     config: NodeConfig
-    _core: Any
-    _applied: int
+    if TYPE_CHECKING:  # Node (node.py): the driver's state
+        @property
+        def _core(self) -> Any: ...
+        @property
+        def _applied(self) -> int: ...
     # The term and leader last noted (read per Ready: two attributes, not a tuple).
     _seen_term: int = 0
     _seen_leader: int = 0

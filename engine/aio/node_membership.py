@@ -50,25 +50,33 @@ class _MembershipMixin:
     transport's peer set following the configuration, removal notices and going quiet
     (§4.2.3), member addresses and the witness helpers.
 
-    Node attributes it uses (set in Node.__init__ / start): config, _core, _loop, _running,
-    _ticks, _transport; its own state: _track_membership, _membership_seen, _removed,
-    _witness, _removal_notices.
+    Node attributes it uses (set in Node.__init__ / start): config, _loop, _transport, and
+    (properties over the driver) _core, _running, _ticks, _witness; its own state:
+    _track_membership, _membership_seen, _removed, _removal_due, _removal_notices. The
+    driver reaches it through node._MembershipPort (engine.driver.Membership).
     """
 
     config: NodeConfig
-    _core: Any
     _loop: asyncio.AbstractEventLoop | None
-    _running: bool
-    _ticks: int
     _transport: Any
     _track_membership: bool
     _membership_seen: Any
     _removed: str
     _removal_due: str
-    _witness: bool
     _removal_notices: dict[int, list[Any]]
 
     if TYPE_CHECKING:  # defined by Node and the other mixins
+        # Node (node.py): the driver's state
+        @property
+        def _core(self) -> Any: ...
+        @property
+        def _running(self) -> bool: ...
+        @property
+        def _ticks(self) -> int: ...
+        @property
+        def _witness(self) -> bool: ...
+        @_witness.setter
+        def _witness(self, value: bool) -> None: ...
         # Node (node.py)
         def _check_running(self) -> None: ...
         # Node (node.py)
@@ -89,7 +97,8 @@ class _MembershipMixin:
     #     (the committed configuration has the wanted shape), so it also completes when
     #     leadership moves and the new leader finishes the joint change.
     #   * the transport's peer set follows the configuration in force, which takes effect
-    #     when appended (§4.1): _follow_membership runs before each Ready is sent;
+    #     when appended (§4.1): _follow_membership runs before each Ready is sent
+    #     (the driver calls Membership.follow);
     #   * a removed node goes quiet (§4.2.3): once it applies a committed configuration that
     #     removes it, or hears so from the leader (MEMBER_REMOVED: a removed follower is
     #     never sent the entry that completes its removal), its core never ticks again and it
@@ -486,7 +495,7 @@ class _MembershipMixin:
             # C_old,new without us in C_new (or a simple config without us) is committed: the
             # change completes without us (thesis §4.2.2; etcd stops a removed member here).
             # A leader leaving keeps managing until C_new commits, then steps down first.
-            # Quiet once the batch is applied (Node._apply), so that the entries committed
+            # Quiet once the batch is applied (Driver.apply_ready), so that the entries committed
             # with this one are answered with their results.
             self._removal_due = (f"node {me} was removed from the cluster (configuration at "
                                  f"{index})")

@@ -1,18 +1,12 @@
-"""engine.Node's serving side: forwarding proposals to the leader, answering CLIENT_REQUESTs
-from remote clients and ADMIN ops from operators and tests.
-
-Split out of engine/aio/node.py; `_ServingMixin` is a base class of engine.aio.node.Node and
-its methods run on a Node (see that module's docstring and Node.propose: a forwarded
-proposal whose answer is lost fails with Timeout; when the leader changes under it, it is
-re-sent if the state machine calls it retry-safe, else it fails with OutcomeUnknown).
+"""engine.Node's serving side: answering CLIENT_REQUESTs from remote clients (and from
+members forwarding a proposal: the forwarding itself is the driver's, engine/driver.py) and
+ADMIN ops from operators and tests. `_ServingMixin` is a base class of engine.aio.node.Node.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import weakref
-from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -38,31 +32,24 @@ _ADMIN = enum_members(AdminOp)
 
 
 class _ServingMixin:
-    """Node's forwarding (_forward_waiting, _on_forward_response), client requests
-    (_on_client_request and the _reply* helpers) and ADMIN ops (_on_admin: fault injection,
-    leadership transfer, membership ops dispatched to _MembershipMixin, removal notices).
-
-    Node attributes it uses (set in Node.__init__ / start): config, counters, _core, _loop,
-    _running, _transport, _proposal_queue, _tick_scale; the state it chiefly manages:
-    _waiting_for_leader, _forwarded, _forward_seq.
+    """Node's client requests (_on_client_request and the _reply* helpers) and ADMIN ops
+    (_on_admin: fault injection, leadership transfer, membership ops dispatched to
+    _MembershipMixin, removal notices). Node attributes it uses: config, _loop, _transport,
+    _tick_scale, and (properties over the driver) counters, _core, _running.
     """
 
     config: NodeConfig
-    counters: dict[str, int]
-    _core: Any
     _loop: asyncio.AbstractEventLoop | None
-    _running: bool
     _transport: Any
-    _proposal_queue: list[tuple[bytes, asyncio.Future[bytes], float]]
     _tick_scale: float
-    _waiting_for_leader: deque[tuple[bytes, asyncio.Future[bytes], float]]
-    _forwarded: dict[int, tuple[bytes, asyncio.Future[bytes], float]]
-    _forwarded_to: int
-    _forward_seq: int
-    _sent_before: weakref.WeakSet[asyncio.Future[bytes]]
-    _retry_safe: Callable[[bytes], bool] | None
 
     if TYPE_CHECKING:  # defined by Node and the other mixins
+        @property
+        def counters(self) -> dict[str, int]: ...
+        @property
+        def _core(self) -> Any: ...
+        @property
+        def _running(self) -> bool: ...
         # _ReadsMixin
         async def read(self, query: bytes, *, mode: str = "linearizable",
                        timeout: float | None = None) -> bytes: ...
@@ -79,98 +66,12 @@ class _ServingMixin:
                           ) -> asyncio.Future[bytes]: ...
         # Node (node.py)
         def status(self) -> dict[str, Any]: ...
-        # Node (node.py)
-        def _schedule_turn(self) -> None: ...
-        # Node (node.py)
-        def _submit_proposals(self) -> None: ...
         # _MembershipMixin
         def _admin_membership(self, message: Message, address: Any) -> None: ...
         # _MembershipMixin
         def _address_of(self, node_id: int) -> str: ...
         # _MembershipMixin
         def _on_removal_notice(self, message: Message) -> None: ...
-
-    # ------------------------------------------------------------------ forwarding
-
-    def _forward_waiting(self) -> None:
-        """Send the proposals waiting for a leader to the one now known (or propose them
-        here if we lead), after following a leader change (_follow_new_leader)."""
-        leader_id = self._core.leader_id
-        if not leader_id:
-            return
-        if self._forwarded and leader_id != self._forwarded_to:
-            self._follow_new_leader(leader_id)
-        if leader_id == self.config.node_id:
-            # We became leader meanwhile: propose them here.
-            self._proposal_queue.extend(self._waiting_for_leader)
-            self._waiting_for_leader.clear()
-            self._submit_proposals()
-            return
-        messages = []
-        while self._waiting_for_leader:
-            command, future, deadline = self._waiting_for_leader.popleft()
-            if future.done():
-                continue
-            self._forward_seq += 1
-            self._forwarded[self._forward_seq] = (command, future, deadline)
-            messages.append(Message(
-                _MT.CLIENT_REQUEST, src=self.config.node_id, dst=leader_id,
-                seq=self._forward_seq, status=_OP.WRITE, context=command,
-            ))
-        if messages:
-            self._forwarded_to = leader_id
-            self.counters["forwarded"] += len(messages)
-            self._transport.send(messages)
-
-    def _follow_new_leader(self, leader_id: int) -> None:
-        """Node `leader_id` leads now, not node _forwarded_to, and proposals forwarded to
-        that one are unanswered. It may have appended them and the new leader may commit
-        them (Raft §5.4.1 Leader Completeness), or they may be lost: nothing tells which.
-        A retry-safe command (Node.propose) goes again, to the new leader; any other ends
-        now with OutcomeUnknown instead of waiting for its deadline."""
-        retry_safe = self._retry_safe
-        old = self._forwarded_to
-        forwarded, self._forwarded = self._forwarded, {}
-        again: list[tuple[bytes, asyncio.Future[bytes], float]] = []
-        for command, future, deadline in forwarded.values():
-            if future.done():
-                continue
-            if retry_safe is not None and retry_safe(command):
-                self._sent_before.add(future)
-                again.append((command, future, deadline))
-            else:
-                future.set_exception(errors.unfinished(errors.NotLeader(
-                    f"node {old} stopped leading (node {leader_id} leads) before it answered; "
-                    "the command carries no session, so it is not sent again"),
-                    may_apply=True))
-        # Ahead of the proposals that never left: these are older.
-        self._waiting_for_leader.extendleft(reversed(again))
-        self.counters["reforwarded"] += len(again)
-
-    def _on_forward_response(self, message: Message) -> None:
-        pending = self._forwarded.pop(message.seq, None)
-        if pending is None:
-            return
-        command, future, deadline = pending
-        if future.done():
-            return
-        status = message.status
-        if status == _STATUS.OK:
-            future.set_result(message.context)
-        elif status == _STATUS.NOT_LEADER:
-            # Definitely not applied there: forward again once a leader is known.
-            self._waiting_for_leader.append((command, future, deadline))
-            self._schedule_turn()
-        elif status == _STATUS.REJECTED:
-            # Definite for the copy the leader refused; an earlier copy (before a leader
-            # change) may still apply.
-            future.set_exception(errors.unfinished(
-                errors.Rejected(message.context.decode(errors="replace")),
-                may_apply=future in self._sent_before))
-        elif status == _STATUS.ERROR:
-            future.set_exception(errors.StateMachineError(message.context.decode(errors="replace")))
-        else:
-            future.set_exception(errors.OutcomeUnknown("the leader could not tell the outcome"))
 
     # ------------------------------------------------------------------ serving clients
 
