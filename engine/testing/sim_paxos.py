@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any
 from engine.messages import EntryKind
 from engine.paxos.config import PaxosConfig
 from engine.paxos.core import IDENTITY_BYTES, PaxosCore, Role
-from engine.raft.snapshot import encode_snapshot
 from engine.testing.paxos_invariants import (
     PaxosChecker,
     decode_values,
@@ -74,14 +73,12 @@ class PaxosProtocol:
         self.checker.on_state(node.node_id, snapshot.index, node.digest)
         return values
 
-    def make_snapshot(self, sim: Simulation, node: SimNode, core: Any, index: int,
-                      term: int) -> Snapshot:
+    def snapshot_data(self, sim: Simulation, node: SimNode, core: Any, index: int) -> bytes:
+        """The state machine's snapshot at index: one value per slot."""
         values = node.applied
         if len(values) != index:
             self.checker.fail_node(node.node_id, f"applied {len(values)} != core {index}")
-        data = encode_values(values)
-        envelope = encode_snapshot(Snapshot(index=index, term=term, data=data))
-        return Snapshot(index=index, term=term, data=data, envelope=envelope)
+        return encode_values(values)
 
     def on_trim(self, sim: Simulation, node: SimNode, index: int) -> None:
         self.checker.on_trim(node.node_id, index)

@@ -14,7 +14,7 @@ import pytest
 
 from engine import errors
 from engine.errors import InvariantViolation
-from engine.testing import sim as sim_module
+from engine import driver as driver_module
 from engine.testing.invariants import check_definite_failures_not_applied
 from engine.testing.sim import SimulationFailure, run_swarm
 
@@ -54,7 +54,7 @@ def test_a_planted_false_rejection_is_caught(
     honest = run_swarm(seed, protocol=protocol, membership=membership, fault_time_ms=5_000,
                        max_events=5_000)
     assert honest.stats["answered_unknown"] >= 1
-    monkeypatch.setattr(sim_module, "unfinished", planted)
+    monkeypatch.setattr(driver_module, "unfinished", planted)
     with pytest.raises(SimulationFailure, match="answered with a definite failure were applied"):
         run_swarm(seed, protocol=protocol, membership=membership, fault_time_ms=5_000,
                   max_events=5_000)
