@@ -12,9 +12,9 @@ from typing import Literal
 
 import pytest
 
+from engine import driver as driver_module
 from engine import errors
 from engine.errors import InvariantViolation
-from engine import driver as driver_module
 from engine.testing.invariants import check_definite_failures_not_applied
 from engine.testing.sim import SimulationFailure, run_swarm
 
