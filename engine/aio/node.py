@@ -421,6 +421,8 @@ class Node(_MembershipMixin, _SnapshotsMixin, _ReadsMixin, _ServingMixin, _Event
         if self.config.metrics_addr is not None:
             await self._serve_metrics(self.config.metrics_addr)
             self._driver.metrics = self._metrics
+        # The loop's own method, not a wrapper: the driver reads it once per write.
+        self._driver.clock = loop.time
         self._next_tick_at = loop.time()
         self._schedule_tick()
         self._driver.schedule_turn()
