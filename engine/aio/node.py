@@ -55,6 +55,7 @@ from engine.aio.node_reads import _ReadsMixin
 from engine.aio.node_serving import _ServingMixin
 from engine.aio.node_snapshots import _SnapshotsMixin
 from engine.aio.node_snapshots import _state_machine_fork as _state_machine_fork
+from engine.core import capabilities
 from engine.driver import Driver, InlineJobs
 from engine.messages import Message, MessageType
 from engine.types import NodeConfig, Snapshot
@@ -280,9 +281,10 @@ class Node(_MembershipMixin, _SnapshotsMixin, _ReadsMixin, _ServingMixin, _Event
         )
         self._driver.witness = config.node_id in config.bootstrap_witnesses()
         self._driver.on_leadership = self._note_leadership
-        # Membership (Raft thesis §4; see node_membership.py): the configuration the
-        # transport's peer set follows, why this node was removed ("" while a member), and
-        # the removal notices a leader still owes removed nodes.
+        # Membership (Raft thesis §4; see node_membership.py): whether the core offers it
+        # (the configured protocol says, until start() resolves the core's capabilities),
+        # the configuration the transport's peer set follows, why this node was removed
+        # ("" while a member), and the removal notices a leader still owes removed nodes.
         self._track_membership = config.protocol == "raft"
         self._membership_seen: Any = None
         self._removed = ""
@@ -377,6 +379,9 @@ class Node(_MembershipMixin, _SnapshotsMixin, _ReadsMixin, _ServingMixin, _Event
             applied = await self._restore_from(recovered)
             core = _make_core(self.config, recovered, applied)
             self._driver.core = core   # the membership helpers below read it
+            # What the core offers beyond engine.core.Core, resolved once (engine.core).
+            membership = capabilities(core).membership
+            self._track_membership = membership is not None
             # Raft: the peers of the recovered configuration (thesis §4.1), not only the
             # bootstrap members; later configurations are followed as Readies go out.
             peers = self._member_peers()
@@ -415,7 +420,7 @@ class Node(_MembershipMixin, _SnapshotsMixin, _ReadsMixin, _ServingMixin, _Event
             membership=_MembershipPort(self) if self._track_membership else None,
             lease_window=4 * self.config.timing.election_timeout_ticks,
         )
-        self._membership_seen = getattr(core, "membership", None)
+        self._membership_seen = membership.membership if membership is not None else None
         self._seen_term, self._seen_leader = core.term, core.leader_id
         self._check_removed_at_start()
         if self.config.metrics_addr is not None:

@@ -5,7 +5,8 @@ N cores run in one thread against a simulated network, disk and clock. One seed 
 choice (random.Random(seed)), events are ordered by (time, sequence), so a run is a pure
 function of its seed; `trace_hash` (SHA-256 of the event trace) proves it. The protocol core
 is the only thing that changes: a small adapter (sim_raft.RaftProtocol, sim_paxos.PaxosProtocol)
-makes the core, models its state machine and runs its invariant checker after every event.
+makes the core, models its state machine and runs its invariant checker (sim_node.py holds
+what they share with this module, so neither imports the other).
 
 The model (shared by every protocol)
   network  every message may be lost, duplicated and delayed (uniform in [min, max] ms, so
@@ -18,19 +19,22 @@ The model (shared by every protocol)
            writing a snapshot file and the WAL's compaction marker (installs and the snapshot
            policy alike). Restart builds a new core from the disk: the state machine is
            restored from the snapshot file (if any) and replays the log after it.
-  driver   engine.Node's order: ready() -> send `messages` -> [install Ready.snapshot: file,
-           WAL marker, restore] -> fsync entries + hard state -> send
-           `messages_after_persist` -> apply committed entries -> serve reads -> advance() ->
-           snapshot policy (every snapshot_entries applied entries: snapshot the state machine,
-           write it, compact the WAL and the core to snapshot_trailing entries below it). One
-           Ready at a time per node, while the core keeps receiving messages and ticks.
-  clients  proposals go to whichever node leads; reads (ReadIndex) to any node, each checked
-           against everything committed anywhere when it began. Every proposal is answered
-           as engine.Node answers it: its result when the entry at its (index, term) is
-           applied, Superseded when another entry is applied there, and through
-           engine.errors.unfinished when its node crashes (Stopped), is removed from the
-           configuration (MembershipError) or refuses it (Overloaded); OutcomeUnknown when a
-           snapshot install covers it. Commands are unique, so a command is its operation.
+  driver   every node runs engine.driver.Driver, the driver engine.Node runs, with simulated
+           implementations of its interfaces: SimTransport (the network above), SimStorage
+           (SimDisk; a save completes after a simulated fsync, `fsync_min_ms..fsync_max_ms`),
+           SimJobs (snapshot writes, installs and WAL compactions as events), a turn
+           scheduler (turns run after each event, in order, like loop.call_soon) and the
+           simulated clock. So the Ready order checked here is the shipped one: a leader
+           applies before its own fsync, a follower acks and then applies after it.
+  clients  proposals go to whichever node leads (Driver.propose_batch: the core's propose
+           and the driver's outcome tables); reads (ReadIndex, asked of the core) to any
+           node, each checked against everything committed anywhere when it began. Every
+           proposal is answered by the driver, as in engine.Node: its result when the entry
+           at its (index, term) is applied, Superseded when another entry is applied there,
+           Timeout after REQUEST_TIMEOUT_S, and through engine.errors.unfinished when its
+           node crashes (Stopped), is removed from the configuration (MembershipError) or
+           refuses it (Overloaded); OutcomeUnknown when a snapshot install covers it.
+           Commands are unique, so a command is its operation.
   nemesis  partitions (isolate one node, the leader, a random split, one-way cuts), crashes and
            restarts; for Raft also leadership transfers and membership changes (see below).
 
@@ -39,7 +43,8 @@ nodes n+1.. start only once a change adds them; faults.membership asks the leade
 changes; snapshots record the configuration as of their index; `witnesses` are metadata-only
 voters for life). Paxos extras: flexible quorums (phase1_quorum, phase2_quorum).
 
-Checkers (run after every event): engine/testing/invariants.py (Raft), engine/testing/
+Checkers (run after every turn and at the driver's hook points, SimHooks: ready taken,
+persisted, applied, snapshot installed): engine/testing/invariants.py (Raft), engine/testing/
 paxos_invariants.py (Paxos), plus the driver-level rules here: a durable term / promised
 ballot never goes back, no compaction forgets a stored entry above its marker (except a Raft
 install replacing a conflicting log), a snapshot is installed only beyond the applied index,
@@ -72,7 +77,7 @@ import struct
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Literal, NamedTuple, NoReturn, Protocol
+from typing import Any, Literal, NoReturn, Protocol
 
 from engine.driver import PENDING, Driver
 from engine.errors import (
@@ -98,6 +103,7 @@ from engine.raft.membership import (
 )
 from engine.testing.invariants import ClusterChecker, check_definite_failures_not_applied
 from engine.testing.sim_disk import SimDisk
+from engine.testing.sim_node import Proposal, SimNode
 from engine.testing.sim_paxos import PaxosProtocol
 from engine.testing.sim_raft import RaftProtocol, decode_applied, encode_applied
 from engine.types import HardState, Limits, Ready, Snapshot, TimingConfig
@@ -120,15 +126,6 @@ class SimulationFailure(AssertionError):
 def _fail(what: str) -> NoReturn:
     """A driver-level invariant failed (the protocols' checkers raise the same error)."""
     raise InvariantViolation(what)
-
-
-class Proposal(NamedTuple):
-    """A proposal as the core accepted it: its first slot/index and term/ballot."""
-
-    first: int
-    last: int
-    term: int
-    command: bytes
 
 
 class SimProtocol(Protocol):
@@ -211,67 +208,6 @@ class FaultConfig:
             delay_min_ms=self.delay_min_ms, delay_max_ms=self.delay_max_ms,
             fsync_min_ms=self.fsync_min_ms, fsync_max_ms=self.fsync_max_ms,
         )
-
-
-@dataclass(slots=True)
-class SimNode:
-    node_id: int
-    # The shipped driver (engine.driver.Driver) of this incarnation; None while down.
-    driver: Driver | None = None
-    incarnation: int = 0
-    disk: SimDisk = field(default_factory=SimDisk)
-    storage: SimStorage | None = None
-    last_commit: int = 0
-    last_term: int = 0
-    applied_index: int = 0
-    # The state machine: Raft, the commands applied (no no-ops); Paxos, one value per slot.
-    applied: list[Any] = field(default_factory=list)
-    digest: bytes = b""  # Paxos: digest chain over `applied`
-    led_ballot: int = 0  # Paxos: the ballot this node last led (counts leader changes)
-    snapshot_index: int = 0  # index of the last snapshot taken or installed (in memory)
-    # Membership: a spare node joins (runs) once first added; a witness stays one for life
-    # (a node id is never reused across witness and full roles).
-    joined: bool = True
-    witness: bool = False
-
-    @property
-    def core(self) -> Any:
-        driver = self.driver
-        return None if driver is None else driver.core
-
-    @property
-    def up(self) -> bool:
-        return self.driver is not None
-
-    @property
-    def pending(self) -> dict[int, Any]:
-        """Proposals this incarnation's core accepted, not answered yet (the driver's)."""
-        return {} if self.driver is None else self.driver.proposals
-
-    # Read-only views of the disk under the names scenario tests use.
-    @property
-    def disk_snapshot(self) -> Snapshot | None:
-        return self.disk.snapshot
-
-    @property
-    def disk_hard_state(self) -> HardState:
-        return self.disk.hard_state
-
-    @property
-    def disk_entries(self) -> list[Any]:
-        return self.disk.entries
-
-    @property
-    def disk_log_start(self) -> tuple[int, int]:
-        return self.disk.log_start
-
-    @property
-    def disk_last_index(self) -> int:
-        return self.disk.last_index
-
-    def disk_term(self, index: int) -> int | None:
-        """Term of the entry at index on disk; None if a snapshot covers it; 0 if absent."""
-        return self.disk.term(index)
 
 
 class _Crashed(Exception):

@@ -9,7 +9,7 @@ slot s can be compared with every other's at every apply, snapshot install and r
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from engine.messages import EntryKind
 from engine.paxos.config import PaxosConfig
@@ -21,10 +21,9 @@ from engine.testing.paxos_invariants import (
     encode_values,
     next_digest,
 )
+from engine.testing.sim_node import Proposal, SimNode
+from engine.testing.sim_node import SimulationView as Simulation
 from engine.types import Limits, Ready, Snapshot, TimingConfig
-
-if TYPE_CHECKING:
-    from engine.testing.sim import Proposal, SimNode, Simulation
 
 
 class PaxosProtocol:

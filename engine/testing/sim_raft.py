@@ -8,17 +8,16 @@ and swarm live in sim.py and are shared.
 from __future__ import annotations
 
 import struct
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from engine.messages import EntryKind
 from engine.raft.config import RaftConfig
 from engine.raft.core import RaftCore, Role
 from engine.raft.membership import Membership, decode_membership
 from engine.testing.invariants import ClusterChecker
+from engine.testing.sim_node import Proposal, SimNode
+from engine.testing.sim_node import SimulationView as Simulation
 from engine.types import Limits, Ready, Snapshot, TimingConfig
-
-if TYPE_CHECKING:
-    from engine.testing.sim import Proposal, SimNode, Simulation
 
 
 def encode_applied(commands: list[bytes]) -> bytes:
