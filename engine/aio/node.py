@@ -46,8 +46,8 @@ from engine._core import IMPLEMENTATION
 from engine.aio.node_events import _EventsMixin
 from engine.aio.node_membership import _MEMBERSHIP_ADMIN_OPS as _MEMBERSHIP_ADMIN_OPS
 from engine.aio.node_membership import _REMOVAL_NOTICES as _REMOVAL_NOTICES
+from engine.aio.node_membership import NodeMembership
 from engine.aio.node_membership import _error_payload as _error_payload
-from engine.aio.node_membership import _MembershipMixin
 from engine.aio.node_reads import _READ_RETRY_TICKS as _READ_RETRY_TICKS
 from engine.aio.node_reads import READ_MODES as READ_MODES
 from engine.aio.node_reads import _PendingRead as _PendingRead
@@ -226,22 +226,22 @@ class _MembershipPort:
 
     def follow(self) -> None:
         node = self._node
-        if node._driver.core.membership is not node._membership_seen:
+        if node._driver.core.membership is not node._members.seen:
             node._follow_membership()
 
     def config_committed(self, entry: Any) -> None:
-        self._node._on_config_committed(entry)
+        self._node._members.on_config_committed(entry)
 
     def after_apply(self) -> None:
-        node = self._node
-        if node._removal_due:
-            node._go_quiet(node._removal_due)
+        members = self._node._members
+        if members.removal_due:
+            members.go_quiet(members.removal_due)
 
     def configuration_at(self, index: int) -> bytes:
-        return self._node._configuration_at(index)
+        return self._node._members.configuration_at(index)
 
 
-class Node(_MembershipMixin, _SnapshotsMixin, _ReadsMixin, _ServingMixin, _EventsMixin):
+class Node(_SnapshotsMixin, _ReadsMixin, _ServingMixin, _EventsMixin):
     """One member of a replicated state machine (see the module docstring).
 
     `async with engine.Node(config, state_machine=...) as node:` starts it and stops it.
@@ -281,15 +281,8 @@ class Node(_MembershipMixin, _SnapshotsMixin, _ReadsMixin, _ServingMixin, _Event
         )
         self._driver.witness = config.node_id in config.bootstrap_witnesses()
         self._driver.on_leadership = self._note_leadership
-        # Membership (Raft thesis §4; see node_membership.py): whether the core offers it
-        # (the configured protocol says, until start() resolves the core's capabilities),
-        # the configuration the transport's peer set follows, why this node was removed
-        # ("" while a member), and the removal notices a leader still owes removed nodes.
-        self._track_membership = config.protocol == "raft"
-        self._membership_seen: Any = None
-        self._removed = ""
-        self._removal_due = ""   # removed by a CONFIG entry in the batch being applied
-        self._removal_notices: dict[int, list[Any]] = {}
+        # Membership (Raft thesis §4), a component with its own state (node_membership.py).
+        self._members = NodeMembership(self)
 
     # The driver's state under the names Node's parts (and tests) use.
     @property
@@ -381,10 +374,10 @@ class Node(_MembershipMixin, _SnapshotsMixin, _ReadsMixin, _ServingMixin, _Event
             self._driver.core = core   # the membership helpers below read it
             # What the core offers beyond engine.core.Core, resolved once (engine.core).
             membership = capabilities(core).membership
-            self._track_membership = membership is not None
+            self._members.track = membership is not None
             # Raft: the peers of the recovered configuration (thesis §4.1), not only the
             # bootstrap members; later configurations are followed as Readies go out.
-            peers = self._member_peers()
+            peers = self._members.member_peers()
             # Cluster id and boot epoch, stored durably before the socket binds (identity.py).
             identity = await loop.run_in_executor(
                 None, open_identity, self.config, self._clock_ns or wall_clock_ns)
@@ -417,12 +410,12 @@ class Node(_MembershipMixin, _SnapshotsMixin, _ReadsMixin, _ServingMixin, _Event
         self._driver.start(
             core, self._transport, _StoragePort(self._storage), applied=applied,
             storage_jobs=storage_jobs, snapshot_jobs=self._snapshot_jobs,
-            membership=_MembershipPort(self) if self._track_membership else None,
+            membership=_MembershipPort(self) if self._members.track else None,
             lease_window=4 * self.config.timing.election_timeout_ticks,
         )
-        self._membership_seen = membership.membership if membership is not None else None
+        self._members.seen = membership.membership if membership is not None else None
         self._seen_term, self._seen_leader = core.term, core.leader_id
-        self._check_removed_at_start()
+        self._members.check_removed_at_start()
         if self.config.metrics_addr is not None:
             await self._serve_metrics(self.config.metrics_addr)
             self._driver.metrics = self._metrics
@@ -575,7 +568,7 @@ class Node(_MembershipMixin, _SnapshotsMixin, _ReadsMixin, _ServingMixin, _Event
         write, is called with the future the moment it settles.)
         """
         # The library's per-write hot path (docs/performance.md, where the time goes).
-        if self._fatal is not None or not self._driver.running or self._removed:
+        if self._fatal is not None or not self._driver.running or self._members.removed:
             self._check_running()
         loop = self._loop
         assert loop is not None
@@ -613,15 +606,46 @@ class Node(_MembershipMixin, _SnapshotsMixin, _ReadsMixin, _ServingMixin, _Event
             core_status = dict(driver.core.status())
             core_status.pop("applied_index", None)
             status.update(core_status)
-        if self._track_membership:
+        members = self._members
+        if members.track:
             # Thesis §4.2.3: a removed node goes quiet; say so (and why) instead of hiding.
-            status["removed"] = bool(self._removed)
-            if self._removed:
-                status["removed_reason"] = self._removed
+            status["removed"] = bool(members.removed)
+            if members.removed:
+                status["removed_reason"] = members.removed
         status["counters"] = dict(driver.counters)
         if self._transport is not None:
             status["transport"] = self._transport.stats()
         return status
+
+    # ------------------------------------------------------------------ membership (§4)
+
+    def members(self) -> dict[str, Any]:
+        """The configuration in force on this node (NodeMembership.members)."""
+        return self._members.members()
+
+    async def add_member(self, node_id: int, address: str, *, learner: bool = False,
+                         witness: bool = False, timeout: float | None = None,
+                         request_id: int = 0) -> dict[str, Any]:
+        """Add node `node_id` at `address`; returns members() once the final configuration
+        is committed (NodeMembership.add_member has the rules and errors)."""
+        return await self._members.add_member(node_id, address, learner=learner,
+                                              witness=witness, timeout=timeout,
+                                              request_id=request_id)
+
+    async def promote(self, node_id: int, *, timeout: float | None = None,
+                      request_id: int = 0) -> dict[str, Any]:
+        """Make learner `node_id` a voter once it is caught up (NodeMembership.promote)."""
+        return await self._members.promote(node_id, timeout=timeout, request_id=request_id)
+
+    async def remove_member(self, node_id: int, *, timeout: float | None = None,
+                            request_id: int = 0) -> dict[str, Any]:
+        """Remove `node_id` (NodeMembership.remove_member)."""
+        return await self._members.remove_member(node_id, timeout=timeout,
+                                                 request_id=request_id)
+
+    def _follow_membership(self) -> None:
+        # A method of Node (not only of the part) so that tests can wrap it per instance.
+        self._members.follow_membership()
 
     # ------------------------------------------------------------------ internals: scheduling
 
@@ -630,8 +654,8 @@ class Node(_MembershipMixin, _SnapshotsMixin, _ReadsMixin, _ServingMixin, _Event
             raise errors.Stopped(f"node stopped after a fatal error: {self._fatal!r}")
         if not self._driver.running:
             raise errors.Stopped("node is not running")
-        if self._removed:
-            raise errors.MembershipError(self._removed)
+        if self._members.removed:
+            raise errors.MembershipError(self._members.removed)
 
     def _schedule_turn(self) -> None:
         self._driver.schedule_turn()
@@ -655,9 +679,10 @@ class Node(_MembershipMixin, _SnapshotsMixin, _ReadsMixin, _ServingMixin, _Event
         if not self._driver.running:
             return
         # Removed: the core never ticks again, so it never campaigns (thesis §4.2.3).
-        self._driver.tick(advance_core=not self._removed)
-        if self._removal_notices:
-            self._send_removal_notices()
+        members = self._members
+        self._driver.tick(advance_core=not members.removed)
+        if members.removal_notices:
+            members.send_removal_notices()
         self._note_leadership()
         self._schedule_tick()
 

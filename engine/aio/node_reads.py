@@ -16,6 +16,7 @@ from engine.types import NodeConfig
 
 if TYPE_CHECKING:
     from engine.aio.node import StateMachine
+    from engine.aio.node_membership import NodeMembership
     from engine.driver import Driver
 
 READ_MODES = ("linearizable", "lease", "stale")
@@ -29,6 +30,7 @@ class _ReadsMixin:
     config: NodeConfig
     state_machine: StateMachine
     _driver: Driver
+    _members: NodeMembership
     _loop: asyncio.AbstractEventLoop | None
 
     if TYPE_CHECKING:  # defined by Node and the other mixins
@@ -39,8 +41,6 @@ class _ReadsMixin:
                         ) -> asyncio.Future[bytes]: ...
         # Node (node.py)
         def _check_running(self) -> None: ...
-        # _MembershipMixin
-        def _refuse_witness_read(self) -> None: ...
 
     # ------------------------------------------------------------------ public API: read
 
@@ -70,7 +70,7 @@ class _ReadsMixin:
         if mode == "linearizable":
             return await self._enqueue_read(query, timeout)
         self._check_running()
-        self._refuse_witness_read()
+        self._members.refuse_witness_read()
         if mode == "stale":
             self.counters["stale_reads"] = self.counters.get("stale_reads", 0) + 1
             return self._query_now(bytes(query))
@@ -91,7 +91,7 @@ class _ReadsMixin:
                       ) -> asyncio.Future[bytes]:
         """Queue a read for this turn's shared ReadIndex round; the future is its answer."""
         self._check_running()
-        self._refuse_witness_read()
+        self._members.refuse_witness_read()
         future = self._new_future(answer)
         self._driver.enqueue_read(bytes(query), future, timeout)
         return future

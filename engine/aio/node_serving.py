@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from engine import errors
 from engine._core import codec
-from engine.aio.node_membership import _MEMBERSHIP_ADMIN_OPS, admin_payload
+from engine.aio.node_membership import _MEMBERSHIP_ADMIN_OPS, NodeMembership, admin_payload
 from engine.aio.node_reads import READ_MODES
 from engine.messages import (
     AdminOp,
@@ -34,7 +34,7 @@ _ADMIN = enum_members(AdminOp)
 class _ServingMixin:
     """Node's client requests (_on_client_request and the _reply* helpers) and ADMIN ops
     (_on_admin: fault injection, leadership transfer, membership ops dispatched to
-    _MembershipMixin, removal notices). Node attributes it uses: config, _loop, _transport,
+    NodeMembership, removal notices). Node attributes it uses: config, _loop, _transport,
     _tick_scale, and (properties over the driver) counters, _core, _running.
     """
 
@@ -66,12 +66,8 @@ class _ServingMixin:
                           ) -> asyncio.Future[bytes]: ...
         # Node (node.py)
         def status(self) -> dict[str, Any]: ...
-        # _MembershipMixin
-        def _admin_membership(self, message: Message, address: Any) -> None: ...
-        # _MembershipMixin
-        def _address_of(self, node_id: int) -> str: ...
-        # _MembershipMixin
-        def _on_removal_notice(self, message: Message) -> None: ...
+    # Node (node.py): the membership component
+    _members: NodeMembership
 
     # ------------------------------------------------------------------ serving clients
 
@@ -142,7 +138,7 @@ class _ServingMixin:
 
     def _reply_not_leader(self, request: Message, address: Any, leader_id: int | None) -> None:
         """NOT_LEADER carries the leader's id (reject_hint) and address (context)."""
-        hint = self._address_of(leader_id or 0)
+        hint = self._members.address_of(leader_id or 0)
         self._reply(request, address, _STATUS.NOT_LEADER, hint.encode(), leader_id or 0)
 
     def _reply(self, request: Message, address: Any, status: int, context: bytes,
@@ -192,10 +188,10 @@ class _ServingMixin:
             self._admin_transfer(message, address)
             return
         if message.status in _MEMBERSHIP_ADMIN_OPS:
-            self._admin_membership(message, address)
+            self._members.admin_membership(message, address)
             return
         if message.status == _ADMIN.MEMBER_REMOVED:
-            self._on_removal_notice(message)
+            self._members.on_removal_notice(message)
             return
         if not self.config.allow_fault_injection:
             self._reply_admin(message, address, _STATUS.REJECTED,
@@ -237,7 +233,7 @@ class _ServingMixin:
                               b'transfer needs JSON {"to": node_id}')
             return
         if self._core.leader_id != self.config.node_id:
-            hint = self._address_of(self._core.leader_id or 0)
+            hint = self._members.address_of(self._core.leader_id or 0)
             self._reply_admin(message, address, _STATUS.NOT_LEADER, hint.encode())
             return
 

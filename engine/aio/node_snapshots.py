@@ -13,6 +13,7 @@ from engine.types import NodeConfig
 
 if TYPE_CHECKING:
     from engine.aio.node import StateMachine
+    from engine.aio.node_membership import NodeMembership
     from engine.driver import Driver
 
 __all__ = ["_SnapshotsMixin", "_state_machine_fork"]
@@ -25,13 +26,12 @@ class _SnapshotsMixin:
     config: NodeConfig
     state_machine: StateMachine
     _driver: Driver
+    _members: NodeMembership
     _loop: asyncio.AbstractEventLoop | None
 
     if TYPE_CHECKING:  # defined by Node and the other mixins
         # Node (node.py)
         def _check_running(self) -> None: ...
-        # _MembershipMixin
-        def _snapshot_is_witness_own(self, snapshot: Any) -> bool: ...
 
     def take_snapshot(self) -> bool:
         """Snapshot the state machine now; False if one is already being taken or nothing
@@ -44,7 +44,7 @@ class _SnapshotsMixin:
         snapshot = getattr(recovered, "snapshot", None)
         if snapshot is None:
             return 0
-        if self._driver.witness or self._snapshot_is_witness_own(snapshot):
+        if self._driver.witness or self._members.snapshot_is_witness_own(snapshot):
             self._driver.witness = True
             return int(snapshot.index)  # a witness restores no state machine data
         assert self._loop is not None
