@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 from engine import __version__, errors
 from engine._core import IMPLEMENTATION
-from engine.aio.node_events import _EventsMixin
+from engine.aio.node_events import LeaderEvents, _EventsMixin
 from engine.aio.node_membership import _MEMBERSHIP_ADMIN_OPS as _MEMBERSHIP_ADMIN_OPS
 from engine.aio.node_membership import _REMOVAL_NOTICES as _REMOVAL_NOTICES
 from engine.aio.node_membership import NodeMembership
@@ -280,7 +280,9 @@ class Node(_SnapshotsMixin, _ReadsMixin, _ServingMixin, _EventsMixin):
             snapshot_trailing_entries=config.snapshot_trailing_entries, die=self._die,
         )
         self._driver.witness = config.node_id in config.bootstrap_witnesses()
-        self._driver.on_leadership = self._note_leadership
+        # Leadership events (node_events.py), a component with its own state.
+        self._events = LeaderEvents(config.node_id, self._driver)
+        self._driver.on_leadership = self._events.note
         # Membership (Raft thesis §4), a component with its own state (node_membership.py).
         self._members = NodeMembership(self)
 
@@ -414,7 +416,7 @@ class Node(_SnapshotsMixin, _ReadsMixin, _ServingMixin, _EventsMixin):
             lease_window=4 * self.config.timing.election_timeout_ticks,
         )
         self._members.seen = membership.membership if membership is not None else None
-        self._seen_term, self._seen_leader = core.term, core.leader_id
+        self._events.seen_term, self._events.seen_leader = core.term, core.leader_id
         self._members.check_removed_at_start()
         if self.config.metrics_addr is not None:
             await self._serve_metrics(self.config.metrics_addr)
@@ -683,7 +685,7 @@ class Node(_SnapshotsMixin, _ReadsMixin, _ServingMixin, _EventsMixin):
         self._driver.tick(advance_core=not members.removed)
         if members.removal_notices:
             members.send_removal_notices()
-        self._note_leadership()
+        self._events.note()
         self._schedule_tick()
 
     def _on_messages(self, messages: list[Message], address: Any) -> None:
