@@ -24,11 +24,13 @@ forwarded proposals are unanswered, a command the state machine calls retry-safe
 (`retry_safe(command)`: KVStore's commands in a session, Raft thesis §6.3) is sent again to
 the new leader; any other fails at once with OutcomeUnknown (see Node.propose).
 
-Modules: this file holds Node's lifecycle, public API and the I/O the driver runs on; the
-membership part (node_membership.py), snapshot start-up and take_snapshot
-(node_snapshots.py), the public read modes (node_reads.py), serving clients and admin ops
-(node_serving.py) and leadership events and metrics (node_events.py) are mixins Node
-inherits; each keeps its own state and reaches the driver's through `self._driver`.
+Modules: this file holds Node's lifecycle, public API and the I/O the driver runs on. Its
+parts are components that own their state: membership (node_membership.NodeMembership,
+node._members), serving clients and ADMIN ops (node_serving.NodeServing, node._serving) and
+leadership events (node_events.LeaderEvents, node._events); the turn, proposals, reads and
+snapshots are the driver's state (node.driver). The public read modes (node_reads.py),
+take_snapshot and start-up restore (node_snapshots.py) and the metrics endpoint
+(node_events.py) are small stateless mixins over them.
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ from engine.aio.node_reads import _READ_RETRY_TICKS as _READ_RETRY_TICKS
 from engine.aio.node_reads import READ_MODES as READ_MODES
 from engine.aio.node_reads import _PendingRead as _PendingRead
 from engine.aio.node_reads import _ReadsMixin
-from engine.aio.node_serving import _ServingMixin
+from engine.aio.node_serving import NodeServing
 from engine.aio.node_snapshots import _SnapshotsMixin
 from engine.aio.node_snapshots import _state_machine_fork as _state_machine_fork
 from engine.core import capabilities
@@ -241,7 +243,7 @@ class _MembershipPort:
         return self._node._members.configuration_at(index)
 
 
-class Node(_SnapshotsMixin, _ReadsMixin, _ServingMixin, _EventsMixin):
+class Node(_SnapshotsMixin, _ReadsMixin, _EventsMixin):
     """One member of a replicated state machine (see the module docstring).
 
     `async with engine.Node(config, state_machine=...) as node:` starts it and stops it.
@@ -285,6 +287,8 @@ class Node(_SnapshotsMixin, _ReadsMixin, _ServingMixin, _EventsMixin):
         self._driver.on_leadership = self._events.note
         # Membership (Raft thesis §4), a component with its own state (node_membership.py).
         self._members = NodeMembership(self)
+        # Serving remote clients and ADMIN ops (node_serving.py).
+        self._serving = NodeServing(self)
 
     # The driver's state under the names Node's parts (and tests) use.
     @property
@@ -694,11 +698,11 @@ class Node(_SnapshotsMixin, _ReadsMixin, _ServingMixin, _EventsMixin):
         for message in messages:
             kind = message.type
             if kind == _CLIENT_REQUEST:
-                self._on_client_request(message, address)
+                self._serving.on_client_request(message, address)
             elif kind == _CLIENT_RESPONSE:
                 driver.on_forward_response(message)
             elif kind == _ADMIN:
-                self._on_admin(message, address)
+                self._serving.on_admin(message, address)
             else:
                 inbox.append(message)
         hooks = driver.hooks

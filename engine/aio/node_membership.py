@@ -100,7 +100,7 @@ class NodeMembership:
 
     def _reply_admin(self, request: Message, address: Any, status: int,
                      context: bytes) -> None:
-        self.node._reply_admin(request, address, status, context)
+        self.node._serving.reply_admin(request, address, status, context)
 
     # ---- membership (Raft thesis §4)
     #

@@ -1,13 +1,12 @@
 """engine.Node's serving side: answering CLIENT_REQUESTs from remote clients (and from
 members forwarding a proposal: the forwarding itself is the driver's, engine/driver.py) and
-ADMIN ops from operators and tests. `_ServingMixin` is a base class of engine.aio.node.Node.
+ADMIN ops from operators and tests. `NodeServing` is a component of engine.aio.node.Node.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from engine import errors
@@ -24,6 +23,9 @@ from engine.messages import (
 )
 from engine.types import NodeConfig
 
+if TYPE_CHECKING:
+    from engine.aio.node import Node
+
 # The enums' members as plain attributes (engine.messages.enum_members): read per request.
 _MT = enum_members(MessageType)
 _OP = enum_members(ClientOp)
@@ -31,52 +33,49 @@ _STATUS = enum_members(ClientStatus)
 _ADMIN = enum_members(AdminOp)
 
 
-class _ServingMixin:
-    """Node's client requests (_on_client_request and the _reply* helpers) and ADMIN ops
-    (_on_admin: fault injection, leadership transfer, membership ops dispatched to
-    NodeMembership, removal notices). Node attributes it uses: config, _loop, _transport,
-    _tick_scale, and (properties over the driver) counters, _core, _running.
-    """
+class NodeServing:
+    """Node's client requests (on_client_request and the _reply* helpers) and ADMIN ops
+    (on_admin: fault injection, leadership transfer, membership ops dispatched to
+    NodeMembership, removal notices): a component of engine.aio.node.Node (node._serving)
+    with no state of its own; it works through `node` (its driver, transport and loop, and
+    its public submit / read / status / transfer_leadership)."""
 
-    config: NodeConfig
-    _loop: asyncio.AbstractEventLoop | None
-    _transport: Any
-    _tick_scale: float
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.config: NodeConfig = node.config
 
-    if TYPE_CHECKING:  # defined by Node and the other mixins
-        @property
-        def counters(self) -> dict[str, int]: ...
-        @property
-        def _core(self) -> Any: ...
-        @property
-        def _running(self) -> bool: ...
-        # _ReadsMixin
-        async def read(self, query: bytes, *, mode: str = "linearizable",
-                       timeout: float | None = None) -> bytes: ...
-        # Node (node.py)
-        async def transfer_leadership(self, target: int, *,
-                                      timeout: float | None = None) -> None: ...
-        # Node (node.py)
-        def submit(self, command: bytes, *, timeout: float | None = None,
-                   _answer: Callable[[asyncio.Future[bytes]], None] | None = None
-                   ) -> asyncio.Future[bytes]: ...
-        # _ReadsMixin
-        def _enqueue_read(self, query: bytes, timeout: float | None,
-                          answer: Callable[[asyncio.Future[bytes]], None] | None = None
-                          ) -> asyncio.Future[bytes]: ...
-        # Node (node.py)
-        def status(self) -> dict[str, Any]: ...
-    # Node (node.py): the membership component
-    _members: NodeMembership
+    @property
+    def counters(self) -> dict[str, int]:
+        return self.node._driver.counters
+
+    @property
+    def _core(self) -> Any:
+        return self.node._driver.core
+
+    @property
+    def _running(self) -> bool:
+        return self.node._driver.running
+
+    @property
+    def _loop(self) -> asyncio.AbstractEventLoop | None:
+        return self.node._loop
+
+    @property
+    def _transport(self) -> Any:
+        return self.node._transport
+
+    @property
+    def _members(self) -> NodeMembership:
+        return self.node._members
 
     # ------------------------------------------------------------------ serving clients
 
-    def _on_client_request(self, message: Message, address: Any) -> None:
+    def on_client_request(self, message: Message, address: Any) -> None:
         self.counters["client_requests"] += 1
         op = message.status
         if op == _OP.STATUS:
             self._reply(message, address, _STATUS.OK,
-                        json.dumps(self.status(), default=str).encode())
+                        json.dumps(self.node.status(), default=str).encode())
             return
         if not self._running:
             return
@@ -90,18 +89,18 @@ class _ServingMixin:
                 if leader_id != self.config.node_id:
                     self._reply_not_leader(message, address, leader_id)
                     return
-                self.submit(message.context, _answer=answer)
+                self.node.submit(message.context, _answer=answer)
             elif op == _OP.READ:
                 if not self._core.leader_id:
                     self._reply_not_leader(message, address, None)
                     return
                 # Message.index carries the read mode: READ_MODES[index] (0 = linearizable).
                 if message.index == 0:
-                    self._enqueue_read(message.context, None, answer)
+                    self.node._enqueue_read(message.context, None, answer)
                 elif message.index < len(READ_MODES):
                     assert self._loop is not None
                     self._loop.create_task(
-                        self.read(message.context, mode=READ_MODES[message.index])
+                        self.node.read(message.context, mode=READ_MODES[message.index])
                     ).add_done_callback(answer)
                 else:
                     self._reply(message, address, _STATUS.REJECTED, b"unknown read mode")
@@ -177,7 +176,7 @@ class _ServingMixin:
             "to the largest reply you accept").encode()
         return response
 
-    def _on_admin(self, message: Message, address: Any) -> None:
+    def on_admin(self, message: Message, address: Any) -> None:
         """Fault injection for tests (engine.testing): switch the transport's fault filter
         and the clock-rate skew "tick_scale" (see _schedule_tick); CLEAR_FAULTS resets both.
 
@@ -194,7 +193,7 @@ class _ServingMixin:
             self._members.on_removal_notice(message)
             return
         if not self.config.allow_fault_injection:
-            self._reply_admin(message, address, _STATUS.REJECTED,
+            self.reply_admin(message, address, _STATUS.REJECTED,
                               b"fault injection is disabled on this node")
             return
         try:
@@ -203,7 +202,7 @@ class _ServingMixin:
                 # "tick_scale" (clock-rate skew): validated before anything changes; a spec
                 # with only it leaves the transport's filter (e.g. a partition) as it is.
                 skew_only = set(spec) == {"tick_scale"}
-                scale = float(spec.pop("tick_scale", self._tick_scale))
+                scale = float(spec.pop("tick_scale", self.node._tick_scale))
                 if not 0.1 <= scale <= 10.0:  # NaN fails too
                     raise ValueError(f"tick_scale must be in [0.1, 10], got {scale}")
                 if not skew_only:
@@ -213,44 +212,44 @@ class _ServingMixin:
                         float(spec.get("delay_ms", 0.0)),
                         jitter_ms=float(spec.get("jitter_ms", 0.0)), seed=int(spec.get("seed", 0)),
                     )
-                self._tick_scale = scale
+                self.node._tick_scale = scale
             elif message.status == _ADMIN.CLEAR_FAULTS:
                 self._transport.clear_fault_filter()
-                self._tick_scale = 1.0
+                self.node._tick_scale = 1.0
             else:
                 raise ValueError(f"unknown admin op {message.status}")
         except (ValueError, TypeError, OverflowError, errors.ConfigError) as exc:
-            self._reply_admin(message, address, _STATUS.REJECTED, str(exc).encode())
+            self.reply_admin(message, address, _STATUS.REJECTED, str(exc).encode())
             return
-        self._reply_admin(message, address, _STATUS.OK, b"")
+        self.reply_admin(message, address, _STATUS.OK, b"")
 
     def _admin_transfer(self, message: Message, address: Any) -> None:
         """Operator-requested leadership transfer; answered when it completes or fails."""
         try:
             target = int(admin_payload(message)["to"])
         except (ValueError, TypeError, KeyError, OverflowError):
-            self._reply_admin(message, address, _STATUS.REJECTED,
+            self.reply_admin(message, address, _STATUS.REJECTED,
                               b'transfer needs JSON {"to": node_id}')
             return
         if self._core.leader_id != self.config.node_id:
             hint = self._members.address_of(self._core.leader_id or 0)
-            self._reply_admin(message, address, _STATUS.NOT_LEADER, hint.encode())
+            self.reply_admin(message, address, _STATUS.NOT_LEADER, hint.encode())
             return
 
         async def transfer() -> None:
             try:
-                await self.transfer_leadership(target)
+                await self.node.transfer_leadership(target)
             except (errors.Rejected, errors.ConfigError, errors.NotLeader) as exc:
-                self._reply_admin(message, address, _STATUS.REJECTED, str(exc).encode())
+                self.reply_admin(message, address, _STATUS.REJECTED, str(exc).encode())
             except errors.EngineError as exc:   # Timeout, Stopped: it may still complete
-                self._reply_admin(message, address, _STATUS.UNKNOWN, str(exc).encode())
+                self.reply_admin(message, address, _STATUS.UNKNOWN, str(exc).encode())
             else:
-                self._reply_admin(message, address, _STATUS.OK, b"")
+                self.reply_admin(message, address, _STATUS.OK, b"")
 
         assert self._loop is not None
         self._loop.create_task(transfer())
 
-    def _reply_admin(self, request: Message, address: Any, status: int, context: bytes) -> None:
+    def reply_admin(self, request: Message, address: Any, status: int, context: bytes) -> None:
         self._transport.send_to_address(address, [self._within_budget(request, Message(
             _MT.ADMIN_RESPONSE, src=self.config.node_id, dst=request.src,
             seq=request.seq, status=int(status), context=context,
