@@ -702,6 +702,12 @@ class Driver:
             # No leader known yet: keep them queued; retry_reads re-tries every tick.
             self.read_queue.extend(reads)
             return
+        except errors.Rejected as exc:
+            # Overloaded: too many rounds unanswered (a leader out of reach). Nothing was
+            # started; a read never enters a log, so the refusal is definite.
+            for read in reads:
+                read.future.set_exception(exc)
+            return
         self.counters["read_rounds"] += 1
         self.read_rounds[context] = (reads, self.ticks)
 

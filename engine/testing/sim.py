@@ -27,8 +27,9 @@ The model (shared by every protocol)
            simulated clock. So the Ready order checked here is the shipped one: a leader
            applies before its own fsync, a follower acks and then applies after it.
   clients  proposals go to whichever node leads (Driver.propose_batch: the core's propose
-           and the driver's outcome tables); reads (ReadIndex, asked of the core) to any
-           node, each checked against everything committed anywhere when it began. Every
+           and the driver's outcome tables); reads to any node (background clients through
+           the driver's ReadIndex rounds, Simulation.read straight to the core), each
+           checked against everything committed anywhere when it began. Every
            proposal is answered by the driver, as in engine.Node: its result when the entry
            at its (index, term) is applied, Superseded when another entry is applied there,
            Timeout after REQUEST_TIMEOUT_S, and through engine.errors.unfinished when its
@@ -241,6 +242,32 @@ class SimOutcome:
         if not isinstance(exception, EngineError):
             raise exception
         self._settle(exception)
+
+
+class SimRead:
+    """A read's outcome (the future surface): the answer is the index of the state it was
+    served from (SimStateMachine.query), which must reach the commit index at its start."""
+
+    __slots__ = ("_sim", "_node_id", "_floor", "_done")
+
+    def __init__(self, sim: Simulation, node_id: int, floor: int) -> None:
+        self._sim, self._node_id, self._floor = sim, node_id, floor
+        self._done = False
+
+    def done(self) -> bool:
+        return self._done
+
+    def set_result(self, result: Any) -> None:
+        self._done = True
+        sim = self._sim
+        sim.protocol.on_read(sim, self._node_id, int(result), self._floor)
+        sim.stats["reads_served"] += 1
+
+    def set_exception(self, exception: BaseException) -> None:
+        if not isinstance(exception, EngineError):
+            raise exception
+        self._done = True
+        self._sim.stats["reads_refused"] += 1
 
 
 class SimTransport:
@@ -633,6 +660,15 @@ class Simulation:
         self._input_done(self.nodes[node_id])
         return context
 
+    def _driver_read(self, node: SimNode) -> None:
+        """A client's linearizable read through node's driver (Driver.enqueue_read: the
+        turn's shared ReadIndex round, answered once applied through its index), checked
+        against everything committed anywhere when it began."""
+        driver = node.driver
+        assert driver is not None
+        driver.enqueue_read(b"", SimRead(self, node.node_id, self.protocol.read_floor(self)))
+        self._input_done(node)
+
     def lease_read(self, node_id: int) -> int | None:
         """A lease read on node_id (Raft thesis §6.4.1): its read index, checked against
         everything committed anywhere now, or None when the node holds no lease."""
@@ -1020,10 +1056,7 @@ class Simulation:
                 if self.lease_read(node.node_id) is None:
                     self.stats["reads_refused"] += 1
                 return
-            try:
-                self.read(node.node_id)
-            except (NotLeader, Overloaded):
-                self.stats["reads_refused"] += 1
+            self._driver_read(node)
             return
         if core.role != _LEADER:
             return

@@ -11,6 +11,7 @@ catches, through the same driver.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -20,6 +21,10 @@ from engine.driver import PENDING, Driver
 from engine.messages import Entry, EntryKind, Message, MessageType
 from engine.testing.sim import SimulationFailure, run_swarm
 from engine.types import HardState, Ready
+
+# Seeds tried for the planted reordering; it needs a crash after an early ack, which a
+# fraction of the seeds draws.
+SEEDS_TO_CATCH = 40
 
 
 class ScriptedCore:
@@ -103,17 +108,17 @@ def test_a_leader_applies_its_committed_entries_before_its_own_save() -> None:
     assert log[-1] == "advance"
 
 
-@pytest.mark.parametrize(("protocol", "seed", "check"), [
-    ("raft", 3, r"leader \d+ committed \d+ held by"),
-    ("paxos", 13, r"beyond the chosen prefix"),
+@pytest.mark.parametrize(("protocol", "check"), [
+    ("raft", r"leader \d+ committed \d+ held by"),
+    ("paxos", r"beyond the chosen prefix"),
 ])
 def test_the_swarm_catches_acks_sent_before_the_save(
-    monkeypatch: pytest.MonkeyPatch, protocol: Literal["raft", "paxos"], seed: int, check: str,
+    monkeypatch: pytest.MonkeyPatch, protocol: Literal["raft", "paxos"], check: str,
 ) -> None:
     """A planted reordering in the shipped driver: a follower's acks (promises about durable
     state) leave before its save. A crash then loses entries a leader counted: the
-    simulator, which runs this driver, catches it."""
-    run_swarm(seed, protocol=protocol)   # the honest driver passes this seed
+    simulator, which runs this driver, catches it in one of the first seeds, and the seed
+    that did passes with the honest driver."""
     save = Driver._save
 
     def acks_first(self: Driver, ready: Ready) -> object:
@@ -123,5 +128,13 @@ def test_the_swarm_catches_acks_sent_before_the_save(
         return save(self, ready)
 
     monkeypatch.setattr(Driver, "_save", acks_first)
-    with pytest.raises(SimulationFailure, match=check):
-        run_swarm(seed, protocol=protocol)
+    for seed in range(SEEDS_TO_CATCH):
+        try:
+            run_swarm(seed, protocol=protocol)
+        except SimulationFailure as failure:
+            assert re.search(check, str(failure)), str(failure)
+            break
+    else:
+        pytest.fail(f"acks before the save not caught in {SEEDS_TO_CATCH} {protocol} seeds")
+    monkeypatch.undo()
+    run_swarm(seed, protocol=protocol)

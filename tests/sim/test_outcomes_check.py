@@ -45,7 +45,7 @@ def removal_is_definite(cause: errors.EngineError, *, may_apply: bool) -> errors
 @pytest.mark.parametrize(("protocol", "membership", "seed", "planted"), [
     ("raft", False, 0, rejected_when_appended),
     ("paxos", False, 0, rejected_when_appended),
-    ("raft", True, MEMBERSHIP_OFFSET + 2, removal_is_definite),
+    ("raft", True, MEMBERSHIP_OFFSET + 4, removal_is_definite),
 ], ids=["raft", "paxos", "raft-membership-removal"])
 def test_a_planted_false_rejection_is_caught(
     monkeypatch: pytest.MonkeyPatch, protocol: Literal["raft", "paxos"], membership: bool,
