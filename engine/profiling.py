@@ -2,8 +2,9 @@
 
 Theory of operation
 -------------------
-engine.Node calls this profiler at a few marked hooks (engine/aio/node.py, "profiler hook")
-once one is attached with `node.attach_profiler(profiler)`. Every proposal enqueued while the
+The driver calls this profiler at its observer points (engine.driver.Hooks: queued, handed to
+the core, ready taken, persisted, applied; engine.Node adds acks received) once one is
+attached with `node.attach_profiler(profiler)`. Every proposal enqueued while the
 profiler is recording gets a row of milestones (time.perf_counter_ns), keyed by its log index
 once the core assigned one:
 
@@ -22,8 +23,7 @@ enqueued -> proposed -> sent -> quorum -> committed -> applied -> answered, so t
 to the whole latency seen on the leader. `appended locally` (proposed -> persisted) runs in
 parallel with replication (Raft thesis §10.2.1: the leader writes while it sends), so it is
 reported beside them: when it is the slow path, it shows up as a long `committed` stage
-(commit waits for the leader's own copy) or a long `applied` stage (the driver applies a
-Ready's committed entries only after that Ready's write is durable).
+(commit waits for the leader's own copy).
 
 A milestone the leader never observes (e.g. `sent` and `quorum` on a one-node cluster) takes
 the previous milestone's time, so its stage is 0. Recording costs a few microseconds per
@@ -106,7 +106,7 @@ class LatencyProfiler:
         """Stop taking new proposals; ones already in flight still complete their rows."""
         self.recording = False
 
-    # ------------------------------------------------------------------ hooks (engine.Node)
+    # ------------------------------------------------------------------ hooks (engine.driver.Hooks)
 
     def enqueued(self, future: Any) -> None:
         if self.recording:
@@ -157,6 +157,12 @@ class LatencyProfiler:
 
     def applied(self, ready: Any) -> None:
         self._stamp(APPLIED, ready.committed_entries[-1].index)
+
+    def snapshot_installed(self, snapshot: Any) -> None:
+        """Not a stage of a proposal's path."""
+
+    def snapshot_taken(self, snapshot: Any) -> None:
+        """Not a stage of a proposal's path."""
 
     # ------------------------------------------------------------------ internals
 

@@ -2,7 +2,7 @@
 change) and its metrics endpoint (engine.aio.metrics, started when NodeConfig.metrics_addr is
 set).
 
-`_note_leadership` runs once per Ready and once per tick (three attribute reads and a
+`LeaderEvents.note` runs once per Ready and once per tick (three attribute reads and a
 comparison when nothing changed). When the term or the leader this node knows changes it
 logs one structured line (engine.logs.log_event, logger `engine.node`):
 
@@ -23,11 +23,11 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
-from engine.config import NodeConfig
 from engine.logs import log_event
 
 if TYPE_CHECKING:
     from engine.aio.metrics import NodeMetrics
+    from engine.driver import Driver
 
 logger = logging.getLogger("engine.node")
 
@@ -59,21 +59,96 @@ class _LeaderWatch:
             await self._changed.wait()
 
 
-class _EventsMixin:
-    """Node's leadership observer (see the module docstring). Node attributes it uses:
-    config, _core, _applied; it owns _seen_term, _seen_leader, _leader_watch, _leader_callbacks,
-    leader_changes_total."""
+class LeaderEvents:
+    """Node's leadership observer (see the module docstring), a component of engine.aio.node
+    .Node (node._events) that owns its state: the term and leader last noted, the watch
+    behind leader_changes(), the on_leader_change callbacks and leader_changes_total. It
+    reads the core through the node's driver."""
 
-    config: NodeConfig
-    _core: Any
-    _applied: int
-    # The term and leader last noted (read per Ready: two attributes, not a tuple).
-    _seen_term: int = 0
-    _seen_leader: int = 0
-    _leader_watch: _LeaderWatch | None = None
-    _leader_callbacks: tuple[LeaderCallback, ...] = ()
-    leader_changes_total: int = 0
+    def __init__(self, node_id: int, driver: Driver) -> None:
+        self.node_id = node_id
+        self._driver = driver
+        # The term and leader last noted (read per Ready: two attributes, not a tuple).
+        self.seen_term = 0
+        self.seen_leader = 0
+        self._watch: _LeaderWatch | None = None
+        self._callbacks: tuple[LeaderCallback, ...] = ()
+        self.changes_total = 0
+
+    def note(self) -> None:
+        """Once per Ready and per tick: log and publish a change of term or leader."""
+        core = self._driver.core
+        if core.leader_id != self.seen_leader or core.term != self.seen_term:
+            self.changed(core.term, core.leader_id)
+
+    def changed(self, term: int, leader_id: int) -> None:
+        previous_term, previous_leader = self.seen_term, self.seen_leader
+        self.seen_term, self.seen_leader = term, leader_id
+        me = self.node_id
+        if term != previous_term:
+            log_event(logger, "term_changed", f"node {me}: term {previous_term} -> {term}",
+                      node_id=me, term=term, previous_term=previous_term)
+        if leader_id == previous_leader:
+            return
+        self.changes_total += 1
+        if previous_leader == me:
+            log_event(logger, "leader_lost", f"node {me} is no longer the leader (term {term})",
+                      level=logging.WARNING, node_id=me, term=term, leader_id=leader_id)
+        if leader_id == me:
+            log_event(logger, "leader_elected", f"node {me} is the leader (term {term})",
+                      node_id=me, term=term)
+        elif previous_leader != me or leader_id:
+            what = f"node {leader_id} leads" if leader_id else "no leader"
+            log_event(logger, "leader_changed", f"node {me}: {what} (term {term})",
+                      node_id=me, term=term, leader_id=leader_id)
+        if self._watch is not None:
+            self._watch.publish(leader_id, term)
+        for callback in self._callbacks:
+            try:
+                callback(leader_id, term)
+            except Exception:  # the user's callback: report, keep the node going
+                logger.exception("leader-change callback %r raised", callback)
+
+    def on_leader_change(self, callback: LeaderCallback) -> Callable[[], None]:
+        """Call `callback(leader_id, term)` on the loop at each change of the leader this node
+        knows (leader_id 0: none). It must not block. Returns a function that unsubscribes."""
+        self._callbacks = (*self._callbacks, callback)
+
+        def unsubscribe() -> None:
+            self._callbacks = tuple(c for c in self._callbacks if c is not callback)
+        return unsubscribe
+
+    async def leader_changes(self) -> AsyncIterator[int]:
+        """The leader this node knows now (0: none), then each change of it.
+
+        A slow consumer is not queued for: it gets the newest leader when it asks again
+        (intermediate changes coalesce, nothing grows without bound)."""
+        watch = self._watch
+        if watch is None:
+            watch = self._watch = _LeaderWatch()
+            watch.publish(self.seen_leader, self.seen_term)
+        version = watch.version
+        last = watch.leader_id
+        yield last
+        while True:
+            await watch.wait_after(version)
+            version = watch.version
+            if watch.leader_id != last:
+                last = watch.leader_id
+                yield last
+
+
+class _EventsMixin:
+    """Node's public observability surface over its LeaderEvents component (node._events)
+    and its metrics endpoint."""
+
+    _events: LeaderEvents
     _metrics: NodeMetrics | None
+    if TYPE_CHECKING:  # Node (node.py): the driver's state
+        @property
+        def _core(self) -> Any: ...
+        @property
+        def _applied(self) -> int: ...
 
     # ------------------------------------------------------------------ metrics
 
@@ -97,38 +172,9 @@ class _EventsMixin:
 
     # ------------------------------------------------------------------ leadership
 
-    def _note_leadership(self) -> None:
-        core = self._core
-        if core.leader_id != self._seen_leader or core.term != self._seen_term:
-            self._leadership_changed(core.term, core.leader_id)
-
-    def _leadership_changed(self, term: int, leader_id: int) -> None:
-        previous_term, previous_leader = self._seen_term, self._seen_leader
-        self._seen_term, self._seen_leader = term, leader_id
-        me = self.config.node_id
-        if term != previous_term:
-            log_event(logger, "term_changed", f"node {me}: term {previous_term} -> {term}",
-                      node_id=me, term=term, previous_term=previous_term)
-        if leader_id == previous_leader:
-            return
-        self.leader_changes_total += 1
-        if previous_leader == me:
-            log_event(logger, "leader_lost", f"node {me} is no longer the leader (term {term})",
-                      level=logging.WARNING, node_id=me, term=term, leader_id=leader_id)
-        if leader_id == me:
-            log_event(logger, "leader_elected", f"node {me} is the leader (term {term})",
-                      node_id=me, term=term)
-        elif previous_leader != me or leader_id:
-            what = f"node {leader_id} leads" if leader_id else "no leader"
-            log_event(logger, "leader_changed", f"node {me}: {what} (term {term})",
-                      node_id=me, term=term, leader_id=leader_id)
-        if self._leader_watch is not None:
-            self._leader_watch.publish(leader_id, term)
-        for callback in self._leader_callbacks:
-            try:
-                callback(leader_id, term)
-            except Exception:  # the user's callback: report, keep the node going
-                logger.exception("leader-change callback %r raised", callback)
+    @property
+    def leader_changes_total(self) -> int:
+        return self._events.changes_total
 
     @property
     def applied_index(self) -> int:
@@ -143,27 +189,11 @@ class _EventsMixin:
     def on_leader_change(self, callback: LeaderCallback) -> Callable[[], None]:
         """Call `callback(leader_id, term)` on the loop at each change of the leader this node
         knows (leader_id 0: none). It must not block. Returns a function that unsubscribes."""
-        self._leader_callbacks = (*self._leader_callbacks, callback)
+        return self._events.on_leader_change(callback)
 
-        def unsubscribe() -> None:
-            self._leader_callbacks = tuple(c for c in self._leader_callbacks if c is not callback)
-        return unsubscribe
-
-    async def leader_changes(self) -> AsyncIterator[int]:
+    def leader_changes(self) -> AsyncIterator[int]:
         """The leader this node knows now (0: none), then each change of it.
 
         A slow consumer is not queued for: it gets the newest leader when it asks again
         (intermediate changes coalesce, nothing grows without bound)."""
-        watch = self._leader_watch
-        if watch is None:
-            watch = self._leader_watch = _LeaderWatch()
-            watch.publish(self._seen_leader, self._seen_term)
-        version = watch.version
-        last = watch.leader_id
-        yield last
-        while True:
-            await watch.wait_after(version)
-            version = watch.version
-            if watch.leader_id != last:
-                last = watch.leader_id
-                yield last
+        return self._events.leader_changes()

@@ -1,5 +1,5 @@
-"""engine.Node's membership part (Raft thesis §4): the driver's side of configuration changes.
-`_MembershipMixin` is a base class of engine.aio.node.Node; its methods run on a Node.
+"""engine.Node's membership part (Raft thesis §4): the shell's side of configuration changes.
+`NodeMembership` is a component of engine.aio.node.Node (node._members) that owns its state.
 """
 
 from __future__ import annotations
@@ -15,6 +15,9 @@ from engine.config import NodeConfig
 from engine.logs import log_event
 from engine.messages import AdminOp, ClientStatus, Message, MessageType
 from engine.types import parse_address
+
+if TYPE_CHECKING:
+    from engine.aio.node import Node
 
 logger = logging.getLogger("engine.node")
 
@@ -45,40 +48,60 @@ def _error_payload(exc: BaseException) -> bytes:
     return json.dumps({"error": type(exc).__name__, "message": str(exc)}).encode()
 
 
-class _MembershipMixin:
-    """Node's membership part (Raft thesis §4; the section comment below explains it):
-    members() / add_member() / promote() / remove_member() and the ADMIN membership ops, the
-    transport's peer set following the configuration, removal notices and going quiet
-    (§4.2.3), member addresses and the witness helpers.
-
-    Node attributes it uses (set in Node.__init__ / start): config, _core, _loop, _running,
-    _ticks, _transport; its own state: _track_membership, _membership_seen, _removed,
-    _witness, _removal_notices.
+class NodeMembership:
+    """Node's membership part (Raft thesis §4; the section comment below explains it), a
+    component of engine.aio.node.Node that owns its state: whether the core offers
+    membership changes (`track`), the configuration the transport's peer set follows
+    (`seen`), why this node was removed (`removed`, "" while a member; `removal_due` while
+    the batch removing it is being applied) and the removal notices a leader still owes
+    removed nodes (`removal_notices`). It serves members() / add_member() / promote() /
+    remove_member() and the ADMIN membership ops, keeps the transport's peers following the
+    configuration, sends removal notices and goes quiet (§4.2.3), and answers for member
+    addresses and the witness role. The driver reaches it through node._MembershipPort
+    (engine.driver.Membership); it reaches the node's driver, loop and transport through
+    `node`.
     """
 
-    config: NodeConfig
-    _core: Any
-    _loop: asyncio.AbstractEventLoop | None
-    _running: bool
-    _ticks: int
-    _transport: Any
-    _track_membership: bool
-    _membership_seen: Any
-    _removed: str
-    _removal_due: str
-    _witness: bool
-    _removal_notices: dict[int, list[Any]]
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.config: NodeConfig = node.config
+        # Until Node.start resolves the core's capabilities, the configured protocol says.
+        self.track = node.config.protocol == "raft"
+        self.seen: Any = None
+        self.removed = ""
+        self.removal_due = ""   # removed by a CONFIG entry in the batch being applied
+        self.removal_notices: dict[int, list[Any]] = {}
 
-    if TYPE_CHECKING:  # defined by Node and the other mixins
-        # Node (node.py)
-        def _check_running(self) -> None: ...
-        # Node (node.py)
-        def _schedule_turn(self) -> None: ...
-        # _ServingMixin
-        def _reply_admin(self, request: Message, address: Any, status: int,
-                         context: bytes) -> None: ...
-        # Node (node.py)
-        def _fail_everything(self, error: errors.EngineError) -> None: ...
+    # The node's state this part reads (the driver's, the loop, the transport).
+    @property
+    def _core(self) -> Any:
+        return self.node._driver.core
+
+    @property
+    def _loop(self) -> asyncio.AbstractEventLoop | None:
+        return self.node._loop
+
+    @property
+    def _transport(self) -> Any:
+        return self.node._transport
+
+    @property
+    def _running(self) -> bool:
+        return self.node._driver.running
+
+    @property
+    def _ticks(self) -> int:
+        return self.node._driver.ticks
+
+    def _check_running(self) -> None:
+        self.node._check_running()
+
+    def _schedule_turn(self) -> None:
+        self.node._driver.schedule_turn()
+
+    def _reply_admin(self, request: Message, address: Any, status: int,
+                     context: bytes) -> None:
+        self.node._serving.reply_admin(request, address, status, context)
 
     # ---- membership (Raft thesis §4)
     #
@@ -90,7 +113,8 @@ class _MembershipMixin:
     #     (the committed configuration has the wanted shape), so it also completes when
     #     leadership moves and the new leader finishes the joint change.
     #   * the transport's peer set follows the configuration in force, which takes effect
-    #     when appended (§4.1): _follow_membership runs before each Ready is sent;
+    #     when appended (§4.1): _follow_membership runs before each Ready is sent
+    #     (the driver calls Membership.follow);
     #   * a removed node goes quiet (§4.2.3): once it applies a committed configuration that
     #     removes it, or hears so from the leader (MEMBER_REMOVED: a removed follower is
     #     never sent the entry that completes its removal), its core never ticks again and it
@@ -102,7 +126,7 @@ class _MembershipMixin:
         witnesses, addresses, plus "index" (its CONFIG entry), "pending" (a change not yet
         committed or still joint) and "removed". Paxos: the static members."""
         core = self._core
-        if not self._track_membership or core is None:
+        if not self.track or core is None:
             return {
                 "voters": sorted(self.config.members), "old_voters": [], "learners": [],
                 "witnesses": [], "joint": False,
@@ -112,7 +136,7 @@ class _MembershipMixin:
         view: dict[str, Any] = core.membership.to_dict()
         view["index"] = core.membership_index
         view["pending"] = core.conf_change_pending
-        view["removed"] = bool(self._removed)
+        view["removed"] = bool(self.removed)
         return view
 
     async def add_member(self, node_id: int, address: str, *, learner: bool = False,
@@ -187,7 +211,7 @@ class _MembershipMixin:
 
     def _membership_core(self) -> Any:
         """The Raft core, if membership operations may run here now; else raises."""
-        if not self._track_membership:
+        if not self.track:
             raise errors.MembershipError("membership changes need protocol='raft'")
         self._check_running()
         return self._core
@@ -201,7 +225,7 @@ class _MembershipMixin:
         leader_id = self._core.leader_id or None
         return errors.NotLeader(
             f"node {self.config.node_id} is not the leader", leader_id=leader_id,
-            leader_address=self._address_of(leader_id or 0) or None)
+            leader_address=self.address_of(leader_id or 0) or None)
 
     def _check_same_member(self, node_id: int, address: str, witness: bool) -> None:
         membership = self._core.membership
@@ -323,7 +347,7 @@ class _MembershipMixin:
             return True
         return bool(core.log.last_index - progress["match"] > core.config.promote_max_lag_entries)
 
-    def _admin_membership(self, message: Message, address: Any) -> None:
+    def admin_membership(self, message: Message, address: Any) -> None:
         """ADD_MEMBER / REMOVE_MEMBER / PROMOTE_MEMBER from an operator (Client, CLI):
         leader only (NOT_LEADER with the leader's address otherwise), answered when done."""
         try:
@@ -336,13 +360,13 @@ class _MembershipMixin:
             self._reply_admin(message, address, ClientStatus.REJECTED, _error_payload(
                 errors.MembershipError('membership ops need JSON {"id": positive node id}')))
             return
-        if not self._track_membership or self._removed or not self._running:
-            reason = self._removed or "membership changes need protocol='raft'"
+        if not self.track or self.removed or not self._running:
+            reason = self.removed or "membership changes need protocol='raft'"
             self._reply_admin(message, address, ClientStatus.REJECTED,
                               _error_payload(errors.MembershipError(reason)))
             return
         if str(self._core.role) != "leader":
-            hint = self._address_of(self._core.leader_id or 0)
+            hint = self.address_of(self._core.leader_id or 0)
             self._reply_admin(message, address, ClientStatus.NOT_LEADER, hint.encode())
             return
         if request_id and request_id in self._core.membership.requests:
@@ -396,10 +420,10 @@ class _MembershipMixin:
             self._reply_admin(message, address, ClientStatus.UNKNOWN, _error_payload(
                 errors.Timeout("this request's change is not committed yet; ask again")))
 
-    def _address_of(self, node_id: int) -> str:
+    def address_of(self, node_id: int) -> str:
         """A member's "host:port": the configuration in force first (it may have been added
         after this node started), then the bootstrap members; "" if unknown."""
-        if self._track_membership and self._core is not None:
+        if self.track and self._core is not None:
             return self._known_addresses().get(node_id, "")
         return self.config.members.get(node_id, "")
 
@@ -411,14 +435,14 @@ class _MembershipMixin:
             addresses.update(membership.address_map())
         return addresses
 
-    def _member_peers(self) -> dict[int, str]:
+    def member_peers(self) -> dict[int, str]:
         """The nodes this node may have to talk to, with their addresses: the members of the
         committed configuration and of every configuration appended after it. A leader that
         is not in C_new leads until C_new commits (thesis §4.2.2), so its followers, which
         appended C_new, must still answer it. A removed node: none, so it sends nothing."""
-        if not self._track_membership:
+        if not self.track:
             return {i: a for i, a in self.config.members.items() if i != self.config.node_id}
-        if self._removed:
+        if self.removed:
             return {}
         core = self._core
         commit = core.commit_index
@@ -430,18 +454,18 @@ class _MembershipMixin:
         wanted.discard(self.config.node_id)
         return {member: addresses[member] for member in wanted if member in addresses}
 
-    def _configuration_at(self, index: int) -> bytes:
+    def configuration_at(self, index: int) -> bytes:
         """Snapshot.configuration for a snapshot at `index` (b"" for Paxos)."""
-        if not self._track_membership:
+        if not self.track:
             return b""
         from engine.raft.membership import encode_membership
 
         return encode_membership(self._core.configuration_at(index))
 
-    def _snapshot_is_witness_own(self, snapshot: Any) -> bool:
+    def snapshot_is_witness_own(self, snapshot: Any) -> bool:
         """At start, before the core exists: does the snapshot's configuration make this node
         a witness (it then restores no state machine data)?"""
-        if not self._track_membership or not getattr(snapshot, "configuration", b""):
+        if not self.track or not getattr(snapshot, "configuration", b""):
             return False
         from engine.raft.membership import decode_membership
 
@@ -450,12 +474,12 @@ class _MembershipMixin:
         except errors.DecodeError:
             return False  # the core refuses it with a clear error right after
 
-    def _follow_membership(self) -> None:
+    def follow_membership(self) -> None:
         """A new configuration is in force (appended, or reverted by a truncation, §4.1):
         the transport learns new members' addresses and forgets removed ones."""
         core = self._core
-        self._membership_seen = core.membership
-        self._witness = self._witness or bool(core.is_witness)
+        self.seen = core.membership
+        self.node._driver.witness = self.node._driver.witness or bool(core.is_witness)
         view = core.membership.to_dict()
         log_event(logger, "membership_changed",
                   f"node {self.config.node_id}: configuration voters={view['voters']}"
@@ -463,11 +487,11 @@ class _MembershipMixin:
                   index=core.membership_index, voters=view["voters"],
                   old_voters=view["old_voters"], learners=view["learners"],
                   witnesses=view["witnesses"], joint=view["joint"])
-        self._transport.update_peers(self._member_peers())
-        for member in [m for m in self._removal_notices if m in core.membership.members]:
-            del self._removal_notices[member]  # re-added: no longer removed
+        self._transport.update_peers(self.member_peers())
+        for member in [m for m in self.removal_notices if m in core.membership.members]:
+            del self.removal_notices[member]  # re-added: no longer removed
 
-    def _on_config_committed(self, entry: Any) -> None:
+    def on_config_committed(self, entry: Any) -> None:
         """A committed CONFIG entry is applied (in log order). If it takes this node out of
         the cluster, go quiet; a leader notes the nodes it removed, to tell them."""
         from engine.raft.membership import decode_membership
@@ -476,7 +500,7 @@ class _MembershipMixin:
         core = self._core
         new = decode_membership(entry.data)
         # Committed: members only the superseded configuration had are forgotten now.
-        self._transport.update_peers(self._member_peers())
+        self._transport.update_peers(self.member_peers())
         before = core.configuration_at(index - 1)
         # The bootstrap configuration of a node that joined is not history (it names the
         # voters of when it joined): only real configurations count as "was a member".
@@ -487,16 +511,16 @@ class _MembershipMixin:
             # C_old,new without us in C_new (or a simple config without us) is committed: the
             # change completes without us (thesis §4.2.2; etcd stops a removed member here).
             # A leader leaving keeps managing until C_new commits, then steps down first.
-            # Quiet once the batch is applied (Node._apply), so that the entries committed
+            # Quiet once the batch is applied (Driver.apply_ready), so that the entries committed
             # with this one are answered with their results.
-            self._removal_due = (f"node {me} was removed from the cluster (configuration at "
+            self.removal_due = (f"node {me} was removed from the cluster (configuration at "
                                  f"{index})")
             return
         if str(core.role) == "leader" and real_before:
             addresses = before.address_map()
             for gone in before.members - new.members - {me}:
                 if gone in addresses:
-                    self._removal_notices[gone] = [addresses[gone], index, _REMOVAL_NOTICES]
+                    self.removal_notices[gone] = [addresses[gone], index, _REMOVAL_NOTICES]
 
     def _config_index_before(self, index: int) -> int:
         """The index of the CONFIG entry in force at index - 1 (0: the bootstrap one)."""
@@ -506,27 +530,27 @@ class _MembershipMixin:
                 found = config_index
         return found
 
-    def _check_removed_at_start(self) -> None:
+    def check_removed_at_start(self) -> None:
         """A node restarted after its removal was compacted into its snapshot: the snapshot's
         configuration (and every later one in the log) lacks it. Joined nodes are skipped
         (their bootstrap names other voters); replayed CONFIG entries cover the rest."""
-        if not self._track_membership or self.config.join:
+        if not self.track or self.config.join:
             return
         core = self._core
         me = self.config.node_id
         base_index, _ = core.configurations()[0]
         if base_index > 0 and me not in core.membership.members:
-            self._go_quiet(f"node {me} was removed from the cluster (snapshot at {base_index})")
+            self.go_quiet(f"node {me} was removed from the cluster (snapshot at {base_index})")
 
-    def _send_removal_notices(self) -> None:
+    def send_removal_notices(self) -> None:
         """Leader: tell nodes it removed that their removal committed, once per heartbeat
         interval, a bounded number of times (they are no longer sent any entry)."""
-        if str(self._core.role) != "leader" or self._removed:
-            self._removal_notices.clear()
+        if str(self._core.role) != "leader" or self.removed:
+            self.removal_notices.clear()
             return
         if self._ticks % self.config.timing.heartbeat_interval_ticks:
             return
-        for member, notice in list(self._removal_notices.items()):
+        for member, notice in list(self.removal_notices.items()):
             address, index, left = notice
             self._transport.send_to_address(parse_address(address), [Message(
                 MessageType.ADMIN, src=self.config.node_id, dst=member,
@@ -534,12 +558,12 @@ class _MembershipMixin:
             )])
             notice[2] = left - 1
             if left <= 1:
-                del self._removal_notices[member]
+                del self.removal_notices[member]
 
-    def _on_removal_notice(self, message: Message) -> None:
+    def on_removal_notice(self, message: Message) -> None:
         """MEMBER_REMOVED from the leader (authenticated like all traffic). Refused if this
         node's own log holds a newer configuration that includes it (an id re-added)."""
-        if not self._track_membership or self._removed or self._core is None:
+        if not self.track or self.removed or self._core is None:
             return
         try:
             index = int(admin_payload(message)["index"])
@@ -553,26 +577,26 @@ class _MembershipMixin:
             return
         if str(core.role) == "leader":
             return
-        self._go_quiet(f"node {me} was removed from the cluster (configuration at {index}, "
+        self.go_quiet(f"node {me} was removed from the cluster (configuration at {index}, "
                        f"told by leader {message.src})")
 
-    def _go_quiet(self, reason: str) -> None:
+    def go_quiet(self, reason: str) -> None:
         """Thesis §4.2.3: a removed node that keeps running only disrupts. Stop ticking the
         core (no campaigns), forget every peer (nothing is sent), fail pending requests
         (those appended or forwarded with OutcomeUnknown: the next leader may commit them);
         status and client STATUS still answer, reporting "removed"."""
-        self._removal_due = ""
-        if self._removed:
+        self.removal_due = ""
+        if self.removed:
             return
         logger.warning("%s: going quiet", reason)
-        self._removed = reason
-        self._removal_notices.clear()
+        self.removed = reason
+        self.removal_notices.clear()
         if self._transport is not None:
             self._transport.update_peers({})
-        self._fail_everything(errors.MembershipError(reason))
+        self.node._driver.fail_everything(errors.MembershipError(reason))
 
-    def _refuse_witness_read(self) -> None:
-        if self._witness:
+    def refuse_witness_read(self) -> None:
+        if self.node._driver.witness:
             raise errors.Rejected(
                 f"node {self.config.node_id} is a witness: it holds no state machine data; "
                 "read from a full member")

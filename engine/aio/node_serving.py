@@ -1,25 +1,18 @@
-"""engine.Node's serving side: forwarding proposals to the leader, answering CLIENT_REQUESTs
-from remote clients and ADMIN ops from operators and tests.
-
-Split out of engine/aio/node.py; `_ServingMixin` is a base class of engine.aio.node.Node and
-its methods run on a Node (see that module's docstring and Node.propose: a forwarded
-proposal whose answer is lost fails with Timeout; when the leader changes under it, it is
-re-sent if the state machine calls it retry-safe, else it fails with OutcomeUnknown).
+"""engine.Node's serving side: answering CLIENT_REQUESTs from remote clients (and from
+members forwarding a proposal: the forwarding itself is the driver's, engine/driver.py) and
+ADMIN ops from operators and tests. `NodeServing` is a component of engine.aio.node.Node.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import weakref
-from collections import deque
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from engine import errors
 from engine._core import codec
 from engine.aio import snapshot_serving
-from engine.aio.node_membership import _MEMBERSHIP_ADMIN_OPS, admin_payload
+from engine.aio.node_membership import _MEMBERSHIP_ADMIN_OPS, NodeMembership, admin_payload
 from engine.aio.node_reads import READ_MODES
 from engine.config import NodeConfig
 from engine.messages import (
@@ -31,6 +24,9 @@ from engine.messages import (
     enum_members,
 )
 
+if TYPE_CHECKING:
+    from engine.aio.node import Node
+
 # The enums' members as plain attributes (engine.messages.enum_members): read per request.
 _MT = enum_members(MessageType)
 _OP = enum_members(ClientOp)
@@ -38,149 +34,49 @@ _STATUS = enum_members(ClientStatus)
 _ADMIN = enum_members(AdminOp)
 
 
-class _ServingMixin:
-    """Node's forwarding (_forward_waiting, _on_forward_response), client requests
-    (_on_client_request and the _reply* helpers) and ADMIN ops (_on_admin: fault injection,
-    leadership transfer, membership ops dispatched to _MembershipMixin, removal notices).
+class NodeServing:
+    """Node's client requests (on_client_request and the _reply* helpers) and ADMIN ops
+    (on_admin: fault injection, leadership transfer, membership ops dispatched to
+    NodeMembership, removal notices): a component of engine.aio.node.Node (node._serving)
+    with no state of its own; it works through `node` (its driver, transport and loop, and
+    its public submit / read / status / transfer_leadership)."""
 
-    Node attributes it uses (set in Node.__init__ / start): config, counters, _core, _loop,
-    _running, _transport, _proposal_queue, _tick_scale; the state it chiefly manages:
-    _waiting_for_leader, _forwarded, _forward_seq.
-    """
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.config: NodeConfig = node.config
 
-    config: NodeConfig
-    counters: dict[str, int]
-    _core: Any
-    _loop: asyncio.AbstractEventLoop | None
-    _running: bool
-    _transport: Any
-    _proposal_queue: list[tuple[bytes, asyncio.Future[bytes], float]]
-    _tick_scale: float
-    _waiting_for_leader: deque[tuple[bytes, asyncio.Future[bytes], float]]
-    _forwarded: dict[int, tuple[bytes, asyncio.Future[bytes], float]]
-    _forwarded_to: int
-    _forward_seq: int
-    _sent_before: weakref.WeakSet[asyncio.Future[bytes]]
-    _retry_safe: Callable[[bytes], bool] | None
+    @property
+    def counters(self) -> dict[str, int]:
+        return self.node._driver.counters
 
-    if TYPE_CHECKING:  # defined by Node and the other mixins
-        # _ReadsMixin
-        async def read(self, query: bytes, *, mode: str = "linearizable",
-                       timeout: float | None = None) -> bytes: ...
-        # Node (node.py)
-        async def transfer_leadership(self, target: int, *,
-                                      timeout: float | None = None) -> None: ...
-        # Node (node.py)
-        def submit(self, command: bytes, *, timeout: float | None = None,
-                   _answer: Callable[[asyncio.Future[bytes]], None] | None = None
-                   ) -> asyncio.Future[bytes]: ...
-        # _ReadsMixin
-        def _enqueue_read(self, query: bytes, timeout: float | None,
-                          answer: Callable[[asyncio.Future[bytes]], None] | None = None
-                          ) -> asyncio.Future[bytes]: ...
-        # Node (node.py)
-        def status(self) -> dict[str, Any]: ...
-        # Node (node.py)
-        def _schedule_turn(self) -> None: ...
-        # Node (node.py)
-        def _submit_proposals(self) -> None: ...
-        # _MembershipMixin
-        def _admin_membership(self, message: Message, address: Any) -> None: ...
-        # _MembershipMixin
-        def _address_of(self, node_id: int) -> str: ...
-        # _MembershipMixin
-        def _on_removal_notice(self, message: Message) -> None: ...
+    @property
+    def _core(self) -> Any:
+        return self.node._driver.core
 
-    # ------------------------------------------------------------------ forwarding
+    @property
+    def _running(self) -> bool:
+        return self.node._driver.running
 
-    def _forward_waiting(self) -> None:
-        """Send the proposals waiting for a leader to the one now known (or propose them
-        here if we lead), after following a leader change (_follow_new_leader)."""
-        leader_id = self._core.leader_id
-        if not leader_id:
-            return
-        if self._forwarded and leader_id != self._forwarded_to:
-            self._follow_new_leader(leader_id)
-        if leader_id == self.config.node_id:
-            # We became leader meanwhile: propose them here.
-            self._proposal_queue.extend(self._waiting_for_leader)
-            self._waiting_for_leader.clear()
-            self._submit_proposals()
-            return
-        messages = []
-        while self._waiting_for_leader:
-            command, future, deadline = self._waiting_for_leader.popleft()
-            if future.done():
-                continue
-            self._forward_seq += 1
-            self._forwarded[self._forward_seq] = (command, future, deadline)
-            messages.append(Message(
-                _MT.CLIENT_REQUEST, src=self.config.node_id, dst=leader_id,
-                seq=self._forward_seq, status=_OP.WRITE, context=command,
-            ))
-        if messages:
-            self._forwarded_to = leader_id
-            self.counters["forwarded"] += len(messages)
-            self._transport.send(messages)
+    @property
+    def _loop(self) -> asyncio.AbstractEventLoop | None:
+        return self.node._loop
 
-    def _follow_new_leader(self, leader_id: int) -> None:
-        """Node `leader_id` leads now, not node _forwarded_to, and proposals forwarded to
-        that one are unanswered. It may have appended them and the new leader may commit
-        them (Raft §5.4.1 Leader Completeness), or they may be lost: nothing tells which.
-        A retry-safe command (Node.propose) goes again, to the new leader; any other ends
-        now with OutcomeUnknown instead of waiting for its deadline."""
-        retry_safe = self._retry_safe
-        old = self._forwarded_to
-        forwarded, self._forwarded = self._forwarded, {}
-        again: list[tuple[bytes, asyncio.Future[bytes], float]] = []
-        for command, future, deadline in forwarded.values():
-            if future.done():
-                continue
-            if retry_safe is not None and retry_safe(command):
-                self._sent_before.add(future)
-                again.append((command, future, deadline))
-            else:
-                future.set_exception(errors.unfinished(errors.NotLeader(
-                    f"node {old} stopped leading (node {leader_id} leads) before it answered; "
-                    "the command carries no session, so it is not sent again"),
-                    may_apply=True))
-        # Ahead of the proposals that never left: these are older.
-        self._waiting_for_leader.extendleft(reversed(again))
-        self.counters["reforwarded"] += len(again)
+    @property
+    def _transport(self) -> Any:
+        return self.node._transport
 
-    def _on_forward_response(self, message: Message) -> None:
-        pending = self._forwarded.pop(message.seq, None)
-        if pending is None:
-            return
-        command, future, deadline = pending
-        if future.done():
-            return
-        status = message.status
-        if status == _STATUS.OK:
-            future.set_result(message.context)
-        elif status == _STATUS.NOT_LEADER:
-            # Definitely not applied there: forward again once a leader is known.
-            self._waiting_for_leader.append((command, future, deadline))
-            self._schedule_turn()
-        elif status == _STATUS.REJECTED:
-            # Definite for the copy the leader refused; an earlier copy (before a leader
-            # change) may still apply.
-            future.set_exception(errors.unfinished(
-                errors.Rejected(message.context.decode(errors="replace")),
-                may_apply=future in self._sent_before))
-        elif status == _STATUS.ERROR:
-            future.set_exception(errors.StateMachineError(message.context.decode(errors="replace")))
-        else:
-            future.set_exception(errors.OutcomeUnknown("the leader could not tell the outcome"))
+    @property
+    def _members(self) -> NodeMembership:
+        return self.node._members
 
     # ------------------------------------------------------------------ serving clients
 
-    def _on_client_request(self, message: Message, address: Any) -> None:
+    def on_client_request(self, message: Message, address: Any) -> None:
         self.counters["client_requests"] += 1
         op = message.status
         if op == _OP.STATUS:
             self._reply(message, address, _STATUS.OK,
-                        json.dumps(self.status(), default=str).encode())
+                        json.dumps(self.node.status(), default=str).encode())
             return
         if not self._running:
             return
@@ -194,18 +90,18 @@ class _ServingMixin:
                 if leader_id != self.config.node_id:
                     self._reply_not_leader(message, address, leader_id)
                     return
-                self.submit(message.context, _answer=answer)
+                self.node.submit(message.context, _answer=answer)
             elif op == _OP.READ:
                 if not self._core.leader_id:
                     self._reply_not_leader(message, address, None)
                     return
                 # Message.index carries the read mode: READ_MODES[index] (0 = linearizable).
                 if message.index == 0:
-                    self._enqueue_read(message.context, None, answer)
+                    self.node._enqueue_read(message.context, None, answer)
                 elif message.index < len(READ_MODES):
                     assert self._loop is not None
                     self._loop.create_task(
-                        self.read(message.context, mode=READ_MODES[message.index])
+                        self.node.read(message.context, mode=READ_MODES[message.index])
                     ).add_done_callback(answer)
                 else:
                     self._reply(message, address, _STATUS.REJECTED, b"unknown read mode")
@@ -242,7 +138,7 @@ class _ServingMixin:
 
     def _reply_not_leader(self, request: Message, address: Any, leader_id: int | None) -> None:
         """NOT_LEADER carries the leader's id (reject_hint) and address (context)."""
-        hint = self._address_of(leader_id or 0)
+        hint = self._members.address_of(leader_id or 0)
         self._reply(request, address, _STATUS.NOT_LEADER, hint.encode(), leader_id or 0)
 
     def _reply(self, request: Message, address: Any, status: int, context: bytes,
@@ -281,7 +177,7 @@ class _ServingMixin:
             "to the largest reply you accept").encode()
         return response
 
-    def _on_admin(self, message: Message, address: Any) -> None:
+    def on_admin(self, message: Message, address: Any) -> None:
         """Fault injection for tests (engine.testing): switch the transport's fault filter
         and the clock-rate skew "tick_scale" (see _schedule_tick); CLEAR_FAULTS resets both.
 
@@ -292,16 +188,16 @@ class _ServingMixin:
             self._admin_transfer(message, address)
             return
         if message.status in _MEMBERSHIP_ADMIN_OPS:
-            self._admin_membership(message, address)
+            self._members.admin_membership(message, address)
             return
         if message.status == _ADMIN.MEMBER_REMOVED:
-            self._on_removal_notice(message)
+            self._members.on_removal_notice(message)
             return
         if message.status == _ADMIN.SNAPSHOT_CHUNK:   # online backups: their own module
-            snapshot_serving.on_request(self, message, address)  # type: ignore[arg-type]
+            snapshot_serving.on_request(self.node, message, address)
             return
         if not self.config.allow_fault_injection:
-            self._reply_admin(message, address, _STATUS.REJECTED,
+            self.reply_admin(message, address, _STATUS.REJECTED,
                               b"fault injection is disabled on this node")
             return
         try:
@@ -310,7 +206,7 @@ class _ServingMixin:
                 # "tick_scale" (clock-rate skew): validated before anything changes; a spec
                 # with only it leaves the transport's filter (e.g. a partition) as it is.
                 skew_only = set(spec) == {"tick_scale"}
-                scale = float(spec.pop("tick_scale", self._tick_scale))
+                scale = float(spec.pop("tick_scale", self.node._tick_scale))
                 if not 0.1 <= scale <= 10.0:  # NaN fails too
                     raise ValueError(f"tick_scale must be in [0.1, 10], got {scale}")
                 if not skew_only:
@@ -320,44 +216,44 @@ class _ServingMixin:
                         float(spec.get("delay_ms", 0.0)),
                         jitter_ms=float(spec.get("jitter_ms", 0.0)), seed=int(spec.get("seed", 0)),
                     )
-                self._tick_scale = scale
+                self.node._tick_scale = scale
             elif message.status == _ADMIN.CLEAR_FAULTS:
                 self._transport.clear_fault_filter()
-                self._tick_scale = 1.0
+                self.node._tick_scale = 1.0
             else:
                 raise ValueError(f"unknown admin op {message.status}")
         except (ValueError, TypeError, OverflowError, errors.ConfigError) as exc:
-            self._reply_admin(message, address, _STATUS.REJECTED, str(exc).encode())
+            self.reply_admin(message, address, _STATUS.REJECTED, str(exc).encode())
             return
-        self._reply_admin(message, address, _STATUS.OK, b"")
+        self.reply_admin(message, address, _STATUS.OK, b"")
 
     def _admin_transfer(self, message: Message, address: Any) -> None:
         """Operator-requested leadership transfer; answered when it completes or fails."""
         try:
             target = int(admin_payload(message)["to"])
         except (ValueError, TypeError, KeyError, OverflowError):
-            self._reply_admin(message, address, _STATUS.REJECTED,
+            self.reply_admin(message, address, _STATUS.REJECTED,
                               b'transfer needs JSON {"to": node_id}')
             return
         if self._core.leader_id != self.config.node_id:
-            hint = self._address_of(self._core.leader_id or 0)
-            self._reply_admin(message, address, _STATUS.NOT_LEADER, hint.encode())
+            hint = self._members.address_of(self._core.leader_id or 0)
+            self.reply_admin(message, address, _STATUS.NOT_LEADER, hint.encode())
             return
 
         async def transfer() -> None:
             try:
-                await self.transfer_leadership(target)
+                await self.node.transfer_leadership(target)
             except (errors.Rejected, errors.ConfigError, errors.NotLeader) as exc:
-                self._reply_admin(message, address, _STATUS.REJECTED, str(exc).encode())
+                self.reply_admin(message, address, _STATUS.REJECTED, str(exc).encode())
             except errors.EngineError as exc:   # Timeout, Stopped: it may still complete
-                self._reply_admin(message, address, _STATUS.UNKNOWN, str(exc).encode())
+                self.reply_admin(message, address, _STATUS.UNKNOWN, str(exc).encode())
             else:
-                self._reply_admin(message, address, _STATUS.OK, b"")
+                self.reply_admin(message, address, _STATUS.OK, b"")
 
         assert self._loop is not None
         self._loop.create_task(transfer())
 
-    def _reply_admin(self, request: Message, address: Any, status: int, context: bytes) -> None:
+    def reply_admin(self, request: Message, address: Any, status: int, context: bytes) -> None:
         self._transport.send_to_address(address, [self._within_budget(request, Message(
             _MT.ADMIN_RESPONSE, src=self.config.node_id, dst=request.src,
             seq=request.seq, status=int(status), context=context,

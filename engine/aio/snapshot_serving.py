@@ -364,7 +364,7 @@ class SnapshotServing:
         self._reply(node, message, address, _STATUS.REJECTED, reason.encode())
 
     def _reply_not_leader(self, node: Node, message: Message, address: Any) -> None:
-        hint = node._address_of(node._core.leader_id or 0)
+        hint = node._members.address_of(node._core.leader_id or 0)
         self._reply(node, message, address, _STATUS.NOT_LEADER, hint.encode())
 
     @staticmethod
@@ -372,7 +372,7 @@ class SnapshotServing:
                context: bytes) -> None:
         if node._transport is None or not node._running:
             return   # stopped meanwhile: the client asks again elsewhere
-        node._reply_admin(message, address, status, context)
+        node._serving.reply_admin(message, address, status, context)
 
 
 def _count(node: Node, name: str) -> None:

@@ -5,7 +5,8 @@ N cores run in one thread against a simulated network, disk and clock. One seed 
 choice (random.Random(seed)), events are ordered by (time, sequence), so a run is a pure
 function of its seed; `trace_hash` (SHA-256 of the event trace) proves it. The protocol core
 is the only thing that changes: a small adapter (sim_raft.RaftProtocol, sim_paxos.PaxosProtocol)
-makes the core, models its state machine and runs its invariant checker after every event.
+makes the core, models its state machine and runs its invariant checker (sim_node.py holds
+what they share with this module, so neither imports the other).
 
 The model (shared by every protocol)
   network  every message may be lost, duplicated and delayed (uniform in [min, max] ms, so
@@ -18,19 +19,23 @@ The model (shared by every protocol)
            writing a snapshot file and the WAL's compaction marker (installs and the snapshot
            policy alike). Restart builds a new core from the disk: the state machine is
            restored from the snapshot file (if any) and replays the log after it.
-  driver   engine.Node's order: ready() -> send `messages` -> [install Ready.snapshot: file,
-           WAL marker, restore] -> fsync entries + hard state -> send
-           `messages_after_persist` -> apply committed entries -> serve reads -> advance() ->
-           snapshot policy (every snapshot_entries applied entries: snapshot the state machine,
-           write it, compact the WAL and the core to snapshot_trailing entries below it). One
-           Ready at a time per node, while the core keeps receiving messages and ticks.
-  clients  proposals go to whichever node leads; reads (ReadIndex) to any node, each checked
-           against everything committed anywhere when it began. Every proposal is answered
-           as engine.Node answers it: its result when the entry at its (index, term) is
-           applied, Superseded when another entry is applied there, and through
-           engine.errors.unfinished when its node crashes (Stopped), is removed from the
-           configuration (MembershipError) or refuses it (Overloaded); OutcomeUnknown when a
-           snapshot install covers it. Commands are unique, so a command is its operation.
+  driver   every node runs engine.driver.Driver, the driver engine.Node runs, with simulated
+           implementations of its interfaces: SimTransport (the network above), SimStorage
+           (SimDisk; a save completes after a simulated fsync, `fsync_min_ms..fsync_max_ms`),
+           SimJobs (snapshot writes, installs and WAL compactions as events), a turn
+           scheduler (turns run after each event, in order, like loop.call_soon) and the
+           simulated clock. So the Ready order checked here is the shipped one: a leader
+           applies before its own fsync, a follower acks and then applies after it.
+  clients  proposals go to whichever node leads (Driver.propose_batch: the core's propose
+           and the driver's outcome tables); reads to any node (background clients through
+           the driver's ReadIndex rounds, Simulation.read straight to the core), each
+           checked against everything committed anywhere when it began. Every
+           proposal is answered by the driver, as in engine.Node: its result when the entry
+           at its (index, term) is applied, Superseded when another entry is applied there,
+           Timeout after REQUEST_TIMEOUT_S, and through engine.errors.unfinished when its
+           node crashes (Stopped), is removed from the configuration (MembershipError) or
+           refuses it (Overloaded); OutcomeUnknown when a snapshot install covers it.
+           Commands are unique, so a command is its operation.
   nemesis  partitions (isolate one node, the leader, a random split, one-way cuts), crashes and
            restarts; for Raft also leadership transfers and membership changes (see below).
 
@@ -39,7 +44,8 @@ nodes n+1.. start only once a change adds them; faults.membership asks the leade
 changes; snapshots record the configuration as of their index; `witnesses` are metadata-only
 voters for life). Paxos extras: flexible quorums (phase1_quorum, phase2_quorum).
 
-Checkers (run after every event): engine/testing/invariants.py (Raft), engine/testing/
+Checkers (run after every turn and at the driver's hook points, SimHooks: ready taken,
+persisted, applied, snapshot installed): engine/testing/invariants.py (Raft), engine/testing/
 paxos_invariants.py (Paxos), plus the driver-level rules here: a durable term / promised
 ballot never goes back, no compaction forgets a stored entry above its marker (except a Raft
 install replacing a conflicting log), a snapshot is installed only beyond the applied index,
@@ -69,11 +75,12 @@ import hashlib
 import heapq
 import random
 import struct
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Literal, NamedTuple, NoReturn, Protocol
+from typing import Any, Literal, NoReturn, Protocol
 
-from engine.config import Limits, TimingConfig
+from engine.driver import PENDING, Driver
 from engine.errors import (
     ConfChangeInProgress,
     ConfigError,
@@ -81,30 +88,32 @@ from engine.errors import (
     InvariantViolation,
     MembershipError,
     NotLeader,
-    OutcomeUnknown,
     Overloaded,
     Rejected,
     Stopped,
-    Superseded,
-    unfinished,
 )
+from engine.limits import Limits, TimingConfig
 from engine.messages import EntryKind
 from engine.raft.membership import (
     ConfChangeOp,
     ConfChangeType,
     add_learner,
     demote,
+    encode_membership,
     promote,
     remove,
 )
 from engine.testing.invariants import ClusterChecker, check_definite_failures_not_applied
 from engine.testing.sim_disk import SimDisk
+from engine.testing.sim_node import Proposal, SimNode
 from engine.testing.sim_paxos import PaxosProtocol
 from engine.testing.sim_raft import RaftProtocol, decode_applied, encode_applied
 from engine.types import HardState, Ready, Snapshot
 
-_TICK, _DELIVER, _PERSIST, _CLIENT, _NEMESIS = range(5)
-_CRASH, _RESTART = 4, 5  # trace codes
+_TICK, _DELIVER, _PERSIST, _CLIENT, _NEMESIS, _JOB = range(6)
+_CRASH, _RESTART, _JOB_TRACE = 4, 5, 6  # trace codes
+# A simulated proposal not answered in this long times out (engine.Node's request timeout).
+REQUEST_TIMEOUT_S = 10.0
 _PACK = struct.Struct("<qBqqqqq").pack
 _LEADER = "leader"  # both cores' Role.LEADER (a StrEnum) compare equal to it
 _NORMAL = int(EntryKind.NORMAL)
@@ -121,15 +130,6 @@ def _fail(what: str) -> NoReturn:
     raise InvariantViolation(what)
 
 
-class Proposal(NamedTuple):
-    """A proposal as the core accepted it: its first slot/index and term/ballot."""
-
-    first: int
-    last: int
-    term: int
-    command: bytes
-
-
 class SimProtocol(Protocol):
     """What the simulator needs from a protocol (sim_raft.py, sim_paxos.py)."""
 
@@ -140,8 +140,7 @@ class SimProtocol(Protocol):
     def make_core(self, sim: Simulation, node: SimNode, applied: int) -> Any: ...
     def on_restart(self, sim: Simulation, node: SimNode) -> None: ...
     def restore(self, sim: Simulation, node: SimNode, snapshot: Snapshot) -> list[Any]: ...
-    def make_snapshot(self, sim: Simulation, node: SimNode, core: Any, index: int,
-                      term: int) -> Snapshot: ...
+    def snapshot_data(self, sim: Simulation, node: SimNode, core: Any, index: int) -> bytes: ...
     def on_trim(self, sim: Simulation, node: SimNode, index: int) -> None: ...
     def on_ready(self, sim: Simulation, node: SimNode, core: Any, ready: Ready) -> None: ...
     def on_persisted(self, sim: Simulation, node: SimNode, ready: Ready) -> None: ...
@@ -213,58 +212,267 @@ class FaultConfig:
         )
 
 
-@dataclass(slots=True)
-class SimNode:
-    node_id: int
-    core: Any = None
-    incarnation: int = 0
-    disk: SimDisk = field(default_factory=SimDisk)
-    # One Ready at a time is being persisted (the etcd driver loop).
-    persisting: Ready | None = None
-    last_commit: int = 0
-    last_term: int = 0
-    applied_index: int = 0
-    # The state machine: Raft, the commands applied (no no-ops); Paxos, one value per slot.
-    applied: list[Any] = field(default_factory=list)
-    digest: bytes = b""  # Paxos: digest chain over `applied`
-    led_ballot: int = 0  # Paxos: the ballot this node last led (counts leader changes)
-    snapshot_index: int = 0  # index of the last snapshot taken or installed (in memory)
-    # Membership: a spare node joins (runs) once first added; a witness stays one for life
-    # (a node id is never reused across witness and full roles).
-    joined: bool = True
-    witness: bool = False
-    # Proposals this incarnation's core accepted, not answered yet (engine.Node's
-    # _proposals): index -> (term, command).
-    pending: dict[int, tuple[int, bytes]] = field(default_factory=dict)
+class _Crashed(Exception):
+    """Raised inside a storage job when the node crashes at a durability point."""
 
-    @property
-    def up(self) -> bool:
-        return self.core is not None
 
-    # Read-only views of the disk under the names scenario tests use.
-    @property
-    def disk_snapshot(self) -> Snapshot | None:
-        return self.disk.snapshot
+class SimOutcome:
+    """A proposal's outcome (the future surface the driver resolves): answers the
+    simulated client at once (Simulation._answer)."""
 
-    @property
-    def disk_hard_state(self) -> HardState:
-        return self.disk.hard_state
+    __slots__ = ("_sim", "command", "_done")
 
-    @property
-    def disk_entries(self) -> list[Any]:
-        return self.disk.entries
+    def __init__(self, sim: Simulation, command: bytes) -> None:
+        self._sim = sim
+        self.command = command
+        self._done = False
 
-    @property
-    def disk_log_start(self) -> tuple[int, int]:
-        return self.disk.log_start
+    def done(self) -> bool:
+        return self._done
 
-    @property
-    def disk_last_index(self) -> int:
-        return self.disk.last_index
+    def _settle(self, error: EngineError | None) -> None:
+        if self._done:
+            _fail(f"the outcome of {self.command[:24]!r} was set twice")
+        self._done = True
+        self._sim._answer(self.command, error)
 
-    def disk_term(self, index: int) -> int | None:
-        """Term of the entry at index on disk; None if a snapshot covers it; 0 if absent."""
-        return self.disk.term(index)
+    def set_result(self, result: Any) -> None:
+        self._settle(None)
+
+    def set_exception(self, exception: BaseException) -> None:
+        if not isinstance(exception, EngineError):
+            raise exception
+        self._settle(exception)
+
+
+class SimRead:
+    """A read's outcome (the future surface): the answer is the index of the state it was
+    served from (SimStateMachine.query), which must reach the commit index at its start."""
+
+    __slots__ = ("_sim", "_node_id", "_floor", "_done")
+
+    def __init__(self, sim: Simulation, node_id: int, floor: int) -> None:
+        self._sim, self._node_id, self._floor = sim, node_id, floor
+        self._done = False
+
+    def done(self) -> bool:
+        return self._done
+
+    def set_result(self, result: Any) -> None:
+        self._done = True
+        sim = self._sim
+        sim.protocol.on_read(sim, self._node_id, int(result), self._floor)
+        sim.stats["reads_served"] += 1
+
+    def set_exception(self, exception: BaseException) -> None:
+        if not isinstance(exception, EngineError):
+            raise exception
+        self._done = True
+        self._sim.stats["reads_refused"] += 1
+
+
+class SimTransport:
+    """engine.driver.Transport on the simulated network (loss, duplicates, delay, cuts)."""
+
+    def __init__(self, sim: Simulation) -> None:
+        self._send = sim._send
+
+    def send(self, messages: list[Any], now: bool = False) -> None:
+        send = self._send
+        for message in messages:
+            send(message)
+
+    def flush(self) -> None:
+        """Every message is scheduled as it is sent."""
+
+
+class SimStorage:
+    """engine.driver.Storage on SimDisk. A save completes after a simulated fsync (an event
+    `fsync_min_ms..fsync_max_ms` later); a crash before it loses the save, and with
+    faults.unsynced_crash the node may crash at that point or between a snapshot file and
+    the WAL's compaction marker."""
+
+    def __init__(self, sim: Simulation, node: SimNode) -> None:
+        self._sim = sim
+        self._node = node
+        self.pending: tuple[list[Any], HardState | None] | None = None
+
+    def save(self, entries: list[Any], hard_state: HardState | None, *, sync: bool) -> object:
+        sim, node = self._sim, self._node
+        if self.pending is not None:
+            _fail(f"node {node.node_id}: a save while another is in flight")
+        self.pending = (entries, hard_state)
+        faults = sim.faults
+        sim._schedule(sim.rng.randint(faults.fsync_min_ms, faults.fsync_max_ms), _PERSIST,
+                      node.node_id, node.incarnation)
+        return PENDING
+
+    def complete(self) -> bool:
+        """The fsync finished (False: the node crashed instead)."""
+        sim, node = self._sim, self._node
+        assert self.pending is not None
+        entries, hard_state = self.pending
+        self.pending = None
+        sim._trace_event(_PERSIST, node.node_id, len(entries), 0, 0, 0)
+        if sim._unsynced_crash(node):  # the fsync never completed
+            return False
+        if entries and node.disk.save(entries):
+            sim.stats["disk_truncations"] += 1
+        if hard_state is not None:
+            if hard_state.term < node.disk.hard_state.term:
+                _fail(f"node {node.node_id} persisted term went back to {hard_state.term}")
+            node.disk.hard_state = hard_state
+        return True
+
+    def save_snapshot(self, snapshot: Snapshot, envelope: bytes) -> None:
+        """The snapshot policy's file (written, fsynced, renamed)."""
+        node = self._node
+        node.disk.save_snapshot(snapshot)
+        node.snapshot_index = max(node.snapshot_index, snapshot.index)
+        self._sim.stats["snapshots_taken"] += 1
+
+    def compact(self, index: int, term: int) -> None:
+        """The WAL's compaction marker after the policy's snapshot file."""
+        sim, node = self._sim, self._node
+        if sim._unsynced_crash(node, snapshot_file=True):  # file durable, WAL marker not
+            raise _Crashed
+        sim.protocol.on_trim(sim, node, index)
+        sim._compact_disk(node, index, term, install=False)
+
+    def install_snapshot(self, snapshot: Snapshot, envelope: bytes) -> None:
+        """A leader's snapshot: the file, then the WAL's marker at (index, term)."""
+        sim, node = self._sim, self._node
+        if snapshot.index <= node.applied_index:
+            _fail(f"node {node.node_id} installs snapshot {snapshot.index} at or below "
+                  f"applied {node.applied_index}")
+        sim.protocol.on_trim(sim, node, snapshot.index)
+        node.disk.save_snapshot(snapshot)
+        if sim._unsynced_crash(node, snapshot_file=True):  # file durable, WAL marker not
+            raise _Crashed
+        sim._compact_disk(node, snapshot.index, snapshot.term,
+                          install=sim.protocol.install_may_discard_log)
+
+
+class SimJobs:
+    """engine.driver.JobRunner: a job runs as a scheduled event (a storage thread's or the
+    snapshot thread's latency), then its callback; a crash in between drops both."""
+
+    def __init__(self, sim: Simulation, node: SimNode) -> None:
+        self._sim = sim
+        self._node = node
+
+    def run(self, job: Callable[[], Any],
+            done: Callable[[Any, BaseException | None], None]) -> None:
+        sim, node = self._sim, self._node
+        faults = sim.faults
+        sim._schedule(sim.rng.randint(faults.fsync_min_ms, faults.fsync_max_ms), _JOB,
+                      node.node_id, (node.incarnation, job, done))
+
+
+class SimStateMachine:
+    """engine.types.StateMachine of a simulated node. The model of its state (node.applied,
+    every entry kind included) is kept by SimHooks.applied; this answers the driver."""
+
+    def __init__(self, sim: Simulation, node: SimNode) -> None:
+        self._sim = sim
+        self._node = node
+
+    def apply(self, index: int, command: bytes) -> bytes:
+        return b""
+
+    def query(self, query: bytes) -> bytes:
+        return b"%d" % self._node.applied_index
+
+    def snapshot(self) -> bytes:
+        sim, node = self._sim, self._node
+        return sim.protocol.snapshot_data(sim, node, node.core, node.applied_index)
+
+    def restore(self, data: bytes) -> None:
+        """The model is restored in SimHooks.snapshot_installed (it checks the index too)."""
+
+
+class SimMembership:
+    """engine.driver.Membership for Raft: snapshots record the configuration at their index;
+    a node removed by the batch it applied answers its pending proposals as engine.Node's
+    going quiet does (unknown: the next leader may commit them)."""
+
+    def __init__(self, sim: Simulation, node: SimNode) -> None:
+        self._sim = sim
+        self._node = node
+
+    def follow(self) -> None:
+        """The simulated network reaches every node: no peer set to follow."""
+
+    def config_committed(self, entry: Any) -> None:
+        """Removal is checked once per batch (after_apply)."""
+
+    def after_apply(self) -> None:
+        sim, node = self._sim, self._node
+        driver = node.driver
+        if driver is not None and driver.proposals and sim.protocol.removed(sim, node,
+                                                                             driver.core):
+            driver.fail_everything(MembershipError(f"node {node.node_id} was removed"))
+
+    def configuration_at(self, index: int) -> bytes:
+        core = self._node.core
+        return encode_membership(core.configuration_at(index))
+
+
+class SimHooks:
+    """engine.driver.Hooks: the protocol's checks at the driver's fixed points."""
+
+    def __init__(self, sim: Simulation, node: SimNode) -> None:
+        self._sim = sim
+        self._node = node
+
+    def enqueued(self, outcome: Any) -> None:
+        """Simulated clients propose through Driver.propose_batch."""
+
+    def submitted(self, first: int, live: list[Any]) -> None:
+        """Recorded by Simulation._propose (it needs the term too)."""
+
+    def received(self, messages: Any) -> None:
+        """Nothing to check on arrival."""
+
+    def ready(self, ready: Ready) -> None:
+        sim, node = self._sim, self._node
+        core = node.core
+        # The commits this Ready reports are checked before any of them is applied (a
+        # leader applies in this turn).
+        sim._observe(node, core)
+        sim.protocol.on_ready(sim, node, core, ready)
+        for read in ready.read_states:   # Simulation.read asks the core directly
+            if read.index:
+                floor = sim._read_floors.get(read.context, 0)
+                sim.protocol.on_read(sim, node.node_id, read.index, floor)
+                sim.stats["reads_served"] += 1
+            else:
+                sim.stats["reads_refused"] += 1
+            sim.read_results[read.context] = read.index
+
+    def persisted(self, ready: Ready) -> None:
+        self._sim.protocol.on_persisted(self._sim, self._node, ready)
+
+    def applied(self, ready: Ready) -> None:
+        sim, node = self._sim, self._node
+        apply = sim.protocol.apply
+        failures, applied_ops = sim.definite_failures, sim.applied_ops
+        for entry in ready.committed_entries:
+            apply(sim, node, entry)
+            if entry.kind == _NORMAL and entry.data:
+                command = bytes(entry.data)
+                if command in failures:
+                    check_definite_failures_not_applied(failures, (command,))
+                applied_ops.add(command)
+
+    def snapshot_installed(self, snapshot: Snapshot) -> None:
+        sim, node = self._sim, self._node
+        node.applied = sim.protocol.restore(sim, node, snapshot)
+        node.applied_index = node.snapshot_index = snapshot.index
+        sim.stats["snapshots_installed"] += 1
+
+    def snapshot_taken(self, snapshot: Snapshot) -> None:
+        """Counted when its file is written (SimStorage.save_snapshot)."""
 
 
 _STATS = (
@@ -339,6 +547,8 @@ class Simulation:
         self._sequence = 0
         self._blocked: set[tuple[int, int]] = set()
         self._trace = hashlib.sha256()
+        # Turns the drivers scheduled: (node, incarnation, turn), run after each event.
+        self._soon: deque[tuple[SimNode, int, Callable[[], None]]] = deque()
         self._client_sequence = 0
         self._read_floors: dict[bytes, int] = {}
         self.read_results: dict[bytes, int] = {}
@@ -401,10 +611,12 @@ class Simulation:
         if node.core is None:
             return
         self._harvest_counters(node.core)
-        self._answer_pending(node, node.pending, unfinished(Stopped("node crashed"),
-                                                             may_apply=True))
-        node.core = None
-        node.persisting = None
+        driver = node.driver
+        assert driver is not None
+        driver.stop()
+        driver.fail_everything(Stopped("node crashed"))
+        node.driver = None
+        node.storage = None
         node.incarnation += 1
         self.stats["crashes"] += 1
         self._trace_event(_CRASH, node_id, 0, 0, 0, 0)
@@ -446,8 +658,17 @@ class Simulation:
             context = b"read-%d" % self._client_sequence
         self._read_floors[context] = self.protocol.read_floor(self)
         self._core(node_id).read_index(context)
-        self._after_input(self.nodes[node_id])
+        self._input_done(self.nodes[node_id])
         return context
+
+    def _driver_read(self, node: SimNode) -> None:
+        """A client's linearizable read through node's driver (Driver.enqueue_read: the
+        turn's shared ReadIndex round, answered once applied through its index), checked
+        against everything committed anywhere when it began."""
+        driver = node.driver
+        assert driver is not None
+        driver.enqueue_read(b"", SimRead(self, node.node_id, self.protocol.read_floor(self)))
+        self._input_done(node)
 
     def lease_read(self, node_id: int) -> int | None:
         """A lease read on node_id (Raft thesis §6.4.1): its read index, checked against
@@ -468,7 +689,7 @@ class Simulation:
         core.transfer_leadership(target)
         self._transfers.append((leader, target, core.term))
         self.stats["transfers_started"] += 1
-        self._after_input(self.nodes[leader])
+        self._input_done(self.nodes[leader])
 
     def change_membership(self, ops: list[ConfChangeOp], leader: int | None = None) -> int:
         """Proposes a Raft membership change on the leader; starts spares it adds. Returns
@@ -491,7 +712,7 @@ class Simulation:
                     self.stats["leader_removals"] += 1
             if node.witness:
                 self.stats["witness_changes"] += 1
-        self._after_input(self.nodes[leader])
+        self._input_done(self.nodes[leader])
         return int(index)
 
     @staticmethod
@@ -583,28 +804,38 @@ class Simulation:
             raise InvariantViolation(f"{type(exc).__name__}: {exc}") from exc
 
     def _dispatch(self, kind: int, node_id: int, payload: Any) -> None:
+        self._dispatch_event(kind, node_id, payload)
+        self._run_turns()
+
+    def _dispatch_event(self, kind: int, node_id: int, payload: Any) -> None:
         if kind == _DELIVER:
             self._deliver(node_id, payload)
         elif kind == _TICK:
             node = self.nodes[node_id]
-            if node.core is not None and payload == node.incarnation:
+            if node.driver is not None and payload == node.incarnation:
                 self._trace_event(_TICK, node_id, 0, 0, 0, 0)
-                node.core.tick()
-                self._after_input(node)
+                node.driver.tick()
                 self._schedule(self.timing.tick_ms, _TICK, node_id, node.incarnation)
         elif kind == _PERSIST:
             node = self.nodes[node_id]
-            if (
-                node.core is not None
-                and payload == node.incarnation
-                and node.persisting is not None
-            ):
-                ready, node.persisting = node.persisting, None
-                self._trace_event(_PERSIST, node_id, len(ready.entries), 0, 0, 0)
-                if self._unsynced_crash(node):  # the fsync never completed
+            storage = node.storage
+            if (node.driver is not None and payload == node.incarnation and storage is not None
+                    and storage.pending is not None and storage.complete()):
+                node.driver.persisted()
+        elif kind == _JOB:
+            node = self.nodes[node_id]
+            incarnation, job, done = payload
+            if node.driver is not None and incarnation == node.incarnation:
+                self._trace_event(_JOB_TRACE, node_id, 0, 0, 0, 0)
+                try:
+                    result = job()
+                except _Crashed:
+                    self.crash(node_id)
                     return
-                self._complete_ready(node, ready)
-                self._after_input(node)
+                except Exception as exc:
+                    done(None, exc)
+                    return
+                done(result, None)
         elif kind == _CLIENT:
             if self.faults.propose_interval_ms:  # background clients stop with the faults
                 self._client_step()
@@ -639,13 +870,33 @@ class Simulation:
             node.applied = self.protocol.restore(self, node, snapshot)
             applied = snapshot.index
             self.stats["restarts_from_snapshot"] += 1
-        node.core = self.protocol.make_core(self, node, applied)
+        core = self.protocol.make_core(self, node, applied)
+        incarnation = node.incarnation
+
+        def call_soon(turn: Callable[[], None]) -> None:
+            self._soon.append((node, incarnation, turn))
+
+        driver = Driver(
+            node.node_id, SimStateMachine(self, node), clock=self._clock, call_soon=call_soon,
+            request_timeout_s=REQUEST_TIMEOUT_S, max_entry_bytes=self.limits.max_entry_bytes,
+            max_pending_proposals=self.limits.max_pending_proposals,
+            snapshot_entries=self.snapshot_entries,
+            snapshot_trailing_entries=self.snapshot_trailing,
+        )
+        driver.witness = node.witness
+        driver.hooks = SimHooks(self, node)
+        node.storage = SimStorage(self, node)
+        jobs = SimJobs(self, node)
+        driver.start(core, SimTransport(self), node.storage, applied=applied,
+                     storage_jobs=jobs, snapshot_jobs=jobs,
+                     membership=SimMembership(self, node) if self.protocol.name == "raft"
+                     else None)
+        node.driver = driver
         node.snapshot_index = applied
-        node.persisting = None
-        node.last_commit = node.core.commit_index
+        node.last_commit = core.commit_index
         # A term learned but never persisted is legitimately forgotten by a crash (nothing
         # durable depended on it); the persisted term itself never goes back (checked on fsync).
-        node.last_term = node.core.term
+        node.last_term = core.term
         node.led_ballot = 0
         node.applied_index = applied
         # Nodes' timers are not in phase.
@@ -666,19 +917,23 @@ class Simulation:
         return core
 
     def _propose(self, node_id: int, commands: list[bytes]) -> tuple[int, int, int]:
-        core = self._core(node_id)
+        """A client hands `commands` to node_id's driver as one batch (Driver.propose_batch:
+        the core's propose and the outcome tables); a non-leader refuses (NotLeader), the
+        core's back-pressure answers them (Overloaded)."""
+        node = self.nodes[node_id]
+        driver = node.driver
+        if driver is None:
+            raise NotLeader(f"node {node_id} is down")
+        deadline = self._clock() + REQUEST_TIMEOUT_S
+        batch = [(command, SimOutcome(self, command), deadline) for command in commands]
         try:
-            first, last, term = core.propose(commands)
-        except Overloaded as exc:   # back-pressure: nothing was appended
-            for command in commands:
-                self._answer(command, unfinished(exc, may_apply=False))
+            first, last, term = driver.propose_batch(batch)
+        except Overloaded:   # back-pressure: nothing was appended; the outcomes are answered
+            self._input_done(node)
             raise
         self.protocol.on_proposed(self, first, term, commands)
         self.stats["proposals"] += len(commands)
-        node = self.nodes[node_id]
-        node.pending.update(zip(range(first, last + 1), [(term, c) for c in commands],
-                                strict=True))
-        self._after_input(node)
+        self._input_done(node)
         return first, last, term
 
     # ------------------------------------------------------------------ outcomes
@@ -695,33 +950,6 @@ class Simulation:
         else:
             self.stats["answered_unknown"] += 1
 
-    def _answer_pending(self, node: SimNode, indexes: Iterable[int],
-                        error: EngineError) -> None:
-        """Answer node's pending proposals at `indexes` with `error` (engine.Node's
-        _fail_everything and friends)."""
-        for index in list(indexes):
-            _, command = node.pending.pop(index)
-            self._answer(command, error)
-
-    def _on_applied(self, node: SimNode, entry: Any) -> None:
-        """After node's state machine applied entry: the operation is applied, and the
-        proposal waiting at its index is answered (engine.Node._apply)."""
-        if entry.kind == _NORMAL and entry.data:
-            command = bytes(entry.data)
-            if command in self.definite_failures:
-                check_definite_failures_not_applied(self.definite_failures, (command,))
-            self.applied_ops.add(command)
-        pending = node.pending.pop(entry.index, None)
-        if pending is None:
-            return
-        term, command = pending
-        if term == entry.term:
-            self._answer(command, None)
-        else:   # another entry committed at its index: it never commits (Raft §5.3, §5.4.3)
-            self._answer(command, unfinished(
-                Superseded(f"entry {entry.index} was replaced (term {entry.term})"),
-                may_apply=False))
-
     def _unsynced_crash(self, node: SimNode, *, snapshot_file: bool = False) -> bool:
         """At a durability point: crash now with probability faults.unsynced_crash.
         snapshot_file: the point between a durable snapshot file and the WAL's marker."""
@@ -733,112 +961,28 @@ class Simulation:
             return True
         return False
 
-    def _after_input(self, node: SimNode) -> None:
-        """Drives the node's Ready loop, then checks the invariants touched by the input."""
-        core = node.core
-        while core is not None and node.persisting is None and core.has_ready():
-            ready = core.ready()
-            self.protocol.on_ready(self, node, core, ready)
-            for message in ready.messages:
-                self._send(message)
-            if ready.entries or ready.hard_state is not None or ready.snapshot is not None:
-                node.persisting = ready
-                faults = self.faults
-                self._schedule(
-                    self.rng.randint(faults.fsync_min_ms, faults.fsync_max_ms),
-                    _PERSIST,
-                    node.node_id,
-                    node.incarnation,
-                )
-            else:
-                self._complete_ready(node, ready)
+    def _clock(self) -> float:
+        """The drivers' clock: simulated time in seconds."""
+        return self.now / 1000.0
+
+    def _input_done(self, node: SimNode) -> None:
+        """After an input given to node's driver or core: its turn runs now."""
+        if node.driver is not None:
+            node.driver.schedule_turn()
+        self._run_turns()
+
+    def _run_turns(self) -> None:
+        """Run the turns the drivers scheduled (engine.Node's loop.call_soon), in order, then
+        check what each turn touched."""
+        soon = self._soon
+        while soon:
+            node, incarnation, turn = soon.popleft()
+            if node.driver is None or node.incarnation != incarnation:
+                continue
+            turn()
             core = node.core  # None if the node crashed on the way
-        if core is not None:
-            self._observe(node, core)
-
-    def _complete_ready(self, node: SimNode, ready: Ready) -> None:
-        """The fsync finished: install the snapshot, write the disk, send acks, apply,
-        advance(), then the snapshot policy."""
-        core = node.core
-        assert core is not None
-        if ready.snapshot is not None and not self._install_snapshot(node, ready.snapshot):
-            return  # crashed between the snapshot file and the WAL's marker
-        if ready.entries and node.disk.save(ready.entries):
-            self.stats["disk_truncations"] += 1
-        hard_state = ready.hard_state
-        if hard_state is not None:
-            if hard_state.term < node.disk.hard_state.term:
-                _fail(
-                    f"node {node.node_id} persisted term went back to {hard_state.term}"
-                )
-            node.disk.hard_state = hard_state
-        self.protocol.on_persisted(self, node, ready)
-        for message in ready.messages_after_persist:
-            self._send(message)
-        for entry in ready.committed_entries:
-            self.protocol.apply(self, node, entry)
-            self._on_applied(node, entry)
-        if node.pending and self.protocol.removed(self, node, core):
-            # engine.Node goes quiet once the batch removing it is applied.
-            self._answer_pending(node, node.pending, unfinished(
-                MembershipError(f"node {node.node_id} was removed"), may_apply=True))
-        for read in ready.read_states:
-            if read.index:
-                floor = self._read_floors.get(read.context, 0)
-                self.protocol.on_read(self, node.node_id, read.index, floor)
-                self.stats["reads_served"] += 1
-            else:
-                self.stats["reads_refused"] += 1
-            self.read_results[read.context] = read.index
-        core.advance(ready)
-        self._maybe_snapshot(node, core)
-
-    def _install_snapshot(self, node: SimNode, snapshot: Snapshot) -> bool:
-        """Ready.snapshot as engine.Node persists it: the snapshot file, then the WAL's
-        marker at (index, term), then the state machine restored. False if the node crashed
-        on the way."""
-        if snapshot.index <= node.applied_index:
-            _fail(
-                f"node {node.node_id} installs snapshot {snapshot.index} at or below applied "
-                f"{node.applied_index}"
-            )
-        self.protocol.on_trim(self, node, snapshot.index)
-        node.disk.save_snapshot(snapshot)
-        if self._unsynced_crash(node, snapshot_file=True):  # file durable, WAL marker not
-            return False
-        self._compact_disk(node, snapshot.index, snapshot.term,
-                           install=self.protocol.install_may_discard_log)
-        # engine.Node: a proposal the snapshot covers has an unknown outcome here.
-        self._answer_pending(node, [i for i in node.pending if i <= snapshot.index],
-                             OutcomeUnknown(f"covered by a snapshot at {snapshot.index}"))
-        node.applied = self.protocol.restore(self, node, snapshot)
-        node.applied_index = node.snapshot_index = snapshot.index
-        self.stats["snapshots_installed"] += 1
-        return True
-
-    def _maybe_snapshot(self, node: SimNode, core: Any) -> None:
-        """engine.Node's snapshot policy: every snapshot_entries applied entries, write the
-        snapshot file, then compact the WAL and the core to snapshot_trailing entries below
-        it (never past what this node persisted)."""
-        if not self.snapshot_entries or node.persisting is not None or node.core is None:
-            return
-        index = core.applied_index
-        if (index - node.snapshot_index < self.snapshot_entries or index != node.applied_index
-                or index < core.log.first_index - 1):
-            return
-        term = core.log.term(index)
-        snapshot = self.protocol.make_snapshot(self, node, core, index, term)
-        node.disk.save_snapshot(snapshot)
-        node.snapshot_index = index
-        self.stats["snapshots_taken"] += 1
-        if self._unsynced_crash(node, snapshot_file=True):  # file durable, WAL marker not
-            return
-        floor = min(index - self.snapshot_trailing, core.log.persisted_index)
-        floor = max(floor, core.log.first_index - 1)
-        floor_term = core.log.term(floor)
-        self.protocol.on_trim(self, node, floor)
-        self._compact_disk(node, floor, floor_term, install=False)
-        core.compact(snapshot, compact_to=floor)
+            if core is not None:
+                self._observe(node, core)
 
     def _compact_disk(self, node: SimNode, index: int, term: int, *, install: bool) -> None:
         """The WAL's compact(index, term). A compaction never forgets a stored entry above
@@ -887,11 +1031,13 @@ class Simulation:
 
     def _deliver(self, node_id: int, message: Any) -> None:
         node = self.nodes[node_id]
-        if node.core is None or (message.src, node_id) in self._blocked:
+        if node.driver is None or (message.src, node_id) in self._blocked:
             return
         self._trace_event(_DELIVER, node_id, message.type, message.src, message.term, message.index)
-        node.core.step(message)
-        self._after_input(node)
+        driver = node.driver
+        assert driver is not None
+        driver.receive(message)
+        driver.schedule_turn()
 
     # ------------------------------------------------------------------ clients and nemesis
 
@@ -911,10 +1057,7 @@ class Simulation:
                 if self.lease_read(node.node_id) is None:
                     self.stats["reads_refused"] += 1
                 return
-            try:
-                self.read(node.node_id)
-            except (NotLeader, Overloaded):
-                self.stats["reads_refused"] += 1
+            self._driver_read(node)
             return
         if core.role != _LEADER:
             return
@@ -923,7 +1066,6 @@ class Simulation:
             self._propose(node.node_id, batch)
         except Overloaded:
             self.stats["proposals_refused"] += len(batch)
-            self._after_input(node)
 
     def _nemesis_step(self) -> None:
         rng, faults = self.rng, self.faults

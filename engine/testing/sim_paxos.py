@@ -9,13 +9,12 @@ slot s can be compared with every other's at every apply, snapshot install and r
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from engine.config import Limits, TimingConfig
+from engine.limits import Limits, TimingConfig
 from engine.messages import EntryKind
 from engine.paxos.config import PaxosConfig
 from engine.paxos.core import IDENTITY_BYTES, PaxosCore, Role
-from engine.replication.snapshot import encode_snapshot
 from engine.testing.paxos_invariants import (
     PaxosChecker,
     decode_values,
@@ -23,10 +22,9 @@ from engine.testing.paxos_invariants import (
     encode_values,
     next_digest,
 )
+from engine.testing.sim_node import Proposal, SimNode
+from engine.testing.sim_node import SimulationView as Simulation
 from engine.types import Ready, Snapshot
-
-if TYPE_CHECKING:
-    from engine.testing.sim import Proposal, SimNode, Simulation
 
 
 class PaxosProtocol:
@@ -75,14 +73,12 @@ class PaxosProtocol:
         self.checker.on_state(node.node_id, snapshot.index, node.digest)
         return values
 
-    def make_snapshot(self, sim: Simulation, node: SimNode, core: Any, index: int,
-                      term: int) -> Snapshot:
+    def snapshot_data(self, sim: Simulation, node: SimNode, core: Any, index: int) -> bytes:
+        """The state machine's snapshot at index: one value per slot."""
         values = node.applied
         if len(values) != index:
             self.checker.fail_node(node.node_id, f"applied {len(values)} != core {index}")
-        data = encode_values(values)
-        envelope = encode_snapshot(Snapshot(index=index, term=term, data=data))
-        return Snapshot(index=index, term=term, data=data, envelope=envelope)
+        return encode_values(values)
 
     def on_trim(self, sim: Simulation, node: SimNode, index: int) -> None:
         self.checker.on_trim(node.node_id, index)

@@ -8,18 +8,17 @@ and swarm live in sim.py and are shared.
 from __future__ import annotations
 
 import struct
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from engine.config import Limits, TimingConfig
+from engine.limits import Limits, TimingConfig
 from engine.messages import EntryKind
 from engine.raft.config import RaftConfig
 from engine.raft.core import RaftCore, Role
-from engine.raft.membership import Membership, decode_membership, encode_membership
+from engine.raft.membership import Membership, decode_membership
 from engine.testing.invariants import ClusterChecker
+from engine.testing.sim_node import Proposal, SimNode
+from engine.testing.sim_node import SimulationView as Simulation
 from engine.types import Ready, Snapshot
-
-if TYPE_CHECKING:
-    from engine.testing.sim import Proposal, SimNode, Simulation
 
 
 def encode_applied(commands: list[bytes]) -> bytes:
@@ -94,17 +93,15 @@ class RaftProtocol:
         self.checker.check_state(node.node_id, snapshot.index, applied)
         return applied
 
-    def make_snapshot(self, sim: Simulation, node: SimNode, core: Any, index: int,
-                      term: int) -> Snapshot:
-        # The driver records the configuration as of the snapshot (restart rebuilds from it).
+    def snapshot_data(self, sim: Simulation, node: SimNode, core: Any, index: int) -> bytes:
+        """The state machine's snapshot at index (the driver adds the configuration)."""
         self.checker.check_state(node.node_id, index, node.applied)
         if index > core.commit_index:
             self.checker.fail(f"node {node.node_id} snapshot {index} above its commit")
-        return Snapshot(index, term, encode_applied(node.applied),
-                        configuration=encode_membership(core.configuration_at(index)))
+        return encode_applied(node.applied)
 
     def on_trim(self, sim: Simulation, node: SimNode, index: int) -> None:
-        """Raft trims only below a snapshot at or below commit (checked in make_snapshot)."""
+        """Raft trims only below a snapshot at or below commit (checked in snapshot_data)."""
 
     # ------------------------------------------------------------------ the driver's steps
 

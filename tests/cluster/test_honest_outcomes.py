@@ -173,7 +173,7 @@ async def test_a_refusal_of_a_resent_forwarded_proposal_is_not_definite() -> Non
             if resent:
                 follower._sent_before.add(future)
             follower._forwarded[10_000 + resent] = (b"cmd", future, loop.time() + 10)
-            follower._on_forward_response(Message(
+            follower.driver.on_forward_response(Message(
                 MessageType.CLIENT_RESPONSE, src=leader.node_id, dst=follower.node_id,
                 seq=10_000 + resent, status=ClientStatus.REJECTED, context=b"overloaded"))
             answers.append(future.exception())

@@ -81,7 +81,7 @@ async def test_reply_leaves_before_the_commit_notices_which_wait_for_the_tick() 
 async def test_a_follower_acks_new_entries_before_applying_committed_ones() -> None:
     """An APPEND that carries entry i+1 and the commit of i: the follower sends its ack for
     i+1 (the leader's commit, and its caller, wait for it) before it applies i (nobody
-    waits for that). engine.aio.node._handle_ready, `apply_late`."""
+    waits for that). engine.driver.Driver._handle_ready_body, `apply_late`."""
     async with engine.LocalCluster(n=3) as cluster:
         leader = await cluster.wait_leader()
         await leader.propose(commands.encode_put(b"warm", b"up"))

@@ -90,7 +90,7 @@ class Net:
         return self.cores[node].ballot
 
     def snapshot(self, node: int, compact_to: int | None = None) -> Snapshot:
-        """engine.Node._start_snapshot at the applied slot (data names it), then compact."""
+        """engine.driver.Driver.start_snapshot at the applied slot (data names it), then compact."""
         core = self.cores[node]
         index = core.applied_index
         term = core.log.term(index)

@@ -119,7 +119,7 @@ async def test_paxos_wal_stays_bounded_and_a_whole_cluster_restart_keeps_every_w
     """The WAL's size follows from the snapshot policy, measured when the policy has caught up.
 
     A node starts a snapshot once snapshot_entries (200) slots were applied since the last one
-    started (Node._maybe_snapshot), then compacts its WAL to floor = snapshot index -
+    started (Driver.maybe_snapshot), then compacts its WAL to floor = snapshot index -
     snapshot_trailing_entries (50), deleting every segment whose successor starts at or below
     floor + 1 (WriteAheadLog._delete_segments_below). The snapshot is written and the WAL
     compacted off the loop while writes go on, so right after a batch the WAL also holds

@@ -12,9 +12,9 @@ from typing import Literal
 
 import pytest
 
+from engine import driver as driver_module
 from engine import errors
 from engine.errors import InvariantViolation
-from engine.testing import sim as sim_module
 from engine.testing.invariants import check_definite_failures_not_applied
 from engine.testing.sim import SimulationFailure, run_swarm
 
@@ -45,7 +45,7 @@ def removal_is_definite(cause: errors.EngineError, *, may_apply: bool) -> errors
 @pytest.mark.parametrize(("protocol", "membership", "seed", "planted"), [
     ("raft", False, 0, rejected_when_appended),
     ("paxos", False, 0, rejected_when_appended),
-    ("raft", True, MEMBERSHIP_OFFSET + 2, removal_is_definite),
+    ("raft", True, MEMBERSHIP_OFFSET + 4, removal_is_definite),
 ], ids=["raft", "paxos", "raft-membership-removal"])
 def test_a_planted_false_rejection_is_caught(
     monkeypatch: pytest.MonkeyPatch, protocol: Literal["raft", "paxos"], membership: bool,
@@ -54,7 +54,7 @@ def test_a_planted_false_rejection_is_caught(
     honest = run_swarm(seed, protocol=protocol, membership=membership, fault_time_ms=5_000,
                        max_events=5_000)
     assert honest.stats["answered_unknown"] >= 1
-    monkeypatch.setattr(sim_module, "unfinished", planted)
+    monkeypatch.setattr(driver_module, "unfinished", planted)
     with pytest.raises(SimulationFailure, match="answered with a definite failure were applied"):
         run_swarm(seed, protocol=protocol, membership=membership, fault_time_ms=5_000,
                   max_events=5_000)
