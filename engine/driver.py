@@ -38,9 +38,11 @@ JobRunner (work off the turn, then a callback on the turn), a turn scheduler (`c
 StateMachine (engine.types.StateMachine), Membership (the shell's part of configuration
 changes: peers, removal), Hooks (observers at fixed points: ready taken, proposals handed
 to the core, persisted, applied, snapshot installed / taken; they observe and never decide
-order; engine.profiling.LatencyProfiler and the simulator's checkers are Hooks). A Group is
-one core with its state machine and tables; a driver runs one group per turn today (the
-wire carries no group id yet).
+order; engine.profiling.LatencyProfiler and the simulator's checkers are Hooks).
+
+One Driver drives one consensus group (one core, its state machine and its tables). The wire
+(Message.group) and the WAL (WriteAheadLog.save_many: every group's Ready in one record and
+one fsync) already carry group ids; a turn over many groups is the next step for sharding.
 """
 
 from __future__ import annotations
