@@ -390,6 +390,8 @@ class _Analysis:
         self.anomalies: list[Anomaly] = []
         self.graph = _Graph(len(txns))
         self.observed: set[int] = set()   # info transactions whose writes a read showed
+        # (key, value) -> (writer, is its final write to the key)
+        self.writer: dict[tuple[Key, Any], tuple[int, bool]] = {}
 
     def committed(self, index: int) -> bool:
         status = self.txns[index].status
@@ -403,6 +405,24 @@ class _Analysis:
 
     def nodes(self) -> list[int]:
         return [t.index for t in self.txns if self.committed(t.index)]
+
+    def index_writes(self, op: str, verb: str) -> None:
+        """self.writer[(key, value)] = (writer, is its final write to the key); both models
+        need written values unique per key, which is what makes a read name its writer."""
+        writer = self.writer
+        for txn in self.txns:
+            last: dict[Key, Any] = {}
+            for f, key, value in txn.ops:
+                if f != op:
+                    continue
+                earlier = writer.get((key, value))
+                if earlier is not None:
+                    raise HistoryError(f"T{earlier[0]} and T{txn.index} both {verb} {value!r} "
+                                       f"to {key!r}: values must be unique per key")
+                writer[(key, value)] = (txn.index, False)
+                last[key] = value
+            for key, value in last.items():
+                writer[(key, value)] = (txn.index, True)
 
     def lost_updates(self, groups: dict[tuple[Key, Any], list[int]]) -> None:
         for (key, version), readers in groups.items():
@@ -423,8 +443,6 @@ class _ListAppend(_Analysis):
 
     def __init__(self, txns: list[Txn]) -> None:
         super().__init__(txns)
-        # (key, value) -> (writer, is its final append to the key)
-        self.writer: dict[tuple[Key, Any], tuple[int, bool]] = {}
         # per key: every distinct list read by an ok transaction -> its first reader
         self.reads: dict[Key, dict[tuple[Any, ...], int]] = {}
         self.external: list[tuple[int, Key, tuple[Any, ...]]] = []
@@ -434,19 +452,7 @@ class _ListAppend(_Analysis):
         self._orders()
 
     def _writes(self) -> None:
-        for txn in self.txns:
-            last: dict[Key, Any] = {}
-            for f, key, value in txn.ops:
-                if f != "append":
-                    continue
-                earlier = self.writer.get((key, value))
-                if earlier is not None:
-                    raise HistoryError(f"T{earlier[0]} and T{txn.index} both append {value!r} "
-                                       f"to {key!r}: values must be unique per key")
-                self.writer[(key, value)] = (txn.index, False)
-                last[key] = value
-            for key, value in last.items():
-                self.writer[(key, value)] = (txn.index, True)
+        self.index_writes("append", "append")
 
     def _reads(self) -> None:
         for txn in self.txns:
@@ -580,7 +586,6 @@ class _Register(_Analysis):
 
     def __init__(self, txns: list[Txn]) -> None:
         super().__init__(txns)
-        self.writer: dict[tuple[Key, Any], tuple[int, bool]] = {}
         self.external: list[tuple[int, Key, Any]] = []
         # per key: version -> versions known to come right after it (None: the initial state)
         self.successors: dict[Key, dict[Any, set[Any]]] = {}
@@ -590,19 +595,7 @@ class _Register(_Analysis):
         self._reads()
 
     def _writes(self) -> None:
-        for txn in self.txns:
-            last: dict[Key, Any] = {}
-            for f, key, value in txn.ops:
-                if f != "w":
-                    continue
-                earlier = self.writer.get((key, value))
-                if earlier is not None:
-                    raise HistoryError(f"T{earlier[0]} and T{txn.index} both write {value!r} "
-                                       f"to {key!r}: values must be unique per key")
-                self.writer[(key, value)] = (txn.index, False)
-                last[key] = value
-            for key, value in last.items():
-                self.writer[(key, value)] = (txn.index, True)
+        self.index_writes("w", "write")
 
     def _reads(self) -> None:
         for txn in self.txns:
