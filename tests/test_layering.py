@@ -28,6 +28,8 @@ from pathlib import Path
 
 import pytest
 
+from engine.testing.serializability import strongly_connected_components
+
 REPOSITORY = Path(__file__).resolve().parent.parent
 
 # --------------------------------------------------------------------------- the graph
@@ -255,7 +257,8 @@ def cycle_violations(tree: Tree) -> list[str]:
                     and not imp.source.startswith(target + ".")):
                 edges.setdefault(imp.source, {}).setdefault(target, imp)
     found = []
-    for component in _strongly_connected(sorted(tree.modules), edges):
+    for component in strongly_connected_components(
+            sorted(tree.modules), lambda module: sorted(edges.get(module, {}))):
         members = set(component)
         links = []
         for source in component:
@@ -265,51 +268,6 @@ def cycle_violations(tree: Tree) -> list[str]:
                     links.append(f"{source}:{imp.line} -> {target}{where}")
         found.append(f"import cycle among {component}: " + "; ".join(links))
     return found
-
-
-def _strongly_connected(nodes: list[str], edges: dict[str, dict[str, Import]]) -> list[list[str]]:
-    """Tarjan's algorithm, iterative; the components of more than one module."""
-    index: dict[str, int] = {}
-    low: dict[str, int] = {}
-    stack: list[str] = []
-    on_stack: set[str] = set()
-    components: list[list[str]] = []
-    for start in nodes:
-        if start in index:
-            continue
-        work = [(start, iter(sorted(edges.get(start, {}))))]
-        index[start] = low[start] = len(index)
-        stack.append(start)
-        on_stack.add(start)
-        while work:
-            node, successors = work[-1]
-            advanced = False
-            for successor in successors:
-                if successor not in index:
-                    index[successor] = low[successor] = len(index)
-                    stack.append(successor)
-                    on_stack.add(successor)
-                    work.append((successor, iter(sorted(edges.get(successor, {})))))
-                    advanced = True
-                    break
-                if successor in on_stack:
-                    low[node] = min(low[node], index[successor])
-            if advanced:
-                continue
-            work.pop()
-            if work:
-                low[work[-1][0]] = min(low[work[-1][0]], low[node])
-            if low[node] == index[node]:
-                component = []
-                while True:
-                    member = stack.pop()
-                    on_stack.discard(member)
-                    component.append(member)
-                    if member == node:
-                        break
-                if len(component) > 1:
-                    components.append(sorted(component))
-    return components
 
 
 # --------------------------------------------------------------------------- engine/

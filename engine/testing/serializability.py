@@ -53,7 +53,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from engine.testing.models import HistoryError
 
@@ -724,21 +724,27 @@ def _add_process(graph: _Graph, txns: list[Txn], nodes: list[int]) -> None:
 # -- cycle search ------------------------------------------------------------------------------
 
 
-def _tarjan(nodes: Iterable[int], successors: Callable[[int], Iterable[int]]) -> list[list[int]]:
+_Node = TypeVar("_Node", int, str)
+
+
+def strongly_connected_components(
+    nodes: Iterable[_Node], successors: Callable[[_Node], Iterable[_Node]],
+) -> list[list[_Node]]:
     """Strongly connected components of more than one node (Tarjan 1972), with an explicit
-    stack: histories are far deeper than Python's recursion limit."""
-    index: dict[int, int] = {}
-    low: dict[int, int] = {}
-    stack: list[int] = []
-    on_stack: set[int] = set()
-    components: list[list[int]] = []
+    stack: histories are far deeper than Python's recursion limit. Each component is sorted;
+    tests/test_layering.py uses it for import cycles too."""
+    index: dict[_Node, int] = {}
+    low: dict[_Node, int] = {}
+    stack: list[_Node] = []
+    on_stack: set[_Node] = set()
+    components: list[list[_Node]] = []
     for root in nodes:
         if root in index:
             continue
         index[root] = low[root] = len(index)
         stack.append(root)
         on_stack.add(root)
-        work: list[tuple[int, Iterator[int]]] = [(root, iter(successors(root)))]
+        work: list[tuple[_Node, Iterator[_Node]]] = [(root, iter(successors(root)))]
         while work:
             node, pending = work[-1]
             descended = False
@@ -829,7 +835,7 @@ class _Search:
         inner = allowed | {required}
         component_of: dict[int, int] = {}
         for number, component in enumerate(
-                _tarjan(sorted(members), self._successors(members, inner))):
+                strongly_connected_components(sorted(members), self._successors(members, inner))):
             for node in component:
                 component_of[node] = number
         for u in sorted(component_of):
@@ -977,7 +983,7 @@ def check_serializable(history: Iterable[Any], model: str = "list-append", *,
         _add_realtime(analysis.graph, txns, nodes)
         levels.append(("-realtime", levels[-1][1] | {"realtime"}))
     out = analysis.graph.out
-    components = _tarjan(nodes, lambda node: out[node].keys())
+    components = strongly_connected_components(nodes, lambda node: out[node].keys())
     search = _Search(analysis.graph, max_search_steps)
     anomalies = analysis.anomalies
     unclassified = 0
