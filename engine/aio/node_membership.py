@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from engine import errors
-from engine.config import NodeConfig
+from engine.aio.node_component import NodeComponent
 from engine.logs import log_event
 from engine.messages import AdminOp, ClientStatus, Message, MessageType
 from engine.types import parse_address
@@ -48,7 +48,7 @@ def _error_payload(exc: BaseException) -> bytes:
     return json.dumps({"error": type(exc).__name__, "message": str(exc)}).encode()
 
 
-class NodeMembership:
+class NodeMembership(NodeComponent):
     """Node's membership part (Raft thesis §4; the section comment below explains it), a
     component of engine.aio.node.Node that owns its state: whether the core offers
     membership changes (`track`), the configuration the transport's peer set follows
@@ -63,31 +63,13 @@ class NodeMembership:
     """
 
     def __init__(self, node: Node) -> None:
-        self.node = node
-        self.config: NodeConfig = node.config
+        super().__init__(node)
         # Until Node.start resolves the core's capabilities, the configured protocol says.
         self.track = node.config.protocol == "raft"
         self.seen: Any = None
         self.removed = ""
         self.removal_due = ""   # removed by a CONFIG entry in the batch being applied
         self.removal_notices: dict[int, list[Any]] = {}
-
-    # The node's state this part reads (the driver's, the loop, the transport).
-    @property
-    def _core(self) -> Any:
-        return self.node._driver.core
-
-    @property
-    def _loop(self) -> asyncio.AbstractEventLoop | None:
-        return self.node._loop
-
-    @property
-    def _transport(self) -> Any:
-        return self.node._transport
-
-    @property
-    def _running(self) -> bool:
-        return self.node._driver.running
 
     @property
     def _ticks(self) -> int:

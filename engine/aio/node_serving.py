@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING, Any
 from engine import errors
 from engine._core import codec
 from engine.aio import snapshot_serving
+from engine.aio.node_component import NodeComponent
 from engine.aio.node_membership import _MEMBERSHIP_ADMIN_OPS, NodeMembership, admin_payload
 from engine.aio.node_reads import READ_MODES
-from engine.config import NodeConfig
 from engine.messages import (
     AdminOp,
     ClientOp,
@@ -25,7 +25,7 @@ from engine.messages import (
 )
 
 if TYPE_CHECKING:
-    from engine.aio.node import Node
+    pass
 
 # The enums' members as plain attributes (engine.messages.enum_members): read per request.
 _MT = enum_members(MessageType)
@@ -34,36 +34,16 @@ _STATUS = enum_members(ClientStatus)
 _ADMIN = enum_members(AdminOp)
 
 
-class NodeServing:
+class NodeServing(NodeComponent):
     """Node's client requests (on_client_request and the _reply* helpers) and ADMIN ops
     (on_admin: fault injection, leadership transfer, membership ops dispatched to
     NodeMembership, removal notices): a component of engine.aio.node.Node (node._serving)
     with no state of its own; it works through `node` (its driver, transport and loop, and
     its public submit / read / status / transfer_leadership)."""
 
-    def __init__(self, node: Node) -> None:
-        self.node = node
-        self.config: NodeConfig = node.config
-
     @property
     def counters(self) -> dict[str, int]:
         return self.node._driver.counters
-
-    @property
-    def _core(self) -> Any:
-        return self.node._driver.core
-
-    @property
-    def _running(self) -> bool:
-        return self.node._driver.running
-
-    @property
-    def _loop(self) -> asyncio.AbstractEventLoop | None:
-        return self.node._loop
-
-    @property
-    def _transport(self) -> Any:
-        return self.node._transport
 
     @property
     def _members(self) -> NodeMembership:
