@@ -61,7 +61,7 @@ _MESSAGES = {
     errno.ENOTEMPTY: "Directory not empty", errno.EINVAL: "Invalid argument",
     errno.EBUSY: "Device or resource busy", errno.ELOOP: "Too many levels of symbolic links",
     errno.ENAMETOOLONG: "File name too long", errno.EFBIG: "File too large",
-    errno.EACCES: "Permission denied",
+    errno.EACCES: "Permission denied", errno.EPERM: "Operation not permitted",
 }
 
 
@@ -467,6 +467,26 @@ class FileSystem:
             await self._check_modify(tx, found.parent, path)
             tx.delete(self.keys.dirent(found.parent, found.name))
             await self._drop_link(tx, found.ino)
+        await self._run(body)
+
+    async def link(self, src: str, dst: str) -> None:
+        """link(2): a new name for a file; a symbolic link src is linked itself, not
+        followed (Linux link(2)); directories cannot be linked (EPERM)."""
+        async def body(tx: Transaction) -> None:
+            source = await self._resolve(tx, src, follow_last=False)
+            if source.ino is None or source.kind is None:
+                raise _error(errno.ENOENT, src)
+            target = await self._resolve(tx, dst, follow_last=False)
+            if not target.name or target.ino is not None:
+                raise _error(errno.EEXIST, dst)
+            if source.kind == "dir":
+                raise _error(errno.EPERM, src)
+            self._check_name(target.name, dst)
+            await self._check_modify(tx, target.parent, dst)
+            tx.put(self.keys.dirent(target.parent, target.name),
+                   encode_dirent(source.ino, source.kind))
+            attrs = await self._attrs(tx, source.ino)
+            self._put_attrs(tx, source.ino, attrs.with_(nlink=attrs.nlink + 1))
         await self._run(body)
 
     async def symlink(self, target: str, path: str) -> None:
