@@ -529,43 +529,70 @@ class FileSystem:
         async def body(tx: Transaction) -> None:
             source = await self._resolve(tx, src, follow_last=False)
             target = await self._resolve(tx, dst, follow_last=False)
-            if source.name in ("", ".", "..") or target.name in ("", ".", ".."):
-                raise _error(errno.EBUSY, src if source.name in ("", ".", "..") else dst)
-            if source.ino is None or source.kind is None:
-                raise _error(errno.ENOENT, src)
-            if source.parent != target.parent:
-                if (source.kind == "dir"
-                        and source.ino in await self._ancestors(tx, target.parent)):
-                    raise _error(errno.EINVAL, src)
-                if (target.ino is not None
-                        and target.ino in await self._ancestors(tx, source.parent)):
-                    raise _error(errno.ENOTEMPTY, dst)
-            if source.ino == target.ino:
-                return
-            self._check_name(target.name, dst)
-            await self._check_modify(tx, source.parent, src)
-            await self._check_modify(tx, target.parent, dst)
-            if target.ino is not None:
-                if source.kind == "dir" and target.kind != "dir":
-                    raise _error(errno.ENOTDIR, dst)
-                if source.kind != "dir" and target.kind == "dir":
-                    raise _error(errno.EISDIR, dst)
-                if target.kind == "dir" and not await self._is_empty(tx, target.ino):
-                    raise _error(errno.ENOTEMPTY, dst)
-                tx.delete(self.keys.dirent(target.parent, target.name))
-                if target.kind == "dir":
-                    await self._adjust_dir_nlink(tx, target.parent, -1)
-                    self._delete_inode(tx, target.ino, await self._attrs(tx, target.ino))
-                else:
-                    await self._drop_link(tx, target.ino)
-            tx.delete(self.keys.dirent(source.parent, source.name))
-            tx.put(self.keys.dirent(target.parent, target.name),
-                   encode_dirent(source.ino, source.kind))
-            if source.kind == "dir" and source.parent != target.parent:
-                tx.put(self.keys.parent(source.ino), encode_u64(target.parent))
-                await self._adjust_dir_nlink(tx, source.parent, -1)
-                await self._adjust_dir_nlink(tx, target.parent, +1)
+            await self._rename(tx, source, target, src, dst)
         await self._run(body)
+
+    async def rename_at(self, src_dir: int, src_name: str, dst_dir: int,
+                        dst_name: str) -> None:
+        """rename(2) addressed by directory inode and name, as a FUSE rename request or
+        renameat(2) with directory handles arrives: no path is resolved from the root, so
+        nothing but the ancestor walk stops a cycle (module docstring)."""
+        async def body(tx: Transaction) -> None:
+            source = await self._entry_at(tx, src_dir, src_name)
+            target = await self._entry_at(tx, dst_dir, dst_name)
+            await self._rename(tx, source, target, src_name, dst_name)
+        await self._run(body)
+
+    async def _entry_at(self, tx: Transaction, directory: int, name: str) -> _Found:
+        if directory != ROOT:
+            data = await tx.get(self.keys.inode(directory))
+            if data is None:
+                raise _error(errno.ENOENT, name)
+            if InodeAttrs.decode(data).kind != "dir":
+                raise _error(errno.ENOTDIR, name)
+        if name in ("", ".", ".."):
+            return _Found(directory, name, directory, "dir")
+        entry = await self._lookup(tx, directory, name)
+        return _Found(directory, name, *entry) if entry else _Found(directory, name, None, None)
+
+    async def _rename(self, tx: Transaction, source: _Found, target: _Found, src: str,
+                      dst: str) -> None:
+        if source.name in ("", ".", "..") or target.name in ("", ".", ".."):
+            raise _error(errno.EBUSY, src if source.name in ("", ".", "..") else dst)
+        if source.ino is None or source.kind is None:
+            raise _error(errno.ENOENT, src)
+        if source.parent != target.parent:
+            if (source.kind == "dir"
+                    and source.ino in await self._ancestors(tx, target.parent)):
+                raise _error(errno.EINVAL, src)
+            if (target.ino is not None
+                    and target.ino in await self._ancestors(tx, source.parent)):
+                raise _error(errno.ENOTEMPTY, dst)
+        if source.ino == target.ino:
+            return
+        self._check_name(target.name, dst)
+        await self._check_modify(tx, source.parent, src)
+        await self._check_modify(tx, target.parent, dst)
+        if target.ino is not None:
+            if source.kind == "dir" and target.kind != "dir":
+                raise _error(errno.ENOTDIR, dst)
+            if source.kind != "dir" and target.kind == "dir":
+                raise _error(errno.EISDIR, dst)
+            if target.kind == "dir" and not await self._is_empty(tx, target.ino):
+                raise _error(errno.ENOTEMPTY, dst)
+            tx.delete(self.keys.dirent(target.parent, target.name))
+            if target.kind == "dir":
+                await self._adjust_dir_nlink(tx, target.parent, -1)
+                self._delete_inode(tx, target.ino, await self._attrs(tx, target.ino))
+            else:
+                await self._drop_link(tx, target.ino)
+        tx.delete(self.keys.dirent(source.parent, source.name))
+        tx.put(self.keys.dirent(target.parent, target.name),
+               encode_dirent(source.ino, source.kind))
+        if source.kind == "dir" and source.parent != target.parent:
+            tx.put(self.keys.parent(source.ino), encode_u64(target.parent))
+            await self._adjust_dir_nlink(tx, source.parent, -1)
+            await self._adjust_dir_nlink(tx, target.parent, +1)
 
     # -- attributes ------------------------------------------------------------------------
 
