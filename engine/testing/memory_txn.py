@@ -55,6 +55,7 @@ class MemoryTxnStore:
         self._log: list[_Commit] = []
         self.commits = 0
         self.conflicts = 0
+        self.keys_read: list[bytes] = []   # every key a get asked for, in order
 
     def client(self, *, name: str | None = None, interleaver: Interleaver | None = None,
                physical_ns: Callable[[], int] | None = None,
@@ -107,6 +108,7 @@ class MemoryTransaction:
 
     async def get(self, key: bytes) -> bytes | None:
         await self._client._turn()
+        self._store.keys_read.append(key)
         if key in self._writes:
             return self._writes[key]
         self._reads.add(key)
