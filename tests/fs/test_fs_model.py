@@ -31,6 +31,9 @@ NAMES = ("a", "b", "c")
 paths = st.lists(st.sampled_from(NAMES), min_size=1, max_size=3).map(lambda p: "/" + "/".join(p))
 targets = st.lists(st.sampled_from(NAMES), min_size=1, max_size=2).map("/".join)
 payloads = st.binary(max_size=12)
+# The owner keeps rwx: the model keeps permission bits without enforcing them, the file
+# system enforces the owner's (tests/fs/test_fs_operations.py covers the refusals).
+modes = st.integers(0, 0o77).map(lambda bits: 0o700 | bits)
 
 # Mutations two clients run concurrently: (operation name, argument strategies).
 mutations = st.one_of(
@@ -44,6 +47,8 @@ mutations = st.one_of(
     st.tuples(st.just("link"), paths, paths),
     st.tuples(st.just("read_file"), paths),
     st.tuples(st.just("listdir"), paths),
+    st.tuples(st.just("chmod"), paths, modes),
+    st.tuples(st.just("stat"), paths),
 )
 
 
@@ -129,6 +134,10 @@ class FileSystemAgainstModel(RuleBasedStateMachine):
           limit=st.none() | st.integers(0, 3))
     def listdir(self, path: str, start_after: str | None, limit: int | None) -> None:
         self.same("listdir", path, start_after=start_after, limit=limit)
+
+    @rule(path=paths | st.just("/"), mode=modes)
+    def chmod(self, path: str, mode: int) -> None:
+        self.same("chmod", path, mode)
 
     @rule(path=paths | st.just("/"), follow=st.booleans())
     def stat(self, path: str, follow: bool) -> None:
