@@ -198,6 +198,8 @@ class FileSystem:
             raise PermissionError(errno.EACCES, _MESSAGES[errno.EACCES], path)
 
     def _check_name(self, name: str, path: str) -> None:
+        if "\x00" in name:   # as os does: a name is a C string; the listdir cursor needs it
+            raise ValueError(f"embedded null byte in {path!r}")
         if len(name.encode()) > NAME_MAX:
             raise _error(errno.ENAMETOOLONG, path)
 

@@ -85,6 +85,8 @@ async def test_the_name_length_limit(fs: engine.FileSystem) -> None:
     with pytest.raises(OSError) as caught:
         await fs.mkdir("/" + "n" * (NAME_MAX + 1))
     assert caught.value.errno == errno.ENAMETOOLONG
+    with pytest.raises(ValueError, match="null byte"):
+        await fs.write_file("/a\x00b", b"")
 
 
 async def test_stat_reports_the_hlc_mtime_and_a_stable_inode(fs: engine.FileSystem) -> None:
