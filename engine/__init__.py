@@ -39,6 +39,7 @@ from engine.errors import (
     StorageError,
     Superseded,
     Timeout,
+    TransactionConflict,
     WrongShard,
 )
 from engine.types import StateMachine
@@ -50,6 +51,7 @@ if TYPE_CHECKING:
     from engine.aio.node import Node
     from engine.aio.register import WriteOnceRegister
     from engine.aio.sync_client import SyncClient
+    from engine.fs import FileSystem
     from engine.kv import KeyValue, KVStore, ScanPage, WriteResult
 
 try:
@@ -68,6 +70,7 @@ _LAZY = {
     "KeyValue": "engine.kv",
     "ScanPage": "engine.kv",
     "WriteOnceRegister": "engine.aio.register",
+    "FileSystem": "engine.fs",
 }
 
 
@@ -90,5 +93,5 @@ __all__ = [
     "NotLeader", "Overloaded", "Rejected", "SnapshotCorrupt", "StateMachineError",
     "StorageError", "Superseded",
     "Stopped", "Timeout", "OutcomeUnknown", "StoppedOutcomeUnknown",
-    "WrongShard", "EpochMismatch", "InvalidShardChange",
+    "WrongShard", "EpochMismatch", "InvalidShardChange", "TransactionConflict", "FileSystem",
 ]

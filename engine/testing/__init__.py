@@ -8,6 +8,9 @@
 - check_mutual_exclusion, check_watch_history, check_namespace_tree, PosixModel: checkers
   for locks with fencing tokens, watches and a file-system namespace (locks.py, watches.py,
   namespace.py), and the POSIX namespace oracle for model-based tests.
+- memory_txn, fs_check: an in-memory optimistic serializable transactional store (the
+  client protocol engine.FileSystem runs on) with a deterministic interleaver of clients'
+  transaction steps, and the tree checker over a file system's stored keys.
 """
 
 from __future__ import annotations

@@ -13,8 +13,8 @@ followed in the middle of a path. Symbolic links are followed in intermediate co
 for read_file, write_file, append, listdir and stat, in the last one (a write through a
 dangling link creates its target, as open(O_CREAT) does); never for lstat, readlink, unlink,
 rmdir, rename, link or symlink. Directory sizes are 0 (real file systems report block sizes);
-directory nlink is 2 + subdirectories (ext4, tmpfs). Permission bits are kept (mode & ~umask)
-but not enforced.
+directory nlink is 2 + subdirectories (ext4, tmpfs). Permission bits are kept (mode & ~umask,
+set by chmod, which follows a final link) but not enforced.
 
 check_namespace_tree(inodes, dirents, chunks, root=1) walks a namespace's tables (what a
 replicated file system stores: inode attributes, directory entries keyed by (parent inode,
@@ -365,6 +365,13 @@ class PosixModel:
         size = {"file": len(inode.data), "symlink": len(inode.target.encode()), "dir": 0}
         return StatResult(ino, inode.kind, _TYPE_BITS[inode.kind] | inode.mode, inode.nlink,
                           size[inode.kind])
+
+    def chmod(self, path: str, mode: int) -> None:
+        """os.chmod: the permission bits of the inode path names, following a final link."""
+        _, _, ino = self._resolve(path, follow_last=True)
+        if ino is None:
+            raise _error(errno.ENOENT, path)
+        self._inodes[ino].mode = mode & 0o7777
 
     def lstat(self, path: str) -> StatResult:
         return self.stat(path, follow_symlinks=False)

@@ -32,6 +32,9 @@ paths = st.lists(st.sampled_from(NAMES), min_size=1, max_size=3).map(lambda p: "
 # real directory's parent is not the model's).
 targets = st.lists(st.sampled_from(NAMES), min_size=1, max_size=2).map("/".join)
 payloads = st.binary(max_size=12)
+# The owner keeps rwx, so the tree stays walkable whoever runs the test (root ignores modes,
+# another user would not).
+modes = st.integers(0, 0o77).map(lambda bits: 0o700 | bits)
 
 
 class Real:
@@ -76,6 +79,9 @@ class Real:
 
     def readlink(self, path: str) -> str:
         return os.readlink(self.p(path))
+
+    def chmod(self, path: str, mode: int) -> None:
+        os.chmod(self.p(path), mode)
 
     def listdir(self, path: str) -> list[str]:
         return sorted(os.listdir(self.p(path)))
@@ -173,6 +179,10 @@ class NamespaceAgainstRealFS(RuleBasedStateMachine):
     @rule(path=paths)
     def readlink(self, path: str) -> None:
         self.same("readlink", path)
+
+    @rule(path=paths, mode=modes)
+    def chmod(self, path: str, mode: int) -> None:
+        self.same("chmod", path, mode)
 
     @rule(path=paths | st.just("/"))
     def listdir(self, path: str) -> None:
