@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import os
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -178,6 +179,7 @@ class FileSystemAgainstModel(RuleBasedStateMachine):
 
 
 FileSystemAgainstModel.TestCase.settings = settings(
-    max_examples=200, stateful_step_count=30, deadline=None,
+    max_examples=1000 if os.environ.get("ENGINE_SOAK") else 80, stateful_step_count=30,
+    deadline=None,
     suppress_health_check=[HealthCheck.too_slow])
 test_file_system_agrees_with_the_model = FileSystemAgainstModel.TestCase
