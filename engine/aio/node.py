@@ -148,6 +148,7 @@ def _make_core(config: NodeConfig, recovered: Any, applied: int = 0) -> Any:
             pre_vote=config.pre_vote, check_quorum=config.check_quorum,
             check_invariants=config.check_invariants, seed=seed,
             lease_read=config.check_quorum, lease_drift_ticks=config.lease_drift_ticks,
+            quiesce=config.quiesce,
             learners=learners, witnesses=config.bootstrap_witnesses(),
             addresses=tuple(sorted(config.members.items())),
         )

@@ -36,6 +36,7 @@ logger = logging.getLogger("engine.node")
 
 _CLIENT_REQUEST = int(MessageType.CLIENT_REQUEST)
 _CLIENT_RESPONSE = int(MessageType.CLIENT_RESPONSE)
+_LIVENESS = int(MessageType.LIVENESS)
 
 
 class _GroupTransportView:
@@ -76,7 +77,16 @@ class HostedGroup:
         self.node_host = node_host
         self.group = group
         self.recovered = recovered
-        self.call_soon = node_host.host.group_call_soon
+        group_call_soon = node_host.host.group_call_soon
+        awake = node_host.awake
+
+        def call_soon(callback: Callable[[], None]) -> None:
+            # Any input (a message, a proposal, a read) schedules the group's turn: it ticks
+            # again from the next tick on, until its core is quiet.
+            awake.add(group)
+            group_call_soon(callback)
+
+        self.call_soon = call_soon
         self.transport = _GroupTransportView(group, node_host.transport, node_host)
         self.storage = node_host.storage
 
@@ -127,6 +137,14 @@ class NodeHost:
         self._next_tick_at = 0.0
         self._peers: dict[int, Any] = {}
         self.fatal: BaseException | None = None
+        # Quiescence: the groups that tick (the rest are quiet: their cores' time stands
+        # still); per peer process, the tick it was last heard from and the tick its silence
+        # last woke the groups it leads.
+        self.awake: set[int] = set()
+        self.ticks = 0
+        self._heard: dict[int, int] = {}
+        self._woken_for: dict[int, int] = {}
+        self.counters: dict[str, int] = {"liveness_wakes": 0, "groups_woken": 0}
 
     async def __aenter__(self) -> NodeHost:
         await self.start()
@@ -192,8 +210,11 @@ class NodeHost:
             raise ValueError(f"group {group} is already hosted")
         if members is not None:
             config["members"] = dict(members)
+        if self.config.protocol == "raft":
+            config.setdefault("quiesce", True)
         group_config = dataclasses.replace(self.config, **config) if config else self.config
         recovered = self._recovered.pop(group, None)
+        new_group = recovered is None
         if recovered is None:
             recovered = _empty_recovered(self.storage)
         node = Node(group_config, state_machine,
@@ -204,6 +225,13 @@ class NodeHost:
         except BaseException:
             self.nodes.pop(group, None)
             raise
+        voters = sorted(group_config.members)
+        if new_group and voters[group % len(voters)] == self.config.node_id:
+            # A new group elects the replica named by its id at once instead of letting
+            # every replica wait out a randomized timeout: thousands of groups created
+            # together do not start thousands of competing elections, and their leaders
+            # spread over the processes. Any replica may still win later elections.
+            node.campaign()
         return node
 
     def node(self, group: int) -> Node:
@@ -221,6 +249,14 @@ class NodeHost:
 
     def _on_messages(self, messages: list[Message], address: Any) -> None:
         nodes = self.nodes
+        head = messages[0]
+        src = head.src
+        if src in self._peers:
+            self._heard[src] = self.ticks   # every datagram from a peer says it is up
+            if head.type == _LIVENESS:
+                messages = [m for m in messages if m.type != _LIVENESS]
+                if not messages:
+                    return
         first = messages[0].group
         if all(m.group == first for m in messages):
             node = nodes.get(first)
@@ -264,16 +300,64 @@ class NodeHost:
     def _on_tick(self) -> None:
         if not self.running:
             return
-        for node in list(self.nodes.values()):
+        self.ticks += 1
+        nodes, awake = self.nodes, self.awake
+        for group in list(awake):
+            node = nodes.get(group)
+            if node is None:
+                awake.discard(group)
+                continue
+            driver = node.driver
+            core = driver.core
+            if core is None or (getattr(core, "quiet", False) and not driver.turn_scheduled):
+                # Its time stands still until an input wakes it: every input schedules a
+                # turn (HostedGroup.call_soon puts it back here); a turn already scheduled
+                # may wake it, so it stays until that turn ran.
+                awake.discard(group)
+                continue
             node._on_tick()
+        timing = self.config.timing
+        if self.ticks % timing.heartbeat_interval_ticks == 0:
+            self._send_liveness()
+        self._wake_groups_of_silent_peers(timing.election_timeout_ticks)
         self._schedule_tick()
+
+    def _send_liveness(self) -> None:
+        """One LIVENESS per peer process per heartbeat interval, whatever the number of
+        groups: the coalesced heartbeat that lets idle groups stay quiet."""
+        me = self.config.node_id
+        self.transport.send([Message(_LIVENESS, src=me, dst=peer) for peer in self._peers],
+                            now=True)
+
+    def _wake_groups_of_silent_peers(self, timeout_ticks: int) -> None:
+        """A quiet follower hears nothing from its leader by design, so it learns of the
+        leader's failure here: once the leader's process has been silent for an election
+        timeout, every quiet group it leads wakes, ticks and (after its own election
+        timeout) campaigns. Repeated every election timeout while the silence lasts."""
+        ticks = self.ticks
+        for peer in self._peers:
+            heard = self._heard.get(peer, 0)
+            if ticks - heard < timeout_ticks:
+                continue
+            if ticks - self._woken_for.get(peer, -timeout_ticks) < timeout_ticks:
+                continue
+            self._woken_for[peer] = ticks
+            self.counters["liveness_wakes"] += 1
+            for group, node in self.nodes.items():
+                core = node.driver.core
+                if core is not None and getattr(core, "quiet", False) \
+                        and core.leader_id == peer:
+                    core.wake()
+                    self.awake.add(group)
+                    self.counters["groups_woken"] += 1
 
     # ------------------------------------------------------------------ stopping
 
     def status(self) -> dict[str, Any]:
         assert self.host is not None
         return {"node_id": self.config.node_id, "groups": sorted(self.nodes),
-                "counters": dict(self.host.counters),
+                "awake_groups": len(self.awake),
+                "counters": {**self.host.counters, **self.counters},
                 "transport": self.transport.stats() if self.transport is not None else {}}
 
     async def stop(self) -> None:
