@@ -43,7 +43,7 @@ STATE_MACHINE_DEPS = FOUNDATION | {"messages", "_core"}
 UNITS = frozenset({
     "engine", "__main__", "errors", "wire", "types", "limits", "config", "messages", "core",
     "_core", "replication", "raft", "paxos", "driver", "host", "kv", "shard", "txn", "coord", "fs",
-    "aio", "cli", "testing", "benchmark", "logs", "profiling", "twopc",
+    "aio", "cli", "testing", "benchmark", "benchmark_shards", "logs", "profiling", "twopc",
 })
 ALLOWED: dict[str, frozenset[str]] = {
     "errors": frozenset(),
@@ -74,16 +74,17 @@ ALLOWED: dict[str, frozenset[str]] = {
     "host": frozenset({"driver", "messages", "types", "errors"}),
     "logs": frozenset({"errors"}),
     "profiling": frozenset({"messages"}),
-    "aio": UNITS - {"testing", "benchmark", "__main__"},
-    "cli": UNITS - {"testing", "benchmark", "__main__"},
-    "testing": UNITS - {"benchmark", "__main__"},
+    "aio": UNITS - {"testing", "benchmark", "benchmark_shards", "__main__"},
+    "cli": UNITS - {"testing", "benchmark", "benchmark_shards", "__main__"},
+    "testing": UNITS - {"benchmark", "benchmark_shards", "__main__"},
     "benchmark": UNITS - {"__main__"},
+    "benchmark_shards": UNITS - {"__main__"},
     "__main__": UNITS,
-    "engine": UNITS - {"testing", "benchmark", "cli", "__main__"},  # the public re-exports
+    "engine": UNITS - {"testing", "benchmark", "benchmark_shards", "cli", "__main__"},  # the public re-exports
 }
 # The units that may touch sockets, files, clocks, threads and processes.
 IO_ALLOWED = frozenset({
-    "aio", "cli", "benchmark", "testing", "__main__",
+    "aio", "cli", "benchmark", "benchmark_shards", "testing", "__main__",
     "logs",        # the log formatter stamps records with the wall clock and writes stderr
     "profiling",   # the benchmark's latency profiler reads the monotonic clock
 })
