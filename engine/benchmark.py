@@ -96,6 +96,9 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="bench-out", metavar="DIR",
                         help="with --sweep: directory for sweep.json and the PNG plots")
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    from engine.benchmark_shards import add_shard_arguments
+
+    add_shard_arguments(parser)
 
 
 def parse_sweep(text: str) -> tuple[str, list[int]]:
@@ -171,6 +174,10 @@ def _interrupt(signum: int, frame: Any) -> None:
 
 
 def run_bench(args: argparse.Namespace) -> int:
+    if getattr(args, "shards", None) is not None:
+        from engine.benchmark_shards import run_shard_bench
+
+        return run_shard_bench(args)
     check_arguments(args)
     # SIGTERM (and SIGINT, even if inherited as ignored) unwind through the finally blocks,
     # so every node and load-generator process this run started is stopped by its PID.

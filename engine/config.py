@@ -84,6 +84,9 @@ class NodeConfig:
     # clock-drift bound after the heartbeat round a quorum acknowledged; None: a fifth of the
     # election timeout (at least 2 ticks).
     lease_drift_ticks: int | None = None
+    # Raft groups only: an idle group stops ticking and heartbeating until an input wakes it
+    # (engine.raft.config.RaftConfig.quiesce). NodeHost turns it on for the groups it hosts.
+    quiesce: bool = False
     # Membership (Raft only, thesis ch. 4). `members` is the bootstrap configuration: every
     # member's address; `learners` and `witnesses` name members that start as non-voters /
     # metadata-only voters (a witness that is not also a learner is a bootstrap witness

@@ -307,7 +307,10 @@ class Driver:
         if self.ticks % SWEEP_EVERY_TICKS == 0:
             self.expire_requests()
         self.retry_reads()
-        self.schedule_turn()
+        # A turn only when the tick left work for one: an idle group's tick costs no turn
+        # (a host ticks thousands of groups).
+        if self.pending_ticks or self.read_queue or self.core.has_ready():
+            self.schedule_turn()
 
     def submit(self, command: bytes, outcome: Any, timeout: float | None = None) -> None:
         """Queue `command` for this turn's proposal batch (checks first: EntryTooLarge,

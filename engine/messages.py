@@ -21,7 +21,8 @@ Raft (Raft thesis ch. 3, §9.6 pre-vote, §6.4 ReadIndex, §3.10 leadership tran
   APPEND                     term, log_term + index = previous entry, commit, entries
   APPEND_RESPONSE            term, index = last index matched (accept) or rejected index,
                              reject, reject_hint + reject_term = fast backtracking hint
-  HEARTBEAT                  term, commit, context = read-index context
+  HEARTBEAT                  term, commit, context = read-index context; status = 1: the
+                             leader goes quiet (quiescence), index + log_term = its last entry
   HEARTBEAT_RESPONSE         term, context echoed
   SNAPSHOT                   term, index + log_term = snapshot's last entry, seq = chunk offset,
                              status = total size, context = chunk bytes

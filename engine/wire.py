@@ -65,6 +65,9 @@ class MessageType(IntEnum):
     # Admin (status queries, fault filter for tests)
     ADMIN = 80
     ADMIN_RESPONSE = 81
+    # Process level: "this process is up", one per peer process per heartbeat interval, group
+    # 0, no payload (engine.aio.node_host: wakes quiet groups whose leader's process is silent)
+    LIVENESS = 96
 
 
 # The codec refuses any other type code with DecodeError.

@@ -66,6 +66,7 @@ from engine.types import StateMachine as StateMachine
 
 if TYPE_CHECKING:
     from engine.aio.metrics import NodeMetrics
+    from engine.aio.node_host import HostedGroup
 
 # The `X as X` imports above keep these names importable from here (engine.aio.client
 # imports READ_MODES; tests and tools the others).
@@ -147,6 +148,7 @@ def _make_core(config: NodeConfig, recovered: Any, applied: int = 0) -> Any:
             pre_vote=config.pre_vote, check_quorum=config.check_quorum,
             check_invariants=config.check_invariants, seed=seed,
             lease_read=config.check_quorum, lease_drift_ticks=config.lease_drift_ticks,
+            quiesce=config.quiesce,
             learners=learners, witnesses=config.bootstrap_witnesses(),
             addresses=tuple(sorted(config.members.items())),
         )
@@ -253,6 +255,7 @@ class Node(_SnapshotsMixin, _ReadsMixin, _EventsMixin):
     def __init__(
         self, config: NodeConfig, state_machine: StateMachine | None = None, *,
         storage: Any = None, clock_ns: Callable[[], int] | None = None,
+        _hosted: HostedGroup | None = None,
     ) -> None:
         if state_machine is None:
             from engine.kv import KVStore
@@ -274,8 +277,12 @@ class Node(_SnapshotsMixin, _ReadsMixin, _EventsMixin):
         # Prometheus metrics (engine.aio.metrics), with NodeConfig.metrics_addr: sampled once
         # per turn, never per write.
         self._metrics: NodeMetrics | None = None
+        # One group of a NodeHost (engine.aio.node_host): the host's socket, WAL, timer and
+        # turn instead of this node's own.
+        self._hosted = _hosted
         self._driver = Driver(
-            config.node_id, state_machine, clock=self._now, call_soon=self._call_soon,
+            config.node_id, state_machine, clock=self._now,
+            call_soon=self._call_soon if _hosted is None else _hosted.call_soon,
             request_timeout_s=config.request_timeout_s,
             max_entry_bytes=config.limits.max_entry_bytes,
             max_pending_proposals=config.limits.max_pending_proposals,
@@ -372,6 +379,9 @@ class Node(_SnapshotsMixin, _ReadsMixin, _EventsMixin):
         if self._driver.running:
             raise errors.EngineError("node already started")
         self._loop = loop = asyncio.get_running_loop()
+        if self._hosted is not None:
+            await self._start_hosted(self._hosted)
+            return
         if self._storage is None:
             self._storage = _open_storage(self.config)
         recovered = await loop.run_in_executor(None, self._storage.open)
@@ -432,9 +442,33 @@ class Node(_SnapshotsMixin, _ReadsMixin, _EventsMixin):
         self._schedule_tick()
         self._driver.schedule_turn()
 
+    async def _start_hosted(self, hosted: HostedGroup) -> None:
+        """Start as one group of a NodeHost: its recovered state from the host's WAL, the
+        host's transport, its batch for saves, its threads and its tick."""
+        recovered = hosted.recovered
+        applied = await self._restore_from(recovered)
+        core = _make_core(self.config, recovered, applied)
+        self._driver.core = core
+        membership = capabilities(core).membership
+        self._members.track = membership is not None
+        self._transport = hosted.transport
+        self._storage = hosted.storage
+        hosted.start(self, core, applied=applied,
+                     membership=_MembershipPort(self) if self._members.track else None,
+                     lease_window=4 * self.config.timing.election_timeout_ticks)
+        self._members.seen = membership.membership if membership is not None else None
+        self._events.seen_term, self._events.seen_leader = core.term, core.leader_id
+        self._members.check_removed_at_start()
+        assert self._loop is not None
+        self._driver.clock = self._loop.time
+
     async def stop(self) -> None:
         """Graceful stop: stop ticking, fail pending requests with Stopped, close sockets."""
         if not self._driver.running:
+            return
+        if self._hosted is not None:
+            self._hosted.stop(self)
+            self._driver.fail_everything(errors.Stopped("node stopped"))
             return
         # Let an in-flight storage job finish so what it acknowledged is really on disk.
         while self._driver.persisting and self._fatal is None:
@@ -452,6 +486,10 @@ class Node(_SnapshotsMixin, _ReadsMixin, _EventsMixin):
 
     def crash(self) -> None:
         """Stop at once as a crash would (tests): no waiting, unsynced writes are lost."""
+        if self._hosted is not None:
+            # One group cannot crash alone: its host's process (socket, WAL) goes with it.
+            self._hosted.crash()
+            return
         self._driver.stop()
         if self._tick_handle is not None:
             self._tick_handle.cancel()
@@ -691,7 +729,8 @@ class Node(_SnapshotsMixin, _ReadsMixin, _EventsMixin):
         if members.removal_notices:
             members.send_removal_notices()
         self._events.note()
-        self._schedule_tick()
+        if self._hosted is None:   # a hosted group is ticked by its host's timer
+            self._schedule_tick()
 
     def _on_messages(self, messages: list[Message], address: Any) -> None:
         driver = self._driver

@@ -44,6 +44,9 @@ class RaftConfig:
     # A learner is promoted only if its match index is within this many entries of the
     # leader's last index (thesis §4.2.1: a new voter must be caught up first).
     promote_max_lag_entries: int = 1_000
+    # Quiescence (CockroachDB): an idle group stops ticking and heartbeating (RaftCore.quiet;
+    # the process-level failure detector of engine.aio.node_host wakes it).
+    quiesce: bool = False
 
     def bootstrap_membership(self) -> Membership:
         return Membership.of(self.voters, self.learners, self.witnesses, self.addresses)

@@ -180,6 +180,8 @@ _AFTER_PERSIST = frozenset(
     {_MT.APPEND_RESPONSE, _MT.VOTE_RESPONSE, _MT.PRE_VOTE_RESPONSE, _MT.VOTE}
 )
 _TRANSFER_CONTEXT = b"transfer"
+# HEARTBEAT.status of the leader's last heartbeat before it goes quiet (quiescence).
+QUIESCE_HEARTBEAT = 1
 _PEER_RESPONSES = frozenset(
     {_MT.APPEND_RESPONSE, _MT.HEARTBEAT_RESPONSE, _MT.SNAPSHOT_RESPONSE}
 )
@@ -299,6 +301,12 @@ class RaftCore:
 
         self._election_elapsed = 0
         self._heartbeat_elapsed = 0
+        # Quiescence: an idle group's time stands still (tick is a no-op) until an input
+        # wakes it (wake()); see RaftConfig.quiesce and _can_quiesce. A quiescing core also
+        # starts quiet (dormant, CockroachDB's lazily initialised replicas): after a restart
+        # of thousands of groups, only those someone uses elect a leader, and nobody's
+        # election timeouts fire together.
+        self.quiet = config.quiesce
         self._randomized_election_timeout = 0
         self._ticks = 0
         self._progress: dict[int, Progress] = {}
@@ -339,7 +347,10 @@ class RaftCore:
     # ------------------------------------------------------------------ public surface
 
     def tick(self) -> None:
-        """Advances logical time by one tick (election timer or heartbeat timer)."""
+        """Advances logical time by one tick (election timer or heartbeat timer); a quiet
+        core's time stands still (see `quiet`)."""
+        if self.quiet:
+            return
         self._ticks += 1
         if self.role == _ROLE.LEADER:
             self._tick_heartbeat()
@@ -352,6 +363,9 @@ class RaftCore:
         """Advances the state machine with one message from the network."""
         reason = self._ignore_message(message)
         if reason is None:
+            if self.quiet and not (message.type == _MT.HEARTBEAT
+                                   and message.status == QUIESCE_HEARTBEAT):
+                self.wake()
             self._step(message)
             self._maybe_step_down_removed()
         else:
@@ -360,6 +374,8 @@ class RaftCore:
 
     def propose(self, commands: list[bytes]) -> tuple[int, int, int]:
         """Appends a batch of commands on the leader; returns (first_index, last_index, term)."""
+        if self.quiet:
+            self.wake()   # a follower too: with no leader known it campaigns in time
         if self.role != _ROLE.LEADER:
             raise NotLeader(leader_id=self.leader_id or None)
         if not commands:
@@ -383,6 +399,8 @@ class RaftCore:
 
     def campaign(self) -> None:
         """Starts an election now (etcd's Campaign / MsgHup), with pre-vote if configured."""
+        if self.quiet:
+            self.wake()
         if self.role != _ROLE.LEADER:
             self._election_elapsed = 0
             self._campaign(pre_vote=self.config.pre_vote)
@@ -390,6 +408,8 @@ class RaftCore:
 
     def read_index(self, context: bytes) -> None:
         """Starts a linearizable read (thesis §6.4); the answer arrives as a ReadState."""
+        if self.quiet:
+            self.wake()
         if self.role == _ROLE.LEADER:
             self._reads.check_local()
             self._start_read(self.node_id, context)
@@ -409,6 +429,7 @@ class RaftCore:
         lag real time must also check real time since that tick (engine.aio.node does)."""
         if (
             self.role != _ROLE.LEADER
+            or self.quiet   # a quiet leader's ticks stand still: its lease cannot be measured
             or not self.config.check_quorum
             or self.lead_transferee != _NONE
             or self._timeout_now_term == self.term
@@ -422,6 +443,48 @@ class RaftCore:
             return None
         return self.commit_index, sent
 
+    # ------------------------------------------------------------------ quiescence
+
+    def wake(self) -> None:
+        """Leave quiescence: time runs again from a fresh start. A leader needs a new
+        heartbeat round before it may serve a lease read (its old rounds are forgotten) and
+        counts every peer active for one more election timeout, as a new leader does; a
+        follower waits a whole election timeout before it campaigns."""
+        if not self.quiet:
+            return
+        self.quiet = False
+        self._election_elapsed = 0
+        self._heartbeat_elapsed = 0
+        self._round_ticks.clear()
+        if self.role == _ROLE.LEADER:
+            for pr in self._progress.values():
+                pr.recent_active = True
+
+    def _can_quiesce(self) -> bool:
+        """Nothing left to do but heartbeats: every entry is this term's or older, committed
+        and held by every peer, no read, transfer, configuration change, snapshot or commit
+        notice is in flight."""
+        log = self.log
+        last = log.last_index
+        if (self.commit_index != last or log.term(last) != self.term
+                or self.lead_transferee != _NONE or self._notices_due
+                or self._reads.count() or self.conf_change_pending
+                or self._pending_snapshot is not None):
+            return False
+        return all(pr.match == last and not len(pr.inflights) and pr.state != _PS.SNAPSHOT
+                   for pr in self._progress.values())
+
+    def _quiesce(self) -> None:
+        """The leader goes quiet and tells every peer to (CockroachDB's quiescence): a
+        HEARTBEAT marked QUIESCE_HEARTBEAT with the commit and the last entry, so a follower
+        quiets only when its log ends where the leader's does."""
+        last = self.log.last_index
+        for peer in self.peers:
+            self._send(Message(_MT.HEARTBEAT, self.node_id, peer, self.term,
+                               log_term=self.term, index=last, commit=self.commit_index,
+                               status=QUIESCE_HEARTBEAT))
+        self.quiet = True
+
     def transfer_leadership(self, target: int) -> None:
         """Hands leadership to `target` (thesis §3.10); the outcome shows in role/leader_id.
 
@@ -430,6 +493,8 @@ class RaftCore:
         """
         if self.role != _ROLE.LEADER:
             raise NotLeader(leader_id=self.leader_id or None)
+        if self.quiet:
+            self.wake()
         if target == self.node_id:
             return
         if target not in self._progress or not self.membership.can_lead(target):
@@ -467,6 +532,8 @@ class RaftCore:
         """
         if self.role != _ROLE.LEADER:
             raise NotLeader(leader_id=self.leader_id or None)
+        if self.quiet:
+            self.wake()
         if self.lead_transferee != _NONE:
             raise TransferInProgress(
                 f"leadership transfer to {self.lead_transferee} in progress; retry shortly"
@@ -617,6 +684,7 @@ class RaftCore:
             "leader_id": self.leader_id,
             "commit_index": self.commit_index,
             "applied_index": self.applied_index,
+            "quiet": self.quiet,
             "last_index": self.log.last_index,
             "last_term": self.log.last_term,
             "persisted_index": self.log.persisted_index,
@@ -701,9 +769,11 @@ class RaftCore:
             return False
         timeout = self._timing.election_timeout_ticks
         # With lease reads a restarted node does not know whether it followed a leader whose
-        # lease still holds: it waits one election timeout before voting (§6.4.1).
+        # lease still holds: it waits one election timeout before voting (§6.4.1). Not a node
+        # at term 0: it never adopted a term, so it never acknowledged any leader (a term is
+        # durable before any answer depends on it) and belongs to no lease's quorum.
         heard_leader = self.leader_id != _NONE or (
-            self.config.lease_read and self._ticks < timeout
+            self.config.lease_read and self._ticks < timeout and self.term > 0
         )
         return self.config.check_quorum and heard_leader and self._election_elapsed < timeout
 
@@ -985,6 +1055,17 @@ class RaftCore:
             self._count_ignored("heartbeat commit beyond log")
         else:
             self._commit_to(m.commit)
+        if m.status == QUIESCE_HEARTBEAT:
+            # Quiet only with a log that ends where the leader's does (Log Matching, §5.3:
+            # same index and term), so nothing is owed to us while we sleep.
+            log = self.log
+            if (self.config.quiesce and m.index == log.last_index
+                    and log.term(m.index) == m.log_term and self.commit_index == m.commit):
+                self.quiet = True
+                self._election_elapsed = 0
+            elif self.quiet:
+                self.wake()
+            return
         if not m.context:
             return  # a commit notice (_bcast_commit): not a heartbeat round, no answer
         self._send(
@@ -1021,6 +1102,9 @@ class RaftCore:
                     pr.recent_active = False
         if self._heartbeat_elapsed >= self._timing.heartbeat_interval_ticks:
             self._heartbeat_elapsed = 0
+            if self.config.quiesce and self._can_quiesce():
+                self._quiesce()
+                return
             self._recover_stalled_windows()
             self._bcast_heartbeat()
 

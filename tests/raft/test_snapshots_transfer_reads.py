@@ -398,14 +398,24 @@ def test_lease_expires_before_an_election_timeout_minus_drift() -> None:
 
 
 def test_restarted_follower_waits_an_election_timeout_before_voting() -> None:
-    core = make_core(node_id=2, lease_read=True)
+    # It adopted term 2 before the restart: it may have acknowledged a leader's lease.
+    core = make_core(node_id=2, lease_read=True, hard_state=HardState(2, 0, 0))
     core.step(Message(MT.VOTE, 3, 2, 5, log_term=0, index=0))
-    assert core.term == 0 and not of_type(drain(core), MT.VOTE_RESPONSE)
+    assert core.term == 2 and not of_type(drain(core), MT.VOTE_RESPONSE)
     for _ in range(TIMING.election_timeout_ticks):
         core.tick()
     drain(core)
     core.step(Message(MT.VOTE, 3, 2, 5, log_term=0, index=0))
     assert core.term == 5
+
+
+def test_a_node_that_never_adopted_a_term_votes_at_once() -> None:
+    """Term 0 on disk: it never answered any leader, so no lease rests on it (a new group
+    elects its first leader in one round trip)."""
+    core = make_core(node_id=2, lease_read=True)
+    core.step(Message(MT.VOTE, 3, 2, 5, log_term=0, index=0))
+    votes = of_type(drain(core), MT.VOTE_RESPONSE)
+    assert core.term == 5 and votes and not votes[0].reject
 
 
 # ---------------------------------------------------------------------- simulator scenarios
