@@ -80,7 +80,8 @@ ALLOWED: dict[str, frozenset[str]] = {
     "benchmark": UNITS - {"__main__"},
     "benchmark_shards": UNITS - {"__main__"},
     "__main__": UNITS,
-    "engine": UNITS - {"testing", "benchmark", "benchmark_shards", "cli", "__main__"},  # the public re-exports
+    # The public re-exports.
+    "engine": UNITS - {"testing", "benchmark", "benchmark_shards", "cli", "__main__"},
 }
 # The units that may touch sockets, files, clocks, threads and processes.
 IO_ALLOWED = frozenset({
