@@ -78,15 +78,16 @@ class WatchLog:
     # ------------------------------------------------------------------ recording
 
     def record(self, event: WatchEvent) -> None:
-        """Append one applied change; revisions never go back."""
-        if event.revision < self._last_revision or event.revision < self._floor:
+        """Append one applied change; revisions never go back. A revision with more events
+        than the ring holds cannot be kept whole: its events are delivered to synced
+        watchers but dropped from the history (the oldest available revision passes it)."""
+        if event.revision < self._last_revision:
             raise ValueError(f"watch event revision {event.revision} after revision "
                              f"{self._last_revision}")
         seq = self._base_seq + len(self._events)
         self._events.append(event)
         self._last_revision = event.revision
-        if len(self._events) - self._head > self._limits.watch_history_events:
-            self._drop_before(self._head + 1)
+        self._trim(len(self._events) - self._limits.watch_history_events)
         for watcher in self._watchers.values():
             watcher._push(seq, event)
 
@@ -96,17 +97,20 @@ class WatchLog:
         revision = min(revision, self._last_revision + 1)
         if revision <= self._floor:
             return
-        end = bisect.bisect_left(self._events, revision, lo=self._head,
-                                 key=lambda event: event.revision)
-        self._drop_before(end)
         self._floor = revision
+        self._trim(self._head)
 
-    def _drop_before(self, index: int) -> None:
-        if index > self._head:
-            self._floor = max(self._floor, self._events[index - 1].revision + 1)
-            self._head = index
-        if self._head > 1_024 and self._head * 2 > len(self._events):
-            del self._events[:self._head]
+    def _trim(self, keep_from: int) -> None:
+        """Drop events before index keep_from, then every event below the oldest available
+        revision (the rest of a revision partly dropped)."""
+        events = self._events
+        if keep_from > self._head:
+            self._floor = max(self._floor, events[keep_from - 1].revision + 1)
+            self._head = keep_from
+        while self._head < len(events) and events[self._head].revision < self._floor:
+            self._head += 1
+        if self._head > 1_024 and self._head * 2 > len(events):
+            del events[:self._head]
             self._base_seq += self._head
             self._head = 0
 
