@@ -9,7 +9,11 @@ TTL, the remaining TTL as last persisted, a renewal generation and the keys atta
 
     GRANT(ttl_ms)                  -> a new lease, remaining = ttl, generation 1
     KEEPALIVE(id)                  -> remaining = ttl, generation + 1 (LeaseNotFound if gone)
-    CHECKPOINT(id, remaining_ms)   -> remaining persisted (the leader's measure, see below)
+    CHECKPOINT(id, generation, remaining_ms)
+                                   -> remaining persisted (the leader's measure, see below),
+                                      only if the lease was not renewed since the leader
+                                      measured (a stale, smaller remaining must not undo a
+                                      KEEPALIVE committed before it)
     REVOKE(id)                     -> the lease and its keys' attachments are gone
     EXPIRE(id, generation)         -> REVOKE, but only if the lease was not renewed since the
                                       leader decided (an EXPIRE committed after a KEEPALIVE it
@@ -59,7 +63,7 @@ from engine.coord.codec import Writer, frame, unframe
 from engine.errors import DecodeError, LeaseNotFound, Overloaded, Rejected
 from engine.limits import Limits
 
-__all__ = ["Expire", "Lease", "LeaseTable", "Lessor", "LessorConfig"]
+__all__ = ["Checkpoint", "Expire", "Lease", "LeaseTable", "Lessor", "LessorConfig"]
 
 _MAGIC = b"ECL1"
 _VERSION = 1
@@ -103,11 +107,12 @@ class LeaseTable:
         lease.generation += 1
         return lease
 
-    def checkpoint(self, lease_id: int, remaining_ms: int) -> bool:
-        """Persist the leader's remaining TTL; False (nothing done) for a lease that is gone.
-        Clamped to [0, ttl]: a checkpoint never lengthens a lease beyond a renewal."""
+    def checkpoint(self, lease_id: int, generation: int, remaining_ms: int) -> bool:
+        """Persist the leader's remaining TTL; False (nothing done) for a lease that is gone or
+        was renewed since the leader measured it. Clamped to [0, ttl]: a checkpoint never
+        lengthens a lease beyond a renewal."""
         lease = self._leases.get(lease_id)
-        if lease is None:
+        if lease is None or lease.generation != generation:
             return False
         lease.remaining_ms = max(0, min(int(remaining_ms), lease.ttl_ms))
         return True
@@ -248,6 +253,15 @@ class Expire:
     generation: int
 
 
+@dataclass(frozen=True)
+class Checkpoint:
+    """A command the leader proposes: CHECKPOINT(lease_id, generation, remaining_ms)."""
+
+    lease_id: int
+    generation: int
+    remaining_ms: int
+
+
 class Lessor:
     """The leader's deadlines over a LeaseTable (see the module docstring). Pure: every
     method that needs the time takes the leader's monotonic reading `now_ms`.
@@ -353,12 +367,12 @@ class Lessor:
             self._schedule(lease_id, now_ms + self._config.expire_retry_ms)
         return out
 
-    def checkpoints(self, now_ms: float) -> list[tuple[int, int]]:
-        """CHECKPOINT(lease_id, remaining_ms) commands for leases not persisted for
-        checkpoint_interval_ms, lease id order; remaining is the true-time lower bound."""
+    def checkpoints(self, now_ms: float) -> list[Checkpoint]:
+        """CHECKPOINT commands for leases not persisted for checkpoint_interval_ms, lease id
+        order; remaining is the true-time lower bound."""
         if not self._leader:
             return []
-        out: list[tuple[int, int]] = []
+        out: list[Checkpoint] = []
         for lease_id in sorted(self._checkpointed):
             if now_ms - self._checkpointed[lease_id] < self._config.checkpoint_interval_ms:
                 continue
@@ -366,5 +380,5 @@ class Lessor:
             if remaining is None:
                 continue
             self._checkpointed[lease_id] = now_ms
-            out.append((lease_id, remaining))
+            out.append(Checkpoint(lease_id, self._deadline[lease_id][1], remaining))
         return out

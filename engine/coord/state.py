@@ -50,8 +50,8 @@ class CoordState:
     def keepalive(self, lease_id: int) -> Lease:
         return self.leases.keepalive(lease_id)
 
-    def checkpoint(self, lease_id: int, remaining_ms: int) -> bool:
-        return self.leases.checkpoint(lease_id, remaining_ms)
+    def checkpoint(self, lease_id: int, generation: int, remaining_ms: int) -> bool:
+        return self.leases.checkpoint(lease_id, generation, remaining_ms)
 
     def revoke(self, lease_id: int) -> LeaseEnd | None:
         return self._end(self.leases.revoke(lease_id))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine.coord import CoordState, Expire, LeaseTable, Lessor, LessorConfig
+from engine.coord import Checkpoint, CoordState, Expire, LeaseTable, Lessor, LessorConfig
 from engine.errors import LeaseNotFound, Overloaded, Rejected
 from engine.limits import Limits
 
@@ -35,7 +35,7 @@ def test_grant_is_bounded_by_max_leases() -> None:
 def test_keepalive_resets_remaining_and_bumps_generation() -> None:
     table = LeaseTable()
     lease = table.grant(1_000)
-    table.checkpoint(lease.lease_id, 300)
+    table.checkpoint(lease.lease_id, 1, 300)
     assert lease.remaining_ms == 300
     table.keepalive(lease.lease_id)
     assert (lease.remaining_ms, lease.generation) == (1_000, 2)
@@ -46,11 +46,19 @@ def test_keepalive_resets_remaining_and_bumps_generation() -> None:
 def test_checkpoint_is_clamped_and_ignores_a_lease_gone() -> None:
     table = LeaseTable()
     lease = table.grant(1_000)
-    assert table.checkpoint(lease.lease_id, 5_000)
+    assert table.checkpoint(lease.lease_id, 1, 5_000)
     assert lease.remaining_ms == 1_000
-    table.checkpoint(lease.lease_id, -3)
+    table.checkpoint(lease.lease_id, 1, -3)
     assert lease.remaining_ms == 0
-    assert not table.checkpoint(77, 10)
+    assert not table.checkpoint(77, 1, 10)
+
+
+def test_a_checkpoint_measured_before_a_renewal_does_not_undo_it() -> None:
+    table = LeaseTable()
+    lease = table.grant(1_000)
+    table.keepalive(lease.lease_id)              # committed before the leader's CHECKPOINT
+    assert not table.checkpoint(lease.lease_id, 1, 10)
+    assert lease.remaining_ms == 1_000
 
 
 def test_expire_applies_only_to_the_generation_the_leader_saw() -> None:
@@ -124,7 +132,7 @@ def test_deadline_is_the_ttl_stretched_by_the_drift_bound() -> None:
 def test_promote_extends_every_lease_by_the_election_timeout() -> None:
     table, lessor = _lessor(extend_ms=500, drift=0.0)
     lease = table.grant(1_000)
-    table.checkpoint(lease.lease_id, 200)
+    table.checkpoint(lease.lease_id, 1, 200)
     lessor.promote(10_000.0)
     # remaining (200) + extend (500), never the remaining alone (etcd's Promote).
     assert lessor.deadline(lease.lease_id) == 10_700.0
@@ -177,10 +185,10 @@ def test_checkpoint_persists_a_true_time_lower_bound() -> None:
     lease = table.grant(1_000)
     lessor.track(lease.lease_id, 0.0)
     assert lessor.checkpoints(50.0) == []
-    ((lease_id, remaining),) = lessor.checkpoints(220.0)
+    (checkpoint,) = lessor.checkpoints(220.0)
     # deadline 1100 on this clock; (1100 - 220) / 1.1 = 800 >= 1000 - 220 / 1.1.
-    assert (lease_id, remaining) == (lease.lease_id, 800)
-    assert remaining >= 1_000 - 220 / 1.1
+    assert checkpoint == Checkpoint(lease.lease_id, 1, 800)
+    assert checkpoint.remaining_ms >= 1_000 - 220 / 1.1
 
 
 def test_demote_forgets_deadlines_and_revoked_leases_are_forgotten() -> None:

@@ -47,7 +47,7 @@ def build_state(ops: list[tuple[int, Any, Any]]) -> CoordState:
             elif kind == 8:
                 state.campaign(y, lease, b"v%d" % x)
             elif kind == 9:
-                state.checkpoint(lease, x)
+                state.checkpoint(lease, state.leases.get(lease).generation, x)  # type: ignore[union-attr]
         except (LeaseNotFound, LockKindMismatch, Overloaded):
             pass
     return state

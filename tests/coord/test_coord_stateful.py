@@ -145,8 +145,9 @@ class LockMachine(RuleBasedStateMachine):
 
     @rule()
     def checkpoint(self) -> None:
-        for lease_id, remaining in self.lessor.checkpoints(self.now):
-            self.state.checkpoint(lease_id, remaining)
+        for checkpoint in self.lessor.checkpoints(self.now):
+            self.state.checkpoint(checkpoint.lease_id, checkpoint.generation,
+                                  checkpoint.remaining_ms)
 
     @rule()
     def leader_change(self) -> None:
