@@ -229,8 +229,8 @@ class LessorConfig:
     """extend_ms: added to every lease on promotion (the election timeout). max_clock_drift:
     rho of the module docstring. checkpoint_interval_ms: how often a lease's remaining TTL is
     persisted (etcd: 5 minutes). expire_retry_ms: an EXPIRE not applied by then is proposed
-    again (etcd's expiredLeaseRetryInterval, 3 s). max_expire_per_call: EXPIREs proposed per
-    `expired()` call, so a mass expiry does not flood the log (etcd: 1,000 revokes/s)."""
+    again (etcd's expiredLeaseRetryInterval, 3 s). max_expire_per_call: EXPIREs (and CHECKPOINTs)
+    proposed per call, so a mass expiry does not flood the log (etcd: 1,000 revokes/s)."""
 
     extend_ms: int
     max_clock_drift: float = 0.1
@@ -262,9 +262,47 @@ class Checkpoint:
     remaining_ms: int
 
 
+class _DueQueue:
+    """Lease ids by due time: one live row per lease, superseded rows skipped when popped
+    and dropped by a rebuild once they outnumber the live ones (etcd's LeaseQueue)."""
+
+    __slots__ = ("_heap", "_due")
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int]] = []
+        self._due: dict[int, float] = {}
+
+    def schedule(self, lease_id: int, due: float) -> None:
+        self._due[lease_id] = due
+        heapq.heappush(self._heap, (due, lease_id))
+        if len(self._heap) > 2 * len(self._due) + 64:
+            self._heap = [(when, lid) for lid, when in self._due.items()]
+            heapq.heapify(self._heap)
+
+    def forget(self, lease_id: int) -> None:
+        self._due.pop(lease_id, None)
+
+    def clear(self) -> None:
+        self._heap.clear()
+        self._due.clear()
+
+    def pop_due(self, now_ms: float) -> int | None:
+        """The lease whose live row is earliest and due by now (unscheduled), else None."""
+        while self._heap and self._heap[0][0] <= now_ms:
+            due, lease_id = heapq.heappop(self._heap)
+            if self._due.get(lease_id) == due:
+                del self._due[lease_id]
+                return lease_id
+        return None
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+
 class Lessor:
     """The leader's deadlines over a LeaseTable (see the module docstring). Pure: every
-    method that needs the time takes the leader's monotonic reading `now_ms`.
+    method that needs the time takes the leader's monotonic reading `now_ms`, and each
+    call costs O(log leases) per lease it returns, never a scan of every lease.
 
     Call `promote(now)` on becoming leader and `demote()` on losing it; `track(lease_id,
     now)` after applying any lease command (GRANT, KEEPALIVE, REVOKE, EXPIRE); propose what
@@ -275,12 +313,10 @@ class Lessor:
         self._config = config
         self._stretch = 1.0 + config.max_clock_drift
         self._leader = False
-        # lease id -> (deadline, generation it was set for); the heap holds (due, id) with
-        # stale rows skipped, as etcd's LeaseQueue.
+        # lease id -> (deadline, generation it was set for).
         self._deadline: dict[int, tuple[float, int]] = {}
-        self._due: list[tuple[float, int]] = []
-        self._scheduled: dict[int, float] = {}   # the one live heap row per lease
-        self._checkpointed: dict[int, float] = {}
+        self._expiry = _DueQueue()        # deadline, then each EXPIRE retry
+        self._checkpoint = _DueQueue()    # next checkpoint
 
     @property
     def is_leader(self) -> bool:
@@ -289,24 +325,22 @@ class Lessor:
     def promote(self, now_ms: float) -> None:
         """Became leader: every lease gets remaining + extend (etcd's Promote), measured from
         now on this leader's clock."""
+        self._forget_all()
         self._leader = True
-        self._deadline.clear()
-        self._due.clear()
-        self._scheduled.clear()
-        self._checkpointed.clear()
         for lease in self._table:
             self._set(lease.lease_id, now_ms
                       + (lease.remaining_ms + self._config.extend_ms) * self._stretch,
-                      lease.generation)
-            self._checkpointed[lease.lease_id] = now_ms
+                      lease.generation, now_ms)
 
     def demote(self) -> None:
         """Lost leadership: a follower never expires a lease."""
+        self._forget_all()
         self._leader = False
+
+    def _forget_all(self) -> None:
         self._deadline.clear()
-        self._due.clear()
-        self._scheduled.clear()
-        self._checkpointed.clear()
+        self._expiry.clear()
+        self._checkpoint.clear()
 
     def track(self, lease_id: int, now_ms: float) -> None:
         """After a lease command applied on this node: a renewal (new generation) restarts the
@@ -316,26 +350,18 @@ class Lessor:
         lease = self._table.get(lease_id)
         if lease is None:
             self._deadline.pop(lease_id, None)
-            self._scheduled.pop(lease_id, None)
-            self._checkpointed.pop(lease_id, None)
+            self._expiry.forget(lease_id)
+            self._checkpoint.forget(lease_id)
             return
         known = self._deadline.get(lease_id)
         if known is not None and known[1] == lease.generation:
             return
-        self._set(lease_id, now_ms + lease.ttl_ms * self._stretch, lease.generation)
-        self._checkpointed[lease_id] = now_ms
+        self._set(lease_id, now_ms + lease.ttl_ms * self._stretch, lease.generation, now_ms)
 
-    def _set(self, lease_id: int, deadline: float, generation: int) -> None:
+    def _set(self, lease_id: int, deadline: float, generation: int, now_ms: float) -> None:
         self._deadline[lease_id] = (deadline, generation)
-        self._schedule(lease_id, deadline)
-
-    def _schedule(self, lease_id: int, due: float) -> None:
-        self._scheduled[lease_id] = due
-        heapq.heappush(self._due, (due, lease_id))
-        if len(self._due) > 2 * len(self._scheduled) + 64:
-            # Renewals leave superseded rows behind; rebuild so the heap stays O(leases).
-            self._due = [(when, lid) for lid, when in self._scheduled.items()]
-            heapq.heapify(self._due)
+        self._expiry.schedule(lease_id, deadline)
+        self._checkpoint.schedule(lease_id, now_ms + self._config.checkpoint_interval_ms)
 
     def deadline(self, lease_id: int) -> float | None:
         known = self._deadline.get(lease_id)
@@ -348,37 +374,43 @@ class Lessor:
             return None
         return max(0, math.ceil((known[0] - now_ms) / self._stretch))
 
+    def _current(self, lease_id: int) -> int | None:
+        """The lease's generation if the table still holds the one this Lessor tracks."""
+        known = self._deadline.get(lease_id)
+        lease = self._table.get(lease_id)
+        if known is None or lease is None or known[1] != lease.generation:
+            return None   # gone or renewed, and track() has not been told yet
+        return lease.generation
+
     def expired(self, now_ms: float) -> list[Expire]:
-        """EXPIRE commands to propose now: leases past their deadline, earliest first; each is
-        proposed again every expire_retry_ms until it applies (a lost proposal)."""
-        if not self._leader:
-            return []
+        """EXPIRE commands to propose now: leases past their deadline, earliest first, at
+        most max_expire_per_call; each is proposed again every expire_retry_ms until it
+        applies (a lost proposal)."""
         out: list[Expire] = []
-        while self._due and self._due[0][0] <= now_ms and len(out) < (
-                self._config.max_expire_per_call):
-            due, lease_id = heapq.heappop(self._due)
-            if self._scheduled.get(lease_id) != due:
-                continue   # superseded: renewed, retried or gone
-            known = self._deadline[lease_id]
-            lease = self._table.get(lease_id)
-            if lease is None or known[1] != lease.generation:
-                continue   # gone or renewed, and track() has not been told yet
-            out.append(Expire(lease_id, lease.generation))
-            self._schedule(lease_id, now_ms + self._config.expire_retry_ms)
+        while self._leader and len(out) < self._config.max_expire_per_call:
+            lease_id = self._expiry.pop_due(now_ms)
+            if lease_id is None:
+                break
+            generation = self._current(lease_id)
+            if generation is None:
+                continue
+            out.append(Expire(lease_id, generation))
+            self._expiry.schedule(lease_id, now_ms + self._config.expire_retry_ms)
         return out
 
     def checkpoints(self, now_ms: float) -> list[Checkpoint]:
-        """CHECKPOINT commands for leases not persisted for checkpoint_interval_ms, lease id
-        order; remaining is the true-time lower bound."""
-        if not self._leader:
-            return []
+        """CHECKPOINT commands for leases neither renewed nor persisted for
+        checkpoint_interval_ms, earliest first, at most max_expire_per_call; remaining is
+        the true-time lower bound."""
         out: list[Checkpoint] = []
-        for lease_id in sorted(self._checkpointed):
-            if now_ms - self._checkpointed[lease_id] < self._config.checkpoint_interval_ms:
-                continue
+        while self._leader and len(out) < self._config.max_expire_per_call:
+            lease_id = self._checkpoint.pop_due(now_ms)
+            if lease_id is None:
+                break
+            generation = self._current(lease_id)
             remaining = self.remaining_ms(lease_id, now_ms)
-            if remaining is None:
+            if generation is None or remaining is None:
                 continue
-            self._checkpointed[lease_id] = now_ms
-            out.append(Checkpoint(lease_id, self._deadline[lease_id][1], remaining))
+            out.append(Checkpoint(lease_id, generation, remaining))
+            self._checkpoint.schedule(lease_id, now_ms + self._config.checkpoint_interval_ms)
         return out

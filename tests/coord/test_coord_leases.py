@@ -211,5 +211,5 @@ def test_many_renewals_keep_the_deadline_heap_bounded() -> None:
     for step in range(5_000):
         table.keepalive(lease.lease_id)
         lessor.track(lease.lease_id, float(step))
-    assert len(lessor._due) <= 2 * 1 + 64 + 1
+    assert len(lessor._expiry) <= 2 * 1 + 64 + 1 and len(lessor._checkpoint) <= 2 + 64 + 1
     assert lessor.expired(4_999.0 + 10_000.0) == [Expire(lease.lease_id, 5_001)]
