@@ -3,7 +3,7 @@
 Per lock name the table keeps the holders (in grant order) and a FIFO queue of waiters, each
 bound to a lease (its session). One lease has at most one entry per lock: acquiring again
 under the same lease is the same acquisition (etcd's Lock service rule), not a re-entrant
-count.
+count; asking again in the other mode (shared / exclusive) is refused, never an upgrade.
 
 Grants. The queue is served strictly in order: the head is granted as soon as it is
 compatible with the holders, then the next, and so on; a waiter never overtakes an earlier
@@ -113,9 +113,16 @@ class LockTable:
         lock = self._locks.get(name)
         if lock is not None:
             held = lock.holders.get(lease_id)
+            queued = lock.waiters.get(lease_id)
+            if (held is not None and held[1] != shared) or (
+                    queued is not None and queued != shared):
+                # Never answer a writer with a reader's grant: no silent up/downgrade.
+                have = "exclusive" if shared else "shared"
+                raise LockKindMismatch(f"lease {lease_id} already holds or waits for lock "
+                                       f"{name!r} {have}")
             if held is not None:
                 return AcquireResult(Grant(name, lease_id, held[0], held[1]))
-            if lease_id in lock.waiters:
+            if queued is not None:
                 return AcquireResult(None, list(lock.waiters).index(lease_id))
             if lock.free:
                 lock.capacity = capacity

@@ -170,6 +170,7 @@ class WatchLog:
         return watcher
 
     def cancel(self, watcher: Watcher) -> None:
+        """Stop a watcher; a later take() raises WatchOverflow with its resume revision."""
         self._watchers.pop(watcher.watcher_id, None)
         watcher._cancelled = True
 

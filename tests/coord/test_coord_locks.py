@@ -192,3 +192,14 @@ def test_fenced_resource_refuses_an_older_token_after_a_newer_one() -> None:
     copy = FencedResource()
     copy.restore(fence.snapshot())
     assert copy.snapshot() == fence.snapshot()
+
+
+def test_asking_again_in_the_other_mode_is_refused_not_an_upgrade() -> None:
+    table = LockTable()
+    table.acquire(b"rw", 1, shared=True)
+    table.acquire(b"rw", 2)
+    with pytest.raises(LockKindMismatch):
+        table.acquire(b"rw", 1)                  # a reader asking to write
+    with pytest.raises(LockKindMismatch):
+        table.acquire(b"rw", 2, shared=True)     # a queued writer asking to read
+    assert table.acquire(b"rw", 1, shared=True).granted == Grant(b"rw", 1, 1, shared=True)

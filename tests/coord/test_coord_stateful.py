@@ -15,7 +15,13 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from engine.coord import CoordState, Lessor, LessorConfig, WatchEvent, WatchLog
 from engine.coord.watch import DELETE, PUT
-from engine.errors import Compacted, FencingTokenStale, LeaseNotFound, WatchOverflow
+from engine.errors import (
+    Compacted,
+    FencingTokenStale,
+    LeaseNotFound,
+    LockKindMismatch,
+    WatchOverflow,
+)
 from engine.limits import Limits
 from engine.testing.locks import check_mutual_exclusion
 from engine.testing.watches import Change, Watcher, check_watch_history
@@ -98,7 +104,7 @@ class LockMachine(RuleBasedStateMachine):
                 result = self.state.acquire(name, lease_id, shared=True, capacity=2)
             else:
                 result = self.state.acquire(name, lease_id, shared=shared and name == b"rw")
-        except LeaseNotFound:
+        except (LeaseNotFound, LockKindMismatch):
             return
         if result.granted is not None and not already:
             self._granted([result.granted])
