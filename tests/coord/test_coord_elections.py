@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from engine.coord import CoordState, Elections, Leader, LeaderChange
@@ -67,3 +69,58 @@ def test_elections_and_locks_are_separate_name_spaces() -> None:
     state.campaign(b"same", lease.lease_id, b"v")
     result = state.acquire(b"same", lease.lease_id)
     assert result.granted is not None and result.granted.token == 1
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_observed_changes_replay_every_leader_in_term_order(seed: int) -> None:
+    """A seeded walk of campaigns, proclaims, resigns and lease ends: the LeaderChange events
+    the operations return are exactly the successive leaders an observer must see, terms
+    never go back, and the leader is always a live candidate at the head of the queue."""
+    rng = random.Random(seed)
+    state = CoordState()
+    names = (b"x", b"y")
+    observed: dict[bytes, list[Leader | None]] = {name: [None] for name in names}
+    changes_seen = 0
+    for _ in range(2_000):
+        leases = [lease.lease_id for lease in state.leases]
+        roll = rng.random()
+        name = rng.choice(names)
+        before = {n: state.elections.leader(n) for n in names}
+        changes: list[LeaderChange] = []
+        if roll < 0.15 or not leases:
+            state.grant_lease(100)
+            continue
+        lease_id = rng.choice(leases)
+        if roll < 0.5:
+            changes = state.campaign(name, lease_id, b"v%d" % rng.randrange(3))
+        elif roll < 0.65:
+            try:
+                changes = state.elections.proclaim(name, lease_id, b"p%d" % rng.randrange(3))
+            except NotElectionLeader:
+                assert before[name] is None or before[name].lease_id != lease_id
+        elif roll < 0.85:
+            changes = state.elections.resign(name, lease_id)
+        else:
+            lease = state.leases.get(lease_id)
+            assert lease is not None
+            end = state.expire(lease_id, lease.generation)
+            assert end is not None
+            changes = list(end.leader_changes)
+        for change in changes:
+            observed[change.election].append(change.leader)
+            changes_seen += 1
+        for n in names:
+            leader = state.elections.leader(n)
+            assert observed[n][-1] == leader            # nothing changed unannounced
+            candidates = state.elections.candidates(n)
+            assert (leader is None) == (not candidates)
+            if leader is not None:
+                assert candidates[0] == leader.lease_id and leader.lease_id in state.leases
+    for stream in observed.values():
+        terms = [leader.term for leader in stream if leader is not None]
+        assert terms == sorted(terms)
+        for previous, current in zip(stream, stream[1:], strict=False):
+            assert previous != current                  # every event is a change
+            if previous is not None and current is not None and current.term == previous.term:
+                assert current.lease_id == previous.lease_id   # a proclaim, same leadership
+    assert changes_seen > 100
