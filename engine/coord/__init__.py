@@ -9,6 +9,7 @@ nothing here reads a clock; the leader's Lessor is handed its clock readings.
     FencedResource   the token check for a user's own state machine
     WatchLog         retained change events and watchers (Compacted, WatchOverflow)
     Elections        campaign / proclaim / resign / leader, LeaderChange events
+    commands         the commands' log encoding and apply(state, command) -> Effect
 
 docs/coordination.md describes the design and what is not yet wired to the client.
 """

@@ -63,10 +63,12 @@ class Grant:
 @dataclass(frozen=True)
 class AcquireResult:
     """granted: the grant when the lease holds the lock now, else None and `position` is the
-    number of entries ahead of it in the queue (holders excluded)."""
+    number of entries ahead of it in the queue (holders excluded). new: this call made the
+    grant (False when the lease already held the lock)."""
 
     granted: Grant | None
     position: int = 0
+    new: bool = False
 
 
 @dataclass
@@ -140,7 +142,7 @@ class LockTable:
         self._by_lease.setdefault(lease_id, set()).add(name)
         for grant in self._grant_waiters(name, lock):
             if grant.lease_id == lease_id:
-                return AcquireResult(grant)
+                return AcquireResult(grant, new=True)
         return AcquireResult(None, len(lock.waiters) - 1)
 
     def release(self, name: bytes, lease_id: int) -> list[Grant]:

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import pytest
 
-from engine.coord import FencedResource, Grant, LockTable
+from engine.coord import AcquireResult, FencedResource, Grant, LockTable
 from engine.errors import FencingTokenStale, LockKindMismatch, Overloaded
 from engine.limits import Limits
 
 
 def test_first_is_holder_and_waiters_queue_fifo() -> None:
     table = LockTable()
-    assert table.acquire(b"L", 1).granted == Grant(b"L", 1, 1)
+    assert table.acquire(b"L", 1) == AcquireResult(Grant(b"L", 1, 1), new=True)
     assert table.acquire(b"L", 2).position == 0
     assert table.acquire(b"L", 3).position == 1
     assert table.waiters(b"L") == [2, 3]
@@ -33,7 +33,7 @@ def test_acquire_again_under_the_same_lease_is_the_same_acquisition() -> None:
     table = LockTable()
     table.acquire(b"L", 1)
     table.acquire(b"L", 2)
-    assert table.acquire(b"L", 1).granted == Grant(b"L", 1, 1)
+    assert table.acquire(b"L", 1) == AcquireResult(Grant(b"L", 1, 1), new=False)
     assert table.acquire(b"L", 2).position == 0
     assert table.waiters(b"L") == [2]
     assert table.next_token == 2
