@@ -17,7 +17,15 @@ docs/coordination.md describes the design and what is not yet wired to the clien
 from __future__ import annotations
 
 from engine.coord.election import Elections, Leader, LeaderChange
-from engine.coord.lease import Checkpoint, Expire, Lease, LeaseTable, Lessor, LessorConfig
+from engine.coord.lease import (
+    Checkpoint,
+    Expire,
+    Lease,
+    LeaseTable,
+    Lessor,
+    LessorConfig,
+    holder_deadline,
+)
 from engine.coord.locks import AcquireResult, FencedResource, Grant, LockTable
 from engine.coord.state import CoordState, LeaseEnd
 from engine.coord.watch import DELETE, PUT, Watcher, WatchEvent, WatchLog
@@ -26,4 +34,5 @@ __all__ = [
     "DELETE", "PUT", "AcquireResult", "Checkpoint", "CoordState", "Elections", "Expire",
     "FencedResource", "Grant", "Leader", "LeaderChange", "Lease", "LeaseEnd", "LeaseTable",
     "Lessor", "LessorConfig", "LockTable", "WatchEvent", "WatchLog", "Watcher",
+    "holder_deadline",
 ]

@@ -63,7 +63,8 @@ from engine.coord.codec import Writer, frame, unframe
 from engine.errors import DecodeError, LeaseNotFound, Overloaded, Rejected
 from engine.limits import Limits
 
-__all__ = ["Checkpoint", "Expire", "Lease", "LeaseTable", "Lessor", "LessorConfig"]
+__all__ = ["Checkpoint", "Expire", "Lease", "LeaseTable", "Lessor", "LessorConfig",
+           "holder_deadline"]
 
 _MAGIC = b"ECL1"
 _VERSION = 1
@@ -219,6 +220,19 @@ class LeaseTable:
             leases[lease_id] = lease
         body.end()
         self._leases, self._key_lease, self._next_id = leases, key_lease, next_id
+
+
+def holder_deadline(sent_at: float, ttl_ms: int, max_clock_drift: float) -> float:
+    """Until when, on the holder's own monotonic clock (ms), a holder may rely on a lease
+    whose GRANT or KEEPALIVE it sent at its reading `sent_at` (taken before sending).
+
+    The holder's clock runs at a rate r_h in [1 - rho, 1 + rho], so its reading reaches
+    sent_at + ttl * (1 - rho) after true time ttl * (1 - rho) / r_h <= ttl, that is by true
+    time t_send + ttl. The renewal applied at t_apply >= t_send, and no leader expires the
+    lease before t_apply + ttl (the module docstring's bound): the holder stops trusting the
+    lease before it can end. The answer's arrival does not move this later, since the holder
+    never knows when the renewal applied (Chubby's conservative client-side lease)."""
+    return sent_at + ttl_ms * (1.0 - max_clock_drift)
 
 
 # ---------------------------------------------------------------------- the leader's clock

@@ -78,9 +78,12 @@ class WatchLog:
     # ------------------------------------------------------------------ recording
 
     def record(self, event: WatchEvent) -> None:
-        """Append one applied change; revisions never go back. A revision with more events
-        than the ring holds cannot be kept whole: its events are delivered to synced
-        watchers but dropped from the history (the oldest available revision passes it)."""
+        """Append one applied change; revisions never go back. Record every event of a
+        revision (a transaction's writes) before the next take(), as one apply does: a take
+        in between could deliver part of the revision, and a resume point is a revision. A
+        revision with more events than the ring holds cannot be kept whole: its events are
+        delivered to synced watchers but dropped from the history (the oldest available
+        revision passes it)."""
         if event.revision < self._last_revision:
             raise ValueError(f"watch event revision {event.revision} after revision "
                              f"{self._last_revision}")

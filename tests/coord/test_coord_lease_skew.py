@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from engine.coord import Checkpoint, Expire, LeaseTable, Lessor, LessorConfig
+from engine.coord import Checkpoint, Expire, LeaseTable, Lessor, LessorConfig, holder_deadline
 from engine.errors import LeaseNotFound
 
 RHO = 0.1
@@ -211,3 +211,17 @@ def test_a_lessor_that_ignores_the_drift_bound_expires_leases_early() -> None:
     assert early
     assert all(lived >= ttl / (1 + RHO) - MAX_COMMIT_DELAY_MS - STEP_MS
                for _, lived, ttl in early)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_the_holders_deadline_passes_before_any_leader_can_expire_the_lease(seed: int) -> None:
+    """holder_deadline: a holder whose clock runs at 0.9x..1.1x reaches its deadline no later
+    than TTL of true time after it sent the renewal, which applies no earlier than that."""
+    rng = random.Random(seed)
+    for _ in range(1_000):
+        rate = rng.uniform(1 - RHO, 1 + RHO)
+        offset, sent_true, ttl = rng.uniform(0, 1e6), rng.uniform(0, 1e6), rng.choice(TTLS_MS)
+        deadline = holder_deadline(offset + rate * sent_true, ttl, RHO)
+        true_time_reached = (deadline - offset) / rate
+        assert true_time_reached <= sent_true + ttl + 1e-6
+    assert holder_deadline(0.0, 1_000, RHO) == pytest.approx(900.0)
