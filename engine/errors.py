@@ -238,6 +238,80 @@ class InvalidShardChange(Rejected, ValueError):
     definite, nothing changed."""
 
 
+class LeaseNotFound(Rejected):
+    """The lease does not exist (never granted, revoked or expired): nothing was done. A key
+    cannot be attached to it and a lock cannot be waited for under it; grant a new one."""
+
+    def __init__(self, lease_id: int) -> None:
+        super().__init__(f"lease {lease_id} does not exist (revoked, expired or never granted)")
+        self.lease_id = lease_id
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild, (type(self), (self.lease_id,), {}))
+
+
+class LockKindMismatch(Rejected, ValueError):
+    """A lock name is used as another kind of lock than its holders and waiters use (a mutex
+    acquired as a semaphore, or a semaphore with another capacity): nothing was done."""
+
+
+class NotElectionLeader(Rejected):
+    """Proclaim or resign by a lease that does not lead the election (it never won, resigned,
+    or its lease ended): nothing was done (etcd's ErrElectionNotLeader)."""
+
+
+class FencingTokenStale(Rejected):
+    """A write fenced by a lock token is refused: a newer token of that lock exists (the
+    writer's grant is over, another holder may be writing; Kleppmann 2016, Chubby's
+    sequencers), or the token was never granted. Definite: the write changed nothing.
+    `lock` names the lock, `token` the refused token, `newest_token` the newest token the
+    fence knows of that lock (0: none)."""
+
+    def __init__(self, lock: bytes, token: int, newest_token: int, reason: str = "") -> None:
+        super().__init__(
+            f"fencing token {token} of lock {lock!r} refused: "
+            + (reason or f"token {newest_token} is newer"))
+        self.lock = lock
+        self.token = token
+        self.newest_token = newest_token
+        self.reason = reason
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild, (type(self), (self.lock, self.token, self.newest_token, self.reason),
+                           {}))
+
+
+class Compacted(Rejected):
+    """A watch or history read asked for revisions older than the retained history: nothing
+    was delivered. `oldest_revision` is the oldest revision still available; start there (or
+    later, after reading the current state) to watch again."""
+
+    def __init__(self, requested_revision: int, oldest_revision: int) -> None:
+        super().__init__(
+            f"revision {requested_revision} is compacted; the oldest available revision is "
+            f"{oldest_revision}")
+        self.requested_revision = requested_revision
+        self.oldest_revision = oldest_revision
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild, (type(self), (self.requested_revision, self.oldest_revision), {}))
+
+
+class WatchOverflow(EngineError):
+    """A watcher fell further behind than its bounded buffer and the retained history allow:
+    the watch is cancelled rather than lose an event. Every event before `resume_revision`
+    was delivered and none at or after it; a new watch from `resume_revision` continues
+    without a gap (or raises Compacted if that history is gone too)."""
+
+    def __init__(self, resume_revision: int) -> None:
+        super().__init__(
+            f"watcher fell behind and was cancelled; resume from revision {resume_revision}")
+        self.resume_revision = resume_revision
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild, (type(self), (self.resume_revision,), {}))
+
+
 def _rebuild(kind: type[EngineError], args: tuple[object, ...],
              keywords: dict[str, object]) -> EngineError:
     return kind(*args, **keywords)

@@ -81,6 +81,17 @@ class Limits:
     # (engine.ClockOffsetError) and a read's uncertainty interval is this wide. 500 ms is
     # CockroachDB's --max-offset default; NTP-synchronised hosts are typically within a few ms.
     max_clock_offset_ms: int = 500
+    # Coordination (engine.coord, docs/coordination.md). Leases alive at once; lock holders
+    # and waiters over all locks; lock names remembered (a free lock keeps its newest fencing
+    # token until evicted, oldest first); change events a WatchLog retains for watches that
+    # start in the past (etcd keeps history until compaction; here a ring of this many
+    # events); events buffered per watcher before it falls back to reading the retained
+    # history (back-pressure; past that history, WatchOverflow).
+    max_leases: int = 1_000_000
+    max_lock_entries: int = 1_000_000
+    max_lock_names: int = 1_000_000
+    watch_history_events: int = 100_000
+    max_watch_buffer_events: int = 1_024
 
     def __post_init__(self) -> None:
         for name in self.__dataclass_fields__:
