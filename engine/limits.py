@@ -81,6 +81,15 @@ class Limits:
     # (engine.ClockOffsetError) and a read's uncertainty interval is this wide. 500 ms is
     # CockroachDB's --max-offset default; NTP-synchronised hosts are typically within a few ms.
     max_clock_offset_ms: int = 500
+    # MVCC (engine.kv.store, docs/transactions.md "MVCC"): a KVStore keeps the versions a
+    # write or delete replaced while they may still be read at a timestamp: reads at any
+    # timestamp at or above the horizon are answered, older ones raise HistoryCompacted. The
+    # horizon trails the newest timestamp in the group's log by mvcc_retention_s (measured
+    # in the log's HLC timestamps, never a clock), and moves up earlier whenever the kept
+    # versions would pass max_mvcc_history_bytes (keys, values and a fixed
+    # per-version overhead; KVStore.history_bytes). Replicas must share both.
+    mvcc_retention_s: int = 60
+    max_mvcc_history_bytes: int = 16 * 1024 * 1024
 
     def __post_init__(self) -> None:
         for name in self.__dataclass_fields__:

@@ -139,7 +139,8 @@ def test_apply_results_and_state_match_the_slow_path(batch: list[bytes],
     slow_store = KVStore(limits)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(store_module, "_parse_put", lambda data: None)
-        patch.setattr(store_module, "_apply_put", lambda data, command, index, created: None)
+        patch.setattr(store_module, "_apply_put",
+                      lambda data, command, index, created, versions: None)
         slow = [slow_store.apply(index, data) for index, data in enumerate(batch, 1)]
     assert fast == slow
     assert fast_store == slow_store
