@@ -8,6 +8,7 @@ from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from libc.string cimport memcpy
 
 cdef enum:
+    VERSION_OVERHEAD_BYTES_C = 64
     _VERSION = 1
     _OP_PUT = 1
     _FLAG_SESSION = 0x01
@@ -36,8 +37,8 @@ cdef class Versions:
     cdef public dict history
     cdef public list queue
     cdef public Py_ssize_t head
-    cdef public object nbytes
-    cdef public object max_bytes
+    cdef public long long nbytes
+    cdef public long long max_bytes
     cdef public object on_full
 
     def __init__(self, max_bytes, on_full=None):
@@ -59,10 +60,39 @@ cdef class Versions:
             PyDict_SetItem(self.history, key, <tuple>kept + (revision, value))
         self.queue.append(end_revision)
         self.queue.append(key)
-        self.nbytes = self.nbytes + (PyBytes_GET_SIZE(key) + VERSION_OVERHEAD_BYTES
-                                     + (0 if value is None else len(value)))
+        self.nbytes += PyBytes_GET_SIZE(key) + VERSION_OVERHEAD_BYTES_C
+        if value is not None:
+            self.nbytes += PyBytes_GET_SIZE(value)
         if self.nbytes > self.max_bytes and self.on_full is not None:
             self.on_full()
+
+    cpdef drop_through(self, object revision):
+        """Drop every version superseded at or below `revision`, oldest first."""
+        cdef list queue = self.queue
+        cdef dict history = self.history
+        cdef Py_ssize_t head = self.head
+        cdef Py_ssize_t end = len(queue)
+        cdef Py_ssize_t freed = 0
+        cdef tuple kept
+        cdef bytes key
+        cdef object value
+        while head < end and queue[head] <= revision:
+            key = <bytes>queue[head + 1]
+            head += 2
+            kept = <tuple>history[key]
+            value = kept[1]
+            freed += PyBytes_GET_SIZE(key) + VERSION_OVERHEAD_BYTES_C
+            if value is not None:
+                freed += PyBytes_GET_SIZE(value)
+            if len(kept) == 2:
+                del history[key]
+            else:
+                history[key] = kept[2:]
+        self.nbytes -= freed
+        if head > 1024 and 2 * head > end:
+            del queue[:head]
+            head = 0
+        self.head = head
 
 
 cdef inline uint32_t _u32(const uint8_t* p) noexcept:

@@ -129,6 +129,32 @@ class Versions:
         if self.nbytes > self.max_bytes and self.on_full is not None:
             self.on_full()
 
+    def drop_through(self, revision: int) -> None:
+        """Drop every version superseded at or below `revision`, oldest first (each is
+        its key's oldest kept version: a key's versions are superseded in order)."""
+        queue = self.queue
+        head = self.head
+        history = self.history
+        nbytes = self.nbytes
+        end = len(queue)
+        while head < end and queue[head] <= revision:  # type: ignore[operator]
+            key: bytes = queue[head + 1]  # type: ignore[assignment]
+            head += 2
+            kept = history[key]
+            value = kept[1]
+            nbytes -= len(key) + VERSION_OVERHEAD_BYTES + (
+                0 if value is None else len(value))  # type: ignore[arg-type]
+            if len(kept) == 2:
+                del history[key]
+            else:
+                history[key] = kept[2:]
+        self.nbytes = nbytes
+        # The consumed prefix goes once it is most of the list: amortised O(1) per record.
+        if head > 1024 and 2 * head > end:
+            del queue[:head]
+            head = 0
+        self.head = head
+
 
 def apply_put(data: dict[bytes, bytes], command: bytes, index: int,
               created: Callable[[bytes], object] | None = None,

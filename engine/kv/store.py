@@ -66,7 +66,8 @@ could see them, and reads below it answer HISTORY_COMPACTED (engine.HistoryCompa
 the horizon. The horizon only rises, to the latest timestamp less Limits.mvcc_retention_s
 (at each stamped write: only stamps move the clock by more than a tick, and the log's
 timestamps, never a clock, measure the retention) and higher whenever the kept versions
-and anchors would pass Limits.max_mvcc_history_bytes (the oldest go first). Superseded
+and anchors would pass Limits.max_mvcc_history_bytes (the oldest go first, down to 7/8 of
+the bound, so a store at its bound collects once per many writes). Superseded
 versions are dropped in the order they were superseded (Versions.queue), anchors whose
 successor is at or below the horizon with them: memory is bounded by that limit.
 
@@ -675,29 +676,10 @@ class KVStore:
         """Move the horizon up to `horizon` and drop what no read at or above it can see."""
         self._horizon = horizon
         self._horizon_revision = self._revision_at(horizon)
-        versions = self._versions
-        queue = versions.queue
-        head = versions.head
-        history = versions.history
-        visible = self._horizon_revision
-        nbytes = versions.nbytes
         # A version superseded at or below the horizon's revision is invisible to every read
         # at or above it: the next version (or the key's absence) is what such reads see.
-        while head < len(queue) and queue[head] <= visible:
-            key = queue[head + 1]
-            head += 2
-            kept = history[key]
-            value = kept[1]
-            nbytes -= len(key) + VERSION_OVERHEAD_BYTES + (0 if value is None else len(value))
-            if len(kept) == 2:
-                del history[key]
-            else:
-                history[key] = kept[2:]
-        versions.nbytes = nbytes
-        if head > 1024 and 2 * head > len(queue):
-            del queue[:head]
-            head = 0
-        versions.head = head
+        versions = self._versions
+        versions.drop_through(self._horizon_revision)
         # An anchor is needed while a revision it governs may be above the horizon: drop
         # those whose successor is at or below it.
         timestamps = self._anchor_timestamps
@@ -709,9 +691,11 @@ class KVStore:
 
     def _collect(self) -> None:
         """Keep the history within Limits.max_mvcc_history_bytes: raise the horizon past
-        the oldest superseded version (or the oldest anchor) until it fits."""
+        the oldest superseded versions (or the oldest anchors) until they take at most 7/8
+        of it, so a full history is collected once per many writes, not on every one."""
         versions = self._versions
-        while versions.nbytes + self._anchor_bytes() > self._max_history_bytes:
+        target = self._max_history_bytes - self._max_history_bytes // 8
+        while versions.nbytes + self._anchor_bytes() > target:
             if versions.head < len(versions.queue):
                 horizon = self._timestamp_at(versions.queue[versions.head])
             elif len(self._anchor_timestamps) > 1:
