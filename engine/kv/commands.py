@@ -66,7 +66,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import NamedTuple
 
-from engine.errors import ConfigError, DecodeError
+from engine.errors import ConfigError, DecodeError, HistoryCompacted
 
 VERSION = 1
 
@@ -327,6 +327,48 @@ def encode_cas_revision(key: bytes, expected_revision: int, new: bytes, *,
         raise ValueError(f"expected_revision must fit in u64, got {expected_revision!r}")
     return _command(Op.CAS, key, _U64.pack(expected_revision) + _blob(new),
                     FLAG_EXPECTED_REVISION, client_id, seq, timestamp)
+
+
+class _Unset:
+    """The default of cas's `expected` (None means "absent", so it cannot be the default)."""
+
+    def __repr__(self) -> str:
+        return "UNSET"
+
+
+UNSET = _Unset()
+
+
+def encode_cas_call(key: bytes, expected: bytes | None | _Unset, new: bytes | None,
+                    expected_revision: int | None, value: bytes | None, *,
+                    client_id: int | None = None, seq: int | None = None) -> bytes:
+    """The CAS of a client's cas(key, expected, new) (expected None: the key is absent) or
+    cas(key, expected_revision=r, value=v) (r 0: absent); ConfigError for anything else."""
+    if new is not None and value is not None:
+        raise ConfigError("cas takes the new value once: `new` or `value=`")
+    new_value = new if new is not None else value
+    if not isinstance(new_value, bytes):
+        raise ConfigError("cas needs the new value (bytes): `new` or `value=`")
+    if expected_revision is not None:
+        if not isinstance(expected, _Unset):
+            raise ConfigError("cas compares a value or a revision, not both")
+        if isinstance(expected_revision, bool) or not isinstance(expected_revision, int) or (
+                not 0 <= expected_revision <= U64_MAX):
+            raise ConfigError(f"expected_revision must be an int >= 0, got "
+                              f"{expected_revision!r}")
+        return encode_cas_revision(key, expected_revision, new_value, client_id=client_id,
+                                   seq=seq)
+    if isinstance(expected, _Unset):
+        raise ConfigError("cas needs `expected` (a value; None: absent) or expected_revision=")
+    return encode_cas(key, expected, new_value, client_id=client_id, seq=seq)
+
+
+def check_read(result: KVResult) -> KVResult:
+    """A GET's result; raises engine.HistoryCompacted for a read below the MVCC horizon."""
+    if result.status == Status.HISTORY_COMPACTED:
+        oldest = int.from_bytes(result.value or bytes(TIMESTAMP_BYTES), "big")
+        raise HistoryCompacted(oldest >> 32, oldest & 0xFFFFFFFF)
+    return result
 
 
 def encode_register() -> bytes:
@@ -631,7 +673,8 @@ def decode_result(data: bytes) -> KVResult:
 __all__ = [
     "VERSION", "Op", "Status", "Command", "KVResult", "WriteResult",
     "encode_put", "encode_get", "encode_delete", "encode_cas", "encode_register", "encode_query",
-    "encode_cas_revision", "decode_read", "Entry", "TIMESTAMP_BYTES",
+    "encode_cas_revision", "decode_read", "Entry", "TIMESTAMP_BYTES", "UNSET",
+    "encode_cas_call", "check_read",
     "encode_get_query", "encode_result", "KeyValue", "ScanPage", "encode_scan", "decode_scan",
     "is_scan", "encode_scan_page", "decode_scan_result", "prefix_end", "check_scan_range",
     "SCAN_RESULT_OVERHEAD_BYTES", "SCAN_ROW_OVERHEAD_BYTES", "strip_result",
