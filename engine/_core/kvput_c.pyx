@@ -40,6 +40,7 @@ cdef class Versions:
     cdef public long long nbytes
     cdef public long long max_bytes
     cdef public object on_full
+    cdef public bint keep
 
     def __init__(self, max_bytes, on_full=None):
         self.revisions = {}
@@ -49,10 +50,13 @@ cdef class Versions:
         self.nbytes = 0
         self.max_bytes = max_bytes
         self.on_full = on_full
+        self.keep = True
 
     cpdef push(self, bytes key, object value, object revision, object end_revision):
         """Record the version of `key` that `revision` set (value None: a deletion) as
         superseded at `end_revision` (for a deletion: its own revision)."""
+        if not self.keep:
+            return
         cdef PyObject* kept = PyDict_GetItem(self.history, key)
         if kept is NULL:
             PyDict_SetItem(self.history, key, (revision, value))
@@ -233,7 +237,7 @@ def apply_put(dict data not None, command, uint64_t index, created=None,
         replaced_revision = 0 if replaced is NULL else <object>replaced
         revision = index
         PyDict_SetItem(versions.revisions, key, revision)
-        if found is not NULL:
+        if found is not NULL and versions.keep:
             versions.push(key, previous, replaced_revision, revision)
     if found is NULL and created is not None:
         created(key)

@@ -105,7 +105,8 @@ class Versions:
     value); when a push takes it past `max_bytes`, `on_full` is called (KVStore collects).
     Tuples, not lists: a frozen copy of the table (KVStore.snapshot_fork) is a shallow copy."""
 
-    __slots__ = ("revisions", "history", "queue", "head", "nbytes", "max_bytes", "on_full")
+    __slots__ = ("revisions", "history", "queue", "head", "nbytes", "max_bytes", "on_full",
+                 "keep")
 
     def __init__(self, max_bytes: int, on_full: Callable[[], object] | None = None) -> None:
         self.revisions: dict[bytes, int] = {}
@@ -115,10 +116,14 @@ class Versions:
         self.nbytes = 0
         self.max_bytes = max_bytes
         self.on_full = on_full
+        # False: no history at all (Limits.mvcc_retention_s = 0): push records nothing.
+        self.keep = True
 
     def push(self, key: bytes, value: bytes | None, revision: int, end_revision: int) -> None:
         """Record the version of `key` that `revision` set (value None: a deletion) as
         superseded at `end_revision` (for a deletion: its own revision)."""
+        if not self.keep:
+            return
         history = self.history
         kept = history.get(key)
         history[key] = (revision, value) if kept is None else kept + (revision, value)

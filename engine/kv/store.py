@@ -191,6 +191,7 @@ class KVStore:
 
     def _reset_versions(self) -> None:
         self._versions = _kvput.Versions(self._max_history_bytes, self._collect)
+        self._versions.keep = self._retention > 0
         self._revisions = self._versions.revisions
         self._anchor_revisions: list[int] = [0]
         self._anchor_timestamps: list[int] = [0]
@@ -270,7 +271,7 @@ class KVStore:
             return encode_result(Status.OK, value=self._data.get(cmd.key))
         found = self._read(cmd.key, cmd.timestamp)
         if found is None:
-            return encode_result(Status.HISTORY_COMPACTED, value=_ts_bytes(self._horizon),
+            return encode_result(Status.HISTORY_COMPACTED, value=_ts_bytes(self._horizon_now()),
                                  message="read below the MVCC horizon")
         value, revision = found
         return encode_result(Status.OK, value=value,
@@ -282,7 +283,7 @@ class KVStore:
         revision = self._revisions.get(key)
         if at is None:
             return (None, 0) if revision is None else (self._data[key], revision)
-        if at < self._horizon:
+        if at < self._horizon_now():
             return None
         visible = self._revision_at(at)
         if revision is not None and revision <= visible:
@@ -460,14 +461,14 @@ class KVStore:
                 raise ValueError("`at` is a 12-byte encoded HLC timestamp")
             found = self._read(key, int.from_bytes(at, "big"))
         if found is None:
-            horizon = self._horizon
+            horizon = self._horizon_now()
             raise HistoryCompacted(horizon >> 32, horizon & 0xFFFFFFFF)
         return Entry(*found)
 
     @property
     def horizon(self) -> bytes:
         """The oldest timestamp a read can still be answered at (12 bytes)."""
-        return _ts_bytes(self._horizon)
+        return _ts_bytes(self._horizon_now())
 
     @property
     def latest_timestamp(self) -> bytes:
@@ -668,6 +669,12 @@ class KVStore:
         if self.history_bytes > self._max_history_bytes:
             self._collect()
         return timestamp
+
+    def _horizon_now(self) -> int:
+        """The horizon; without history (Limits.mvcc_retention_s = 0) the latest timestamp."""
+        if self._versions.keep:
+            return self._horizon
+        return self._timestamp_at(self._applied_index)
 
     def _anchor_bytes(self) -> int:
         return (len(self._anchor_revisions) - 1) * ANCHOR_BYTES

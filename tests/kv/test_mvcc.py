@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from engine.config import Limits
-from engine.errors import DecodeError, HistoryCompacted
+from engine.errors import ConfigError, DecodeError, HistoryCompacted
 from engine.kv import KVStore, commands
 from engine.kv import store as store_module
 from engine.kv.commands import Status, decode_result
@@ -133,17 +133,20 @@ def _probes(oracle: Oracle) -> list[int]:
 
 @settings(max_examples=300, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(ops=_ops, limit=st.sampled_from([200, 600, 1 << 24]))
+@given(ops=_ops, limit=st.sampled_from([200, 600, 1 << 24]), retention=st.sampled_from([0, 1]))
 def test_reads_at_a_timestamp_match_the_oracle_at_or_above_the_horizon(
         impl: SimpleNamespace, ops: list[tuple[str, bytes, bytes, int | None, int]],
-        limit: int) -> None:
+        limit: int, retention: int) -> None:
     """Every read at or above the horizon is the oracle's (value, revision), every read
-    below it is HistoryCompacted naming the horizon, and the history stays in its bound."""
+    below it is HistoryCompacted naming the horizon, and the history stays in its bound.
+    Retention 0 keeps no history: the horizon is the latest timestamp."""
     with twin(impl.kvput):
-        store = KVStore(Limits(max_mvcc_history_bytes=limit, mvcc_retention_s=1))
+        store = KVStore(Limits(max_mvcc_history_bytes=limit, mvcc_retention_s=retention))
         oracle = Oracle()
         _run(store, ops, oracle, limit)
         horizon = int.from_bytes(store.horizon, "big")
+        if retention == 0:
+            assert store.horizon == store.latest_timestamp and store.version_count() == 0
         for key in (b"a", b"b", b"c", b"z"):
             assert tuple(store.get_entry(key)) == oracle.current(key)
             for at in _probes(oracle):
@@ -293,3 +296,11 @@ def test_timestamp_and_revision_flags_decode_only_where_they_mean_something() ->
         assert decode_result(KVStore().apply(1, data)).status == Status.MALFORMED
     with pytest.raises(ValueError):
         commands.encode_put(b"k", b"v", timestamp=b"short")
+
+
+def test_only_the_retention_may_be_zero() -> None:
+    assert Limits(mvcc_retention_s=0).mvcc_retention_s == 0
+    with pytest.raises(ConfigError):
+        Limits(max_mvcc_history_bytes=0)
+    with pytest.raises(ConfigError):
+        Limits(max_client_sessions=0)
