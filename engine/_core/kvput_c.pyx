@@ -70,6 +70,16 @@ cdef class Versions:
         if self.nbytes > self.max_bytes and self.on_full is not None:
             self.on_full()
 
+    cpdef object drop_oldest(self, long long target_bytes):
+        """Drop the oldest superseded versions until at most `target_bytes` are kept;
+        returns the revision that ended the last one dropped (0: none dropped)."""
+        cdef list queue = self.queue
+        cdef object end = 0
+        while self.nbytes > target_bytes and self.head < len(queue):
+            end = queue[self.head]
+            self.drop_through(end)
+        return end
+
     cpdef drop_through(self, object revision):
         """Drop every version superseded at or below `revision`, oldest first."""
         cdef list queue = self.queue

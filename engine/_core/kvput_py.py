@@ -134,6 +134,17 @@ class Versions:
         if self.nbytes > self.max_bytes and self.on_full is not None:
             self.on_full()
 
+    def drop_oldest(self, target_bytes: int) -> int:
+        """Drop the oldest superseded versions until at most `target_bytes` are kept;
+        returns the revision that ended the last one dropped (0: none dropped). The caller
+        raises its horizon to it and drops the versions ended at that same revision."""
+        queue = self.queue
+        end = 0
+        while self.nbytes > target_bytes and self.head < len(queue):
+            end = queue[self.head]  # type: ignore[assignment]
+            self.drop_through(end)
+        return end
+
     def drop_through(self, revision: int) -> None:
         """Drop every version superseded at or below `revision`, oldest first (each is
         its key's oldest kept version: a key's versions are superseded in order)."""

@@ -704,12 +704,14 @@ class KVStore:
         target = self._max_history_bytes - self._max_history_bytes // 8
         while versions.nbytes + self._anchor_bytes() > target:
             if versions.head < len(versions.queue):
-                horizon = self._timestamp_at(versions.queue[versions.head])
+                # The oldest versions in one call; the horizon then passes the last of them.
+                ended = versions.drop_oldest(target - self._anchor_bytes())
+                horizon = self._timestamp_at(ended)
             elif len(self._anchor_timestamps) > 1:
                 horizon = self._anchor_timestamps[1]
             else:
                 break
-            # Each turn drops at least that version or anchor: the loop ends.
+            # Each turn drops at least one version or anchor: the loop ends.
             self._raise_horizon(max(horizon, self._horizon))
 
 
