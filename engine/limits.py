@@ -50,7 +50,7 @@ class Limits:
     # Bytes of one session's cached last result (for its retries). A larger result (a value
     # read or replaced, asked for) is cached without its payload and a retry is answered
     # "applied, result not retained" with its revision. With max_client_sessions this bounds
-    # the session table: sessions x (28 + max(this, 11)) bytes (KVStore.session_bytes_bound).
+    # the session table: sessions x (28 + max(this, 23)) bytes (KVStore.session_bytes_bound).
     max_session_result_bytes: int = 1_024
     # Replay window per sender (frames older than this many counters are refused).
     replay_window_frames: int = 1_024

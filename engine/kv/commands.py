@@ -578,6 +578,10 @@ def decode_command(data: bytes) -> Command:
         if offset + TIMESTAMP_BYTES > len(data):
             raise DecodeError("truncated timestamp")
         timestamp = int.from_bytes(data[offset:offset + TIMESTAMP_BYTES], "big")
+        if timestamp >> 95:
+            # Past 2**63 ns (the year 2262): refused, so the group clock (a tick per log
+            # index above the largest stamp, KVStore "MVCC") always fits its 12 bytes.
+            raise DecodeError("timestamp wall time beyond 2**63 ns")
         offset += TIMESTAMP_BYTES
     key, offset = _read_blob(data, offset, "key")
     expected_revision: int | None = None

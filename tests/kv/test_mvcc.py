@@ -304,3 +304,17 @@ def test_only_the_retention_may_be_zero() -> None:
         Limits(max_mvcc_history_bytes=0)
     with pytest.raises(ConfigError):
         Limits(max_client_sessions=0)
+
+
+def test_a_stamp_beyond_the_clock_range_is_malformed_and_changes_nothing() -> None:
+    """A wall time of 2**63 ns or more (past the year 2262) is refused when decoded, so the
+    group clock, one tick per index above the largest stamp, always fits its 12 bytes."""
+    store = KVStore()
+    huge = ((1 << 63) << 32).to_bytes(12, "big")
+    result = decode_result(store.apply(1, commands.encode_put(b"k", b"v", timestamp=huge)))
+    assert result.status == Status.MALFORMED and store.get(b"k") is None
+    largest = (((1 << 63) - 1) << 32 | 0xFFFFFFFF).to_bytes(12, "big")
+    assert decode_result(store.apply(2, commands.encode_put(b"k", b"v",
+                                                            timestamp=largest))).ok
+    assert decode_result(store.apply(3, commands.encode_put(b"k", b"w"))).ok
+    assert store.latest_timestamp == ((1 << 63) << 32).to_bytes(12, "big")
