@@ -12,3 +12,4 @@ from engine._core.kvput_py import Versions as Versions
 from engine._core.kvput_py import apply_put as apply_put
 from engine._core.kvput_py import parse_put as parse_put
 from engine._core.kvput_py import put_result as put_result
+from engine._core.kvput_py import store_value as store_value

@@ -216,6 +216,35 @@ def put_result(uint64_t revision, previous, bint want_previous):
     return _put_result(revision, previous, want_previous)
 
 
+cdef object _store(dict data, bytes key, bytes value, uint64_t index, object created,
+                   Versions versions):
+    cdef PyObject* found = PyDict_GetItem(data, key)   # borrowed; no error for bytes keys
+    cdef object previous = None
+    if found is not NULL:
+        previous = <object>found   # a new reference, held across the store below
+    PyDict_SetItem(data, key, value)
+    cdef PyObject* replaced
+    cdef object replaced_revision
+    cdef object revision
+    if versions is not None:
+        replaced = PyDict_GetItem(versions.revisions, key)
+        replaced_revision = 0 if replaced is NULL else <object>replaced
+        revision = index
+        PyDict_SetItem(versions.revisions, key, revision)
+        if found is not NULL and versions.keep:
+            versions.push(key, previous, replaced_revision, revision)
+    if found is NULL and created is not None:
+        created(key)
+    return previous
+
+
+def store_value(dict data not None, bytes key not None, bytes value not None,
+                uint64_t index, created=None, Versions versions=None):
+    """Set `key` to `value` at log index `index` as apply_put does (revision, pushed
+    version, `created`); returns the value it replaced (None: the key was created)."""
+    return _store(data, key, value, index, created, versions)
+
+
 def apply_put(dict data not None, command, uint64_t index, created=None,
               Versions versions=None):
     """Apply a well-formed PUT without a session, at log index `index`, to `data` and return
@@ -234,21 +263,5 @@ def apply_put(dict data not None, command, uint64_t index, created=None,
     cdef const char* p = PyBytes_AS_STRING(command)
     key = PyBytes_FromStringAndSize(p + key_at, key_len)
     value = PyBytes_FromStringAndSize(p + value_at, value_len)
-    cdef PyObject* found = PyDict_GetItem(data, key)   # borrowed; no error for bytes keys
-    cdef object previous = None
-    if found is not NULL:
-        previous = <object>found   # a new reference, held across the store below
-    PyDict_SetItem(data, key, value)
-    cdef PyObject* replaced
-    cdef object replaced_revision
-    cdef object revision
-    if versions is not None:
-        replaced = PyDict_GetItem(versions.revisions, key)
-        replaced_revision = 0 if replaced is NULL else <object>replaced
-        revision = index
-        PyDict_SetItem(versions.revisions, key, revision)
-        if found is not NULL and versions.keep:
-            versions.push(key, previous, replaced_revision, revision)
-    if found is NULL and created is not None:
-        created(key)
+    previous = _store(data, key, value, index, created, versions)
     return _put_result(index, previous, want_previous)

@@ -172,6 +172,24 @@ class Versions:
         self.head = head
 
 
+def store_value(data: dict[bytes, bytes], key: bytes, value: bytes, index: int,
+                created: Callable[[bytes], object] | None = None,
+                versions: Versions | None = None) -> bytes | None:
+    """Set `key` to `value` at log index `index` as apply_put does (revision, pushed
+    version, `created`); returns the value it replaced (None: the key was created)."""
+    previous = data.get(key)
+    data[key] = value
+    if versions is not None:
+        revisions = versions.revisions
+        replaced = revisions.get(key)
+        revisions[key] = index
+        if previous is not None and versions.keep:
+            versions.push(key, previous, replaced or 0, index)
+    if previous is None and created is not None:
+        created(key)
+    return previous
+
+
 def apply_put(data: dict[bytes, bytes], command: bytes, index: int,
               created: Callable[[bytes], object] | None = None,
               versions: Versions | None = None) -> bytes | None:
@@ -183,15 +201,5 @@ def apply_put(data: dict[bytes, bytes], command: bytes, index: int,
     put = parse_put(command)
     if put is None or put[2] is not None:
         return None
-    key = put[0]
-    previous = data.get(key)
-    data[key] = put[1]
-    if versions is not None:
-        revisions = versions.revisions
-        replaced = revisions.get(key)
-        revisions[key] = index
-        if previous is not None:
-            versions.push(key, previous, replaced or 0, index)
-    if previous is None and created is not None:
-        created(key)
+    previous = store_value(data, put[0], put[1], index, created, versions)
     return put_result(index, previous, put[4])

@@ -134,6 +134,7 @@ SESSION_ROW_BYTES = _SESSION_ROW.size + _U32.size
 _parse_put = _kvput.parse_put
 _apply_put = _kvput.apply_put
 _put_result = _kvput.put_result
+_store_value = _kvput.store_value
 VERSION_OVERHEAD_BYTES = _kvput.VERSION_OVERHEAD_BYTES
 
 
@@ -225,9 +226,9 @@ class KVStore:
             answered = self._session_answer(index, client_id, seq)
             if answered is not None:
                 return answered
-            return self._record(client_id, seq, index,
-                                _put_result(index, self._put(index, key, value),
-                                            want_previous))
+            return self._record(client_id, seq, index, _put_result(
+                index, _store_value(self._data, key, value, index, self._key_created,
+                                    self._versions), want_previous))
         try:
             cmd = decode_command(command)
         except DecodeError as exc:
@@ -580,18 +581,8 @@ class KVStore:
 
     def _put(self, index: int, key: bytes, value: bytes) -> bytes | None:
         """Set key to value at log index `index` (its new revision); returns the value it
-        replaced, pushed to the version history."""
-        data = self._data
-        previous = data.get(key)
-        data[key] = value
-        revisions = self._revisions
-        replaced = revisions.get(key)
-        revisions[key] = index
-        if previous is None:
-            self._key_created(key)
-        else:
-            self._versions.push(key, previous, replaced or 0, index)
-        return previous
+        replaced, pushed to the version history (kvput.store_value, the fast path's own)."""
+        return _store_value(self._data, key, value, index, self._key_created, self._versions)
 
     def _execute(self, index: int, cmd: Command) -> bytes:
         data = self._data

@@ -38,6 +38,7 @@ def twin(kvput: object) -> Iterator[None]:
         patch.setattr(store_module, "_apply_put", kvput.apply_put)  # type: ignore[attr-defined]
         patch.setattr(store_module, "_parse_put", kvput.parse_put)  # type: ignore[attr-defined]
         patch.setattr(store_module, "_put_result", kvput.put_result)  # type: ignore[attr-defined]
+        patch.setattr(store_module, "_store_value", kvput.store_value)  # type: ignore[attr-defined]
         yield
 
 
