@@ -34,8 +34,10 @@ Workloads:
   kvput     10,000 session-less PUTs of 100-byte values over 4,096 keys applied with
             apply_put; the same with a session header parsed with parse_put.
   kvstore   KVStore.apply of 10,000 session-less PUTs of 100-byte values: into a fresh store
-            (each creates its key: the map and the key order, engine/kv/store.py), and again
-            into the store holding them (overwrites: the map alone); a SCAN query of 100 keys
+            (each creates its key: the map, its revision and the key order,
+            engine/kv/store.py), and again into the store holding them (overwrites: the map,
+            the revision and the replaced version kept for MVCC; and with
+            Limits.mvcc_retention_s=0, no history kept); a SCAN query of 100 keys
             of 100,000, decoded. Run with the core engine.kv loaded (the compiled one when
             built): one row each.
 Inputs are built before timing starts (they come from the log or the network in the system).
@@ -310,12 +312,14 @@ def kvstore_new_keys(impl: SimpleNamespace) -> Body:
     return run
 
 
-def kvstore_existing_keys(impl: SimpleNamespace) -> Body:
-    """Every PUT overwrites a key the store holds (the map alone)."""
+def kvstore_existing_keys(impl: SimpleNamespace, retention_s: int | None = None) -> Body:
+    """Every PUT overwrites a key the store holds: the map, the key's revision and (MVCC
+    history kept, the default) the replaced version; retention_s=0 keeps no history."""
+    from engine.config import Limits
     from engine.kv import KVStore
 
     batch = store_puts()
-    store = KVStore()
+    store = KVStore(None if retention_s is None else Limits(mvcc_retention_s=retention_s))
     for index, command in enumerate(batch, 1):
         store.apply(index, command)
 
@@ -366,6 +370,9 @@ CASES: dict[str, Case] = {
     "kvstore_apply_existing_keys": Case(
         "kvstore: apply 10k PUTs (100 B)", kvstore_existing_keys, lambda n: n == PUTS,
         twins=False),
+    "kvstore_apply_existing_keys_no_history": Case(
+        "kvstore: apply 10k PUTs (100 B)", lambda impl: kvstore_existing_keys(impl, 0),
+        lambda n: n == PUTS, twins=False),
     "kvstore_apply_new_keys": Case(
         "kvstore: apply 10k PUTs (100 B)", kvstore_new_keys, lambda n: n == PUTS, twins=False),
     "kvstore_scan_100": Case(
