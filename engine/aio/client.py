@@ -336,15 +336,21 @@ class Client:
         it goes to other nodes only while the answers are definite (NOT_LEADER, REJECTED),
         and when an attempt gets no answer the call raises Timeout (it may have applied)
         unless `idempotent=True` allows sending it again until the timeout."""
-        return bytes(await self._request(_OP.WRITE, bytes(command), 0, timeout,
-                                         raw=True, resend=idempotent))
+        try:
+            return bytes(await self._request(_OP.WRITE, bytes(command), 0, timeout,
+                                             raw=True, resend=idempotent))
+        except _WrongShardAnswer as exc:   # a sharded cluster's group 0 is its meta group
+            raise exc.error from None
 
     async def query(self, query: bytes, *, mode: str = "linearizable",
                     timeout: float | None = None) -> bytes:
         """Run `query` on the state machine's query() without writing the log (modes as for
         get); its raw answer."""
-        return bytes(await self._request(_OP.READ, bytes(query), _read_mode(mode), timeout,
-                                         raw=True))
+        try:
+            return bytes(await self._request(_OP.READ, bytes(query), _read_mode(mode),
+                                             timeout, raw=True))
+        except _WrongShardAnswer as exc:
+            raise exc.error from None
 
     async def status(self, address: str | None = None, *,
                      timeout: float | None = None) -> dict[str, Any]:
