@@ -83,6 +83,9 @@ class LocalCluster:
         self.shards = shards
         self.split_keys = None if split_keys is None else sorted(split_keys)
         self.servers: dict[int, Any] = {}
+        # Tests: the servers keep every map version and every keyed write applied
+        # (engine.aio.shard_server.ShardServer, record=).
+        self.record_shards = False
         self.protocol = protocol
         self.data_dir = None if data_dir is None else os.fspath(data_dir)
         self.state_machine_factory = state_machine
@@ -131,7 +134,8 @@ class LocalCluster:
             from engine.aio.shard_server import ShardServer, initial_map
 
             server = ShardServer(config, initial_map(
-                list(self.members), self.shards, self.split_keys), storage=storage)
+                list(self.members), self.shards, self.split_keys), storage=storage,
+                record=self.record_shards)
             await server.start()
             self.servers[node_id] = server
             node = server.meta

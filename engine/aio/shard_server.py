@@ -60,8 +60,11 @@ class ShardServer:
     NodeHost (module docstring). `nodes` maps group id -> the hosted engine.Node."""
 
     def __init__(self, config: NodeConfig, shard_map: ShardMap, *,
-                 storage: Any = None) -> None:
+                 storage: Any = None, record: bool = False) -> None:
+        """record: keep every map version the meta replica held and every keyed write each
+        range applied (tests: engine.testing.shard_invariants)."""
         self.config = config
+        self.record = record
         self.initial_map = shard_map
         self.host = NodeHost(config, storage=storage)
         self._starting: dict[int, asyncio.Task[Node]] = {}
@@ -88,7 +91,10 @@ class ShardServer:
 
     async def start(self) -> None:
         await self.host.start()
-        await self.host.add_group(META_GROUP_ID, MetaReplica(self.initial_map))
+        meta = MetaReplica(self.initial_map)
+        if self.record:
+            meta.record_maps()
+        await self.host.add_group(META_GROUP_ID, meta)
         for descriptor in self.initial_map:
             if descriptor.replica(self.config.node_id) is not None:
                 await self._host_range(descriptor, RangeStateMachine(
@@ -97,6 +103,8 @@ class ShardServer:
 
     async def _host_range(self, descriptor: RangeDescriptor,
                           machine: RangeStateMachine) -> Node:
+        if self.record:
+            machine.apply_records = []
         members = {r.node_id: self.config.members[r.node_id] for r in descriptor.replicas
                    if r.node_id in self.config.members}
         return await self.host.add_group(descriptor.group_id, machine, members=members)

@@ -197,6 +197,9 @@ class RangeStateMachine:
         self.base = base
         self.on_split = on_split
         self.refused_writes = 0
+        # Tests: (map version, range id, key) of every keyed command applied, the records
+        # engine.testing.shard_invariants.check_writes_owned reads. None: not kept.
+        self.apply_records: list[tuple[int, int, bytes]] | None = None
 
     @classmethod
     def seeded(cls, descriptor: RangeDescriptor, rows: list[tuple[bytes, bytes]], *,
@@ -250,6 +253,8 @@ class RangeStateMachine:
             if key < d.start or (d.end is not None and key >= d.end):
                 self.refused_writes += 1
                 return self.wrong_shard()
+            if self.apply_records is not None:
+                self.apply_records.append((self.map_version, d.range_id, key))
         return self.store.apply(index + self.base, command)
 
     @staticmethod
@@ -278,8 +283,8 @@ class RangeStateMachine:
             return _split_result(SPLIT_MALFORMED, self.descriptor)
         left, right = found
         d = self.descriptor
-        if any(c.range_id == right.range_id for c in self.children) and d == left:
-            return _split_result(SPLIT_OK, d)   # a retried copy: applied once
+        if d == left:
+            return _split_result(SPLIT_OK, d)   # a retried copy, or split already: no-op
         if (d.range_id != left.range_id or d.epoch != parent_epoch
                 or left.start != d.start or left.end != right.start
                 or right.end != d.end or left.end is None or not d.contains(left.end)
@@ -351,6 +356,11 @@ class MetaReplica:
     def __init__(self, shard_map: ShardMap | None = None) -> None:
         self.meta = (MetaStateMachine() if shard_map is None
                      else MetaStateMachine.with_map(shard_map))
+        # Tests: every map version this replica held, oldest first. None: not kept.
+        self.maps: list[ShardMap] | None = None
+
+    def record_maps(self) -> None:
+        self.maps = [] if self.meta.shard_map is None else [self.meta.shard_map]
 
     @property
     def shard_map(self) -> ShardMap | None:
@@ -364,7 +374,12 @@ class MetaReplica:
     def apply(self, index: int, command: bytes) -> bytes:
         if command[:1] != bytes((META_MARK,)):
             return encode_wrong_shard(0, 0)
-        return self.meta.apply(index, command[1:])
+        before = self.meta.shard_map
+        result = self.meta.apply(index, command[1:])
+        after = self.meta.shard_map
+        if self.maps is not None and after is not None and after is not before:
+            self.maps.append(after)
+        return result
 
     def query(self, query: bytes) -> bytes:
         if query[:1] != bytes((META_MARK,)):
