@@ -71,6 +71,7 @@ async def test_no_acknowledged_write_is_lost_across_live_splits() -> None:
         async with cluster.client() as client, cluster.client() as stale:
             await stale.put(b"key90", b"before")   # caches the map before the splits
             acked: dict[bytes, bytes] = {}
+            ack_count = [0]
             done = asyncio.Event()
 
             async def writer(w: int) -> None:
@@ -84,11 +85,12 @@ async def test_no_acknowledged_write_is_lost_across_live_splits() -> None:
                         acked.pop(key, None)   # outcome unknown: not checked
                     else:
                         acked[key] = value
+                        ack_count[0] += 1
                     i += 1
 
             async def acks(count: int) -> None:
-                target = len(acked) + count
-                while len(acked) < target:
+                target = ack_count[0] + count
+                while ack_count[0] < target:
                     await asyncio.sleep(0.005)
 
             writers = [asyncio.create_task(writer(w)) for w in range(1, 10, 2)]
