@@ -149,3 +149,36 @@ class ShardServer:
 
 
 __all__ = ["ShardServer", "initial_map", "presplit_keys"]
+
+
+async def serve_shards(config: NodeConfig, shards: int) -> None:
+    """`python -m engine serve --shards N`: this node of a sharded cluster until SIGTERM or
+    SIGINT. Every node, and every restart, must be given the same members and the same N:
+    they are the initial map every replica builds (module docstring)."""
+    import signal
+
+    from engine.aio.server import FATAL_POLL_S
+    from engine.errors import StorageError
+
+    server = ShardServer(config, initial_map(list(config.members), shards))
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    logger.info("node %d serving the meta group and %d ranges on %s", config.node_id,
+                len(server.nodes) - 1, config.members[config.node_id])
+    try:
+        while not stop.is_set() and server.host.fatal is None:
+            try:
+                await asyncio.wait_for(stop.wait(), FATAL_POLL_S)
+            except TimeoutError:
+                pass
+    finally:
+        fatal = server.host.fatal
+        if fatal is None:
+            await server.stop()
+    if isinstance(fatal, StorageError):
+        raise StorageError(f"node {config.node_id} stopped: {fatal}") from None
+    if fatal is not None:
+        raise fatal
