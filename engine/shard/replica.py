@@ -82,9 +82,13 @@ _SNAPSHOT_HEAD = struct.Struct("<4sHQQI")
 _SNAPSHOT_MAGIC = b"ERNG"
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
-_KEYED_OPS = (int(kv.Op.PUT), int(kv.Op.GET), int(kv.Op.DELETE), int(kv.Op.CAS))
+_KEYED = frozenset((int(kv.Op.PUT), int(kv.Op.GET), int(kv.Op.DELETE), int(kv.Op.CAS)))
+_KV_VERSION = kv.VERSION
+_SESSION_FLAG = kv.FLAG_SESSION
+_unpack_u32 = _U32.unpack_from
 _SCAN = int(kv.Op.SCAN)
-_SEED_ROWS = 1 << 62   # a seed is every row of the span, whatever its size
+_SEED_ROWS = 1 << 62
+_RANGE_COMMAND = bytes((RANGE_COMMAND_MARK,))   # a seed is every row of the span, whatever its size
 
 SplitHook = Callable[[RangeDescriptor, int, list[tuple[bytes, bytes]], int], None]
 
@@ -120,17 +124,16 @@ def decode_wrong_shard(data: bytes, key: bytes = b"") -> WrongShard:
 
 def command_key(command: bytes) -> bytes | None:
     """The key a KV command or GET query names; None for one that names none (REGISTER) or
-    does not parse (the store answers it MALFORMED)."""
-    if len(command) < 7 or command[0] != kv.VERSION or command[1] not in _KEYED_OPS:
+    does not parse (the store answers it MALFORMED). On every write's path: a few byte
+    reads and one slice."""
+    if len(command) < 7 or command[0] != _KV_VERSION or command[1] not in _KEYED:
         return None
-    offset = 3 + (16 if command[2] & kv.FLAG_SESSION else 0)
-    if offset + 4 > len(command):
+    offset = 19 if command[2] & _SESSION_FLAG else 3   # head, [u64 client id, u64 seq]
+    start = offset + 4
+    end = start + _unpack_u32(command, offset)[0]
+    if end > len(command):
         return None
-    (length,) = _U32.unpack_from(command, offset)
-    offset += 4
-    if offset + length > len(command):
-        return None
-    return command[offset:offset + length]
+    return command[start:end]
 
 
 def scan_span(query: bytes) -> tuple[bytes, bytes | None] | None:
@@ -230,8 +233,6 @@ class RangeStateMachine:
         None (the serving side's check before proposing or reading)."""
         d = self.descriptor
         if write:
-            if payload[:1] == bytes((RANGE_COMMAND_MARK,)):
-                return None
             key = command_key(payload)
         else:
             span = scan_span(payload)
@@ -245,16 +246,17 @@ class RangeStateMachine:
     # ------------------------------------------------------------------ state machine
 
     def apply(self, index: int, command: bytes) -> bytes:
-        if command[:1] == b"\xe6":
-            return self._range_command(index, command)
         key = command_key(command)
         if key is not None:
             d = self.descriptor
-            if key < d.start or (d.end is not None and key >= d.end):
+            end = d.end
+            if key < d.start or (end is not None and key >= end):
                 self.refused_writes += 1
                 return self.wrong_shard()
             if self.apply_records is not None:
                 self.apply_records.append((self.map_version, d.range_id, key))
+        elif command[:1] == _RANGE_COMMAND:
+            return self._range_command(index, command)
         return self.store.apply(index + self.base, command)
 
     @staticmethod
