@@ -143,3 +143,26 @@ async def test_a_split_repeated_finishes_or_changes_nothing() -> None:
                 await shard_admin.split(client, b"")
             assert await client.get(b"key6") == b"v"
             assert len(await client.shard_map()) == 3
+
+
+async def test_a_split_range_survives_a_restart_of_every_node() -> None:
+    """The right-hand range's initial state lives in its parent's log and snapshot: a
+    restarted replica replays the split, hosts the new range again, and its WAL's entries
+    apply on top of the seed."""
+    async with LocalCluster(n=3, shards=2) as cluster:
+        await cluster.wait_leader()
+        async with cluster.client() as client:
+            for i in range(20):
+                await client.put(b"key%02d" % i, b"v%d" % i)
+            await shard_admin.split(client, b"key10")
+            for i in range(10, 20):
+                await client.put(b"key%02d" % i, b"w%d" % i)
+            for node_id in (1, 2, 3):
+                await cluster.stop(node_id)
+            for node_id in (1, 2, 3):
+                await cluster.restart(node_id)
+            await cluster.wait_leader()
+            for i in range(20):
+                expected = b"%s%d" % (b"w" if i >= 10 else b"v", i)
+                assert await client.get(b"key%02d" % i) == expected
+        assert all(sorted(s.nodes) == [0, 1, 2, 3] for s in cluster.servers.values())
