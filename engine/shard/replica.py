@@ -192,6 +192,7 @@ class RangeStateMachine:
                  on_split: SplitHook | None = None) -> None:
         self._limits = limits
         self.store = KVStore(limits)
+        self._store_apply = self.store.apply
         self.descriptor = descriptor
         self.map_version = map_version
         self.children: list[RangeDescriptor] = []
@@ -246,18 +247,21 @@ class RangeStateMachine:
     # ------------------------------------------------------------------ state machine
 
     def apply(self, index: int, command: bytes) -> bytes:
-        key = command_key(command)
-        if key is not None:
-            d = self.descriptor
-            end = d.end
-            if key < d.start or (end is not None and key >= end):
-                self.refused_writes += 1
-                return self.wrong_shard()
-            if self.apply_records is not None:
-                self.apply_records.append((self.map_version, d.range_id, key))
+        # command_key inlined: this runs for every write on every replica.
+        if len(command) >= 7 and command[0] == _KV_VERSION and command[1] in _KEYED:
+            offset = 19 if command[2] & _SESSION_FLAG else 3
+            end = offset + 4 + _unpack_u32(command, offset)[0]
+            if end <= len(command):
+                key = command[offset + 4:end]
+                d = self.descriptor
+                if key < d.start or (d.end is not None and key >= d.end):
+                    self.refused_writes += 1
+                    return self.wrong_shard()
+                if self.apply_records is not None:
+                    self.apply_records.append((self.map_version, d.range_id, key))
         elif command[:1] == _RANGE_COMMAND:
             return self._range_command(index, command)
-        return self.store.apply(index + self.base, command)
+        return self._store_apply(index + self.base, command)
 
     @staticmethod
     def retry_safe(command: bytes) -> bool:
@@ -342,6 +346,7 @@ class RangeStateMachine:
         store = KVStore(self._limits)
         store.restore(inner)
         self.store, self.descriptor, self.children = store, descriptor, children
+        self._store_apply = store.apply
         self.child_bases = bases
         self.map_version, self.base = map_version, base
         self.announce_children()
