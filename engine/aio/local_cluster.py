@@ -79,6 +79,8 @@ class LocalCluster:
             state_machine = KVStore
         if shards < 1:
             raise errors.ConfigError(f"shards must be at least 1, got {shards}")
+        if (shards > 1 or split_keys is not None) and protocol != "raft":
+            raise errors.ConfigError("a sharded cluster runs Raft (docs/sharding.md)")
         self.n = n
         self.shards = shards
         self.split_keys = None if split_keys is None else sorted(split_keys)

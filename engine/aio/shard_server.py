@@ -30,6 +30,7 @@ from typing import Any
 from engine.aio.node import Node
 from engine.aio.node_host import NodeHost
 from engine.config import NodeConfig
+from engine.errors import ConfigError
 from engine.shard.map import RangeDescriptor, ShardMap, voters
 from engine.shard.replica import META_GROUP_ID, MetaReplica, RangeStateMachine
 
@@ -160,6 +161,8 @@ async def serve_shards(config: NodeConfig, shards: int) -> None:
     from engine.aio.server import FATAL_POLL_S
     from engine.errors import StorageError
 
+    if config.protocol != "raft":
+        raise ConfigError("a sharded cluster runs Raft (docs/sharding.md)")
     server = ShardServer(config, initial_map(list(config.members), shards))
     await server.start()
     stop = asyncio.Event()

@@ -32,6 +32,8 @@ def _owner_groups(cluster: LocalCluster, key: bytes) -> set[int]:
 
 
 def test_presplit_keys_spread_key_style_keys() -> None:
+    with pytest.raises(engine.errors.ConfigError):
+        LocalCluster(n=3, shards=2, protocol="paxos")
     assert presplit_keys(1) == []
     assert presplit_keys(4) == [b"key2", b"key5", b"key7"]
     assert len(presplit_keys(64)) == 63 and presplit_keys(64)[0] == b"key01"
