@@ -291,7 +291,11 @@ class RangeStateMachine:
         d = self.descriptor
         if d == left:
             return _split_result(SPLIT_OK, d)   # a retried copy, or split already: no-op
-        if (d.range_id != left.range_id or d.epoch != parent_epoch
+        # The meta group checked the parent's epoch and allocated the ids; this replica may
+        # hold an older epoch of the same span (a replica change bumps the epoch in the map
+        # only), so it takes any split of exactly its span at a newer epoch. A stale copy
+        # of a split applied since names an older epoch, or another span: refused.
+        if (d.range_id != left.range_id or left.epoch <= d.epoch or parent_epoch >= left.epoch
                 or left.start != d.start or left.end != right.start
                 or right.end != d.end or left.end is None or not d.contains(left.end)
                 or left.group_id != d.group_id):

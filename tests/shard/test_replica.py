@@ -99,9 +99,23 @@ def test_split_through_the_log_freezes_the_right_half_and_seeds_the_new_range() 
 
 def test_a_split_at_a_stale_epoch_is_refused() -> None:
     machine, announced = _split_machine()
-    stale = encode_split_command(2, 7, LEFT, RIGHT)
-    assert decode_split_result(machine.apply(5, stale)) == (SPLIT_EPOCH_MISMATCH, WHOLE)
+    at_epoch_1 = encode_split_command(
+        2, 0, RangeDescriptor(1, b"", b"m", 1, REPLICAS, epoch=1),
+        RangeDescriptor(2, b"m", None, 2, REPLICAS, epoch=1))
+    assert decode_split_result(machine.apply(5, at_epoch_1)) == (SPLIT_EPOCH_MISMATCH, WHOLE)
     assert machine.descriptor == WHOLE and not announced
+    machine.apply(6, encode_split_command(2, 1, LEFT, RIGHT))
+    # A late copy of another split of the old span (its epoch is not above the range's).
+    late = encode_split_command(
+        2, 1, RangeDescriptor(1, b"", b"t", 1, REPLICAS, epoch=2),
+        RangeDescriptor(3, b"t", None, 3, REPLICAS, epoch=2))
+    assert decode_split_result(machine.apply(7, late)) == (SPLIT_EPOCH_MISMATCH, LEFT)
+    # A split of the span at a newer epoch (the map bumped it for a replica change).
+    newer = encode_split_command(
+        5, 3, RangeDescriptor(1, b"", b"c", 1, REPLICAS, epoch=4),
+        RangeDescriptor(4, b"c", b"m", 4, REPLICAS, epoch=4))
+    assert decode_split_result(machine.apply(8, newer))[0] == SPLIT_OK
+    assert [c.range_id for c in machine.children] == [2, 4]
 
 
 def test_snapshot_restore_keeps_the_descriptor_and_announces_children_again() -> None:
