@@ -146,7 +146,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
             if machine is not None:
                 raise ConfigError("--shards serves the sharded KV store: no --state-machine")
-            loop.run_until_complete(serve_shards(config, args.shards))
+            loop.run_until_complete(serve_shards(config, args.shards,
+                                                 auto_split_s=args.auto_split_s))
             return exitcodes.OK
         loop.run_until_complete(serve(config, campaign=args.campaign, state_machine=machine))
     finally:
@@ -496,6 +497,9 @@ def add_serve_parser(sub: Any) -> argparse.ArgumentParser:
     add_setting(serve, "--shards", type=int,
                 help="serve a sharded KV store: the meta group and N ranges pre-split "
                      "(docs/sharding.md); the same N on every node and every restart")
+    add_setting(serve, "--auto-split-s", type=float,
+                help="with --shards: every this many seconds, split a range this node "
+                     "leads that is past the size or load limit (docs/sharding.md)")
     serve.set_defaults(func=cmd_serve)
     return serve
 

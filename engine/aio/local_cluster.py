@@ -69,7 +69,8 @@ class LocalCluster:
         self, n: int = 3, protocol: str = "raft", data_dir: str | os.PathLike[str] | None = None,
         state_machine: Callable[[], Any] | None = None, *, cluster_key: bytes | None = None,
         host: str = "127.0.0.1", shards: int = 1,
-        split_keys: Iterable[bytes] | None = None, **node_options: Any,
+        split_keys: Iterable[bytes] | None = None, auto_split_s: float | None = None,
+        **node_options: Any,
     ) -> None:
         if n < 1:
             raise errors.ConfigError(f"a cluster needs at least one node, got n={n}")
@@ -84,6 +85,7 @@ class LocalCluster:
         self.n = n
         self.shards = shards
         self.split_keys = None if split_keys is None else sorted(split_keys)
+        self.auto_split_s = auto_split_s
         self.servers: dict[int, Any] = {}
         # Tests: the servers keep every map version and every keyed write applied
         # (engine.aio.shard_server.ShardServer, record=).
@@ -137,7 +139,7 @@ class LocalCluster:
 
             server = ShardServer(config, initial_map(
                 list(self.members), self.shards, self.split_keys), storage=storage,
-                record=self.record_shards)
+                record=self.record_shards, auto_split_s=self.auto_split_s)
             await server.start()
             self.servers[node_id] = server
             node = server.meta
@@ -151,7 +153,7 @@ class LocalCluster:
 
     @property
     def sharded(self) -> bool:
-        return self.shards > 1 or self.split_keys is not None
+        return self.shards > 1 or self.split_keys is not None or self.auto_split_s is not None
 
     async def close(self) -> None:
         """Stop every running node (leaving `async with` does this)."""

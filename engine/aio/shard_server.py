@@ -61,10 +61,17 @@ class ShardServer:
     NodeHost (module docstring). `nodes` maps group id -> the hosted engine.Node."""
 
     def __init__(self, config: NodeConfig, shard_map: ShardMap, *,
-                 storage: Any = None, record: bool = False) -> None:
+                 storage: Any = None, record: bool = False,
+                 auto_split_s: float | None = None) -> None:
         """record: keep every map version the meta replica held and every keyed write each
-        range applied (tests: engine.testing.shard_invariants)."""
+        range applied (tests: engine.testing.shard_invariants). auto_split_s: check the
+        ranges this process leads against the split policy that often (seconds;
+        engine.aio.auto_split), None: split by command only."""
+        from engine.aio.auto_split import AutoSplitter
+
         self.config = config
+        self.auto_split = (None if auto_split_s is None
+                           else AutoSplitter(self, period_s=auto_split_s))
         self.record = record
         self.initial_map = shard_map
         self.host = NodeHost(config, storage=storage)
@@ -101,18 +108,25 @@ class ShardServer:
                 await self._host_range(descriptor, RangeStateMachine(
                     descriptor, map_version=self.initial_map.version,
                     limits=self.config.limits, on_split=self._on_split))
+        if self.auto_split is not None:
+            self.auto_split.start()
 
     async def _host_range(self, descriptor: RangeDescriptor,
                           machine: RangeStateMachine) -> Node:
         if self.record:
             machine.apply_records = []
+        if self.auto_split is not None:
+            self.auto_split.watch(machine, seed=descriptor.range_id)
         members = {r.node_id: self.config.members[r.node_id] for r in descriptor.replicas
                    if r.node_id in self.config.members}
         return await self.host.add_group(descriptor.group_id, machine, members=members)
 
     def _on_split(self, child: RangeDescriptor, map_version: int,
                   rows: list[tuple[bytes, bytes]], base: int) -> None:
-        """A range this node replicates split (or is recovering a split): host the child."""
+        """A range this node replicates split (or is recovering a split): host the child.
+        The replica that leads the parent (the range is `child.start`'s left neighbour,
+        group unchanged by the split) starts the child's first election at once, so the
+        new range is writable after one round trip rather than an election timeout."""
         group = child.group_id
         if (group in self.host.nodes or group in self._starting
                 or child.replica(self.config.node_id) is None or not self.host.running):
@@ -120,6 +134,7 @@ class ShardServer:
         machine = RangeStateMachine.seeded(child, rows, map_version=map_version, base=base,
                                            limits=self.config.limits,
                                            on_split=self._on_split)
+        parent = self._leading_parent(child)
         task = asyncio.get_running_loop().create_task(self._host_range(child, machine))
         self._starting[group] = task
 
@@ -128,10 +143,22 @@ class ShardServer:
             if not done.cancelled() and done.exception() is not None:
                 logger.error("node %d could not host range %d (group %d): %r",
                              self.config.node_id, child.range_id, group, done.exception())
-            else:
-                self.splits_hosted += 1
+                return
+            self.splits_hosted += 1
+            node = done.result()
+            if parent and node.running and node.core.term == 0:
+                node.campaign()
 
         task.add_done_callback(started)
+
+    def _leading_parent(self, child: RangeDescriptor) -> bool:
+        """Does this node lead the range `child` was split off (it ends at child.start)?"""
+        for node in self.host.nodes.values():
+            machine = node.state_machine
+            if (isinstance(machine, RangeStateMachine) and machine.descriptor.end == child.start
+                    and child in machine.children):
+                return bool(node.running and node.core.role == "leader")
+        return False
 
     def range_machine(self, group: int) -> RangeStateMachine:
         machine = self.host.nodes[group].state_machine
@@ -139,11 +166,15 @@ class ShardServer:
         return machine
 
     async def stop(self) -> None:
+        if self.auto_split is not None:
+            self.auto_split.stop()
         for task in list(self._starting.values()):
             await asyncio.gather(task, return_exceptions=True)
         await self.host.stop()
 
     def crash(self) -> None:
+        if self.auto_split is not None:
+            self.auto_split.stop()
         for task in self._starting.values():
             task.cancel()
         self.host.crash()
@@ -152,7 +183,8 @@ class ShardServer:
 __all__ = ["ShardServer", "initial_map", "presplit_keys"]
 
 
-async def serve_shards(config: NodeConfig, shards: int) -> None:
+async def serve_shards(config: NodeConfig, shards: int, *,
+                       auto_split_s: float | None = None) -> None:
     """`python -m engine serve --shards N`: this node of a sharded cluster until SIGTERM or
     SIGINT. Every node, and every restart, must be given the same members and the same N:
     they are the initial map every replica builds (module docstring)."""
@@ -163,7 +195,8 @@ async def serve_shards(config: NodeConfig, shards: int) -> None:
 
     if config.protocol != "raft":
         raise ConfigError("a sharded cluster runs Raft (docs/sharding.md)")
-    server = ShardServer(config, initial_map(list(config.members), shards))
+    server = ShardServer(config, initial_map(list(config.members), shards),
+                         auto_split_s=auto_split_s)
     await server.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

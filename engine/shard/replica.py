@@ -65,6 +65,7 @@ from engine.shard.map import (
     encode_descriptors,
 )
 from engine.shard.meta import MetaStateMachine
+from engine.shard.policy import KeySampler
 
 VERSION = 1
 WRONG_SHARD_MARK = 0xE5
@@ -201,6 +202,12 @@ class RangeStateMachine:
         self.base = base
         self.on_split = on_split
         self.refused_writes = 0
+        # Automatic splits (engine.aio.auto_split): keyed writes applied, an upper bound of
+        # the bytes written since the range's rows were last counted, and a sample of the
+        # keys written (None: not sampled).
+        self.applied_writes = 0
+        self.written_bytes = 0
+        self.sampler: KeySampler | None = None
         # Tests: (map version, range id, key) of every keyed command applied, the records
         # engine.testing.shard_invariants.check_writes_owned reads. None: not kept.
         self.apply_records: list[tuple[int, int, bytes]] | None = None
@@ -259,6 +266,10 @@ class RangeStateMachine:
                     return self.wrong_shard()
                 if self.apply_records is not None:
                     self.apply_records.append((self.map_version, d.range_id, key))
+                self.applied_writes += 1
+                self.written_bytes += len(command)
+                if self.sampler is not None:
+                    self.sampler.offer(key)
         elif command[:1] == _RANGE_COMMAND:
             return self._range_command(index, command)
         return self._store_apply(index + self.base, command)
@@ -306,6 +317,10 @@ class RangeStateMachine:
         self.child_bases[right.range_id] = index + self.base
         self._announce(right, index + self.base)
         return _split_result(SPLIT_OK, left)
+
+    def rows(self) -> list[tuple[bytes, bytes]]:
+        """Every row of the range's span, in key order (the frozen keys excluded)."""
+        return self.seed_of(self.descriptor)
 
     def seed_of(self, child: RangeDescriptor) -> list[tuple[bytes, bytes]]:
         """The frozen rows of a child's span (its initial state)."""
