@@ -124,9 +124,9 @@ class ShardServer:
     def _on_split(self, child: RangeDescriptor, map_version: int,
                   rows: list[tuple[bytes, bytes]], base: int) -> None:
         """A range this node replicates split (or is recovering a split): host the child.
-        The replica that leads the parent (the range is `child.start`'s left neighbour,
-        group unchanged by the split) starts the child's first election at once, so the
-        new range is writable after one round trip rather than an election timeout."""
+        The new group elects its first leader like any group; a fresh replica waits one
+        election timeout before it votes (engine.raft.core, lease reads §6.4.1), so the
+        right-hand keys are unavailable for about that long after a split."""
         group = child.group_id
         if (group in self.host.nodes or group in self._starting
                 or child.replica(self.config.node_id) is None or not self.host.running):
@@ -134,7 +134,6 @@ class ShardServer:
         machine = RangeStateMachine.seeded(child, rows, map_version=map_version, base=base,
                                            limits=self.config.limits,
                                            on_split=self._on_split)
-        parent = self._leading_parent(child)
         task = asyncio.get_running_loop().create_task(self._host_range(child, machine))
         self._starting[group] = task
 
@@ -145,20 +144,8 @@ class ShardServer:
                              self.config.node_id, child.range_id, group, done.exception())
                 return
             self.splits_hosted += 1
-            node = done.result()
-            if parent and node.running and node.core.term == 0:
-                node.campaign()
 
         task.add_done_callback(started)
-
-    def _leading_parent(self, child: RangeDescriptor) -> bool:
-        """Does this node lead the range `child` was split off (it ends at child.start)?"""
-        for node in self.host.nodes.values():
-            machine = node.state_machine
-            if (isinstance(machine, RangeStateMachine) and machine.descriptor.end == child.start
-                    and child in machine.children):
-                return bool(node.running and node.core.role == "leader")
-        return False
 
     def range_machine(self, group: int) -> RangeStateMachine:
         machine = self.host.nodes[group].state_machine
