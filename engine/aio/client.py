@@ -250,36 +250,33 @@ class Client:
                                      f"({len(found)} keys read)")
             want = None if limit is None else limit - len(found)
             if self._sharded:
-                items, cursor = await self._scan_range(cursor, end or None, want, mode,
-                                                       deadline)
+                items, cursor, _ = await self._scan_range(cursor, end or None, want, mode,
+                                                          deadline)
                 found += items
                 continue
-            try:
-                page = await self.scan_page(cursor, end, limit=want, mode=mode,
-                                            timeout=remaining)
-            except _WrongShardAnswer as exc:
-                self._on_wrong_shard(exc.error)   # the cluster is sharded: route pages
-                continue
+            page = await self.scan_page(cursor, end, limit=want, mode=mode,
+                                        timeout=remaining)
             found += page.items
             cursor = page.resume_key
         return found
 
     async def _scan_range(self, cursor: bytes, end: bytes | None, limit: int | None,
-                          mode: str, deadline: float
-                          ) -> tuple[list[commands.KeyValue], bytes | None]:
+                          mode: str, deadline: float, max_bytes: int | None = None
+                          ) -> tuple[list[commands.KeyValue], bytes | None, int | None]:
         """One page of a sharded scan: the part of [cursor, end) in the range owning
         `cursor`, read linearizably (in `mode`) by that range's group; the next cursor
-        (None: the scan is done). Pages stitch in key order: each range's keys, then the
-        next range's from its start."""
+        (None: the scan is done) and the page's revision. Pages stitch in key order: each
+        range's keys, then the next range's from its start."""
         loop = asyncio.get_running_loop()
         attempt = 0
         while True:
             descriptor = await self._route(cursor, deadline)
             piece_end = descriptor.end if end is None or (
                 descriptor.end is not None and descriptor.end < end) else end
+            room = self._max_scan_page_bytes
             query = commands.encode_scan(
                 cursor, piece_end, limit=commands.U32_MAX if limit is None else limit,
-                max_bytes=self._max_scan_page_bytes)
+                max_bytes=room if max_bytes is None else min(max_bytes, room))
             try:
                 result = await self._request(_OP.READ, query, _read_mode(mode),
                                              max(deadline - loop.time(), 0.001),
@@ -288,14 +285,12 @@ class Client:
                 attempt += 1
                 await self._after_wrong_shard(exc.error, cursor, attempt, deadline)
                 continue
-            if not result.ok:
-                raise errors.Rejected(str(result.error or result.status))
-            page = commands.decode_scan_result(result)
+            page = self._scan_page_of(result)
             if page.resume_key is not None:
-                return list(page.items), page.resume_key
+                return list(page.items), page.resume_key, page.revision
             if piece_end is None or piece_end == end:
-                return list(page.items), None
-            return list(page.items), piece_end
+                return list(page.items), None, page.revision
+            return list(page.items), piece_end, page.revision
 
     async def scan_prefix(self, prefix: bytes, *, limit: int | None = None,
                           mode: str = "linearizable", timeout: float | None = None
@@ -313,12 +308,32 @@ class Client:
         """One SCAN round trip: the first keys of [start, end) that fit one reply datagram
         (max_bytes: at most that many bytes of result, capped at the datagram's room) and
         `limit`. page.resume_key is the next page's start (None: the range is done). The
-        building block of scan, for callers that page themselves (e.g. range by range)."""
+        building block of scan, for callers that page themselves (e.g. range by range).
+        In a sharded cluster a page holds keys of one range only (read by that range's
+        group): a range's last page says `more` while later ranges meet the span."""
         room = self._max_scan_page_bytes
-        query = commands.encode_scan(
-            start, end, limit=commands.U32_MAX if limit is None else limit,
-            max_bytes=room if max_bytes is None else min(max_bytes, room))
-        result = await self._request(_OP.READ, query, _read_mode(mode), timeout)
+        budget = self.timeout if timeout is None else timeout
+        if not self._sharded:
+            query = commands.encode_scan(
+                start, end, limit=commands.U32_MAX if limit is None else limit,
+                max_bytes=room if max_bytes is None else min(max_bytes, room))
+            try:
+                result = await self._request(_OP.READ, query, _read_mode(mode), budget)
+            except _WrongShardAnswer as exc:
+                self._on_wrong_shard(exc.error)   # the meta group: the cluster is sharded
+            else:
+                return self._scan_page_of(result)
+        commands.check_scan_range(start, end, limit)
+        deadline = asyncio.get_running_loop().time() + budget
+        cursor: bytes | None = start
+        items: list[commands.KeyValue] = []
+        revision: int | None = None
+        while not items and cursor is not None:   # skip ranges with no key in the span
+            items, cursor, revision = await self._scan_range(
+                cursor, end or None, limit, mode, deadline, max_bytes)
+        return commands.ScanPage(items, cursor is not None, revision)
+
+    def _scan_page_of(self, result: Any) -> commands.ScanPage:
         if not result.ok:
             raise errors.Rejected(str(result.error or result.status))   # never in a log
         try:

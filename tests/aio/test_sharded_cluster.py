@@ -60,6 +60,15 @@ async def test_client_routes_every_operation_by_key_and_scans_across_ranges() ->
             assert [k for k, _ in await client.scan_prefix(b"key4")] == [b"key42", b"key49"]
             ranges = await client.shard_map()
             assert [r.start for r in ranges] == [b"", b"key2", b"key5", b"key7"]
+        async with cluster.client() as pager:   # pages by hand, unsharded at first
+            paged: list[bytes] = []
+            cursor: bytes | None = b""
+            while cursor is not None:
+                page = await pager.scan_page(cursor, limit=3)
+                assert len(page.items) <= 3
+                paged += [k for k, _ in page.items]
+                cursor = page.resume_key
+            assert paged == expected
         # Each key lives in exactly the group whose range owns it.
         for key in expected:
             owner = next(r for r in ranges if r.contains(key))
