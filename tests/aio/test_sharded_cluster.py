@@ -207,3 +207,24 @@ async def test_a_range_past_a_limit_splits_by_itself(limits: Limits, writes: int
                 writes - 1)
             assert dict(await client.scan(b"")) == items
             check_history([ShardMap(1, ranges)])
+
+
+async def test_writes_to_every_range_continue_when_a_leader_is_cut_off() -> None:
+    """Leaders are per group: when the node leading a range is partitioned away, the
+    range elects another leader and the client follows it, range by range."""
+    async with LocalCluster(n=3, shards=4) as cluster:
+        await cluster.wait_leader()
+        async with cluster.client() as client:
+            keys = [b"a", b"key3", b"key6", b"key8"]   # one per range
+            for key in keys:
+                await client.put(key, b"1")
+            server = cluster.servers[1]
+            leader_of_range_1 = next(
+                s.config.node_id for s in cluster.servers.values()
+                if s.nodes[1].core.role == "leader")
+            await cluster.partition({leader_of_range_1})
+            for key in keys:
+                await client.put(key, b"2")
+            await cluster.heal()
+            assert [await client.get(key) for key in keys] == [b"2"] * 4
+            assert server.running
