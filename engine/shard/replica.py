@@ -340,14 +340,25 @@ class RangeStateMachine:
     # ------------------------------------------------------------------ snapshots
 
     def snapshot(self) -> bytes:
-        head = _SNAPSHOT_HEAD.pack(_SNAPSHOT_MAGIC, VERSION, self.map_version, self.base,
-                                   len(self.children))
-        parts = [head, encode_descriptor(self.descriptor)]
-        inner = self.store.snapshot()
-        parts += [encode_descriptors(self.children),
-                  *(_U64.pack(self.child_bases[c.range_id]) for c in self.children),
-                  _U32.pack(len(inner)), inner]
-        return b"".join(parts)
+        return self._snapshot_head() + self._with_store(self.store.snapshot())
+
+    def snapshot_fork(self) -> Callable[[], bytes]:
+        """Freeze now, serialise later (KVStore.snapshot_fork): the driver writes the
+        snapshot off the loop."""
+        head = self._snapshot_head()
+        serialise = self.store.snapshot_fork()
+        return lambda: head + self._with_store(serialise())
+
+    def _snapshot_head(self) -> bytes:
+        return b"".join((
+            _SNAPSHOT_HEAD.pack(_SNAPSHOT_MAGIC, VERSION, self.map_version, self.base,
+                                len(self.children)),
+            encode_descriptor(self.descriptor), encode_descriptors(self.children),
+            *(_U64.pack(self.child_bases[c.range_id]) for c in self.children)))
+
+    @staticmethod
+    def _with_store(inner: bytes) -> bytes:
+        return _U32.pack(len(inner)) + inner
 
     def restore(self, data: bytes) -> None:
         view = memoryview(data)

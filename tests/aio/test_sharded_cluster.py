@@ -12,8 +12,7 @@ import engine
 from engine.aio import shard_admin
 from engine.aio.local_cluster import LocalCluster
 from engine.aio.shard_server import presplit_keys
-from engine.config import Limits
-from engine.shard.map import RangeDescriptor, ShardMap
+from engine.shard.map import ShardMap
 from engine.testing.shard_invariants import ApplyRecord, check_history, check_writes_owned
 
 KEYS = [b"key%d" % i for i in range(0, 100, 7)] + [b"a", b"zz"]
@@ -155,76 +154,3 @@ async def test_a_split_repeated_finishes_or_changes_nothing() -> None:
                 await shard_admin.split(client, b"")
             assert await client.get(b"key6") == b"v"
             assert len(await client.shard_map()) == 3
-
-
-async def test_a_split_range_survives_a_restart_of_every_node() -> None:
-    """The right-hand range's initial state lives in its parent's log and snapshot: a
-    restarted replica replays the split, hosts the new range again, and its WAL's entries
-    apply on top of the seed."""
-    async with LocalCluster(n=3, shards=2) as cluster:
-        await cluster.wait_leader()
-        async with cluster.client() as client:
-            for i in range(20):
-                await client.put(b"key%02d" % i, b"v%d" % i)
-            await shard_admin.split(client, b"key10")
-            for i in range(10, 20):
-                await client.put(b"key%02d" % i, b"w%d" % i)
-            for node_id in (1, 2, 3):
-                await cluster.stop(node_id)
-            for node_id in (1, 2, 3):
-                await cluster.restart(node_id)
-            await cluster.wait_leader()
-            for i in range(20):
-                expected = b"%s%d" % (b"w" if i >= 10 else b"v", i)
-                assert await client.get(b"key%02d" % i) == expected
-        assert all(sorted(s.nodes) == [0, 1, 2, 3] for s in cluster.servers.values())
-
-
-async def _ranges_at_least(client: engine.Client, count: int) -> list[RangeDescriptor]:
-    """The map once it has `count` ranges (the automatic check runs every 50 ms; the
-    client's timeout bounds the wait)."""
-    while True:
-        ranges = await client.shard_map()
-        if len(ranges) >= count:
-            return ranges
-        await asyncio.sleep(0.02)
-
-
-@pytest.mark.parametrize(("limits", "writes"), [
-    (Limits(range_split_bytes=1_000), 200),     # size: 200 rows of about 10 bytes
-    (Limits(range_split_ops_per_s=20), 60),     # load: 60 writes in well under 3 s
-], ids=["size", "load"])
-async def test_a_range_past_a_limit_splits_by_itself(limits: Limits, writes: int) -> None:
-    async with LocalCluster(n=3, split_keys=[b"key5"], auto_split_s=0.05,
-                            limits=limits) as cluster:
-        await cluster.wait_leader()
-        async with cluster.client() as client:
-            items = {b"key%03d" % i: b"x%d" % i for i in range(writes)}
-            for key, value in items.items():
-                await client.put(key, value)
-            ranges = await asyncio.wait_for(_ranges_at_least(client, 3), 10)
-            assert ranges[0].end is not None and b"key000" < ranges[0].end < b"key%03d" % (
-                writes - 1)
-            assert dict(await client.scan(b"")) == items
-            check_history([ShardMap(1, ranges)])
-
-
-async def test_writes_to_every_range_continue_when_a_leader_is_cut_off() -> None:
-    """Leaders are per group: when the node leading a range is partitioned away, the
-    range elects another leader and the client follows it, range by range."""
-    async with LocalCluster(n=3, shards=4) as cluster:
-        await cluster.wait_leader()
-        async with cluster.client() as client:
-            keys = [b"a", b"key3", b"key6", b"key8"]   # one per range
-            for key in keys:
-                await client.put(key, b"1")
-            server = cluster.servers[1]
-            leader_of_range_1 = next(
-                s.config.node_id for s in cluster.servers.values()
-                if s.nodes[1].core.role == "leader")
-            await cluster.partition({leader_of_range_1})
-            for key in keys:
-                await client.put(key, b"2")
-            await cluster.heal()
-            assert [await client.get(key) for key in keys] == [b"2"] * 4
-            assert server.running

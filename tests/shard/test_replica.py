@@ -126,7 +126,7 @@ def test_snapshot_restore_keeps_the_descriptor_and_announces_children_again() ->
     copy.restore(machine.snapshot())
     assert copy.descriptor == LEFT and copy.children == [RIGHT]
     assert announced == [(RIGHT, 2, [(b"m", b"m"), (b"x", b"x")], 5)]
-    assert copy.snapshot() == machine.snapshot()
+    assert copy.snapshot() == machine.snapshot() == machine.snapshot_fork()()
     with pytest.raises(DecodeError):
         copy.restore(machine.snapshot()[:-1])
 
