@@ -18,6 +18,13 @@ an idle session (registering one when none is idle), uses its next seq (every re
 it), and returns it when the write is answered. Responses are matched by a per-client request number
 (Message.seq), separate from the session seq inside the command. A session the cluster evicted
 (Limits.max_client_sessions) is replaced by a new one (see _write).
+
+Sharded clusters (docs/sharding.md): a client starts unsharded, every request to group 0 as
+for a single-group cluster. A sharded cluster's group 0 is its meta group, which answers
+WRONG_SHARD to key-value requests: from then on each key goes to its range's group, found in
+a RangeCache (engine.shard.routing) filled from the meta group; leaders and session pools are
+kept per group; WRONG_SHARD answers update the cache and the request goes again; scans walk
+the ranges in key order. `shard_map()` returns every range.
 """
 
 from __future__ import annotations
