@@ -146,6 +146,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
             if machine is not None:
                 raise ConfigError("--shards serves the sharded KV store: no --state-machine")
+            if config.join:
+                raise ConfigError("--shards with --join: a node joining a sharded cluster "
+                                  "would receive ranges by moves, which are not built")
             loop.run_until_complete(serve_shards(config, args.shards,
                                                  auto_split_s=args.auto_split_s))
             return exitcodes.OK

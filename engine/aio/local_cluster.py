@@ -176,6 +176,10 @@ class LocalCluster:
     async def start_joining(self, node_id: int | None = None, *, witness: bool = False) -> Node:
         """Start a new node as a learner of this cluster (NodeConfig(join=True)): it gets no
         vote until the leader adds and promotes it (add_node does both)."""
+        if self.sharded:
+            # A node joining a sharded cluster would receive ranges by moves (not built,
+            # docs/sharding.md).
+            raise errors.ConfigError("a sharded LocalCluster cannot add nodes")
         if node_id is None:
             node_id = max(self.members) + 1
         if node_id in self.members:
