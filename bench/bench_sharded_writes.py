@@ -5,9 +5,9 @@ engine.Client, in one process (3 nodes, real UDP, in-memory storage).
 
 Cases: `plain` (one group per node, engine.aio.node.Node), `sharded-1` (the meta group
 and one range on a NodeHost per node), `sharded-4 sticky` (4 ranges, each writer keeps to
-one range) and `sharded-4 mixed` (each write to the next range: the client's sessions are
-per group, so it opens one per group per concurrent writer). Prints puts/s and latency
-percentiles per case, and the core (cython or python).
+one range) and `sharded-4 mixed` (each write to the next range). The client's sessions are
+per group: the warm-up opens one per writer in each range before the timing starts. Prints
+puts/s and latency percentiles per case, and the core (cython or python).
 """
 
 from __future__ import annotations
@@ -28,8 +28,9 @@ async def run(label: str, writers: int, seconds: float, *, sticky: bool = True,
     async with LocalCluster(n=3, **options) as cluster:
         await cluster.wait_leader()
         async with cluster.client() as client:
-            for i in range(writers):   # routes, leaders and sessions known before timing
-                await client.put(PREFIXES[i % ranges] + b"%d" % i, b"w")
+            # Routes, leaders and one session per writer in each range before timing.
+            await asyncio.gather(*[client.put(PREFIXES[r] + b"%d" % i, b"w")
+                                   for i in range(writers) for r in range(ranges)])
             done = 0
             latencies: list[float] = []
             stop = time.perf_counter() + seconds
