@@ -156,3 +156,28 @@ async def test_a_split_repeated_finishes_or_changes_nothing() -> None:
                 await shard_admin.split(client, b"")
             assert await client.get(b"key6") == b"v"
             assert len(await client.shard_map()) == 3
+
+
+async def test_racing_splits_of_one_range_never_overlap() -> None:
+    """Two coordinators split the same range at once: the meta group's epoch check lets one
+    win (the other gets EpochMismatch, or splits the range it finds after the first)."""
+    cluster = LocalCluster(n=3, shards=2)
+    cluster.record_shards = True
+    async with cluster:
+        await cluster.wait_leader()
+        async with cluster.client() as one, cluster.client() as two:
+            for i in range(10):
+                await one.put(b"key%d" % i, b"v%d" % i)
+            outcomes = await asyncio.gather(
+                shard_admin.split(one, b"key2"), shard_admin.split(two, b"key3"),
+                return_exceptions=True)
+            won = [o for o in outcomes if isinstance(o, shard_admin.SplitOutcome)]
+            assert won and all(isinstance(o, shard_admin.SplitOutcome | engine.EpochMismatch)
+                               for o in outcomes), outcomes
+            ranges = await one.shard_map()
+            assert len(ranges) == 2 + len(won)
+            assert [await two.get(b"key%d" % i) for i in range(10)] == [
+                b"v%d" % i for i in range(10)]
+        meta = cluster.servers[1].nodes[0].state_machine
+        assert meta.maps is not None
+        check_history(meta.maps)
