@@ -141,6 +141,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     machine = _state_machine(args)
     loop = new_event_loop()
     try:
+        if args.shards is not None:
+            from engine.aio.shard_server import serve_shards
+
+            if machine is not None:
+                raise ConfigError("--shards serves the sharded KV store: no --state-machine")
+            if config.join:
+                raise ConfigError("--shards with --join: a node joining a sharded cluster "
+                                  "would receive ranges by moves, which are not built")
+            loop.run_until_complete(serve_shards(config, args.shards,
+                                                 auto_split_s=args.auto_split_s))
+            return exitcodes.OK
         loop.run_until_complete(serve(config, campaign=args.campaign, state_machine=machine))
     finally:
         loop.close()
@@ -486,6 +497,12 @@ def add_serve_parser(sub: Any) -> argparse.ArgumentParser:
                             "this node); then `members add` it (Raft)")
     serve.add_argument("--witness", action="store_true",
                        help="join as a witness: stores log metadata only, never leads")
+    add_setting(serve, "--shards", type=int,
+                help="serve a sharded KV store: the meta group and N ranges pre-split "
+                     "(docs/sharding.md); the same N on every node and every restart")
+    add_setting(serve, "--auto-split-s", type=float,
+                help="with --shards: every this many seconds, split a range this node "
+                     "leads that is past the size or load limit (docs/sharding.md)")
     serve.set_defaults(func=cmd_serve)
     return serve
 
@@ -659,6 +676,58 @@ def add_bench_parser(sub: Any) -> argparse.ArgumentParser:
     return bench
 
 
+def cmd_shards(args: argparse.Namespace) -> int:
+    """`shards list` / `shards split KEY` (docs/sharding.md)."""
+    from engine.aio import shard_admin
+    from engine.aio.client import Client
+
+    members = cluster_members(args)
+    timeout = 30.0 if args.timeout is None else args.timeout
+    split_key = (output.decode_arg(args.key, hex_input=args.hex, what="split key")
+                 if args.op == "split" else b"")
+
+    def show(key: bytes | None) -> str | None:
+        return None if key is None else output.show_value(key, hex_output=args.hex,
+                                                          key=key, what="key")
+
+    def row(r: Any) -> dict[str, Any]:
+        return {"range": r.range_id, "start": show(r.start), "end": show(r.end),
+                "group": r.group_id, "epoch": r.epoch,
+                "voters": list(r.voters), "learners": list(r.learners)}
+
+    async def run() -> Any:
+        async with Client(list(members.values()), cluster_key=cluster_key(args),
+                          timeout=timeout, encrypt_payloads=bool(args.encrypt)) as c:
+            if args.op == "list":
+                return [row(r) for r in await shard_admin.shard_map(c, timeout=timeout)]
+            done = await shard_admin.split(c, split_key, timeout=timeout)
+            return {"map_version": done.map_version, "left": row(done.left),
+                    "right": row(done.right), "already_split": done.finished_only}
+
+    result = asyncio.run(run())
+    if args.op == "list":
+        columns = ("range", "start", "end", "group", "epoch", "voters", "learners")
+        output.emit(result, args.output, columns,
+                    [tuple(str(r[c]) for c in columns) for r in result])
+    else:
+        output.emit(result, args.output)
+    return exitcodes.OK
+
+
+def add_shards_parser(sub: Any) -> argparse.ArgumentParser:
+    shards = sub.add_parser("shards", help="list the ranges of a sharded cluster, or split "
+                                           "one (serve --shards; docs/sharding.md)")
+    _cluster_args(shards)
+    _timeout_arg(shards, 30.0)
+    shards.add_argument("--hex", action="store_true", help="keys (in and out) are hex")
+    ops = shards.add_subparsers(dest="op", required=True)
+    ops.add_parser("list", help="every range: span, group, epoch, replicas")
+    split = ops.add_parser("split", help="split the range owning KEY at KEY, live")
+    split.add_argument("key")
+    shards.set_defaults(func=cmd_shards)
+    return shards
+
+
 def _fail(error: Exception, args: argparse.Namespace) -> int:
     raise error
 
@@ -667,7 +736,7 @@ def _fail(error: Exception, args: argparse.Namespace) -> int:
 SUBCOMMANDS: tuple[Callable[[Any], argparse.ArgumentParser], ...] = (
     add_serve_parser, add_status_parser, add_kv_parser, add_transfer_parser,
     add_members_parser, add_snapshot_parser, add_keygen_parser, add_check_parser,
-    add_wal_parser, add_bench_parser,
+    add_wal_parser, add_bench_parser, add_shards_parser,
 )
 
 

@@ -95,6 +95,8 @@ class ClientStatus(IntEnum):
     REJECTED = 2        # definite no (overload, too large, ...); context = reason
     ERROR = 3           # the state machine raised; context = message
     UNKNOWN = 4         # outcome unknown (e.g. leadership lost while pending)
+    WRONG_SHARD = 5     # the key is outside the range this group serves; definite: not
+                        # applied; context = engine.shard.replica's wrong-shard answer
 
 
 class AdminOp(IntEnum):

@@ -18,6 +18,13 @@ an idle session (registering one when none is idle), uses its next seq (every re
 it), and returns it when the write is answered. Responses are matched by a per-client request number
 (Message.seq), separate from the session seq inside the command. A session the cluster evicted
 (Limits.max_client_sessions) is replaced by a new one (see _write).
+
+Sharded clusters (docs/sharding.md): a client starts unsharded, every request to group 0 as
+for a single-group cluster. A sharded cluster's group 0 is its meta group, which answers
+WRONG_SHARD to key-value requests: from then on each key goes to its range's group, found in
+a RangeCache (engine.shard.routing) filled from the meta group; leaders and session pools are
+kept per group; WRONG_SHARD answers update the cache and the request goes again; scans walk
+the ranges in key order. `shard_map()` returns every range.
 """
 
 from __future__ import annotations
@@ -33,6 +40,10 @@ from engine.aio.udp import new_boot_epoch
 from engine.config import Limits
 from engine.kv import commands
 from engine.messages import AdminOp, ClientOp, ClientStatus, Message, MessageType, enum_members
+from engine.shard import meta as shard_meta
+from engine.shard import replica as shard_replica
+from engine.shard.map import RangeDescriptor
+from engine.shard.routing import RangeCache
 from engine.txn.hlc import Timestamp
 from engine.types import MIN_CLIENT_ID, check_client_id, parse_address
 
@@ -61,6 +72,19 @@ def _local_address(addresses: list[tuple[str, int]]) -> tuple[str, int]:
 
 class _SessionExpired(errors.Timeout):
     """The outcome is unknown and the session is gone (see Client._write)."""
+
+
+class _WrongShardAnswer(Exception):
+    """A range (or the meta group) answered WRONG_SHARD: nothing was applied by this copy.
+    `ambiguous`: an earlier copy of the same request got no definite answer."""
+
+    def __init__(self, error: errors.WrongShard, ambiguous: bool) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.ambiguous = ambiguous
+
+
+_NOT_HOSTED = b"is not hosted on node"
 
 
 def _expire(future: asyncio.Future[Message | None]) -> None:
@@ -130,12 +154,18 @@ class Client:
         # Idle sessions: [session id, next seq]. A timed-out write keeps its seq consumed.
         self._idle_sessions: list[list[int]] = []
         self._leader: tuple[str, int] | None = None
+        # Sharded clusters (docs/sharding.md): off until the cluster answers WRONG_SHARD
+        # (its group 0 is the meta group); then each key goes to its range's group.
+        self._sharded = False
+        self._ranges = RangeCache(limits=limits)
+        self._group_leaders: dict[int, tuple[str, int]] = {}
+        self._group_sessions: dict[int, list[list[int]]] = {}
         self._next_address = 0
         self._waiting: dict[int, asyncio.Future[Message | None]] = {}
         self._transport: asyncio.DatagramTransport | None = None
         self.counters = {"requests": 0, "retries": 0, "redirects": 0, "dropped": 0,
                          "socket_errors": 0, "datagrams_sent": 0, "sessions_opened": 0,
-                         "sessions_expired": 0}
+                         "sessions_expired": 0, "wrong_shard": 0, "map_lookups": 0}
 
     async def __aenter__(self) -> Client:
         await self.open()
@@ -177,7 +207,7 @@ class Client:
         return _write_result(self._check_write(await self._write(
             lambda session, seq: commands.encode_put(key, value, client_id=session, seq=seq,
                                                      previous=prev, timestamp=stamp),
-            timeout)))
+            timeout, key=key)))
 
     async def get(self, key: bytes, *, at: Timestamp | None = None,
                   mode: str = "linearizable", timeout: float | None = None) -> bytes | None:
@@ -199,8 +229,8 @@ class Client:
 
     async def _get(self, key: bytes, at: Timestamp | None, revision: bool, mode: str,
                    timeout: float | None) -> commands.KVResult:
-        result = commands.check_read(await self._request(
-            _OP.READ, commands.encode_query(key, at=_encoded(at), revision=revision),
+        result = commands.check_read(await self._keyed_read(
+            key, commands.encode_query(key, at=_encoded(at), revision=revision),
             _read_mode(mode), timeout))
         if not result.ok and result.error:
             raise errors.Rejected(str(result.error))   # a read never enters a log
@@ -213,7 +243,7 @@ class Client:
         return _write_result(self._check_write(await self._write(
             lambda session, seq: commands.encode_delete(key, client_id=session, seq=seq,
                                                         previous=prev),
-            timeout)))
+            timeout, key=key)))
 
     async def cas(self, key: bytes, expected: bytes | None | Any = commands.UNSET,
                   new: bytes | None = None, *, expected_revision: int | None = None,
@@ -224,7 +254,7 @@ class Client:
         commands.encode_cas_call(key, expected, new, expected_revision, value)   # checks
         result = await self._write(lambda session, seq: commands.encode_cas_call(
             key, expected, new, expected_revision, value, client_id=session, seq=seq),
-            timeout)
+            timeout, key=key)
         if result.status != _KV_STATUS.CAS_MISMATCH:
             self._check_write(result)
         return bool(result.ok)
@@ -250,12 +280,49 @@ class Client:
             if remaining <= 0:
                 raise errors.Timeout(f"scan not finished within {budget:.3g} s "
                                      f"({len(found)} keys read)")
-            page = await self.scan_page(
-                cursor, end, limit=None if limit is None else limit - len(found),
-                mode=mode, timeout=remaining)
+            want = None if limit is None else limit - len(found)
+            if self._sharded:
+                items, cursor, _ = await self._scan_range(cursor, end or None, want, mode,
+                                                          deadline)
+                found += items
+                continue
+            page = await self.scan_page(cursor, end, limit=want, mode=mode,
+                                        timeout=remaining)
             found += page.items
             cursor = page.resume_key
         return found
+
+    async def _scan_range(self, cursor: bytes, end: bytes | None, limit: int | None,
+                          mode: str, deadline: float, max_bytes: int | None = None
+                          ) -> tuple[list[commands.KeyValue], bytes | None, int | None]:
+        """One page of a sharded scan: the part of [cursor, end) in the range owning
+        `cursor`, read linearizably (in `mode`) by that range's group; the next cursor
+        (None: the scan is done) and the page's revision. Pages stitch in key order: each
+        range's keys, then the next range's from its start."""
+        loop = asyncio.get_running_loop()
+        attempt = 0
+        while True:
+            descriptor = await self._route(cursor, deadline)
+            piece_end = descriptor.end if end is None or (
+                descriptor.end is not None and descriptor.end < end) else end
+            room = self._max_scan_page_bytes
+            query = commands.encode_scan(
+                cursor, piece_end, limit=commands.U32_MAX if limit is None else limit,
+                max_bytes=room if max_bytes is None else min(max_bytes, room))
+            try:
+                result = await self._request(_OP.READ, query, _read_mode(mode),
+                                             max(deadline - loop.time(), 0.001),
+                                             group=descriptor.group_id)
+            except _WrongShardAnswer as exc:
+                attempt += 1
+                await self._after_wrong_shard(exc.error, cursor, attempt, deadline)
+                continue
+            page = self._scan_page_of(result)
+            if page.resume_key is not None:
+                return list(page.items), page.resume_key, page.revision
+            if piece_end is None or piece_end == end:
+                return list(page.items), None, page.revision
+            return list(page.items), piece_end, page.revision
 
     async def scan_prefix(self, prefix: bytes, *, limit: int | None = None,
                           mode: str = "linearizable", timeout: float | None = None
@@ -273,12 +340,32 @@ class Client:
         """One SCAN round trip: the first keys of [start, end) that fit one reply datagram
         (max_bytes: at most that many bytes of result, capped at the datagram's room) and
         `limit`. page.resume_key is the next page's start (None: the range is done). The
-        building block of scan, for callers that page themselves (e.g. range by range)."""
+        building block of scan, for callers that page themselves (e.g. range by range).
+        In a sharded cluster a page holds keys of one range only (read by that range's
+        group): a range's last page says `more` while later ranges meet the span."""
         room = self._max_scan_page_bytes
-        query = commands.encode_scan(
-            start, end, limit=commands.U32_MAX if limit is None else limit,
-            max_bytes=room if max_bytes is None else min(max_bytes, room))
-        result = await self._request(_OP.READ, query, _read_mode(mode), timeout)
+        budget = self.timeout if timeout is None else timeout
+        if not self._sharded:
+            query = commands.encode_scan(
+                start, end, limit=commands.U32_MAX if limit is None else limit,
+                max_bytes=room if max_bytes is None else min(max_bytes, room))
+            try:
+                result = await self._request(_OP.READ, query, _read_mode(mode), budget)
+            except _WrongShardAnswer as exc:
+                self._on_wrong_shard(exc.error)   # the meta group: the cluster is sharded
+            else:
+                return self._scan_page_of(result)
+        commands.check_scan_range(start, end, limit)
+        deadline = asyncio.get_running_loop().time() + budget
+        cursor: bytes | None = start
+        items: list[commands.KeyValue] = []
+        revision: int | None = None
+        while not items and cursor is not None:   # skip ranges with no key in the span
+            items, cursor, revision = await self._scan_range(
+                cursor, end or None, limit, mode, deadline, max_bytes)
+        return commands.ScanPage(items, cursor is not None, revision)
+
+    def _scan_page_of(self, result: Any) -> commands.ScanPage:
         if not result.ok:
             raise errors.Rejected(str(result.error or result.status))   # never in a log
         try:
@@ -296,15 +383,21 @@ class Client:
         it goes to other nodes only while the answers are definite (NOT_LEADER, REJECTED),
         and when an attempt gets no answer the call raises Timeout (it may have applied)
         unless `idempotent=True` allows sending it again until the timeout."""
-        return bytes(await self._request(_OP.WRITE, bytes(command), 0, timeout,
-                                         raw=True, resend=idempotent))
+        try:
+            return bytes(await self._request(_OP.WRITE, bytes(command), 0, timeout,
+                                             raw=True, resend=idempotent))
+        except _WrongShardAnswer as exc:   # a sharded cluster's group 0 is its meta group
+            raise exc.error from None
 
     async def query(self, query: bytes, *, mode: str = "linearizable",
                     timeout: float | None = None) -> bytes:
         """Run `query` on the state machine's query() without writing the log (modes as for
         get); its raw answer."""
-        return bytes(await self._request(_OP.READ, bytes(query), _read_mode(mode), timeout,
-                                         raw=True))
+        try:
+            return bytes(await self._request(_OP.READ, bytes(query), _read_mode(mode),
+                                             timeout, raw=True))
+        except _WrongShardAnswer as exc:
+            raise exc.error from None
 
     async def status(self, address: str | None = None, *,
                      timeout: float | None = None) -> dict[str, Any]:
@@ -438,45 +531,81 @@ class Client:
         self._request_number += 1
         return self._request_number
 
-    async def _write(self, build: Any, timeout: float | None = None) -> Any:
-        """One write in a borrowed session (see the module docstring).
+    async def _write(self, build: Any, timeout: float | None = None, *,
+                     key: bytes | None = None) -> Any:
+        """One write in a borrowed session (see the module docstring), sent to the group of
+        `key`'s range in a sharded cluster (a session lives in one group).
 
         The cluster evicts the least recently used session past Limits.max_client_sessions.
         A write answered SESSION_EXPIRED was not applied; the session is dropped and, when no
         earlier attempt can still apply, the write goes again in a new session; otherwise the
-        outcome is unknown (_request raises _SessionExpired, a Timeout)."""
+        outcome is unknown (_request raises _SessionExpired, a Timeout). A write answered
+        WRONG_SHARD was not applied either: it goes again to the range now owning the key,
+        unless an earlier copy got no answer (then it may have applied before a split and
+        moved with the data, and the outcome is unknown: Timeout)."""
         loop = asyncio.get_running_loop()
         budget = timeout or self.timeout
         deadline = loop.time() + budget
-        session = self._idle_sessions.pop() if self._idle_sessions else None
+        group = 0
+        if self._sharded and key is not None:
+            group = (await self._route(key, deadline)).group_id
+        pool = self._sessions_of(group)
+        session = pool.pop() if pool else None
+        wrong_shards = 0
         while True:
+            wrong: errors.WrongShard | None = None
             if session is None:
-                session = await self._open_session(deadline - loop.time())
-            session_id, seq = session
-            session[1] = seq + 1  # consumed whatever happens: a retry of this write reuses seq
-            keep = True
-            try:
-                result = await self._request(_OP.WRITE, build(session_id, seq),
-                                             timeout=max(deadline - loop.time(), 0.001))
-                if result.status != _KV_STATUS.SESSION_EXPIRED:
-                    return result
-                keep = False
-            except _SessionExpired:
-                keep = False
-                raise
-            finally:
-                if keep:
-                    self._idle_sessions.append(session)
-                else:
-                    self.counters["sessions_expired"] += 1
-            session = None
+                try:
+                    session = await self._open_session(deadline - loop.time(), group)
+                except _WrongShardAnswer as exc:
+                    wrong = exc.error
+            if session is not None and wrong is None:
+                session_id, seq = session
+                session[1] = seq + 1  # consumed whatever happens: a retry reuses seq
+                keep = True
+                try:
+                    result = await self._request(_OP.WRITE, build(session_id, seq),
+                                                 timeout=max(deadline - loop.time(), 0.001),
+                                                 group=group)
+                    if result.status != _KV_STATUS.SESSION_EXPIRED:
+                        return result
+                    keep = False
+                except _SessionExpired:
+                    keep = False
+                    raise
+                except _WrongShardAnswer as exc:
+                    # Not applied by this copy (engine.shard.replica: checked before the
+                    # log and again at apply); the session stays usable (a seq skipped).
+                    if exc.ambiguous:
+                        # An earlier copy got no answer: it may have applied before a split
+                        # and moved with the data; sent again to the new range in another
+                        # session it could apply twice.
+                        raise errors.Timeout(
+                            "the range split while this write was retried: it may have "
+                            "applied") from None
+                    wrong = exc.error
+                finally:
+                    if keep:
+                        pool.append(session)
+                    else:
+                        self.counters["sessions_expired"] += 1
+                session = None
+            if wrong is not None:
+                if key is None:
+                    raise errors.StateMachineError(str(wrong))
+                wrong_shards += 1
+                await self._after_wrong_shard(wrong, key, wrong_shards, deadline)
+                group = (await self._route(key, deadline)).group_id
+                pool = self._sessions_of(group)
+                session = pool.pop() if pool else None
+                continue
             if loop.time() >= deadline:
                 raise errors.Timeout(
                     f"the cluster expired every session this write was sent in within "
                     f"{budget} s (it did not apply: Limits.max_client_sessions is "
                     f"too small for the number of writers)")
 
-    async def _open_session(self, timeout: float) -> list[int]:
+    async def _open_session(self, timeout: float, group: int = 0) -> list[int]:
         """Register a new session (Raft thesis §6.3): [client id, next seq].
 
         A retried REGISTER may open two sessions; the unused one is evicted in its turn."""
@@ -484,7 +613,7 @@ class Client:
             raise errors.Timeout("no time left to open a client session")
         self.counters["sessions_opened"] += 1
         result = await self._request(_OP.WRITE, commands.encode_register(),
-                                     timeout=timeout)
+                                     timeout=timeout, group=group)
         try:
             return [commands.decode_client_id(result), 1]
         except errors.DecodeError as exc:
@@ -502,7 +631,7 @@ class Client:
 
     async def _request(self, op: int, payload: bytes, read_mode: int = 0,
                        timeout: float | None = None, *, raw: bool = False,
-                       resend: bool = True) -> Any:
+                       resend: bool = True, group: int = 0) -> Any:
         """`read_mode`: index into engine.aio.node.READ_MODES, carried in Message.index.
         The decoded KV result, or with raw=True the state machine's bytes. resend=False:
         an attempt without a definite answer is not sent again (Timeout)."""
@@ -524,11 +653,12 @@ class Client:
             if ambiguous and not resend:
                 raise errors.Timeout("no definite answer (the command may have applied; "
                                      "call(..., idempotent=True) sends it again)")
-            target = self._leader or self.addresses[self._next_address % len(self.addresses)]
+            leader = self._leader if not group else self._group_leaders.get(group)
+            target = leader or self.addresses[self._next_address % len(self.addresses)]
             wait = (min(remaining, self.attempt_timeout * (1 + min(attempt, 4))) if resend
                     else remaining)
             future, timer = self._send_request(target, op, seq, payload, wait,
-                                               _MT.CLIENT_REQUEST, read_mode)
+                                               _MT.CLIENT_REQUEST, read_mode, group)
             try:
                 response = await future
             finally:
@@ -542,13 +672,13 @@ class Client:
                 # Lost, slow, or the node could not tell: retry (same seq: applied once).
                 ambiguous = True
                 self.counters["retries"] += 1
-                self._leader = None
+                self._set_leader(group, None)
                 self._next_address += 1
                 await self._back_off(attempt, deadline)
                 continue
             status = response.status
             if status == _STATUS.OK:
-                self._leader = target
+                self._set_leader(group, target)
                 if raw:
                     return response.context
                 result = commands.decode_result(response.context)
@@ -562,15 +692,31 @@ class Client:
             if status == _STATUS.NOT_LEADER:
                 self.counters["redirects"] += 1
                 hint = response.context.decode(errors="replace")
-                self._leader = None
+                new_leader: tuple[str, int] | None = None
                 if hint:
                     try:
-                        self._leader = parse_address(hint)
+                        new_leader = parse_address(hint)
                     except errors.ConfigError:
-                        self._leader = None
-                if self._leader is None:
+                        new_leader = None
+                self._set_leader(group, new_leader)
+                if new_leader is None:
                     self._next_address += 1
                     await self._back_off(attempt, deadline)  # an election is probably running
+                continue
+            if status == _STATUS.WRONG_SHARD:
+                self.counters["wrong_shard"] += 1
+                try:
+                    error = shard_replica.decode_wrong_shard(bytes(response.context))
+                except errors.DecodeError as exc:
+                    raise errors.EngineError(f"undecodable wrong-shard answer: {exc}") from None
+                raise _WrongShardAnswer(error, ambiguous)
+            if status == _STATUS.ERROR and group and _NOT_HOSTED in response.context:
+                # This node does not host the group (yet: a split's new range starts on
+                # its replicas when they apply the split): nothing applied; another node,
+                # or this one later.
+                self._set_leader(group, None)
+                self._next_address += 1
+                await self._back_off(attempt, deadline)
                 continue
             if status == _STATUS.REJECTED:
                 reason = response.context.decode(errors="replace")
@@ -586,6 +732,103 @@ class Client:
             if status == _STATUS.ERROR:
                 raise errors.StateMachineError(response.context.decode(errors="replace"))
             raise errors.EngineError(f"unknown response status {status}")
+
+    # ------------------------------------------------------------------ shard routing
+
+    def _set_leader(self, group: int, leader: tuple[str, int] | None) -> None:
+        if not group:
+            self._leader = leader
+        elif leader is None:
+            self._group_leaders.pop(group, None)
+        else:
+            self._group_leaders[group] = leader
+
+    def _sessions_of(self, group: int) -> list[list[int]]:
+        """The idle sessions of a group (a KV session lives in one group's state)."""
+        if not group:
+            return self._idle_sessions
+        pool = self._group_sessions.get(group)
+        if pool is None:
+            pool = self._group_sessions[group] = []
+        return pool
+
+    def _on_wrong_shard(self, error: errors.WrongShard) -> bool:
+        """Learn from a wrong-shard answer; True if the routing cache changed."""
+        if error.range_id == 0:
+            self._sharded = True   # the meta group answered: this cluster is sharded
+            return False
+        return self._ranges.on_wrong_shard(error)
+
+    async def _after_wrong_shard(self, error: errors.WrongShard, key: bytes, attempt: int,
+                                 deadline: float) -> None:
+        """After a wrong-shard answer for `key`: use its hints, else re-read the key's
+        range from the meta group (and wait a little if even that did not change the
+        route: the meta group is ahead of the range, which is still applying the split)."""
+        if self._on_wrong_shard(error):
+            return
+        before = self._ranges.lookup(key)
+        await self._meta_lookup(key, deadline)
+        if self._ranges.lookup(key) == before:
+            await self._back_off(attempt, deadline)
+
+    async def _route(self, key: bytes, deadline: float) -> RangeDescriptor:
+        """The cached range owning `key`, looked up in the meta group on a miss."""
+        attempt = 0
+        while True:
+            descriptor = self._ranges.lookup(key)
+            if descriptor is not None:
+                return descriptor
+            attempt += 1
+            await self._meta_lookup(key, deadline)
+            descriptor = self._ranges.lookup(key)
+            if descriptor is not None:
+                return descriptor
+            # The meta group's answer is older than a descriptor already seen (a lagging
+            # replica answered): ask again.
+            await self._back_off(attempt, deadline)
+
+    async def _meta_lookup(self, key: bytes, deadline: float) -> None:
+        """Read the range owning `key` from the meta group (linearizable) into the cache."""
+        loop = asyncio.get_running_loop()
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            raise errors.Timeout("no time left to look the key's range up")
+        self.counters["map_lookups"] += 1
+        raw = await self._request(
+            _OP.READ, shard_replica.meta_envelope(shard_meta.encode_query_lookup(key)), 0,
+            remaining, raw=True, group=shard_replica.META_GROUP_ID)
+        result = shard_meta.decode_result(bytes(raw)).raise_for_status()
+        self._ranges.insert_all(result.descriptors)
+
+    async def shard_map(self, *, timeout: float | None = None) -> list[RangeDescriptor]:
+        """Every range of a sharded cluster, in key order, read from its meta group
+        (linearizable). Rejected if the cluster is not sharded."""
+        raw = await self.query(shard_replica.meta_envelope(shard_meta.encode_query_map()),
+                               timeout=timeout)
+        if shard_replica.is_wrong_shard(raw):
+            raise errors.Rejected("this cluster has no meta group (it is not sharded)")
+        try:
+            result = shard_meta.decode_result(raw).raise_for_status()
+        except errors.DecodeError as exc:
+            raise errors.Rejected(f"this cluster has no meta group: {exc}") from None
+        self._sharded = True
+        self._ranges.insert_all(result.descriptors)
+        return list(result.descriptors)
+
+    async def _keyed_read(self, key: bytes, query: bytes, read_mode: int,
+                          timeout: float | None) -> Any:
+        """A read of `key` sent to the group of its range (group 0 while unsharded)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (self.timeout if timeout is None else timeout)
+        attempt = 0
+        while True:
+            group = (await self._route(key, deadline)).group_id if self._sharded else 0
+            try:
+                return await self._request(_OP.READ, query, read_mode,
+                                            max(deadline - loop.time(), 0.001), group=group)
+            except _WrongShardAnswer as exc:
+                attempt += 1
+                await self._after_wrong_shard(exc.error, key, attempt, deadline)
 
     async def _back_off(self, attempt: int, deadline: float) -> None:
         """Sleep backoff_delay(attempt), never past the deadline."""
@@ -745,7 +988,7 @@ class Client:
             del self._waiting[seq]
 
     def _send_request(self, target: tuple[str, int], op: int, seq: int, payload: bytes,
-                      wait: float, kind: int, read_mode: int
+                      wait: float, kind: int, read_mode: int, group: int = 0
                       ) -> tuple[asyncio.Future[Message | None], asyncio.TimerHandle]:
         """_exchange's first half, for callers that await the future themselves (_request:
         one coroutine less per write); they must _forget(seq, future, timer) after."""
@@ -759,7 +1002,7 @@ class Client:
             outbox = self._outbox[target] = []
         outbox.append(Message(
             int(kind), src=self.client_id, seq=seq, status=int(op), context=payload,
-            index=read_mode, commit=self._max_reply_bytes,
+            index=read_mode, commit=self._max_reply_bytes, group=group,
         ))
         if len(self._waiting) == 1:
             # Nothing else outstanding (one caller, request after request): send now, not at

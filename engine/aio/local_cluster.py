@@ -12,6 +12,13 @@ promotion); `await cluster.remove_node(node_id)` asks the leader to remove one (
 quiet, status()["removed"]). Each node keeps the NodeConfig it first started with, so a
 restart sees the same bootstrap configuration (the log and snapshots hold the changes).
 
+Sharding (docs/sharding.md): `LocalCluster(n=3, shards=8)` runs each node as an
+engine.aio.shard_server.ShardServer (one NodeHost: the meta group, group 0, and the ranges,
+groups 1..8, pre-split at engine.aio.shard_server.presplit_keys(8), or at `split_keys=`);
+`cluster.nodes` are then the meta group's nodes and `cluster.servers` the processes;
+`cluster.client()` routes each key to its range. shards=1 (the default) is one group per
+node, as without sharding.
+
 `stop(node_id)` is a crash: the node vanishes mid-flight and a restart recovers only what it
 had persisted (its WAL with data_dir set; its in-memory storage otherwise — kept by the cluster
 so an in-memory node restarts like one with a disk, which Raft requires for safety).
@@ -61,7 +68,9 @@ class LocalCluster:
     def __init__(
         self, n: int = 3, protocol: str = "raft", data_dir: str | os.PathLike[str] | None = None,
         state_machine: Callable[[], Any] | None = None, *, cluster_key: bytes | None = None,
-        host: str = "127.0.0.1", **node_options: Any,
+        host: str = "127.0.0.1", shards: int = 1,
+        split_keys: Iterable[bytes] | None = None, auto_split_s: float | None = None,
+        **node_options: Any,
     ) -> None:
         if n < 1:
             raise errors.ConfigError(f"a cluster needs at least one node, got n={n}")
@@ -69,7 +78,18 @@ class LocalCluster:
             from engine.kv import KVStore
 
             state_machine = KVStore
+        if shards < 1:
+            raise errors.ConfigError(f"shards must be at least 1, got {shards}")
+        if (shards > 1 or split_keys is not None) and protocol != "raft":
+            raise errors.ConfigError("a sharded cluster runs Raft (docs/sharding.md)")
         self.n = n
+        self.shards = shards
+        self.split_keys = None if split_keys is None else sorted(split_keys)
+        self.auto_split_s = auto_split_s
+        self.servers: dict[int, Any] = {}
+        # Tests: the servers keep every map version and every keyed write applied
+        # (engine.aio.shard_server.ShardServer, record=).
+        self.record_shards = False
         self.protocol = protocol
         self.data_dir = None if data_dir is None else os.fspath(data_dir)
         self.state_machine_factory = state_machine
@@ -114,15 +134,32 @@ class LocalCluster:
         if self.data_dir is None:
             storage = self._storages.setdefault(node_id, MemoryStorage())
         config = self._configs.setdefault(node_id, self.config(node_id))
-        node = Node(config, self.state_machine_factory(), storage=storage)
-        await node.start()
+        if self.sharded:
+            from engine.aio.shard_server import ShardServer, initial_map
+
+            server = ShardServer(config, initial_map(
+                list(self.members), self.shards, self.split_keys), storage=storage,
+                record=self.record_shards, auto_split_s=self.auto_split_s)
+            await server.start()
+            self.servers[node_id] = server
+            node = server.meta
+        else:
+            node = Node(config, self.state_machine_factory(), storage=storage)
+            await node.start()
         self.nodes[node_id] = node
         if self._groups is not None:
             self._apply_partition_to(node_id)
         return node
 
+    @property
+    def sharded(self) -> bool:
+        return self.shards > 1 or self.split_keys is not None or self.auto_split_s is not None
+
     async def close(self) -> None:
         """Stop every running node (leaving `async with` does this)."""
+        for server in list(self.servers.values()):
+            if server.running:
+                await server.stop()
         for node in list(self.nodes.values()):
             if node.running:
                 await node.stop()
@@ -139,6 +176,10 @@ class LocalCluster:
     async def start_joining(self, node_id: int | None = None, *, witness: bool = False) -> Node:
         """Start a new node as a learner of this cluster (NodeConfig(join=True)): it gets no
         vote until the leader adds and promotes it (add_node does both)."""
+        if self.sharded:
+            # A node joining a sharded cluster would receive ranges by moves (not built,
+            # docs/sharding.md).
+            raise errors.ConfigError("a sharded LocalCluster cannot add nodes")
         if node_id is None:
             node_id = max(self.members) + 1
         if node_id in self.members:
@@ -186,7 +227,11 @@ class LocalCluster:
 
     async def stop(self, node_id: int) -> None:
         """Crash one node: it stops at once; only what it persisted survives a restart."""
-        self._node(node_id).crash()
+        server = self.servers.get(node_id)
+        if server is not None:
+            server.crash()
+        else:
+            self._node(node_id).crash()
         await asyncio.sleep(0)
 
     async def restart(self, node_id: int) -> Node:

@@ -23,6 +23,7 @@ from engine.messages import (
     MessageType,
     enum_members,
 )
+from engine.shard.replica import is_wrong_shard, refusal_of
 
 if TYPE_CHECKING:
     pass
@@ -65,6 +66,13 @@ class NodeServing(NodeComponent):
             self._reply_outcome(message, address, done)
 
         try:
+            if self._sharded and op in (_OP.WRITE, _OP.READ):
+                # A range checks the key before the log or a read (engine.shard.replica).
+                refusal = refusal_of(self.node.state_machine, message.context,
+                                     op == _OP.WRITE)
+                if refusal is not None:
+                    self._reply(message, address, _STATUS.WRONG_SHARD, refusal)
+                    return
             if op == _OP.WRITE:
                 leader_id = self._core.leader_id
                 if leader_id != self.config.node_id:
@@ -99,7 +107,16 @@ class NodeServing(NodeComponent):
         elif (exc := done.exception()) is not None:
             self._reply_error(message, address, exc)
         else:
-            self._reply(message, address, _STATUS.OK, done.result())
+            result = done.result()
+            if self._sharded and is_wrong_shard(result):
+                # Refused when it applied (a split committed first): nothing changed.
+                self._reply(message, address, _STATUS.WRONG_SHARD, result)
+            else:
+                self._reply(message, address, _STATUS.OK, result)
+
+    @property
+    def _sharded(self) -> bool:
+        return hasattr(self.node.state_machine, "refusal_of_request")
 
     def _reply_error(self, message: Message, address: Any, exc: BaseException) -> None:
         if isinstance(exc, errors.NotLeader):

@@ -354,6 +354,17 @@ class MetaStateMachine:
         self._max_group_id = 0
         self._applied_index = 0
 
+    @classmethod
+    def with_map(cls, shard_map: ShardMap) -> MetaStateMachine:
+        """A meta state machine that starts from `shard_map` (ids allocated up to its
+        largest): the initial state every replica of a pre-split cluster is built with, as
+        if BOOTSTRAP and the splits had applied before index 1."""
+        machine = cls()
+        machine._map = shard_map
+        machine._max_range_id = max(r.range_id for r in shard_map)
+        machine._max_group_id = max(r.group_id for r in shard_map)
+        return machine
+
     @property
     def shard_map(self) -> ShardMap | None:
         """The current map; None until BOOTSTRAP applied."""
