@@ -25,7 +25,8 @@ The model
              calls `host.persisted()`. Snapshot files and WAL compaction markers are written by
              the drivers' storage and snapshot jobs, run as events.
   crashes    a crash loses the batch in flight (one WAL record: all of it or none) and
-             everything in memory; a restart rebuilds every group's core and state machine
+             everything in memory (with faults.unsynced_crash a process also crashes at the
+             fsync's completion, instead of it); a restart rebuilds every group's core and state machine
              from its SimDisk (the snapshot file, then the log after it).
   clock      simulated time; each process calls `host.tick()` every tick (processes are not
              in phase).
@@ -131,6 +132,7 @@ class MultiFaults:
     restart: float = 0.0     # P(restart a random down process) per nemesis step
     propose_interval_ms: int = 0   # 0: no background clients
     forward: float = 0.0     # P(a client proposes at a follower, which forwards)
+    unsynced_crash: float = 0.0   # P(the process crashes instead of completing an fsync)
 
     @classmethod
     def swarm(cls, rng: random.Random) -> MultiFaults:
@@ -150,6 +152,7 @@ class MultiFaults:
             restart=rng.uniform(0.2, 0.6),
             propose_interval_ms=rng.randint(2, 20),
             forward=rng.uniform(0.0, 0.3),
+            unsynced_crash=0.0 if rng.random() < 0.5 else rng.uniform(0.0, 0.01),
         )
 
     def healed(self) -> MultiFaults:
@@ -529,7 +532,8 @@ _STATS = (
     "datagrams_sent", "datagrams_lost", "datagrams_duplicated", "datagrams_blocked",
     "messages_sent", "crashes", "restarts", "partitions", "disk_truncations", "proposals",
     "client_requests", "forwarded_requests", "answered_ok", "answered_definite_failure",
-    "answered_unknown", "snapshots_written", "snapshots_installed",
+    "answered_unknown", "snapshots_written", "snapshots_installed", "batches_lost",
+    "unsynced_crashes",
 )
 
 
@@ -627,6 +631,8 @@ class MultiSim:
             return
         for view in self.views.values():
             view.check_durable()
+        if process.disk is not None and process.disk.pending is not None:
+            self.stats["batches_lost"] += 1
         host.stop()
         for driver in host.groups.values():
             driver.fail_everything(Stopped("process crashed"))
@@ -789,6 +795,11 @@ class MultiSim:
             if (host is not None and disk is not None and payload == process.incarnation
                     and disk.pending is not None):
                 self._trace_event(_PERSIST, target, len(disk.pending[0]), 0, 0, 0)
+                rate = self.faults.unsynced_crash
+                if rate and self.rng.random() < rate:   # the fsync never completes
+                    self.stats["unsynced_crashes"] += 1
+                    self.crash(target)
+                    return
                 disk.complete()
                 disk.calls_this_turn = 0
                 host.persisted()
