@@ -90,6 +90,7 @@ from engine.messages import ClientStatus, EntryKind, Message, MessageType
 from engine.paxos.core import IDENTITY_BYTES
 from engine.raft.membership import encode_membership
 from engine.testing.invariants import ClusterChecker, check_definite_failures_not_applied
+from engine.testing.sim_disk import SimDisk
 from engine.testing.sim_node import SimNode
 from engine.testing.sim_paxos import PaxosProtocol
 from engine.testing.sim_raft import RaftProtocol
@@ -133,6 +134,7 @@ class MultiFaults:
     propose_interval_ms: int = 0   # 0: no background clients
     forward: float = 0.0     # P(a client proposes at a follower, which forwards)
     unsynced_crash: float = 0.0   # P(the process crashes instead of completing an fsync)
+    group_restart: float = 0.0    # P(one group's replica is rebuilt in place) per nemesis step
 
     @classmethod
     def swarm(cls, rng: random.Random) -> MultiFaults:
@@ -153,6 +155,7 @@ class MultiFaults:
             propose_interval_ms=rng.randint(2, 20),
             forward=rng.uniform(0.0, 0.3),
             unsynced_crash=0.0 if rng.random() < 0.5 else rng.uniform(0.0, 0.01),
+            group_restart=0.0 if rng.random() < 0.5 else rng.uniform(0.0, 0.5),
         )
 
     def healed(self) -> MultiFaults:
@@ -517,6 +520,7 @@ class SimProcess:
     host: Host | None = None
     transport: ProcessTransport | None = None
     disk: SimProcessDisk | None = None
+    jobs: SimJobs | None = None
     # This incarnation's counts: save_many calls (batches), syncs among them, and how many
     # batches each group appeared in.
     batches: int = 0
@@ -537,7 +541,7 @@ _STATS = (
     "messages_sent", "crashes", "restarts", "partitions", "disk_truncations", "proposals",
     "client_requests", "forwarded_requests", "answered_ok", "answered_definite_failure",
     "answered_unknown", "snapshots_written", "snapshots_installed", "batches_lost",
-    "unsynced_crashes",
+    "unsynced_crashes", "group_restarts",
 )
 
 
@@ -835,7 +839,8 @@ class MultiSim:
             self._schedule(self.faults.nemesis_interval_ms, _NEMESIS, 0, None)
 
     def _nemesis_active(self) -> bool:
-        return bool(self.faults.partition or self.faults.crash)
+        faults = self.faults
+        return bool(faults.partition or faults.crash or faults.group_restart)
 
     def _schedule(self, delay_ms: int, kind: int, target: int, payload: Any) -> None:
         self._sequence += 1
@@ -881,9 +886,25 @@ class MultiSim:
         host = Host(process.process_id, transport=process.transport, storage=process.disk,
                     call_soon=call_soon)
         process.host = host
-        jobs = SimJobs(self, process)
-        for group, view in self.views.items():
-            node = view.nodes[process.process_id]
+        process.jobs = SimJobs(self, process)
+        for group in self.views:
+            self._start_group(process, group)
+        # Processes' timers are not in phase.
+        self._schedule(1 + self.rng.randrange(self.timing.tick_ms), _TICK,
+                       process.process_id, incarnation)
+
+    def _start_group(self, process: SimProcess, group: int,
+                     written: SimDisk | None = None) -> None:
+        """Host one group's replica, rebuilt from its disk (or from `written`: the disk
+        plus the batches written but not yet synced, what reading the WAL back returns)."""
+        host = process.host
+        assert host is not None
+        view = self.views[group]
+        node = view.nodes[process.process_id]
+        disk = node.disk
+        if written is not None:
+            node.disk = written
+        try:
             node.disk.open()
             snapshot = node.disk.snapshot
             applied = 0
@@ -892,29 +913,54 @@ class MultiSim:
                 node.applied = view.protocol.restore(view, node, snapshot)
                 applied = snapshot.index
             core = view.protocol.make_core(view, node, applied)
-            core.step = self._checked_step(group, process.process_id, core.step)
-            driver = Driver(
-                process.process_id, SimStateMachine(view, node), clock=self._clock,
-                call_soon=host.group_call_soon, request_timeout_s=REQUEST_TIMEOUT_S,
-                max_entry_bytes=self.limits.max_entry_bytes,
-                max_pending_proposals=self.limits.max_pending_proposals,
-                snapshot_entries=self.snapshot_entries,
-                snapshot_trailing_entries=self.snapshot_trailing,
-            )
-            driver.hooks = GroupHooks(self, view, node)
-            node.driver = driver
-            node.snapshot_index = applied
-            node.last_commit = core.commit_index
-            node.last_term = core.term
-            node.led_ballot = 0
-            node.applied_index = applied
-            host.add_group(group, driver, core, applied=applied, storage_jobs=jobs,
-                           snapshot_jobs=jobs,
-                           membership=RaftMembership(node) if self.protocol == "raft"
-                           else None)
-        # Processes' timers are not in phase.
-        self._schedule(1 + self.rng.randrange(self.timing.tick_ms), _TICK,
-                       process.process_id, incarnation)
+        finally:
+            node.disk = disk
+        core.step = self._checked_step(group, process.process_id, core.step)
+        driver = Driver(
+            process.process_id, SimStateMachine(view, node), clock=self._clock,
+            call_soon=host.group_call_soon, request_timeout_s=REQUEST_TIMEOUT_S,
+            max_entry_bytes=self.limits.max_entry_bytes,
+            max_pending_proposals=self.limits.max_pending_proposals,
+            snapshot_entries=self.snapshot_entries,
+            snapshot_trailing_entries=self.snapshot_trailing,
+        )
+        driver.hooks = GroupHooks(self, view, node)
+        node.driver = driver
+        node.snapshot_index = applied
+        node.last_commit = core.commit_index
+        node.last_term = core.term
+        node.led_ballot = 0
+        node.applied_index = applied
+        host.add_group(group, driver, core, applied=applied, storage_jobs=process.jobs,
+                       snapshot_jobs=process.jobs,
+                       membership=RaftMembership(node) if self.protocol == "raft" else None)
+
+    def restart_group(self, process_id: int, group: int) -> None:
+        """Rebuild one group's replica inside a running process (a replica re-created in
+        place): the host stops hosting it (its save not yet written is dropped, one in
+        flight still lands), then hosts a new driver and core built from what the WAL
+        holds, synced or not (reading the WAL back returns both)."""
+        process = self.processes[process_id]
+        host, disk = process.host, process.disk
+        if host is None or disk is None or group not in host.groups:
+            return
+        driver = host.remove_group(group)
+        driver.fail_everything(Stopped("group replica restarted"))
+        process.total_group_syncs += driver.counters["syncs"]
+        view = self.views[group]
+        node = view.nodes[process_id]
+        view.protocol.on_restart(view, node)
+        stored = node.disk
+        written = SimDisk(stored.hard_state, list(stored.entries), stored.log_start,
+                          stored.snapshot)
+        for batch in disk.pending:
+            for g, entries, hard_state in batch:
+                if g == group:
+                    written.save(entries, hard_state)
+        process.saves_by_group[group] = 0   # the new driver counts its saves from 0
+        self.stats["group_restarts"] += 1
+        self._start_group(process, group, written)
+        self._trace_event(_RESTART, process_id, group, 0, 0, 0)
 
     def _checked_step(self, group: int, process_id: int,
                       step: Callable[[Message], Any]) -> Callable[[Message], Any]:
@@ -1068,6 +1114,8 @@ class MultiSim:
             self.crash(rng.choice(up))
         if down and rng.random() < faults.restart:
             self.restart(rng.choice(down))
+        if up and rng.random() < faults.group_restart:
+            self.restart_group(rng.choice(up), rng.choice(self.group_ids))
 
     def _failure(self, what: str) -> SimulationFailure:
         return SimulationFailure(
