@@ -74,6 +74,7 @@ def test_raft_swarm() -> None:
     assert _seeds_with(results, "snapshots_installed") >= 2
     assert _seeds_with(results, "disk_truncations") >= 1
     assert _seeds_with(results, "answered_unknown") >= 2
+    assert _seeds_with(results, "group_restarts") >= 2
     assert {r.groups for r in results} == set(GROUP_COUNTS)
 
 
