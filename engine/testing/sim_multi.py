@@ -28,6 +28,9 @@ The model
              everything in memory (with faults.unsynced_crash a process also crashes at the
              fsync's completion, instead of it); a restart rebuilds every group's core and
              state machine from its SimDisk (the snapshot file, then the log after it).
+  replicas   one group's replica may be rebuilt in place inside a running process
+             (`restart_group`: Host.remove_group, then add_group of a new driver and core
+             built from what the WAL holds, synced or not, as reading it back returns).
   clock      simulated time; each process calls `host.tick()` every tick (processes are not
              in phase).
   clients    propose unique commands to random groups, at the replica leading that group
