@@ -281,6 +281,12 @@ class Driver:
         self.membership = membership
         self.applied = applied
         self.tick_clock = deque(maxlen=lease_window)
+        # A forwarded proposal's answer is matched by its seq alone, and an answer sent to
+        # an earlier incarnation of this replica (a restart, a replica rebuilt in place) may
+        # still arrive: seqs start above every one an earlier incarnation used, at the clock
+        # in nanoseconds (monotonic across the processes of one machine, and no incarnation
+        # forwards a billion proposals a second), so a stale answer acknowledges nothing.
+        self.forward_seq = max(self.forward_seq, int(self.clock() * 1e9))
         self.running = True
 
     # ------------------------------------------------------------------ inputs
