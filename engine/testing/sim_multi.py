@@ -62,10 +62,12 @@ Usage:
     sim = MultiSim(processes=3, groups=16, seed=7, faults=MultiFaults(loss=0.05, ...))
     sim.run_for(3_000); sim.settle()
     run_multi_swarm(seed, groups=4)     # draws the fault rates from the seed
+    python -m engine.testing.sim_multi --seeds 100 --groups 16 --protocol paxos --fault-ms 5000
 """
 
 from __future__ import annotations
 
+import argparse
 import collections
 import hashlib
 import heapq
@@ -1161,7 +1163,42 @@ def run_multi_swarm(seed: int, *, processes: int = 3, groups: int = 4,
         syncs=sim.syncs(), group_syncs=sim.group_syncs(), stats=dict(sim.stats))
 
 
+def main(argv: list[str] | None = None) -> int:
+    """`python -m engine.testing.sim_multi`: run swarm seeds, print one line each; the exit
+    status is the number of failed seeds (capped at 100)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m engine.testing.sim_multi",
+        description="Swarm seeds of the many-groups simulator (engine.testing.sim_multi).")
+    parser.add_argument("--first", type=int, default=0, help="first seed (default 0)")
+    parser.add_argument("--seeds", type=int, default=20, help="number of seeds (default 20)")
+    parser.add_argument("--processes", type=int, default=3)
+    parser.add_argument("--groups", type=int, default=4)
+    parser.add_argument("--protocol", choices=("raft", "paxos"), default="raft")
+    parser.add_argument("--fault-ms", type=int, default=2_000,
+                        help="simulated ms of faults and clients before settling")
+    args = parser.parse_args(argv)
+    failed = 0
+    for seed in range(args.first, args.first + args.seeds):
+        try:
+            result = run_multi_swarm(seed, processes=args.processes, groups=args.groups,
+                                     protocol=args.protocol, fault_ms=args.fault_ms)
+        except SimulationFailure as failure:
+            failed += 1
+            print(f"seed {seed}: FAILED {failure}", flush=True)
+            continue
+        stats = result.stats
+        print(f"seed {seed}: ok, {result.events} events, {result.acknowledged} acknowledged, "
+              f"{stats['crashes']} crashes, {stats['batches_lost']} batches lost, "
+              f"{result.syncs} syncs in {result.batches} batches (the groups asked for "
+              f"{result.group_syncs}), trace {result.trace_hash[:16]}", flush=True)
+    print(f"{args.seeds - failed} of {args.seeds} seeds passed")
+    return min(failed, 100)
+
+
 __all__ = [
     "GroupView", "MultiFaults", "MultiSim", "MultiSwarmResult", "SimulationFailure",
-    "run_multi_swarm",
+    "main", "run_multi_swarm",
 ]
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -26,6 +26,7 @@ from engine.testing.sim_multi import (
     MultiSim,
     MultiSwarmResult,
     SimulationFailure,
+    main,
     run_multi_swarm,
 )
 
@@ -199,3 +200,9 @@ def test_a_host_that_routes_a_message_to_another_group_is_caught(
     monkeypatch.setattr(Host, "receive", misroute)
     with pytest.raises(SimulationFailure, match="stepped a message of group 2"):
         run_multi_swarm(1, groups=4)
+
+
+def test_the_command_line_runs_seeds(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--first", "4", "--seeds", "1", "--groups", "2", "--fault-ms", "500"]) == 0
+    out = capsys.readouterr().out
+    assert "seed 4: ok" in out and "1 of 1 seeds passed" in out
