@@ -281,12 +281,16 @@ class Driver:
         self.membership = membership
         self.applied = applied
         self.tick_clock = deque(maxlen=lease_window)
-        # A forwarded proposal's answer is matched by its seq alone, and an answer sent to
-        # an earlier incarnation of this replica (a restart, a replica rebuilt in place) may
-        # still arrive: seqs start above every one an earlier incarnation used, at the clock
-        # in nanoseconds (monotonic across the processes of one machine, and no incarnation
-        # forwards a billion proposals a second), so a stale answer acknowledges nothing.
-        self.forward_seq = max(self.forward_seq, int(self.clock() * 1e9))
+        # A forwarded proposal's answer is matched by its seq alone, a ReadIndex answer by
+        # its context (read_seq), and an answer sent to an earlier incarnation of this
+        # replica (a restart, a replica rebuilt in place) may still arrive: both count from
+        # above every value an earlier incarnation used, the clock in nanoseconds (monotonic
+        # across the processes of one machine, and no incarnation forwards or reads a
+        # billion times a second), so a stale answer acknowledges nothing and serves no read
+        # (Raft thesis §6.4: a read waits for a round confirmed after it began).
+        base = int(self.clock() * 1e9)
+        self.forward_seq = max(self.forward_seq, base)
+        self.read_seq = max(self.read_seq, base)
         self.running = True
 
     # ------------------------------------------------------------------ inputs

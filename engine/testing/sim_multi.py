@@ -36,7 +36,9 @@ The model
   clients    propose unique commands to random groups, at the replica leading that group
              (`Driver.submit`: the command joins that group's proposal batch of the next host
              turn); sometimes at a follower, which forwards it (the driver's forwarding and the
-             shell's relay). Every outcome is recorded; acknowledged ones must survive.
+             shell's relay). Every outcome is recorded; acknowledged ones must survive. Reads
+             go to any replica (`Driver.enqueue_read`: the turn's ReadIndex round), each
+             checked against everything committed anywhere when it began.
 
 Invariants (InvariantViolation, reported as SimulationFailure with the seed)
   per group    the single-group checkers, one per group, through the protocol adapters of the
@@ -140,6 +142,7 @@ class MultiFaults:
     forward: float = 0.0     # P(a client proposes at a follower, which forwards)
     unsynced_crash: float = 0.0   # P(the process crashes instead of completing an fsync)
     group_restart: float = 0.0    # P(one group's replica is rebuilt in place) per nemesis step
+    read: float = 0.0        # P(a client step is a linearizable read instead of writes)
 
     @classmethod
     def swarm(cls, rng: random.Random) -> MultiFaults:
@@ -161,6 +164,7 @@ class MultiFaults:
             forward=rng.uniform(0.0, 0.3),
             unsynced_crash=0.0 if rng.random() < 0.5 else rng.uniform(0.0, 0.01),
             group_restart=0.0 if rng.random() < 0.5 else rng.uniform(0.0, 0.5),
+            read=rng.uniform(0.0, 0.3),
         )
 
     def healed(self) -> MultiFaults:
@@ -261,6 +265,39 @@ class Outcome:
         if not isinstance(exception, EngineError):
             raise exception
         self._settle(exception)
+
+
+class ReadOutcome:
+    """A linearizable read's outcome (Driver.enqueue_read: the turn's ReadIndex round): the
+    answer is the applied index it was served at (SimStateMachine.query), which must reach
+    everything committed anywhere when the read began. A violation is also kept on the
+    simulation: the driver turns an exception from an outcome into a failed read."""
+
+    __slots__ = ("_sim", "_view", "_node_id", "_floor", "_done")
+
+    def __init__(self, sim: MultiSim, view: GroupView, node_id: int) -> None:
+        self._sim, self._view, self._node_id = sim, view, node_id
+        self._floor = view.protocol.read_floor(view)
+        self._done = False
+
+    def done(self) -> bool:
+        return self._done
+
+    def set_result(self, result: Any) -> None:
+        self._done = True
+        view = self._view
+        try:
+            view.protocol.on_read(view, self._node_id, int(result), self._floor)
+        except InvariantViolation as violation:
+            self._sim.violation = violation
+            raise
+        self._sim.stats["reads_served"] += 1
+
+    def set_exception(self, exception: BaseException) -> None:
+        if not isinstance(exception, EngineError):
+            raise exception
+        self._done = True
+        self._sim.stats["reads_refused"] += 1
 
 
 class RelayOutcome:
@@ -546,7 +583,7 @@ _STATS = (
     "messages_sent", "crashes", "restarts", "partitions", "disk_truncations", "proposals",
     "client_requests", "forwarded_requests", "answered_ok", "answered_definite_failure",
     "answered_unknown", "snapshots_written", "snapshots_installed", "batches_lost",
-    "unsynced_crashes", "group_restarts",
+    "unsynced_crashes", "group_restarts", "reads_served", "reads_refused",
 )
 
 
@@ -594,6 +631,8 @@ class MultiSim:
         self.stats: dict[str, int] = dict.fromkeys(_STATS, 0)
         self.definite_failures: dict[bytes, str] = {}
         self.applied_ops: set[bytes] = set()
+        # A violation found inside a driver callback that the driver may catch (ReadOutcome).
+        self.violation: InvariantViolation | None = None
         for process in self.processes.values():
             self._start(process)
         if self.faults.nemesis_interval_ms and self._nemesis_active():
@@ -789,6 +828,8 @@ class MultiSim:
         try:
             self._dispatch(kind, target, payload)
             self._run_turns()
+            if self.violation is not None:
+                raise self.violation
         except SimulationFailure:
             raise
         except InvariantViolation as exc:
@@ -1085,6 +1126,15 @@ class MultiSim:
         rng = self.rng
         group = rng.choice(self.group_ids)
         view = self.views[group]
+        if rng.random() < self.faults.read:
+            up = [p for p in self.process_ids if self.processes[p].up]
+            if up:
+                process_id = rng.choice(up)
+                driver = view.nodes[process_id].driver
+                assert driver is not None
+                driver.enqueue_read(b"", ReadOutcome(self, view, process_id),
+                                    REQUEST_TIMEOUT_S)
+            return
         leader = view.leader()
         if leader is None:
             return

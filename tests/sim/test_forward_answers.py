@@ -1,9 +1,11 @@
-"""A forwarded proposal's answer is matched by its seq alone (CLIENT_RESPONSE echoes the
-request's seq), and an answer addressed to an earlier incarnation of the forwarding replica
-(a process restart, a replica rebuilt in place) can still arrive: the sender's boot epoch
-authenticates the leader, not which incarnation of the receiver asked. Such a stale answer
-must never acknowledge another command. The many-groups swarm found it (a Multi-Paxos seed:
-an acknowledged command that no replica ever applied)."""
+"""Answers addressed to an earlier incarnation of a replica (a process restart, a replica
+rebuilt in place) can still arrive: the sender's boot epoch authenticates the leader, not
+which incarnation of the receiver asked. A forwarded proposal's answer is matched by its seq
+alone (CLIENT_RESPONSE echoes the request's seq), a ReadIndex answer by its context: a stale
+answer must never acknowledge another command, nor serve a read of this incarnation at an
+index the leader confirmed for an older one. The many-groups swarm found both (a Multi-Paxos
+seed: an acknowledged command that no replica ever applied; a Raft seed: a read served at
+index 23 when 44 was committed before it began)."""
 
 from __future__ import annotations
 
@@ -27,6 +29,9 @@ class FollowerCore:
 
     def propose(self, commands: list[bytes]) -> tuple[int, int, int]:
         raise NotLeader(leader_id=1)
+
+    def read_index(self, context: bytes) -> None:
+        """Sent to the leader; its answer comes back through Driver.on_read_state."""
 
 
 class Wire:
@@ -87,3 +92,29 @@ def test_an_answer_to_an_earlier_incarnation_acks_nothing_now() -> None:
     after.on_forward_response(Message(MessageType.CLIENT_RESPONSE, src=1, dst=2,
                                       seq=request.seq, status=int(ClientStatus.OK)))
     assert answer.done() and answer.error is None
+
+
+class Query:
+    def query(self, query: bytes) -> bytes:
+        return b"state"
+
+
+def test_a_read_index_answer_to_an_earlier_incarnation_serves_no_read_now() -> None:
+    wire = Wire()
+    before = incarnation(1.0, wire)
+    before.state_machine = Query()  # type: ignore[assignment]
+    before.enqueue_read(b"q", Answer())
+    before.run_turn()
+    (old_context,) = before.read_rounds
+    before.stop()          # crash: the leader's answer (read index 5) is still on its way
+    after = incarnation(2.5, wire)
+    after.state_machine = Query()  # type: ignore[assignment]
+    after.applied = 10
+    answer = Answer()
+    after.enqueue_read(b"q", answer)
+    after.run_turn()
+    after.on_read_state(5, old_context)
+    assert not answer.done(), "a read index confirmed for the earlier incarnation served a read"
+    (context,) = after.read_rounds
+    after.on_read_state(10, context)
+    assert answer.done() and answer.result == b"state"

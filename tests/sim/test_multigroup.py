@@ -4,8 +4,9 @@ network, one simulated WAL per process and the simulated clock.
 
 Every run checks, per group, the one-group simulator's invariants (election safety, log
 matching, leader completeness, state machine safety, a leader's commit on a quorum of disks,
-durability at every crash and restart, honest outcomes) and, per process, the host's: groups
-never cross, one save_many in flight and per turn, every group's save in the host's batch.
+durability at every crash and restart, honest outcomes, linearizable reads) and, per
+process, the host's: groups never cross, one save_many in flight and per turn, every
+group's save in the host's batch.
 Each run ends by healing everything and requiring every acknowledged write applied on every
 replica of its group.
 
@@ -20,6 +21,7 @@ import random
 
 import pytest
 
+from engine.driver import Driver
 from engine.host import Host
 from engine.testing.sim_multi import (
     MultiFaults,
@@ -76,6 +78,7 @@ def test_raft_swarm() -> None:
     assert _seeds_with(results, "disk_truncations") >= 1
     assert _seeds_with(results, "answered_unknown") >= 2
     assert _seeds_with(results, "group_restarts") >= 2
+    assert _seeds_with(results, "reads_served") >= len(results) // 2
     assert {r.groups for r in results} == set(GROUP_COUNTS)
 
 
@@ -206,3 +209,19 @@ def test_the_command_line_runs_seeds(capsys: pytest.CaptureFixture[str]) -> None
     assert main(["--first", "4", "--seeds", "1", "--groups", "2", "--fault-ms", "500"]) == 0
     out = capsys.readouterr().out
     assert "seed 4: ok" in out and "1 of 1 seeds passed" in out
+
+
+def test_a_read_served_before_its_index_is_applied_is_caught(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Planted bug: the driver answers a ReadIndex round at once, from whatever its replica
+    applied, instead of waiting to apply through the read index (Raft thesis §6.4)."""
+    run_multi_swarm(1, groups=4)   # the same seed passes with the shipped driver
+
+    def answer_at_once(self: Driver, index: int, context: bytes) -> None:
+        round_ = self.read_rounds.pop(context, None)
+        if round_ is not None:
+            self.answer_reads(round_[0])
+
+    monkeypatch.setattr(Driver, "on_read_state", answer_at_once)
+    with pytest.raises(SimulationFailure, match="linearizability"):
+        run_multi_swarm(1, groups=4)
