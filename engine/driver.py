@@ -760,9 +760,11 @@ class Driver:
             if read.future.done():
                 continue
             try:
-                read.future.set_result(query(read.query))
-            except Exception as exc:
+                result = query(read.query)
+            except Exception as exc:   # the user's state machine: the reader's error
                 read.future.set_exception(errors.StateMachineError(f"query raised {exc!r}"))
+            else:
+                read.future.set_result(result)
             self.counters["reads"] += 1
 
     # ------------------------------------------------------------------ snapshots (Raft §7)

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from engine.driver import Driver
-from engine.errors import NotLeader
+from engine.errors import InvariantViolation, NotLeader
 from engine.messages import ClientStatus, Message, MessageType
 
 
@@ -118,3 +120,24 @@ def test_a_read_index_answer_to_an_earlier_incarnation_serves_no_read_now() -> N
     (context,) = after.read_rounds
     after.on_read_state(10, context)
     assert answer.done() and answer.result == b"state"
+
+
+class Checked(Answer):
+    """An outcome whose set_result runs a check that fails (as the simulators' reads do)."""
+
+    def set_result(self, result: Any) -> None:
+        raise InvariantViolation("stale read")
+
+
+def test_a_failing_check_in_a_reads_outcome_is_not_reported_as_a_state_machine_error() -> None:
+    """Only the state machine's query raising is a StateMachineError for the reader; an
+    exception from the outcome itself (a simulator's linearizability check) propagates."""
+    wire = Wire()
+    driver = incarnation(1.0, wire)
+    driver.state_machine = Query()  # type: ignore[assignment]
+    driver.applied = 10
+    driver.enqueue_read(b"q", Checked())
+    driver.run_turn()
+    (context,) = driver.read_rounds
+    with pytest.raises(InvariantViolation, match="stale read"):
+        driver.on_read_state(10, context)
