@@ -270,8 +270,7 @@ class Outcome:
 class ReadOutcome:
     """A linearizable read's outcome (Driver.enqueue_read: the turn's ReadIndex round): the
     answer is the applied index it was served at (SimStateMachine.query), which must reach
-    everything committed anywhere when the read began. A violation is also kept on the
-    simulation: the driver turns an exception from an outcome into a failed read."""
+    everything committed anywhere when the read began."""
 
     __slots__ = ("_sim", "_view", "_node_id", "_floor", "_done")
 
@@ -286,11 +285,7 @@ class ReadOutcome:
     def set_result(self, result: Any) -> None:
         self._done = True
         view = self._view
-        try:
-            view.protocol.on_read(view, self._node_id, int(result), self._floor)
-        except InvariantViolation as violation:
-            self._sim.violation = violation
-            raise
+        view.protocol.on_read(view, self._node_id, int(result), self._floor)
         self._sim.stats["reads_served"] += 1
 
     def set_exception(self, exception: BaseException) -> None:
@@ -631,8 +626,6 @@ class MultiSim:
         self.stats: dict[str, int] = dict.fromkeys(_STATS, 0)
         self.definite_failures: dict[bytes, str] = {}
         self.applied_ops: set[bytes] = set()
-        # A violation found inside a driver callback that the driver may catch (ReadOutcome).
-        self.violation: InvariantViolation | None = None
         for process in self.processes.values():
             self._start(process)
         if self.faults.nemesis_interval_ms and self._nemesis_active():
@@ -828,8 +821,6 @@ class MultiSim:
         try:
             self._dispatch(kind, target, payload)
             self._run_turns()
-            if self.violation is not None:
-                raise self.violation
         except SimulationFailure:
             raise
         except InvariantViolation as exc:
