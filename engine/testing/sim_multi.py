@@ -457,6 +457,9 @@ class SimProcessDisk:
         self.pending: deque[list[tuple[int, list[Any], HardState | None]]] = deque()
         self._last_done_at = 0
         self.calls_this_turn = 0
+        # (batch, group) of saves in flight whose driver was removed (restart_group): their
+        # completion is checked here, as the removed driver's persisted hook would have.
+        self.unheard: set[tuple[int, int]] = set()
         # The snapshot file written by the job running now: (group, index) (an install
         # writes it and the WAL marker in one job; the snapshot policy in two).
         self.snapshot_in_job: tuple[int, int] | None = None
@@ -491,7 +494,8 @@ class SimProcessDisk:
         sim, process = self._sim, self._process
         batch = self.pending.popleft()
         for group, entries, hard_state in batch:
-            node = sim.views[group].nodes[process.process_id]
+            view = sim.views[group]
+            node = view.nodes[process.process_id]
             disk = node.disk
             if entries and disk.save(entries):
                 sim.stats["disk_truncations"] += 1
@@ -500,6 +504,12 @@ class SimProcessDisk:
                     sim.fail(f"process {process.process_id} group {group}: persisted term "
                              f"went back to {hard_state.term}")
                 disk.hard_state = hard_state
+            if (id(batch), group) in self.unheard:
+                # Durable now (votes, acceptances): the checker counts them, as it would at
+                # the removed driver's persisted hook.
+                self.unheard.discard((id(batch), group))
+                view.protocol.on_persisted(view, node, Ready(hard_state=hard_state,
+                                                             entries=entries))
 
     def save_snapshot(self, snapshot: Snapshot, envelope: bytes, *, group: int) -> None:
         node = self._sim.views[group].nodes[self._process.process_id]
@@ -994,6 +1004,7 @@ class MultiSim:
             for g, entries, hard_state in batch:
                 if g == group:
                     written.save(entries, hard_state)
+                    disk.unheard.add((id(batch), group))
         process.saves_by_group[group] = 0   # the new driver counts its saves from 0
         self.stats["group_restarts"] += 1
         self._start_group(process, group, written)
