@@ -32,8 +32,8 @@ group's driver. A message for a group this process does not host is counted and 
 
 Quiescence
 ----------
-Not yet: `tick` ticks every hosted group, idle or not (an idle group that stops ticking and
-wakes on its first input is CockroachDB's quiescence, DESIGN.md §1 item 5).
+`tick` ticks every hosted group. Quiescing idle groups (CockroachDB's quiescence, DESIGN.md
+§1 item 5) is the shell's choice: it ticks only the groups it keeps awake.
 """
 
 from __future__ import annotations
