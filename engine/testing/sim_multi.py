@@ -30,7 +30,7 @@ The model
              state machine from its SimDisk (the snapshot file, then the log after it).
   replicas   one group's replica may be rebuilt in place inside a running process
              (`restart_group`: Host.remove_group, then add_group of a new driver and core
-             built from what the WAL holds, synced or not, as reading it back returns).
+             built from the group's disk), while none of its storage work is under way.
   clock      simulated time; each process calls `host.tick()` every tick (processes are not
              in phase).
   clients    propose unique commands to random groups, at the replica leading that group
@@ -97,7 +97,6 @@ from engine.messages import ClientStatus, EntryKind, Message, MessageType
 from engine.paxos.core import IDENTITY_BYTES
 from engine.raft.membership import encode_membership
 from engine.testing.invariants import ClusterChecker, check_definite_failures_not_applied
-from engine.testing.sim_disk import SimDisk
 from engine.testing.sim_node import SimNode
 from engine.testing.sim_paxos import PaxosProtocol
 from engine.testing.sim_raft import RaftProtocol
@@ -457,9 +456,6 @@ class SimProcessDisk:
         self.pending: deque[list[tuple[int, list[Any], HardState | None]]] = deque()
         self._last_done_at = 0
         self.calls_this_turn = 0
-        # (batch, group) of saves in flight whose driver was removed (restart_group): their
-        # completion is checked here, as the removed driver's persisted hook would have.
-        self.unheard: set[tuple[int, int]] = set()
         # The snapshot file written by the job running now: (group, index) (an install
         # writes it and the WAL marker in one job; the snapshot policy in two).
         self.snapshot_in_job: tuple[int, int] | None = None
@@ -494,8 +490,7 @@ class SimProcessDisk:
         sim, process = self._sim, self._process
         batch = self.pending.popleft()
         for group, entries, hard_state in batch:
-            view = sim.views[group]
-            node = view.nodes[process.process_id]
+            node = sim.views[group].nodes[process.process_id]
             disk = node.disk
             if entries and disk.save(entries):
                 sim.stats["disk_truncations"] += 1
@@ -504,12 +499,6 @@ class SimProcessDisk:
                     sim.fail(f"process {process.process_id} group {group}: persisted term "
                              f"went back to {hard_state.term}")
                 disk.hard_state = hard_state
-            if (id(batch), group) in self.unheard:
-                # Durable now (votes, acceptances): the checker counts them, as it would at
-                # the removed driver's persisted hook.
-                self.unheard.discard((id(batch), group))
-                view.protocol.on_persisted(view, node, Ready(hard_state=hard_state,
-                                                             entries=entries))
 
     def save_snapshot(self, snapshot: Snapshot, envelope: bytes, *, group: int) -> None:
         node = self._sim.views[group].nodes[self._process.process_id]
@@ -588,7 +577,8 @@ _STATS = (
     "messages_sent", "crashes", "restarts", "partitions", "disk_truncations", "proposals",
     "client_requests", "forwarded_requests", "answered_ok", "answered_definite_failure",
     "answered_unknown", "snapshots_written", "snapshots_installed", "batches_lost",
-    "unsynced_crashes", "group_restarts", "reads_served", "reads_refused",
+    "unsynced_crashes", "group_restarts", "group_restarts_refused", "reads_served",
+    "reads_refused",
 )
 
 
@@ -940,28 +930,20 @@ class MultiSim:
         self._schedule(1 + self.rng.randrange(self.timing.tick_ms), _TICK,
                        process.process_id, incarnation)
 
-    def _start_group(self, process: SimProcess, group: int,
-                     written: SimDisk | None = None) -> None:
-        """Host one group's replica, rebuilt from its disk (or from `written`: the disk
-        plus the batches written but not yet synced, what reading the WAL back returns)."""
+    def _start_group(self, process: SimProcess, group: int) -> None:
+        """Host one group's replica, rebuilt from its disk."""
         host = process.host
         assert host is not None
         view = self.views[group]
         node = view.nodes[process.process_id]
-        disk = node.disk
-        if written is not None:
-            node.disk = written
-        try:
-            node.disk.open()
-            snapshot = node.disk.snapshot
-            applied = 0
-            node.applied = []
-            if snapshot is not None:
-                node.applied = view.protocol.restore(view, node, snapshot)
-                applied = snapshot.index
-            core = view.protocol.make_core(view, node, applied)
-        finally:
-            node.disk = disk
+        node.disk.open()
+        snapshot = node.disk.snapshot
+        applied = 0
+        node.applied = []
+        if snapshot is not None:
+            node.applied = view.protocol.restore(view, node, snapshot)
+            applied = snapshot.index
+        core = view.protocol.make_core(view, node, applied)
         core.step = self._checked_step(group, process.process_id, core.step)
         driver = Driver(
             process.process_id, SimStateMachine(view, node), clock=self._clock,
@@ -982,33 +964,34 @@ class MultiSim:
                        snapshot_jobs=process.jobs,
                        membership=RaftMembership(node) if self.protocol == "raft" else None)
 
-    def restart_group(self, process_id: int, group: int) -> None:
+    def restart_group(self, process_id: int, group: int) -> bool:
         """Rebuild one group's replica inside a running process (a replica re-created in
-        place): the host stops hosting it (its save not yet written is dropped, one in
-        flight still lands), then hosts a new driver and core built from what the WAL
-        holds, synced or not (reading the WAL back returns both)."""
+        place): the host stops hosting it (its save not yet written leaves the batch), then
+        hosts a new driver and core built from the group's disk. As a shell must, only
+        while none of the group's storage work is under way (a save in the WAL's batch in
+        flight, a snapshot write, install or compaction): a core rebuilt before that work
+        lands would not know a vote or an entry the disk is about to hold. Returns whether
+        it restarted."""
         process = self.processes[process_id]
         host, disk = process.host, process.disk
         if host is None or disk is None or group not in host.groups:
-            return
-        driver = host.remove_group(group)
+            return False
+        driver = host.groups[group]
+        storage_jobs = driver.persisting - (driver._persisting_ready is not None)
+        in_flight = any(g == group for batch in disk.pending for g, _, _ in batch)
+        if storage_jobs or driver.snapshotting or in_flight:
+            self.stats["group_restarts_refused"] += 1
+            return False
+        host.remove_group(group)
         driver.fail_everything(Stopped("group replica restarted"))
         process.total_group_syncs += driver.counters["syncs"]
         view = self.views[group]
-        node = view.nodes[process_id]
-        view.protocol.on_restart(view, node)
-        stored = node.disk
-        written = SimDisk(stored.hard_state, list(stored.entries), stored.log_start,
-                          stored.snapshot)
-        for batch in disk.pending:
-            for g, entries, hard_state in batch:
-                if g == group:
-                    written.save(entries, hard_state)
-                    disk.unheard.add((id(batch), group))
+        view.protocol.on_restart(view, view.nodes[process_id])
         process.saves_by_group[group] = 0   # the new driver counts its saves from 0
         self.stats["group_restarts"] += 1
-        self._start_group(process, group, written)
+        self._start_group(process, group)
         self._trace_event(_RESTART, process_id, group, 0, 0, 0)
+        return True
 
     def _checked_step(self, group: int, process_id: int,
                       step: Callable[[Message], Any]) -> Callable[[Message], Any]:
