@@ -47,8 +47,8 @@ Invariants (InvariantViolation, reported as SimulationFailure with the seed)
                election safety, log matching, leader completeness, state machine safety,
                a leader's commit held by a quorum of disks, durable votes, durability (every
                committed entry on a quorum of disks at every crash and restart), snapshot
-               state equal to the committed history; honest outcomes (no operation answered
-               with a definite failure is applied).
+               state equal to the committed history; linearizable reads; honest outcomes (no
+               operation answered with a definite failure is applied).
   no acknowledged write lost   after the faulty phase the network is healed and every process
                restarted; within a bounded simulated time every acknowledged command must be
                applied on every replica of its group (`settle`).
@@ -59,6 +59,9 @@ Invariants (InvariantViolation, reported as SimulationFailure with the seed)
                appeared in, plus the one being built); syncs are counted per process
                (`syncs`), per group (`group_syncs`), so a test can show that the number of
                fsyncs follows the turns, not the number of groups.
+
+Not modelled here: quiescence (every hosted group ticks), groups placed on a subset of the
+processes, membership changes, splits, merges and moves of ranges.
 
 Usage:
     sim = MultiSim(processes=3, groups=16, seed=7, faults=MultiFaults(loss=0.05, ...))
