@@ -281,6 +281,16 @@ class Driver:
         self.membership = membership
         self.applied = applied
         self.tick_clock = deque(maxlen=lease_window)
+        # A forwarded proposal's answer is matched by its seq alone, a ReadIndex answer by
+        # its context (read_seq), and an answer sent to an earlier incarnation of this
+        # replica (a restart, a replica rebuilt in place) may still arrive: both count from
+        # above every value an earlier incarnation used, the clock in nanoseconds (monotonic
+        # across the processes of one machine, and no incarnation forwards or reads a
+        # billion times a second), so a stale answer acknowledges nothing and serves no read
+        # (Raft thesis §6.4: a read waits for a round confirmed after it began).
+        base = int(self.clock() * 1e9)
+        self.forward_seq = max(self.forward_seq, base)
+        self.read_seq = max(self.read_seq, base)
         self.running = True
 
     # ------------------------------------------------------------------ inputs
@@ -753,9 +763,11 @@ class Driver:
             if read.future.done():
                 continue
             try:
-                read.future.set_result(query(read.query))
-            except Exception as exc:
+                result = query(read.query)
+            except Exception as exc:   # the user's state machine: the reader's error
                 read.future.set_exception(errors.StateMachineError(f"query raised {exc!r}"))
+            else:
+                read.future.set_result(result)
             self.counters["reads"] += 1
 
     # ------------------------------------------------------------------ snapshots (Raft §7)

@@ -32,7 +32,8 @@ group's driver. A message for a group this process does not host is counted and 
 
 Quiescence
 ----------
-An idle group stops ticking (CockroachDB's quiescence): see `QuiescencePolicy` below.
+`tick` ticks every hosted group. Quiescing idle groups (CockroachDB's quiescence, DESIGN.md
+§1 item 5) is the shell's choice: it ticks only the groups it keeps awake.
 """
 
 from __future__ import annotations
@@ -120,10 +121,14 @@ class Host:
         self.flush_due = False
         self._turn_scheduled = False
         self._callbacks: list[Callable[[], None]] = []
-        # The save batch being built this turn, and the one in flight (at most one).
+        # The save batch being built this turn with the driver that queued each save, and
+        # the (group, driver) pairs of the batch in flight (at most one batch). A completion
+        # is owed to the driver that saved, not to whichever driver hosts the group by then
+        # (a group removed and hosted again meanwhile).
         self._batch: list[tuple[int, list[Any], HardState | None]] = []
+        self._batch_drivers: list[Driver | None] = []
         self._batch_sync = False
-        self._in_flight: list[int] | None = None
+        self._in_flight: list[tuple[int, Driver | None]] | None = None
         self.on_unknown_group: Callable[[Message], None] | None = None
         self.counters: dict[str, int] = {
             "turns": 0, "group_turns": 0, "batches": 0, "batch_groups": 0, "syncs": 0,
@@ -152,9 +157,16 @@ class Host:
         driver.schedule_turn()
 
     def remove_group(self, group: int) -> Driver:
-        """Stop hosting `group` (its driver stops; a save of it in flight is ignored)."""
+        """Stop hosting `group`: its driver stops; its save not yet written leaves the batch
+        (nothing waits for it, and a driver hosting the group again saves under the same id,
+        which one save_many may hold only once); a save of it in flight completes unheard."""
         driver = self.groups.pop(group)
         driver.stop()
+        if any(g == group for g, _, _ in self._batch):
+            kept = [(item, owner) for item, owner in zip(self._batch, self._batch_drivers,
+                                                         strict=True) if item[0] != group]
+            self._batch = [item for item, _ in kept]
+            self._batch_drivers = [owner for _, owner in kept]
         return driver
 
     # ------------------------------------------------------------------ inputs
@@ -204,6 +216,7 @@ class Host:
     def queue_save(self, group: int, entries: list[Any], hard_state: HardState | None,
                    sync: bool) -> None:
         self._batch.append((group, entries, hard_state))
+        self._batch_drivers.append(self.groups.get(group))
         self._batch_sync = self._batch_sync or sync
 
     def _flush(self) -> None:
@@ -213,8 +226,9 @@ class Host:
 
     def _save_batch(self) -> None:
         batch, sync = self._batch, self._batch_sync
-        self._batch, self._batch_sync = [], False
-        self._in_flight = [group for group, _, _ in batch]
+        self._in_flight = [(group, driver) for (group, _, _), driver
+                           in zip(batch, self._batch_drivers, strict=True)]
+        self._batch, self._batch_drivers, self._batch_sync = [], [], False
         self.counters["batches"] += 1
         self.counters["batch_groups"] += len(batch)
         if sync:
@@ -238,9 +252,8 @@ class Host:
         if groups is None or not self.running:
             return
         hosted = self.groups
-        for group in groups:
-            driver = hosted.get(group)
-            if driver is not None:
+        for group, driver in groups:
+            if driver is not None and hosted.get(group) is driver:
                 driver.persisted()
         if self._batch:
             # Readies that queued while the batch was in flight: the next batch now.
