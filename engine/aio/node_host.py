@@ -195,9 +195,7 @@ class NodeHost:
 
     def recovered_groups(self) -> list[int]:
         """The groups the WAL holds state for (to add again after a restart)."""
-        return sorted(g for g, state in self._recovered.items()
-                      if state.entries or state.snapshot is not None
-                      or state.hard_state.term)
+        return sorted(g for g, state in self._recovered.items() if _has_state(state))
 
     async def add_group(self, group: int, state_machine: StateMachine | None = None, *,
                         members: Mapping[int, str] | None = None, **config: Any) -> Node:
@@ -214,7 +212,8 @@ class NodeHost:
             config.setdefault("quiesce", True)
         group_config = dataclasses.replace(self.config, **config) if config else self.config
         recovered = self._recovered.pop(group, None)
-        new_group = recovered is None
+        # The WAL always reports group 0, so "new" means no state at all, not "not reported".
+        new_group = recovered is None or not _has_state(recovered)
         if recovered is None:
             recovered = _empty_recovered(self.storage)
         node = Node(group_config, state_machine,
@@ -403,6 +402,12 @@ class NodeHost:
         logger.critical("node %d stopping after a fatal error: %r", self.config.node_id, exc)
         self.fatal = exc
         self.crash()
+
+
+def _has_state(recovered: Any) -> bool:
+    """The WAL holds something of this group: entries, a snapshot or a term."""
+    return bool(recovered.entries or recovered.snapshot is not None
+                or recovered.hard_state.term)
 
 
 def _empty_recovered(storage: Any) -> Any:

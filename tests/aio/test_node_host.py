@@ -68,20 +68,32 @@ async def test_groups_replicate_independently_over_one_socket() -> None:
 
 
 async def test_one_batch_saves_every_group_of_a_turn(tmp_path: Path) -> None:
-    """Group commit across groups: a turn's Readies share one save_many, so the host saves
-    fewer batches than its groups saved Readies."""
+    """Group commit across groups: proposals to two groups led by one process, made in one
+    loop turn, reach the WAL in ONE save_many (one record, one fsync)."""
     hosts = await _start(_configs(tmp_path), GROUPS)
     try:
         leaders = await _leaders(hosts, GROUPS)
-        await asyncio.gather(*[
-            leaders[1 + i % GROUPS].submit(encode_put(b"k%d" % i, b"v")) for i in range(400)])
-        for host in hosts:
-            assert host.host is not None
-            counters = host.host.counters
-            group_saves = sum(node.counters["saves"] for node in host.nodes.values())
-            assert counters["batch_groups"] == group_saves
-            assert counters["batches"] < group_saves
-            assert counters["syncs"] <= counters["batches"]
+        # Quiet first: no traffic is in flight that could split the turn.
+        await _until(lambda: all(n.core.quiet for h in hosts for n in h.nodes.values())
+                     and all(not h.awake for h in hosts), "every group quiet")
+        host = next(h for h in hosts
+                    if sum(leaders[g] is h.nodes[g] for g in leaders) >= 2)
+        led = [g for g in leaders if leaders[g] is host.nodes[g]][:2]
+        batches: list[list[int]] = []
+        save_many = host.storage.save_many
+
+        def recording(saves: Any, *, sync: bool) -> Any:
+            saves = list(saves)
+            batches.append([group for group, entries, _ in saves if entries])
+            return save_many(saves, sync=sync)
+
+        host.storage.save_many = recording
+        futures = [leaders[g].submit(encode_put(b"k", b"v")) for g in led]   # one loop turn
+        await asyncio.gather(*futures)
+        assert sorted(led) in [sorted(groups) for groups in batches], batches
+        assert host.host is not None
+        counters = host.host.counters
+        assert counters["syncs"] <= counters["batches"]
     finally:
         for host in hosts:
             await host.stop()
