@@ -10,8 +10,11 @@ import engine
 async def test_concurrent_writes_share_datagrams_and_all_apply() -> None:
     async with engine.LocalCluster(n=3) as cluster:
         await cluster.wait_leader()
+        # An attempt timeout far above any answer's time: a retry here means a lost datagram
+        # or a bug, never a slow machine.
         async with engine.Client(list(cluster.members.values()),
-                                 cluster_key=cluster.cluster_key) as client:
+                                 cluster_key=cluster.cluster_key,
+                                 attempt_timeout=30.0) as client:
             await client.put(b"warm", b"up")          # finds the leader
             before = client.counters["datagrams_sent"]
             keys = [b"k%d" % i for i in range(300)]
