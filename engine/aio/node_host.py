@@ -212,8 +212,6 @@ class NodeHost:
             config.setdefault("quiesce", True)
         group_config = dataclasses.replace(self.config, **config) if config else self.config
         recovered = self._recovered.pop(group, None)
-        # The WAL always reports group 0, so "new" means no state at all, not "not reported".
-        new_group = recovered is None or not _has_state(recovered)
         if recovered is None:
             recovered = _empty_recovered(self.storage)
         node = Node(group_config, state_machine,
@@ -225,11 +223,14 @@ class NodeHost:
             self.nodes.pop(group, None)
             raise
         voters = sorted(group_config.members)
-        if new_group and voters[group % len(voters)] == self.config.node_id:
-            # A new group elects the replica named by its id at once instead of letting
-            # every replica wait out a randomized timeout: thousands of groups created
-            # together do not start thousands of competing elections, and their leaders
-            # spread over the processes. Any replica may still win later elections.
+        if voters[group % len(voters)] == self.config.node_id:
+            # The replica named by the group's id campaigns at once, the others start
+            # dormant: thousands of groups created or restarted together do not start
+            # thousands of competing elections, and their leaders spread over the processes.
+            # A new group's replicas vote at once (term 0: no lease rests on them); restarted
+            # ones wake on the vote request and vote after their lease wait (Raft thesis
+            # §6.4.1). Pre-vote keeps a restarted replica from disturbing a live leader. Any
+            # replica may win later elections.
             node.campaign()
         return node
 

@@ -117,9 +117,8 @@ async def test_every_group_recovers_from_the_shared_wal(tmp_path: Path) -> None:
         for group in range(1, GROUPS + 1):
             for host in hosts:
                 await host.add_group(group, engine.KVStore())
-        # Recovered groups start dormant (no ticks, no elections); the first request wakes
-        # its group, which elects a leader and answers.
-        assert all(node.core.quiet for host in hosts for node in host.nodes.values())
+        # Recovered groups start dormant but for the replica their id names, which campaigns
+        # (one election per group, not a storm of them); requests to any replica are served.
         results = await asyncio.gather(*[
             hosts[group % 3].nodes[group].propose(encode_put(b"k2", b"v"))
             for group in range(1, GROUPS + 1)])
