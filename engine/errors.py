@@ -239,6 +239,14 @@ class EpochMismatch(Rejected):
             "expected_epoch": self.expected_epoch, "current_epoch": self.current_epoch}))
 
 
+class TransactionConflict(Rejected):
+    """A transaction was aborted because another committed transaction wrote a key it read
+    (or a key inside a range it scanned) after it read it: committing it would not be
+    serializable (optimistic concurrency control, Kung & Robinson 1981: validate the read set
+    at commit). Definite: none of its writes took effect. Retry the whole transaction
+    (engine.fs's client protocol, run_transaction, does)."""
+
+
 class InvalidShardChange(Rejected, ValueError):
     """A shard-map change the meta group refuses whatever the epochs (a split key outside
     the range, a merge of ranges that are not adjacent or whose replica sets differ,
