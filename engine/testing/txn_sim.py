@@ -41,6 +41,8 @@ from engine.txn.hlc import HybridLogicalClock
 from engine.txn.participant import TxnKVStore, decode, encode
 
 MS = 1_000_000
+# A crash point: right after any request is sent (so after some of a batch of intents).
+SENDING = "sending"
 
 
 class RangeRouter:
@@ -195,6 +197,16 @@ class TxnSim:
             task.done(None, exc)
             return
         resume = lambda v: self._step(task, v, faulty)  # noqa: E731
+        if (task.crash_at == SENDING and isinstance(effect, (Call, list))
+                and self.rng.random() < 0.2):
+            # The coordinator dies right after sending: its requests still arrive (some of
+            # a parallel batch of intents, a record, a resolution), nothing reads the answers.
+            task.dead = True
+            for c in [effect] if isinstance(effect, Call) else effect:
+                self._deliver(task, c, lambda _answer: None, faulty)
+            task.steps.close()
+            task.done(None, _Crashed(SENDING))
+            return
         if isinstance(effect, Mark):
             if effect.name == task.crash_at:
                 task.dead = True
@@ -264,7 +276,7 @@ class TxnSim:
         crash_at = None
         if self.rng.random() < self.faults.crash:
             crash_at = self.rng.choice(["intents_written", "record_committed",
-                                        "before_resolution"])
+                                        "before_resolution", SENDING])
         invoke = self.now_ns
         txn_id = f"c{process}.{left}"
 

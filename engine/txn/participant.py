@@ -488,6 +488,9 @@ class TxnKVStore:
         if refused:
             record = self.records[txn] = Record(ABORTED, 0, start, 0)
             return _record_answer(record)
+        if commit_ts > read_ts:
+            # Refreshed: the reads now hold up to the commit timestamp, as after a REFRESH.
+            self._note_reads(txn, keys, spans, commit_ts)
         for key, value in writes:
             self._install(key, commit_ts, value)
         self.records[txn] = Record(COMMITTED, commit_ts, start, 0)

@@ -214,3 +214,16 @@ def test_a_retried_intent_answers_write_too_old_like_the_first_copy() -> None:
     first = intent(g, "t", b"k", b"x", ts(10))
     assert first["too_old"] is True
     assert intent(g, "t", b"k", b"x", ts(10))["too_old"] is True
+
+
+def test_a_pushed_one_phase_commit_holds_its_reads_up_to_its_commit_timestamp() -> None:
+    # t reads a and b at 10, writes b; b's read at 50 pushes it to commit at 50.1. A write
+    # of a below that would slip under t's read of a (write skew), so it is pushed above.
+    g = Group()
+    read(g, "t", b"a", ts(10))
+    read(g, "t", b"b", ts(10))
+    read(g, "r", b"b", ts(50))
+    ok = g("one_phase", now=ts(51), txn="t", start=ts(10), ts=ts(10),
+           writes=[[b"b".hex(), b"1".hex()]], reads=[b"a".hex(), b"b".hex()], spans=[])
+    assert ok["st"] == "COMMITTED" and ok["ts"] == ts(50, 1)
+    assert intent(g, "u", b"a", b"2", ts(20))["ts"] > ts(50, 1)
