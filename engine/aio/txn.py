@@ -99,11 +99,13 @@ class AsyncTransaction:
 class TxnRunner:
     def __init__(self, router: Router, send: Send, *, limits: Limits | None = None,
                  expiry_ns: int = DEFAULT_EXPIRY_NS, name: str = "tx",
-                 physical_ns: Callable[[], int] = time.time_ns, seed: int | None = None) -> None:
+                 physical_ns: Callable[[], int] = time.time_ns, seed: int | None = None,
+                 parallel_commits: bool = False) -> None:
         limits = limits or Limits()
         offset_ns = limits.max_clock_offset_ms * 1_000_000
         self.env = TxnEnv(router, HybridLogicalClock(physical_ns, max_offset_ns=offset_ns),
-                          uncertainty_ns=offset_ns, expiry_ns=expiry_ns)
+                          uncertainty_ns=offset_ns, expiry_ns=expiry_ns,
+                          parallel_commits=parallel_commits)
         self._send = send
         self._name = name
         self._count = 0

@@ -22,6 +22,7 @@ from __future__ import annotations
 import heapq
 import json
 import random
+from collections import Counter
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any
@@ -85,6 +86,8 @@ class Report:
     failed: int = 0
     unknown: int = 0
     one_phase: int = 0
+    # How many times coordinators passed each Mark (commit points, crash points).
+    marks: Counter[str] = field(default_factory=Counter)
 
 
 class _Task:
@@ -102,7 +105,8 @@ class TxnSim:
                  clients: int = 4, txns_per_client: int = 12, keys: int = 6,
                  faults: Faults | None = None, uncertainty_ns: int = 10 * MS,
                  expiry_ns: int = 200 * MS, hlc_offset_ns: int | None = None,
-                 isolation: str = "serializable", planted: frozenset[str] = frozenset()) -> None:
+                 isolation: str = "serializable", planted: frozenset[str] = frozenset(),
+                 parallel_commits: bool = False) -> None:
         self.rng = random.Random(seed)
         self.workload = workload
         self.faults = faults or Faults()
@@ -111,6 +115,7 @@ class TxnSim:
         self.hlc_offset_ns = hlc_offset_ns or uncertainty_ns
         self.isolation = isolation
         self.planted = planted
+        self.parallel_commits = parallel_commits
         self.n_clients = clients
         self.txns_per_client = txns_per_client
         if workload == "bank":
@@ -192,7 +197,7 @@ class TxnSim:
             task.dead = True
             task.done(stop.value, None)
             return
-        except (TransactionConflict, Timeout) as exc:
+        except Exception as exc:  # noqa: BLE001 - reported to the task's owner
             task.dead = True
             task.done(None, exc)
             return
@@ -208,6 +213,7 @@ class TxnSim:
             task.done(None, _Crashed(SENDING))
             return
         if isinstance(effect, Mark):
+            self.report.marks[effect.name] += 1
             if effect.name == task.crash_at:
                 task.dead = True
                 task.steps.close()
@@ -245,9 +251,14 @@ class TxnSim:
         skew = self.rng.randrange(-self.faults.skew_ns, self.faults.skew_ns + 1)
         hlc = HybridLogicalClock(lambda: self.now_ns + skew, max_offset_ns=self.hlc_offset_ns)
         env = TxnEnv(self.router, hlc, uncertainty_ns=self.uncertainty_ns,
-                     expiry_ns=self.expiry_ns, backoff_ns=2 * MS, planted=self.planted)
+                     expiry_ns=self.expiry_ns, backoff_ns=2 * MS, planted=self.planted,
+                     parallel_commits=self.parallel_commits)
         self.envs.append(env)
         return env
+
+    def _resolution_done(self, _result: Any, exc: BaseException | None) -> None:
+        if exc is not None and not isinstance(exc, (Timeout, _Crashed)):
+            self.report.violations.append(f"resolution: {exc!r}")
 
     def _final_sweep_done(self, _result: Any, exc: BaseException | None) -> None:
         if exc is not None:
@@ -289,12 +300,14 @@ class TxnSim:
                 entry.update(type="ok", value=ops)
                 self.report.committed += 1
                 if finish is not None:
-                    self.spawn(finish, lambda _r, _e: None)
+                    self.spawn(finish, self._resolution_done)
                 self._check_bank(ops)
             elif isinstance(exc, TransactionConflict):
                 entry.update(type="fail", value=body.planned)  # type: ignore[attr-defined]
                 self.report.failed += 1
             else:
+                if not isinstance(exc, (Timeout, _Crashed)):
+                    self.report.violations.append(f"transaction {txn_id}: {exc!r}")
                 entry.update(type="info", value=body.planned)  # type: ignore[attr-defined]
                 self.report.unknown += 1
                 if isinstance(exc, _Crashed):

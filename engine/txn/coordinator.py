@@ -26,12 +26,13 @@ from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from engine.errors import Timeout, TransactionConflict
+from engine.errors import InvariantViolation, Timeout, TransactionConflict
 from engine.txn.hlc import HybridLogicalClock
 from engine.txn.participant import (
     ABORTED,
     COMMITTED,
     PENDING,
+    STAGING,
     ts_int,
     ts_of,
     wall_ns,
@@ -83,6 +84,9 @@ class TxnEnv:
     expiry_ns: int
     max_attempts: int = 8
     backoff_ns: int = 5_000_000
+    # Parallel commits: the record is written STAGING together with the intents, and the
+    # transaction is committed once they all land at or below its timestamp (one round).
+    parallel_commits: bool = False
     # Planted bugs for the checker's tests only ("no_refresh", "resolve_early").
     planted: frozenset[str] = frozenset()
     # Every timestamp this node's HLC issued or absorbed (HLC monotonic, checked by tests).
@@ -128,6 +132,11 @@ def call_many(env: TxnEnv, calls: Sequence[tuple[int, dict[str, Any]]]) -> Steps
     return answers
 
 
+def _unknown(steps: Steps) -> Steps:
+    """After the record may say committed: a Timeout stays a Timeout (outcome unknown)."""
+    return (yield from steps)
+
+
 def resolve_intent(env: TxnEnv, conflict: dict[str, Any], *, force: bool) -> Steps:
     """Deal with another transaction's intent met at conflict["key"]: push its record at its
     anchor (abort it if it is not live, or if `force`: wound-wait), then resolve the intent
@@ -138,11 +147,28 @@ def resolve_intent(env: TxnEnv, conflict: dict[str, Any], *, force: bool) -> Ste
         "op": "push", "txn": conflict["txn"], "start": conflict["start"], "force": force})
     if answer["st"] == PENDING:
         return False
+    if answer["st"] == STAGING:
+        answer = yield from recover_staging(env, conflict["txn"], anchor, answer)
     key = bytes.fromhex(conflict["key"])
     yield from call(env, env.router.group_of(key), {
         "op": "resolve", "txn": conflict["txn"], "status": answer["st"], "ts": answer["ts"],
         "keys": [key.hex()]})
     return True
+
+
+def recover_staging(env: TxnEnv, txn: str, anchor: bytes, record: dict[str, Any]) -> Steps:
+    """Parallel commits' status resolution: a STAGING transaction (expired, or wounded) is
+    committed iff every promised intent exists at or below the staging timestamp. Ask every
+    group (a missing intent is prevented from being written later), then record the outcome
+    at the anchor; returns the anchor's answer (the record, COMMITTED or ABORTED)."""
+    keys = [bytes.fromhex(k) for k in record["keys"]]
+    found = yield from call_many(env, [
+        (env.router.group_of(key), {"op": "query_intent", "txn": txn, "key": key.hex(),
+                                    "ts": record["ts"]}) for key in keys])
+    outcome = COMMITTED if all(a["found"] for a in found) else ABORTED
+    answer = yield from call(env, env.router.group_of(anchor), {
+        "op": "recover", "txn": txn, "ts": record["ts"], "status": outcome})
+    return answer
 
 
 class Transaction:
@@ -270,13 +296,35 @@ class Transaction:
                 raise TransactionConflict(f"transaction {self.id} was aborted by another")
         mine = (self.start, self.id)
         commit_ts, too_old = self.read_ts, False
+        parallel = env.parallel_commits
+        # Before the record may say COMMITTED (an END COMMITTED, or with parallel commits
+        # the STAGING record sent with the first intents), a Timeout is a definite failure.
+        definite = self._definite
         pending = dict(by_group)
+        staging: list[tuple[int, dict[str, Any]]] = []
+        if parallel:
+            staging = [(anchor_group, {
+                "op": "end", "txn": self.id, "status": STAGING, "ts": self.read_ts,
+                "start": self.start, "keys": [k.hex() for k in keys]})]
+            definite = _unknown
         while pending:
             groups = sorted(pending)
-            answers = yield from self._definite(call_many(env, [
+            answers = yield from definite(call_many(env, staging + [
                 (g, {"op": "intent", "txn": self.id, "ts": self.read_ts, "start": self.start,
                      "anchor": anchor.hex(), "writes": self._writes_of(pending[g])})
                 for g in groups]))
+            if staging:
+                staged = answers.pop(0)
+                staging = []
+                if staged["st"] == COMMITTED:
+                    # A recovery (a pusher's) found every intent at or below the staging
+                    # timestamp first, while this answer was lost and retried: committed.
+                    self.commit_ts = int(staged["ts"])
+                    yield Mark("record_committed")
+                    return self._finish(by_group, anchor_group, self.commit_ts)
+                if staged["st"] != STAGING:
+                    ts = yield from self._abort(anchor_group, keys, "aborted by another")
+                    return (yield from self._adopt(by_group, anchor_group, ts))
             waited = False
             for g, answer in zip(groups, answers, strict=True):
                 if answer["st"] == "ok":
@@ -287,22 +335,33 @@ class Transaction:
                 # Wound-wait: an older transaction aborts a younger one holding its key; a
                 # younger one waits, so waiting never closes a cycle.
                 force = mine < (int(answer["start"]), answer["txn"])
-                gone = yield from self._definite(resolve_intent(env, answer, force=force))
+                gone = yield from definite(resolve_intent(env, answer, force=force))
                 waited = waited or not gone
             if waited:
                 yield Wait(env.backoff_ns)
         yield Mark("intents_written")
+        if parallel and commit_ts == self.read_ts:
+            # Every intent is at or below the staging timestamp: committed now (implicitly);
+            # the explicit COMMITTED and the resolution follow asynchronously.
+            self.commit_ts = commit_ts
+            yield Mark("implicitly_committed")
+            yield Mark("record_committed")
+            return self._finish(by_group, anchor_group, commit_ts, confirm=True)
         if self.isolation == "snapshot":
             if too_old:
-                yield from self._abort(anchor_group, keys, "a key it writes was overwritten")
+                ts = yield from self._abort(anchor_group, keys, "a key it writes was overwritten",
+                                         maybe_committed=parallel)
+                return (yield from self._adopt(by_group, anchor_group, ts))
         elif commit_ts > self.read_ts and "no_refresh" not in env.planted:
             groups = sorted(self._read_groups())
-            answers = yield from self._definite(call_many(env, [
+            answers = yield from definite(call_many(env, [
                 (g, {"op": "refresh", "txn": self.id, "from": self.read_ts, "to": commit_ts,
                      "keys": self._reads_of(g)["reads"], "spans": self._reads_of(g)["spans"]})
                 for g in groups]))
             if any(a["st"] != "ok" for a in answers):
-                yield from self._abort(anchor_group, keys, "a read was overwritten")
+                ts = yield from self._abort(anchor_group, keys, "a read was overwritten",
+                                         maybe_committed=parallel)
+                return (yield from self._adopt(by_group, anchor_group, ts))
         if "resolve_early" in env.planted:
             # Planted bug: resolving intents as committed before the record says so.
             yield from self._resolve(by_group, COMMITTED, commit_ts)
@@ -312,9 +371,15 @@ class Transaction:
         if answer["st"] != COMMITTED:
             yield from self._resolve(by_group, ABORTED, 0)
             raise TransactionConflict(f"transaction {self.id} was aborted by another")
-        self.commit_ts = commit_ts
+        # The record's timestamp: a recovery may have committed it at the staging timestamp.
+        return (yield from self._adopt(by_group, anchor_group, int(answer["ts"])))
+
+    def _adopt(self, by_group: dict[int, list[bytes]], anchor_group: int, ts: int) -> Steps:
+        """The record says COMMITTED at ts: that is the outcome, whatever this coordinator
+        saw (the record is the commit point)."""
+        self.commit_ts = ts
         yield Mark("record_committed")
-        return self._finish(by_group, anchor_group, commit_ts)
+        return self._finish(by_group, anchor_group, ts)
 
     def _definite(self, steps: Steps) -> Steps:
         """Before END COMMITTED is sent the transaction cannot have committed: a Timeout
@@ -324,18 +389,29 @@ class Transaction:
         except Timeout as exc:
             raise TransactionConflict(f"transaction {self.id} not committed: {exc}") from None
 
-    def _abort(self, anchor_group: int, keys: list[bytes], why: str) -> Steps:
+    def _abort(self, anchor_group: int, keys: list[bytes], why: str, *,
+               maybe_committed: bool = False) -> Steps:
+        """Abort (TransactionConflict), unless the record already says COMMITTED: then
+        return its timestamp. `maybe_committed`: a STAGING record may have been found
+        committed by a recovery, so no answer from the anchor is a Timeout (unknown)."""
         try:
-            yield from call(self.env, anchor_group, {
+            answer = yield from call(self.env, anchor_group, {
                 "op": "end", "txn": self.id, "status": ABORTED, "ts": 0, "start": self.start,
                 "keys": [k.hex() for k in keys]})
+            if answer["st"] == COMMITTED:
+                # A recovery found every intent at or below the staging timestamp while this
+                # coordinator's answers were lost (a retried intent landing after that
+                # resolution looks pushed): committed, at the record's timestamp.
+                return int(answer["ts"])
             by_group: dict[int, list[bytes]] = {}
             for key in keys:
                 by_group.setdefault(self.env.router.group_of(key), []).append(key)
             yield from self._resolve(by_group, ABORTED, 0)
             yield from call(self.env, anchor_group, {"op": "resolved", "txn": self.id})
         except Timeout:
-            pass  # the intents are left to pushers and the recovery sweep
+            if maybe_committed:
+                raise
+            # Otherwise the intents are left to pushers and the recovery sweep.
         raise TransactionConflict(f"transaction {self.id}: {why}")
 
     def _resolve(self, by_group: dict[int, list[bytes]], status: str, ts: int) -> Steps:
@@ -345,9 +421,17 @@ class Transaction:
                  "keys": [k.hex() for k in by_group[g]]}) for g in groups])
 
     def _finish(self, by_group: dict[int, list[bytes]], anchor_group: int,
-                commit_ts: int) -> Steps:
+                commit_ts: int, *, confirm: bool = False) -> Steps:
         yield Mark("before_resolution")
         try:
+            if confirm:
+                answer = yield from call(self.env, anchor_group, {
+                    "op": "end", "txn": self.id, "status": COMMITTED, "ts": commit_ts,
+                    "start": self.start, "keys": []})
+                if answer["st"] != COMMITTED or int(answer["ts"]) != commit_ts:
+                    raise InvariantViolation(
+                        f"transaction {self.id} was implicitly committed at {commit_ts}, "
+                        f"its record says {answer['st']} at {answer['ts']}")
             yield from self._resolve(by_group, COMMITTED, commit_ts)
             yield from call(self.env, anchor_group, {"op": "resolved", "txn": self.id})
         except Timeout:

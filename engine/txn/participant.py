@@ -17,7 +17,9 @@ State (all of it in the snapshot, versioned by SNAPSHOT_MAGIC):
     at its provisional timestamp (CockroachDB's write intents, Percolator's locks);
   * records: txn id -> Record, the transaction records of the transactions anchored here
     (Percolator's primary: the commit point of a transaction is its record becoming
-    COMMITTED in the anchor group, one consensus command);
+    COMMITTED in the anchor group, one consensus command; with parallel commits, a STAGING
+    record whose every intent exists at or below its timestamp is committed already, and
+    a recovery decides it with QUERY_INTENT, which prevents a missing intent, and RECOVER);
   * the timestamp cache: the highest timestamp each key (and each scanned span) was read at, and
     by which transaction; a write below it is pushed above it, so no write can slip under a
     read that already happened (serializability; CockroachDB's timestamp cache). It is bounded
@@ -61,8 +63,10 @@ DEFAULT_EXPIRY_NS = 2_000_000_000
 DEFAULT_MAX_READ_ENTRIES = 100_000
 
 PENDING = "PENDING"
+STAGING = "STAGING"
 COMMITTED = "COMMITTED"
 ABORTED = "ABORTED"
+FINAL = (COMMITTED, ABORTED)
 
 
 def ts_int(ts: Timestamp) -> int:
@@ -367,22 +371,64 @@ class TxnKVStore:
         return wall_ns(self.clock) - wall_ns(max(start, heartbeat)) <= self.expiry_ns
 
     def _cmd_end(self, cmd: dict[str, Any]) -> dict[str, Any]:
-        txn, status, start = cmd["txn"], cmd["status"], int(cmd["start"])
+        txn, status, start, ts = cmd["txn"], cmd["status"], int(cmd["start"]), int(cmd["ts"])
+        if status not in (STAGING, COMMITTED, ABORTED):
+            raise ValueError(f"end with status {status}")
         record = self.records.get(txn)
-        if record is not None and record.status != PENDING:
+        if record is not None and record.status in FINAL:
+            return _record_answer(record)
+        if record is not None and record.status == STAGING:
+            # Parallel commits: STAGING at ts with every intent at or below ts is committed
+            # (implicitly). The coordinator confirms that with COMMITTED at the same ts; a
+            # COMMITTED at a higher ts or an ABORTED means it saw an intent above ts, so the
+            # transaction is not implicitly committed and may still be aborted if expired.
+            if status == COMMITTED and ts == record.ts:
+                record.status = COMMITTED
+            elif status == COMMITTED and self._live(start, record.heartbeat):
+                record.status, record.ts = COMMITTED, ts
+            elif status != STAGING:
+                record.status = ABORTED
             return _record_answer(record)
         if record is None and not self._live(start, 0):
             record = self.records[txn] = Record(ABORTED, 0, start, 0)
             return _record_answer(record)
-        if record is not None and status == COMMITTED and not self._live(start,
-                                                                           record.heartbeat):
+        if record is not None and status != ABORTED and not self._live(start,
+                                                                         record.heartbeat):
             record.status = ABORTED
             return _record_answer(record)
         keys = [bytes.fromhex(k) for k in cmd.get("keys", [])]
         heartbeat = record.heartbeat if record else 0
-        self.records[txn] = Record(status, int(cmd["ts"]), start, heartbeat, keys)
+        self.records[txn] = Record(status, ts, start, heartbeat, keys)
         self._gc_records()
         return _record_answer(self.records[txn])
+
+    def _cmd_recover(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        """The outcome a recovery found for a STAGING record (COMMITTED if every promised
+        intent was found at or below its timestamp, else ABORTED, the missing ones now
+        prevented); applies only if the record is still STAGING at that timestamp."""
+        record = self.records.get(cmd["txn"])
+        if cmd["status"] not in FINAL:
+            raise ValueError(f"recover to {cmd['status']}")
+        if record is None:
+            # Finished, its intents resolved, and forgotten (only such records are dropped):
+            # whatever intent the recovery met is a stray copy with nothing to install.
+            return {"st": ABORTED, "ts": 0, "keys": []}
+        if cmd["status"] not in FINAL:
+            raise ValueError(f"recover to {cmd['status']}")
+        if record.status == STAGING and record.ts == int(cmd["ts"]):
+            record.status = cmd["status"]
+        return _record_answer(record)
+
+    def _cmd_query_intent(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        """Is txn's intent on key here at or below ts? If not, prevent it from ever being
+        written there: a read at ts by another party pushes any later write of the key above
+        ts (CockroachDB's QueryIntent with prevention)."""
+        txn, key, ts = cmd["txn"], bytes.fromhex(cmd["key"]), int(cmd["ts"])
+        intent = self.intents.get(key)
+        found = intent is not None and intent.txn == txn and intent.ts <= ts
+        if not found:
+            self._note_read(key, ts, "recovery:" + txn)
+        return {"st": "ok", "found": found, "clock": self.clock}
 
     def _cmd_heartbeat(self, cmd: dict[str, Any]) -> dict[str, Any]:
         txn, start, now = cmd["txn"], int(cmd["start"]), int(cmd["now"])
@@ -409,20 +455,24 @@ class TxnKVStore:
                 record = self.records[txn] = Record(ABORTED, 0, start, 0)
                 return _record_answer(record)
             return {"st": PENDING, "ts": 0, "keys": [], "clock": self.clock}
-        if record.status == PENDING and (force or not self._live(start, record.heartbeat)):
+        expired = not self._live(start, record.heartbeat)
+        if record.status == PENDING and (force or expired):
             record.status = ABORTED
+        elif record.status == STAGING and not (force or expired):
+            return {"st": PENDING, "ts": 0, "keys": [], "clock": self.clock}
+        # A STAGING answer: the pusher runs the recovery (query_intent, recover).
         return _record_answer(record)
 
     def _cmd_resolved(self, cmd: dict[str, Any]) -> dict[str, Any]:
         record = self.records.get(cmd["txn"])
-        if record is not None and record.status != PENDING:
+        if record is not None and record.status in FINAL:
             record.keys = []
         self._gc_records()
         return {"st": "ok", "clock": self.clock}
 
     def _gc_records(self) -> None:
         drop = [txn for txn, r in self.records.items()
-                if r.status != PENDING and not r.keys
+                if r.status in FINAL and not r.keys
                 and wall_ns(self.clock) - wall_ns(max(r.start, r.heartbeat)) > 2 * self.expiry_ns]
         for txn in drop:
             del self.records[txn]
@@ -512,7 +562,7 @@ class TxnKVStore:
     def unresolved_records(self) -> list[list[Any]]:
         """Finished records whose intents are not reported resolved: [txn, status, ts, keys]."""
         return [[txn, r.status, r.ts, [k.hex() for k in r.keys]]
-                for txn, r in sorted(self.records.items()) if r.status != PENDING and r.keys]
+                for txn, r in sorted(self.records.items()) if r.status in FINAL and r.keys]
 
     # ------------------------------------------------------------------ snapshots
 
@@ -585,4 +635,6 @@ _COMMANDS = {
     "resolved": TxnKVStore._cmd_resolved,
     "refresh": TxnKVStore._cmd_refresh,
     "one_phase": TxnKVStore._cmd_one_phase,
+    "recover": TxnKVStore._cmd_recover,
+    "query_intent": TxnKVStore._cmd_query_intent,
 }

@@ -59,8 +59,10 @@ async def _total(runner: TxnRunner) -> int:
     return total
 
 
-async def _bank(send: Send, *, clients: int, transfers: int) -> list[int]:
-    runners = [TxnRunner(ROUTER, send, name=f"c{i}", seed=i) for i in range(clients)]
+async def _bank(send: Send, *, clients: int, transfers: int,
+                parallel_commits: bool = False) -> list[int]:
+    runners = [TxnRunner(ROUTER, send, name=f"c{i}", seed=i,
+                         parallel_commits=parallel_commits) for i in range(clients)]
     async with runners[0].transaction() as tx:
         for key in ACCOUNTS:
             tx.put(key, b"100")
@@ -79,9 +81,11 @@ async def _bank(send: Send, *, clients: int, transfers: int) -> list[int]:
     return totals
 
 
-async def test_bank_over_memory_groups_with_loss_keeps_the_total() -> None:
+@pytest.mark.parametrize("parallel_commits", [False, True])
+async def test_bank_over_memory_groups_with_loss_keeps_the_total(parallel_commits: bool) -> None:
     groups = MemoryGroups(3, loss=0.05, seed=7)
-    totals = await _bank(groups.send, clients=6, transfers=15)
+    totals = await _bank(groups.send, clients=6, transfers=15,
+                         parallel_commits=parallel_commits)
     assert set(totals) == {600}
     assert not any(g.intents for g in groups.groups)
 
@@ -153,7 +157,7 @@ async def test_bank_across_three_replicated_groups() -> None:
                 except Timeout:
                     return None
 
-            totals = await _bank(send, clients=3, transfers=4)
+            totals = await _bank(send, clients=3, transfers=4, parallel_commits=True)
             assert set(totals) == {600}
         finally:
             for client in clients:

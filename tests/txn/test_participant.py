@@ -227,3 +227,36 @@ def test_a_pushed_one_phase_commit_holds_its_reads_up_to_its_commit_timestamp() 
            writes=[[b"b".hex(), b"1".hex()]], reads=[b"a".hex(), b"b".hex()], spans=[])
     assert ok["st"] == "COMMITTED" and ok["ts"] == ts(50, 1)
     assert intent(g, "u", b"a", b"2", ts(20))["ts"] > ts(50, 1)
+
+
+def test_parallel_commits_staging_is_committed_iff_every_intent_is_at_or_below_it() -> None:
+    g = Group()
+    staged = g("end", now=ts(10), txn="t", status="STAGING", ts=ts(10), start=ts(10),
+               keys=[b"a".hex(), b"b".hex()])
+    assert staged["st"] == "STAGING"
+    intent(g, "t", b"a", b"1", ts(10))
+    # Live: a pusher waits; expired (or wounding): it gets STAGING and runs the recovery.
+    assert g("push", now=ts(20), txn="t", start=ts(10))["st"] == "PENDING"
+    assert g("push", now=ts(20), txn="t", start=ts(10), force=True)["st"] == "STAGING"
+    found = g("query_intent", now=ts(21), txn="t", key=b"a".hex(), ts=ts(10))
+    missing = g("query_intent", now=ts(21), txn="t", key=b"b".hex(), ts=ts(10))
+    assert found["found"] is True and missing["found"] is False
+    # The missing intent is prevented: written now, it lands above the staging timestamp.
+    assert intent(g, "t", b"b", b"2", ts(10))["ts"] > ts(10)
+    assert g("recover", now=ts(22), txn="t", ts=ts(10), status="ABORTED")["st"] == "ABORTED"
+    # The coordinator, which saw b above the staging timestamp, cannot commit any more.
+    late = g("end", now=ts(23), txn="t", status="COMMITTED", ts=ts(10, 5), start=ts(10),
+             keys=[])
+    assert late["st"] == "ABORTED"
+
+
+def test_an_implicit_commit_is_confirmed_whatever_the_clock() -> None:
+    g = Group()
+    g("end", now=ts(10), txn="t", status="STAGING", ts=ts(10), start=ts(10), keys=[])
+    confirmed = g("end", now=ts(900), txn="t", status="COMMITTED", ts=ts(10), start=ts(10),
+                  keys=[])
+    assert confirmed["st"] == "COMMITTED"
+    # A recovery arriving after that (or after the record is forgotten) changes nothing.
+    assert g("recover", now=ts(901), txn="t", ts=ts(10), status="ABORTED")["st"] == "COMMITTED"
+    assert g("recover", now=ts(901), txn="gone", ts=ts(10), status="COMMITTED")["st"] == \
+        "ABORTED"
