@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.errors import Timeout, TransactionConflict
+from engine.limits import Limits
 from engine.txn.coordinator import (
     Call,
     Mark,
@@ -126,8 +127,11 @@ class TxnSim:
         self.router = RangeRouter([self.keys[i] for i in range(step, len(self.keys), step)]
                                   [: groups - 1])
         self.n_groups = len(self.router.bounds) + 1
-        self.groups = [TxnKVStore(expiry_ns=expiry_ns) for _ in range(self.n_groups)]
-        self.replicas = [TxnKVStore(expiry_ns=expiry_ns) for _ in range(self.n_groups)]
+        # The least history a group keeps (two expiries), so collection runs during a test.
+        limits = Limits(mvcc_retention_s=0)
+        self.groups = [TxnKVStore(limits, expiry_ns=expiry_ns) for _ in range(self.n_groups)]
+        self.replicas = [TxnKVStore(limits, expiry_ns=expiry_ns)
+                         for _ in range(self.n_groups)]
         self.index = [0] * self.n_groups
         self.now_ns = 1_000 * MS
         self._queue: list[tuple[int, int, Callable[[], None]]] = []

@@ -219,7 +219,14 @@ class Transaction:
                 return None if value is None else bytes.fromhex(value)
             if answer["st"] == "uncertain":
                 raise UncertaintyRestart(int(answer["vts"]))
+            self._check_compacted(answer)
             yield from self._wait_out(answer, force=False)
+
+    def _check_compacted(self, answer: dict[str, Any]) -> None:
+        if answer["st"] == "compacted":
+            raise TransactionConflict(
+                f"transaction {self.id} reads at {ts_of(self.read_ts)}, below the history the "
+                f"group keeps (from {ts_of(int(answer['horizon']))}): retry at a newer timestamp")
 
     def scan(self, start: bytes, end: bytes = b"", limit: int | None = None) -> Steps:
         rows: dict[bytes, bytes | None] = {}
@@ -232,6 +239,7 @@ class Transaction:
                     break
                 if answer["st"] == "uncertain":
                     raise UncertaintyRestart(int(answer["vts"]))
+                self._check_compacted(answer)
                 yield from self._wait_out(answer, force=False)
             self.read_spans.setdefault(group, []).append((low, high))
             for k, v in answer["rows"]:

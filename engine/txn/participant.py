@@ -31,6 +31,14 @@ State (all of it in the snapshot, versioned by SNAPSHOT_MAGIC):
 
 Timestamps are ints (Timestamp.wall_ns << 32 | logical, ordered like Timestamp).
 
+History. Versions are kept while a read at or above the horizon could see them; the horizon
+trails the group's clock by retention_ns = max(Limits.mvcc_retention_s, 2 * expiry_ns) (a
+transaction reads at its start, and lives at most an expiry without a heartbeat) and only
+rises. Each install collects the versions of its key below the horizon but the newest; a read
+or scan below the horizon answers "compacted" (the coordinator restarts the transaction:
+TransactionConflict), a refresh from below it fails. History is bounded by the write rate
+times the retention; unlike KVStore there is no byte bound yet.
+
 Liveness rule (abandoned transactions). A transaction is live while
 clock - max(start, last heartbeat) <= expiry_ns. A push (PUSH) of a transaction that is not live
 and not COMMITTED writes ABORTED; a COMMITTED one is reported so the pusher finishes it. A
@@ -134,7 +142,10 @@ class TxnKVStore:
     def __init__(self, limits: Limits | None = None, *, expiry_ns: int = DEFAULT_EXPIRY_NS,
                  max_read_entries: int = DEFAULT_MAX_READ_ENTRIES) -> None:
         self.kv = KVStore(limits)
+        limits = limits or Limits()
         self.expiry_ns = expiry_ns
+        # History kept for reads at a timestamp (module docstring, "History").
+        self.retention_ns = max(limits.mvcc_retention_s * 1_000_000_000, 2 * expiry_ns)
         self.max_read_entries = max_read_entries
         self._reset()
 
@@ -148,6 +159,7 @@ class TxnKVStore:
         self.read_spans: list[tuple[bytes, bytes, int, str]] = []
         self.read_floor = 0
         self.clock = 0
+        self.horizon = 0
         self._applied_index = 0
 
     # ------------------------------------------------------------------ StateMachine API
@@ -257,7 +269,7 @@ class TxnKVStore:
     def _cmd_read(self, cmd: dict[str, Any]) -> dict[str, Any]:
         key = bytes.fromhex(cmd["key"])
         txn, ts, limit = cmd["txn"], int(cmd["ts"]), int(cmd["limit"])
-        stop = self._read_one(key, txn, ts, limit)
+        stop = self._compacted(ts) or self._read_one(key, txn, ts, limit)
         if stop is not None:
             return stop
         self._note_read(key, ts, txn)
@@ -270,6 +282,9 @@ class TxnKVStore:
     def _cmd_scan(self, cmd: dict[str, Any]) -> dict[str, Any]:
         start, end = bytes.fromhex(cmd["start"]), bytes.fromhex(cmd["end"])
         txn, ts, limit = cmd["txn"], int(cmd["ts"]), int(cmd["limit"])
+        compacted = self._compacted(ts)
+        if compacted is not None:
+            return compacted
         rows: list[list[str]] = []
         stop_key = len(self._keys) if not end else self._keys.bisect_left(end)
         for i in range(self._keys.bisect_left(start), stop_key):
@@ -337,12 +352,28 @@ class TxnKVStore:
 
     def _install(self, key: bytes, ts: int, value: bytes | None) -> None:
         versions = self.versions.setdefault(key, [])
+        self._collect(versions)
         i = bisect_right(versions, ts, key=lambda v: v[0])
         if i and versions[i - 1][0] == ts:
             return  # already installed (a duplicate resolution): same txn, same value
         insort(versions, (ts, value), key=lambda v: v[0])
         if key not in self._keys:
             self._keys.add(key)
+
+    def _collect(self, versions: list[tuple[int, bytes | None]]) -> None:
+        """Raise the horizon to the retention behind the group's clock and drop the versions
+        of this key no read at or above it can see (all but the newest at or below it)."""
+        wall = wall_ns(self.clock) - self.retention_ns
+        if wall > 0:
+            self.horizon = max(self.horizon, wall << 32)
+        i = bisect_right(versions, self.horizon, key=lambda v: v[0])
+        if i > 1:
+            del versions[: i - 1]
+
+    def _compacted(self, ts: int) -> dict[str, Any] | None:
+        if ts < self.horizon:
+            return {"st": "compacted", "horizon": self.horizon, "clock": self.clock}
+        return None
 
     def _drop_intent(self, key: bytes) -> None:
         del self.intents[key]
@@ -483,7 +514,9 @@ class TxnKVStore:
                        low: int, high: int) -> bool:
         """True if a read at `low` of these keys and spans might differ from one at `high`:
         a committed version in (low, high], or another transaction's intent at or below
-        high (it may commit there)."""
+        high (it may commit there), or history below `low` already collected."""
+        if low < self.horizon:
+            return True
         candidates = list(keys)
         for start, end in spans:
             stop = len(self._keys) if not end else self._keys.bisect_left(end)
@@ -524,7 +557,7 @@ class TxnKVStore:
         conflict = self._conflict([k for k, _ in writes], txn)
         if conflict is not None:
             return conflict
-        if not self._live(start, 0):
+        if not self._live(start, 0) or read_ts < self.horizon:
             record = self.records[txn] = Record(ABORTED, 0, start, 0)
             return _record_answer(record)
         commit_ts, too_old = read_ts, False
@@ -569,6 +602,7 @@ class TxnKVStore:
     def snapshot(self) -> bytes:
         state = {
             "applied": self._applied_index, "clock": self.clock, "floor": self.read_floor,
+            "horizon": self.horizon,
             "versions": [[k.hex(), [[ts, _hex(v)] for ts, v in vs]]
                          for k, vs in sorted(self.versions.items())],
             "intents": [[k.hex(), i.txn, i.ts, _hex(i.value), i.anchor.hex(), i.start, i.too_old]
@@ -595,6 +629,7 @@ class TxnKVStore:
         self._applied_index = state["applied"]
         self.clock = state["clock"]
         self.read_floor = state["floor"]
+        self.horizon = state["horizon"]
         for k, vs in state["versions"]:
             self.versions[bytes.fromhex(k)] = [(ts, _unhex(v)) for ts, v in vs]
         for k, txn, ts, v, anchor, start, too_old in state["intents"]:

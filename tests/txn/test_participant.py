@@ -260,3 +260,20 @@ def test_an_implicit_commit_is_confirmed_whatever_the_clock() -> None:
     assert g("recover", now=ts(901), txn="t", ts=ts(10), status="ABORTED")["st"] == "COMMITTED"
     assert g("recover", now=ts(901), txn="gone", ts=ts(10), status="COMMITTED")["st"] == \
         "ABORTED"
+
+
+def test_history_is_collected_behind_the_horizon_and_older_reads_are_refused() -> None:
+    g = Group()  # retention: max(Limits.mvcc_retention_s, 2 * expiry) = 60 s
+    for second in range(5):
+        commit(g, f"t{second}", b"k", b"v%d" % second, ts(second * 30_000))
+    # The clock is at 120 s: the horizon is 60 s (+1 s base); versions below it but the
+    # newest are gone, the rest readable.
+    assert [v for _, v in g.sm.versions[b"k"]] == [b"v2", b"v3", b"v4"]
+    assert read(g, "r", b"k", ts(60_000))["value"] == b"v2".hex()
+    assert read(g, "r", b"k", ts(10_000))["st"] == "compacted"
+    fail = g("refresh", now=ts(120_001), txn="r", keys=[b"k".hex()], spans=[],
+             **{"from": ts(10_000), "to": ts(120_000)})
+    assert fail["st"] == "fail"
+    copy = TxnKVStore(expiry_ns=EXPIRY_NS)
+    copy.restore(g.sm.snapshot())
+    assert copy.horizon == g.sm.horizon > 0

@@ -119,3 +119,10 @@ def test_parallel_commits_recovery_races(seed: int, workload: str, groups: int, 
     else:
         assert sim.run().violations == []
     assert sim.report.marks["implicitly_committed"] > 0
+
+
+def test_history_is_collected_during_a_long_run_without_anomalies() -> None:
+    # Groups keep two expiries of history here; 30 transactions per client outlast that.
+    sim = TxnSim(seed=5, txns_per_client=30)
+    assert _anomalies(sim) == ([], [])
+    assert any(g.horizon > 0 for g in sim.groups)
