@@ -69,6 +69,8 @@ SNAPSHOT_MAGIC = b"ETX1"
 # A transaction not heard of for this long (consensus time) may be aborted by anyone.
 DEFAULT_EXPIRY_NS = 2_000_000_000
 DEFAULT_MAX_READ_ENTRIES = 100_000
+# The most intents or records one recovery-sweep query returns (one answer stays small).
+SWEEP_PAGE = 256
 
 PENDING = "PENDING"
 STAGING = "STAGING"
@@ -192,10 +194,11 @@ class TxnKVStore:
             return self.kv.query(query)
         try:
             q = decode(query)
+            limit = min(int(q.get("limit", SWEEP_PAGE)), SWEEP_PAGE)
             if q["op"] == "stale_intents":
-                return encode({"st": "ok", "intents": self.stale_intents(int(q["now"]))})
+                return encode({"st": "ok", "intents": self.stale_intents(int(q["now"]), limit)})
             if q["op"] == "unresolved":
-                return encode({"st": "ok", "records": self.unresolved_records()})
+                return encode({"st": "ok", "records": self.unresolved_records(limit)})
             raise KeyError(q["op"])
         except (DecodeError, KeyError, TypeError, ValueError) as exc:
             return encode({"st": "malformed", "message": str(exc)})
@@ -582,20 +585,25 @@ class TxnKVStore:
 
     # ------------------------------------------------------------------ recovery
 
-    def stale_intents(self, now: int) -> list[list[Any]]:
-        """Intents whose transaction started more than expiry_ns before `now`, in key order:
-        [key, txn, anchor, start] (a recovery sweep pushes each at its anchor)."""
-        out = []
+    def stale_intents(self, now: int, limit: int = SWEEP_PAGE) -> list[list[Any]]:
+        """Up to `limit` intents whose transaction started more than expiry_ns before `now`,
+        in key order: [key, txn, anchor, start] (a recovery sweep pushes each at its
+        anchor; what is left is found by the next sweep)."""
+        out: list[list[Any]] = []
         for key in sorted(self.intents):
             intent = self.intents[key]
             if wall_ns(now) - wall_ns(intent.start) > self.expiry_ns:
                 out.append([key.hex(), intent.txn, intent.anchor.hex(), intent.start])
+                if len(out) >= limit:
+                    break
         return out
 
-    def unresolved_records(self) -> list[list[Any]]:
-        """Finished records whose intents are not reported resolved: [txn, status, ts, keys]."""
+    def unresolved_records(self, limit: int = SWEEP_PAGE) -> list[list[Any]]:
+        """Up to `limit` finished records whose intents are not reported resolved:
+        [txn, status, ts, keys]."""
         return [[txn, r.status, r.ts, [k.hex() for k in r.keys]]
-                for txn, r in sorted(self.records.items()) if r.status in FINAL and r.keys]
+                for txn, r in sorted(self.records.items())
+                if r.status in FINAL and r.keys][:limit]
 
     # ------------------------------------------------------------------ snapshots
 

@@ -277,3 +277,12 @@ def test_history_is_collected_behind_the_horizon_and_older_reads_are_refused() -
     copy = TxnKVStore(expiry_ns=EXPIRY_NS)
     copy.restore(g.sm.snapshot())
     assert copy.horizon == g.sm.horizon > 0
+
+
+def test_sweep_queries_answer_one_bounded_page() -> None:
+    g = Group()
+    for i in range(5):
+        intent(g, f"t{i}", b"k%d" % i, b"v", ts(0))
+    page = decode(g.sm.query(encode({"op": "stale_intents", "now": ts(500), "limit": 3})))
+    assert [row[1] for row in page["intents"]] == ["t0", "t1", "t2"]
+    assert g.sm.stale_intents(ts(50)) == []  # not expired yet
