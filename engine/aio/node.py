@@ -24,13 +24,13 @@ forwarded proposals are unanswered, a command the state machine calls retry-safe
 (`retry_safe(command)`: KVStore's commands in a session, Raft thesis §6.3) is sent again to
 the new leader; any other fails at once with OutcomeUnknown (see Node.propose).
 
-Modules: this file holds Node's lifecycle, public API and the I/O the driver runs on. Its
-parts are components that own their state: membership (node_membership.NodeMembership,
-node._members), serving clients and ADMIN ops (node_serving.NodeServing, node._serving) and
-leadership events (node_events.LeaderEvents, node._events); the turn, proposals, reads and
-snapshots are the driver's state (node.driver). The public read modes (node_reads.py),
-take_snapshot and start-up restore (node_snapshots.py) and the metrics endpoint
-(node_events.py) are small stateless mixins over them.
+Modules: this file holds Node's lifecycle, public API, metrics endpoint and the I/O the
+driver runs on. Its parts are components (engine.aio.node_component.NodeComponent) that own
+their state: membership (node_membership.NodeMembership, node._members), serving clients and
+ADMIN ops (node_serving.NodeServing, node._serving), leadership events
+(node_events.LeaderEvents, node._events), the read modes (node_reads.NodeReads, node._reads)
+and snapshots at start and on demand (node_snapshots.NodeSnapshots, node._snapshots); the
+turn, proposals, pending reads and snapshot policy are the driver's state (node.driver).
 """
 
 from __future__ import annotations
@@ -39,23 +39,23 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from engine import __version__, errors
 from engine._core import IMPLEMENTATION
-from engine.aio.node_events import LeaderEvents, _EventsMixin
+from engine.aio.node_events import LeaderCallback, LeaderEvents
 from engine.aio.node_membership import _MEMBERSHIP_ADMIN_OPS as _MEMBERSHIP_ADMIN_OPS
 from engine.aio.node_membership import _REMOVAL_NOTICES as _REMOVAL_NOTICES
 from engine.aio.node_membership import NodeMembership
 from engine.aio.node_membership import _error_payload as _error_payload
 from engine.aio.node_reads import _READ_RETRY_TICKS as _READ_RETRY_TICKS
 from engine.aio.node_reads import READ_MODES as READ_MODES
+from engine.aio.node_reads import NodeReads
 from engine.aio.node_reads import _PendingRead as _PendingRead
-from engine.aio.node_reads import _ReadsMixin
 from engine.aio.node_serving import NodeServing
-from engine.aio.node_snapshots import _SnapshotsMixin
+from engine.aio.node_snapshots import NodeSnapshots
 from engine.aio.node_snapshots import _state_machine_fork as _state_machine_fork
 from engine.config import NodeConfig
 from engine.core import capabilities
@@ -246,7 +246,7 @@ class _MembershipPort:
         return self._node._members.configuration_at(index)
 
 
-class Node(_SnapshotsMixin, _ReadsMixin, _EventsMixin):
+class Node:
     """One member of a replicated state machine (see the module docstring).
 
     `async with engine.Node(config, state_machine=...) as node:` starts it and stops it.
@@ -297,6 +297,10 @@ class Node(_SnapshotsMixin, _ReadsMixin, _EventsMixin):
         self._members = NodeMembership(self)
         # Serving remote clients and ADMIN ops (node_serving.py).
         self._serving = NodeServing(self)
+        # The read modes (node_reads.py) and snapshots at start and on demand
+        # (node_snapshots.py): components over the driver's state.
+        self._reads = NodeReads(self)
+        self._snapshots = NodeSnapshots(self)
 
     # The driver's state under the names Node's parts (and tests) use.
     @property
@@ -386,7 +390,7 @@ class Node(_SnapshotsMixin, _ReadsMixin, _EventsMixin):
             self._storage = _open_storage(self.config)
         recovered = await loop.run_in_executor(None, self._storage.open)
         try:
-            applied = await self._restore_from(recovered)
+            applied = await self._snapshots.restore_from(recovered)
             core = _make_core(self.config, recovered, applied)
             self._driver.core = core   # the membership helpers below read it
             # What the core offers beyond engine.core.Core, resolved once (engine.core).
@@ -446,7 +450,7 @@ class Node(_SnapshotsMixin, _ReadsMixin, _EventsMixin):
         """Start as one group of a NodeHost: its recovered state from the host's WAL, the
         host's transport, its batch for saves, its threads and its tick."""
         recovered = hosted.recovered
-        applied = await self._restore_from(recovered)
+        applied = await self._snapshots.restore_from(recovered)
         core = _make_core(self.config, recovered, applied)
         self._driver.core = core
         membership = capabilities(core).membership
@@ -623,6 +627,42 @@ class Node(_SnapshotsMixin, _ReadsMixin, _EventsMixin):
         self._driver.submit(command, future, timeout)
         return future
 
+    async def read(self, query: bytes, *, mode: str = "linearizable",
+                   timeout: float | None = None) -> bytes:
+        """Query the state machine without writing to the log. `mode` picks the guarantee:
+
+        "linearizable" (default; ReadIndex, Raft thesis §6.4): the answer reflects every write
+            acknowledged before read() was called. The leader confirms it is still leader with
+            a heartbeat round to a quorum, then the read waits until this node has applied the
+            leader's commit index. On a follower the read index comes from the leader (one
+            round trip) and the follower answers from its own state once it applied that far.
+        "lease" (§6.4.1, Raft with check_quorum only): on the leader, answered from local state
+            with no round trip while its lease holds: a quorum acknowledged a heartbeat sent
+            less than (election_timeout_ticks - lease_drift_ticks) ticks ago, checked both in
+            ticks and on the loop's monotonic clock. Linearizable as long as clock rates
+            differ by less than that margin (and the process does not pause longer than it
+            between the check and the answer). Elsewhere, or without a valid lease, it is a
+            "linearizable" read.
+        "stale": answered at once from this node's state machine, which may lag the leader by
+            any amount (a partitioned node can return arbitrarily old data). Never blocks;
+            never goes back in time on one node, but is not ordered with other nodes.
+
+        Raises Timeout (no answer in time), Stopped, StateMachineError, ConfigError for an
+        unknown mode.
+        """
+        return await self._reads.read(query, mode, timeout)
+
+    def _enqueue_read(self, query: bytes, timeout: float | None,
+                      answer: Callable[[asyncio.Future[bytes]], None] | None = None
+                      ) -> asyncio.Future[bytes]:
+        """Queue a read for this turn's ReadIndex round (a remote client's, node_serving)."""
+        return self._reads.enqueue(query, timeout, answer)
+
+    def take_snapshot(self) -> bool:
+        """Snapshot the state machine now; False if one is already being taken or nothing
+        new was applied. Normally the NodeConfig thresholds trigger it."""
+        return self._snapshots.take()
+
     def campaign(self) -> None:
         """Start an election now (benchmarks, demos); the core decides the rest."""
         self._check_running()
@@ -663,6 +703,52 @@ class Node(_SnapshotsMixin, _ReadsMixin, _EventsMixin):
         return status
 
     # ------------------------------------------------------------------ membership (§4)
+
+    # ------------------------------------------------------------------ observability
+
+    @property
+    def metrics(self) -> NodeMetrics | None:
+        """This node's metrics (None unless NodeConfig.metrics_addr is set): `.registry`,
+        `.address` (the endpoint's (host, port)), `.exposition()` (the text format)."""
+        return self._metrics
+
+    async def _serve_metrics(self, address: str) -> None:
+        from engine.aio.metrics import NodeMetrics
+
+        metrics = NodeMetrics(self)
+        await metrics.serve(address)
+        self._metrics = metrics
+
+    def _close_metrics(self) -> None:
+        if self._metrics is not None:
+            self._metrics.close()
+            self._metrics = None
+
+    @property
+    def leader_changes_total(self) -> int:
+        return self._events.changes_total
+
+    @property
+    def applied_index(self) -> int:
+        """The highest log index applied to the state machine here."""
+        return self._applied
+
+    @property
+    def leader_id(self) -> int:
+        """The leader this node knows (0: none)."""
+        return int(self._core.leader_id) if self._core is not None else 0
+
+    def on_leader_change(self, callback: LeaderCallback) -> Callable[[], None]:
+        """Call `callback(leader_id, term)` on the loop at each change of the leader this node
+        knows (leader_id 0: none). It must not block. Returns a function that unsubscribes."""
+        return self._events.on_leader_change(callback)
+
+    def leader_changes(self) -> AsyncIterator[int]:
+        """The leader this node knows now (0: none), then each change of it.
+
+        A slow consumer is not queued for: it gets the newest leader when it asks again
+        (intermediate changes coalesce, nothing grows without bound)."""
+        return self._events.leader_changes()
 
     def members(self) -> dict[str, Any]:
         """The configuration in force on this node (NodeMembership.members)."""

@@ -1,5 +1,6 @@
-"""The base of engine.Node's components (membership, serving): they own their state and
-reach the node's driver, loop and transport through `node`, never through shared attributes."""
+"""The base of engine.Node's components (membership, serving, reads, snapshots): they own
+their state and reach the node's driver, loop and transport through `node`, never through
+shared attributes."""
 
 from __future__ import annotations
 

@@ -1,6 +1,5 @@
-"""engine.Node's observability: leadership events (log lines, notifications of a leader
-change) and its metrics endpoint (engine.aio.metrics, started when NodeConfig.metrics_addr is
-set).
+"""engine.Node's leadership events (log lines, notifications of a leader change): the
+LeaderEvents component (node._events).
 
 `LeaderEvents.note` runs once per Ready and once per tick (three attribute reads and a
 comparison when nothing changed). When the term or the leader this node knows changes it
@@ -21,12 +20,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from engine.logs import log_event
 
 if TYPE_CHECKING:
-    from engine.aio.metrics import NodeMetrics
     from engine.driver import Driver
 
 logger = logging.getLogger("engine.node")
@@ -138,62 +136,3 @@ class LeaderEvents:
                 yield last
 
 
-class _EventsMixin:
-    """Node's public observability surface over its LeaderEvents component (node._events)
-    and its metrics endpoint."""
-
-    _events: LeaderEvents
-    _metrics: NodeMetrics | None
-    if TYPE_CHECKING:  # Node (node.py): the driver's state
-        @property
-        def _core(self) -> Any: ...
-        @property
-        def _applied(self) -> int: ...
-
-    # ------------------------------------------------------------------ metrics
-
-    @property
-    def metrics(self) -> NodeMetrics | None:
-        """This node's metrics (None unless NodeConfig.metrics_addr is set): `.registry`,
-        `.address` (the endpoint's (host, port)), `.exposition()` (the text format)."""
-        return self._metrics
-
-    async def _serve_metrics(self, address: str) -> None:
-        from engine.aio.metrics import NodeMetrics
-
-        metrics = NodeMetrics(self)  # type: ignore[arg-type]  # self is a Node
-        await metrics.serve(address)
-        self._metrics = metrics
-
-    def _close_metrics(self) -> None:
-        if self._metrics is not None:
-            self._metrics.close()
-            self._metrics = None
-
-    # ------------------------------------------------------------------ leadership
-
-    @property
-    def leader_changes_total(self) -> int:
-        return self._events.changes_total
-
-    @property
-    def applied_index(self) -> int:
-        """The highest log index applied to the state machine here."""
-        return self._applied
-
-    @property
-    def leader_id(self) -> int:
-        """The leader this node knows (0: none)."""
-        return int(self._core.leader_id) if self._core is not None else 0
-
-    def on_leader_change(self, callback: LeaderCallback) -> Callable[[], None]:
-        """Call `callback(leader_id, term)` on the loop at each change of the leader this node
-        knows (leader_id 0: none). It must not block. Returns a function that unsubscribes."""
-        return self._events.on_leader_change(callback)
-
-    def leader_changes(self) -> AsyncIterator[int]:
-        """The leader this node knows now (0: none), then each change of it.
-
-        A slow consumer is not queued for: it gets the newest leader when it asks again
-        (intermediate changes coalesce, nothing grows without bound)."""
-        return self._events.leader_changes()

@@ -5,48 +5,33 @@ snapshot are the driver's (engine/driver.py, "snapshots"); Node gives it the thr
 
 from __future__ import annotations
 
-import asyncio
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from engine.config import NodeConfig
+from engine.aio.node_component import NodeComponent
 from engine.driver import state_machine_fork as _state_machine_fork
 
-if TYPE_CHECKING:
-    from engine.aio.node import StateMachine
-    from engine.aio.node_membership import NodeMembership
-    from engine.driver import Driver
-
-__all__ = ["_SnapshotsMixin", "_state_machine_fork"]
+__all__ = ["NodeSnapshots", "_state_machine_fork"]
 
 
-class _SnapshotsMixin:
-    """Node's snapshots at start (_restore_from) and on demand (take_snapshot). Node
-    attributes it uses: config, state_machine, _driver, _loop."""
+class NodeSnapshots(NodeComponent):
+    """Node's snapshots at start (restore_from) and on demand (take): a component of
+    engine.aio.node.Node (node._snapshots) with no state of its own."""
 
-    config: NodeConfig
-    state_machine: StateMachine
-    _driver: Driver
-    _members: NodeMembership
-    _loop: asyncio.AbstractEventLoop | None
+    def take(self) -> bool:
+        """engine.Node.take_snapshot."""
+        self.node._check_running()
+        return self.node._driver.start_snapshot()
 
-    if TYPE_CHECKING:  # defined by Node and the other mixins
-        # Node (node.py)
-        def _check_running(self) -> None: ...
-
-    def take_snapshot(self) -> bool:
-        """Snapshot the state machine now; False if one is already being taken or nothing
-        new was applied. Normally the NodeConfig thresholds trigger it."""
-        self._check_running()
-        return self._driver.start_snapshot()
-
-    async def _restore_from(self, recovered: Any) -> int:
+    async def restore_from(self, recovered: Any) -> int:
         """Restore the state machine from the recovered snapshot; returns its index."""
         snapshot = getattr(recovered, "snapshot", None)
         if snapshot is None:
             return 0
-        if self._driver.witness or self._members.snapshot_is_witness_own(snapshot):
-            self._driver.witness = True
+        node = self.node
+        driver = node._driver
+        if driver.witness or node._members.snapshot_is_witness_own(snapshot):
+            driver.witness = True
             return int(snapshot.index)  # a witness restores no state machine data
         assert self._loop is not None
-        await self._loop.run_in_executor(None, self.state_machine.restore, snapshot.data)
+        await self._loop.run_in_executor(None, node.state_machine.restore, snapshot.data)
         return int(snapshot.index)

@@ -170,7 +170,7 @@ async def test_read_modes() -> None:
         # acknowledged above is visible even if the follower had not applied it yet.
         await follower.propose(put(b"a", b"2"))
         assert commands.decode_result(await follower.read(query)).value == b"2"
-        await wait_for(lambda: leader._lease_read_index() is not None, what="lease")
+        await wait_for(lambda: leader._reads.lease_read_index() is not None, what="lease")
         before = leader.counters.get("lease_reads", 0)
         assert commands.decode_result(await leader.read(query, mode="lease")).value == b"2"
         assert leader.counters["lease_reads"] == before + 1  # served from the lease
