@@ -138,6 +138,22 @@ class ClockOffsetError(Rejected):
         self.max_clock_offset_ms = max_clock_offset_ms
 
 
+class HistoryCompacted(Rejected):
+    """A read at an HLC timestamp older than the versions the store still keeps
+    (Limits.mvcc_retention_s, Limits.max_mvcc_history_bytes). `oldest_wall_ns` and
+    `oldest_logical` are the oldest timestamp that can still be read
+    (engine.txn.hlc.Timestamp(oldest_wall_ns, oldest_logical)); nothing was changed."""
+
+    def __init__(self, oldest_wall_ns: int, oldest_logical: int) -> None:
+        super().__init__(f"history before HLC timestamp ({oldest_wall_ns}, {oldest_logical}) "
+                         "was garbage-collected; read at that timestamp or later")
+        self.oldest_wall_ns = oldest_wall_ns
+        self.oldest_logical = oldest_logical
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.oldest_wall_ns, self.oldest_logical))
+
+
 class Timeout(EngineError, TimeoutError):
     """No answer in time: the outcome is unknown (the command may or may not have been applied)."""
 

@@ -14,6 +14,9 @@ from dataclasses import dataclass
 from engine import wire
 from engine.errors import ConfigError
 
+# Limits for which 0 means "none" rather than nothing at all.
+_ZERO_OK = frozenset({"mvcc_retention_s"})
+
 
 @dataclass(frozen=True, slots=True)
 class Limits:
@@ -92,11 +95,22 @@ class Limits:
     max_lock_names: int = 1_000_000
     watch_history_events: int = 100_000
     max_watch_buffer_events: int = 1_024
+    # MVCC (engine.kv.store, docs/transactions.md "MVCC"): a KVStore keeps the versions a
+    # write or delete replaced while they may still be read at a timestamp: reads at any
+    # timestamp at or above the horizon are answered, older ones raise HistoryCompacted. The
+    # horizon trails the newest timestamp in the group's log by mvcc_retention_s (measured
+    # in the log's HLC timestamps, never a clock), and moves up earlier whenever the kept
+    # versions would pass max_mvcc_history_bytes (keys, values and a fixed
+    # per-version overhead; KVStore.history_bytes). Replicas must share both.
+    # mvcc_retention_s = 0 keeps no history: reads at a timestamp below the latest one are
+    # refused, and an overwrite costs what it costs without MVCC.
+    mvcc_retention_s: int = 60
+    max_mvcc_history_bytes: int = 16 * 1024 * 1024
 
     def __post_init__(self) -> None:
         for name in self.__dataclass_fields__:
             value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
+            if not isinstance(value, int) or value < 0 or (value == 0 and name not in _ZERO_OK):
                 raise ConfigError(f"Limits.{name} must be a positive int, got {value!r}")
         if not 512 <= self.max_datagram_bytes <= 65_507:
             raise ConfigError(

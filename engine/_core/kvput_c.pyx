@@ -8,6 +8,7 @@ from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from libc.string cimport memcpy
 
 cdef enum:
+    VERSION_OVERHEAD_BYTES_C = 64
     _VERSION = 1
     _OP_PUT = 1
     _FLAG_SESSION = 0x01
@@ -26,6 +27,86 @@ FLAG_PREVIOUS = _FLAG_PREVIOUS
 FLAG_REVISION = _FLAG_REVISION
 FLAG_EXISTED = _FLAG_EXISTED
 STATUS_OK = _STATUS_OK
+VERSION_OVERHEAD_BYTES = 64
+
+
+cdef class Versions:
+    """The MVCC side table of a KVStore (kvput_py.Versions documents it)."""
+
+    cdef public dict revisions
+    cdef public dict history
+    cdef public list queue
+    cdef public Py_ssize_t head
+    cdef public long long nbytes
+    cdef public long long max_bytes
+    cdef public object on_full
+    cdef public bint keep
+
+    def __init__(self, max_bytes, on_full=None):
+        self.revisions = {}
+        self.history = {}
+        self.queue = []
+        self.head = 0
+        self.nbytes = 0
+        self.max_bytes = max_bytes
+        self.on_full = on_full
+        self.keep = True
+
+    cpdef push(self, bytes key, object value, object revision, object end_revision):
+        """Record the version of `key` that `revision` set (value None: a deletion) as
+        superseded at `end_revision` (for a deletion: its own revision)."""
+        if not self.keep:
+            return
+        cdef PyObject* kept = PyDict_GetItem(self.history, key)
+        if kept is NULL:
+            PyDict_SetItem(self.history, key, (revision, value))
+        else:
+            PyDict_SetItem(self.history, key, <tuple>kept + (revision, value))
+        self.queue.append(end_revision)
+        self.queue.append(key)
+        self.nbytes += PyBytes_GET_SIZE(key) + VERSION_OVERHEAD_BYTES_C
+        if value is not None:
+            self.nbytes += PyBytes_GET_SIZE(value)
+        if self.nbytes > self.max_bytes and self.on_full is not None:
+            self.on_full()
+
+    cpdef object drop_oldest(self, long long target_bytes):
+        """Drop the oldest superseded versions until at most `target_bytes` are kept;
+        returns the revision that ended the last one dropped (0: none dropped)."""
+        cdef list queue = self.queue
+        cdef object end = 0
+        while self.nbytes > target_bytes and self.head < len(queue):
+            end = queue[self.head]
+            self.drop_through(end)
+        return end
+
+    cpdef drop_through(self, object revision):
+        """Drop every version superseded at or below `revision`, oldest first."""
+        cdef list queue = self.queue
+        cdef dict history = self.history
+        cdef Py_ssize_t head = self.head
+        cdef Py_ssize_t end = len(queue)
+        cdef Py_ssize_t freed = 0
+        cdef tuple kept
+        cdef bytes key
+        cdef object value
+        while head < end and queue[head] <= revision:
+            key = <bytes>queue[head + 1]
+            head += 2
+            kept = <tuple>history[key]
+            value = kept[1]
+            freed += PyBytes_GET_SIZE(key) + VERSION_OVERHEAD_BYTES_C
+            if value is not None:
+                freed += PyBytes_GET_SIZE(value)
+            if len(kept) == 2:
+                del history[key]
+            else:
+                history[key] = kept[2:]
+        self.nbytes -= freed
+        if head > 1024 and 2 * head > end:
+            del queue[:head]
+            head = 0
+        self.head = head
 
 
 cdef inline uint32_t _u32(const uint8_t* p) noexcept:
@@ -135,10 +216,13 @@ def put_result(uint64_t revision, previous, bint want_previous):
     return _put_result(revision, previous, want_previous)
 
 
-def apply_put(dict data not None, command, uint64_t index, created=None):
+def apply_put(dict data not None, command, uint64_t index, created=None,
+              Versions versions=None):
     """Apply a well-formed PUT without a session, at log index `index`, to `data` and return
     its encoded result; None, with `data` untouched, for any other command. `created` is
-    called with the key, after the store, when the PUT creates it (not when it overwrites)."""
+    called with the key, after the store, when the PUT creates it (not when it overwrites).
+    With `versions` the key's revision becomes `index` and an overwritten value is pushed
+    there."""
     cdef Py_ssize_t key_at, key_len, value_at, value_len
     cdef int has_session, want_previous
     cdef uint64_t client_id, seq
@@ -155,6 +239,16 @@ def apply_put(dict data not None, command, uint64_t index, created=None):
     if found is not NULL:
         previous = <object>found   # a new reference, held across the store below
     PyDict_SetItem(data, key, value)
+    cdef PyObject* replaced
+    cdef object replaced_revision
+    cdef object revision
+    if versions is not None:
+        replaced = PyDict_GetItem(versions.revisions, key)
+        replaced_revision = 0 if replaced is NULL else <object>replaced
+        revision = index
+        PyDict_SetItem(versions.revisions, key, revision)
+        if found is not NULL and versions.keep:
+            versions.push(key, previous, replaced_revision, revision)
     if found is NULL and created is not None:
         created(key)
     return _put_result(index, previous, want_previous)

@@ -33,6 +33,7 @@ from engine.aio.udp import new_boot_epoch
 from engine.config import Limits
 from engine.kv import commands
 from engine.messages import AdminOp, ClientOp, ClientStatus, Message, MessageType, enum_members
+from engine.txn.hlc import Timestamp
 from engine.types import MIN_CLIENT_ID, check_client_id, parse_address
 
 # The enums' members as plain attributes (engine.messages.enum_members): read per request.
@@ -166,25 +167,44 @@ class Client:
     # ------------------------------------------------------------------ KV API
 
     async def put(self, key: bytes, value: bytes, *, prev: bool = False,
+                  timestamp: Timestamp | None = None,
                   timeout: float | None = None) -> commands.WriteResult:
         """Set key to value. The result's `prev` is the value the key held, only with
-        prev=True (the cluster then carries it back; see commands.WriteResult)."""
+        prev=True (the cluster then carries it back; see commands.WriteResult).
+        `timestamp`: the write's HLC timestamp (the store pushes it above its newest
+        version if it is below; docs/transactions.md, "MVCC")."""
+        stamp = _encoded(timestamp)
         return _write_result(self._check_write(await self._write(
             lambda session, seq: commands.encode_put(key, value, client_id=session, seq=seq,
-                                                     previous=prev),
+                                                     previous=prev, timestamp=stamp),
             timeout)))
 
-    async def get(self, key: bytes, *, mode: str = "linearizable",
-                  timeout: float | None = None) -> bytes | None:
-        """The value, or None if absent. `mode` is engine.Node.read's: "linearizable"
-        (ReadIndex on the cluster), "lease" (the leader answers from its lease, Raft thesis
-        §6.4.1: linearizable only while clock rates differ by less than lease_drift_ticks
-        allows) or "stale" (whichever node answers, possibly behind)."""
-        result = await self._request(
-            _OP.READ, commands.encode_get_query(key), _read_mode(mode), timeout)
+    async def get(self, key: bytes, *, at: Timestamp | None = None,
+                  mode: str = "linearizable", timeout: float | None = None) -> bytes | None:
+        """The value, or None if absent; with `at`, the value as of that HLC timestamp
+        (engine.HistoryCompacted if it is older than the history the cluster keeps). `mode`
+        is engine.Node.read's: "linearizable" (ReadIndex on the cluster), "lease" (the
+        leader answers from its lease, Raft thesis §6.4.1: linearizable only while clock
+        rates differ by less than lease_drift_ticks allows) or "stale" (whichever node
+        answers, possibly behind)."""
+        return (await self._get(key, at, False, mode, timeout)).value
+
+    async def get_entry(self, key: bytes, *, at: Timestamp | None = None,
+                        mode: str = "linearizable", timeout: float | None = None
+                        ) -> commands.Entry:
+        """(value, revision): the value as get returns it and the revision of the write
+        that set it (0: no value), for cas(key, expected_revision=revision, value=...)."""
+        result = await self._get(key, at, True, mode, timeout)
+        return commands.Entry(result.value, result.revision or 0)
+
+    async def _get(self, key: bytes, at: Timestamp | None, revision: bool, mode: str,
+                   timeout: float | None) -> commands.KVResult:
+        result = commands.check_read(await self._request(
+            _OP.READ, commands.encode_query(key, at=_encoded(at), revision=revision),
+            _read_mode(mode), timeout))
         if not result.ok and result.error:
             raise errors.Rejected(str(result.error))   # a read never enters a log
-        return result.value
+        return result
 
     async def delete(self, key: bytes, *, prev: bool = False,
                      timeout: float | None = None) -> commands.WriteResult:
@@ -195,11 +215,16 @@ class Client:
                                                         previous=prev),
             timeout)))
 
-    async def cas(self, key: bytes, expected: bytes | None, new: bytes, *,
-                  timeout: float | None = None) -> bool:
-        """Set key to `new` if its value is `expected` (None: absent). True if it did."""
-        result = await self._write(lambda session, seq: commands.encode_cas(
-            key, expected, new, client_id=session, seq=seq), timeout)
+    async def cas(self, key: bytes, expected: bytes | None | Any = commands.UNSET,
+                  new: bytes | None = None, *, expected_revision: int | None = None,
+                  value: bytes | None = None, timeout: float | None = None) -> bool:
+        """Set key to `new` if its value is `expected` (None: absent), or with
+        cas(key, expected_revision=r, value=v) to v if the key's revision is r (0: absent;
+        get_entry reads it). True if it did."""
+        commands.encode_cas_call(key, expected, new, expected_revision, value)   # checks
+        result = await self._write(lambda session, seq: commands.encode_cas_call(
+            key, expected, new, expected_revision, value, client_id=session, seq=seq),
+            timeout)
         if result.status != _KV_STATUS.CAS_MISMATCH:
             self._check_write(result)
         return bool(result.ok)
@@ -815,6 +840,16 @@ def _read_mode(mode: str) -> int:
     if mode not in READ_MODES:
         raise errors.ConfigError(f"read mode must be one of {READ_MODES}, got {mode!r}")
     return READ_MODES.index(mode)
+
+
+def _encoded(timestamp: Timestamp | None) -> bytes | None:
+    """The 12-byte encoding of an HLC timestamp argument (None stays None)."""
+    if timestamp is None:
+        return None
+    if not isinstance(timestamp, Timestamp):
+        raise errors.ConfigError(f"a timestamp is an engine.txn.hlc.Timestamp, got "
+                                 f"{type(timestamp).__name__}")
+    return timestamp.encode()
 
 
 def _write_result(result: commands.KVResult) -> commands.WriteResult:

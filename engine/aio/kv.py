@@ -19,6 +19,7 @@ from typing import Any
 
 from engine import errors
 from engine.kv import KVStore, commands
+from engine.txn.hlc import Timestamp
 
 
 class KV:
@@ -37,18 +38,34 @@ class KV:
         self.read_mode = read_mode
 
     async def put(self, key: bytes, value: bytes, *, prev: bool = False,
+                  timestamp: Timestamp | None = None,
                   timeout: float | None = None) -> commands.WriteResult:
         """Set key to value. The result's `prev` is the value the key held, only with
-        prev=True."""
-        return _write_result(await self._write(
-            commands.encode_put(key, value, previous=prev), timeout))
+        prev=True. `timestamp`: the write's HLC timestamp (docs/transactions.md, "MVCC")."""
+        return _write_result(await self._write(commands.encode_put(
+            key, value, previous=prev, timestamp=None if timestamp is None
+            else timestamp.encode()), timeout))
 
-    async def get(self, key: bytes, *, mode: str | None = None,
+    async def get(self, key: bytes, *, at: Timestamp | None = None, mode: str | None = None,
                   timeout: float | None = None) -> bytes | None:
-        """The value of key (None: absent)."""
-        answer = await self.node.read(commands.encode_get_query(key),
-                                      mode=mode or self.read_mode, timeout=timeout)
-        return _checked(commands.decode_result(answer)).value
+        """The value of key (None: absent); with `at`, as of that HLC timestamp
+        (engine.HistoryCompacted below the kept history)."""
+        return (await self._get(key, at, False, mode, timeout)).value
+
+    async def get_entry(self, key: bytes, *, at: Timestamp | None = None,
+                        mode: str | None = None, timeout: float | None = None
+                        ) -> commands.Entry:
+        """(value, revision) of key: the revision of the write that set the value, 0 if
+        absent (see cas's expected_revision)."""
+        result = await self._get(key, at, True, mode, timeout)
+        return commands.Entry(result.value, result.revision or 0)
+
+    async def _get(self, key: bytes, at: Timestamp | None, revision: bool, mode: str | None,
+                   timeout: float | None) -> commands.KVResult:
+        query = commands.encode_query(key, at=None if at is None else at.encode(),
+                                      revision=revision)
+        answer = await self.node.read(query, mode=mode or self.read_mode, timeout=timeout)
+        return _checked(commands.check_read(commands.decode_result(answer)))
 
     async def delete(self, key: bytes, *, prev: bool = False,
                      timeout: float | None = None) -> commands.WriteResult:
@@ -57,11 +74,13 @@ class KV:
         return _write_result(await self._write(
             commands.encode_delete(key, previous=prev), timeout))
 
-    async def cas(self, key: bytes, expected: bytes | None, new: bytes, *,
-                  timeout: float | None = None) -> bool:
-        """Set key to `new` if its value is `expected` (None: absent); True if it did."""
-        result = await self._write(commands.encode_cas(key, expected, new), timeout,
-                                   allow=commands.Status.CAS_MISMATCH)
+    async def cas(self, key: bytes, expected: bytes | None | Any = commands.UNSET,
+                  new: bytes | None = None, *, expected_revision: int | None = None,
+                  value: bytes | None = None, timeout: float | None = None) -> bool:
+        """Set key to `new` if its value is `expected` (None: absent), or to `value` if its
+        revision is `expected_revision` (0: absent); True if it did."""
+        command = commands.encode_cas_call(key, expected, new, expected_revision, value)
+        result = await self._write(command, timeout, allow=commands.Status.CAS_MISMATCH)
         return result.ok
 
     async def scan(self, start: bytes, end: bytes | None = None, *, limit: int | None = None,

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 from engine.aio.client import Client
 from engine.errors import Stopped
 from engine.kv import commands
+from engine.txn.hlc import Timestamp
 
 T = TypeVar("T")
 
@@ -67,20 +68,29 @@ class SyncClient:
     # ------------------------------------------------------------------ engine.Client's API
 
     def put(self, key: bytes, value: bytes, *, prev: bool = False,
+            timestamp: Timestamp | None = None,
             timeout: float | None = None) -> commands.WriteResult:
-        return self._run(self._client.put(key, value, prev=prev, timeout=timeout))
+        return self._run(self._client.put(key, value, prev=prev, timestamp=timestamp,
+                                          timeout=timeout))
 
-    def get(self, key: bytes, *, mode: str = "linearizable",
+    def get(self, key: bytes, *, at: Timestamp | None = None, mode: str = "linearizable",
             timeout: float | None = None) -> bytes | None:
-        return self._run(self._client.get(key, mode=mode, timeout=timeout))
+        return self._run(self._client.get(key, at=at, mode=mode, timeout=timeout))
+
+    def get_entry(self, key: bytes, *, at: Timestamp | None = None,
+                  mode: str = "linearizable", timeout: float | None = None) -> commands.Entry:
+        return self._run(self._client.get_entry(key, at=at, mode=mode, timeout=timeout))
 
     def delete(self, key: bytes, *, prev: bool = False,
                timeout: float | None = None) -> commands.WriteResult:
         return self._run(self._client.delete(key, prev=prev, timeout=timeout))
 
-    def cas(self, key: bytes, expected: bytes | None, new: bytes, *,
-            timeout: float | None = None) -> bool:
-        return self._run(self._client.cas(key, expected, new, timeout=timeout))
+    def cas(self, key: bytes, expected: bytes | None | Any = commands.UNSET,
+            new: bytes | None = None, *, expected_revision: int | None = None,
+            value: bytes | None = None, timeout: float | None = None) -> bool:
+        return self._run(self._client.cas(key, expected, new,
+                                          expected_revision=expected_revision, value=value,
+                                          timeout=timeout))
 
     def scan(self, start: bytes, end: bytes | None = None, *, limit: int | None = None,
              mode: str = "linearizable", timeout: float | None = None

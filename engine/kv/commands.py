@@ -7,10 +7,19 @@ result (the same on every replica) instead of raising.
 
 Command (goes through the log):
     u8 version (=1) | u8 op | u8 flags | [u64 client_id | u64 seq]   if flags & SESSION
+    | [12-byte HLC timestamp]   if flags & TIMESTAMP
     | u32 key_len | key
     | PUT: u32 value_len | value
     | CAS: [u32 expected_len | expected]   if flags & EXPECTED  (absent: key must not exist)
+    |      [u64 expected_revision]         if flags & EXPECTED_REVISION (instead of EXPECTED;
+    |                                      0: the key must not exist)
     |      u32 new_len | new
+    flags & TIMESTAMP (PUT, DELETE, CAS): the proposer's HLC timestamp for the write
+    (engine.txn.hlc.Timestamp.encode: big-endian u64 wall_ns, u32 logical); the store may
+    push it up (KVStore, "MVCC") and the result carries the timestamp the write took
+    (result flag TIMESTAMP). On a GET (query or command) it is the timestamp to read at.
+    flags & WANT_REVISION (GET only): the result carries the revision of the value read
+    (the log index of the write that set it; 0 when the key has no value).
     REGISTER: no session, an empty key, nothing after it; the result's value is the new
     session's client id (u64, the log index the command applied at).
     flags & WANT_PREVIOUS (PUT and DELETE only): the result carries the value the key held.
@@ -29,9 +38,12 @@ Query (ReadIndex read, never changes state): the GET command layout without a se
     smallest key after it), so a caller pages without a continuation token of its own.
 Result:
     u8 version (=1) | u8 status | u8 flags
-    | [u64 revision] if flags & REVISION | [u32 len | value] if flags & VALUE
+    | [u64 revision] if flags & REVISION | [12-byte timestamp] if flags & TIMESTAMP
+    | [u32 len | value] if flags & VALUE
     | [u32 len | previous] if flags & PREVIOUS | [u32 len | utf-8 message] if flags & MESSAGE
     flags & EXISTED: the key had a value before the write (set whenever PREVIOUS is).
+    flags & TIMESTAMP: a 12-byte HLC timestamp follows the revision: the one a stamped
+    write took (KVStore, "MVCC"); for HISTORY_COMPACTED the value is the oldest readable one.
     flags & NOT_RETAINED: the answer to a retry whose full result the session did not keep
     (larger than Limits.max_session_result_bytes); the command applied once, at `revision`,
     and its status and EXISTED are exact; only the value / previous / message were dropped.
@@ -54,7 +66,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import NamedTuple
 
-from engine.errors import ConfigError, DecodeError
+from engine.errors import ConfigError, DecodeError, HistoryCompacted
 
 VERSION = 1
 
@@ -77,13 +89,19 @@ class Status(IntEnum):
     STALE_REQUEST = 2     # seq below the session's last applied seq; nothing changed
     SESSION_EXPIRED = 3   # unknown client id (evicted, or never registered); nothing changed
     MALFORMED = 4         # the command or query could not be decoded; nothing changed
+    HISTORY_COMPACTED = 5  # a read below the MVCC horizon; value = the oldest readable
+                           # timestamp (12 bytes)
 
 
 # Command flags.
 FLAG_SESSION = 0x01
 FLAG_EXPECTED = 0x02
 FLAG_WANT_PREVIOUS = 0x04   # PUT / DELETE: return the previous value
-_COMMAND_FLAGS = FLAG_SESSION | FLAG_EXPECTED | FLAG_WANT_PREVIOUS
+FLAG_TIMESTAMP = 0x08       # an HLC timestamp: a write's stamp, a GET's read timestamp
+FLAG_WANT_REVISION = 0x10   # GET: return the revision of the value read
+FLAG_EXPECTED_REVISION = 0x20   # CAS: compare the key's revision, not its value
+_COMMAND_FLAGS = (FLAG_SESSION | FLAG_EXPECTED | FLAG_WANT_PREVIOUS | FLAG_TIMESTAMP
+                  | FLAG_WANT_REVISION | FLAG_EXPECTED_REVISION)
 
 # Result flags.
 FLAG_VALUE = 0x01
@@ -92,27 +110,33 @@ FLAG_MESSAGE = 0x04
 FLAG_REVISION = 0x08
 FLAG_EXISTED = 0x10
 FLAG_NOT_RETAINED = 0x20
+FLAG_RESULT_TIMESTAMP = 0x40
 _RESULT_FLAGS = (FLAG_VALUE | FLAG_PREVIOUS | FLAG_MESSAGE | FLAG_REVISION | FLAG_EXISTED
-                 | FLAG_NOT_RETAINED)
+                 | FLAG_NOT_RETAINED | FLAG_RESULT_TIMESTAMP)
 # What a result keeps when its payloads are dropped (KVStore's session cache).
-_RETAINED_FLAGS = FLAG_REVISION | FLAG_EXISTED
+_RETAINED_FLAGS = FLAG_REVISION | FLAG_EXISTED | FLAG_RESULT_TIMESTAMP
 
 _HEAD = struct.Struct("<BBB")
 _SESSION = struct.Struct("<QQ")
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
+TIMESTAMP_BYTES = 12   # engine.txn.hlc.ENCODED_BYTES (kv sits below txn)
 
 # Ops a command may carry: SCAN is a query, and a SCAN in the log is MALFORMED on every replica.
 _KNOWN_OPS = frozenset(int(op) for op in Op if op != Op.SCAN)
 _STATUS_OF: dict[int, Status] = {int(status): status for status in Status}  # not Status(n)
 _PUT_SESSION_HEAD = struct.Struct("<BBBQQI")   # head, session, key length: a client's PUT
-STRIPPED_RESULT_BYTES = _HEAD.size + _U64.size   # the most strip_result keeps
+STRIPPED_RESULT_BYTES = _HEAD.size + _U64.size + 12   # the most strip_result keeps
 
 
 @dataclass(frozen=True, slots=True)
 class Command:
     """A decoded command. `expected` is only meaningful for CAS (None: key must be absent);
-    `previous` (PUT / DELETE): the result is to carry the previous value."""
+    `previous` (PUT / DELETE): the result is to carry the previous value. `timestamp`: the
+    HLC timestamp the command carries as one int (int.from_bytes of its 12-byte big-endian
+    encoding: wall_ns << 32 | logical), None without. `expected_revision` (CAS): compare the
+    key's revision (0: absent) instead of its value. `want_revision` (GET): the result is
+    to carry the revision of the value read."""
 
     op: int
     key: bytes
@@ -121,6 +145,9 @@ class Command:
     client_id: int | None = None
     seq: int = 0
     previous: bool = False
+    timestamp: int | None = None
+    expected_revision: int | None = None
+    want_revision: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,7 +158,8 @@ class KVResult:
     (PUT / DELETE / CAS): the key had a value before. `previous`: that value, only when the
     command asked for it. `retained` is False for a retry's answer whose full result was not
     kept (Limits.max_session_result_bytes): status, revision and existed are exact, value and
-    previous are None whatever they were."""
+    previous are None whatever they were. `timestamp`: the 12-byte HLC timestamp a stamped
+    write took (None otherwise)."""
 
     status: Status
     value: bytes | None = None
@@ -140,6 +168,7 @@ class KVResult:
     revision: int | None = None
     existed: bool = False
     retained: bool = True
+    timestamp: bytes | None = None
 
     @property
     def ok(self) -> bool:
@@ -156,6 +185,15 @@ class KeyValue(NamedTuple):
 
     key: bytes
     value: bytes
+
+
+class Entry(NamedTuple):
+    """A key's value and its revision (the log index of the write that set it), as read by
+    get_entry: (None, 0) when the key has no value. cas(key, expected_revision=revision,
+    ...) swaps only if the key still holds this very write."""
+
+    value: bytes | None
+    revision: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,19 +253,33 @@ def _blob(data: bytes) -> bytes:
     return _U32.pack(len(data)) + data
 
 
+def _timestamp_bytes(timestamp: bytes | None) -> tuple[int, bytes]:
+    if timestamp is None:
+        return 0, b""
+    if type(timestamp) is not bytes or len(timestamp) != TIMESTAMP_BYTES:
+        raise ValueError("a timestamp is the 12-byte encoding of an engine.txn.hlc.Timestamp")
+    return FLAG_TIMESTAMP, timestamp
+
+
 def _command(op: Op, key: bytes, tail: bytes, flags: int,
-             client_id: int | None, seq: int | None) -> bytes:
+             client_id: int | None, seq: int | None, timestamp: bytes | None = None) -> bytes:
     session_flag, session = _session_bytes(client_id, seq)
+    stamp_flag, stamp = _timestamp_bytes(timestamp)
     return b"".join((
-        _HEAD.pack(VERSION, op, flags | session_flag), session, _blob(key), tail,
+        _HEAD.pack(VERSION, op, flags | session_flag | stamp_flag), session, stamp, _blob(key),
+        tail,
     ))
 
 
 def encode_put(key: bytes, value: bytes, *, client_id: int | None = None,
-               seq: int | None = None, previous: bool = False) -> bytes:
+               seq: int | None = None, previous: bool = False,
+               timestamp: bytes | None = None) -> bytes:
     """Set key to value; the result carries the revision, whether the key existed, and with
-    previous=True the value it held before."""
+    previous=True the value it held before. `timestamp`: the write's HLC timestamp (12
+    bytes; see the module docstring)."""
     flags = FLAG_WANT_PREVIOUS if previous else 0
+    if timestamp is not None:
+        return _command(Op.PUT, key, _blob(value), flags, client_id, seq, timestamp)
     if (client_id is not None and seq is not None and 0 <= client_id <= U64_MAX
             and 1 <= seq <= U64_MAX and len(key) <= U32_MAX and len(value) <= U32_MAX):
         # engine.Client's every write: the same bytes as the general path, in one pack.
@@ -239,24 +291,84 @@ def encode_put(key: bytes, value: bytes, *, client_id: int | None = None,
     return _command(Op.PUT, key, _blob(value), flags, client_id, seq)
 
 
-def encode_get(key: bytes, *, client_id: int | None = None, seq: int | None = None) -> bytes:
+def encode_get(key: bytes, *, client_id: int | None = None, seq: int | None = None,
+               at: bytes | None = None, revision: bool = False) -> bytes:
     """Read key through the log (for tests and strict ordering); use encode_query normally."""
-    return _command(Op.GET, key, b"", 0, client_id, seq)
+    return _command(Op.GET, key, b"", FLAG_WANT_REVISION if revision else 0, client_id, seq,
+                    at)
 
 
 def encode_delete(key: bytes, *, client_id: int | None = None,
-                  seq: int | None = None, previous: bool = False) -> bytes:
+                  seq: int | None = None, previous: bool = False,
+                  timestamp: bytes | None = None) -> bytes:
     """Delete key; the result carries the revision, whether the key existed, and with
     previous=True the value it held."""
-    return _command(Op.DELETE, key, b"", FLAG_WANT_PREVIOUS if previous else 0, client_id, seq)
+    return _command(Op.DELETE, key, b"", FLAG_WANT_PREVIOUS if previous else 0, client_id, seq,
+                    timestamp)
 
 
 def encode_cas(key: bytes, expected: bytes | None, new: bytes, *,
-               client_id: int | None = None, seq: int | None = None) -> bytes:
+               client_id: int | None = None, seq: int | None = None,
+               timestamp: bytes | None = None) -> bytes:
     """Set key to new iff its value is expected (None: iff the key is absent)."""
     if expected is None:
-        return _command(Op.CAS, key, _blob(new), 0, client_id, seq)
-    return _command(Op.CAS, key, _blob(expected) + _blob(new), FLAG_EXPECTED, client_id, seq)
+        return _command(Op.CAS, key, _blob(new), 0, client_id, seq, timestamp)
+    return _command(Op.CAS, key, _blob(expected) + _blob(new), FLAG_EXPECTED, client_id, seq,
+                    timestamp)
+
+
+def encode_cas_revision(key: bytes, expected_revision: int, new: bytes, *,
+                        client_id: int | None = None, seq: int | None = None,
+                        timestamp: bytes | None = None) -> bytes:
+    """Set key to new iff its revision (the log index of the write that set its value) is
+    expected_revision; 0: iff the key is absent. A mismatch answers CAS_MISMATCH with the
+    current value and revision."""
+    if isinstance(expected_revision, bool) or not 0 <= expected_revision <= U64_MAX:
+        raise ValueError(f"expected_revision must fit in u64, got {expected_revision!r}")
+    return _command(Op.CAS, key, _U64.pack(expected_revision) + _blob(new),
+                    FLAG_EXPECTED_REVISION, client_id, seq, timestamp)
+
+
+class _Unset:
+    """The default of cas's `expected` (None means "absent", so it cannot be the default)."""
+
+    def __repr__(self) -> str:
+        return "UNSET"
+
+
+UNSET = _Unset()
+
+
+def encode_cas_call(key: bytes, expected: bytes | None | _Unset, new: bytes | None,
+                    expected_revision: int | None, value: bytes | None, *,
+                    client_id: int | None = None, seq: int | None = None) -> bytes:
+    """The CAS of a client's cas(key, expected, new) (expected None: the key is absent) or
+    cas(key, expected_revision=r, value=v) (r 0: absent); ConfigError for anything else."""
+    if new is not None and value is not None:
+        raise ConfigError("cas takes the new value once: `new` or `value=`")
+    new_value = new if new is not None else value
+    if not isinstance(new_value, bytes):
+        raise ConfigError("cas needs the new value (bytes): `new` or `value=`")
+    if expected_revision is not None:
+        if not isinstance(expected, _Unset):
+            raise ConfigError("cas compares a value or a revision, not both")
+        if isinstance(expected_revision, bool) or not isinstance(expected_revision, int) or (
+                not 0 <= expected_revision <= U64_MAX):
+            raise ConfigError(f"expected_revision must be an int >= 0, got "
+                              f"{expected_revision!r}")
+        return encode_cas_revision(key, expected_revision, new_value, client_id=client_id,
+                                   seq=seq)
+    if isinstance(expected, _Unset):
+        raise ConfigError("cas needs `expected` (a value; None: absent) or expected_revision=")
+    return encode_cas(key, expected, new_value, client_id=client_id, seq=seq)
+
+
+def check_read(result: KVResult) -> KVResult:
+    """A GET's result; raises engine.HistoryCompacted for a read below the MVCC horizon."""
+    if result.status == Status.HISTORY_COMPACTED:
+        oldest = int.from_bytes(result.value or bytes(TIMESTAMP_BYTES), "big")
+        raise HistoryCompacted(oldest >> 32, oldest & 0xFFFFFFFF)
+    return result
 
 
 def encode_register() -> bytes:
@@ -264,9 +376,11 @@ def encode_register() -> bytes:
     return _command(Op.REGISTER, b"", b"", 0, None, None)
 
 
-def encode_query(key: bytes) -> bytes:
-    """A linearizable read of key (served with ReadIndex by KVStore.query)."""
-    return _command(Op.GET, key, b"", 0, None, None)
+def encode_query(key: bytes, *, at: bytes | None = None, revision: bool = False) -> bytes:
+    """A linearizable read of key (served with ReadIndex by KVStore.query). `at`: the value
+    as of that HLC timestamp (12 bytes) instead of the latest; revision=True: the result's
+    revision is the value's (0: no value)."""
+    return _command(Op.GET, key, b"", FLAG_WANT_REVISION if revision else 0, None, None, at)
 
 
 # The name engine.aio.client uses.
@@ -369,12 +483,15 @@ def decode_scan_result(result: KVResult) -> ScanPage:
 
 def encode_result(status: Status, value: bytes | None = None, previous: bytes | None = None,
                   message: str = "", *, revision: int | None = None,
-                  existed: bool = False) -> bytes:
+                  existed: bool = False, timestamp: bytes | None = None) -> bytes:
     flags = FLAG_EXISTED if existed or previous is not None else 0
     parts = [b""]
     if revision is not None:
         flags |= FLAG_REVISION
         parts.append(_U64.pack(revision))
+    if timestamp is not None:
+        flags |= FLAG_RESULT_TIMESTAMP
+        parts.append(timestamp)
     if value is not None:
         flags |= FLAG_VALUE
         parts.append(_blob(value))
@@ -396,7 +513,9 @@ def strip_result(result: bytes) -> bytes:
         raise DecodeError(f"result of {len(result)} bytes is shorter than its header")
     flags = result[2] & _RETAINED_FLAGS
     head = bytes((result[0], result[1], flags | FLAG_NOT_RETAINED))
-    return head + result[3:3 + _U64.size] if flags & FLAG_REVISION else head
+    kept = (_U64.size if flags & FLAG_REVISION else 0) + (
+        TIMESTAMP_BYTES if flags & FLAG_RESULT_TIMESTAMP else 0)
+    return head + result[3:3 + kept]
 
 
 # ---------------------------------------------------------------------------- decoding
@@ -438,6 +557,12 @@ def decode_command(data: bytes) -> Command:
         raise DecodeError("previous-value flag on a command other than PUT or DELETE")
     if flags & FLAG_SESSION and op == Op.REGISTER:
         raise DecodeError("REGISTER opens a session: it cannot carry one")
+    if flags & FLAG_TIMESTAMP and op == Op.REGISTER:
+        raise DecodeError("REGISTER takes no timestamp")
+    if flags & FLAG_WANT_REVISION and op != Op.GET:
+        raise DecodeError("revision flag on a command other than GET")
+    if flags & FLAG_EXPECTED_REVISION and (op != Op.CAS or flags & FLAG_EXPECTED):
+        raise DecodeError("expected-revision flag outside a CAS, or with an expected value")
     offset = _HEAD.size
     client_id: int | None = None
     seq = 0
@@ -448,7 +573,14 @@ def decode_command(data: bytes) -> Command:
         if seq == 0:
             raise DecodeError("session seq 0 is reserved")
         offset += _SESSION.size
+    timestamp: int | None = None
+    if flags & FLAG_TIMESTAMP:
+        if offset + TIMESTAMP_BYTES > len(data):
+            raise DecodeError("truncated timestamp")
+        timestamp = int.from_bytes(data[offset:offset + TIMESTAMP_BYTES], "big")
+        offset += TIMESTAMP_BYTES
     key, offset = _read_blob(data, offset, "key")
+    expected_revision: int | None = None
     value: bytes | None = None
     expected: bytes | None = None
     if op == Op.PUT:
@@ -456,20 +588,32 @@ def decode_command(data: bytes) -> Command:
     elif op == Op.CAS:
         if flags & FLAG_EXPECTED:
             expected, offset = _read_blob(data, offset, "expected value")
+        elif flags & FLAG_EXPECTED_REVISION:
+            if offset + _U64.size > len(data):
+                raise DecodeError("truncated expected revision")
+            (expected_revision,) = _U64.unpack_from(data, offset)
+            offset += _U64.size
         value, offset = _read_blob(data, offset, "new value")
     if offset != len(data):
         raise DecodeError(f"{len(data) - offset} trailing bytes after command")
     if op == Op.REGISTER and key:
         raise DecodeError("REGISTER takes no key")
-    return Command(op, key, value, expected, client_id, seq, bool(flags & FLAG_WANT_PREVIOUS))
+    return Command(op, key, value, expected, client_id, seq, bool(flags & FLAG_WANT_PREVIOUS),
+                   timestamp, expected_revision, bool(flags & FLAG_WANT_REVISION))
+
+
+def decode_read(data: bytes) -> Command:
+    """Parse a query (a GET without a session, with its timestamp and revision flags);
+    raises DecodeError on anything else."""
+    command = decode_command(data)
+    if command.op != Op.GET or command.client_id is not None:
+        raise DecodeError("a query must be a GET without a session")
+    return command
 
 
 def decode_query(data: bytes) -> bytes:
     """Parse a query; returns the key. Raises DecodeError on anything but a session-less GET."""
-    command = decode_command(data)
-    if command.op != Op.GET or command.client_id is not None:
-        raise DecodeError("a query must be a GET without a session")
-    return command.key
+    return decode_read(data).key
 
 
 def decode_client_id(result: KVResult) -> int:
@@ -500,12 +644,18 @@ def decode_result(data: bytes) -> KVResult:
     revision: int | None = None
     value: bytes | None = None
     previous: bytes | None = None
+    timestamp: bytes | None = None
     message = ""
     if flags & FLAG_REVISION:
         if offset + _U64.size > len(data):
             raise DecodeError(f"truncated revision at offset {offset}")
         (revision,) = _U64.unpack_from(data, offset)
         offset += _U64.size
+    if flags & FLAG_RESULT_TIMESTAMP:
+        if offset + TIMESTAMP_BYTES > len(data):
+            raise DecodeError(f"truncated timestamp at offset {offset}")
+        timestamp = data[offset:offset + TIMESTAMP_BYTES]
+        offset += TIMESTAMP_BYTES
     if flags & FLAG_VALUE:
         value, offset = _read_blob(data, offset, "value")
     if flags & FLAG_PREVIOUS:
@@ -517,12 +667,14 @@ def decode_result(data: bytes) -> KVResult:
         raise DecodeError(f"{len(data) - offset} trailing bytes after result")
     return KVResult(known, value, previous, message, revision,
                     bool(flags & FLAG_EXISTED) or previous is not None,
-                    not flags & FLAG_NOT_RETAINED)
+                    not flags & FLAG_NOT_RETAINED, timestamp)
 
 
 __all__ = [
     "VERSION", "Op", "Status", "Command", "KVResult", "WriteResult",
     "encode_put", "encode_get", "encode_delete", "encode_cas", "encode_register", "encode_query",
+    "encode_cas_revision", "decode_read", "Entry", "TIMESTAMP_BYTES", "UNSET",
+    "encode_cas_call", "check_read",
     "encode_get_query", "encode_result", "KeyValue", "ScanPage", "encode_scan", "decode_scan",
     "is_scan", "encode_scan_page", "decode_scan_result", "prefix_end", "check_scan_range",
     "SCAN_RESULT_OVERHEAD_BYTES", "SCAN_ROW_OVERHEAD_BYTES", "strip_result",

@@ -37,6 +37,40 @@ merges that list into the order in one sorted batch (`_settle_order`), so a writ
 workload pays for ordering once per key, in bulk, and only if something reads in order.
 Snapshots stay the sorted rows they were; restore rebuilds the order from them.
 
+MVCC. Every write creates a version of its key: the PUT, DELETE or CAS at log index r sets
+the key's value (a DELETE: no value) from r on; r is the version's *revision* (get_entry,
+cas on expected_revision). Versions are also ordered by HLC timestamp (engine.txn.hlc), and
+apply stays deterministic because a timestamp is a function of the log alone:
+  * the group's clock ts(r) is defined for every log index: the last *anchor* (r0, t0) at
+    or below r gives ts(r) = t0 + (r - r0), one logical tick per index (the 96-bit int
+    wall_ns << 32 | logical, whose + 1 is Timestamp.next());
+  * a command may carry an HLC timestamp stamped by its proposer (a transaction
+    coordinator, or any client keeping an HLC). Applied at index r, it takes
+    max(stamp, ts(r)): a stamp above the group's clock becomes a new anchor (r, stamp)
+    (the HLC receive rule), a stamp at or below it is pushed up to ts(r), just above the
+    group's latest version, as CockroachDB pushes a write below its timestamp cache. The
+    result of a stamped write carries the timestamp it took;
+  * a plain write (no stamp) takes ts(r) and costs nothing more: the PUT fast path
+    (engine._core.kvput) never computes a timestamp.
+So timestamps strictly increase with the log index within a group, every replica derives
+the same ones, and a group that never sees a stamp keeps a logical clock (0, r).
+Layout: `_data` holds the latest value of each key (the flat dict the fast path writes),
+Versions.revisions the revision of that value, and Versions.history the versions a write
+replaced or a delete ended, touched only on overwrite and delete: a plain write to a new key
+adds one revision, an overwrite pushes the replaced value (kvput.Versions).
+Reads at a timestamp (query / get with `at`): the version with the largest timestamp at or
+below it. A read above the group's latest timestamp sees the latest value; the store keeps
+no timestamp cache, so a later plain write may still take a timestamp at or below it.
+Garbage collection past a horizon: versions are kept while a read at or above the horizon
+could see them, and reads below it answer HISTORY_COMPACTED (engine.HistoryCompacted) with
+the horizon. The horizon only rises, to the latest timestamp less Limits.mvcc_retention_s
+(at each stamped write: only stamps move the clock by more than a tick, and the log's
+timestamps, never a clock, measure the retention) and higher whenever the kept versions
+and anchors would pass Limits.max_mvcc_history_bytes (the oldest go first, down to 7/8 of
+the bound, so a store at its bound collects once per many writes). Superseded
+versions are dropped in the order they were superseded (Versions.queue), anchors whose
+successor is at or below the horizon with them: memory is bounded by that limit.
+
 Memory and snapshot size: the live data, plus at most max_client_sessions sessions of
 SESSION_ROW_BYTES + max(max_session_result_bytes, STRIPPED_RESULT_BYTES) bytes each
 (session_bytes_bound()). A
@@ -48,24 +82,27 @@ from __future__ import annotations
 
 import copy
 import struct
+from bisect import bisect_right
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 
 from sortedcontainers import SortedList
 
 from engine._core import kvput as _kvput
-from engine.errors import DecodeError, InvariantViolation
+from engine.errors import DecodeError, HistoryCompacted, InvariantViolation
 from engine.kv.commands import (
     FLAG_SESSION,
     SCAN_RESULT_OVERHEAD_BYTES,
     SCAN_ROW_OVERHEAD_BYTES,
     STRIPPED_RESULT_BYTES,
+    TIMESTAMP_BYTES,
     VERSION,
     Command,
+    Entry,
     Op,
     Status,
     decode_command,
-    decode_query,
+    decode_read,
     decode_scan,
     encode_client_id,
     encode_result,
@@ -75,9 +112,19 @@ from engine.kv.commands import (
 )
 from engine.limits import Limits
 
-_SNAPSHOT_MAGIC = b"EKV1"
+# EKV2 (with revisions, anchors and superseded versions) is written; EKV1 still restores.
+_SNAPSHOT_MAGIC = b"EKV2"
+_SNAPSHOT_MAGIC_V1 = b"EKV1"
 _SNAPSHOT_HEAD = struct.Struct("<4sQQQ")   # magic, applied_index, n_keys, n_sessions
+# EKV2 after the head: n_anchors, n_history_keys, the horizon (12-byte timestamp).
+_SNAPSHOT_MVCC = struct.Struct("<QQ12s")
 _U32 = struct.Struct("<I")
+_U64 = struct.Struct("<Q")
+_ANCHOR = struct.Struct("<Q12s")           # revision, timestamp
+_HISTORY_ROW = struct.Struct("<QB")        # revision, 1 if it holds a value (else deleted)
+# What an anchor is accounted against Limits.max_mvcc_history_bytes (two list slots, two ints).
+ANCHOR_BYTES = 64
+_NS = 1_000_000_000
 _SESSION_ROW = struct.Struct("<QQQ")      # client_id, last_seq, last_index
 # A session's snapshot row without its result: ids, seq, index and the result's length.
 SESSION_ROW_BYTES = _SESSION_ROW.size + _U32.size
@@ -87,6 +134,11 @@ SESSION_ROW_BYTES = _SESSION_ROW.size + _U32.size
 _parse_put = _kvput.parse_put
 _apply_put = _kvput.apply_put
 _put_result = _kvput.put_result
+VERSION_OVERHEAD_BYTES = _kvput.VERSION_OVERHEAD_BYTES
+
+
+def _ts_bytes(timestamp: int) -> bytes:
+    return timestamp.to_bytes(TIMESTAMP_BYTES, "big")
 
 
 _STALE = encode_result(Status.STALE_REQUEST, message="stale request: seq below last applied")
@@ -130,6 +182,21 @@ class KVStore:
         # client_id -> _Session, ordered from least to most recently used (by log index).
         self._sessions: OrderedDict[int, _Session] = OrderedDict()
         self._applied_index = 0
+        # MVCC (module docstring): the retention in timestamp units, the byte bound, the
+        # side table of revisions and superseded versions, the group clock's anchors and
+        # the horizon (a timestamp) with the largest revision at or below it.
+        self._retention = (limits.mvcc_retention_s * _NS) << 32
+        self._max_history_bytes = limits.max_mvcc_history_bytes
+        self._reset_versions()
+
+    def _reset_versions(self) -> None:
+        self._versions = _kvput.Versions(self._max_history_bytes, self._collect)
+        self._versions.keep = self._retention > 0
+        self._revisions = self._versions.revisions
+        self._anchor_revisions: list[int] = [0]
+        self._anchor_timestamps: list[int] = [0]
+        self._horizon = 0
+        self._horizon_revision = 0
 
     # ------------------------------------------------------------------ state machine API
 
@@ -149,7 +216,7 @@ class KVStore:
             )
         self._applied_index = index
         # The hot path: a well-formed PUT, no Command object (engine._core.kvput).
-        result = _apply_put(self._data, command, index, self._key_created)
+        result = _apply_put(self._data, command, index, self._key_created, self._versions)
         if result is not None:
             return result  # a PUT without a session, applied
         put = _parse_put(command)
@@ -158,13 +225,9 @@ class KVStore:
             answered = self._session_answer(index, client_id, seq)
             if answered is not None:
                 return answered
-            data = self._data
-            previous = data.get(key)
-            data[key] = value
-            if previous is None:
-                self._key_created(key)
             return self._record(client_id, seq, index,
-                                _put_result(index, previous, want_previous))
+                                _put_result(index, self._put(index, key, value),
+                                            want_previous))
         try:
             cmd = decode_command(command)
         except DecodeError as exc:
@@ -196,10 +259,42 @@ class KVStore:
         if is_scan(query):
             return self._scan_query(query)
         try:
-            key = decode_query(query)
+            cmd = decode_read(query)
         except DecodeError as exc:
             return encode_result(Status.MALFORMED, message=f"malformed query: {exc}")
-        return encode_result(Status.OK, value=self._data.get(key))
+        return self._get_result(cmd)
+
+    def _get_result(self, cmd: Command) -> bytes:
+        """A GET's result: the value (as of cmd.timestamp if it has one) and, if asked, its
+        revision; HISTORY_COMPACTED with the horizon for a timestamp below it."""
+        if cmd.timestamp is None and not cmd.want_revision:
+            return encode_result(Status.OK, value=self._data.get(cmd.key))
+        found = self._read(cmd.key, cmd.timestamp)
+        if found is None:
+            return encode_result(Status.HISTORY_COMPACTED, value=_ts_bytes(self._horizon_now()),
+                                 message="read below the MVCC horizon")
+        value, revision = found
+        return encode_result(Status.OK, value=value,
+                             revision=revision if cmd.want_revision else None)
+
+    def _read(self, key: bytes, at: int | None) -> tuple[bytes | None, int] | None:
+        """(value, revision) of `key` as of timestamp `at` (None: the latest), (None, 0)
+        when it had no value then; None when `at` is below the horizon."""
+        revision = self._revisions.get(key)
+        if at is None:
+            return (None, 0) if revision is None else (self._data[key], revision)
+        if at < self._horizon_now():
+            return None
+        visible = self._revision_at(at)
+        if revision is not None and revision <= visible:
+            return self._data[key], revision
+        kept = self._versions.history.get(key)
+        if kept:
+            for i in range(len(kept) - 2, -1, -2):
+                if kept[i] <= visible:
+                    value = kept[i + 1]
+                    return (None, 0) if value is None else (value, kept[i])
+        return None, 0
 
     def scan(self, start: bytes, end: bytes = b"", limit: int | None = None,
              max_bytes: int | None = None) -> tuple[list[tuple[bytes, bytes]], bool]:
@@ -246,19 +341,39 @@ class KVStore:
     # ------------------------------------------------------------------ snapshots
 
     def snapshot(self) -> bytes:
-        """The whole state, encoded deterministically (keys and client ids sorted)."""
+        """The whole state, encoded deterministically (keys and client ids sorted): EKV2,
+        the head, then MVCC counts and horizon, rows (key, value, u64 revision), sessions,
+        anchors (u64 revision, timestamp), superseded versions per key in key order (key,
+        u32 count, count x (u64 revision, u8 has value, [u32 length, value]))."""
+        history = self._versions.history
+        anchors = self._anchor_revisions
         parts = [_SNAPSHOT_HEAD.pack(
             _SNAPSHOT_MAGIC, self._applied_index, len(self._data), len(self._sessions)
-        )]
+        ), _SNAPSHOT_MVCC.pack(len(anchors), len(history), _ts_bytes(self._horizon))]
         pack_u32 = _U32.pack
+        pack_u64 = _U64.pack
+        revisions = self._revisions
         for key, value in sorted(self._data.items()):
-            parts += (pack_u32(len(key)), key, pack_u32(len(value)), value)
+            parts += (pack_u32(len(key)), key, pack_u32(len(value)), value,
+                      pack_u64(revisions[key]))
         for client_id in sorted(self._sessions):
             session = self._sessions[client_id]
             parts += (
                 _SESSION_ROW.pack(client_id, session.seq, session.index),
                 pack_u32(len(session.result)), session.result,
             )
+        for revision, timestamp in zip(anchors, self._anchor_timestamps, strict=True):
+            parts.append(_ANCHOR.pack(revision, _ts_bytes(timestamp)))
+        pack_row = _HISTORY_ROW.pack
+        for key in sorted(history):
+            kept = history[key]
+            parts += (pack_u32(len(key)), key, pack_u32(len(kept) // 2))
+            for i in range(0, len(kept), 2):
+                value = kept[i + 1]
+                if value is None:
+                    parts.append(pack_row(kept[i], 0))
+                else:
+                    parts += (pack_row(kept[i], 1), pack_u32(len(value)), value)
         return b"".join(parts)
 
     def snapshot_fork(self) -> Callable[[], bytes]:
@@ -273,6 +388,13 @@ class KVStore:
         frozen._max_result_bytes = self._max_result_bytes
         frozen._max_page_bytes = self._max_page_bytes
         frozen._data = self._data.copy()   # snapshot() sorts the rows: no key order needed
+        # The version table's tuples are immutable: shallow copies freeze it.
+        frozen._versions = _kvput.Versions(self._max_history_bytes)
+        frozen._versions.history = self._versions.history.copy()
+        frozen._revisions = frozen._versions.revisions = self._revisions.copy()
+        frozen._anchor_revisions = list(self._anchor_revisions)
+        frozen._anchor_timestamps = list(self._anchor_timestamps)
+        frozen._horizon = self._horizon
         frozen._sessions = OrderedDict(
             (client_id, copy.copy(session)) for client_id, session in self._sessions.items()
         )
@@ -282,10 +404,31 @@ class KVStore:
     def restore(self, data: bytes) -> None:
         """Replace the whole state with a snapshot; raises DecodeError (state unchanged) if
         the snapshot is malformed."""
-        applied, items, sessions = _decode_snapshot(bytes(data))
+        applied, items, sessions, mvcc = _decode_snapshot(bytes(data))
         for _, session in sessions:   # a snapshot written under a larger limit
             session.result = self._retainable(session.result)
-        self._data = dict(items)
+        self._reset_versions()
+        self._data = {key: value for key, value, _ in items}
+        # An EKV1 snapshot has no revisions: its values take the snapshot's index, which is
+        # at or above their true revision, so a cas on a revision a client learned before
+        # can only fail, never swap a value it did not see.
+        self._revisions.update((key, revision or applied) for key, _, revision in items)
+        if mvcc is not None:
+            anchors, history, horizon = mvcc
+            self._anchor_revisions = [revision for revision, _ in anchors]
+            self._anchor_timestamps = [timestamp for _, timestamp in anchors]
+            self._horizon = horizon
+            self._horizon_revision = self._revision_at(horizon)
+            versions = self._versions
+            versions.history = dict(history)
+            versions.max_bytes = self._max_history_bytes - self._anchor_bytes()
+            versions.queue = _gc_queue(history, self._revisions)
+            versions.nbytes = sum(
+                (len(key) + VERSION_OVERHEAD_BYTES) * (len(kept) // 2)
+                + sum(len(value) for value in kept[1::2] if isinstance(value, bytes))
+                for key, kept in history)
+            if self.history_bytes > self._max_history_bytes:   # written under a larger limit
+                self._collect()
         self._keys = SortedList(self._data)   # the rows come sorted: timsort is linear
         self._new_keys = []
         self._key_created = self._new_keys.append
@@ -304,9 +447,44 @@ class KVStore:
         # An empty store is still a state machine: `sm or KVStore()` must not replace it.
         return True
 
-    def get(self, key: bytes) -> bytes | None:
-        """Local (not linearizable) read, for tests and tools."""
-        return self._data.get(key)
+    def get(self, key: bytes, at: bytes | None = None) -> bytes | None:
+        """Local (not linearizable) read, for tests and tools; `at`: as of that HLC
+        timestamp (12 bytes; HistoryCompacted below the horizon)."""
+        return self.get_entry(key, at).value
+
+    def get_entry(self, key: bytes, at: bytes | None = None) -> Entry:
+        """Local read of (value, revision); (None, 0) when the key has no value."""
+        if at is None:
+            found = self._read(key, None)
+        else:
+            if type(at) is not bytes or len(at) != TIMESTAMP_BYTES:
+                raise ValueError("`at` is a 12-byte encoded HLC timestamp")
+            found = self._read(key, int.from_bytes(at, "big"))
+        if found is None:
+            horizon = self._horizon_now()
+            raise HistoryCompacted(horizon >> 32, horizon & 0xFFFFFFFF)
+        return Entry(*found)
+
+    @property
+    def horizon(self) -> bytes:
+        """The oldest timestamp a read can still be answered at (12 bytes)."""
+        return _ts_bytes(self._horizon_now())
+
+    @property
+    def latest_timestamp(self) -> bytes:
+        """The group clock at the last applied index (12 bytes): the timestamp the newest
+        write took if it applied there."""
+        return _ts_bytes(self._timestamp_at(self._applied_index))
+
+    @property
+    def history_bytes(self) -> int:
+        """What the kept superseded versions and the clock's anchors are accounted, at most
+        Limits.max_mvcc_history_bytes."""
+        return self._versions.nbytes + self._anchor_bytes()
+
+    def version_count(self) -> int:
+        """Superseded versions kept (deletions included)."""
+        return sum(len(kept) // 2 for kept in self._versions.history.values())
 
     def items(self) -> list[tuple[bytes, bytes]]:
         data = self._data
@@ -337,9 +515,15 @@ class KVStore:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, KVStore):
             return NotImplemented
+        mine, theirs = self._versions, other._versions
         return (
             self._applied_index == other._applied_index and self._data == other._data
             and list(self._sessions.items()) == list(other._sessions.items())
+            and self._revisions == other._revisions and mine.history == theirs.history
+            and mine.queue[mine.head:] == theirs.queue[theirs.head:]
+            and mine.nbytes == theirs.nbytes and self._horizon == other._horizon
+            and self._anchor_revisions == other._anchor_revisions
+            and self._anchor_timestamps == other._anchor_timestamps
         )
 
     __hash__ = None  # type: ignore[assignment]
@@ -394,52 +578,198 @@ class KVStore:
             sessions.popitem(last=False)   # least recently used by log index
         return encode_result(Status.OK, value=encode_client_id(index))
 
+    def _put(self, index: int, key: bytes, value: bytes) -> bytes | None:
+        """Set key to value at log index `index` (its new revision); returns the value it
+        replaced, pushed to the version history."""
+        data = self._data
+        previous = data.get(key)
+        data[key] = value
+        revisions = self._revisions
+        replaced = revisions.get(key)
+        revisions[key] = index
+        if previous is None:
+            self._key_created(key)
+        else:
+            self._versions.push(key, previous, replaced or 0, index)
+        return previous
+
     def _execute(self, index: int, cmd: Command) -> bytes:
         data = self._data
         op = cmd.op
+        key = cmd.key
+        if op == Op.GET:
+            return self._get_result(cmd)
+        stamp = None
+        if cmd.timestamp is not None and op != Op.REGISTER:
+            stamp = _ts_bytes(self._stamp(index, cmd.timestamp))
         if op == Op.PUT:
             value = cmd.value
             if value is None:  # decode_command always sets it for PUT
                 raise InvariantViolation("PUT without a value")
-            previous = data.get(cmd.key)
-            data[cmd.key] = value
-            if previous is None:
-                self._key_created(cmd.key)
-            return _write_result(index, previous, cmd.previous)
-        if op == Op.GET:
-            return encode_result(Status.OK, value=data.get(cmd.key))
+            return _write_result(index, self._put(index, key, value), cmd.previous, stamp)
         if op == Op.DELETE:
-            previous = data.pop(cmd.key, None)
+            previous = data.pop(key, None)
             if previous is not None:
-                self._settle_order().remove(cmd.key)
-            return _write_result(index, previous, cmd.previous)
+                self._settle_order().remove(key)
+                versions = self._versions
+                versions.push(key, previous, self._revisions.pop(key), index)
+                versions.push(key, None, index, index)   # the deletion, a version of its own
+            return _write_result(index, previous, cmd.previous, stamp)
         if op == Op.CAS:
-            current = data.get(cmd.key)
-            if current != cmd.expected or cmd.value is None:
-                return encode_result(Status.CAS_MISMATCH, value=current)
-            data[cmd.key] = cmd.value
-            if current is None:
-                self._key_created(cmd.key)
+            current = data.get(key)
+            if cmd.expected_revision is not None:
+                revision = self._revisions.get(key, 0)
+                if revision != cmd.expected_revision or cmd.value is None:
+                    return encode_result(Status.CAS_MISMATCH, value=current, revision=revision,
+                                         timestamp=stamp)
+            elif current != cmd.expected or cmd.value is None:
+                return encode_result(Status.CAS_MISMATCH, value=current, timestamp=stamp)
+            self._put(index, key, cmd.value)
             # The previous value is the expected one, which the client sent: not repeated.
-            return encode_result(Status.OK, revision=index, existed=current is not None)
+            return encode_result(Status.OK, revision=index, existed=current is not None,
+                                 timestamp=stamp)
         raise InvariantViolation(f"op {op} passed decoding but has no handler")
 
+    # ------------------------------------------------------------------ MVCC clock and GC
 
-def _write_result(index: int, previous: bytes | None, want_previous: bool) -> bytes:
-    """An applied PUT's or DELETE's result: revision, existed, the previous value if asked."""
+    def _timestamp_at(self, revision: int) -> int:
+        """The group clock at log index `revision` (module docstring, "MVCC"). Below the
+        first kept anchor (dropped with the history below the horizon) the value is only
+        known to be at or below the horizon, and is reported so."""
+        revisions = self._anchor_revisions
+        j = bisect_right(revisions, revision) - 1
+        if j < 0:
+            return max(0, self._anchor_timestamps[0] - (revisions[0] - revision))
+        return self._anchor_timestamps[j] + (revision - revisions[j])
+
+    def _revision_at(self, timestamp: int) -> int:
+        """The largest log index whose timestamp is at or below `timestamp` (-1: none)."""
+        timestamps = self._anchor_timestamps
+        revisions = self._anchor_revisions
+        j = bisect_right(timestamps, timestamp) - 1
+        if j < 0:
+            return max(-1, revisions[0] - (timestamps[0] - timestamp))
+        revision = revisions[j] + (timestamp - timestamps[j])
+        if j + 1 < len(revisions):
+            revision = min(revision, revisions[j + 1] - 1)
+        return revision
+
+    def _stamp(self, index: int, stamp: int) -> int:
+        """The timestamp a command stamped `stamp` takes at log index `index`: the stamp,
+        pushed up to the group clock if below it; a stamp above it anchors the clock."""
+        timestamp = self._timestamp_at(index)
+        if stamp > timestamp:
+            self._anchor_revisions.append(index)
+            self._anchor_timestamps.append(stamp)
+            self._versions.max_bytes -= ANCHOR_BYTES
+            timestamp = stamp
+        horizon = timestamp - self._retention
+        if horizon > self._horizon:
+            self._raise_horizon(horizon)
+        if self.history_bytes > self._max_history_bytes:
+            self._collect()
+        return timestamp
+
+    def _horizon_now(self) -> int:
+        """The horizon; without history (Limits.mvcc_retention_s = 0) the latest timestamp."""
+        if self._versions.keep:
+            return self._horizon
+        return self._timestamp_at(self._applied_index)
+
+    def _anchor_bytes(self) -> int:
+        return (len(self._anchor_revisions) - 1) * ANCHOR_BYTES
+
+    def _raise_horizon(self, horizon: int) -> None:
+        """Move the horizon up to `horizon` and drop what no read at or above it can see."""
+        self._horizon = horizon
+        self._horizon_revision = self._revision_at(horizon)
+        # A version superseded at or below the horizon's revision is invisible to every read
+        # at or above it: the next version (or the key's absence) is what such reads see.
+        versions = self._versions
+        versions.drop_through(self._horizon_revision)
+        # An anchor is needed while a revision it governs may be above the horizon: drop
+        # those whose successor is at or below it.
+        timestamps = self._anchor_timestamps
+        first = bisect_right(timestamps, horizon) - 1
+        if first > 0:
+            del timestamps[:first]
+            del self._anchor_revisions[:first]
+            versions.max_bytes = self._max_history_bytes - self._anchor_bytes()
+
+    def _collect(self) -> None:
+        """Keep the history within Limits.max_mvcc_history_bytes: raise the horizon past
+        the oldest superseded versions (or the oldest anchors) until they take at most 7/8
+        of it, so a full history is collected once per many writes, not on every one."""
+        versions = self._versions
+        target = self._max_history_bytes - self._max_history_bytes // 8
+        while versions.nbytes + self._anchor_bytes() > target:
+            if versions.head < len(versions.queue):
+                # The oldest versions in one call; the horizon then passes the last of them.
+                ended = versions.drop_oldest(target - self._anchor_bytes())
+                horizon = self._timestamp_at(ended)
+            elif len(self._anchor_timestamps) > 1:
+                horizon = self._anchor_timestamps[1]
+            else:
+                break
+            # Each turn drops at least one version or anchor: the loop ends.
+            self._raise_horizon(max(horizon, self._horizon))
+
+
+def _write_result(index: int, previous: bytes | None, want_previous: bool,
+                  timestamp: bytes | None = None) -> bytes:
+    """An applied PUT's or DELETE's result: revision, existed, the previous value if asked,
+    the timestamp it took if it was stamped."""
     return encode_result(Status.OK, previous=previous if want_previous else None,
-                         revision=index, existed=previous is not None)
+                         revision=index, existed=previous is not None, timestamp=timestamp)
+
+
+def _gc_queue(history: list[tuple[bytes, tuple[object, ...]]],
+              revisions: dict[bytes, int]) -> list[object]:
+    """The garbage collector's queue (kvput.Versions.queue) of a restored history: each
+    superseded version with the revision that ended it (the next version's, the key's
+    current revision, or a deletion's own), in the order they were superseded."""
+    records: list[tuple[int, int, bytes]] = []
+    for key, kept in history:
+        revisions_kept: list[int] = list(kept[0::2])  # type: ignore[arg-type]
+        count = len(revisions_kept)
+        for n in range(count):
+            if kept[2 * n + 1] is None:
+                records.append((revisions_kept[n], 1, key))   # after the value it ended
+            elif n + 1 < count:
+                records.append((revisions_kept[n + 1], 0, key))
+            else:
+                records.append((revisions[key], 0, key))
+    records.sort()
+    queue: list[object] = []
+    for end, _, key in records:
+        queue += (end, key)
+    return queue
+
+
+_Mvcc = tuple[list[tuple[int, int]], list[tuple[bytes, tuple[object, ...]]], int]
 
 
 def _decode_snapshot(
     data: bytes,
-) -> tuple[int, list[tuple[bytes, bytes]], list[tuple[int, _Session]]]:
+) -> tuple[int, list[tuple[bytes, bytes, int | None]], list[tuple[int, _Session]],
+           _Mvcc | None]:
+    """(applied index, rows (key, value, revision: None in EKV1), sessions, the MVCC state
+    (anchors, superseded versions per key, horizon; None in EKV1))."""
     if len(data) < _SNAPSHOT_HEAD.size:
         raise DecodeError(f"KV snapshot of {len(data)} bytes is shorter than its header")
     magic, applied, n_keys, n_sessions = _SNAPSHOT_HEAD.unpack_from(data, 0)
-    if magic != _SNAPSHOT_MAGIC:
+    if magic not in (_SNAPSHOT_MAGIC, _SNAPSHOT_MAGIC_V1):
         raise DecodeError(f"KV snapshot has bad magic {magic!r}")
+    versioned = magic == _SNAPSHOT_MAGIC
     offset = _SNAPSHOT_HEAD.size
+    n_anchors = n_history = 0
+    horizon = 0
+    if versioned:
+        if offset + _SNAPSHOT_MVCC.size > len(data):
+            raise DecodeError("KV snapshot truncated in its MVCC header")
+        n_anchors, n_history, raw_horizon = _SNAPSHOT_MVCC.unpack_from(data, offset)
+        horizon = int.from_bytes(raw_horizon, "big")
+        offset += _SNAPSHOT_MVCC.size
 
     def blob(what: str) -> bytes:
         nonlocal offset
@@ -453,11 +783,24 @@ def _decode_snapshot(
         offset = end
         return out
 
-    # Every row takes at least 8 bytes (key) or 28 bytes (session): reject absurd counts
-    # before looping so a corrupt count cannot make us spin.
-    if n_keys * 8 + n_sessions * 28 > len(data) - offset:
+    def fixed(layout: struct.Struct, what: str) -> tuple[object, ...]:
+        nonlocal offset
+        if offset + layout.size > len(data):
+            raise DecodeError(f"KV snapshot truncated in {what} at offset {offset}")
+        fields = layout.unpack_from(data, offset)
+        offset += layout.size
+        return fields
+
+    # Every row takes at least 8 bytes (key), 28 (session), 20 (anchor) or 8 (history key):
+    # reject absurd counts before looping so a corrupt count cannot make us spin.
+    if (n_keys * 8 + n_sessions * 28 + n_anchors * _ANCHOR.size + n_history * 8
+            > len(data) - offset):
         raise DecodeError("KV snapshot counts exceed its size")
-    items = [(blob("key"), blob("value")) for _ in range(n_keys)]
+    items: list[tuple[bytes, bytes, int | None]] = []
+    for _ in range(n_keys):
+        key, value = blob("key"), blob("value")
+        revision = int(fixed(_U64, "revision")[0]) if versioned else None  # type: ignore[call-overload]
+        items.append((key, value, revision))
     sessions: list[tuple[int, _Session]] = []
     for _ in range(n_sessions):
         if offset + _SESSION_ROW.size > len(data):
@@ -465,10 +808,60 @@ def _decode_snapshot(
         client_id, seq, index = _SESSION_ROW.unpack_from(data, offset)
         offset += _SESSION_ROW.size
         sessions.append((client_id, _Session(seq, blob("session result"), index)))
+    mvcc: _Mvcc | None = None
+    if versioned:
+        anchors: list[tuple[int, int]] = []
+        for _ in range(n_anchors):
+            revision, raw = _ANCHOR.unpack_from(data, offset) if (
+                offset + _ANCHOR.size <= len(data)) else (None, None)
+            if revision is None:
+                raise DecodeError(f"KV snapshot truncated in anchor at offset {offset}")
+            offset += _ANCHOR.size
+            anchors.append((revision, int.from_bytes(raw, "big")))
+        history: list[tuple[bytes, tuple[object, ...]]] = []
+        for _ in range(n_history):
+            key = blob("history key")
+            (count,) = fixed(_U32, "history count")
+            if not isinstance(count, int) or count == 0 or count * 9 > len(data) - offset:
+                raise DecodeError("KV snapshot history count is zero or exceeds its size")
+            kept: list[object] = []
+            for _ in range(count):
+                revision, has_value = fixed(_HISTORY_ROW, "history row")
+                if has_value > 1:   # type: ignore[operator]
+                    raise DecodeError(f"KV snapshot history row flag {has_value!r}")
+                kept += (revision, blob("history value") if has_value else None)
+            history.append((key, tuple(kept)))
+        mvcc = (anchors, history, horizon)
     if offset != len(data):
         raise DecodeError(f"{len(data) - offset} trailing bytes after KV snapshot")
-    if len({key for key, _ in items}) != len(items):
+    if len({key for key, _, _ in items}) != len(items):
         raise DecodeError("KV snapshot repeats a key")
     if len({client_id for client_id, _ in sessions}) != len(sessions):
         raise DecodeError("KV snapshot repeats a client id")
-    return applied, items, sessions
+    if mvcc is not None:
+        _check_mvcc(mvcc, {key: revision for key, _, revision in items}, applied)
+    return applied, items, sessions, mvcc
+
+
+def _check_mvcc(mvcc: _Mvcc, revisions: dict[bytes, int | None], applied: int) -> None:
+    """DecodeError unless the snapshot's versions are ones a store could have written."""
+    anchors, history, horizon = mvcc
+    if not anchors or anchors[0][1] > horizon:
+        raise DecodeError("KV snapshot has no anchor at or below its horizon")
+    for (r0, t0), (r1, t1) in zip(anchors, anchors[1:], strict=False):
+        if not (r0 < r1 and t0 + (r1 - r0) < t1):
+            raise DecodeError("KV snapshot anchors do not advance the clock")
+    if any(not 0 < (revision or 0) <= applied for revision in revisions.values()):
+        raise DecodeError("KV snapshot has a revision outside (0, applied index]")
+    if len({key for key, _ in history}) != len(history):
+        raise DecodeError("KV snapshot repeats a history key")
+    for key, kept in history:
+        revs = kept[0::2]
+        current = revisions.get(key)
+        if any(not isinstance(r, int) for r in revs) or any(
+                a >= b for a, b in zip(revs, revs[1:], strict=False)):  # type: ignore[operator]
+            raise DecodeError(f"KV snapshot history of {key!r} is not in revision order")
+        if current is None and kept[-1] is not None:
+            raise DecodeError(f"KV snapshot history of deleted key {key!r} ends in a value")
+        if current is not None and revs[-1] >= current:  # type: ignore[operator]
+            raise DecodeError(f"KV snapshot history of {key!r} is newer than its value")

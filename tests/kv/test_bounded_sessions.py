@@ -1,4 +1,5 @@
-"""KVStore memory and snapshot size follow the live data plus a bounded session table: a
+"""KVStore memory and snapshot size follow the live data plus a bounded session table and the
+MVCC history (at most Limits.max_mvcc_history_bytes of replaced versions): a
 write's result holds the previous value only when asked for, and a session caches at most
 Limits.max_session_result_bytes of its last result (a retry past that is answered "applied,
 result not retained", with the revision, never re-applied and never a failure)."""
@@ -29,9 +30,11 @@ MIB = 1 << 20
 SESSIONS = 50
 KEY = b"k"
 # The snapshot's fixed parts (engine/kv/store.py): header (magic, applied index, key and
-# session counts); per key: two u32 lengths; per session: client id, seq, index, result length.
-SNAPSHOT_HEAD = struct.calcsize("<4sQQQ")
-KEY_ROW = 2 * 4
+# session counts, anchor and history counts, horizon) and the clock's first anchor; per key:
+# two u32 lengths and its revision; per session: client id, seq, index, result length. The
+# replaced versions it keeps take at most what they are accounted (KVStore.history_bytes).
+SNAPSHOT_HEAD = struct.calcsize("<4sQQQ") + struct.calcsize("<QQ12s") + struct.calcsize("<Q12s")
+KEY_ROW = 2 * 4 + 8
 SESSION_ROW = struct.calcsize("<QQQ") + 4
 STRIPPED_RESULT = 3 + 8   # head and revision: the most a stripped result keeps
 
@@ -64,10 +67,12 @@ def test_snapshot_of_50_sessions_overwriting_one_key_is_the_live_data_not_50x() 
     store = KVStore(limits)
     _fifty_sessions_overwrite_one_key(store, previous=False)
     live = len(KEY) + MIB + KEY_ROW
-    bound = SNAPSHOT_HEAD + live + _session_table_bound(limits, SESSIONS)
+    assert store.history_bytes <= limits.max_mvcc_history_bytes
+    bound = SNAPSHOT_HEAD + live + _session_table_bound(limits, SESSIONS) + store.history_bytes
     size = len(store.snapshot())
     assert size <= bound, f"snapshot of {size:,} bytes for {live:,} bytes of live data"
-    assert bound < live + 64 * 1024   # the session table's share is small and bounded
+    # The session table's share is small and bounded; the history's is its limit.
+    assert bound < live + 64 * 1024 + limits.max_mvcc_history_bytes
 
 
 def test_sessions_asking_for_the_previous_value_still_cache_a_bounded_result() -> None:
@@ -76,7 +81,8 @@ def test_sessions_asking_for_the_previous_value_still_cache_a_bounded_result() -
     _fifty_sessions_overwrite_one_key(store, previous=True)
     assert store.session_bytes <= _session_table_bound(limits, SESSIONS)
     assert len(store.snapshot()) <= (SNAPSHOT_HEAD + len(KEY) + MIB + KEY_ROW
-                                     + _session_table_bound(limits, SESSIONS))
+                                     + _session_table_bound(limits, SESSIONS)
+                                     + store.history_bytes)
 
 
 def test_store_memory_is_the_live_data_plus_the_bounded_session_table() -> None:
@@ -89,9 +95,12 @@ def test_store_memory_is_the_live_data_plus_the_bounded_session_table() -> None:
         held = tracemalloc.get_traced_memory()[0] - before
     finally:
         tracemalloc.stop()
-    # The live value and key, the session table, and per-object overhead (a _Session and
-    # an OrderedDict node per session, a dict slot): well under 1 KiB each.
-    bound = MIB + _session_table_bound(limits, SESSIONS) + SESSIONS * 1024
+    # The live value and key, the session table, the replaced versions kept (at most
+    # their limit), and per-object overhead (a _Session and an OrderedDict node per
+    # session, a dict slot): well under 1 KiB each.
+    assert store.history_bytes <= limits.max_mvcc_history_bytes
+    bound = (MIB + _session_table_bound(limits, SESSIONS) + store.history_bytes
+             + SESSIONS * 1024)
     assert held <= bound, f"the store holds {held:,} bytes for {MIB:,} bytes of live data"
 
 

@@ -139,7 +139,8 @@ def test_apply_results_and_state_match_the_slow_path(batch: list[bytes],
     slow_store = KVStore(limits)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(store_module, "_parse_put", lambda data: None)
-        patch.setattr(store_module, "_apply_put", lambda data, command, index, created: None)
+        patch.setattr(store_module, "_apply_put",
+                      lambda data, command, index, created, versions: None)
         slow = [slow_store.apply(index, data) for index, data in enumerate(batch, 1)]
     assert fast == slow
     assert fast_store == slow_store
@@ -163,3 +164,31 @@ def test_put_result_twins_agree_with_the_result_codec(both_impls: list[SimpleNam
     assert results[0] == commands.encode_result(
         commands.Status.OK, previous=previous if want_previous else None, revision=revision,
         existed=previous is not None)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_mutations(), max_size=25), st.integers(100, 400), st.booleans())
+def test_apply_put_twins_keep_the_same_versions(both_impls: list[SimpleNamespace],
+                                                batch: list[bytes], max_bytes: int,
+                                                keep: bool) -> None:
+    """With a Versions table (engine.kv.store's MVCC side table) both twins record the same
+    revisions, push the same replaced values, and collect the same oldest versions when
+    the table passes its bound."""
+    tables = []
+    maps: list[dict[bytes, bytes]] = [{} for _ in both_impls]
+    for impl, data in zip(both_impls, maps, strict=True):
+        versions = impl.kvput.Versions(max_bytes)
+        versions.keep = keep
+        versions.on_full = lambda v=versions: v.drop_oldest(max_bytes // 2)
+        for index, command in enumerate(batch, 1):
+            impl.kvput.apply_put(data, command, index, None, versions)
+        tables.append(versions)
+    first = tables[0]
+    for versions in tables:
+        assert (versions.revisions, versions.history, versions.queue[versions.head:],
+                versions.nbytes) == (first.revisions, first.history,
+                                     first.queue[first.head:], first.nbytes)
+        assert versions.nbytes <= max_bytes
+        assert set(versions.revisions) == set(maps[0])
+    if not keep:
+        assert first.history == {} and first.nbytes == 0

@@ -59,7 +59,7 @@ def store_path(request: pytest.FixtureRequest, impl: SimpleNamespace,
     monkeypatch.setattr(store_module, "_apply_put", impl.kvput.apply_put)
     monkeypatch.setattr(store_module, "_parse_put", impl.kvput.parse_put)
     if request.param == "general path":
-        monkeypatch.setattr(store_module, "_apply_put", lambda d, c, i, created: None)
+        monkeypatch.setattr(store_module, "_apply_put", lambda d, c, i, created, versions: None)
         monkeypatch.setattr(store_module, "_parse_put", lambda c: None)
     return str(request.param)
 
