@@ -44,6 +44,16 @@ DELETE = "delete"
 _KINDS = (PUT, DELETE)
 _MAGIC = b"ECW1"
 _VERSION = 1
+# What one retained event is accounted beyond its key and values (Limits.watch_history_bytes).
+WATCH_EVENT_OVERHEAD_BYTES = 64
+
+
+_DROPPED: WatchEvent   # the placeholder of an event dropped before the list is compacted
+
+
+def _size(event: WatchEvent) -> int:
+    return (WATCH_EVENT_OVERHEAD_BYTES + len(event.key) + len(event.value or b"")
+            + len(event.prev or b""))
 
 
 @dataclass(frozen=True)
@@ -59,6 +69,9 @@ class WatchEvent:
             raise ValueError(f"watch event type {self.type!r}, want {_KINDS}")
 
 
+_DROPPED = WatchEvent(PUT, b"", b"", 0)
+
+
 class WatchLog:
     """The retained change events and the watchers reading them (module docstring).
 
@@ -72,6 +85,7 @@ class WatchLog:
         self._base_seq = 0                 # sequence number of events[0]
         self._floor = initial_revision + 1  # oldest available revision
         self._last_revision = initial_revision
+        self._bytes = 0                    # _size of the retained events
         self._watchers: dict[int, Watcher] = {}
         self._next_watcher_id = 1
 
@@ -88,9 +102,20 @@ class WatchLog:
             raise ValueError(f"watch event revision {event.revision} after revision "
                              f"{self._last_revision}")
         seq = self._base_seq + len(self._events)
-        self._events.append(event)
+        events = self._events
+        events.append(event)
         self._last_revision = event.revision
-        self._trim(len(self._events) - self._limits.watch_history_events)
+        self._bytes += _size(event)
+        keep_from = len(events) - self._limits.watch_history_events
+        if self._bytes > self._limits.watch_history_bytes:
+            # The oldest events go until the rest fit the byte bound.
+            excess = self._bytes - self._limits.watch_history_bytes
+            i = self._head
+            while excess > 0 and i < len(events):
+                excess -= _size(events[i])
+                i += 1
+            keep_from = max(keep_from, i)
+        self._trim(keep_from)
         for watcher in self._watchers.values():
             watcher._push(seq, event)
 
@@ -103,15 +128,33 @@ class WatchLog:
         self._floor = revision
         self._trim(self._head)
 
+    def skip_to(self, revision: int) -> None:
+        """Nothing below `revision` is retained any more (changes before it were not
+        recorded): the retained events all go and the oldest available revision becomes
+        `revision`. A recorder that dropped changes says so here instead of leaving a gap."""
+        if revision <= self._floor:
+            return
+        self._floor = revision
+        self._last_revision = max(self._last_revision, revision - 1)
+        self._trim(len(self._events))
+
     def _trim(self, keep_from: int) -> None:
         """Drop events before index keep_from, then every event below the oldest available
         revision (the rest of a revision partly dropped)."""
         events = self._events
-        if keep_from > self._head:
+        head = self._head
+        if keep_from > head:
             self._floor = max(self._floor, events[keep_from - 1].revision + 1)
-            self._head = keep_from
-        while self._head < len(events) and events[self._head].revision < self._floor:
-            self._head += 1
+            for i in range(head, keep_from):
+                # Dropped events release their values now, not when the list is compacted.
+                self._bytes -= _size(events[i])
+                events[i] = _DROPPED
+            head = keep_from
+        while head < len(events) and events[head].revision < self._floor:
+            self._bytes -= _size(events[head])
+            events[head] = _DROPPED
+            head += 1
+        self._head = head
         if self._head > 1_024 and self._head * 2 > len(events):
             del events[:self._head]
             self._base_seq += self._head
@@ -129,6 +172,11 @@ class WatchLog:
 
     def __len__(self) -> int:
         return len(self._events) - self._head
+
+    @property
+    def nbytes(self) -> int:
+        """What the retained events are accounted against Limits.watch_history_bytes."""
+        return self._bytes
 
     def events_since(self, start_revision: int, key: bytes, *,
                      prefix: bool = False) -> list[WatchEvent]:
@@ -177,6 +225,15 @@ class WatchLog:
         self._watchers.pop(watcher.watcher_id, None)
         watcher._cancelled = True
 
+    def frozen_copy(self) -> WatchLog:
+        """A copy of the retained history (no watchers) for a snapshot taken elsewhere;
+        events are immutable, so this copies references only."""
+        copy = WatchLog(self._limits, initial_revision=0)
+        copy._events = self._events[self._head:]
+        copy._floor, copy._last_revision = self._floor, self._last_revision
+        copy._bytes = self._bytes
+        return copy
+
     @property
     def watchers(self) -> int:
         return len(self._watchers)
@@ -223,6 +280,7 @@ class WatchLog:
         for watcher in list(self._watchers.values()):
             self.cancel(watcher)
         self._events, self._head, self._base_seq = events, 0, 0
+        self._bytes = sum(_size(event) for event in events)
         self._floor, self._last_revision = floor, last
 
 
