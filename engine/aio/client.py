@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from engine import errors
@@ -334,7 +334,7 @@ class Client:
                                  capacity=capacity, timeout=timeout)
 
     def watch(self, key: bytes, *, prefix: bool = False, start_revision: int | None = None,
-              poll_s: float = 0.05) -> AsyncIterator[WatchEvent]:
+              poll_s: float = 0.05) -> AsyncGenerator[WatchEvent, None]:
         """`async for ev in c.watch(key, prefix=True, start_revision=r)`: every change
         (ev.type "put" / "delete", ev.key, ev.value, ev.revision) exactly once, in revision
         order, across leader changes; engine.Compacted if r is older than the history."""

@@ -31,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -306,7 +306,7 @@ class Lock:
 
 async def watch(client: Client, key: bytes, *, prefix: bool = False,
                 start_revision: int | None = None, poll_s: float = 0.05,
-                max_events: int = 1_000) -> AsyncIterator[WatchEvent]:
+                max_events: int = 1_000) -> AsyncGenerator[WatchEvent, None]:
     """Every change of `key` (or every key under it with prefix=True) from start_revision
     (None: the next revision), exactly once, in revision order (module docstring)."""
     cursor = 0 if start_revision is None else max(1, int(start_revision))
@@ -389,7 +389,7 @@ class Election:
         if lease is not None:
             await lease.revoke()   # its end leaves the election
 
-    async def observe(self) -> AsyncIterator[Leader | None]:
+    async def observe(self) -> AsyncGenerator[Leader | None, None]:
         last: tuple[int, bytes] | None = None
         first = True
         while True:
