@@ -93,7 +93,7 @@ from engine.coord import commands as _coord_commands
 from engine.coord.codec import Reader
 from engine.coord.lease import Lease
 from engine.coord.state import CoordState
-from engine.coord.watch import DELETE, PUT, WatchEvent, WatchLog
+from engine.coord.watch import DELETE, PUT, WatchEvent, WatchLog, put_event
 from engine.errors import (
     Compacted,
     DecodeError,
@@ -218,10 +218,11 @@ class KVStore:
         self.watch_log = WatchLog(self._limits, initial_revision=revision)
         # The revision a key was put at under its lease (module docstring, "Coordination").
         self._lease_rev: dict[bytes, int] = {}
-        # Fast-path PUTs not yet recorded as watch events: (index, command), the newest
-        # watch_history_events of them (older ones could only fall out of the ring).
-        self._pending: deque[tuple[int, bytes]] = deque(
-            maxlen=max(1, self._limits.watch_history_events))
+        # Fast-path PUTs not yet recorded as watch events: the commands of one run of
+        # consecutive log indexes ending at the applied index (any other command flushes
+        # them first), the newest watch_history_events of them (older ones could only fall
+        # out of the ring).
+        self._pending: deque[bytes] = deque(maxlen=max(1, self._limits.watch_history_events))
         self._pending_append = self._pending.append
 
     def _reset_versions(self) -> None:
@@ -253,8 +254,10 @@ class KVStore:
         # The hot path: a well-formed PUT, no Command object (engine._core.kvput).
         result = _apply_put(self._data, command, index, self._key_created, self._versions)
         if result is not None:
-            self._pending_append((index, command))   # its watch event, made when read
+            self._pending_append(command)   # its watch event, made when read
             return result  # a PUT without a session, applied
+        if self._pending:
+            self._flush_events(index - 1)
         put = _parse_put(command)
         if put is not None:  # a PUT in a session (_apply_put took every other PUT)
             key, value, client_id, seq, want_previous = put
@@ -720,25 +723,28 @@ class KVStore:
     # ------------------------------------------------------------------ coordination
 
     def _event(self, event: WatchEvent) -> None:
-        """Record one change in the watch history, after the fast-path PUTs before it."""
-        if self._pending:
-            self._flush_events()
+        """Record one change in the watch history (apply flushed the fast-path PUTs before
+        it first)."""
         self.watch_log.record(event)
 
-    def _flush_events(self) -> None:
-        """Turn the fast-path PUTs into watch events. When the deque is full, older PUTs may
-        have fallen out of it: nothing below its first index is retained any more."""
+    def _flush_events(self, end: int | None = None) -> None:
+        """Turn the fast-path PUTs, the run of indexes ending at `end` (default: the applied
+        index), into watch events. When the deque is full, older PUTs may have fallen out of
+        it: nothing below its first index is retained any more."""
         pending = self._pending
         log = self.watch_log
+        first = (self._applied_index if end is None else end) - len(pending) + 1
         if len(pending) == pending.maxlen:
-            log.skip_to(pending[0][0])
+            log.skip_to(first)
         parse = _parse_put
-        record = log.record
-        for index, command in pending:
+        events: list[WatchEvent] = []
+        append = events.append
+        for index, command in enumerate(pending, first):
             put = parse(command)
-            if put is not None:
-                record(WatchEvent(PUT, put[0], put[1], index))
+            if put is not None:   # always: the fast path took only well-formed PUTs
+                append(put_event(put[0], put[1], index))
         pending.clear()
+        log.extend(events)
 
     def _apply_coord(self, index: int, command: bytes) -> bytes:
         """A COORD or PUT_EX command (engine.kv.coord), in its session if it has one."""
