@@ -128,6 +128,30 @@ async def test_a_lease_kept_alive_outlives_its_ttl_and_revoke_ends_it() -> None:
             assert await client.get(b"k") is None   # revoked on exit
 
 
+async def test_the_sync_client_holds_a_lock_and_fences_with_it() -> None:
+    async with engine.LocalCluster(n=1) as cluster:
+        await cluster.wait_leader()
+
+        def script() -> tuple[int, int]:
+            with engine.SyncClient(list(cluster.members.values()),
+                                   cluster_key=cluster.cluster_key) as sync:
+                with sync.lock(b"L", ttl_s=5) as first:
+                    sync.put(b"r", b"1", fence=first)
+                    first_token = first.token or 0
+                with sync.lock(b"L", ttl_s=5) as second:
+                    with pytest.raises(engine.FencingTokenStale):
+                        sync.put(b"r", b"2", fence=(b"L", first_token))
+                    second_token = second.token or 0
+                    with sync.lease(5) as lease:
+                        sync.put(b"e", b"x", lease=lease)
+                    assert lease.id not in [row["id"] for row in sync.leases()]
+                    assert sync.get(b"e") is None and sync.get(b"r") == b"1"
+                return first_token, second_token
+
+        first, second = await asyncio.to_thread(script)
+        assert 0 < first < second
+
+
 async def test_election_campaign_leader_resign_and_observe() -> None:
     async with engine.LocalCluster(n=3) as cluster:
         await cluster.wait_leader()
