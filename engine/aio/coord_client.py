@@ -247,6 +247,14 @@ class Lock:
         self._timeout = timeout
         self.token: int | None = None
 
+    @property
+    def valid_until(self) -> float:
+        """Until when (loop time, seconds) the holder may rely on the lock: its lease's
+        valid_until (0.0 when not held)."""
+        if self.token is None or self.lease is None:
+            return 0.0
+        return self.lease.valid_until
+
     async def acquire(self) -> Lock:
         """Queue and wait until granted (timeout=None: as long as it takes)."""
         if self.lease is None:

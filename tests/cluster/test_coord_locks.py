@@ -64,6 +64,8 @@ async def test_a_holder_paused_past_its_ttl_has_its_fenced_write_refused() -> No
         async with cluster.client() as a, cluster.client() as b:
             first = await a.lock(b"L", ttl_s=1).acquire()
             assert first.token is not None and first.lease is not None
+            # At most the TTL (less the drift bound) past the grant's send time.
+            assert 0 < first.valid_until - loop.time() <= 1.0
             note("lock-acquired", "a", first.token)
             await a.put(b"res", b"a1", fence=first)
             note("fenced-write", "a", first.token, key=b"res", outcome="accepted")
@@ -172,3 +174,27 @@ async def test_election_campaign_leader_resign_and_observe() -> None:
             await observed.aclose()
             await second.resign()
             assert await first.leader() is None
+
+
+async def test_a_new_leader_keeps_a_renewed_lease_and_expires_an_abandoned_one() -> None:
+    """The new leader's Lessor is promoted: a lease kept alive across the old leader's stop
+    survives it, and one nobody renews is expired by the new leader (its TTL, the drift
+    bound and the promotion's extension later)."""
+    async with engine.LocalCluster(n=3) as cluster:
+        old = await cluster.wait_leader()
+        async with cluster.client() as client:
+            kept = await client.lease(0.6).grant()
+            abandoned = await client.grant_lease(0.6)
+            await client.put(b"kept", b"1", lease=kept)
+            await client.put(b"gone", b"1", lease=abandoned)
+            await cluster.stop(old.node_id)
+            new = await cluster.wait_leader()
+            assert new.node_id != old.node_id
+            events = client.watch(b"gone", start_revision=1)
+            assert (await anext(events)).type == "put"
+            ended = await asyncio.wait_for(anext(events), 20)
+            assert ended.type == "delete" and ended.key == b"gone"
+            await events.aclose()
+            assert await client.get(b"kept") == b"1" and not kept.lost
+            assert [row["id"] for row in await client.leases()] == [kept.id]
+            await kept.revoke()
