@@ -123,9 +123,9 @@ async def test_a_lease_kept_alive_outlives_its_ttl_and_revoke_ends_it() -> None:
     async with engine.LocalCluster(n=1) as cluster:
         await cluster.wait_leader()
         async with cluster.client() as client:
-            async with client.lease(0.3) as lease:
+            async with client.lease(0.5) as lease:
                 await client.put(b"k", b"v", lease=lease)
-                await asyncio.sleep(1.0)   # three TTLs: only the keepalives keep it
+                await asyncio.sleep(1.5)   # three TTLs: only the keepalives keep it
                 assert not lease.lost and await client.get(b"k") == b"v"
             assert await client.get(b"k") is None   # revoked on exit
 
@@ -183,7 +183,9 @@ async def test_a_new_leader_keeps_a_renewed_lease_and_expires_an_abandoned_one()
     async with engine.LocalCluster(n=3) as cluster:
         old = await cluster.wait_leader()
         async with cluster.client() as client:
-            kept = await client.lease(0.6).grant()
+            # A TTL well above the election timeout (300-600 ms): a holder must reach the
+            # new leader within its TTL of the last renewal the new leader applies.
+            kept = await client.lease(3.0).grant()
             abandoned = await client.grant_lease(0.6)
             await client.put(b"kept", b"1", lease=kept)
             await client.put(b"gone", b"1", lease=abandoned)
