@@ -6,9 +6,10 @@ command applies once (Raft thesis §6.3) and every read is linearizable (ReadInd
 How a client learns what changed (no thundering herd, no trust in its own clock):
 
   * a lock waiter polls its OWN entry (a LOCK query: its token, or its place in the FIFO
-    queue), backing off from 5 ms to 100 ms. A release wakes nobody: the state machine
-    grants the next waiter in the same apply, and that waiter's next poll finds its token.
-    Each waiter costs one read per poll, whatever the number of waiters;
+    queue), backing off from 5 ms to 20 ms x (1 + its place), at most 100 ms. A release
+    wakes nobody: the state machine grants the next waiter in the same apply, and that
+    waiter's next poll (within 20 ms) finds its token. Each waiter costs one read per poll,
+    whatever the number of waiters;
   * a watch is a cursor on revisions: it reads pages of events from its next revision (each
     page ends at a revision boundary and says where to resume), so it delivers every change
     of its range exactly once, in revision order, across leader changes and reconnects (the
@@ -54,6 +55,7 @@ _LINEARIZABLE = 0   # engine.aio.node_reads.READ_MODES.index("linearizable")
 MAX_CLOCK_DRIFT = 0.1   # rho (engine.coord.LessorConfig.max_clock_drift)
 _POLL_MIN_S = 0.005
 _POLL_MAX_S = 0.1
+_HEAD_POLL_MAX_S = 0.02
 
 
 @dataclass(frozen=True)
@@ -276,11 +278,14 @@ class Lock:
                 if self.lease.lost:
                     raise errors.LeaseNotFound(self.lease.id)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, _POLL_MAX_S)
                 status = _answer(await query(self._client, query_bytes))
                 token = status["token"]
-                if token is None and status["position"] is None:
+                position = status["position"]
+                if token is None and position is None:
                     raise errors.LeaseNotFound(self.lease.id)   # our entry is gone
+                # The next in line polls most often: a handover costs it at most
+                # _HEAD_POLL_MAX_S, and a waiter further back reads less often.
+                delay = min(delay * 2, _HEAD_POLL_MAX_S * (1 + (position or 0)), _POLL_MAX_S)
             self.token = int(token)
             return self
         except BaseException:
