@@ -812,6 +812,8 @@ class KVStore:
 
     def _coord_query(self, query: bytes) -> bytes:
         try:
+            if len(query) < 3 or query[0] != VERSION:
+                raise DecodeError("coordination query shorter than its head")
             body = Reader(query[3:], "coordination query")
             kind = query[2]
             if kind == _coord.Q_WATCH:

@@ -151,3 +151,36 @@ def test_an_ekv2_snapshot_restores_with_no_coordination_state() -> None:
     old.restore(ekv2)
     assert old.get(b"k") == b"v" and len(old.coord.leases) == 0
     assert old.watch_log.oldest_revision == store.applied_index + 1
+
+
+def test_hostile_coordination_bytes_are_answered_never_raised() -> None:
+    """Truncations and flipped bytes of every coordination command and query: each is
+    answered (MALFORMED, REFUSED or applied), identically on two replicas."""
+    rng = random.Random(11)
+    a, b = KVStore(), KVStore()
+    logs = (Log(a), Log(b))
+    for log in logs:
+        log.coord(op=CoordOp.GRANT, ttl_ms=1_000)
+    samples = [
+        wire.encode_coord(encode_command(Command(CoordOp.ACQUIRE, lease_id=1, name=b"L"))),
+        wire.encode_coord(encode_command(Command(CoordOp.KEEPALIVE, lease_id=1)),
+                          client_id=5, seq=1),
+        wire.encode_put_ex(b"k", b"v", lease_id=1, fence_name=b"L", fence_token=1),
+    ]
+    queries = [wire.encode_coord_query(kind, lease_id=1, name=b"L", start_revision=1,
+                                       max_events=3)
+               for kind in (wire.Q_LOCK, wire.Q_WATCH, wire.Q_LEASES, wire.Q_LEASE,
+                            wire.Q_ELECTION, 99)]
+    for _ in range(400):
+        sample = bytearray(rng.choice(samples))
+        if rng.random() < 0.5:
+            sample = sample[:rng.randrange(len(sample) + 1)]
+        elif sample:
+            sample[rng.randrange(len(sample))] ^= 1 << rng.randrange(8)
+        answers = [log(bytes(sample)) for log in logs]
+        assert answers[0] == answers[1]
+        query = bytearray(rng.choice(queries))
+        query = query[:rng.randrange(len(query) + 1)]
+        assert decode_result(a.query(bytes(query))).status in (Status.OK, Status.MALFORMED,
+                                                               Status.REFUSED)
+    assert a.snapshot() == b.snapshot()
