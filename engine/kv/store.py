@@ -71,9 +71,21 @@ the bound, so a store at its bound collects once per many writes). Superseded
 versions are dropped in the order they were superseded (Versions.queue), anchors whose
 successor is at or below the horizon with them: memory is bounded by that limit.
 
+Coordination (docs/coordination.md). The store carries a CoordState (leases, locks,
+elections) and a WatchLog. COORD and PUT_EX commands (engine.kv.coord) run in sessions like
+any write; coordination queries read them. A fenced PUT_EX runs check_fence here, in the
+apply path, so every replica refuses the same stale writes (FencingTokenStale, answered
+REFUSED). Every write records a watch event at its revision: writes through Python at once,
+fast-path PUTs as a queue of their commands (a run of consecutive indexes ending at the
+applied index, flushed before any other command applies) turned into events in bulk when
+the history is read or snapshotted, so a plain PUT pays one deque append. A key put under a
+lease remembers the revision of that put (`_lease_rev`); when the lease ends, each of its
+keys still holding that revision is deleted at the end's revision with a DELETE event, and
+a key overwritten since (the fast path does not detach) stays.
+
 Memory and snapshot size: the live data, plus at most max_client_sessions sessions of
 SESSION_ROW_BYTES + max(max_session_result_bytes, STRIPPED_RESULT_BYTES) bytes each
-(session_bytes_bound()). A
+(session_bytes_bound()), plus the watch history (Limits.watch_history_bytes). A
 write's result holds the previous value only when the command asks for it (FLAG_WANT_PREVIOUS),
 so by default a session caches about a dozen bytes whatever the size of the values.
 """
@@ -384,10 +396,11 @@ class KVStore:
     # ------------------------------------------------------------------ snapshots
 
     def snapshot(self) -> bytes:
-        """The whole state, encoded deterministically (keys and client ids sorted): EKV2,
+        """The whole state, encoded deterministically (keys and client ids sorted): EKV3,
         the head, then MVCC counts and horizon, rows (key, value, u64 revision), sessions,
         anchors (u64 revision, timestamp), superseded versions per key in key order (key,
-        u32 count, count x (u64 revision, u8 has value, [u32 length, value]))."""
+        u32 count, count x (u64 revision, u8 has value, [u32 length, value])), then the
+        coordination section (_coord_section)."""
         history = self._versions.history
         anchors = self._anchor_revisions
         parts = [_SNAPSHOT_HEAD.pack(
