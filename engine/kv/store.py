@@ -97,6 +97,7 @@ import struct
 from bisect import bisect_right
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
+from itertools import islice
 
 from sortedcontainers import SortedList
 
@@ -105,7 +106,14 @@ from engine.coord import commands as _coord_commands
 from engine.coord.codec import Reader
 from engine.coord.lease import Lease
 from engine.coord.state import CoordState
-from engine.coord.watch import DELETE, PUT, WatchEvent, WatchLog, put_event
+from engine.coord.watch import (
+    DELETE,
+    PUT,
+    WATCH_EVENT_OVERHEAD_BYTES,
+    WatchEvent,
+    WatchLog,
+    put_event,
+)
 from engine.errors import (
     Compacted,
     DecodeError,
@@ -236,6 +244,11 @@ class KVStore:
         # out of the ring).
         self._pending: deque[bytes] = deque(maxlen=max(1, self._limits.watch_history_events))
         self._pending_append = self._pending.append
+        # Their bytes, kept under twice the watch history's byte bound (_shed_pending): the
+        # ring could not hold more of them, and big values must not pile up here.
+        self._pending_bytes = 0
+        self._pending_max = 2 * max(1, self._limits.watch_history_bytes)
+        self._pending_shed = False
 
     def _reset_versions(self) -> None:
         self._versions = _kvput.Versions(self._max_history_bytes, self._collect)
@@ -267,6 +280,9 @@ class KVStore:
         result = _apply_put(self._data, command, index, self._key_created, self._versions)
         if result is not None:
             self._pending_append(command)   # its watch event, made when read
+            self._pending_bytes += len(command)
+            if self._pending_bytes > self._pending_max:
+                self._shed_pending()
             return result  # a PUT without a session, applied
         if self._pending:
             self._flush_events(index - 1)
@@ -478,6 +494,8 @@ class KVStore:
         self._reset_versions()
         self.coord, self.watch_log, self._lease_rev = coord, watch_log, lease_rev
         self._pending.clear()
+        self._pending_bytes = 0
+        self._pending_shed = False
         self._data = {key: value for key, value, _ in items}
         # An EKV1 snapshot has no revisions: its values take the snapshot's index, which is
         # at or above their true revision, so a cas on a revision a client learned before
@@ -740,23 +758,45 @@ class KVStore:
         it first)."""
         self.watch_log.record(event)
 
+    def _shed_pending(self) -> None:
+        """Drop the oldest queued PUTs down to half the bound: the ring keeps at most
+        watch_history_bytes of events, so they could not all be kept anyway."""
+        pending = self._pending
+        target = self._pending_max // 2
+        while self._pending_bytes > target and pending:
+            self._pending_bytes -= len(pending.popleft())
+        self._pending_shed = True
+
     def _flush_events(self, end: int | None = None) -> None:
         """Turn the fast-path PUTs, the run of indexes ending at `end` (default: the applied
-        index), into watch events. When the deque is full, older PUTs may have fallen out of
-        it: nothing below its first index is retained any more."""
+        index), into watch events: only the newest that the ring can hold (each command's
+        length stands for its key and value). When older PUTs fell out of the queue or are
+        not made into events, nothing below the first one kept is retained any more."""
         pending = self._pending
         log = self.watch_log
-        first = (self._applied_index if end is None else end) - len(pending) + 1
-        if len(pending) == pending.maxlen:
-            log.skip_to(first)
+        count = len(pending)
+        first = (self._applied_index if end is None else end) - count + 1
+        limits = self._limits
+        budget = limits.watch_history_bytes
+        keep = 0
+        for command in reversed(pending):
+            budget -= len(command) + WATCH_EVENT_OVERHEAD_BYTES
+            if budget < 0 or keep == limits.watch_history_events:
+                break
+            keep += 1
+        if keep < count or count == pending.maxlen or self._pending_shed:
+            log.skip_to(first + count - keep)
         parse = _parse_put
         events: list[WatchEvent] = []
         append = events.append
-        for index, command in enumerate(pending, first):
+        for index, command in enumerate(islice(pending, count - keep, None),
+                                        first + count - keep):
             put = parse(command)
             if put is not None:   # always: the fast path took only well-formed PUTs
                 append(put_event(put[0], put[1], index))
         pending.clear()
+        self._pending_bytes = 0
+        self._pending_shed = False
         log.extend(events)
 
     def _apply_coord(self, index: int, command: bytes) -> bytes:

@@ -184,3 +184,20 @@ def test_hostile_coordination_bytes_are_answered_never_raised() -> None:
         assert decode_result(a.query(bytes(query))).status in (Status.OK, Status.MALFORMED,
                                                                Status.REFUSED)
     assert a.snapshot() == b.snapshot()
+
+
+def test_fast_path_puts_of_big_values_stay_within_the_watch_byte_bound() -> None:
+    limits = Limits(watch_history_bytes=10_000)
+    store = KVStore(limits)
+    log = Log(store)
+    for n in range(200):
+        log(encode_put(b"k", bytes([n]) * 1_000))
+        assert store._pending_bytes <= 2 * limits.watch_history_bytes
+    store.compact_watch(0)   # turns the queued PUTs into events, compacts nothing
+    got = page(store, store.watch_log.oldest_revision, b"k", prefix=False)
+    assert got.events and got.events[-1][3] == 200
+    assert [e[3] for e in got.events] == list(range(got.events[0][3], 201))   # no gap
+    assert store.watch_log.nbytes <= limits.watch_history_bytes
+    refused = decode_result(store.query(wire.encode_coord_query(
+        wire.Q_WATCH, start_revision=got.events[0][3] - 1, name=b"k", max_events=10)))
+    assert refused.status == Status.REFUSED
