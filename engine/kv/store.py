@@ -97,7 +97,6 @@ import struct
 from bisect import bisect_right
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
-from itertools import islice
 
 from sortedcontainers import SortedList
 
@@ -769,31 +768,37 @@ class KVStore:
 
     def _flush_events(self, end: int | None = None) -> None:
         """Turn the fast-path PUTs, the run of indexes ending at `end` (default: the applied
-        index), into watch events: only the newest that the ring can hold (each command's
-        length stands for its key and value). When older PUTs fell out of the queue or are
-        not made into events, nothing below the first one kept is retained any more."""
+        index), into watch events: only the newest that the ring can hold, by its own
+        measure (so the ring ends the same whenever the queue is flushed: replicas that
+        served watches at different moments keep equal histories). When older PUTs fell out
+        of the queue or do not fit, nothing below the first one kept is retained any more.
+        Dropping from the queue never drops a PUT the ring would keep: the queue's bounds
+        are above the ring's (a command is longer than its key and value)."""
         pending = self._pending
         log = self.watch_log
         count = len(pending)
-        first = (self._applied_index if end is None else end) - count + 1
+        end_index = self._applied_index if end is None else end
         limits = self._limits
         budget = limits.watch_history_bytes
-        keep = 0
-        for command in reversed(pending):
-            budget -= len(command) + WATCH_EVENT_OVERHEAD_BYTES
-            if budget < 0 or keep == limits.watch_history_events:
-                break
-            keep += 1
-        if keep < count or count == pending.maxlen or self._pending_shed:
-            log.skip_to(first + count - keep)
         parse = _parse_put
         events: list[WatchEvent] = []
         append = events.append
-        for index, command in enumerate(islice(pending, count - keep, None),
-                                        first + count - keep):
+        index = end_index
+        for command in reversed(pending):
+            if len(events) == limits.watch_history_events:
+                break
             put = parse(command)
-            if put is not None:   # always: the fast path took only well-formed PUTs
-                append(put_event(put[0], put[1], index))
+            if put is None:
+                raise InvariantViolation("a queued fast-path PUT does not parse")
+            key, value = put[0], put[1]
+            budget -= WATCH_EVENT_OVERHEAD_BYTES + len(key) + len(value)
+            if budget < 0:
+                break
+            append(put_event(key, value, index))
+            index -= 1
+        if len(events) < count or count == pending.maxlen or self._pending_shed:
+            log.skip_to(index + 1)
+        events.reverse()
         pending.clear()
         self._pending_bytes = 0
         self._pending_shed = False

@@ -201,3 +201,28 @@ def test_fast_path_puts_of_big_values_stay_within_the_watch_byte_bound() -> None
     refused = decode_result(store.query(wire.encode_coord_query(
         wire.Q_WATCH, start_revision=got.events[0][3] - 1, name=b"k", max_events=10)))
     assert refused.status == Status.REFUSED
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_replicas_keep_equal_watch_histories_whenever_they_serve_watches(seed: int) -> None:
+    """The fast path's events are made when read; a replica that served watches in between
+    (flushing early) ends with the same history and snapshot as one that did not."""
+    rng = random.Random(seed)
+    limits = Limits(watch_history_events=7, watch_history_bytes=900)
+    reading, idle = KVStore(limits), KVStore(limits)
+    logs = (Log(reading), Log(idle))
+    for _ in range(400):
+        roll = rng.random()
+        if roll < 0.8:
+            command = encode_put(b"k%d" % rng.randint(0, 5), bytes(rng.randint(0, 120)))
+        elif roll < 0.9:
+            command = encode_delete(b"k%d" % rng.randint(0, 5))
+        else:
+            command = wire.encode_coord(encode_command(Command(CoordOp.GRANT, ttl_ms=9)))
+        for log in logs:
+            log(command)
+        if rng.random() < 0.2:
+            reading.query(wire.encode_coord_query(wire.Q_WATCH, start_revision=reading.
+                                                  applied_index, max_events=5))
+    assert reading.snapshot() == idle.snapshot()
+    assert reading.watch_log.nbytes <= limits.watch_history_bytes
