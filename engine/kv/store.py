@@ -78,10 +78,10 @@ apply path, so every replica refuses the same stale writes (FencingTokenStale, a
 REFUSED). Every write records a watch event at its revision: writes through Python at once,
 fast-path PUTs as a queue of their commands (a run of consecutive indexes ending at the
 applied index, flushed before any other command applies) turned into events in bulk when
-the history is read or snapshotted, so a plain PUT pays one deque append. A key put under a
-lease remembers the revision of that put (`_lease_rev`); when the lease ends, each of its
-keys still holding that revision is deleted at the end's revision with a DELETE event, and
-a key overwritten since (the fast path does not detach) stays.
+the history is read or snapshotted, so a plain PUT pays a deque append and a byte count.
+A key put under a lease remembers the revision of that put (`_lease_rev`); when the lease
+ends, each of its keys still holding that revision is deleted at the end's revision with a
+DELETE event, and a key overwritten since (the fast path does not detach) stays.
 
 Memory and snapshot size: the live data, plus at most max_client_sessions sessions of
 SESSION_ROW_BYTES + max(max_session_result_bytes, STRIPPED_RESULT_BYTES) bytes each
