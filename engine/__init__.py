@@ -18,17 +18,22 @@ from engine._core import IMPLEMENTATION
 from engine.config import Limits, NodeConfig, TimingConfig
 from engine.errors import (
     ClockOffsetError,
+    Compacted,
     ConfChangeInProgress,
     ConfigError,
     DecodeError,
     EngineError,
     EntryTooLarge,
     EpochMismatch,
+    FencingTokenStale,
     HistoryCompacted,
     InvalidShardChange,
     InvariantViolation,
+    LeaseNotFound,
+    LockKindMismatch,
     LogIndexError,
     MembershipError,
+    NotElectionLeader,
     NotLeader,
     OutcomeUnknown,
     Overloaded,
@@ -41,6 +46,7 @@ from engine.errors import (
     Superseded,
     Timeout,
     TransactionConflict,
+    WatchOverflow,
     WrongShard,
 )
 from engine.types import StateMachine
@@ -96,4 +102,6 @@ __all__ = [
     "StorageError", "Superseded",
     "Stopped", "Timeout", "OutcomeUnknown", "StoppedOutcomeUnknown",
     "WrongShard", "EpochMismatch", "InvalidShardChange", "TransactionConflict", "FileSystem",
+    "Compacted", "FencingTokenStale", "LeaseNotFound", "LockKindMismatch", "NotElectionLeader",
+    "WatchOverflow",
 ]

@@ -1,5 +1,5 @@
-"""Command line: `engine serve|status|kv|transfer|members|snapshot|check|bench|keygen ...`
-(also `python -m engine ...`; `--help` on each).
+"""Command line: `engine serve|status|kv|lock|watch|lease|elect|transfer|members|snapshot|
+check|bench|keygen ...` (also `python -m engine ...`; `--help` on each).
 
 Settings come from flags, then ENGINE_* environment variables, then a TOML file (--config);
 see engine/cli/settings.py. Exit codes are listed in engine/cli/exitcodes.py. Bad arguments
@@ -733,10 +733,25 @@ def _fail(error: Exception, args: argparse.Namespace) -> int:
 
 
 # Each adds one subcommand (and its handler, as `func`): a new command is one function here.
+def _client_of(args: argparse.Namespace) -> Any:
+    from engine.aio.client import Client
+
+    return Client(list(cluster_members(args).values()), cluster_key=cluster_key(args),
+                  timeout=10.0 if args.timeout is None else args.timeout,
+                  encrypt_payloads=bool(args.encrypt))
+
+
+def add_coord_parsers(sub: Any) -> argparse.ArgumentParser:
+    """lock, watch, lease, elect (engine.cli.coord)."""
+    from engine.cli import coord
+
+    return coord.add_parsers(sub, _cluster_args, _timeout_arg, _client_of)
+
+
 SUBCOMMANDS: tuple[Callable[[Any], argparse.ArgumentParser], ...] = (
     add_serve_parser, add_status_parser, add_kv_parser, add_transfer_parser,
     add_members_parser, add_snapshot_parser, add_keygen_parser, add_check_parser,
-    add_wal_parser, add_bench_parser, add_shards_parser,
+    add_wal_parser, add_bench_parser, add_shards_parser, add_coord_parsers,
 )
 
 

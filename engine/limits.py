@@ -95,6 +95,10 @@ class Limits:
     max_lock_names: int = 1_000_000
     watch_history_events: int = 100_000
     max_watch_buffer_events: int = 1_024
+    # The bytes (keys and values, WATCH_EVENT_OVERHEAD_BYTES each) that ring may hold: a
+    # KVStore records every write there and snapshots it, so this bounds what watch
+    # history adds to a snapshot; the oldest events go first past it.
+    watch_history_bytes: int = 8 * 1024 * 1024
     # MVCC (engine.kv.store, docs/transactions.md "MVCC"): a KVStore keeps the versions a
     # write or delete replaced while they may still be read at a timestamp: reads at any
     # timestamp at or above the horizon are answered, older ones raise HistoryCompacted. The

@@ -58,10 +58,11 @@ ALLOWED: dict[str, frozenset[str]] = {
     "paxos": CORE_DEPS,
     # Above the cores: a NodeConfig is checked against what its protocol's core needs.
     "config": FOUNDATION | {"raft", "paxos"},
-    "kv": STATE_MACHINE_DEPS,
+    # The KV store embeds the coordination state (leases, locks, watches, elections).
+    "kv": STATE_MACHINE_DEPS | {"coord"},
     "shard": STATE_MACHINE_DEPS | {"kv"},
     "txn": STATE_MACHINE_DEPS | {"kv", "shard"},
-    "coord": STATE_MACHINE_DEPS | {"kv"},
+    "coord": STATE_MACHINE_DEPS,
     "fs": STATE_MACHINE_DEPS | {"kv", "shard", "txn"},
     # Classic 2PC, a sans-IO protocol of its own: the foundation only, no core, no aio.
     "twopc": FOUNDATION,

@@ -32,12 +32,15 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from engine import errors
 from engine._core import codec
+from engine.aio import coord_client
 from engine.aio.udp import new_boot_epoch
 from engine.config import Limits
+from engine.coord.watch import WatchEvent
 from engine.kv import commands
 from engine.messages import AdminOp, ClientOp, ClientStatus, Message, MessageType, enum_members
 from engine.shard import meta as shard_meta
@@ -198,11 +201,19 @@ class Client:
 
     async def put(self, key: bytes, value: bytes, *, prev: bool = False,
                   timestamp: Timestamp | None = None,
-                  timeout: float | None = None) -> commands.WriteResult:
+                  timeout: float | None = None, lease: Any = None,
+                  fence: Any = None) -> commands.WriteResult:
         """Set key to value. The result's `prev` is the value the key held, only with
         prev=True (the cluster then carries it back; see commands.WriteResult).
         `timestamp`: the write's HLC timestamp (the store pushes it above its newest
-        version if it is below; docs/transactions.md, "MVCC")."""
+        version if it is below; docs/transactions.md, "MVCC"). `lease` (a Lease or its id):
+        the key is deleted when the lease ends. `fence` (a held Lock, or (name, token)):
+        refused with engine.FencingTokenStale once a newer token of that lock exists (the
+        check runs in the replicated state machine; docs/coordination.md)."""
+        if lease is not None or fence is not None:
+            if prev or timestamp is not None:
+                raise errors.ConfigError("put with lease= or fence= takes no prev or timestamp")
+            return await coord_client.put_ex(self, key, value, lease, fence, timeout)
         stamp = _encoded(timestamp)
         return _write_result(self._check_write(await self._write(
             lambda session, seq: commands.encode_put(key, value, client_id=session, seq=seq,
@@ -373,6 +384,53 @@ class Client:
         except errors.DecodeError as exc:
             raise errors.StateMachineError(
                 f"the cluster's state machine does not answer scans: {exc}") from exc
+
+    # ------------------------------------------------------------------ coordination
+    # (engine.aio.coord_client, docs/coordination.md)
+
+    async def grant_lease(self, ttl_s: float, *, timeout: float | None = None
+                          ) -> coord_client.LeaseInfo:
+        """Grant a lease of ttl_s seconds (on the leader's clock); renew it with keepalive."""
+        return await coord_client.grant_lease(self, ttl_s, timeout)
+
+    async def keepalive(self, lease: Any, *, timeout: float | None = None
+                        ) -> coord_client.LeaseInfo:
+        """Renew a lease for its full TTL; engine.LeaseNotFound if it already ended."""
+        return await coord_client.keepalive(self, lease, timeout)
+
+    async def revoke(self, lease: Any, *, timeout: float | None = None) -> bool:
+        """End a lease now: its keys are deleted, its locks released. False if gone."""
+        return await coord_client.revoke(self, lease, timeout)
+
+    async def leases(self, *, timeout: float | None = None) -> list[dict[str, int]]:
+        """The live leases (id, ttl_ms, remaining_ms as last persisted, generation, keys)."""
+        return await coord_client.leases(self, timeout)
+
+    def lease(self, ttl_s: float, *, timeout: float | None = None) -> coord_client.Lease:
+        """`async with c.lease(ttl_s) as lease`: granted, kept alive in the background,
+        revoked on exit."""
+        return coord_client.Lease(self, ttl_s, timeout=timeout)
+
+    def lock(self, name: bytes, *, ttl_s: float = 10.0, lease: Any = None,
+             shared: bool = False, capacity: int = 0,
+             timeout: float | None = None) -> coord_client.Lock:
+        """`async with c.lock(name, ttl_s=10) as lock`: waits its turn (FIFO), then holds
+        the lock with `lock.token`; released on exit or when its lease ends. shared=True:
+        a reader of a read-write lock, or with capacity=N a slot of a counting semaphore."""
+        return coord_client.Lock(self, name, ttl_s=ttl_s, lease=lease, shared=shared,
+                                 capacity=capacity, timeout=timeout)
+
+    def watch(self, key: bytes, *, prefix: bool = False, start_revision: int | None = None,
+              poll_s: float = 0.05) -> AsyncGenerator[WatchEvent, None]:
+        """`async for ev in c.watch(key, prefix=True, start_revision=r)`: every change
+        (ev.type "put" / "delete", ev.key, ev.value, ev.revision) exactly once, in revision
+        order, across leader changes; engine.Compacted if r is older than the history."""
+        return coord_client.watch(self, key, prefix=prefix, start_revision=start_revision,
+                                  poll_s=poll_s)
+
+    def election(self, name: bytes, *, ttl_s: float = 10.0) -> coord_client.Election:
+        """An election: campaign(value), leader(), proclaim(value), resign(), observe()."""
+        return coord_client.Election(self, name, ttl_s=ttl_s)
 
     async def call(self, command: bytes, *, timeout: float | None = None,
                    idempotent: bool = False) -> bytes:

@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any
 from engine import __version__, errors
 from engine._core import IMPLEMENTATION
 from engine.aio.node_events import LeaderCallback, LeaderEvents
+from engine.aio.node_leases import NodeLeases
 from engine.aio.node_membership import _MEMBERSHIP_ADMIN_OPS as _MEMBERSHIP_ADMIN_OPS
 from engine.aio.node_membership import _REMOVAL_NOTICES as _REMOVAL_NOTICES
 from engine.aio.node_membership import NodeMembership
@@ -301,6 +302,8 @@ class Node:
         # (node_snapshots.py): components over the driver's state.
         self._reads = NodeReads(self)
         self._snapshots = NodeSnapshots(self)
+        # The leader's lease clock over a KVStore's leases (node_leases.py).
+        self._leases = NodeLeases(self)
 
     # The driver's state under the names Node's parts (and tests) use.
     @property
@@ -815,6 +818,7 @@ class Node:
         if members.removal_notices:
             members.send_removal_notices()
         self._events.note()
+        self._leases.tick()
         if self._hosted is None:   # a hosted group is ticked by its host's timer
             self._schedule_tick()
 

@@ -11,11 +11,13 @@ errors (timeout= included). One SyncClient may be used from several threads.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterator
 from typing import Any, TypeVar
 
 from engine.aio.client import Client
+from engine.aio.coord_client import Lease, LeaseInfo, Lock
 from engine.errors import Stopped
 from engine.kv import commands
 from engine.txn.hlc import Timestamp
@@ -69,9 +71,46 @@ class SyncClient:
 
     def put(self, key: bytes, value: bytes, *, prev: bool = False,
             timestamp: Timestamp | None = None,
-            timeout: float | None = None) -> commands.WriteResult:
+            timeout: float | None = None, lease: Any = None,
+            fence: Any = None) -> commands.WriteResult:
         return self._run(self._client.put(key, value, prev=prev, timestamp=timestamp,
-                                          timeout=timeout))
+                                          timeout=timeout, lease=lease, fence=fence))
+
+    # Coordination (docs/coordination.md); keepalives run on the client's own loop thread.
+
+    def grant_lease(self, ttl_s: float, *, timeout: float | None = None) -> LeaseInfo:
+        return self._run(self._client.grant_lease(ttl_s, timeout=timeout))
+
+    def keepalive(self, lease: Any, *, timeout: float | None = None) -> LeaseInfo:
+        return self._run(self._client.keepalive(lease, timeout=timeout))
+
+    def revoke(self, lease: Any, *, timeout: float | None = None) -> bool:
+        return self._run(self._client.revoke(lease, timeout=timeout))
+
+    def leases(self, *, timeout: float | None = None) -> list[dict[str, int]]:
+        return self._run(self._client.leases(timeout=timeout))
+
+    @contextlib.contextmanager
+    def lease(self, ttl_s: float, *, timeout: float | None = None) -> Iterator[Lease]:
+        """`with c.lease(ttl_s) as lease`: granted, kept alive, revoked on exit."""
+        held = self._client.lease(ttl_s, timeout=timeout)
+        self._run(held.grant())
+        try:
+            yield held
+        finally:
+            self._run(held.revoke())
+
+    @contextlib.contextmanager
+    def lock(self, name: bytes, *, ttl_s: float = 10.0, shared: bool = False,
+             capacity: int = 0, timeout: float | None = None) -> Iterator[Lock]:
+        """`with c.lock(name, ttl_s=10) as lock`: held with lock.token, released on exit."""
+        held = self._client.lock(name, ttl_s=ttl_s, shared=shared, capacity=capacity,
+                                 timeout=timeout)
+        self._run(held.acquire())
+        try:
+            yield held
+        finally:
+            self._run(held.release())
 
     def get(self, key: bytes, *, at: Timestamp | None = None, mode: str = "linearizable",
             timeout: float | None = None) -> bytes | None:

@@ -31,32 +31,58 @@ from __future__ import annotations
 
 import bisect
 from collections import deque
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from engine.coord.codec import Writer, frame, unframe
 from engine.errors import Compacted, DecodeError, WatchOverflow
 from engine.limits import Limits
 
-__all__ = ["DELETE", "PUT", "WatchEvent", "WatchLog", "Watcher"]
+__all__ = ["DELETE", "PUT", "WatchEvent", "WatchLog", "Watcher", "put_event"]
 
 PUT = "put"
 DELETE = "delete"
 _KINDS = (PUT, DELETE)
 _MAGIC = b"ECW1"
 _VERSION = 1
+# What one retained event is accounted beyond its key and values (Limits.watch_history_bytes).
+WATCH_EVENT_OVERHEAD_BYTES = 64
 
 
-@dataclass(frozen=True)
-class WatchEvent:
+_DROPPED: WatchEvent   # the placeholder of an event dropped before the list is compacted
+
+
+def _size(event: WatchEvent) -> int:
+    return (WATCH_EVENT_OVERHEAD_BYTES + len(event.key) + len(event.value or b"")
+            + len(event.prev or b""))
+
+
+class _Event(NamedTuple):
     type: str                 # PUT or DELETE
     key: bytes
     value: bytes | None       # None for DELETE
     revision: int
     prev: bytes | None = None  # the value before this change (None: the key did not exist)
 
-    def __post_init__(self) -> None:
-        if self.type not in _KINDS:
-            raise ValueError(f"watch event type {self.type!r}, want {_KINDS}")
+
+class WatchEvent(_Event):
+    """One change (immutable). A tuple underneath: a store records one per write, and a
+    tuple is several times cheaper to make than a frozen dataclass."""
+
+    __slots__ = ()
+
+    def __new__(cls, type: str, key: bytes, value: bytes | None, revision: int,
+                prev: bytes | None = None) -> WatchEvent:
+        if type not in _KINDS:
+            raise ValueError(f"watch event type {type!r}, want {_KINDS}")
+        return tuple.__new__(cls, (type, key, value, revision, prev))
+
+
+def put_event(key: bytes, value: bytes, revision: int) -> WatchEvent:
+    """A PUT event without the type check (a recorder that knows it is a PUT)."""
+    return tuple.__new__(WatchEvent, (PUT, key, value, revision, None))
+
+
+_DROPPED = WatchEvent(PUT, b"", b"", 0)
 
 
 class WatchLog:
@@ -72,6 +98,7 @@ class WatchLog:
         self._base_seq = 0                 # sequence number of events[0]
         self._floor = initial_revision + 1  # oldest available revision
         self._last_revision = initial_revision
+        self._bytes = 0                    # _size of the retained events
         self._watchers: dict[int, Watcher] = {}
         self._next_watcher_id = 1
 
@@ -88,11 +115,45 @@ class WatchLog:
             raise ValueError(f"watch event revision {event.revision} after revision "
                              f"{self._last_revision}")
         seq = self._base_seq + len(self._events)
-        self._events.append(event)
+        events = self._events
+        events.append(event)
         self._last_revision = event.revision
-        self._trim(len(self._events) - self._limits.watch_history_events)
+        self._bytes += _size(event)
+        keep_from = len(events) - self._limits.watch_history_events
+        if self._bytes > self._limits.watch_history_bytes:
+            # The oldest events go until the rest fit the byte bound.
+            excess = self._bytes - self._limits.watch_history_bytes
+            i = self._head
+            while excess > 0 and i < len(events):
+                excess -= _size(events[i])
+                i += 1
+            keep_from = max(keep_from, i)
+        self._trim(keep_from)
         for watcher in self._watchers.values():
             watcher._push(seq, event)
+
+    def extend(self, events: list[WatchEvent]) -> None:
+        """record() each of `events` (in revision order), with the bookkeeping done once."""
+        if not events:
+            return
+        if self._watchers or events[0].revision < self._last_revision:
+            for event in events:
+                self.record(event)
+            return
+        mine = self._events
+        mine.extend(events)
+        self._last_revision = events[-1].revision
+        self._bytes += sum(map(_size, events))
+        keep_from = len(mine) - self._limits.watch_history_events
+        if self._bytes > self._limits.watch_history_bytes:
+            excess = self._bytes - self._limits.watch_history_bytes
+            i = max(self._head, keep_from)
+            excess -= sum(map(_size, mine[self._head:i]))
+            while excess > 0 and i < len(mine):
+                excess -= _size(mine[i])
+                i += 1
+            keep_from = max(keep_from, i)
+        self._trim(keep_from)
 
     def compact(self, revision: int) -> None:
         """Drop every event below `revision` (etcd's Compact); the oldest available
@@ -103,15 +164,33 @@ class WatchLog:
         self._floor = revision
         self._trim(self._head)
 
+    def skip_to(self, revision: int) -> None:
+        """Nothing below `revision` is retained any more (changes before it were not
+        recorded): the retained events all go and the oldest available revision becomes
+        `revision`. A recorder that dropped changes says so here instead of leaving a gap."""
+        if revision <= self._floor:
+            return
+        self._floor = revision
+        self._last_revision = max(self._last_revision, revision - 1)
+        self._trim(len(self._events))
+
     def _trim(self, keep_from: int) -> None:
         """Drop events before index keep_from, then every event below the oldest available
         revision (the rest of a revision partly dropped)."""
         events = self._events
-        if keep_from > self._head:
+        head = self._head
+        if keep_from > head:
             self._floor = max(self._floor, events[keep_from - 1].revision + 1)
-            self._head = keep_from
-        while self._head < len(events) and events[self._head].revision < self._floor:
-            self._head += 1
+            for i in range(head, keep_from):
+                # Dropped events release their values now, not when the list is compacted.
+                self._bytes -= _size(events[i])
+                events[i] = _DROPPED
+            head = keep_from
+        while head < len(events) and events[head].revision < self._floor:
+            self._bytes -= _size(events[head])
+            events[head] = _DROPPED
+            head += 1
+        self._head = head
         if self._head > 1_024 and self._head * 2 > len(events):
             del events[:self._head]
             self._base_seq += self._head
@@ -129,6 +208,11 @@ class WatchLog:
 
     def __len__(self) -> int:
         return len(self._events) - self._head
+
+    @property
+    def nbytes(self) -> int:
+        """What the retained events are accounted against Limits.watch_history_bytes."""
+        return self._bytes
 
     def events_since(self, start_revision: int, key: bytes, *,
                      prefix: bool = False) -> list[WatchEvent]:
@@ -177,6 +261,15 @@ class WatchLog:
         self._watchers.pop(watcher.watcher_id, None)
         watcher._cancelled = True
 
+    def frozen_copy(self) -> WatchLog:
+        """A copy of the retained history (no watchers) for a snapshot taken elsewhere;
+        events are immutable, so this copies references only."""
+        copy = WatchLog(self._limits, initial_revision=0)
+        copy._events = self._events[self._head:]
+        copy._floor, copy._last_revision = self._floor, self._last_revision
+        copy._bytes = self._bytes
+        return copy
+
     @property
     def watchers(self) -> int:
         return len(self._watchers)
@@ -223,6 +316,7 @@ class WatchLog:
         for watcher in list(self._watchers.values()):
             self.cancel(watcher)
         self._events, self._head, self._base_seq = events, 0, 0
+        self._bytes = sum(_size(event) for event in events)
         self._floor, self._last_revision = floor, last
 
 

@@ -91,6 +91,8 @@ class Status(IntEnum):
     MALFORMED = 4         # the command or query could not be decoded; nothing changed
     HISTORY_COMPACTED = 5  # a read below the MVCC horizon; value = the oldest readable
                            # timestamp (12 bytes)
+    REFUSED = 6           # a coordination command or query refused (engine.kv.coord); value =
+                          # the typed error as JSON; nothing changed
 
 
 # Command flags.

@@ -71,9 +71,21 @@ the bound, so a store at its bound collects once per many writes). Superseded
 versions are dropped in the order they were superseded (Versions.queue), anchors whose
 successor is at or below the horizon with them: memory is bounded by that limit.
 
+Coordination (docs/coordination.md). The store carries a CoordState (leases, locks,
+elections) and a WatchLog. COORD and PUT_EX commands (engine.kv.coord) run in sessions like
+any write; coordination queries read them. A fenced PUT_EX runs check_fence here, in the
+apply path, so every replica refuses the same stale writes (FencingTokenStale, answered
+REFUSED). Every write records a watch event at its revision: writes through Python at once,
+fast-path PUTs as a queue of their commands (a run of consecutive indexes ending at the
+applied index, flushed before any other command applies) turned into events in bulk when
+the history is read or snapshotted, so a plain PUT pays a deque append and a byte count.
+A key put under a lease remembers the revision of that put (`_lease_rev`); when the lease
+ends, each of its keys still holding that revision is deleted at the end's revision with a
+DELETE event, and a key overwritten since (the fast path does not detach) stays.
+
 Memory and snapshot size: the live data, plus at most max_client_sessions sessions of
 SESSION_ROW_BYTES + max(max_session_result_bytes, STRIPPED_RESULT_BYTES) bytes each
-(session_bytes_bound()). A
+(session_bytes_bound()), plus the watch history (Limits.watch_history_bytes). A
 write's result holds the previous value only when the command asks for it (FLAG_WANT_PREVIOUS),
 so by default a session caches about a dozen bytes whatever the size of the values.
 """
@@ -83,13 +95,34 @@ from __future__ import annotations
 import copy
 import struct
 from bisect import bisect_right
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 
 from sortedcontainers import SortedList
 
 from engine._core import kvput as _kvput
-from engine.errors import DecodeError, HistoryCompacted, InvariantViolation
+from engine.coord import commands as _coord_commands
+from engine.coord.codec import Reader
+from engine.coord.lease import Lease
+from engine.coord.state import CoordState
+from engine.coord.watch import (
+    DELETE,
+    PUT,
+    WATCH_EVENT_OVERHEAD_BYTES,
+    WatchEvent,
+    WatchLog,
+    put_event,
+)
+from engine.errors import (
+    Compacted,
+    DecodeError,
+    EngineError,
+    FencingTokenStale,
+    HistoryCompacted,
+    InvariantViolation,
+    LeaseNotFound,
+)
+from engine.kv import coord as _coord
 from engine.kv.commands import (
     FLAG_SESSION,
     SCAN_RESULT_OVERHEAD_BYTES,
@@ -112,9 +145,12 @@ from engine.kv.commands import (
 )
 from engine.limits import Limits
 
-# EKV2 (with revisions, anchors and superseded versions) is written; EKV1 still restores.
-_SNAPSHOT_MAGIC = b"EKV2"
+# EKV3 (EKV2 and a coordination section) is written; EKV2 (with revisions, anchors and
+# superseded versions, no coordination state) and EKV1 still restore.
+_SNAPSHOT_MAGIC = b"EKV3"
+_SNAPSHOT_MAGIC_V2 = b"EKV2"
 _SNAPSHOT_MAGIC_V1 = b"EKV1"
+_VERSIONED = (_SNAPSHOT_MAGIC, _SNAPSHOT_MAGIC_V2)
 _SNAPSHOT_HEAD = struct.Struct("<4sQQQ")   # magic, applied_index, n_keys, n_sessions
 # EKV2 after the head: n_anchors, n_history_keys, the horizon (12-byte timestamp).
 _SNAPSHOT_MVCC = struct.Struct("<QQ12s")
@@ -189,6 +225,30 @@ class KVStore:
         self._retention = (limits.mvcc_retention_s * _NS) << 32
         self._max_history_bytes = limits.max_mvcc_history_bytes
         self._reset_versions()
+        self._limits = limits
+        self._reset_coord(0)
+        # Lease ids a coordination command touched, for the leader's Lessor (the node drains
+        # them on its tick, engine.aio.node_leases); collected only while tracking is on.
+        self.track_leases = False
+        self.touched_leases: list[int] = []
+
+    def _reset_coord(self, revision: int) -> None:
+        """Leases, locks and elections, and the watch history from `revision` + 1 on."""
+        self.coord = CoordState(self._limits)
+        self.watch_log = WatchLog(self._limits, initial_revision=revision)
+        # The revision a key was put at under its lease (module docstring, "Coordination").
+        self._lease_rev: dict[bytes, int] = {}
+        # Fast-path PUTs not yet recorded as watch events: the commands of one run of
+        # consecutive log indexes ending at the applied index (any other command flushes
+        # them first), the newest watch_history_events of them (older ones could only fall
+        # out of the ring).
+        self._pending: deque[bytes] = deque(maxlen=max(1, self._limits.watch_history_events))
+        self._pending_append = self._pending.append
+        # Their bytes, kept under twice the watch history's byte bound (_shed_pending): the
+        # ring could not hold more of them, and big values must not pile up here.
+        self._pending_bytes = 0
+        self._pending_max = 2 * max(1, self._limits.watch_history_bytes)
+        self._pending_shed = False
 
     def _reset_versions(self) -> None:
         self._versions = _kvput.Versions(self._max_history_bytes, self._collect)
@@ -219,16 +279,24 @@ class KVStore:
         # The hot path: a well-formed PUT, no Command object (engine._core.kvput).
         result = _apply_put(self._data, command, index, self._key_created, self._versions)
         if result is not None:
+            self._pending_append(command)   # its watch event, made when read
+            self._pending_bytes += len(command)
+            if self._pending_bytes > self._pending_max:
+                self._shed_pending()
             return result  # a PUT without a session, applied
+        if self._pending:
+            self._flush_events(index - 1)
         put = _parse_put(command)
         if put is not None:  # a PUT in a session (_apply_put took every other PUT)
             key, value, client_id, seq, want_previous = put
             answered = self._session_answer(index, client_id, seq)
             if answered is not None:
                 return answered
-            return self._record(client_id, seq, index, _put_result(
-                index, _store_value(self._data, key, value, index, self._key_created,
-                                    self._versions), want_previous))
+            return self._record(client_id, seq, index,
+                                _put_result(index, self._put(index, key, value),
+                                            want_previous))
+        if len(command) > 1 and command[1] in _COORD_OPS:
+            return self._apply_coord(index, command)
         try:
             cmd = decode_command(command)
         except DecodeError as exc:
@@ -259,6 +327,8 @@ class KVStore:
         """A read served after ReadIndex (Raft §6.4); never changes state."""
         if is_scan(query):
             return self._scan_query(query)
+        if len(query) > 1 and query[1] == _coord.OP_COORD_QUERY:
+            return self._coord_query(query)
         try:
             cmd = decode_read(query)
         except DecodeError as exc:
@@ -342,10 +412,11 @@ class KVStore:
     # ------------------------------------------------------------------ snapshots
 
     def snapshot(self) -> bytes:
-        """The whole state, encoded deterministically (keys and client ids sorted): EKV2,
+        """The whole state, encoded deterministically (keys and client ids sorted): EKV3,
         the head, then MVCC counts and horizon, rows (key, value, u64 revision), sessions,
         anchors (u64 revision, timestamp), superseded versions per key in key order (key,
-        u32 count, count x (u64 revision, u8 has value, [u32 length, value]))."""
+        u32 count, count x (u64 revision, u8 has value, [u32 length, value])), then the
+        coordination section (_coord_section)."""
         history = self._versions.history
         anchors = self._anchor_revisions
         parts = [_SNAPSHOT_HEAD.pack(
@@ -375,6 +446,7 @@ class KVStore:
                     parts.append(pack_row(kept[i], 0))
                 else:
                     parts += (pack_row(kept[i], 1), pack_u32(len(value)), value)
+        parts.append(self._coord_section())
         return b"".join(parts)
 
     def snapshot_fork(self) -> Callable[[], bytes]:
@@ -400,15 +472,30 @@ class KVStore:
             (client_id, copy.copy(session)) for client_id, session in self._sessions.items()
         )
         frozen._applied_index = self._applied_index
+        # Coordination: the tables encoded now (small), the watch history's immutable events
+        # shallow-copied into a log of their own.
+        if self._pending:
+            self._flush_events()
+        coord = self.coord.snapshot()
+        frozen.coord = CoordState(self._limits)
+        frozen.coord.snapshot = lambda: coord   # type: ignore[method-assign]
+        frozen.watch_log = self.watch_log.frozen_copy()
+        frozen._lease_rev = dict(self._lease_rev)
+        frozen._pending = deque()
         return frozen.snapshot
 
     def restore(self, data: bytes) -> None:
         """Replace the whole state with a snapshot; raises DecodeError (state unchanged) if
         the snapshot is malformed."""
-        applied, items, sessions, mvcc = _decode_snapshot(bytes(data))
+        applied, items, sessions, mvcc, section = _decode_snapshot(bytes(data))
+        coord, watch_log, lease_rev = self._decode_coord(section, applied, items)
         for _, session in sessions:   # a snapshot written under a larger limit
             session.result = self._retainable(session.result)
         self._reset_versions()
+        self.coord, self.watch_log, self._lease_rev = coord, watch_log, lease_rev
+        self._pending.clear()
+        self._pending_bytes = 0
+        self._pending_shed = False
         self._data = {key: value for key, value, _ in items}
         # An EKV1 snapshot has no revisions: its values take the snapshot's index, which is
         # at or above their true revision, so a cas on a revision a client learned before
@@ -438,6 +525,30 @@ class KVStore:
         ordered = sorted(sessions, key=lambda row: (row[1].index, row[0]))
         self._sessions = OrderedDict(ordered)
         self._applied_index = applied
+
+    def _decode_coord(self, section: bytes | None, applied: int,
+                      items: list[tuple[bytes, bytes, int | None]]
+                      ) -> tuple[CoordState, WatchLog, dict[bytes, int]]:
+        """The coordination state of a snapshot's section; an EKV1 or EKV2 snapshot has
+        none: no leases or locks, and watch history only after the snapshot's index."""
+        coord = CoordState(self._limits)
+        watch_log = WatchLog(self._limits, initial_revision=applied)
+        lease_rev: dict[bytes, int] = {}
+        if section is None:
+            return coord, watch_log, lease_rev
+        body = Reader(section, "KV coordination")
+        coord.restore(body.blob("coordination state"))
+        watch_log.restore(body.blob("watch log"))
+        revisions = {key: revision for key, _, revision in items}
+        for _ in range(body.count("leased keys", 12)):
+            key, revision = body.blob("leased key"), body.u64("leased revision")
+            if coord.leases.lease_of(key) is None or revisions.get(key) is None:
+                raise DecodeError(f"KV snapshot: leased key {key!r} without a lease or value")
+            lease_rev[key] = revision
+        body.end()
+        if watch_log.last_revision > applied:
+            raise DecodeError("KV snapshot: watch history past the applied index")
+        return coord, watch_log, lease_rev
 
     # ------------------------------------------------------------------ inspection
 
@@ -525,6 +636,7 @@ class KVStore:
             and mine.nbytes == theirs.nbytes and self._horizon == other._horizon
             and self._anchor_revisions == other._anchor_revisions
             and self._anchor_timestamps == other._anchor_timestamps
+            and self._coord_section() == other._coord_section()
         )
 
     __hash__ = None  # type: ignore[assignment]
@@ -581,8 +693,25 @@ class KVStore:
 
     def _put(self, index: int, key: bytes, value: bytes) -> bytes | None:
         """Set key to value at log index `index` (its new revision); returns the value it
-        replaced, pushed to the version history (kvput.store_value, the fast path's own)."""
-        return _store_value(self._data, key, value, index, self._key_created, self._versions)
+        replaced, pushed to the version history (kvput.store_value, the fast path's own),
+        and records the change for watches."""
+        previous = _store_value(self._data, key, value, index, self._key_created,
+                                self._versions)
+        self._event(WatchEvent(PUT, key, value, index))
+        return previous
+
+    def _delete(self, index: int, key: bytes) -> bytes | None:
+        """Delete key at log index `index`; returns the value it had (None: no change)."""
+        previous = self._data.pop(key, None)
+        if previous is not None:
+            self._settle_order().remove(key)
+            versions = self._versions
+            versions.push(key, previous, self._revisions.pop(key), index)
+            versions.push(key, None, index, index)   # the deletion, a version of its own
+            if self._lease_rev.pop(key, None) is not None:
+                self.coord.leases.detach(key)
+            self._event(WatchEvent(DELETE, key, None, index))
+        return previous
 
     def _execute(self, index: int, cmd: Command) -> bytes:
         data = self._data
@@ -599,13 +728,7 @@ class KVStore:
                 raise InvariantViolation("PUT without a value")
             return _write_result(index, self._put(index, key, value), cmd.previous, stamp)
         if op == Op.DELETE:
-            previous = data.pop(key, None)
-            if previous is not None:
-                self._settle_order().remove(key)
-                versions = self._versions
-                versions.push(key, previous, self._revisions.pop(key), index)
-                versions.push(key, None, index, index)   # the deletion, a version of its own
-            return _write_result(index, previous, cmd.previous, stamp)
+            return _write_result(index, self._delete(index, key), cmd.previous, stamp)
         if op == Op.CAS:
             current = data.get(key)
             if cmd.expected_revision is not None:
@@ -620,6 +743,206 @@ class KVStore:
             return encode_result(Status.OK, revision=index, existed=current is not None,
                                  timestamp=stamp)
         raise InvariantViolation(f"op {op} passed decoding but has no handler")
+
+    # ------------------------------------------------------------------ coordination
+
+    def _event(self, event: WatchEvent) -> None:
+        """Record one change in the watch history (apply flushed the fast-path PUTs before
+        it first)."""
+        self.watch_log.record(event)
+
+    def _shed_pending(self) -> None:
+        """Drop the oldest queued PUTs down to half the bound: the ring keeps at most
+        watch_history_bytes of events, so they could not all be kept anyway."""
+        pending = self._pending
+        target = self._pending_max // 2
+        while self._pending_bytes > target and pending:
+            self._pending_bytes -= len(pending.popleft())
+        self._pending_shed = True
+
+    def _flush_events(self, end: int | None = None) -> None:
+        """Turn the fast-path PUTs, the run of indexes ending at `end` (default: the applied
+        index), into watch events: only the newest that the ring can hold, by its own
+        measure (so the ring ends the same whenever the queue is flushed: replicas that
+        served watches at different moments keep equal histories). When older PUTs fell out
+        of the queue or do not fit, nothing below the first one kept is retained any more.
+        Dropping from the queue never drops a PUT the ring would keep: the queue's bounds
+        are above the ring's (a command is longer than its key and value)."""
+        pending = self._pending
+        log = self.watch_log
+        count = len(pending)
+        end_index = self._applied_index if end is None else end
+        limits = self._limits
+        budget = limits.watch_history_bytes
+        parse = _parse_put
+        events: list[WatchEvent] = []
+        append = events.append
+        index = end_index
+        for command in reversed(pending):
+            if len(events) == limits.watch_history_events:
+                break
+            put = parse(command)
+            if put is None:
+                raise InvariantViolation("a queued fast-path PUT does not parse")
+            key, value = put[0], put[1]
+            budget -= WATCH_EVENT_OVERHEAD_BYTES + len(key) + len(value)
+            if budget < 0:
+                break
+            append(put_event(key, value, index))
+            index -= 1
+        if len(events) < count or count == pending.maxlen or self._pending_shed:
+            log.skip_to(index + 1)
+        events.reverse()
+        pending.clear()
+        self._pending_bytes = 0
+        self._pending_shed = False
+        log.extend(events)
+
+    def _apply_coord(self, index: int, command: bytes) -> bytes:
+        """A COORD or PUT_EX command (engine.kv.coord), in its session if it has one."""
+        try:
+            op, client_id, seq, offset = _coord.split_head(command)
+        except DecodeError as exc:
+            return encode_result(Status.MALFORMED, message=f"malformed command: {exc}")
+        if client_id is None or seq is None:
+            return self._coord_execute(index, op, command, offset)
+        answered = self._session_answer(index, client_id, seq)
+        if answered is not None:
+            return answered
+        return self._record(client_id, seq, index,
+                            self._coord_execute(index, op, command, offset))
+
+    def _coord_execute(self, index: int, op: int, command: bytes, offset: int) -> bytes:
+        coord = self.coord
+        try:
+            if op == _coord.OP_PUT_EX:
+                put = _coord.decode_put_ex(command, offset)
+                return self._put_ex(index, put)
+            cmd = _coord_commands.decode_command(command[offset:])
+        except DecodeError as exc:
+            return encode_result(Status.MALFORMED, message=f"malformed command: {exc}")
+        except (FencingTokenStale, LeaseNotFound) as refused:
+            return _refused(refused)
+        effect = _coord_commands.apply(coord, cmd)
+        if effect.error is not None:
+            return _refused(effect.error)
+        lease_rev = self._lease_rev
+        revisions = self._revisions
+        for key in effect.keys:
+            # Only a key still holding the value put under the lease goes with it: a later
+            # put without the lease (the PUT fast path does not detach) took it off.
+            attached = lease_rev.pop(key, None)
+            if attached is not None and revisions.get(key) == attached:
+                self._delete(index, key)
+        lease = effect.lease
+        if self.track_leases and cmd.op in _LEASE_OPS:
+            self.touched_leases.append(lease.lease_id if lease is not None else cmd.lease_id)
+        granted = effect.granted
+        return encode_result(Status.OK, revision=index, value=_coord.json_bytes({
+            "applied": effect.applied,
+            "lease": None if lease is None else {
+                "id": lease.lease_id, "ttl_ms": lease.ttl_ms, "generation": lease.generation},
+            "token": None if granted is None else granted.token,
+            "position": effect.position,
+        }))
+
+    def _put_ex(self, index: int, put: _coord.PutEx) -> bytes:
+        """A put with a lease and / or a fence: the fence is checked here, in the apply
+        path, so every replica refuses the same stale writes (docs/coordination.md)."""
+        coord = self.coord
+        if put.fence_token:
+            coord.check_fence(put.fence_name, put.fence_token)
+        if put.lease_id and put.lease_id not in coord.leases:
+            raise LeaseNotFound(put.lease_id)
+        previous = self._put(index, put.key, put.value)
+        if put.lease_id:
+            coord.leases.attach(put.key, put.lease_id)
+            self._lease_rev[put.key] = index
+        elif self._lease_rev.pop(put.key, None) is not None:
+            coord.leases.detach(put.key)
+        return _write_result(index, previous, False)
+
+    def _coord_query(self, query: bytes) -> bytes:
+        try:
+            if len(query) < 3 or query[0] != VERSION:
+                raise DecodeError("coordination query shorter than its head")
+            body = Reader(query[3:], "coordination query")
+            kind = query[2]
+            if kind == _coord.Q_WATCH:
+                start, prefix = body.u64("start"), body.u8("prefix")
+                limit, key = body.u32("limit"), body.blob("key")
+                body.end()
+                return self._watch_page(start, key, bool(prefix), limit)
+            payload: object
+            if kind == _coord.Q_LOCK:
+                lease_id, name = body.u64("lease"), body.blob("name")
+                locks = self.coord.locks
+                holders = locks.holders(name)
+                waiters = locks.waiters(name)
+                payload = {
+                    "token": next((g.token for g in holders if g.lease_id == lease_id), None),
+                    "position": waiters.index(lease_id) if lease_id in waiters else None,
+                    "last_token": locks.last_token(name),
+                    "holders": [[g.lease_id, g.token] for g in holders]}
+            elif kind == _coord.Q_LEASES:
+                payload = [_lease_json(lease) for lease in self.coord.leases]
+            elif kind == _coord.Q_LEASE:
+                found = self.coord.leases.get(body.u64("lease"))
+                payload = None if found is None else _lease_json(found)
+            elif kind == _coord.Q_ELECTION:
+                leader = self.coord.elections.leader(body.blob("name"))
+                payload = None if leader is None else {
+                    "lease_id": leader.lease_id, "value": leader.value.hex(),
+                    "term": leader.term}
+            else:
+                raise DecodeError(f"coordination query kind {kind}")
+            body.end()
+        except DecodeError as exc:
+            return encode_result(Status.MALFORMED, message=f"malformed query: {exc}")
+        return encode_result(Status.OK, value=_coord.json_bytes(payload),
+                             revision=self._applied_index)
+
+    def _watch_page(self, start: int, key: bytes, prefix: bool, limit: int) -> bytes:
+        """The events of the range from `start` (0: from the next revision), at most
+        `limit` of them rounded up to a whole revision, and the revision to resume from."""
+        if self._pending:
+            self._flush_events()
+        end = self._applied_index + 1
+        if start == 0:
+            return encode_result(Status.OK, value=_coord.encode_watch_page([], end),
+                                 revision=self._applied_index)
+        try:
+            events = self.watch_log.events_since(start, key, prefix=prefix)
+        except Compacted as compacted:
+            return _refused(compacted)
+        if len(events) > max(1, limit):
+            cut = max(1, limit)
+            last = events[cut - 1].revision
+            while cut < len(events) and events[cut].revision == last:
+                cut += 1   # a revision is delivered whole (a resume point is a revision)
+            events, end = events[:cut], last + 1
+        return encode_result(Status.OK, value=_coord.encode_watch_page(events, end),
+                             revision=self._applied_index)
+
+    def compact_watch(self, revision: int) -> None:
+        """Drop the watch history below `revision` (etcd's Compact): a watch from an older
+        revision raises Compacted. Local: call it with the same revision on every replica
+        (or leave the ring to its bounds) to keep their snapshots equal."""
+        if self._pending:
+            self._flush_events()
+        self.watch_log.compact(revision)
+
+    def _coord_section(self) -> bytes:
+        """The EKV3 coordination section: u32-prefixed CoordState and WatchLog snapshots,
+        then u32 count x (u32 key_len | key | u64 revision) of the keys put under a lease."""
+        if self._pending:
+            self._flush_events()
+        coord, watch = self.coord.snapshot(), self.watch_log.snapshot()
+        parts = [_U32.pack(len(coord)), coord, _U32.pack(len(watch)), watch,
+                 _U32.pack(len(self._lease_rev))]
+        for key in sorted(self._lease_rev):
+            parts += (_U32.pack(len(key)), key, _U64.pack(self._lease_rev[key]))
+        return b"".join(parts)
 
     # ------------------------------------------------------------------ MVCC clock and GC
 
@@ -706,6 +1029,22 @@ class KVStore:
             self._raise_horizon(max(horizon, self._horizon))
 
 
+_COORD_OPS = frozenset((_coord.OP_COORD, _coord.OP_PUT_EX))
+_LEASE_OPS = frozenset((_coord_commands.CoordOp.GRANT, _coord_commands.CoordOp.KEEPALIVE,
+                        _coord_commands.CoordOp.REVOKE, _coord_commands.CoordOp.EXPIRE,
+                        _coord_commands.CoordOp.CHECKPOINT))
+
+
+def _refused(error: EngineError) -> bytes:
+    return encode_result(Status.REFUSED, value=_coord.json_bytes(_coord.error_payload(error)),
+                         message=str(error))
+
+
+def _lease_json(lease: Lease) -> dict[str, int]:
+    return {"id": lease.lease_id, "ttl_ms": lease.ttl_ms, "remaining_ms": lease.remaining_ms,
+            "generation": lease.generation, "keys": len(lease.keys)}
+
+
 def _write_result(index: int, previous: bytes | None, want_previous: bool,
                   timestamp: bytes | None = None) -> bytes:
     """An applied PUT's or DELETE's result: revision, existed, the previous value if asked,
@@ -743,15 +1082,16 @@ _Mvcc = tuple[list[tuple[int, int]], list[tuple[bytes, tuple[object, ...]]], int
 def _decode_snapshot(
     data: bytes,
 ) -> tuple[int, list[tuple[bytes, bytes, int | None]], list[tuple[int, _Session]],
-           _Mvcc | None]:
+           _Mvcc | None, bytes | None]:
     """(applied index, rows (key, value, revision: None in EKV1), sessions, the MVCC state
-    (anchors, superseded versions per key, horizon; None in EKV1))."""
+    (anchors, superseded versions per key, horizon; None in EKV1), the coordination
+    section (EKV3; None before))."""
     if len(data) < _SNAPSHOT_HEAD.size:
         raise DecodeError(f"KV snapshot of {len(data)} bytes is shorter than its header")
     magic, applied, n_keys, n_sessions = _SNAPSHOT_HEAD.unpack_from(data, 0)
-    if magic not in (_SNAPSHOT_MAGIC, _SNAPSHOT_MAGIC_V1):
+    if magic not in (*_VERSIONED, _SNAPSHOT_MAGIC_V1):
         raise DecodeError(f"KV snapshot has bad magic {magic!r}")
-    versioned = magic == _SNAPSHOT_MAGIC
+    versioned = magic in _VERSIONED
     offset = _SNAPSHOT_HEAD.size
     n_anchors = n_history = 0
     horizon = 0
@@ -823,7 +1163,8 @@ def _decode_snapshot(
                 kept += (revision, blob("history value") if has_value else None)
             history.append((key, tuple(kept)))
         mvcc = (anchors, history, horizon)
-    if offset != len(data):
+    section = data[offset:] if magic == _SNAPSHOT_MAGIC else None
+    if section is None and offset != len(data):
         raise DecodeError(f"{len(data) - offset} trailing bytes after KV snapshot")
     if len({key for key, _, _ in items}) != len(items):
         raise DecodeError("KV snapshot repeats a key")
@@ -831,7 +1172,7 @@ def _decode_snapshot(
         raise DecodeError("KV snapshot repeats a client id")
     if mvcc is not None:
         _check_mvcc(mvcc, {key: revision for key, _, revision in items}, applied)
-    return applied, items, sessions, mvcc
+    return applied, items, sessions, mvcc, section
 
 
 def _check_mvcc(mvcc: _Mvcc, revisions: dict[bytes, int | None], applied: int) -> None:

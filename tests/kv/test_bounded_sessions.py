@@ -68,11 +68,17 @@ def test_snapshot_of_50_sessions_overwriting_one_key_is_the_live_data_not_50x() 
     _fifty_sessions_overwrite_one_key(store, previous=False)
     live = len(KEY) + MIB + KEY_ROW
     assert store.history_bytes <= limits.max_mvcc_history_bytes
-    bound = SNAPSHOT_HEAD + live + _session_table_bound(limits, SESSIONS) + store.history_bytes
+    assert store.watch_log.nbytes <= limits.watch_history_bytes
+    # The watch history (each event accounted more than it takes in a snapshot) and the
+    # coordination section's frames.
+    watch = store.watch_log.nbytes + 256
+    bound = (SNAPSHOT_HEAD + live + _session_table_bound(limits, SESSIONS) + store.history_bytes
+             + watch)
     size = len(store.snapshot())
     assert size <= bound, f"snapshot of {size:,} bytes for {live:,} bytes of live data"
-    # The session table's share is small and bounded; the history's is its limit.
-    assert bound < live + 64 * 1024 + limits.max_mvcc_history_bytes
+    # The session table's share is small and bounded; the histories' are their limits.
+    assert bound < (live + 64 * 1024 + limits.max_mvcc_history_bytes
+                    + limits.watch_history_bytes + 256)
 
 
 def test_sessions_asking_for_the_previous_value_still_cache_a_bounded_result() -> None:
@@ -82,7 +88,7 @@ def test_sessions_asking_for_the_previous_value_still_cache_a_bounded_result() -
     assert store.session_bytes <= _session_table_bound(limits, SESSIONS)
     assert len(store.snapshot()) <= (SNAPSHOT_HEAD + len(KEY) + MIB + KEY_ROW
                                      + _session_table_bound(limits, SESSIONS)
-                                     + store.history_bytes)
+                                     + store.history_bytes + store.watch_log.nbytes + 256)
 
 
 def test_store_memory_is_the_live_data_plus_the_bounded_session_table() -> None:
@@ -100,7 +106,7 @@ def test_store_memory_is_the_live_data_plus_the_bounded_session_table() -> None:
     # session, a dict slot): well under 1 KiB each.
     assert store.history_bytes <= limits.max_mvcc_history_bytes
     bound = (MIB + _session_table_bound(limits, SESSIONS) + store.history_bytes
-             + SESSIONS * 1024)
+             + store.watch_log.nbytes + SESSIONS * 1024)
     assert held <= bound, f"the store holds {held:,} bytes for {MIB:,} bytes of live data"
 
 

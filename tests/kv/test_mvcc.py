@@ -256,7 +256,7 @@ def test_an_ekv1_snapshot_restores_with_its_index_as_every_revision() -> None:
     store = KVStore()
     store.restore(v1)
     assert store.get_entry(b"a") == (b"1", 9) and store.get_entry(b"b") == (b"2", 9)
-    assert store.applied_index == 9 and store.snapshot()[:4] == b"EKV2"
+    assert store.applied_index == 9 and store.snapshot()[:4] == b"EKV3"
     assert store.get(b"a", ts(9)) == b"1"
 
 
