@@ -31,6 +31,14 @@ snapshot), so a replica that restarts or installs a snapshot calls `on_split` ag
 and the frozen keys can rebuild their seed at any time. Their memory is not reclaimed (see
 docs/sharding.md, "What is not built yet").
 
+Transactions (docs/transactions.md, "Replicated transactions"): the range also hosts the
+participant side, an engine.txn.participant.TxnKVStore sharing the range's KVStore. A TXN1
+command or query is checked like a KV one: every key it carries (and a scan's span) must be
+the range's, else it is answered wrong-shard and changes nothing. Its state is in the range's
+snapshot (after the store, present only once a transaction touched the range). A split does
+not carry transactional keys, intents or records to the right-hand range: transactions are
+for clusters that do not split while they run (docs/transactions.md).
+
 Revisions continue across a split: the child applies its log index i at revision base + i,
 base being the parent's split index, so a key's revision never goes back when it moves.
 
@@ -42,6 +50,7 @@ Bytes, little-endian (descriptors: engine.shard.map.encode_descriptors)::
       | u64 parent epoch | descriptors (left, right)
   snapshot: "ERNG" | u16 version | u64 map version | u64 base | u32 children | descriptor
       | descriptors (children) | u64 base per child | u32 len | KVStore snapshot
+      [| u32 len | TxnKVStore.state_snapshot(), once a transaction applied here]
   range command result: u8 0xE6 | u8 version | u8 status (0 ok, 1 epoch mismatch,
       2 malformed) | descriptors (the range's current descriptor)
   meta envelope: u8 0xE7 | a command or query of engine.shard.meta
@@ -66,6 +75,7 @@ from engine.shard.map import (
 )
 from engine.shard.meta import MetaStateMachine
 from engine.shard.policy import KeySampler
+from engine.txn import participant as txn_participant
 
 VERSION = 1
 WRONG_SHARD_MARK = 0xE5
@@ -90,6 +100,7 @@ _unpack_u32 = _U32.unpack_from
 _SCAN = int(kv.Op.SCAN)
 _SEED_ROWS = 1 << 62
 _RANGE_COMMAND = bytes((RANGE_COMMAND_MARK,))   # a seed is every row of the span, whatever its size
+_TXN_MAGIC = txn_participant.TXN_MAGIC
 
 SplitHook = Callable[[RangeDescriptor, int, list[tuple[bytes, bytes]], int], None]
 
@@ -194,6 +205,7 @@ class RangeStateMachine:
         self._limits = limits
         self.store = KVStore(limits)
         self._store_apply = self.store.apply
+        self.txn = self._txn_over(self.store)
         self.descriptor = descriptor
         self.map_version = map_version
         self.children: list[RangeDescriptor] = []
@@ -228,7 +240,40 @@ class RangeStateMachine:
             apply(first + offset, kv.encode_put(key, value))
         return machine
 
+    def _txn_over(self, store: KVStore) -> txn_participant.TxnKVStore:
+        txn = txn_participant.TxnKVStore(self._limits)
+        txn.kv = store   # one store: plain commands keep their own path (apply)
+        return txn
+
     # ------------------------------------------------------------------ checks
+
+    def txn_refusal(self, payload: bytes) -> bytes | None:
+        """The wrong-shard answer for a transaction message naming a key (or a scan span)
+        outside the range, else None (a malformed one is the participant's to answer)."""
+        try:
+            message = txn_participant.decode(payload)
+            op = message.get("op")
+            keys = [message["key"]] if "key" in message else []
+            if op in ("intent", "one_phase"):
+                keys.extend(k for k, _ in message["writes"])
+            if op in ("refresh", "resolve"):
+                keys.extend(message["keys"])   # an END's keys are every group's: not checked
+            if op in ("refresh", "one_phase"):
+                keys.extend(message.get("reads", ()))
+            spans = [tuple(span) for span in message.get("spans", ())]
+            if op == "scan":
+                spans.append((message["start"], message["end"]))
+            for start, end in spans:
+                if not _within(self.descriptor, bytes.fromhex(start), bytes.fromhex(end) or None):
+                    return self.wrong_shard()
+            owned = [bytes.fromhex(k) for k in keys]
+        except (DecodeError, KeyError, TypeError, ValueError, AttributeError):
+            return None
+        contains = self.descriptor.contains
+        for key in owned:
+            if not contains(key):
+                return self.wrong_shard()
+        return None
 
     def wrong_shard(self) -> bytes:
         """The wrong-shard answer of this replica: its id and epoch, itself and its
@@ -239,6 +284,8 @@ class RangeStateMachine:
     def refusal_of_request(self, payload: bytes, write: bool) -> bytes | None:
         """The wrong-shard answer for a client request this range does not own, else
         None (the serving side's check before proposing or reading)."""
+        if payload[:4] == _TXN_MAGIC:
+            return self.txn_refusal(payload)
         d = self.descriptor
         if write:
             key = command_key(payload)
@@ -272,6 +319,12 @@ class RangeStateMachine:
                     self.sampler.offer(key)
         elif command[:1] == _RANGE_COMMAND:
             return self._range_command(index, command)
+        elif command[:4] == _TXN_MAGIC:
+            refusal = self.txn_refusal(command)
+            if refusal is not None:
+                self.refused_writes += 1
+                return refusal
+            return self.txn.apply(index + self.base, command)
         return self._store_apply(index + self.base, command)
 
     @staticmethod
@@ -282,6 +335,8 @@ class RangeStateMachine:
         refusal = self.refusal_of_request(query, write=False)
         if refusal is not None:
             return refusal
+        if query[:4] == _TXN_MAGIC:
+            return self.txn.query(query)
         return self.store.query(query)
 
     def _range_command(self, index: int, command: bytes) -> bytes:
@@ -340,14 +395,24 @@ class RangeStateMachine:
     # ------------------------------------------------------------------ snapshots
 
     def snapshot(self) -> bytes:
-        return self._snapshot_head() + self._with_store(self.store.snapshot())
+        return (self._snapshot_head() + self._with_store(self.store.snapshot())
+                + self._txn_section())
 
     def snapshot_fork(self) -> Callable[[], bytes]:
         """Freeze now, serialise later (KVStore.snapshot_fork): the driver writes the
         snapshot off the loop."""
         head = self._snapshot_head()
         serialise = self.store.snapshot_fork()
-        return lambda: head + self._with_store(serialise())
+        txn = self._txn_section()   # taken now: the loop goes on applying
+        return lambda: head + self._with_store(serialise()) + txn
+
+    def _txn_section(self) -> bytes:
+        """The transactional state, omitted while no transaction ever applied here."""
+        txn = self.txn
+        if not (txn.versions or txn.intents or txn.records or txn.read_keys or txn.read_spans
+                or txn.clock):
+            return b""
+        return self._with_store(txn.state_snapshot())
 
     def _snapshot_head(self) -> bytes:
         return b"".join((
@@ -372,9 +437,14 @@ class RangeStateMachine:
         children = reader.descriptor_list()
         bases = {c.range_id: reader.u64("child base") for c in children}
         inner = reader.blob("store snapshot")
+        txn_state = reader.blob("transactions") if reader.offset < len(view) else b""
         reader.finish()
         store = KVStore(self._limits)
         store.restore(inner)
+        txn = self._txn_over(store)
+        if txn_state:
+            txn.restore_state(txn_state)
+        self.txn = txn
         self.store, self.descriptor, self.children = store, descriptor, children
         self._store_apply = store.apply
         self.child_bases = bases

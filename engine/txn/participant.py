@@ -608,6 +608,11 @@ class TxnKVStore:
     # ------------------------------------------------------------------ snapshots
 
     def snapshot(self) -> bytes:
+        return self.state_snapshot() + self.kv.snapshot()
+
+    def state_snapshot(self) -> bytes:
+        """The transactional state alone (no wrapped KVStore): a host that snapshots the
+        KVStore itself (engine.shard.replica.RangeStateMachine) stores this beside it."""
         state = {
             "applied": self._applied_index, "clock": self.clock, "floor": self.read_floor,
             "horizon": self.horizon,
@@ -621,10 +626,14 @@ class TxnKVStore:
             "read_spans": [[s.hex(), e.hex(), ts, t] for s, e, ts, t in self.read_spans],
         }
         body = json.dumps(state, sort_keys=True, separators=(",", ":")).encode()
-        kv = self.kv.snapshot()
-        return SNAPSHOT_MAGIC + len(body).to_bytes(8, "little") + body + kv
+        return SNAPSHOT_MAGIC + len(body).to_bytes(8, "little") + body
 
     def restore(self, data: bytes) -> None:
+        end = self.restore_state(data)
+        self.kv.restore(data[end:])
+
+    def restore_state(self, data: bytes) -> int:
+        """Restore the transactional state of a state_snapshot(); the offset it ends at."""
         if not data.startswith(SNAPSHOT_MAGIC):
             raise DecodeError("not a TxnKVStore snapshot")
         n = int.from_bytes(data[4:12], "little")
@@ -632,7 +641,6 @@ class TxnKVStore:
             state = json.loads(data[12:12 + n])
         except ValueError as exc:
             raise DecodeError(f"corrupt TxnKVStore snapshot: {exc}") from None
-        self.kv.restore(data[12 + n:])
         self._reset()
         self._applied_index = state["applied"]
         self.clock = state["clock"]
@@ -649,6 +657,7 @@ class TxnKVStore:
         self.read_spans = [(bytes.fromhex(s), bytes.fromhex(e), ts, t)
                            for s, e, ts, t in state["read_spans"]]
         self._keys = SortedList(set(self.versions) | set(self.intents))
+        return 12 + n
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, TxnKVStore):

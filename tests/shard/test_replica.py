@@ -143,3 +143,36 @@ def test_the_meta_group_answers_kv_traffic_with_wrong_shard_range_zero() -> None
         meta.encode_split(2, 1, b"t", 3, 3))))
     assert result.ok and replica.maps is not None and len(replica.maps) == 2
     assert replica.shard_map is not None and len(replica.shard_map) == 3
+
+
+def test_a_range_serves_transaction_messages_for_its_own_keys_only() -> None:
+    """TXN1 commands and queries reach the range's TxnKVStore when every key they carry is
+    the range's; one naming a key (or a scan reaching) outside it is refused wrong-shard and
+    changes nothing. The transactional state survives a snapshot round trip."""
+    from engine.txn.participant import decode, encode
+
+    machine = RangeStateMachine(LEFT)
+    now = 1 << 40
+    one_phase = {"op": "one_phase", "txn": "t1", "start": now, "ts": now, "now": now,
+                 "writes": [["61", "31"]], "reads": [], "spans": []}
+    answer = machine.apply(1, encode(one_phase))
+    assert decode(answer)["st"] == "COMMITTED", decode(answer)
+    outside = {**one_phase, "txn": "t2", "writes": [["7a", "31"]]}
+    assert machine.refusal_of_request(encode({"op": "read", "key": "7a"}), write=True)
+    read = {"op": "read", "key": b"z".hex(), "txn": "r", "ts": now + 5, "limit": now + 5,
+            "now": now + 5}
+    refused = machine.apply(2, encode(read))
+    assert is_wrong_shard(refused)
+    scan = {"op": "scan", "start": b"a".hex(), "end": "", "txn": "r", "ts": now + 5,
+            "limit": now + 5, "now": now + 5}
+    assert is_wrong_shard(machine.apply(3, encode(scan)))
+    got = decode(machine.apply(4, encode({**read, "key": b"a".hex()})))
+    assert got["st"] == "ok" and got["value"] == b"1".hex(), got
+    assert is_wrong_shard(machine.refusal_of_request(encode(outside), write=True) or b"")
+    assert machine.refusal_of_request(encode({"op": "end", "keys": ["7a"]}), write=True) is None
+    copy = RangeStateMachine(LEFT)
+    copy.restore(machine.snapshot())
+    assert copy.txn.snapshot() == machine.txn.snapshot()
+    plain = RangeStateMachine(LEFT)
+    plain.apply(1, _put(b"a"))
+    assert not plain.snapshot().endswith(b"}")   # no transactional section until used
