@@ -7,8 +7,8 @@ wrapped engine.KVStore unchanged. The transactional keyspace is kept beside it, 
 because a transaction's versions must all carry its *commit* timestamp, the same in every
 group, while KVStore stamps a write with max(stamp, the group's clock) (its module docstring,
 "MVCC"), which would move a version resolved late above reads that already missed it. Plain
-KV commands therefore do not see transactional keys (the client API over real groups is not
-wired yet).
+KV commands therefore do not see transactional keys (engine.Client.transaction reads and
+writes the transactional ones).
 
 State (all of it in the snapshot, versioned by SNAPSHOT_MAGIC):
   * versions: key -> committed versions [(ts, value | None)] in timestamp order
