@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import random
+import threading
+from typing import Any
+
+import pytest
 
 import engine
 from engine.aio.txn import AsyncTransaction
@@ -74,3 +78,42 @@ async def test_an_unsharded_cluster_running_txnkvstore_serves_client_transaction
             async with client.transaction(isolation="snapshot") as tx:
                 tx.put(b"y", await tx.get(b"x") or b"")
             assert await client.run_transaction(lambda tx: tx.get(b"y")) == b"1"
+
+
+def test_sync_client_transactions_across_two_ranges() -> None:
+    """engine.SyncClient.transaction / run_transaction: the blocking twins, from a thread
+    that runs no event loop (the cluster runs on a loop in another thread)."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    cluster = engine.LocalCluster(n=3, shards=2)   # ranges [, key5) and [key5, )
+
+    def run(coroutine: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coroutine, loop).result(timeout=60)
+
+    run(cluster.start())
+    try:
+        run(cluster.wait_leader())
+        with engine.SyncClient(list(cluster.members.values()),
+                               cluster_key=cluster.cluster_key) as c:
+            with c.transaction() as tx:
+                tx.put(b"key1", b"a")
+                tx.put(b"key9", b"b")
+            with pytest.raises(KeyError), c.transaction() as tx:
+                tx.put(b"key1", b"never")
+                raise KeyError("the block failed: nothing is written")
+
+            def swap(tx: Any) -> list[tuple[bytes, bytes]]:
+                a, b = tx.get(b"key1"), tx.get(b"key9")
+                tx.put(b"key1", b)
+                tx.put(b"key9", a)
+                return list(tx.scan(b"key", b"kez"))
+
+            assert c.run_transaction(swap) == [(b"key1", b"b"), (b"key9", b"a")]  # its writes
+            assert c.run_transaction(lambda tx: tx.scan(b"key", b"kez")) == [
+                (b"key1", b"b"), (b"key9", b"a")]
+    finally:
+        run(cluster.close())
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join()
+        loop.close()
