@@ -35,6 +35,7 @@ from engine import errors
 from engine.aio.txn import AsyncTransaction, TxnRunner
 from engine.shard import replica as shard_replica
 from engine.txn.hlc import Timestamp
+from engine.txn.participant import TXN_MAGIC
 
 if TYPE_CHECKING:
     from engine.aio.client import Client
@@ -105,6 +106,13 @@ class ClientTransactions:
         if shard_replica.is_wrong_shard(raw):   # refused at apply (a split in between)
             await self._after_wrong_shard(shard_replica.decode_wrong_shard(raw))
             return None
+        if not raw.startswith(TXN_MAGIC):
+            # Not a participant's answer: the group's state machine is not TxnKVStore (an
+            # unsharded cluster's default KVStore), so no message of this transaction took
+            # effect anywhere; every group of the cluster runs the same state machine.
+            raise errors.Rejected(
+                f"group {group} does not serve transactions: run a sharded cluster or "
+                "state_machine=engine.txn.participant.TxnKVStore (docs/transactions.md)")
         return raw
 
     async def _after_wrong_shard(self, error: errors.WrongShard) -> None:

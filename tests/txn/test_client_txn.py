@@ -117,3 +117,14 @@ def test_sync_client_transactions_across_two_ranges() -> None:
         loop.call_soon_threadsafe(loop.stop)
         thread.join()
         loop.close()
+
+
+async def test_a_cluster_without_the_participant_rejects_transactions_plainly() -> None:
+    async with engine.LocalCluster(n=3) as cluster:   # the default state machine, KVStore
+        await cluster.wait_leader()
+        async with cluster.client() as client:
+            with pytest.raises(engine.Rejected, match="does not serve transactions"):
+                async with client.transaction() as tx:
+                    await tx.get(b"x")
+            await client.put(b"x", b"plain")
+            assert await client.get(b"x") == b"plain"
