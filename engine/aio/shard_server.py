@@ -122,7 +122,7 @@ class ShardServer:
         return await self.host.add_group(descriptor.group_id, machine, members=members)
 
     def _on_split(self, child: RangeDescriptor, map_version: int,
-                  rows: list[tuple[bytes, bytes]], base: int) -> None:
+                  rows: list[tuple[bytes, bytes]], base: int, txn_seed: bytes = b"") -> None:
         """A range this node replicates split (or is recovering a split): host the child.
         The new group elects its first leader like any group; a fresh replica waits one
         election timeout before it votes (engine.raft.core, lease reads §6.4.1), so the
@@ -133,7 +133,7 @@ class ShardServer:
             return
         machine = RangeStateMachine.seeded(child, rows, map_version=map_version, base=base,
                                            limits=self.config.limits,
-                                           on_split=self._on_split)
+                                           on_split=self._on_split, txn_seed=txn_seed)
         task = asyncio.get_running_loop().create_task(self._host_range(child, machine))
         self._starting[group] = task
 

@@ -35,9 +35,12 @@ Transactions (docs/transactions.md, "Replicated transactions"): the range also h
 participant side, an engine.txn.participant.TxnKVStore sharing the range's KVStore. A TXN1
 command or query is checked like a KV one: every key it carries (and a scan's span) must be
 the range's, else it is answered wrong-shard and changes nothing. Its state is in the range's
-snapshot (after the store, present only once a transaction touched the range). A split does
-not carry transactional keys, intents or records to the right-hand range: transactions are
-for clusters that do not split while they run (docs/transactions.md).
+snapshot (after the store, present only once a transaction touched the range). A split
+hands the right-hand range the versions and intents of its span (TxnKVStore.span_state,
+taken at the split's index and kept with the children, so a restart seeds it the same), the
+largest read timestamp on the span as its timestamp-cache floor, and the consensus time;
+records stay with the group of their anchor key. A transaction message already addressed to
+the parent for a moved key is refused wrong-shard (docs/transactions.md).
 
 Revisions continue across a split: the child applies its log index i at revision base + i,
 base being the parent's split index, so a key's revision never goes back when it moves.
@@ -50,7 +53,9 @@ Bytes, little-endian (descriptors: engine.shard.map.encode_descriptors)::
       | u64 parent epoch | descriptors (left, right)
   snapshot: "ERNG" | u16 version | u64 map version | u64 base | u32 children | descriptor
       | descriptors (children) | u64 base per child | u32 len | KVStore snapshot
-      [| u32 len | TxnKVStore.state_snapshot(), once a transaction applied here]
+      [| u32 len | TxnKVStore.state_snapshot() | u32 children seeded
+       | (u64 range id | u32 len | TxnKVStore.span_state()) per child: once a transaction
+       applied here]
   range command result: u8 0xE6 | u8 version | u8 status (0 ok, 1 epoch mismatch,
       2 malformed) | descriptors (the range's current descriptor)
   meta envelope: u8 0xE7 | a command or query of engine.shard.meta
@@ -102,7 +107,8 @@ _SEED_ROWS = 1 << 62
 _RANGE_COMMAND = bytes((RANGE_COMMAND_MARK,))   # a seed is every row of the span, whatever its size
 _TXN_MAGIC = txn_participant.TXN_MAGIC
 
-SplitHook = Callable[[RangeDescriptor, int, list[tuple[bytes, bytes]], int], None]
+# (child, map version, rows, base[, txn_seed=the child's TxnKVStore.span_state()])
+SplitHook = Callable[..., None]
 
 
 # ---------------------------------------------------------------------------- wrong shard
@@ -167,6 +173,26 @@ def _within(descriptor: RangeDescriptor, start: bytes, end: bytes | None) -> boo
     return end is not None and end <= descriptor.end
 
 
+def txn_message_keys(message: dict[str, Any]
+                     ) -> tuple[list[bytes], list[tuple[bytes, bytes | None]]]:
+    """The keys and spans (end None: unbounded) a decoded transaction message must find in
+    its range; none for a message about a record (END, PUSH, HEARTBEAT, RECOVER, RESOLVED:
+    an END's keys are every group's). KeyError, TypeError or ValueError if malformed."""
+    op = message.get("op")
+    keys = [message["key"]] if "key" in message else []
+    if op in ("intent", "one_phase"):
+        keys.extend(k for k, _ in message["writes"])
+    if op in ("refresh", "resolve"):
+        keys.extend(message["keys"])
+    if op in ("refresh", "one_phase"):
+        keys.extend(message.get("reads", ()))
+    spans = [tuple(span) for span in message.get("spans", ())]
+    if op == "scan":
+        spans.append((message["start"], message["end"]))
+    return ([bytes.fromhex(k) for k in keys],
+            [(bytes.fromhex(low), bytes.fromhex(high) or None) for low, high in spans])
+
+
 # ---------------------------------------------------------------------------- range commands
 
 
@@ -206,6 +232,8 @@ class RangeStateMachine:
         self.store = KVStore(limits)
         self._store_apply = self.store.apply
         self.txn = self._txn_over(self.store)
+        # Each child's transactional seed, taken at the split (omitted: none).
+        self.child_txn: dict[int, bytes] = {}
         self.descriptor = descriptor
         self.map_version = map_version
         self.children: list[RangeDescriptor] = []
@@ -227,7 +255,7 @@ class RangeStateMachine:
     @classmethod
     def seeded(cls, descriptor: RangeDescriptor, rows: list[tuple[bytes, bytes]], *,
                map_version: int, base: int, limits: Limits | None = None,
-               on_split: SplitHook | None = None) -> RangeStateMachine:
+               on_split: SplitHook | None = None, txn_seed: bytes = b"") -> RangeStateMachine:
         """A range split off another: `rows` are its initial keys, applied as of the
         parent's index `base` (each row a session-less PUT at its own index up to base)."""
         machine = cls(descriptor, map_version=map_version, limits=limits, base=base,
@@ -238,6 +266,8 @@ class RangeStateMachine:
         apply = machine.store.apply
         for offset, (key, value) in enumerate(rows):
             apply(first + offset, kv.encode_put(key, value))
+        if txn_seed:
+            machine.txn.restore_state(txn_seed)
         return machine
 
     def _txn_over(self, store: KVStore) -> txn_participant.TxnKVStore:
@@ -251,26 +281,15 @@ class RangeStateMachine:
         """The wrong-shard answer for a transaction message naming a key (or a scan span)
         outside the range, else None (a malformed one is the participant's to answer)."""
         try:
-            message = txn_participant.decode(payload)
-            op = message.get("op")
-            keys = [message["key"]] if "key" in message else []
-            if op in ("intent", "one_phase"):
-                keys.extend(k for k, _ in message["writes"])
-            if op in ("refresh", "resolve"):
-                keys.extend(message["keys"])   # an END's keys are every group's: not checked
-            if op in ("refresh", "one_phase"):
-                keys.extend(message.get("reads", ()))
-            spans = [tuple(span) for span in message.get("spans", ())]
-            if op == "scan":
-                spans.append((message["start"], message["end"]))
-            for start, end in spans:
-                if not _within(self.descriptor, bytes.fromhex(start), bytes.fromhex(end) or None):
-                    return self.wrong_shard()
-            owned = [bytes.fromhex(k) for k in keys]
+            keys, spans = txn_message_keys(txn_participant.decode(payload))
         except (DecodeError, KeyError, TypeError, ValueError, AttributeError):
             return None
-        contains = self.descriptor.contains
-        for key in owned:
+        d = self.descriptor
+        for start, end in spans:
+            if not _within(d, start, end):
+                return self.wrong_shard()
+        contains = d.contains
+        for key in keys:
             if not contains(key):
                 return self.wrong_shard()
         return None
@@ -370,6 +389,8 @@ class RangeStateMachine:
         self.map_version = map_version
         self.children.append(right)
         self.child_bases[right.range_id] = index + self.base
+        if self._txn_touched():
+            self.child_txn[right.range_id] = self.txn.span_state(right.start, right.end)
         self._announce(right, index + self.base)
         return _split_result(SPLIT_OK, left)
 
@@ -385,7 +406,12 @@ class RangeStateMachine:
 
     def _announce(self, child: RangeDescriptor, base: int) -> None:
         if self.on_split is not None:
-            self.on_split(child, self.map_version, self.seed_of(child), base)
+            txn_seed = self.child_txn.get(child.range_id)
+            if txn_seed:
+                self.on_split(child, self.map_version, self.seed_of(child), base,
+                              txn_seed=txn_seed)
+            else:
+                self.on_split(child, self.map_version, self.seed_of(child), base)
 
     def announce_children(self) -> None:
         """Call on_split for every child again (after a restart: the shell hosts them)."""
@@ -406,13 +432,19 @@ class RangeStateMachine:
         txn = self._txn_section()   # taken now: the loop goes on applying
         return lambda: head + self._with_store(serialise()) + txn
 
+    def _txn_touched(self) -> bool:
+        txn = self.txn
+        return bool(txn.versions or txn.intents or txn.records or txn.read_keys
+                    or txn.read_spans or txn.clock or self.child_txn)
+
     def _txn_section(self) -> bytes:
         """The transactional state, omitted while no transaction ever applied here."""
-        txn = self.txn
-        if not (txn.versions or txn.intents or txn.records or txn.read_keys or txn.read_spans
-                or txn.clock):
+        if not self._txn_touched():
             return b""
-        return self._with_store(txn.state_snapshot())
+        return b"".join((self._with_store(self.txn.state_snapshot()),
+                         _U32.pack(len(self.child_txn)),
+                         *(_U64.pack(rid) + self._with_store(seed)
+                           for rid, seed in sorted(self.child_txn.items()))))
 
     def _snapshot_head(self) -> bytes:
         return b"".join((
@@ -437,14 +469,20 @@ class RangeStateMachine:
         children = reader.descriptor_list()
         bases = {c.range_id: reader.u64("child base") for c in children}
         inner = reader.blob("store snapshot")
-        txn_state = reader.blob("transactions") if reader.offset < len(view) else b""
+        txn_state = b""
+        child_txn: dict[int, bytes] = {}
+        if reader.offset < len(view):
+            txn_state = reader.blob("transactions")
+            for _ in range(reader.u32("children seeded")):
+                rid = reader.u64("seeded range id")
+                child_txn[rid] = reader.blob("transactional seed")
         reader.finish()
         store = KVStore(self._limits)
         store.restore(inner)
         txn = self._txn_over(store)
         if txn_state:
             txn.restore_state(txn_state)
-        self.txn = txn
+        self.txn, self.child_txn = txn, child_txn
         self.store, self.descriptor, self.children = store, descriptor, children
         self._store_apply = store.apply
         self.child_bases = bases
@@ -514,5 +552,5 @@ def refusal_of(state_machine: Any, payload: bytes, write: bool) -> bytes | None:
 __all__ = [
     "META_GROUP_ID", "MetaReplica", "RangeStateMachine", "command_key", "decode_split_result",
     "decode_wrong_shard", "encode_split_command", "encode_wrong_shard", "is_wrong_shard",
-    "meta_envelope", "refusal_of", "scan_span",
+    "meta_envelope", "refusal_of", "scan_span", "txn_message_keys",
 ]

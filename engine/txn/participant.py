@@ -628,6 +628,29 @@ class TxnKVStore:
         body = json.dumps(state, sort_keys=True, separators=(",", ":")).encode()
         return SNAPSHOT_MAGIC + len(body).to_bytes(8, "little") + body
 
+    def span_state(self, start: bytes, end: bytes | None) -> bytes:
+        """A state_snapshot() of the versions and intents of [start, end) (end None: to the
+        end), for the range split off there (engine.shard.replica). No records: they stay
+        in the group of their anchor. Every read recorded on or across the span becomes the
+        new state's floor, so no write there can slip under a read that already happened
+        (timestamp cache, module docstring); consensus time and horizon carry over."""
+        def inside(key: bytes) -> bool:
+            return start <= key and (end is None or key < end)
+
+        part = TxnKVStore(expiry_ns=self.expiry_ns, max_read_entries=self.max_read_entries)
+        part.retention_ns = self.retention_ns
+        part.versions = {k: list(v) for k, v in self.versions.items() if inside(k)}
+        part.intents = {k: i for k, i in self.intents.items() if inside(k)}
+        floor = self.read_floor
+        for key, (ts, _) in self.read_keys.items():
+            if inside(key):
+                floor = max(floor, ts)
+        for low, high, ts, _ in self.read_spans:
+            if (not high or start < high) and (end is None or low < end):
+                floor = max(floor, ts)
+        part.read_floor, part.clock, part.horizon = floor, self.clock, self.horizon
+        return part.state_snapshot()
+
     def restore(self, data: bytes) -> None:
         end = self.restore_state(data)
         self.kv.restore(data[end:])

@@ -3,6 +3,8 @@ through its own log, the seed of the right-hand range, snapshots, and the meta e
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from engine.errors import DecodeError
@@ -176,3 +178,39 @@ def test_a_range_serves_transaction_messages_for_its_own_keys_only() -> None:
     plain = RangeStateMachine(LEFT)
     plain.apply(1, _put(b"a"))
     assert not plain.snapshot().endswith(b"}")   # no transactional section until used
+
+
+def test_a_split_hands_the_right_range_its_transactional_keys_and_read_floor() -> None:
+    """The right-hand range starts with the versions and intents of its span and every read
+    timestamp recorded there as its floor (a write is pushed above a read made before the
+    split); the seed is kept with the children, so a restore announces the same one."""
+    from engine.txn.participant import decode, encode
+
+    announced: list[tuple[Any, ...]] = []
+    machine = RangeStateMachine(
+        WHOLE, on_split=lambda *args, **kw: announced.append((*args, kw)))
+    now = 1 << 40
+    one_phase = {"op": "one_phase", "txn": "t1", "start": now, "ts": now, "now": now,
+                 "writes": [[b"a".hex(), "31"], [b"x".hex(), "32"]], "reads": [],
+                 "spans": []}
+    assert decode(machine.apply(1, encode(one_phase)))["st"] == "COMMITTED"
+    late = now + 1000
+    read = {"op": "read", "key": b"y".hex(), "txn": "r", "ts": late, "limit": late,
+            "now": late}
+    assert decode(machine.apply(2, encode(read)))["st"] == "ok"
+    split = encode_split_command(2, 1, LEFT, RIGHT)
+    assert decode_split_result(machine.apply(3, split))[0] == SPLIT_OK
+    [(child, version, rows, base, kw)] = announced
+    right = RangeStateMachine.seeded(child, rows, map_version=version, base=base,
+                                     txn_seed=kw["txn_seed"])
+    assert set(right.txn.versions) == {b"x"} and right.txn.read_floor == late
+    got = decode(right.apply(1, encode({**read, "key": b"x".hex(), "ts": late + 5,
+                                        "limit": late + 5, "now": late + 5})))
+    assert got["value"] == "32", got
+    # A write below the pre-split read of y is pushed above it.
+    write = {"op": "intent", "txn": "w", "ts": now + 10, "start": now + 10,
+             "anchor": b"y".hex(), "writes": [[b"y".hex(), "33"]], "now": now + 10}
+    assert int(decode(right.apply(2, encode(write)))["ts"]) > late
+    copy = RangeStateMachine(WHOLE, on_split=lambda *args, **kw: announced.append((*args, kw)))
+    copy.restore(machine.snapshot())
+    assert announced[-1][4] == kw and copy.child_txn == machine.child_txn
