@@ -10,11 +10,12 @@ Routing. Every transactional key goes to the group of its range (group 0 when th
 not sharded), read from the client's RangeCache, which the first transaction fills with the
 whole shard map (one meta query; a map holds few ranges). A transaction's records live in the
 group of its anchor key, so messages are addressed to groups, not keys: the coordinator picks
-the group when it builds a message and retries the same group. A wrong-shard answer (the
-range split or moved since the map was read) refreshes the map and counts as no answer; a
-message that never finds its group ends in engine.Timeout (the outcome is unknown), never in
-a wrong commit: a range refuses, before the log and at apply, a message naming a key it does
-not own (engine.shard.replica.RangeStateMachine).
+the group when it builds a message. A wrong-shard answer (the range split since the map was
+read) refreshes the map; the refused message took effect nowhere, so one naming keys goes
+again to the group now owning all of them (the split handed that range their transactional
+state), and any other counts as no answer (the coordinator retries; never answered ends in
+engine.Timeout, the outcome unknown). A range refuses, before the log and at apply, a
+message naming a key it does not own (engine.shard.replica.RangeStateMachine).
 
 Outcomes: engine.TransactionConflict is definite (nothing was written; run_transaction
 retries it); engine.Timeout means the commit may or may not have happened.
@@ -35,12 +36,14 @@ from engine import errors
 from engine.aio.txn import AsyncTransaction, TxnRunner
 from engine.shard import replica as shard_replica
 from engine.txn.hlc import Timestamp
-from engine.txn.participant import TXN_MAGIC
+from engine.txn.participant import TXN_MAGIC, decode
 
 if TYPE_CHECKING:
     from engine.aio.client import Client
 
 T = TypeVar("T")
+# Re-sends of one message after wrong-shard answers (each after a fresh map).
+_REROUTES = 4
 
 
 class ClientRouter:
@@ -96,16 +99,29 @@ class ClientTransactions:
             pass   # not sharded: every key is group 0's
 
     async def _send(self, group: int, message: bytes, query: bool) -> bytes | None:
-        try:
-            raw = await self._client._txn_request(group, message, query)
-        except errors.WrongShard as error:
-            await self._after_wrong_shard(error)
-            return None
-        except errors.Timeout:
-            return None
-        if shard_replica.is_wrong_shard(raw):   # refused at apply (a split in between)
-            await self._after_wrong_shard(shard_replica.decode_wrong_shard(raw))
-            return None
+        for _ in range(_REROUTES):
+            try:
+                raw = await self._client._txn_request(group, message, query)
+            except errors.WrongShard as error:
+                await self._after_wrong_shard(error)
+            except errors.Timeout:
+                return None
+            else:
+                if not shard_replica.is_wrong_shard(raw):
+                    return self._checked(group, raw)
+                # Refused at apply (a split between the check and the log).
+                await self._after_wrong_shard(shard_replica.decode_wrong_shard(raw))
+            # Refused, so it took effect nowhere: a message naming keys goes to the group
+            # now owning all of them (a split hands it their transactional state); one
+            # about a record, or whose keys now span groups, counts as no answer.
+            owner = self._owner(message)
+            if owner is None or owner == group:
+                return None
+            group = owner
+        return None
+
+    @staticmethod
+    def _checked(group: int, raw: bytes) -> bytes:
         if not raw.startswith(TXN_MAGIC):
             # Not a participant's answer: the group's state machine is not TxnKVStore (an
             # unsharded cluster's default KVStore), so no message of this transaction took
@@ -114,6 +130,17 @@ class ClientTransactions:
                 f"group {group} does not serve transactions: run a sharded cluster or "
                 "state_machine=engine.txn.participant.TxnKVStore (docs/transactions.md)")
         return raw
+
+    def _owner(self, message: bytes) -> int | None:
+        """The one group owning every key and span `message` names, per the refreshed map."""
+        try:
+            keys, spans = shard_replica.txn_message_keys(decode(message))
+        except (errors.DecodeError, KeyError, TypeError, ValueError, AttributeError):
+            return None
+        groups = {self._router.group_of(key) for key in keys}
+        for start, end in spans:
+            groups.update(g for g, _, _ in self._router.groups_for_span(start, end or b""))
+        return groups.pop() if len(groups) == 1 else None
 
     async def _after_wrong_shard(self, error: errors.WrongShard) -> None:
         self._client._on_wrong_shard(error)

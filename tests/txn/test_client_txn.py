@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 import engine
+from engine.aio import shard_admin
 from engine.aio.txn import AsyncTransaction
 from engine.txn.participant import TxnKVStore
 
@@ -128,3 +129,26 @@ async def test_a_cluster_without_the_participant_rejects_transactions_plainly() 
                     await tx.get(b"x")
             await client.put(b"x", b"plain")
             assert await client.get(b"x") == b"plain"
+
+
+async def test_transactions_go_on_after_a_split_with_a_stale_map() -> None:
+    """A range with transactional keys splits; the client that wrote them, its map now
+    stale, reads and writes them again: refused messages go to the new owner, and the
+    right-hand range answers from the state the split handed it."""
+    async with engine.LocalCluster(n=3, shards=2) as cluster:   # [, key5) and [key5, )
+        await cluster.wait_leader()
+        async with cluster.client() as client, cluster.client() as admin:
+            async with client.transaction() as tx:
+                tx.put(b"key6", b"a")
+                tx.put(b"key8", b"b")
+            await shard_admin.split(admin, b"key7")
+
+            async def swap(tx: AsyncTransaction) -> None:
+                a, b = await tx.get(b"key6"), await tx.get(b"key8")
+                tx.put(b"key6", b or b"")
+                tx.put(b"key8", a or b"")
+
+            await client.run_transaction(swap)
+        async with cluster.client() as fresh:
+            async with fresh.transaction() as tx:
+                assert await tx.scan(b"key5", b"") == [(b"key6", b"b"), (b"key8", b"a")]
