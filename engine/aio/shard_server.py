@@ -33,6 +33,7 @@ from engine.config import NodeConfig
 from engine.errors import ConfigError
 from engine.shard.map import RangeDescriptor, ShardMap, voters
 from engine.shard.replica import META_GROUP_ID, MetaReplica, RangeStateMachine
+from engine.txn.participant import TxnKVStore
 
 logger = logging.getLogger("engine.shard")
 
@@ -107,7 +108,8 @@ class ShardServer:
             if descriptor.replica(self.config.node_id) is not None:
                 await self._host_range(descriptor, RangeStateMachine(
                     descriptor, map_version=self.initial_map.version,
-                    limits=self.config.limits, on_split=self._on_split))
+                    limits=self.config.limits, on_split=self._on_split,
+                    participant=TxnKVStore))
         if self.auto_split is not None:
             self.auto_split.start()
 
@@ -133,7 +135,8 @@ class ShardServer:
             return
         machine = RangeStateMachine.seeded(child, rows, map_version=map_version, base=base,
                                            limits=self.config.limits,
-                                           on_split=self._on_split, txn_seed=txn_seed)
+                                           on_split=self._on_split, txn_seed=txn_seed,
+                                           participant=TxnKVStore)
         task = asyncio.get_running_loop().create_task(self._host_range(child, machine))
         self._starting[group] = task
 

@@ -32,7 +32,8 @@ and the frozen keys can rebuild their seed at any time. Their memory is not recl
 docs/sharding.md, "What is not built yet").
 
 Transactions (docs/transactions.md, "Replicated transactions"): the range also hosts the
-participant side, an engine.txn.participant.TxnKVStore sharing the range's KVStore. A TXN1
+participant side when given one (`participant=engine.txn.participant.TxnKVStore`, as
+engine.aio.shard_server does), sharing the range's KVStore. A TXN1
 command or query is checked like a KV one: every key it carries (and a scan's span) must be
 the range's, else it is answered wrong-shard and changes nothing. Its state is in the range's
 snapshot (after the store, present only once a transaction touched the range). A split
@@ -63,6 +64,7 @@ Bytes, little-endian (descriptors: engine.shard.map.encode_descriptors)::
 
 from __future__ import annotations
 
+import json
 import struct
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -80,7 +82,6 @@ from engine.shard.map import (
 )
 from engine.shard.meta import MetaStateMachine
 from engine.shard.policy import KeySampler
-from engine.txn import participant as txn_participant
 
 VERSION = 1
 WRONG_SHARD_MARK = 0xE5
@@ -105,7 +106,10 @@ _unpack_u32 = _U32.unpack_from
 _SCAN = int(kv.Op.SCAN)
 _SEED_ROWS = 1 << 62
 _RANGE_COMMAND = bytes((RANGE_COMMAND_MARK,))   # a seed is every row of the span, whatever its size
-_TXN_MAGIC = txn_participant.TXN_MAGIC
+# engine.txn.participant.TXN_MAGIC: shard sits below txn (DESIGN.md §2), so the range takes
+# its participant as a constructor argument and knows only the messages' mark and keys.
+TXN_MAGIC = b"TXN1"
+_TXN_MAGIC = TXN_MAGIC
 
 # (child, map version, rows, base[, txn_seed=the child's TxnKVStore.span_state()])
 SplitHook = Callable[..., None]
@@ -227,8 +231,10 @@ class RangeStateMachine:
 
     def __init__(self, descriptor: RangeDescriptor, *, map_version: int = 1,
                  limits: Limits | None = None, base: int = 0,
-                 on_split: SplitHook | None = None) -> None:
+                 on_split: SplitHook | None = None,
+                 participant: Callable[[Limits | None], Any] | None = None) -> None:
         self._limits = limits
+        self._participant = participant
         self.store = KVStore(limits)
         self._store_apply = self.store.apply
         self.txn = self._txn_over(self.store)
@@ -255,23 +261,28 @@ class RangeStateMachine:
     @classmethod
     def seeded(cls, descriptor: RangeDescriptor, rows: list[tuple[bytes, bytes]], *,
                map_version: int, base: int, limits: Limits | None = None,
-               on_split: SplitHook | None = None, txn_seed: bytes = b"") -> RangeStateMachine:
+               on_split: SplitHook | None = None, txn_seed: bytes = b"",
+               participant: Callable[[Limits | None], Any] | None = None
+               ) -> RangeStateMachine:
         """A range split off another: `rows` are its initial keys, applied as of the
         parent's index `base` (each row a session-less PUT at its own index up to base)."""
         machine = cls(descriptor, map_version=map_version, limits=limits, base=base,
-                      on_split=on_split)
+                      on_split=on_split, participant=participant)
         first = base - len(rows) + 1
         if first < 1:
             raise ValueError(f"{len(rows)} rows cannot have applied by index {base}")
         apply = machine.store.apply
         for offset, (key, value) in enumerate(rows):
             apply(first + offset, kv.encode_put(key, value))
-        if txn_seed:
+        if txn_seed and machine.txn is not None:
             machine.txn.restore_state(txn_seed)
         return machine
 
-    def _txn_over(self, store: KVStore) -> txn_participant.TxnKVStore:
-        txn = txn_participant.TxnKVStore(self._limits)
+    def _txn_over(self, store: KVStore) -> Any:
+        """The participant over `store` (None: this range serves no transactions)."""
+        if self._participant is None:
+            return None
+        txn = self._participant(self._limits)
         txn.kv = store   # one store: plain commands keep their own path (apply)
         return txn
 
@@ -281,8 +292,8 @@ class RangeStateMachine:
         """The wrong-shard answer for a transaction message naming a key (or a scan span)
         outside the range, else None (a malformed one is the participant's to answer)."""
         try:
-            keys, spans = txn_message_keys(txn_participant.decode(payload))
-        except (DecodeError, KeyError, TypeError, ValueError, AttributeError):
+            keys, spans = txn_message_keys(json.loads(payload[len(_TXN_MAGIC):]))
+        except (KeyError, TypeError, ValueError, AttributeError):
             return None
         d = self.descriptor
         for start, end in spans:
@@ -338,7 +349,7 @@ class RangeStateMachine:
                     self.sampler.offer(key)
         elif command[:1] == _RANGE_COMMAND:
             return self._range_command(index, command)
-        elif command[:4] == _TXN_MAGIC:
+        elif command[:4] == _TXN_MAGIC and self.txn is not None:
             refusal = self.txn_refusal(command)
             if refusal is not None:
                 self.refused_writes += 1
@@ -354,7 +365,7 @@ class RangeStateMachine:
         refusal = self.refusal_of_request(query, write=False)
         if refusal is not None:
             return refusal
-        if query[:4] == _TXN_MAGIC:
+        if query[:4] == _TXN_MAGIC and self.txn is not None:
             return self.txn.query(query)
         return self.store.query(query)
 
@@ -434,6 +445,8 @@ class RangeStateMachine:
 
     def _txn_touched(self) -> bool:
         txn = self.txn
+        if txn is None:
+            return False
         return bool(txn.versions or txn.intents or txn.records or txn.read_keys
                     or txn.read_spans or txn.clock or self.child_txn)
 
@@ -480,7 +493,7 @@ class RangeStateMachine:
         store = KVStore(self._limits)
         store.restore(inner)
         txn = self._txn_over(store)
-        if txn_state:
+        if txn_state and txn is not None:
             txn.restore_state(txn_state)
         self.txn, self.child_txn = txn, child_txn
         self.store, self.descriptor, self.children = store, descriptor, children
@@ -552,5 +565,5 @@ def refusal_of(state_machine: Any, payload: bytes, write: bool) -> bytes | None:
 __all__ = [
     "META_GROUP_ID", "MetaReplica", "RangeStateMachine", "command_key", "decode_split_result",
     "decode_wrong_shard", "encode_split_command", "encode_wrong_shard", "is_wrong_shard",
-    "meta_envelope", "refusal_of", "scan_span", "txn_message_keys",
+    "TXN_MAGIC", "meta_envelope", "refusal_of", "scan_span", "txn_message_keys",
 ]
