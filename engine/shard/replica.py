@@ -314,8 +314,6 @@ class RangeStateMachine:
     def refusal_of_request(self, payload: bytes, write: bool) -> bytes | None:
         """The wrong-shard answer for a client request this range does not own, else
         None (the serving side's check before proposing or reading)."""
-        if payload[:4] == _TXN_MAGIC:
-            return self.txn_refusal(payload)
         d = self.descriptor
         if write:
             key = command_key(payload)
@@ -324,7 +322,9 @@ class RangeStateMachine:
             if span is not None:
                 return None if _within(d, span[0], span[1]) else self.wrong_shard()
             key = command_key(payload)
-        if key is None or d.contains(key):
+        if key is None:   # not a keyed KV request (a transaction message's first byte is "T")
+            return self.txn_refusal(payload) if payload[:4] == _TXN_MAGIC else None
+        if d.contains(key):
             return None
         return self.wrong_shard()
 
