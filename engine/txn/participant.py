@@ -69,6 +69,8 @@ SNAPSHOT_MAGIC = b"ETX1"
 # A transaction not heard of for this long (consensus time) may be aborted by anyone.
 DEFAULT_EXPIRY_NS = 2_000_000_000
 DEFAULT_MAX_READ_ENTRIES = 100_000
+# Finished records are swept at most once per this fraction of the expiry (_gc_records).
+GC_PERIOD_DIVISOR = 8
 # The most intents or records one recovery-sweep query returns (one answer stays small).
 SWEEP_PAGE = 256
 
@@ -161,6 +163,7 @@ class TxnKVStore:
         self.read_spans: list[tuple[bytes, bytes, int, str]] = []
         self.read_floor = 0
         self.clock = 0
+        self._clock_before = 0   # the clock before the command being applied (not state)
         self.horizon = 0
         self._applied_index = 0
 
@@ -184,6 +187,7 @@ class TxnKVStore:
         try:
             cmd = decode(command)
             handler = _COMMANDS[cmd["op"]]
+            self._clock_before = self.clock
             self.clock = max(self.clock, int(cmd.get("now", 0)))
             return encode(handler(self, cmd))
         except (DecodeError, KeyError, TypeError, ValueError) as exc:
@@ -501,13 +505,25 @@ class TxnKVStore:
         record = self.records.get(cmd["txn"])
         if record is not None and record.status in FINAL:
             record.keys = []
+            if self._droppable(record):
+                del self.records[cmd["txn"]]
         self._gc_records()
         return {"st": "ok", "clock": self.clock}
 
+    def _droppable(self, r: Record) -> bool:
+        """A finished record no command of its transaction can matter to any more."""
+        return (r.status in FINAL and not r.keys
+                and wall_ns(self.clock) - wall_ns(max(r.start, r.heartbeat)) > 2 * self.expiry_ns)
+
     def _gc_records(self) -> None:
-        drop = [txn for txn, r in self.records.items()
-                if r.status in FINAL and not r.keys
-                and wall_ns(self.clock) - wall_ns(max(r.start, r.heartbeat)) > 2 * self.expiry_ns]
+        # A sweep reads every record: it runs when consensus time enters a new period of
+        # GC_PERIOD_DIVISOR-ths of the expiry, so a commit costs O(1) amortized, and every
+        # replica sweeps at the same commands (the clock is replicated state). A record
+        # outlives its bound by at most one period: dropping it later is always safe.
+        period = max(self.expiry_ns // GC_PERIOD_DIVISOR, 1)
+        if wall_ns(self.clock) // period == wall_ns(self._clock_before) // period:
+            return
+        drop = [txn for txn, r in self.records.items() if self._droppable(r)]
         for txn in drop:
             del self.records[txn]
 
