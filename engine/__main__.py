@@ -1,5 +1,5 @@
-"""Command line: `engine serve|status|kv|lock|watch|lease|elect|transfer|members|snapshot|
-check|bench|keygen ...` (also `python -m engine ...`; `--help` on each).
+"""Command line: `engine serve|status|kv|txn|lock|watch|lease|elect|transfer|members|
+snapshot|check|bench|keygen ...` (also `python -m engine ...`; `--help` on each).
 
 Settings come from flags, then ENGINE_* environment variables, then a TOML file (--config);
 see engine/cli/settings.py. Exit codes are listed in engine/cli/exitcodes.py. Bad arguments
@@ -279,6 +279,96 @@ def _kv_scan(args: argparse.Namespace) -> int:
              output.show_value(v, hex_output=args.hex, key=k)) for k, v in asyncio.run(run())]
     output.emit([{"key": k, "value": v} for k, v in rows], args.output, ("key", "value"), rows)
     return exitcodes.OK
+
+
+_TXN_ARITY = {"get": (2, 2), "put": (3, 3), "delete": (2, 2), "scan": (2, 4)}
+
+
+def _txn_operations(text: str, hex_input: bool) -> list[tuple[str, list[bytes], int | None]]:
+    """`txn`'s JSON list of operations, checked before any connection (a usage error)."""
+    try:
+        raw = json.loads(text)
+    except ValueError as exc:
+        raise ConfigError(f"txn: the operations are not JSON: {exc}") from None
+    if not isinstance(raw, list):
+        raise ConfigError("txn: the operations are a JSON list, e.g. "
+                          '[["get","x"],["put","y","1"]]')
+    ops: list[tuple[str, list[bytes], int | None]] = []
+    for item in raw:
+        arity = _TXN_ARITY.get(item[0]) if isinstance(item, list) and item else None
+        if arity is None or not arity[0] <= len(item) <= arity[1]:
+            raise ConfigError(f"txn: {item!r} is not one of [\"get\", KEY], [\"put\", KEY, "
+                              "VALUE], [\"delete\", KEY], [\"scan\", START, END?, LIMIT?]")
+        limit = None
+        if item[0] == "scan" and len(item) == 4:
+            if not isinstance(item[3], int) or item[3] < 1:
+                raise ConfigError(f"txn: the limit of {item!r} is not a positive integer")
+            limit = item[3]
+        texts = item[1:3] if item[0] == "scan" else item[1:]
+        if not all(isinstance(t, str) for t in texts):
+            raise ConfigError(f"txn: the keys and values of {item!r} are strings")
+        ops.append((item[0], [output.decode_arg(t, hex_input=hex_input, what="key or value")
+                              for t in texts], limit))
+    return ops
+
+
+def cmd_txn(args: argparse.Namespace) -> int:
+    """`txn [OPS]`: the operations in one transaction (run again on a conflict); prints
+    what each read returned and the outcome."""
+    from engine.aio.client import Client
+
+    text = args.operations if args.operations not in (None, "-") else sys.stdin.read()
+    ops = _txn_operations(text, args.hex)
+    members = cluster_members(args)
+    timeout = 10.0 if args.timeout is None else args.timeout
+
+    def show(value: bytes | None, key: bytes, what: str = "value") -> Any:
+        return output.show_value(value, hex_output=args.hex, key=key, what=what)
+
+    async def body(tx: Any) -> list[dict[str, Any]]:
+        reads: list[dict[str, Any]] = []
+        for op, (key, *rest), limit in ops:
+            shown = show(key, key, "key")
+            if op == "get":
+                reads.append({"op": "get", "key": shown, "value": show(await tx.get(key), key)})
+            elif op == "put":
+                tx.put(key, rest[0])
+            elif op == "delete":
+                tx.delete(key)
+            else:
+                rows = await tx.scan(key, rest[0] if rest else b"", limit)
+                reads.append({"op": "scan", "start": shown, "rows": [
+                    {"key": show(k, k, "key"), "value": show(v, k)} for k, v in rows]})
+        return reads
+
+    async def run() -> list[dict[str, Any]]:
+        async with Client(list(members.values()), cluster_key=cluster_key(args),
+                          timeout=timeout, encrypt_payloads=bool(args.encrypt)) as c:
+            result: list[dict[str, Any]] = await c.run_transaction(
+                body, isolation=args.isolation)
+            return result
+
+    reads = asyncio.run(run())
+    output.emit({"reads": reads, "outcome": "committed"}, args.output)
+    return exitcodes.OK
+
+
+def add_txn_parser(sub: Any) -> argparse.ArgumentParser:
+    txn = sub.add_parser(
+        "txn", help="run get/put/delete/scan operations in one transaction (across shards)",
+        description="OPERATIONS is a JSON list, e.g. '[[\"get\",\"x\"],[\"put\",\"y\","
+                    "\"1\"]]' ([\"scan\", START, END?, LIMIT?] too); - or none: read it "
+                    "from stdin. Prints each read and the outcome; a conflict is retried, a "
+                    f"timeout (exit {exitcodes.TIMEOUT}) leaves the outcome unknown.")
+    _cluster_args(txn)
+    _timeout_arg(txn, 10.0)
+    txn.add_argument("operations", nargs="?", help="the JSON list (default: stdin)")
+    txn.add_argument("--hex", action="store_true",
+                     help="keys and values (in and out) are hex: any bytes")
+    txn.add_argument("--isolation", choices=["serializable", "snapshot"],
+                     default="serializable")
+    txn.set_defaults(func=cmd_txn)
+    return txn
 
 
 def cmd_transfer(args: argparse.Namespace) -> int:
@@ -749,7 +839,7 @@ def add_coord_parsers(sub: Any) -> argparse.ArgumentParser:
 
 
 SUBCOMMANDS: tuple[Callable[[Any], argparse.ArgumentParser], ...] = (
-    add_serve_parser, add_status_parser, add_kv_parser, add_transfer_parser,
+    add_serve_parser, add_status_parser, add_kv_parser, add_txn_parser, add_transfer_parser,
     add_members_parser, add_snapshot_parser, add_keygen_parser, add_check_parser,
     add_wal_parser, add_bench_parser, add_shards_parser, add_coord_parsers,
 )

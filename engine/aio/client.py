@@ -32,12 +32,15 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-from collections.abc import AsyncGenerator
-from typing import Any
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
+from typing import Any, TypeVar
 
 from engine import errors
 from engine._core import codec
 from engine.aio import coord_client
+from engine.aio.client_txn import ClientTransactions
+from engine.aio.txn import AsyncTransaction
 from engine.aio.udp import new_boot_epoch
 from engine.config import Limits
 from engine.coord.watch import WatchEvent
@@ -52,6 +55,7 @@ from engine.types import MIN_CLIENT_ID, check_client_id, parse_address
 
 # The enums' members as plain attributes (engine.messages.enum_members): read per request.
 _MT = enum_members(MessageType)
+T = TypeVar("T")
 _OP = enum_members(ClientOp)
 _STATUS = enum_members(ClientStatus)
 _KV_STATUS = enum_members(commands.Status)
@@ -161,6 +165,7 @@ class Client:
         # (its group 0 is the meta group); then each key goes to its range's group.
         self._sharded = False
         self._ranges = RangeCache(limits=limits)
+        self._txn: ClientTransactions | None = None
         self._group_leaders: dict[int, tuple[str, int]] = {}
         self._group_sessions: dict[int, list[list[int]]] = {}
         self._next_address = 0
@@ -175,6 +180,8 @@ class Client:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
+        if self._txn is not None:
+            await self._txn.drain()   # committed transactions' intents resolved first
         self.close()
 
     async def open(self) -> None:
@@ -431,6 +438,48 @@ class Client:
     def election(self, name: bytes, *, ttl_s: float = 10.0) -> coord_client.Election:
         """An election: campaign(value), leader(), proclaim(value), resign(), observe()."""
         return coord_client.Election(self, name, ttl_s=ttl_s)
+
+    # ------------------------------------------------------------------ transactions
+
+    def _transactions(self) -> ClientTransactions:
+        if self._txn is None:
+            self._txn = ClientTransactions(self)
+        return self._txn
+
+    def transaction(self, *, isolation: str = "serializable", parallel_commits: bool = False
+                    ) -> AbstractAsyncContextManager[AsyncTransaction]:
+        """A transaction across shards, committed when the block exits normally
+        (engine.aio.client_txn): engine.TransactionConflict (definite, retry) or
+        engine.Timeout (unknown outcome). isolation: "serializable" or "snapshot"."""
+        return self._transactions().transaction(isolation=isolation,
+                                                parallel_commits=parallel_commits)
+
+    async def run_transaction(self, fn: Callable[[AsyncTransaction], Awaitable[T]], *,
+                              isolation: str = "serializable", parallel_commits: bool = False,
+                              max_attempts: int = 20) -> T:
+        """fn(tx) in a transaction, run again on TransactionConflict (fn must be safe to
+        re-run: its effects go through tx); its result."""
+        return await self._transactions().run_transaction(
+            fn, isolation=isolation, parallel_commits=parallel_commits,
+            max_attempts=max_attempts)
+
+    def now(self) -> Timestamp:
+        """A timestamp of this client's hybrid logical clock (the transactions' clock)."""
+        return self._transactions().now()
+
+    async def _txn_request(self, group: int, message: bytes, query: bool) -> bytes:
+        """One transaction message to `group`'s leader (every one is idempotent: sent
+        again until answered); WrongShard if the group refused it."""
+        try:
+            if query:
+                raw = await self._request(_OP.READ, message, _read_mode("linearizable"),
+                                          raw=True, group=group)
+            else:
+                raw = await self._request(_OP.WRITE, message, 0, raw=True, resend=True,
+                                          group=group)
+        except _WrongShardAnswer as exc:
+            raise exc.error from None
+        return bytes(raw)
 
     async def call(self, command: bytes, *, timeout: float | None = None,
                    idempotent: bool = False) -> bytes:

@@ -33,6 +33,7 @@ from engine.config import NodeConfig
 from engine.errors import ConfigError
 from engine.shard.map import RangeDescriptor, ShardMap, voters
 from engine.shard.replica import META_GROUP_ID, MetaReplica, RangeStateMachine
+from engine.txn.participant import TxnKVStore
 
 logger = logging.getLogger("engine.shard")
 
@@ -107,7 +108,8 @@ class ShardServer:
             if descriptor.replica(self.config.node_id) is not None:
                 await self._host_range(descriptor, RangeStateMachine(
                     descriptor, map_version=self.initial_map.version,
-                    limits=self.config.limits, on_split=self._on_split))
+                    limits=self.config.limits, on_split=self._on_split,
+                    participant=TxnKVStore))
         if self.auto_split is not None:
             self.auto_split.start()
 
@@ -122,7 +124,7 @@ class ShardServer:
         return await self.host.add_group(descriptor.group_id, machine, members=members)
 
     def _on_split(self, child: RangeDescriptor, map_version: int,
-                  rows: list[tuple[bytes, bytes]], base: int) -> None:
+                  rows: list[tuple[bytes, bytes]], base: int, txn_seed: bytes = b"") -> None:
         """A range this node replicates split (or is recovering a split): host the child.
         The new group elects its first leader like any group; a fresh replica waits one
         election timeout before it votes (engine.raft.core, lease reads §6.4.1), so the
@@ -133,7 +135,8 @@ class ShardServer:
             return
         machine = RangeStateMachine.seeded(child, rows, map_version=map_version, base=base,
                                            limits=self.config.limits,
-                                           on_split=self._on_split)
+                                           on_split=self._on_split, txn_seed=txn_seed,
+                                           participant=TxnKVStore)
         task = asyncio.get_running_loop().create_task(self._host_range(child, machine))
         self._starting[group] = task
 

@@ -12,13 +12,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import threading
-from collections.abc import Coroutine, Iterator
+import time
+from collections.abc import Callable, Coroutine, Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from engine.aio.client import Client
 from engine.aio.coord_client import Lease, LeaseInfo, Lock
-from engine.errors import Stopped
+from engine.aio.txn import AsyncTransaction
+from engine.errors import Stopped, TransactionConflict
 from engine.kv import commands
 from engine.txn.hlc import Timestamp
 
@@ -53,6 +57,9 @@ class SyncClient:
 
     def close(self) -> None:
         if not self._loop.is_closed():
+            txn = self._client._txn
+            if txn is not None:   # committed transactions' intents resolved first
+                asyncio.run_coroutine_threadsafe(txn.drain(), self._loop).result()
             self._loop.call_soon_threadsafe(self._client.close)
             self._stop_loop()
 
@@ -66,6 +73,43 @@ class SyncClient:
             coroutine.close()
             raise Stopped("SyncClient is closed")
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+
+    # ------------------------------------------------------------------ transactions
+
+    @contextmanager
+    def transaction(self, *, isolation: str = "serializable",
+                    parallel_commits: bool = False) -> Iterator[SyncTransaction]:
+        """engine.Client.transaction, blocking: committed when the block exits normally."""
+        manager = self._client.transaction(isolation=isolation,
+                                           parallel_commits=parallel_commits)
+        tx = self._run(manager.__aenter__())
+        try:
+            yield SyncTransaction(tx, self._run)
+        except BaseException as exc:
+            if not self._run(manager.__aexit__(type(exc), exc, exc.__traceback__)):
+                raise
+        else:
+            self._run(manager.__aexit__(None, None, None))
+
+    def run_transaction(self, fn: Callable[[SyncTransaction], T], *,
+                        isolation: str = "serializable", parallel_commits: bool = False,
+                        max_attempts: int = 20, backoff_s: float = 0.002) -> T:
+        """fn(tx) in a transaction, run again (jittered exponential backoff) on
+        TransactionConflict; its result."""
+        for attempt in range(max_attempts):
+            try:
+                with self.transaction(isolation=isolation,
+                                      parallel_commits=parallel_commits) as tx:
+                    result = fn(tx)
+                return result
+            except TransactionConflict:
+                if attempt == max_attempts - 1:
+                    raise
+                time.sleep(backoff_s * (2 ** min(attempt, 6)) * random.random())
+        raise TransactionConflict(f"no commit in {max_attempts} attempts")
+
+    def now(self) -> Timestamp:
+        return self._client.now()
 
     # ------------------------------------------------------------------ engine.Client's API
 
@@ -178,3 +222,31 @@ class SyncClient:
     def admin(self, address: str, op: int, spec: dict[str, Any] | None = None, *,
               wait: float | None = None, timeout: float | None = None) -> None:
         return self._run(self._client.admin(address, op, spec, wait=wait, timeout=timeout))
+
+
+class SyncTransaction:
+    """engine.aio.txn.AsyncTransaction, blocking (SyncClient.transaction)."""
+
+    def __init__(self, tx: AsyncTransaction,
+                 run: Callable[[Coroutine[Any, Any, Any]], Any]) -> None:
+        self._tx = tx
+        self._run = run
+
+    @property
+    def id(self) -> str:
+        return self._tx.id
+
+    def get(self, key: bytes) -> bytes | None:
+        value: bytes | None = self._run(self._tx.get(key))
+        return value
+
+    def put(self, key: bytes, value: bytes) -> None:
+        self._tx.put(key, value)
+
+    def delete(self, key: bytes) -> None:
+        self._tx.delete(key)
+
+    def scan(self, start: bytes, end: bytes = b"",
+             limit: int | None = None) -> list[tuple[bytes, bytes]]:
+        rows: list[tuple[bytes, bytes]] = self._run(self._tx.scan(start, end, limit))
+        return rows

@@ -10,8 +10,8 @@ any way of reaching the groups (docs/transactions.md, "Replicated transactions")
 of `group` able to apply it (the leader: `engine.Client.call` for a command,
 `Client.query` for a query) and returns the encoded answer, or None if it does not know
 whether it arrived (a timeout: the coordinator retries, every command being idempotent).
-The sharded runtime's router and clients are not wired to it yet; tests drive it over
-in-memory groups and over LocalClusters whose state machine is TxnKVStore.
+engine.Client.transaction runs it over the client's routing (engine.aio.client_txn); tests
+also drive it over in-memory groups and over LocalClusters whose state machine is TxnKVStore.
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 
 The file system is written against these protocols, not against one client class, so it runs
 unchanged on any store that offers them: engine.testing.memory_txn (an in-memory optimistic
-store, the test double) and the replicated, sharded transactions (DESIGN.md §3:
-`async with c.transaction() as tx`) once the client offers them.
+store, the test double) and the replicated, sharded transactions of engine.Client (DESIGN.md §3:
+`async with c.transaction() as tx`).
 
 The contract the namespace relies on:
 

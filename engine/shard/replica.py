@@ -31,6 +31,18 @@ snapshot), so a replica that restarts or installs a snapshot calls `on_split` ag
 and the frozen keys can rebuild their seed at any time. Their memory is not reclaimed (see
 docs/sharding.md, "What is not built yet").
 
+Transactions (docs/transactions.md, "Replicated transactions"): the range also hosts the
+participant side when given one (`participant=engine.txn.participant.TxnKVStore`, as
+engine.aio.shard_server does), sharing the range's KVStore. A TXN1
+command or query is checked like a KV one: every key it carries (and a scan's span) must be
+the range's, else it is answered wrong-shard and changes nothing. Its state is in the range's
+snapshot (after the store, present only once a transaction touched the range). A split
+hands the right-hand range the versions and intents of its span (TxnKVStore.span_state,
+taken at the split's index and kept with the children, so a restart seeds it the same), the
+largest read timestamp on the span as its timestamp-cache floor, and the consensus time;
+records stay with the group of their anchor key. A transaction message already addressed to
+the parent for a moved key is refused wrong-shard (docs/transactions.md).
+
 Revisions continue across a split: the child applies its log index i at revision base + i,
 base being the parent's split index, so a key's revision never goes back when it moves.
 
@@ -42,6 +54,9 @@ Bytes, little-endian (descriptors: engine.shard.map.encode_descriptors)::
       | u64 parent epoch | descriptors (left, right)
   snapshot: "ERNG" | u16 version | u64 map version | u64 base | u32 children | descriptor
       | descriptors (children) | u64 base per child | u32 len | KVStore snapshot
+      [| u32 len | TxnKVStore.state_snapshot() | u32 children seeded
+       | (u64 range id | u32 len | TxnKVStore.span_state()) per child: once a transaction
+       applied here]
   range command result: u8 0xE6 | u8 version | u8 status (0 ok, 1 epoch mismatch,
       2 malformed) | descriptors (the range's current descriptor)
   meta envelope: u8 0xE7 | a command or query of engine.shard.meta
@@ -49,6 +64,7 @@ Bytes, little-endian (descriptors: engine.shard.map.encode_descriptors)::
 
 from __future__ import annotations
 
+import json
 import struct
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -90,8 +106,13 @@ _unpack_u32 = _U32.unpack_from
 _SCAN = int(kv.Op.SCAN)
 _SEED_ROWS = 1 << 62
 _RANGE_COMMAND = bytes((RANGE_COMMAND_MARK,))   # a seed is every row of the span, whatever its size
+# engine.txn.participant.TXN_MAGIC: shard sits below txn (DESIGN.md §2), so the range takes
+# its participant as a constructor argument and knows only the messages' mark and keys.
+TXN_MAGIC = b"TXN1"
+_TXN_MAGIC = TXN_MAGIC
 
-SplitHook = Callable[[RangeDescriptor, int, list[tuple[bytes, bytes]], int], None]
+# (child, map version, rows, base[, txn_seed=the child's TxnKVStore.span_state()])
+SplitHook = Callable[..., None]
 
 
 # ---------------------------------------------------------------------------- wrong shard
@@ -156,6 +177,26 @@ def _within(descriptor: RangeDescriptor, start: bytes, end: bytes | None) -> boo
     return end is not None and end <= descriptor.end
 
 
+def txn_message_keys(message: dict[str, Any]
+                     ) -> tuple[list[bytes], list[tuple[bytes, bytes | None]]]:
+    """The keys and spans (end None: unbounded) a decoded transaction message must find in
+    its range; none for a message about a record (END, PUSH, HEARTBEAT, RECOVER, RESOLVED:
+    an END's keys are every group's). KeyError, TypeError or ValueError if malformed."""
+    op = message.get("op")
+    keys = [message["key"]] if "key" in message else []
+    if op in ("intent", "one_phase"):
+        keys.extend(k for k, _ in message["writes"])
+    if op in ("refresh", "resolve"):
+        keys.extend(message["keys"])
+    if op in ("refresh", "one_phase"):
+        keys.extend(message.get("reads", ()))
+    spans = [tuple(span) for span in message.get("spans", ())]
+    if op == "scan":
+        spans.append((message["start"], message["end"]))
+    return ([bytes.fromhex(k) for k in keys],
+            [(bytes.fromhex(low), bytes.fromhex(high) or None) for low, high in spans])
+
+
 # ---------------------------------------------------------------------------- range commands
 
 
@@ -190,10 +231,15 @@ class RangeStateMachine:
 
     def __init__(self, descriptor: RangeDescriptor, *, map_version: int = 1,
                  limits: Limits | None = None, base: int = 0,
-                 on_split: SplitHook | None = None) -> None:
+                 on_split: SplitHook | None = None,
+                 participant: Callable[[Limits | None], Any] | None = None) -> None:
         self._limits = limits
+        self._participant = participant
         self.store = KVStore(limits)
         self._store_apply = self.store.apply
+        self.txn = self._txn_over(self.store)
+        # Each child's transactional seed, taken at the split (omitted: none).
+        self.child_txn: dict[int, bytes] = {}
         self.descriptor = descriptor
         self.map_version = map_version
         self.children: list[RangeDescriptor] = []
@@ -215,20 +261,49 @@ class RangeStateMachine:
     @classmethod
     def seeded(cls, descriptor: RangeDescriptor, rows: list[tuple[bytes, bytes]], *,
                map_version: int, base: int, limits: Limits | None = None,
-               on_split: SplitHook | None = None) -> RangeStateMachine:
+               on_split: SplitHook | None = None, txn_seed: bytes = b"",
+               participant: Callable[[Limits | None], Any] | None = None
+               ) -> RangeStateMachine:
         """A range split off another: `rows` are its initial keys, applied as of the
         parent's index `base` (each row a session-less PUT at its own index up to base)."""
         machine = cls(descriptor, map_version=map_version, limits=limits, base=base,
-                      on_split=on_split)
+                      on_split=on_split, participant=participant)
         first = base - len(rows) + 1
         if first < 1:
             raise ValueError(f"{len(rows)} rows cannot have applied by index {base}")
         apply = machine.store.apply
         for offset, (key, value) in enumerate(rows):
             apply(first + offset, kv.encode_put(key, value))
+        if txn_seed and machine.txn is not None:
+            machine.txn.restore_state(txn_seed)
         return machine
 
+    def _txn_over(self, store: KVStore) -> Any:
+        """The participant over `store` (None: this range serves no transactions)."""
+        if self._participant is None:
+            return None
+        txn = self._participant(self._limits)
+        txn.kv = store   # one store: plain commands keep their own path (apply)
+        return txn
+
     # ------------------------------------------------------------------ checks
+
+    def txn_refusal(self, payload: bytes) -> bytes | None:
+        """The wrong-shard answer for a transaction message naming a key (or a scan span)
+        outside the range, else None (a malformed one is the participant's to answer)."""
+        try:
+            keys, spans = txn_message_keys(json.loads(payload[len(_TXN_MAGIC):]))
+        except (KeyError, TypeError, ValueError, AttributeError):
+            return None
+        d = self.descriptor
+        for start, end in spans:
+            if not _within(d, start, end):
+                return self.wrong_shard()
+        contains = d.contains
+        for key in keys:
+            if not contains(key):
+                return self.wrong_shard()
+        return None
 
     def wrong_shard(self) -> bytes:
         """The wrong-shard answer of this replica: its id and epoch, itself and its
@@ -247,7 +322,9 @@ class RangeStateMachine:
             if span is not None:
                 return None if _within(d, span[0], span[1]) else self.wrong_shard()
             key = command_key(payload)
-        if key is None or d.contains(key):
+        if key is None:   # not a keyed KV request (a transaction message's first byte is "T")
+            return self.txn_refusal(payload) if payload[:4] == _TXN_MAGIC else None
+        if d.contains(key):
             return None
         return self.wrong_shard()
 
@@ -272,6 +349,12 @@ class RangeStateMachine:
                     self.sampler.offer(key)
         elif command[:1] == _RANGE_COMMAND:
             return self._range_command(index, command)
+        elif command[:4] == _TXN_MAGIC and self.txn is not None:
+            refusal = self.txn_refusal(command)
+            if refusal is not None:
+                self.refused_writes += 1
+                return refusal
+            return self.txn.apply(index + self.base, command)
         return self._store_apply(index + self.base, command)
 
     @staticmethod
@@ -282,6 +365,8 @@ class RangeStateMachine:
         refusal = self.refusal_of_request(query, write=False)
         if refusal is not None:
             return refusal
+        if query[:4] == _TXN_MAGIC and self.txn is not None:
+            return self.txn.query(query)
         return self.store.query(query)
 
     def _range_command(self, index: int, command: bytes) -> bytes:
@@ -315,6 +400,8 @@ class RangeStateMachine:
         self.map_version = map_version
         self.children.append(right)
         self.child_bases[right.range_id] = index + self.base
+        if self._txn_touched():
+            self.child_txn[right.range_id] = self.txn.span_state(right.start, right.end)
         self._announce(right, index + self.base)
         return _split_result(SPLIT_OK, left)
 
@@ -330,7 +417,12 @@ class RangeStateMachine:
 
     def _announce(self, child: RangeDescriptor, base: int) -> None:
         if self.on_split is not None:
-            self.on_split(child, self.map_version, self.seed_of(child), base)
+            txn_seed = self.child_txn.get(child.range_id)
+            if txn_seed:
+                self.on_split(child, self.map_version, self.seed_of(child), base,
+                              txn_seed=txn_seed)
+            else:
+                self.on_split(child, self.map_version, self.seed_of(child), base)
 
     def announce_children(self) -> None:
         """Call on_split for every child again (after a restart: the shell hosts them)."""
@@ -340,14 +432,32 @@ class RangeStateMachine:
     # ------------------------------------------------------------------ snapshots
 
     def snapshot(self) -> bytes:
-        return self._snapshot_head() + self._with_store(self.store.snapshot())
+        return (self._snapshot_head() + self._with_store(self.store.snapshot())
+                + self._txn_section())
 
     def snapshot_fork(self) -> Callable[[], bytes]:
         """Freeze now, serialise later (KVStore.snapshot_fork): the driver writes the
         snapshot off the loop."""
         head = self._snapshot_head()
         serialise = self.store.snapshot_fork()
-        return lambda: head + self._with_store(serialise())
+        txn = self._txn_section()   # taken now: the loop goes on applying
+        return lambda: head + self._with_store(serialise()) + txn
+
+    def _txn_touched(self) -> bool:
+        txn = self.txn
+        if txn is None:
+            return False
+        return bool(txn.versions or txn.intents or txn.records or txn.read_keys
+                    or txn.read_spans or txn.clock or self.child_txn)
+
+    def _txn_section(self) -> bytes:
+        """The transactional state, omitted while no transaction ever applied here."""
+        if not self._txn_touched():
+            return b""
+        return b"".join((self._with_store(self.txn.state_snapshot()),
+                         _U32.pack(len(self.child_txn)),
+                         *(_U64.pack(rid) + self._with_store(seed)
+                           for rid, seed in sorted(self.child_txn.items()))))
 
     def _snapshot_head(self) -> bytes:
         return b"".join((
@@ -372,9 +482,20 @@ class RangeStateMachine:
         children = reader.descriptor_list()
         bases = {c.range_id: reader.u64("child base") for c in children}
         inner = reader.blob("store snapshot")
+        txn_state = b""
+        child_txn: dict[int, bytes] = {}
+        if reader.offset < len(view):
+            txn_state = reader.blob("transactions")
+            for _ in range(reader.u32("children seeded")):
+                rid = reader.u64("seeded range id")
+                child_txn[rid] = reader.blob("transactional seed")
         reader.finish()
         store = KVStore(self._limits)
         store.restore(inner)
+        txn = self._txn_over(store)
+        if txn_state and txn is not None:
+            txn.restore_state(txn_state)
+        self.txn, self.child_txn = txn, child_txn
         self.store, self.descriptor, self.children = store, descriptor, children
         self._store_apply = store.apply
         self.child_bases = bases
@@ -444,5 +565,5 @@ def refusal_of(state_machine: Any, payload: bytes, write: bool) -> bytes | None:
 __all__ = [
     "META_GROUP_ID", "MetaReplica", "RangeStateMachine", "command_key", "decode_split_result",
     "decode_wrong_shard", "encode_split_command", "encode_wrong_shard", "is_wrong_shard",
-    "meta_envelope", "refusal_of", "scan_span",
+    "TXN_MAGIC", "meta_envelope", "refusal_of", "scan_span", "txn_message_keys",
 ]

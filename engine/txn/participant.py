@@ -7,8 +7,8 @@ wrapped engine.KVStore unchanged. The transactional keyspace is kept beside it, 
 because a transaction's versions must all carry its *commit* timestamp, the same in every
 group, while KVStore stamps a write with max(stamp, the group's clock) (its module docstring,
 "MVCC"), which would move a version resolved late above reads that already missed it. Plain
-KV commands therefore do not see transactional keys (the client API over real groups is not
-wired yet).
+KV commands therefore do not see transactional keys (engine.Client.transaction reads and
+writes the transactional ones).
 
 State (all of it in the snapshot, versioned by SNAPSHOT_MAGIC):
   * versions: key -> committed versions [(ts, value | None)] in timestamp order
@@ -69,6 +69,8 @@ SNAPSHOT_MAGIC = b"ETX1"
 # A transaction not heard of for this long (consensus time) may be aborted by anyone.
 DEFAULT_EXPIRY_NS = 2_000_000_000
 DEFAULT_MAX_READ_ENTRIES = 100_000
+# Finished records are swept at most once per this fraction of the expiry (_gc_records).
+GC_PERIOD_DIVISOR = 8
 # The most intents or records one recovery-sweep query returns (one answer stays small).
 SWEEP_PAGE = 256
 
@@ -161,6 +163,7 @@ class TxnKVStore:
         self.read_spans: list[tuple[bytes, bytes, int, str]] = []
         self.read_floor = 0
         self.clock = 0
+        self._clock_before = 0   # the clock before the command being applied (not state)
         self.horizon = 0
         self._applied_index = 0
 
@@ -184,6 +187,7 @@ class TxnKVStore:
         try:
             cmd = decode(command)
             handler = _COMMANDS[cmd["op"]]
+            self._clock_before = self.clock
             self.clock = max(self.clock, int(cmd.get("now", 0)))
             return encode(handler(self, cmd))
         except (DecodeError, KeyError, TypeError, ValueError) as exc:
@@ -501,13 +505,25 @@ class TxnKVStore:
         record = self.records.get(cmd["txn"])
         if record is not None and record.status in FINAL:
             record.keys = []
+            if self._droppable(record):
+                del self.records[cmd["txn"]]
         self._gc_records()
         return {"st": "ok", "clock": self.clock}
 
+    def _droppable(self, r: Record) -> bool:
+        """A finished record no command of its transaction can matter to any more."""
+        return (r.status in FINAL and not r.keys
+                and wall_ns(self.clock) - wall_ns(max(r.start, r.heartbeat)) > 2 * self.expiry_ns)
+
     def _gc_records(self) -> None:
-        drop = [txn for txn, r in self.records.items()
-                if r.status in FINAL and not r.keys
-                and wall_ns(self.clock) - wall_ns(max(r.start, r.heartbeat)) > 2 * self.expiry_ns]
+        # A sweep reads every record: it runs when consensus time enters a new period of
+        # GC_PERIOD_DIVISOR-ths of the expiry, so a commit costs O(1) amortized, and every
+        # replica sweeps at the same commands (the clock is replicated state). A record
+        # outlives its bound by at most one period: dropping it later is always safe.
+        period = max(self.expiry_ns // GC_PERIOD_DIVISOR, 1)
+        if wall_ns(self.clock) // period == wall_ns(self._clock_before) // period:
+            return
+        drop = [txn for txn, r in self.records.items() if self._droppable(r)]
         for txn in drop:
             del self.records[txn]
 
@@ -608,6 +624,11 @@ class TxnKVStore:
     # ------------------------------------------------------------------ snapshots
 
     def snapshot(self) -> bytes:
+        return self.state_snapshot() + self.kv.snapshot()
+
+    def state_snapshot(self) -> bytes:
+        """The transactional state alone (no wrapped KVStore): a host that snapshots the
+        KVStore itself (engine.shard.replica.RangeStateMachine) stores this beside it."""
         state = {
             "applied": self._applied_index, "clock": self.clock, "floor": self.read_floor,
             "horizon": self.horizon,
@@ -621,10 +642,37 @@ class TxnKVStore:
             "read_spans": [[s.hex(), e.hex(), ts, t] for s, e, ts, t in self.read_spans],
         }
         body = json.dumps(state, sort_keys=True, separators=(",", ":")).encode()
-        kv = self.kv.snapshot()
-        return SNAPSHOT_MAGIC + len(body).to_bytes(8, "little") + body + kv
+        return SNAPSHOT_MAGIC + len(body).to_bytes(8, "little") + body
+
+    def span_state(self, start: bytes, end: bytes | None) -> bytes:
+        """A state_snapshot() of the versions and intents of [start, end) (end None: to the
+        end), for the range split off there (engine.shard.replica). No records: they stay
+        in the group of their anchor. Every read recorded on or across the span becomes the
+        new state's floor, so no write there can slip under a read that already happened
+        (timestamp cache, module docstring); consensus time and horizon carry over."""
+        def inside(key: bytes) -> bool:
+            return start <= key and (end is None or key < end)
+
+        part = TxnKVStore(expiry_ns=self.expiry_ns, max_read_entries=self.max_read_entries)
+        part.retention_ns = self.retention_ns
+        part.versions = {k: list(v) for k, v in self.versions.items() if inside(k)}
+        part.intents = {k: i for k, i in self.intents.items() if inside(k)}
+        floor = self.read_floor
+        for key, (ts, _) in self.read_keys.items():
+            if inside(key):
+                floor = max(floor, ts)
+        for low, high, ts, _ in self.read_spans:
+            if (not high or start < high) and (end is None or low < end):
+                floor = max(floor, ts)
+        part.read_floor, part.clock, part.horizon = floor, self.clock, self.horizon
+        return part.state_snapshot()
 
     def restore(self, data: bytes) -> None:
+        end = self.restore_state(data)
+        self.kv.restore(data[end:])
+
+    def restore_state(self, data: bytes) -> int:
+        """Restore the transactional state of a state_snapshot(); the offset it ends at."""
         if not data.startswith(SNAPSHOT_MAGIC):
             raise DecodeError("not a TxnKVStore snapshot")
         n = int.from_bytes(data[4:12], "little")
@@ -632,7 +680,6 @@ class TxnKVStore:
             state = json.loads(data[12:12 + n])
         except ValueError as exc:
             raise DecodeError(f"corrupt TxnKVStore snapshot: {exc}") from None
-        self.kv.restore(data[12 + n:])
         self._reset()
         self._applied_index = state["applied"]
         self.clock = state["clock"]
@@ -649,6 +696,7 @@ class TxnKVStore:
         self.read_spans = [(bytes.fromhex(s), bytes.fromhex(e), ts, t)
                            for s, e, ts, t in state["read_spans"]]
         self._keys = SortedList(set(self.versions) | set(self.intents))
+        return 12 + n
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, TxnKVStore):

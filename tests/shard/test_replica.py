@@ -3,6 +3,8 @@ through its own log, the seed of the right-hand range, snapshots, and the meta e
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from engine.errors import DecodeError
@@ -12,6 +14,7 @@ from engine.shard.map import RangeDescriptor, ShardMap, voters
 from engine.shard.replica import (
     SPLIT_EPOCH_MISMATCH,
     SPLIT_OK,
+    TXN_MAGIC,
     MetaReplica,
     RangeStateMachine,
     command_key,
@@ -21,6 +24,8 @@ from engine.shard.replica import (
     is_wrong_shard,
     meta_envelope,
 )
+from engine.txn import participant
+from engine.txn.participant import TxnKVStore, decode, encode
 
 REPLICAS = voters(1, 2, 3)
 WHOLE = RangeDescriptor(1, b"", None, 1, REPLICAS)
@@ -143,3 +148,80 @@ def test_the_meta_group_answers_kv_traffic_with_wrong_shard_range_zero() -> None
         meta.encode_split(2, 1, b"t", 3, 3))))
     assert result.ok and replica.maps is not None and len(replica.maps) == 2
     assert replica.shard_map is not None and len(replica.shard_map) == 3
+
+
+def test_a_range_serves_transaction_messages_for_its_own_keys_only() -> None:
+    """TXN1 commands and queries reach the range's TxnKVStore when every key they carry is
+    the range's; one naming a key (or a scan reaching) outside it is refused wrong-shard and
+    changes nothing. The transactional state survives a snapshot round trip."""
+    machine = RangeStateMachine(LEFT, participant=TxnKVStore)
+    now = 1 << 40
+    one_phase = {"op": "one_phase", "txn": "t1", "start": now, "ts": now, "now": now,
+                 "writes": [["61", "31"]], "reads": [], "spans": []}
+    answer = machine.apply(1, encode(one_phase))
+    assert decode(answer)["st"] == "COMMITTED", decode(answer)
+    outside = {**one_phase, "txn": "t2", "writes": [["7a", "31"]]}
+    assert machine.refusal_of_request(encode({"op": "read", "key": "7a"}), write=True)
+    read = {"op": "read", "key": b"z".hex(), "txn": "r", "ts": now + 5, "limit": now + 5,
+            "now": now + 5}
+    refused = machine.apply(2, encode(read))
+    assert is_wrong_shard(refused)
+    scan = {"op": "scan", "start": b"a".hex(), "end": "", "txn": "r", "ts": now + 5,
+            "limit": now + 5, "now": now + 5}
+    assert is_wrong_shard(machine.apply(3, encode(scan)))
+    got = decode(machine.apply(4, encode({**read, "key": b"a".hex()})))
+    assert got["st"] == "ok" and got["value"] == b"1".hex(), got
+    assert is_wrong_shard(machine.refusal_of_request(encode(outside), write=True) or b"")
+    assert machine.refusal_of_request(encode({"op": "end", "keys": ["7a"]}), write=True) is None
+    copy = RangeStateMachine(LEFT, participant=TxnKVStore)
+    copy.restore(machine.snapshot())
+    assert copy.txn.snapshot() == machine.txn.snapshot()
+    plain = RangeStateMachine(LEFT, participant=TxnKVStore)
+    plain.apply(1, _put(b"a"))
+    assert not plain.snapshot().endswith(b"}")   # no transactional section until used
+
+
+def test_a_split_hands_the_right_range_its_transactional_keys_and_read_floor() -> None:
+    """The right-hand range starts with the versions and intents of its span and every read
+    timestamp recorded there as its floor (a write is pushed above a read made before the
+    split); the seed is kept with the children, so a restore announces the same one."""
+    announced: list[tuple[Any, ...]] = []
+    machine = RangeStateMachine(
+        WHOLE, on_split=lambda *args, **kw: announced.append((*args, kw)),
+        participant=TxnKVStore)
+    now = 1 << 40
+    one_phase = {"op": "one_phase", "txn": "t1", "start": now, "ts": now, "now": now,
+                 "writes": [[b"a".hex(), "31"], [b"x".hex(), "32"]], "reads": [],
+                 "spans": []}
+    assert decode(machine.apply(1, encode(one_phase)))["st"] == "COMMITTED"
+    late = now + 1000
+    read = {"op": "read", "key": b"y".hex(), "txn": "r", "ts": late, "limit": late,
+            "now": late}
+    assert decode(machine.apply(2, encode(read)))["st"] == "ok"
+    split = encode_split_command(2, 1, LEFT, RIGHT)
+    assert decode_split_result(machine.apply(3, split))[0] == SPLIT_OK
+    [(child, version, rows, base, kw)] = announced
+    right = RangeStateMachine.seeded(child, rows, map_version=version, base=base,
+                                     txn_seed=kw["txn_seed"], participant=TxnKVStore)
+    assert set(right.txn.versions) == {b"x"} and right.txn.read_floor == late
+    got = decode(right.apply(1, encode({**read, "key": b"x".hex(), "ts": late + 5,
+                                        "limit": late + 5, "now": late + 5})))
+    assert got["value"] == "32", got
+    # A write below the pre-split read of y is pushed above it.
+    write = {"op": "intent", "txn": "w", "ts": now + 10, "start": now + 10,
+             "anchor": b"y".hex(), "writes": [[b"y".hex(), "33"]], "now": now + 10}
+    assert int(decode(right.apply(2, encode(write)))["ts"]) > late
+    copy = RangeStateMachine(WHOLE, on_split=lambda *args, **kw: announced.append((*args, kw)),
+                             participant=TxnKVStore)
+    copy.restore(machine.snapshot())
+    assert announced[-1][4] == kw and copy.child_txn == machine.child_txn
+
+
+def test_the_range_knows_the_participants_mark_and_without_one_serves_no_transactions() -> None:
+    """shard sits below txn, so the mark is a copy: it must stay the participant's."""
+    assert TXN_MAGIC == participant.TXN_MAGIC
+    machine = RangeStateMachine(LEFT)
+    assert machine.txn is None
+    answer = machine.apply(1, encode({"op": "read", "key": b"a".hex(), "txn": "r", "ts": 1,
+                                      "limit": 1, "now": 1}))
+    assert not answer.startswith(TXN_MAGIC)   # the KVStore's answer: not a participant's
