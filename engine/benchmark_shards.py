@@ -103,7 +103,9 @@ async def _worker(spec: dict[str, Any]) -> dict[str, Any]:
                               f"{READY_TIMEOUT_S:.0f} s")
         led = sorted(g for g, node in host.nodes.items() if str(node.core.role) == "leader")
         print(json.dumps({"ready": node_id, "led": len(led)}), flush=True)
-        go = json.loads(sys.stdin.readline())          # the parent's start signal
+        # The parent's start signal, read off the loop: the groups keep running meanwhile
+        # (a blocked loop would fall silent and its peers would elect new leaders).
+        go = json.loads(await loop.run_in_executor(None, sys.stdin.readline))
         value = os.urandom(spec["payload"])
         result: dict[str, Any] = {"node_id": node_id, "groups": shards, "led": len(led)}
         if spec["idle"]:
@@ -111,6 +113,10 @@ async def _worker(spec: dict[str, Any]) -> dict[str, Any]:
         else:
             result.update(await _measure_active(host, led, go, value, spec, commands))
         result["host"] = host.status()["counters"]
+        # Every process serves until all have measured (a leader's probe writes need their
+        # followers): report, then wait for the parent's stop.
+        print(json.dumps({"result": result}), flush=True)
+        await loop.run_in_executor(None, sys.stdin.readline)
         return result
 
 
@@ -192,10 +198,9 @@ def _worker_main(spec_text: str) -> int:
 
     loop = new_event_loop()
     try:
-        result = loop.run_until_complete(_worker(json.loads(spec_text)))
+        loop.run_until_complete(_worker(json.loads(spec_text)))
     finally:
         loop.close()
-    print(json.dumps({"result": result}), flush=True)
     return 0
 
 
@@ -241,9 +246,15 @@ def run_shard_bench(args: argparse.Namespace) -> int:
         results = []
         for process in processes:
             assert process.stdout is not None
-            out, _ = process.communicate(timeout=args.warmup + args.duration + 600)
-            lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
-            results.append(next(line["result"] for line in lines if "result" in line))
+            while True:
+                line = process.stdout.readline()
+                if not line:
+                    raise ConfigError("a shard-bench worker exited before it reported")
+                if line.startswith("{") and "result" in (report := json.loads(line)):
+                    results.append(report["result"])
+                    break
+        for process in processes:
+            process.communicate("stop\n", timeout=60)
     finally:
         for process in processes:
             if process.poll() is None:
