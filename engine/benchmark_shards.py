@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import platform
@@ -102,6 +103,11 @@ async def _worker(spec: dict[str, Any]) -> dict[str, Any]:
             raise ConfigError(f"node {node_id}: groups without a leader after "
                               f"{READY_TIMEOUT_S:.0f} s")
         led = sorted(g for g, node in host.nodes.items() if str(node.core.role) == "leader")
+        # The groups' long-lived objects leave the collector's view (gc.freeze): a full
+        # collection would otherwise walk every group's state, a pause of milliseconds at
+        # 10,000 groups (docs/multigroup.md, "Costs and limits").
+        gc.collect()
+        gc.freeze()
         print(json.dumps({"ready": node_id, "led": len(led)}), flush=True)
         # The parent's start signal, read off the loop: the groups keep running meanwhile
         # (a blocked loop would fall silent and its peers would elect new leaders).
