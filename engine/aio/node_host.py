@@ -26,6 +26,7 @@ from typing import Any
 
 from engine import errors
 from engine.aio.node import Node, _open_storage, _ThreadJobs
+from engine.aio.wal import RecoveredState
 from engine.config import NodeConfig
 from engine.driver import InlineJobs
 from engine.host import Host
@@ -213,7 +214,7 @@ class NodeHost:
         group_config = dataclasses.replace(self.config, **config) if config else self.config
         recovered = self._recovered.pop(group, None)
         if recovered is None:
-            recovered = _empty_recovered(self.storage)
+            recovered = RecoveredState()   # a group the WAL has never seen
         node = Node(group_config, state_machine,
                     _hosted=HostedGroup(self, group, recovered))
         self.nodes[group] = node
@@ -409,13 +410,6 @@ def _has_state(recovered: Any) -> bool:
     """The WAL holds something of this group: entries, a snapshot or a term."""
     return bool(recovered.entries or recovered.snapshot is not None
                 or recovered.hard_state.term)
-
-
-def _empty_recovered(storage: Any) -> Any:
-    """The recovered state of a group the WAL has never seen."""
-    from engine.aio.wal import RecoveredState
-
-    return RecoveredState()
 
 
 __all__ = ["HostedGroup", "NodeHost"]
