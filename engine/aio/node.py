@@ -180,6 +180,13 @@ def _open_storage(config: NodeConfig) -> Any:
     return WriteAheadLog(config.data_dir, fsync=config.fsync)
 
 
+def next_tick_at(previous: float, tick_s: float, now: float) -> float:
+    """The next tick's loop time: one interval after the previous, or one after now if the
+    loop stalled more than ten ticks (a stalled loop does not burst-tick to catch up)."""
+    at = previous + tick_s
+    return now + tick_s if at < now - 10 * tick_s else at
+
+
 class _ThreadJobs:
     """engine.driver.JobRunner on one worker thread; `done` runs back on the loop."""
 
@@ -803,10 +810,7 @@ class Node:
         # tick interval: this node's logical clock runs slower (> 1) or faster (< 1) than its
         # peers', the clock-rate skew that leases must tolerate (Raft thesis §6.4.1).
         tick_s = self.config.timing.tick_ms / 1000.0 * self._tick_scale
-        self._next_tick_at += tick_s
-        now = self._loop.time()
-        if self._next_tick_at < now - 10 * tick_s:  # the loop stalled: do not burst-tick
-            self._next_tick_at = now + tick_s
+        self._next_tick_at = next_tick_at(self._next_tick_at, tick_s, self._loop.time())
         self._tick_handle = self._loop.call_at(self._next_tick_at, self._on_tick)
 
     def _on_tick(self) -> None:

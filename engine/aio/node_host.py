@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from engine import errors
-from engine.aio.node import Node, _open_storage, _ThreadJobs
+from engine.aio.node import Node, _open_storage, _ThreadJobs, next_tick_at
 from engine.aio.wal import RecoveredState
 from engine.config import NodeConfig
 from engine.driver import InlineJobs
@@ -291,11 +291,8 @@ class NodeHost:
 
     def _schedule_tick(self) -> None:
         assert self._loop is not None
-        tick_s = self.config.timing.tick_ms / 1000.0
-        self._next_tick_at += tick_s
-        now = self._loop.time()
-        if self._next_tick_at < now - 10 * tick_s:  # the loop stalled: do not burst-tick
-            self._next_tick_at = now + tick_s
+        self._next_tick_at = next_tick_at(
+            self._next_tick_at, self.config.timing.tick_ms / 1000.0, self._loop.time())
         self._tick_handle = self._loop.call_at(self._next_tick_at, self._on_tick)
 
     def _on_tick(self) -> None:
