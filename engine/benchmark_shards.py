@@ -149,14 +149,34 @@ async def _measure_idle(host: Any, led: list[int], go: dict[str, Any], value: by
 
 async def _measure_active(host: Any, led: list[int], go: dict[str, Any], value: bytes,
                           spec: dict[str, Any], commands: Any) -> dict[str, Any]:
-    from engine.benchmark import _closed_loop
-
     loop = asyncio.get_running_loop()
     concurrency = go["concurrency"].get(str(spec["node_id"]), 0)
-    measure_from = loop.time() + go["warmup"]
-    stop_at = measure_from + go["duration"]
+    latencies: list[int] = []
+    errors = 0
+    perf = time.perf_counter_ns
+    start_ns = perf() + int(go["warmup"] * 1e9)
+    stop_ns = start_ns + int(go["duration"] * 1e9)
     submits = [host.nodes[g].submit for g in led]
     payloads = [commands.encode_put(b"key-%d" % i, value) for i in range(10_000)]
+
+    async def worker(offset: int) -> None:
+        nonlocal errors
+        i = offset
+        record = latencies.append
+        started = perf()
+        while started < stop_ns:
+            try:
+                await submits[i % len(submits)](payloads[i % len(payloads)])
+            except Exception:
+                errors += 1
+                await asyncio.sleep(0)
+                started = perf()
+                continue
+            finished = perf()
+            if start_ns <= finished < stop_ns:
+                record(finished - started)
+            started = finished
+            i += concurrency
 
     syncs0 = cpu0 = 0.0
 
@@ -167,13 +187,8 @@ async def _measure_active(host: Any, led: list[int], go: dict[str, Any], value: 
         cpu0 = time.process_time()
 
     waiter = loop.create_task(window())
-    latencies: list[int] = []
-    errors = 0
     if submits and concurrency:
-        # The same closed loop as the single-group bench (engine.benchmark._closed_loop).
-        latencies, errors = await _closed_loop(
-            lambda i: submits[i % len(submits)](payloads[i % len(payloads)]),
-            concurrency, measure_from, stop_at)
+        await asyncio.gather(*(worker(offset) for offset in range(concurrency)))
     else:
         await asyncio.sleep(go["warmup"] + go["duration"])
     await waiter
